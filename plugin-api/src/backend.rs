@@ -1,0 +1,55 @@
+//! The trait a backend plugin implements.
+
+use crate::{
+    BottleHandle, BottleRef, BottleStatus, CheckReport, CheckRequest, ExecRequest, ExitReport,
+    LaunchSpec, ListRequest, LogsRequest, PluginError, PluginInfo, RemoveReport, RemoveRequest,
+    WaitRequest,
+};
+
+/// A backend: brings a fully resolved [`LaunchSpec`] up as a bottle (agent
+/// sandbox + egress proxy) and manages it afterwards.
+///
+/// Backends do not resolve secrets and do not know about providers: the
+/// spec they receive is complete. Every resource a backend creates carries
+/// the bottle id so that `remove` (and `bottle gc`) can find it again.
+///
+/// Methods are synchronous and may block (`wait`, `logs` with follow); the
+/// host calls them from a thread of its own. Use [`crate::runtime`] for
+/// async clients. A panic becomes a [`PluginError`] of kind `panic`.
+pub trait Backend: Send + Sync + 'static {
+    /// Name, version and description.
+    fn info(&self) -> PluginInfo;
+    /// Findings for `bottle doctor` (engine reachable, versions, isolation).
+    fn check(&self, request: CheckRequest) -> Result<CheckReport, PluginError>;
+    /// Brings the bottle up. On error, everything created so far must be
+    /// removed before returning.
+    fn launch(&self, spec: LaunchSpec) -> Result<BottleHandle, PluginError>;
+    /// Bottles this backend knows about.
+    fn list(&self, request: ListRequest) -> Result<Vec<BottleStatus>, PluginError>;
+    /// Stops a bottle (keeps it for `logs` until removed).
+    fn stop(&self, request: BottleRef) -> Result<(), PluginError>;
+    /// Writes the agent's (or the proxy's) logs to stdout.
+    fn logs(&self, request: LogsRequest) -> Result<(), PluginError>;
+    /// Waits for the agent to exit, optionally attached to the terminal.
+    fn wait(&self, request: WaitRequest) -> Result<ExitReport, PluginError>;
+    /// Runs a command inside a running bottle.
+    fn exec(&self, request: ExecRequest) -> Result<ExitReport, PluginError> {
+        let _ = request;
+        Err(PluginError::unsupported(
+            "exec is not supported by this backend",
+        ))
+    }
+    /// Removes a bottle and everything it created, or every leftover.
+    fn remove(&self, request: RemoveRequest) -> Result<RemoveReport, PluginError>;
+    /// Operations added after ABI 1.0. The default answers `unsupported`.
+    fn extension(
+        &self,
+        op: &str,
+        request: serde_json::Value,
+    ) -> Result<serde_json::Value, PluginError> {
+        let _ = request;
+        Err(PluginError::unsupported(format!(
+            "operation `{op}` is not supported by this backend"
+        )))
+    }
+}
