@@ -501,3 +501,85 @@ fn check_says_what_would_happen() {
     let d = bot_bottle_egress::check(&cfg, "GET", "https://nope.test/");
     assert!(!d.allowed && d.to_string().contains("route: none"));
 }
+
+/// Runs the proxy as its own process with every log level on, drives
+/// allowed, refused, failing and DLP-flagged requests through it, and scans
+/// everything it printed (audit lines on stdout, tracing on stderr) for the
+/// real token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_never_appears_in_any_proxy_output() {
+    use std::io::{BufRead, BufReader, Read};
+    let pki = test_pki();
+    let up = start_upstream(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&pki, up.addr, std::path::Path::new("/unused"));
+    cfg.audit.path = None;
+    cfg.upstream.resolve.insert("other.test".into(), "127.0.0.1:9".parse().unwrap());
+    let bottle_ca = cfg.ca.cert_pem.clone();
+    let cfg_path = dir.path().join("egress.json");
+    std::fs::write(&cfg_path, serde_json::to_string(&cfg).unwrap()).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bot-bottle-egress"))
+        .arg("--config")
+        .arg(&cfg_path)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "trace")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    let addr: SocketAddr = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "proxy exited: {first}");
+        first.push_str(&line);
+        if let Some(a) = line.trim().strip_prefix("listening on ") {
+            break a.parse().unwrap();
+        }
+    };
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+
+    for h2 in [false, true] {
+        let mut req = get("https://api.test/v1/x", "api.test", h2);
+        req.headers_mut().insert("authorization", "Bearer dummy".parse().unwrap());
+        assert_eq!(send(addr, "api.test:443", "api.test", &bottle_ca, h2, req).await.status, 200);
+    }
+    // DLP (log mode) sees the real token in a body the agent sends.
+    let mut req = get("https://api.test/v1/x", "api.test", false);
+    *req.method_mut() = http::Method::POST;
+    *req.body_mut() = Full::new(Bytes::from(format!("leak={CANARY}")));
+    assert_eq!(send(addr, "api.test:443", "api.test", &bottle_ca, false, req).await.status, 200);
+    // Identity mismatch, deny, upstream failure, WebSocket.
+    assert_eq!(send(addr, "other.test:443", "other.test", &bottle_ca, false, get("https://api.test/", "api.test", false)).await.status, 421);
+    assert_eq!(connect(addr, "evil.test:443").await.0, 403);
+    assert_eq!(send(addr, "other.test:443", "other.test", &bottle_ca, true, get("https://other.test/open", "", true)).await.status, 502);
+    let (_, _, tcp) = connect(addr, "ws.test:443").await;
+    let t = tls(tcp, "ws.test", &bottle_ca, &[b"http/1.1"]).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://ws.test/ws", t).await.unwrap();
+    ws.send(Message::text("x")).await.unwrap();
+    let _ = ws.next().await;
+    drop(ws);
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = out_t.join().unwrap();
+    let err = first + &err_t.join().unwrap();
+    assert!(out.lines().filter(|l| l.contains("\"decision\":\"allow\"")).count() >= 3, "audit on stdout: {out}");
+    assert!(out.contains("bottle-token:REAL_TOKEN"), "DLP finding named in the audit: {out}");
+    assert!(err.contains("TRACE") || err.contains("DEBUG"), "tracing was on");
+    for (name, text) in [("stdout", &out), ("stderr", &err)] {
+        assert!(!text.contains(CANARY), "the real token appears in the proxy's {name}");
+    }
+    // The upstream did get it: the canary is real, the scan meaningful.
+    assert!(up.seen().iter().any(|s| s.header_all("authorization").contains(&format!("Bearer {CANARY}"))));
+}
