@@ -761,7 +761,7 @@ async fn websocket(
     };
     let io = if t.tls {
         match shared.dialer.tls(&t.host, t.port, true).await {
-            Ok((s, _)) => upstream::UpstreamIo::Tls(TokioIo::new(s), false),
+            Ok((s, _)) => upstream::UpstreamIo::Tls(Box::new(TokioIo::new(s)), false),
             Err(e) => return fail(rec, e.to_string()),
         }
     } else {

@@ -186,7 +186,7 @@ async fn connect_via_proxy(mut s: TcpStream, authority: &str) -> io::Result<TcpS
 
 /// A connection from the pool: TLS or plain.
 pub(crate) enum UpstreamIo {
-    Tls(TokioIo<TlsStream<TcpStream>>, bool),
+    Tls(Box<TokioIo<TlsStream<TcpStream>>>, bool),
     Plain(TokioIo<TcpStream>),
 }
 
@@ -206,7 +206,7 @@ impl hyper::rt::Read for UpstreamIo {
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            UpstreamIo::Tls(s, _) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s, _) => Pin::new(&mut **s).poll_read(cx, buf),
             UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -215,19 +215,19 @@ impl hyper::rt::Read for UpstreamIo {
 impl hyper::rt::Write for UpstreamIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            UpstreamIo::Tls(s, _) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s, _) => Pin::new(&mut **s).poll_write(cx, buf),
             UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            UpstreamIo::Tls(s, _) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s, _) => Pin::new(&mut **s).poll_flush(cx),
             UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            UpstreamIo::Tls(s, _) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s, _) => Pin::new(&mut **s).poll_shutdown(cx),
             UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
@@ -237,7 +237,7 @@ impl hyper::rt::Write for UpstreamIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            UpstreamIo::Tls(s, _) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s, _) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
             UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
@@ -271,7 +271,7 @@ impl tower_service::Service<Uri> for Dialer {
                 Ok(UpstreamIo::Plain(TokioIo::new(s)))
             } else {
                 let (s, h2) = this.tls(&host, uri.port_u16().unwrap_or(443), false).await?;
-                Ok(UpstreamIo::Tls(TokioIo::new(s), h2))
+                Ok(UpstreamIo::Tls(Box::new(TokioIo::new(s)), h2))
             }
         })
     }
