@@ -159,8 +159,13 @@ pub struct CheckReport {
 pub struct SandboxLayout {
     /// The agent user's home directory.
     pub home: String,
-    /// Where the bottle CA certificate is placed.
+    /// Where the bottle CA certificate alone is placed (PEM).
     pub ca_cert_path: String,
+    /// Where the CA bundle is placed: the host's public roots plus the
+    /// bottle CA. Every CA-trust variable points here, so clients that
+    /// replace (rather than extend) their roots still reach passthrough hosts.
+    #[serde(default = "default_bundle_path")]
+    pub ca_bundle_path: String,
     /// Where the workspace is mounted (the agent's working directory).
     pub workspace: String,
 }
@@ -170,9 +175,14 @@ impl Default for SandboxLayout {
         Self {
             home: "/home/agent".into(),
             ca_cert_path: "/etc/bot-bottle/ca.pem".into(),
+            ca_bundle_path: default_bundle_path(),
             workspace: "/workspace".into(),
         }
     }
+}
+
+fn default_bundle_path() -> String {
+    "/etc/bot-bottle/ca-bundle.pem".into()
 }
 
 /// What the host gives a provider at prepare time.
