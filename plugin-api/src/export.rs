@@ -273,6 +273,9 @@ impl<B: Backend> FfiBackend for BackendAdapter<B> {
     fn remove(&self, request: RStr<'_>) -> RResult<RString, RString> {
         guard("remove", request, |r| self.0.remove(r))
     }
+    fn update_egress(&self, request: RStr<'_>) -> RResult<RString, RString> {
+        guard("update_egress", request, |r| self.0.update_egress(r))
+    }
     fn extension(&self, op: RStr<'_>, request: RStr<'_>) -> RResult<RString, RString> {
         guard(op.as_str(), request, |r| self.0.extension(op.as_str(), r))
     }

@@ -348,4 +348,6 @@ backend_calls! {
     exec(api::ExecRequest) -> api::ExitReport;
     /// `remove`.
     remove(api::RemoveRequest) -> api::RemoveReport;
+    /// `update_egress`.
+    update_egress(api::EgressUpdate) -> ();
 }
