@@ -35,7 +35,12 @@ fn main() {
         match a.as_str() {
             "--dir" => dir = it.next().map(PathBuf::from),
             "--host" => hosts.push(it.next().cloned().unwrap_or_else(|| usage())),
-            "--listen" => listen = it.next().and_then(|s| s.parse().ok()).unwrap_or_else(|| usage()),
+            "--listen" => {
+                listen = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
             _ => usage(),
         }
     }
@@ -51,7 +56,9 @@ fn certs(dir: &Path, hosts: &[String]) {
     std::fs::create_dir_all(dir).expect("creating the cert dir");
     let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "demo-upstream CA");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "demo-upstream CA");
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let params = rcgen::CertificateParams::new(hosts.to_vec()).unwrap();
@@ -64,10 +71,28 @@ fn certs(dir: &Path, hosts: &[String]) {
 
 async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let headers: serde_json::Map<String, serde_json::Value> =
-        parts.headers.iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into())).collect();
-    let host = parts.uri.authority().map(|a| a.to_string()).or_else(|| parts.headers.get("host").and_then(|h| h.to_str().ok()).map(str::to_string)).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let headers: serde_json::Map<String, serde_json::Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+        .collect();
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
     let record = serde_json::json!({
         "method": parts.method.as_str(),
         "path": parts.uri.path(),
@@ -84,30 +109,56 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Byt
         "authorization_present": parts.headers.contains_key("authorization"),
         "x_api_key_present": parts.headers.contains_key("x-api-key"),
     });
-    Ok(Response::builder().header("content-type", "application/json").body(Full::new(Bytes::from(format!("{summary}\n")))).unwrap())
+    Ok(Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(format!("{summary}\n"))))
+        .unwrap())
 }
 
 fn serve(dir: &Path, listen: SocketAddr) {
-    let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(dir.join("server.pem")).expect("server.pem"))).collect::<Result<_, _>>().unwrap();
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(std::fs::File::open(dir.join("server-key.pem")).expect("server-key.pem"))).unwrap().expect("a private key");
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
+    let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(dir.join("server.pem")).expect("server.pem"),
+    ))
+    .collect::<Result<_, _>>()
+    .unwrap();
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(dir.join("server-key.pem")).expect("server-key.pem"),
+    ))
+    .unwrap()
+    .expect("a private key");
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(config));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen).await.expect("binding");
-        eprintln!("demo-upstream listening on {}", listener.local_addr().unwrap());
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .expect("binding");
+        eprintln!(
+            "demo-upstream listening on {}",
+            listener.local_addr().unwrap()
+        );
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), hyper::service::service_fn(handle))
                     .await;
