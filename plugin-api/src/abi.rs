@@ -128,6 +128,8 @@ pub trait FfiBackend: Send + Sync {
     fn exec(&self, request: RStr<'_>) -> RResult<RString, RString>;
     /// JSON [`crate::RemoveRequest`] → JSON [`crate::RemoveReport`].
     fn remove(&self, request: RStr<'_>) -> RResult<RString, RString>;
+    /// JSON [`crate::EgressUpdate`] → JSON `null`.
+    fn update_egress(&self, request: RStr<'_>) -> RResult<RString, RString>;
     /// Operations added after ABI 1.0, by name. Unknown names answer an
     /// `unsupported` error.
     #[sabi(last_prefix_field)]

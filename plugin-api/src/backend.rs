@@ -1,9 +1,9 @@
 //! The trait a backend plugin implements.
 
 use crate::{
-    BottleHandle, BottleRef, BottleStatus, CheckReport, CheckRequest, ExecRequest, ExitReport,
-    LaunchSpec, ListRequest, LogsRequest, PluginError, PluginInfo, RemoveReport, RemoveRequest,
-    WaitRequest,
+    BottleHandle, BottleRef, BottleStatus, CheckReport, CheckRequest, EgressUpdate, ExecRequest,
+    ExitReport, LaunchSpec, ListRequest, LogsRequest, PluginError, PluginInfo, RemoveReport,
+    RemoveRequest, WaitRequest,
 };
 
 /// A backend: brings a fully resolved [`LaunchSpec`] up as a bottle (agent
@@ -41,6 +41,15 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// Removes a bottle and everything it created, or every leftover.
     fn remove(&self, request: RemoveRequest) -> Result<RemoveReport, PluginError>;
+    /// Hands a running bottle's proxy new secrets (rotated credentials):
+    /// write `config` where the proxy reads it, through a path the sandbox
+    /// cannot reach, then signal the proxy (SIGHUP) to reload.
+    fn update_egress(&self, request: EgressUpdate) -> Result<(), PluginError> {
+        let _ = request;
+        Err(PluginError::unsupported(
+            "live egress updates are not supported by this backend",
+        ))
+    }
     /// Operations added after ABI 1.0. The default answers `unsupported`.
     fn extension(
         &self,

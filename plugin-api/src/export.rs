@@ -220,13 +220,14 @@ fn instantiate<T>(
 
 // ---------------------------------------------------------------- adapters
 
-/// Wraps a [`Provider`] as the FFI trait object.
+/// Wraps a [`Provider`] as the FFI trait object. The info is computed once
+/// at instantiation so `info()` cannot panic across the boundary.
 #[derive(Debug)]
-pub struct ProviderAdapter<P>(pub P);
+pub struct ProviderAdapter<P>(pub P, pub RString);
 
 impl<P: Provider> FfiProvider for ProviderAdapter<P> {
     fn info(&self) -> RString {
-        info_json(&self.0.info())
+        self.1.clone()
     }
     fn check(&self, request: RStr<'_>) -> RResult<RString, RString> {
         guard("check", request, |r| self.0.check(r))
@@ -239,13 +240,14 @@ impl<P: Provider> FfiProvider for ProviderAdapter<P> {
     }
 }
 
-/// Wraps a [`Backend`] as the FFI trait object.
+/// Wraps a [`Backend`] as the FFI trait object (info computed once, as for
+/// [`ProviderAdapter`]).
 #[derive(Debug)]
-pub struct BackendAdapter<B>(pub B);
+pub struct BackendAdapter<B>(pub B, pub RString);
 
 impl<B: Backend> FfiBackend for BackendAdapter<B> {
     fn info(&self) -> RString {
-        info_json(&self.0.info())
+        self.1.clone()
     }
     fn check(&self, request: RStr<'_>) -> RResult<RString, RString> {
         guard("check", request, |r| self.0.check(r))
@@ -271,6 +273,9 @@ impl<B: Backend> FfiBackend for BackendAdapter<B> {
     fn remove(&self, request: RStr<'_>) -> RResult<RString, RString> {
         guard("remove", request, |r| self.0.remove(r))
     }
+    fn update_egress(&self, request: RStr<'_>) -> RResult<RString, RString> {
+        guard("update_egress", request, |r| self.0.update_egress(r))
+    }
     fn extension(&self, op: RStr<'_>, request: RStr<'_>) -> RResult<RString, RString> {
         guard(op.as_str(), request, |r| self.0.extension(op.as_str(), r))
     }
@@ -286,9 +291,12 @@ pub fn instantiate_provider<P: Provider>(
         make,
         |p| p.info(),
         |p, info| PluginObject {
-            info,
-            provider: RSome(FfiProvider_TO::from_value(ProviderAdapter(p), TD_Opaque)),
+            provider: RSome(FfiProvider_TO::from_value(
+                ProviderAdapter(p, info.clone()),
+                TD_Opaque,
+            )),
             backend: RNone,
+            info,
         },
     )
 }
@@ -303,9 +311,12 @@ pub fn instantiate_backend<B: Backend>(
         make,
         |b| b.info(),
         |b, info| PluginObject {
-            info,
             provider: RNone,
-            backend: RSome(FfiBackend_TO::from_value(BackendAdapter(b), TD_Opaque)),
+            backend: RSome(FfiBackend_TO::from_value(
+                BackendAdapter(b, info.clone()),
+                TD_Opaque,
+            )),
+            info,
         },
     )
 }

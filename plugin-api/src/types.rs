@@ -159,8 +159,13 @@ pub struct CheckReport {
 pub struct SandboxLayout {
     /// The agent user's home directory.
     pub home: String,
-    /// Where the bottle CA certificate is placed.
+    /// Where the bottle CA certificate alone is placed (PEM).
     pub ca_cert_path: String,
+    /// Where the CA bundle is placed: the host's public roots plus the
+    /// bottle CA. Every CA-trust variable points here, so clients that
+    /// replace (rather than extend) their roots still reach passthrough hosts.
+    #[serde(default = "default_bundle_path")]
+    pub ca_bundle_path: String,
     /// Where the workspace is mounted (the agent's working directory).
     pub workspace: String,
 }
@@ -170,9 +175,14 @@ impl Default for SandboxLayout {
         Self {
             home: "/home/agent".into(),
             ca_cert_path: "/etc/bot-bottle/ca.pem".into(),
+            ca_bundle_path: default_bundle_path(),
             workspace: "/workspace".into(),
         }
     }
+}
+
+fn default_bundle_path() -> String {
+    "/etc/bot-bottle/ca-bundle.pem".into()
 }
 
 /// What the host gives a provider at prepare time.
@@ -326,9 +336,63 @@ pub struct AgentProvisionPlan {
     /// The agent command to run when the manifest names none.
     #[serde(default)]
     pub default_command: Vec<String>,
+    /// Requests the egress proxy answers itself and never forwards (OAuth
+    /// refresh of a forwarded login, answered with fresh dummies).
+    #[serde(default)]
+    pub local_responses: Vec<LocalResponse>,
+    /// Host files the credentials came from. While the bottle runs, the host
+    /// watches them; on a change it calls `prepare` again and pushes the new
+    /// token values and local responses into the running proxy.
+    #[serde(default)]
+    pub credential_sources: Vec<PathBuf>,
     /// Human notes for `bottle plan` (what was found, what was forwarded).
     #[serde(default)]
     pub notes: Vec<String>,
+}
+
+/// A canned answer the egress proxy gives for one host + path + method,
+/// without contacting the upstream. The body holds dummies only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalResponse {
+    /// Exact host.
+    pub host: String,
+    /// Exact (normalised) path, without the query.
+    pub path: String,
+    /// Method; default `POST`.
+    #[serde(default = "default_post")]
+    pub method: String,
+    /// Status code; default 200.
+    #[serde(default = "default_ok")]
+    pub status: u16,
+    /// Content type; default `application/json`.
+    #[serde(default = "default_json")]
+    pub content_type: String,
+    /// The body (dummies only: it is served to the agent).
+    pub body: String,
+}
+
+fn default_post() -> String {
+    "POST".into()
+}
+fn default_ok() -> u16 {
+    200
+}
+fn default_json() -> String {
+    "application/json".into()
+}
+
+/// New egress secrets for a running bottle (live credential rotation).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EgressUpdate {
+    /// Payload schema.
+    #[serde(default = "schema_default")]
+    pub schema: u32,
+    /// Bottle id.
+    pub bottle_id: String,
+    /// The proxy's whole new config (JSON, with secrets). The backend puts
+    /// it where the running proxy reads it, by a path the sandbox cannot
+    /// reach, and tells the proxy to reload (SIGHUP).
+    pub config: Secret,
 }
 
 // ---------------------------------------------------------------- launch

@@ -41,10 +41,18 @@ struct Args {
 }
 
 fn args() -> Args {
-    let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_default();
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
     let mut a = Args {
         duration: Duration::from_secs(10),
-        peers: vec!["direct".into(), "bot-bottle".into(), "squid".into(), "mitmproxy".into()],
+        peers: vec![
+            "direct".into(),
+            "bot-bottle".into(),
+            "squid".into(),
+            "mitmproxy".into(),
+        ],
         egress_bin: exe_dir.join("bot-bottle-egress"),
         work: PathBuf::from("/tmp/bb-bench"),
         mitmdump: PathBuf::from("/tmp/bb-bench/venv/bin/mitmdump"),
@@ -54,7 +62,9 @@ fn args() -> Args {
     while let Some(k) = it.next() {
         let v = it.next().unwrap_or_default();
         match k.as_str() {
-            "--duration" => a.duration = Duration::from_secs_f64(v.parse().expect("--duration SECS")),
+            "--duration" => {
+                a.duration = Duration::from_secs_f64(v.parse().expect("--duration SECS"))
+            }
             "--peers" => a.peers = v.split(',').map(str::to_owned).collect(),
             "--egress-bin" => a.egress_bin = v.into(),
             "--work" => a.work = v.into(),
@@ -78,14 +88,19 @@ fn pki() -> Pki {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
     p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.distinguished_name.push(rcgen::DnType::CommonName, "bench upstream CA");
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "bench upstream CA");
     let ca = p.self_signed(&ca_key).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
         .unwrap()
         .signed_by(&key, &ca, &ca_key)
         .unwrap();
-    Pki { ca_pem: ca.pem(), cert: leaf.der().clone(), key: PrivatePkcs8KeyDer::from(key.serialize_der()) }
+    Pki {
+        ca_pem: ca.pem(),
+        cert: leaf.der().clone(),
+        key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+    }
 }
 
 type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -93,7 +108,10 @@ type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 async fn upstream(pki: &Pki) -> SocketAddr {
     let mut cfg = rustls::ServerConfig::builder()
         .with_no_client_auth()
-        .with_single_cert(vec![pki.cert.clone()], PrivateKeyDer::Pkcs8(pki.key.clone_key()))
+        .with_single_cert(
+            vec![pki.cert.clone()],
+            PrivateKeyDer::Pkcs8(pki.key.clone_key()),
+        )
         .unwrap();
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acc = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
@@ -102,31 +120,39 @@ async fn upstream(pki: &Pki) -> SocketAddr {
     let kib = Bytes::from(vec![b'x'; 1024]);
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = l.accept().await else { continue };
+            let Ok((tcp, _)) = l.accept().await else {
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let (acc, kib) = (acc.clone(), kib.clone());
             tokio::spawn(async move {
-                let Ok(tls) = acc.accept(tcp).await else { return };
-                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let kib = kib.clone();
-                    async move {
-                        let body: UpBody = if req.uri().path() == "/sse" {
-                            let s = futures_stream(vec![
-                                (Duration::ZERO, Bytes::from_static(b"data: first\n\n")),
-                                (Duration::from_millis(20), Bytes::from_static(b"data: done\n\n")),
-                            ]);
-                            return Ok::<_, Infallible>(
-                                http::Response::builder()
-                                    .header("content-type", "text/event-stream")
-                                    .body(BodyExt::boxed(StreamBody::new(s)))
-                                    .unwrap(),
-                            );
-                        } else {
-                            Full::new(kib).boxed()
-                        };
-                        Ok(http::Response::new(body))
-                    }
-                });
+                let Ok(tls) = acc.accept(tcp).await else {
+                    return;
+                };
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let kib = kib.clone();
+                        async move {
+                            let body: UpBody = if req.uri().path() == "/sse" {
+                                let s = futures_stream(vec![
+                                    (Duration::ZERO, Bytes::from_static(b"data: first\n\n")),
+                                    (
+                                        Duration::from_millis(20),
+                                        Bytes::from_static(b"data: done\n\n"),
+                                    ),
+                                ]);
+                                return Ok::<_, Infallible>(
+                                    http::Response::builder()
+                                        .header("content-type", "text/event-stream")
+                                        .body(BodyExt::boxed(StreamBody::new(s)))
+                                        .unwrap(),
+                                );
+                            } else {
+                                Full::new(kib).boxed()
+                            };
+                            Ok(http::Response::new(body))
+                        }
+                    });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                     .await;
@@ -170,7 +196,11 @@ impl Drop for Peer {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn wait_port(addr: SocketAddr, child: &mut Child, what: &str) -> Res<()> {
@@ -210,9 +240,19 @@ async fn start_bot_bottle(a: &Args, pki: &Pki, up: SocketAddr) -> Res<Peer> {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .map_err(|e| format!("{}: {e} (build it: cargo build --release -p bot-bottle-egress)", a.egress_bin.display()))?;
+        .map_err(|e| {
+            format!(
+                "{}: {e} (build it: cargo build --release -p bot-bottle-egress)",
+                a.egress_bin.display()
+            )
+        })?;
     wait_port(addr, &mut child, "bot-bottle egress").await?;
-    Ok(Peer { name: "bot-bottle".into(), proxy: Some(addr), trust_pem: ca.cert_pem, child: Some(child) })
+    Ok(Peer {
+        name: "bot-bottle".into(),
+        proxy: Some(addr),
+        trust_pem: ca.cert_pem,
+        child: Some(child),
+    })
 }
 
 async fn start_squid(a: &Args, pki_ca: &Path) -> Res<Peer> {
@@ -220,8 +260,23 @@ async fn start_squid(a: &Args, pki_ca: &Path) -> Res<Peer> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let st = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bench squid CA"])
-        .args(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=bench squid CA",
+        ])
+        .args([
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ])
         .arg("-keyout")
         .arg(dir.join("mitm-ca.key"))
         .arg("-out")
@@ -251,7 +306,10 @@ async fn start_squid(a: &Args, pki_ca: &Path) -> Res<Peer> {
     std::fs::create_dir_all(a.work.join("squid"))?;
     let conf_path = dir.join("squid.conf");
     std::fs::write(&conf_path, conf)?;
-    let _ = Command::new("chown").args(["-R", "proxy:proxy"]).arg(&dir).status();
+    let _ = Command::new("chown")
+        .args(["-R", "proxy:proxy"])
+        .arg(&dir)
+        .status();
     let mut child = Command::new("squid")
         .arg("-N")
         .arg("-f")
@@ -274,18 +332,32 @@ async fn start_mitmproxy(a: &Args, pki_ca: &Path) -> Res<Peer> {
     std::fs::create_dir_all(&conf)?;
     let port = free_port();
     let mut child = Command::new(&a.mitmdump)
-        .args(["-q", "--listen-host", "127.0.0.1", "--listen-port", &port.to_string()])
+        .args([
+            "-q",
+            "--listen-host",
+            "127.0.0.1",
+            "--listen-port",
+            &port.to_string(),
+        ])
         .arg("--set")
         .arg(format!("confdir={}", conf.display()))
         .arg("--set")
-        .arg(format!("ssl_verify_upstream_trusted_ca={}", pki_ca.display()))
+        .arg(format!(
+            "ssl_verify_upstream_trusted_ca={}",
+            pki_ca.display()
+        ))
         .arg("-s")
         .arg(a.peer_dir.join("mitmproxy_inject.py"))
         .env("STREAM", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("{}: {e} (python3 -m venv v && v/bin/pip install mitmproxy)", a.mitmdump.display()))?;
+        .map_err(|e| {
+            format!(
+                "{}: {e} (python3 -m venv v && v/bin/pip install mitmproxy)",
+                a.mitmdump.display()
+            )
+        })?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     wait_port(addr, &mut child, "mitmdump").await?;
     Ok(Peer {
@@ -312,7 +384,9 @@ impl Client {
         for c in rustls_pemfile::certs(&mut peer.trust_pem.as_bytes()) {
             roots.add(c.unwrap()).unwrap();
         }
-        let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let mut cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         Self {
             proxy: peer.proxy,
@@ -327,7 +401,8 @@ impl Client {
         tcp.set_nodelay(true)?;
         if self.proxy.is_some() {
             let a = &self.authority;
-            tcp.write_all(format!("CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n\r\n").as_bytes()).await?;
+            tcp.write_all(format!("CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n\r\n").as_bytes())
+                .await?;
             let mut head = Vec::new();
             let mut b = [0u8; 1];
             while !head.ends_with(b"\r\n\r\n") {
@@ -340,7 +415,10 @@ impl Client {
                 return Err(format!("CONNECT refused: {}", String::from_utf8_lossy(&head)).into());
             }
         }
-        let tls = self.tls.connect(ServerName::try_from("localhost")?, tcp).await?;
+        let tls = self
+            .tls
+            .connect(ServerName::try_from("localhost")?, tcp)
+            .await?;
         let (s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(c);
         Ok(s)
@@ -356,7 +434,10 @@ impl Client {
     }
 }
 
-async fn get_full(s: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>, r: http::Request<Empty<Bytes>>) -> Res<()> {
+async fn get_full(
+    s: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    r: http::Request<Empty<Bytes>>,
+) -> Res<()> {
     s.ready().await?;
     let resp = s.send_request(r).await?;
     if resp.status() != 200 {
@@ -414,7 +495,12 @@ async fn load(c: &Client, conc: usize, dur: Duration, keepalive: bool) -> Load {
             (n, errors, lat)
         }));
     }
-    let mut out = Load { n: 0, errors: 0, lat_us: Vec::new(), secs: 0.0 };
+    let mut out = Load {
+        n: 0,
+        errors: 0,
+        lat_us: Vec::new(),
+        secs: 0.0,
+    };
     for t in tasks {
         let (n, e, l) = t.await.unwrap();
         out.n += n;
@@ -475,10 +561,15 @@ fn children(pid: u32) -> Vec<u32> {
         let parent = out[i];
         if let Ok(rd) = std::fs::read_dir("/proc") {
             for e in rd.flatten() {
-                let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+                let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
                 if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
                     let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-                    let ppid = rest.split_whitespace().nth(1).and_then(|x| x.parse::<u32>().ok());
+                    let ppid = rest
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|x| x.parse::<u32>().ok());
                     if ppid == Some(parent) && !out.contains(&p) {
                         out.push(p);
                     }
@@ -497,7 +588,12 @@ fn cpu_secs(pid: u32) -> f64 {
         .iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
         .map(|s| {
-            let f: Vec<&str> = s.rsplit_once(')').map(|x| x.1).unwrap_or("").split_whitespace().collect();
+            let f: Vec<&str> = s
+                .rsplit_once(')')
+                .map(|x| x.1)
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
             // fields after ')' start at index 0 = state (field 3); utime = 14, stime = 15
             let u: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0);
             let st: f64 = f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
@@ -595,7 +691,9 @@ fn f(x: f64, prec: usize) -> String {
 fn main() -> Res<()> {
     let a = args();
     std::fs::create_dir_all(&a.work)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let pki = pki();
         let up = upstream(&pki).await;
@@ -605,7 +703,12 @@ fn main() -> Res<()> {
         for name in a.peers.clone() {
             eprintln!("== {name}");
             let peer = match name.as_str() {
-                "direct" => Ok(Peer { name: "direct".into(), proxy: None, trust_pem: pki.ca_pem.clone(), child: None }),
+                "direct" => Ok(Peer {
+                    name: "direct".into(),
+                    proxy: None,
+                    trust_pem: pki.ca_pem.clone(),
+                    child: None,
+                }),
                 "bot-bottle" => start_bot_bottle(&a, &pki, up).await,
                 "squid" => start_squid(&a, &up_ca).await,
                 "mitmproxy" => start_mitmproxy(&a, &up_ca).await,
@@ -614,9 +717,17 @@ fn main() -> Res<()> {
             let row = match peer {
                 Ok(p) => match measure(&p, up, a.duration).await {
                     Ok(r) => r,
-                    Err(e) => Row { name: name.clone(), note: format!("failed: {e}"), ..Default::default() },
+                    Err(e) => Row {
+                        name: name.clone(),
+                        note: format!("failed: {e}"),
+                        ..Default::default()
+                    },
                 },
-                Err(e) => Row { name: name.clone(), note: format!("not run: {e}"), ..Default::default() },
+                Err(e) => Row {
+                    name: name.clone(),
+                    note: format!("not run: {e}"),
+                    ..Default::default()
+                },
             };
             eprintln!("   done {}", row.note);
             rows.push(row);
@@ -627,10 +738,23 @@ fn main() -> Res<()> {
 }
 
 fn print_table(rows: &[Row], dur: Duration) {
-    println!("egress benchmark, loopback, {} s per load phase, HTTP/1.1 client, 1 KiB responses", dur.as_secs_f64());
+    println!(
+        "egress benchmark, loopback, {} s per load phase, HTTP/1.1 client, 1 KiB responses",
+        dur.as_secs_f64()
+    );
     println!(
         "{:<11} {:>10} {:>8} {:>8} {:>11} {:>10} {:>10} {:>10} {:>9} {:>10} {:>7}",
-        "peer", "ka req/s", "p50 ms", "p99 ms", "new conn/s", "sse cold", "sse warm", "cpu us/req", "rss c16", "rss c256", "errors"
+        "peer",
+        "ka req/s",
+        "p50 ms",
+        "p99 ms",
+        "new conn/s",
+        "sse cold",
+        "sse warm",
+        "cpu us/req",
+        "rss c16",
+        "rss c256",
+        "errors"
     );
     for r in rows {
         if !r.note.is_empty() && r.ka_rps == 0.0 {
@@ -659,23 +783,57 @@ fn print_table(rows: &[Row], dur: Duration) {
     let goal = |ok: bool| if ok { "ok" } else { "MISSED" };
     if let Some(d) = get("direct") {
         let r = bb.ka_rps / d.ka_rps;
-        println!("  keep-alive vs direct      {:>6.2}x  (goal >= 0.5x)  {}", r, goal(r >= 0.5));
+        println!(
+            "  keep-alive vs direct      {:>6.2}x  (goal >= 0.5x)  {}",
+            r,
+            goal(r >= 0.5)
+        );
         let r = bb.new_rate / d.new_rate;
-        println!("  new connections vs direct {:>6.2}x  (goal >= 0.7x)  {}", r, goal(r >= 0.7));
+        println!(
+            "  new connections vs direct {:>6.2}x  (goal >= 0.7x)  {}",
+            r,
+            goal(r >= 0.7)
+        );
         let dp = bb.p99 - d.p99;
-        println!("  added p99                 {:>6.3} ms (goal <= 1 ms) {}", dp, goal(dp <= 1.0));
+        println!(
+            "  added p99                 {:>6.3} ms (goal <= 1 ms) {}",
+            dp,
+            goal(dp <= 1.0)
+        );
         let ds = bb.sse_warm - d.sse_warm;
-        println!("  SSE warm first event      +{:.3} ms (goal <= 0.5 ms) {}", ds, goal(ds <= 0.5));
+        println!(
+            "  SSE warm first event      +{:.3} ms (goal <= 0.5 ms) {}",
+            ds,
+            goal(ds <= 0.5)
+        );
     }
     if let Some(s) = get("squid") {
         let r = bb.ka_rps / s.ka_rps;
-        println!("  keep-alive vs squid       {:>6.2}x  (goal >= 2.5x)  {}", r, goal(r >= 2.5));
-        println!("  new connections vs squid  {:>6.2}x", bb.new_rate / s.new_rate);
+        println!(
+            "  keep-alive vs squid       {:>6.2}x  (goal >= 2.5x)  {}",
+            r,
+            goal(r >= 2.5)
+        );
+        println!(
+            "  new connections vs squid  {:>6.2}x",
+            bb.new_rate / s.new_rate
+        );
     }
     if let Some(m) = get("mitmproxy") {
         println!("  keep-alive vs mitmproxy   {:>6.2}x", bb.ka_rps / m.ka_rps);
     }
-    println!("  proxy CPU per request     {:>6.1} us (goal <= 40 us) {}", bb.cpu_us, goal(bb.cpu_us <= 40.0));
-    println!("  RSS at c=16               {:>6.1} MiB (goal <= 32 MiB) {}", bb.rss16, goal(bb.rss16 <= 32.0));
-    println!("  RSS at c=256              {:>6.1} MiB (bounded)", bb.rss256);
+    println!(
+        "  proxy CPU per request     {:>6.1} us (goal <= 40 us) {}",
+        bb.cpu_us,
+        goal(bb.cpu_us <= 40.0)
+    );
+    println!(
+        "  RSS at c=16               {:>6.1} MiB (goal <= 32 MiB) {}",
+        bb.rss16,
+        goal(bb.rss16 <= 32.0)
+    );
+    println!(
+        "  RSS at c=256              {:>6.1} MiB (bounded)",
+        bb.rss256
+    );
 }

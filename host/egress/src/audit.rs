@@ -70,14 +70,21 @@ impl Audit {
                     .create(true)
                     .append(true)
                     .open(p)
-                    .map_err(|source| EgressError::Audit { path: p.clone(), source })?,
+                    .map_err(|source| EgressError::Audit {
+                        path: p.clone(),
+                        source,
+                    })?,
             ),
         };
-        Ok(Self { out: Mutex::new(out) })
+        Ok(Self {
+            out: Mutex::new(out),
+        })
     }
 
     pub(crate) fn write(&self, rec: &AuditRecord) {
-        let Ok(mut line) = serde_json::to_vec(rec) else { return };
+        let Ok(mut line) = serde_json::to_vec(rec) else {
+            return;
+        };
         line.push(b'\n');
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
         if out.write_all(&line).and_then(|_| out.flush()).is_err() {

@@ -59,7 +59,9 @@ fn subtree_base(host: &str) -> Result<GeneralSubtree, CaError> {
     let h = host.trim_end_matches('.').to_ascii_lowercase();
     if let Ok(ip) = h.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
         let prefix = if ip.is_ipv4() { 32 } else { 128 };
-        return Ok(GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(ip, prefix)));
+        return Ok(GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
+            ip, prefix,
+        )));
     }
     let base = h.strip_prefix("*.").unwrap_or(&h);
     if base.is_empty() || base.contains('*') {
@@ -76,12 +78,18 @@ impl BottleCa {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("bot-bottle egress CA {bottle_id}"));
+        dn.push(
+            DnType::CommonName,
+            format!("bot-bottle egress CA {bottle_id}"),
+        );
         dn.push(DnType::OrganizationName, "bot-bottle");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - BACKDATE;
         params.not_after = now + CA_VALIDITY;
@@ -93,18 +101,30 @@ impl BottleCa {
             }
         }
         let mut excluded = Vec::new();
-        if !permitted.iter().any(|s| matches!(s, GeneralSubtree::IpAddress(_))) {
-            excluded.push(GeneralSubtree::IpAddress(CidrSubnet::from_v4_prefix([0; 4], 0)));
-            excluded.push(GeneralSubtree::IpAddress(CidrSubnet::from_v6_prefix([0; 16], 0)));
+        if !permitted
+            .iter()
+            .any(|s| matches!(s, GeneralSubtree::IpAddress(_)))
+        {
+            excluded.push(GeneralSubtree::IpAddress(CidrSubnet::from_v4_prefix(
+                [0; 4], 0,
+            )));
+            excluded.push(GeneralSubtree::IpAddress(CidrSubnet::from_v6_prefix(
+                [0; 16], 0,
+            )));
         }
         if permitted.is_empty() {
             // No host at all: permit nothing (an impossible name).
             permitted.push(GeneralSubtree::DnsName("invalid".into()));
         }
-        params.name_constraints =
-            Some(NameConstraints { permitted_subtrees: permitted, excluded_subtrees: excluded });
+        params.name_constraints = Some(NameConstraints {
+            permitted_subtrees: permitted,
+            excluded_subtrees: excluded,
+        });
         let cert = params.self_signed(&key)?;
-        Ok(BottleCa { cert_pem: cert.pem(), key_pem: Secret::new(key.serialize_pem()) })
+        Ok(BottleCa {
+            cert_pem: cert.pem(),
+            key_pem: Secret::new(key.serialize_pem()),
+        })
     }
 }
 
@@ -152,7 +172,12 @@ impl LeafMinter {
     /// allow-list admits: minting is the caller's gate.
     pub(crate) fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, CaError> {
         let host = host.to_ascii_lowercase();
-        if let Some(c) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&host) {
+        if let Some(c) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&host)
+        {
             return Ok(c.clone());
         }
         let cfg = Arc::new(self.mint(&host)?);
@@ -166,10 +191,15 @@ impl LeafMinter {
 
     fn mint(&self, host: &str) -> Result<rustls::ServerConfig, CaError> {
         let mut params = CertificateParams::default();
-        let san = match host.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
+        let san = match host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<IpAddr>()
+        {
             Ok(ip) => SanType::IpAddress(ip),
             Err(_) => SanType::DnsName(
-                host.to_owned().try_into().map_err(|_| CaError::BadHost(host.to_owned()))?,
+                host.to_owned()
+                    .try_into()
+                    .map_err(|_| CaError::BadHost(host.to_owned()))?,
             ),
         };
         params.subject_alt_names = vec![san];
@@ -199,13 +229,18 @@ mod tests {
 
     #[test]
     fn ca_is_constrained_and_key_is_secret() {
-        let ca = BottleCa::generate("bb-x", &["api.openai.com".into(), "*.example.com".into()]).unwrap();
+        let ca =
+            BottleCa::generate("bb-x", &["api.openai.com".into(), "*.example.com".into()]).unwrap();
         assert!(ca.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert_eq!(format!("{:?}", ca.key_pem), "[redacted]");
         let p = CertificateParams::from_ca_cert_pem(&ca.cert_pem).unwrap();
         let nc = p.name_constraints.unwrap();
-        assert!(nc.permitted_subtrees.contains(&GeneralSubtree::DnsName("api.openai.com".into())));
-        assert!(nc.permitted_subtrees.contains(&GeneralSubtree::DnsName("example.com".into())));
+        assert!(nc
+            .permitted_subtrees
+            .contains(&GeneralSubtree::DnsName("api.openai.com".into())));
+        assert!(nc
+            .permitted_subtrees
+            .contains(&GeneralSubtree::DnsName("example.com".into())));
         assert!(p.not_before < OffsetDateTime::now_utc() - Duration::minutes(4));
     }
 

@@ -115,7 +115,10 @@ fn default_max_body() -> usize {
 
 impl Default for DlpConfig {
     fn default() -> Self {
-        Self { mode: DlpMode::default(), max_body_bytes: default_max_body() }
+        Self {
+            mode: DlpMode::default(),
+            max_body_bytes: default_max_body(),
+        }
     }
 }
 
@@ -175,12 +178,15 @@ impl ProxyConfig {
     /// Reads and checks a config file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, EgressError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| EgressError::ConfigRead { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| EgressError::ConfigRead {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::from_json(&text).map_err(|e| match e {
-            EgressError::ConfigParse { message, .. } => {
-                EgressError::ConfigParse { path: Some(path.to_owned()), message }
-            }
+            EgressError::ConfigParse { message, .. } => EgressError::ConfigParse {
+                path: Some(path.to_owned()),
+                message,
+            },
             other => other,
         })
     }
@@ -188,8 +194,11 @@ impl ProxyConfig {
     /// Parses and checks a config from JSON text.
     pub fn from_json(text: &str) -> Result<Self, EgressError> {
         // serde_json's messages name the field and position, never a value.
-        let cfg: ProxyConfig = serde_json::from_str(text)
-            .map_err(|e| EgressError::ConfigParse { path: None, message: e.to_string() })?;
+        let cfg: ProxyConfig =
+            serde_json::from_str(text).map_err(|e| EgressError::ConfigParse {
+                path: None,
+                message: e.to_string(),
+            })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -208,12 +217,17 @@ impl ProxyConfig {
                 .map_err(|m| bad(format!("routes[{i}].host {:?}: {m}", r.host)))?;
             if let Some(p) = &r.path_prefix {
                 if !p.starts_with('/') {
-                    return Err(bad(format!("routes[{i}].path_prefix {p:?} must start with '/'")));
+                    return Err(bad(format!(
+                        "routes[{i}].path_prefix {p:?} must start with '/'"
+                    )));
                 }
             }
             for h in &r.inject {
                 http::HeaderName::from_bytes(h.header.as_bytes()).map_err(|_| {
-                    bad(format!("routes[{i}].inject header {:?} is not a valid header name", h.header))
+                    bad(format!(
+                        "routes[{i}].inject header {:?} is not a valid header name",
+                        h.header
+                    ))
                 })?;
                 if let Some(tr) = &h.token_ref {
                     if !self.tokens.contains_key(tr) {
@@ -265,7 +279,9 @@ mod tests {
     fn unknown_fields_are_refused() {
         let mut v = minimal();
         v["lisen"] = serde_json::json!("1.2.3.4:1");
-        let e = ProxyConfig::from_json(&v.to_string()).unwrap_err().to_string();
+        let e = ProxyConfig::from_json(&v.to_string())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("lisen"), "{e}");
     }
 
@@ -273,7 +289,9 @@ mod tests {
     fn missing_token_ref_is_named_without_values() {
         let mut v = minimal();
         v["tokens"] = serde_json::json!({"OTHER": "canary-other"});
-        let e = ProxyConfig::from_json(&v.to_string()).unwrap_err().to_string();
+        let e = ProxyConfig::from_json(&v.to_string())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("token ref T"), "{e}");
         assert!(!e.contains("canary"), "{e}");
     }

@@ -19,21 +19,42 @@ use crate::config::{DlpConfig, DlpMode, ProxyConfig};
 
 /// `(rule id, pattern)`, after gitleaks' ids.
 const RULES: &[(&str, &str)] = &[
-    ("aws-access-token", r"\b(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}\b"),
+    (
+        "aws-access-token",
+        r"\b(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}\b",
+    ),
     ("github-pat", r"ghp_[0-9a-zA-Z]{36}"),
     ("github-fine-grained-pat", r"github_pat_\w{82}"),
     ("github-oauth", r"gho_[0-9a-zA-Z]{36}"),
     ("github-app-token", r"(?:ghu|ghs)_[0-9a-zA-Z]{36}"),
     ("github-refresh-token", r"ghr_[0-9a-zA-Z]{36}"),
     ("gitlab-pat", r"glpat-[\w-]{20}"),
-    ("slack-bot-token", r"xoxb-[0-9]{10,13}-[0-9]{10,13}[a-zA-Z0-9-]*"),
-    ("slack-user-token", r"xox[pe](?:-[0-9]{10,13}){3}-[a-zA-Z0-9-]{28,34}"),
+    (
+        "slack-bot-token",
+        r"xoxb-[0-9]{10,13}-[0-9]{10,13}[a-zA-Z0-9-]*",
+    ),
+    (
+        "slack-user-token",
+        r"xox[pe](?:-[0-9]{10,13}){3}-[a-zA-Z0-9-]{28,34}",
+    ),
     ("slack-app-token", r"(?i)xapp-\d-[A-Z0-9]+-\d+-[a-z0-9]+"),
-    ("stripe-access-token", r"\b(?:sk|rk)_(?:test|live|prod)_[a-zA-Z0-9]{10,99}\b"),
-    ("openai-api-key", r"\bsk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{20,}|\bsk-[a-zA-Z0-9]{20}T3BlbkFJ[a-zA-Z0-9]{20}"),
-    ("anthropic-api-key", r"\bsk-ant-(?:api03|admin01)-[a-zA-Z0-9_\-]{80,}"),
+    (
+        "stripe-access-token",
+        r"\b(?:sk|rk)_(?:test|live|prod)_[a-zA-Z0-9]{10,99}\b",
+    ),
+    (
+        "openai-api-key",
+        r"\bsk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{20,}|\bsk-[a-zA-Z0-9]{20}T3BlbkFJ[a-zA-Z0-9]{20}",
+    ),
+    (
+        "anthropic-api-key",
+        r"\bsk-ant-(?:api03|admin01)-[a-zA-Z0-9_\-]{80,}",
+    ),
     ("gcp-api-key", r"\bAIza[\w-]{35}\b"),
-    ("private-key", r"-----BEGIN[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----"),
+    (
+        "private-key",
+        r"-----BEGIN[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----",
+    ),
     ("huggingface-access-token", r"\bhf_[a-zA-Z]{34}\b"),
     ("npm-access-token", r"\bnpm_[a-zA-Z0-9]{36}\b"),
     ("pypi-upload-token", r"pypi-AgEIcHlwaS5vcmc[\w-]{50,}"),
@@ -51,13 +72,19 @@ pub(crate) struct Dlp {
 
 impl std::fmt::Debug for Dlp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dlp").field("mode", &self.mode).field("rules", &self.names.len()).finish()
+        f.debug_struct("Dlp")
+            .field("mode", &self.mode)
+            .field("rules", &self.names.len())
+            .finish()
     }
 }
 
 impl Dlp {
     pub(crate) fn new(cfg: &ProxyConfig) -> Result<Self, crate::error::EgressError> {
-        let DlpConfig { mode, max_body_bytes } = cfg.dlp;
+        let DlpConfig {
+            mode,
+            max_body_bytes,
+        } = cfg.dlp;
         let mut pats: Vec<String> = RULES.iter().map(|(_, p)| (*p).to_owned()).collect();
         let mut names: Vec<String> = RULES.iter().map(|(n, _)| (*n).to_owned()).collect();
         for (r, v) in &cfg.tokens {
@@ -71,9 +98,17 @@ impl Dlp {
             .size_limit(64 << 20)
             .build()
             .map_err(|e| crate::error::EgressError::ConfigInvalid {
-                message: format!("DLP rules do not compile: {}", e.to_string().lines().next().unwrap_or_default()),
+                message: format!(
+                    "DLP rules do not compile: {}",
+                    e.to_string().lines().next().unwrap_or_default()
+                ),
             })?;
-        Ok(Self { mode, max_body: max_body_bytes, set, names })
+        Ok(Self {
+            mode,
+            max_body: max_body_bytes,
+            set,
+            names,
+        })
     }
 
     fn scan_into(&self, data: &[u8], out: &mut Vec<String>) {
@@ -157,8 +192,15 @@ mod tests {
     fn rules_compile_and_find() {
         let d = dlp();
         let mut out = vec![];
-        d.scan_body(b"x ghp_abcdefghijklmnopqrstuvwxyz0123456789 y AKIAIOSFODNN7EXAMPLE", None, &mut out);
-        assert_eq!(out, vec!["aws-access-token".to_string(), "github-pat".to_string()]);
+        d.scan_body(
+            b"x ghp_abcdefghijklmnopqrstuvwxyz0123456789 y AKIAIOSFODNN7EXAMPLE",
+            None,
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            vec!["aws-access-token".to_string(), "github-pat".to_string()]
+        );
         let mut out = vec![];
         d.scan_body(b"nothing here but dummy-token", None, &mut out);
         assert!(out.is_empty());
@@ -168,7 +210,8 @@ mod tests {
     fn compressed_bodies_and_real_tokens() {
         let d = dlp();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(b"{\"k\":\"canary-real-token-123456\"}").unwrap();
+        gz.write_all(b"{\"k\":\"canary-real-token-123456\"}")
+            .unwrap();
         let gz = gz.finish().unwrap();
         let mut out = vec![];
         d.scan_body(&gz, Some("gzip"), &mut out);

@@ -26,13 +26,19 @@ pub async fn serve(config: ProxyConfig) -> Result<(), EgressError> {
     let addr = config.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| EgressError::Listen { addr: addr.to_string(), source })?;
+        .map_err(|source| EgressError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?;
     serve_on(config, listener).await
 }
 
 /// Serves on a listener the caller bound (tests and adapters bind
 /// `127.0.0.1:0` and read the port first). `config.listen` is ignored.
-pub async fn serve_on(config: ProxyConfig, listener: tokio::net::TcpListener) -> Result<(), EgressError> {
+pub async fn serve_on(
+    config: ProxyConfig,
+    listener: tokio::net::TcpListener,
+) -> Result<(), EgressError> {
     let shared = proxy::Shared::new(config)?;
     proxy::run(shared, listener).await
 }
@@ -58,13 +64,22 @@ pub fn serve_blocking(config: ProxyConfig) -> Result<(), EgressError> {
 }
 
 /// [`serve_on`] with a std listener, on a runtime of its own; blocks.
-pub fn serve_with_listener(config: ProxyConfig, listener: std::net::TcpListener) -> Result<(), EgressError> {
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+pub fn serve_with_listener(
+    config: ProxyConfig,
+    listener: std::net::TcpListener,
+) -> Result<(), EgressError> {
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let rt = runtime()?;
     rt.block_on(async move {
         listener
             .set_nonblocking(true)
-            .map_err(|source| EgressError::Listen { addr: addr.clone(), source })?;
+            .map_err(|source| EgressError::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
         let l = tokio::net::TcpListener::from_std(listener)
             .map_err(|source| EgressError::Listen { addr, source })?;
         serve_on(config, l).await

@@ -31,7 +31,9 @@ fn main() -> ExitCode {
     let run = || -> Result<(), Box<dyn std::error::Error>> {
         let mut cfg = bot_bottle_egress::ProxyConfig::from_file(&path)?;
         if let Some(l) = listen {
-            cfg.listen = l.parse().map_err(|_| format!("--listen {l:?} is not host:port"))?;
+            cfg.listen = l
+                .parse()
+                .map_err(|_| format!("--listen {l:?} is not host:port"))?;
         }
         let listener = std::net::TcpListener::bind(cfg.listen)?;
         // Tests read the port from here when they pass port 0.

@@ -45,7 +45,9 @@ pub(crate) struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("bottle", &self.cfg.bottle_id).finish_non_exhaustive()
+        f.debug_struct("Shared")
+            .field("bottle", &self.cfg.bottle_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -68,9 +70,14 @@ impl Shared {
                 })?;
                 let value = match &h.token_ref {
                     Some(tr) => {
-                        let tok = cfg.tokens.get(tr).ok_or_else(|| EgressError::ConfigInvalid {
-                            message: format!("routes[{i}] needs token ref {tr}, which has no value"),
-                        })?;
+                        let tok = cfg
+                            .tokens
+                            .get(tr)
+                            .ok_or_else(|| EgressError::ConfigInvalid {
+                                message: format!(
+                                    "routes[{i}] needs token ref {tr}, which has no value"
+                                ),
+                            })?;
                         h.value.replace("{token}", tok.expose())
                     }
                     None => h.value.clone(),
@@ -86,7 +93,15 @@ impl Shared {
             }
             inject.push(hs);
         }
-        Ok(Arc::new(Self { cfg, minter, dialer, client, dlp, audit, inject }))
+        Ok(Arc::new(Self {
+            cfg,
+            minter,
+            dialer,
+            client,
+            dlp,
+            audit,
+            inject,
+        }))
     }
 
     fn header_timeout(&self) -> Duration {
@@ -121,7 +136,9 @@ pub(crate) async fn run(shared: Arc<Shared>, listener: TcpListener) -> Result<()
         tracing::info!(%addr, bottle = %shared.cfg.bottle_id, routes = shared.cfg.routes.len(), "egress proxy listening");
     }
     loop {
-        let Ok(permit) = sem.clone().acquire_owned().await else { return Ok(()) };
+        let Ok(permit) = sem.clone().acquire_owned().await else {
+            return Ok(());
+        };
         let (tcp, _peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -145,7 +162,11 @@ pub(crate) async fn run(shared: Arc<Shared>, listener: TcpListener) -> Result<()
                 let s = s2.clone();
                 async move { Ok::<_, Infallible>(outer(s, req).await) }
             });
-            if let Err(e) = b.serve_connection(TokioIo::new(tcp), svc).with_upgrades().await {
+            if let Err(e) = b
+                .serve_connection(TokioIo::new(tcp), svc)
+                .with_upgrades()
+                .await
+            {
                 tracing::debug!(error = %e, "client connection ended");
             }
         });
@@ -163,8 +184,10 @@ fn empty() -> Body {
 fn text(status: StatusCode, body: String) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -173,7 +196,10 @@ async fn outer(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let start = Instant::now();
     if req.method() == Method::CONNECT {
         let Some(auth) = req.uri().authority().cloned() else {
-            return text(StatusCode::BAD_REQUEST, "bot-bottle egress: CONNECT needs host:port\n".into());
+            return text(
+                StatusCode::BAD_REQUEST,
+                "bot-bottle egress: CONNECT needs host:port\n".into(),
+            );
         };
         let host = canon_host(auth.host());
         let port = auth.port_u16().unwrap_or(443);
@@ -204,7 +230,10 @@ async fn outer(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                     rec.note = format!("upstream: {e}");
                     rec.duration_ms = ms(start);
                     shared.audit.write(&rec);
-                    text(StatusCode::BAD_GATEWAY, format!("bot-bottle egress: cannot reach {host}:{port}: {e}\n"))
+                    text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("bot-bottle egress: cannot reach {host}:{port}: {e}\n"),
+                    )
                 }
             };
         }
@@ -254,10 +283,17 @@ struct Target {
 }
 
 /// TLS interception of one CONNECT tunnel to an allow-listed host.
-async fn intercept(shared: Arc<Shared>, upgraded: hyper::upgrade::Upgraded, host: String, port: u16) {
+async fn intercept(
+    shared: Arc<Shared>,
+    upgraded: hyper::upgrade::Upgraded,
+    host: String,
+    port: u16,
+) {
     let start = Instant::now();
-    let acceptor =
-        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
+    let acceptor = tokio_rustls::LazyConfigAcceptor::new(
+        rustls::server::Acceptor::default(),
+        TokioIo::new(upgraded),
+    );
     let hs = match tokio::time::timeout(shared.header_timeout(), acceptor).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -291,7 +327,11 @@ async fn intercept(shared: Arc<Shared>, upgraded: hyper::upgrade::Upgraded, host
         }
         Err(_) => return,
     };
-    let target = Target { tls: true, host, port };
+    let target = Target {
+        tls: true,
+        host,
+        port,
+    };
     let s2 = shared.clone();
     let svc = service_fn(move |req| {
         let s = s2.clone();
@@ -307,7 +347,10 @@ async fn intercept(shared: Arc<Shared>, upgraded: hyper::upgrade::Upgraded, host
         .timer(TokioTimer::new())
         .enable_connect_protocol()
         .max_header_list_size(shared.cfg.limits.max_header_bytes.min(u32::MAX as usize) as u32);
-    if let Err(e) = b.serve_connection_with_upgrades(TokioIo::new(tls), svc).await {
+    if let Err(e) = b
+        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+        .await
+    {
         tracing::debug!(error = %e, "intercepted connection ended");
     }
 }
@@ -323,22 +366,30 @@ fn check_identity<B>(req: &Request<B>, t: &Target) -> Result<(), String> {
         claims.push(a.as_str().to_owned());
     }
     for v in req.headers().get_all(header::HOST) {
-        claims.push(v.to_str().map_err(|_| "the Host header is not text".to_string())?.to_owned());
+        claims.push(
+            v.to_str()
+                .map_err(|_| "the Host header is not text".to_string())?
+                .to_owned(),
+        );
     }
     if claims.is_empty() {
         return Err("the request names no host (Host / :authority)".into());
     }
     let default = if t.tls { 443 } else { 80 };
     for c in claims {
-        let a: http::uri::Authority =
-            c.parse().map_err(|_| format!("{c:?} is not a host[:port]"))?;
+        let a: http::uri::Authority = c
+            .parse()
+            .map_err(|_| format!("{c:?} is not a host[:port]"))?;
         if a.as_str().contains('@') {
             return Err("userinfo in the authority is refused".into());
         }
         let host = canon_host(a.host());
         let port = a.port_u16().unwrap_or(default);
         if host != t.host || port != t.port {
-            return Err(format!("the request names {c} but the connection is to {}:{}", t.host, t.port));
+            return Err(format!(
+                "the request names {c} but the connection is to {}:{}",
+                t.host, t.port
+            ));
         }
     }
     Ok(())
@@ -359,7 +410,9 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
         }
         h.remove(n);
     }
-    let te_trailers = h.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let te_trailers = h
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for n in [
         "keep-alive",
         "proxy-connection",
@@ -405,14 +458,15 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Target) -> R
     let ws_h1 = req.version() == Version::HTTP_11 && is_ws_upgrade(req.headers());
     let path = normalise_path(req.uri().path());
     let mut rec = shared.record(method.as_str(), &t.host, t.port, path.clone());
-    let done = |mut rec: AuditRecord, status: StatusCode, decision: &str, note: String, body: String| {
-        rec.status = status.as_u16();
-        rec.decision = decision.into();
-        rec.note = note;
-        rec.duration_ms = ms(start);
-        shared.audit.write(&rec);
-        text(status, body)
-    };
+    let done =
+        |mut rec: AuditRecord, status: StatusCode, decision: &str, note: String, body: String| {
+            rec.status = status.as_u16();
+            rec.decision = decision.into();
+            rec.note = note;
+            rec.duration_ms = ms(start);
+            shared.audit.write(&rec);
+            text(status, body)
+        };
 
     if let Err(why) = check_identity(&req, &t) {
         return done(
@@ -468,7 +522,13 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Target) -> R
     rec.route = Some(idx);
     if !t.tls && !r.plain_http {
         let why = "plain HTTP is refused unless the route sets plain_http = true";
-        return done(rec, StatusCode::FORBIDDEN, "deny", why.into(), route::deny_body(&t.host, method.as_str(), &path, why));
+        return done(
+            rec,
+            StatusCode::FORBIDDEN,
+            "deny",
+            why.into(),
+            route::deny_body(&t.host, method.as_str(), &path, why),
+        );
     }
 
     let on_client = (ws_h1 || ws_h2).then(|| hyper::upgrade::on(&mut req));
@@ -477,13 +537,22 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Target) -> R
 
     // DLP, before anything is injected.
     let req_bytes = Arc::new(AtomicU64::new(0));
-    let mut body: Body = CountedBody { inner: body, n: req_bytes.clone() }.boxed_unsync();
+    let mut body: Body = CountedBody {
+        inner: body,
+        n: req_bytes.clone(),
+    }
+    .boxed_unsync();
     if shared.dlp.mode != DlpMode::Off {
         let mut findings = Vec::new();
-        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
         shared.dlp.scan_head(pq, &parts.headers, &mut findings);
         if !body.is_end_stream() {
-            let (frames, scanned, ended) = match buffer_prefix(&mut body, shared.dlp.max_body).await {
+            let (frames, scanned, ended) = match buffer_prefix(&mut body, shared.dlp.max_body).await
+            {
                 Ok(x) => x,
                 Err(e) => {
                     return done(
@@ -495,12 +564,19 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Target) -> R
                     )
                 }
             };
-            let enc = parts.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
+            let enc = parts
+                .headers
+                .get(header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok());
             shared.dlp.scan_body(&scanned, enc, &mut findings);
             if !ended {
                 rec.note = format!("dlp scanned the first {} body bytes", scanned.len());
             }
-            body = PrefixBody { frames, rest: (!ended).then_some(body) }.boxed_unsync();
+            body = PrefixBody {
+                frames,
+                rest: (!ended).then_some(body),
+            }
+            .boxed_unsync();
         }
         if !findings.is_empty() {
             tracing::warn!(host = %t.host, rules = ?findings, "DLP findings in an outbound request");
@@ -537,19 +613,48 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Target) -> R
     let scheme = if t.tls { "https" } else { "http" };
     let default_port = if t.tls { 443 } else { 80 };
     let host_port = {
-        let h = if t.host.contains(':') { format!("[{}]", t.host) } else { t.host.clone() };
-        if t.port == default_port { h } else { format!("{h}:{}", t.port) }
+        let h = if t.host.contains(':') {
+            format!("[{}]", t.host)
+        } else {
+            t.host.clone()
+        };
+        if t.port == default_port {
+            h
+        } else {
+            format!("{h}:{}", t.port)
+        }
     };
-    let pq = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
 
     if let Some(on_client) = on_client {
-        return websocket(shared.clone(), parts, on_client, t, host_port, pq, ws_h2, rec, start).await;
+        return websocket(
+            shared.clone(),
+            parts,
+            on_client,
+            t,
+            host_port,
+            pq,
+            ws_h2,
+            rec,
+            start,
+        )
+        .await;
     }
 
     parts.uri = match format!("{scheme}://{host_port}{pq}").parse::<Uri>() {
         Ok(u) => u,
         Err(_) => {
-            return done(rec, StatusCode::BAD_REQUEST, "error", "bad URI".into(), "bot-bottle egress: bad request URI\n".into())
+            return done(
+                rec,
+                StatusCode::BAD_REQUEST,
+                "error",
+                "bad URI".into(),
+                "bot-bottle egress: bad request URI\n".into(),
+            )
         }
     };
     parts.version = Version::HTTP_11;
@@ -598,7 +703,10 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// Reads frames until `cap` data bytes or the end. Returns the frames, the
 /// data seen (for scanning) and whether the body ended.
-async fn buffer_prefix(body: &mut Body, cap: usize) -> Result<(VecDeque<Frame<Bytes>>, Vec<u8>, bool), BoxError> {
+async fn buffer_prefix(
+    body: &mut Body,
+    cap: usize,
+) -> Result<(VecDeque<Frame<Bytes>>, Vec<u8>, bool), BoxError> {
     let mut frames = VecDeque::new();
     let mut seen = Vec::new();
     while seen.len() < cap {
@@ -626,7 +734,10 @@ struct PrefixBody {
 impl hyper::body::Body for PrefixBody {
     type Data = Bytes;
     type Error = BoxError;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(f) = self.frames.pop_front() {
             return Poll::Ready(Some(Ok(f)));
         }
@@ -649,7 +760,10 @@ struct CountedBody {
 impl hyper::body::Body for CountedBody {
     type Data = Bytes;
     type Error = BoxError;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
@@ -700,7 +814,8 @@ impl AuditBody {
 
 impl Drop for AuditBody {
     fn drop(&mut self) {
-        let note = (!self.inner.is_end_stream()).then(|| "client went away before the response ended".to_string());
+        let note = (!self.inner.is_end_stream())
+            .then(|| "client went away before the response ended".to_string());
         self.finish(note);
     }
 }
@@ -708,7 +823,10 @@ impl Drop for AuditBody {
 impl hyper::body::Body for AuditBody {
     type Data = Bytes;
     type Error = BoxError;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
@@ -757,7 +875,10 @@ async fn websocket(
         rec.note = why.clone();
         rec.duration_ms = ms(start);
         shared.audit.write(&rec);
-        text(StatusCode::BAD_GATEWAY, format!("bot-bottle egress: websocket upstream failed: {why}\n"))
+        text(
+            StatusCode::BAD_GATEWAY,
+            format!("bot-bottle egress: websocket upstream failed: {why}\n"),
+        )
     };
     let io = if t.tls {
         match shared.dialer.tls(&t.host, t.port, true).await {
@@ -770,23 +891,31 @@ async fn websocket(
             Err(e) => return fail(rec, e.to_string()),
         }
     };
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io).await {
-        Ok(x) => x,
-        Err(e) => return fail(rec, e.to_string()),
-    };
+    let (mut sender, conn) =
+        match hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io).await {
+            Ok(x) => x,
+            Err(e) => return fail(rec, e.to_string()),
+        };
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
     if from_h2 {
         parts.method = Method::GET;
-        parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         let key: [u8; 16] = rand::random();
         let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key);
         if let Ok(v) = HeaderValue::from_str(&key) {
             parts.headers.insert(header::SEC_WEBSOCKET_KEY, v);
         }
-        parts.headers.entry(header::SEC_WEBSOCKET_VERSION).or_insert(HeaderValue::from_static("13"));
+        parts
+            .headers
+            .entry(header::SEC_WEBSOCKET_VERSION)
+            .or_insert(HeaderValue::from_static("13"));
     }
     if let Ok(v) = HeaderValue::from_str(&host_port) {
         parts.headers.insert(header::HOST, v);
@@ -806,14 +935,28 @@ async fn websocket(
         // Refused by upstream: pass its answer back.
         let (mut p, b) = resp.into_parts();
         strip_hop_by_hop(&mut p.headers, false);
-        p.version = if from_h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        p.version = if from_h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
         rec.decision = "allow".into();
-        let body = AuditBody { inner: b, n: 0, rec: Some(rec), shared: shared.clone(), start, req_bytes: Arc::new(AtomicU64::new(0)) };
+        let body = AuditBody {
+            inner: b,
+            n: 0,
+            rec: Some(rec),
+            shared: shared.clone(),
+            start,
+            req_bytes: Arc::new(AtomicU64::new(0)),
+        };
         return Response::from_parts(p, body.boxed_unsync());
     }
     let on_up = hyper::upgrade::on(&mut resp);
     let mut out = Response::new(empty());
-    for name in [header::SEC_WEBSOCKET_PROTOCOL, header::SEC_WEBSOCKET_EXTENSIONS] {
+    for name in [
+        header::SEC_WEBSOCKET_PROTOCOL,
+        header::SEC_WEBSOCKET_EXTENSIONS,
+    ] {
         if let Some(v) = resp.headers().get(&name) {
             out.headers_mut().insert(name, v.clone());
         }
@@ -822,10 +965,13 @@ async fn websocket(
         *out.status_mut() = StatusCode::OK;
     } else {
         *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        out.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        out.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        out.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        out.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         if let Some(v) = resp.headers().get(header::SEC_WEBSOCKET_ACCEPT) {
-            out.headers_mut().insert(header::SEC_WEBSOCKET_ACCEPT, v.clone());
+            out.headers_mut()
+                .insert(header::SEC_WEBSOCKET_ACCEPT, v.clone());
         }
     }
     rec.decision = "allow".into();
@@ -856,8 +1002,18 @@ where
     let last = Arc::new(AtomicU64::new(0));
     let ca = Arc::new(AtomicU64::new(0));
     let cb = Arc::new(AtomicU64::new(0));
-    let mut a = Watched { inner: a, base, last: last.clone(), read: ca.clone() };
-    let mut b = Watched { inner: b, base, last: last.clone(), read: cb.clone() };
+    let mut a = Watched {
+        inner: a,
+        base,
+        last: last.clone(),
+        read: ca.clone(),
+    };
+    let mut b = Watched {
+        inner: b,
+        base,
+        last: last.clone(),
+        read: cb.clone(),
+    };
     let watchdog = async {
         loop {
             tokio::time::sleep(idle / 4).await;
@@ -883,12 +1039,17 @@ struct Watched<T> {
 
 impl<T> Watched<T> {
     fn touch(&self) {
-        self.last.store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last
+            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
@@ -901,7 +1062,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.touch();

@@ -25,7 +25,10 @@ pub(crate) fn check_host_pattern(p: &str) -> Result<(), String> {
 
 /// Lower-cases and drops a trailing dot and IPv6 brackets.
 pub(crate) fn canon_host(h: &str) -> String {
-    h.trim_end_matches('.').trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase()
+    h.trim_end_matches('.')
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase()
 }
 
 /// Whether `host` (canonical) matches `pattern` (exact, or `*.suffix`
@@ -33,9 +36,11 @@ pub(crate) fn canon_host(h: &str) -> String {
 pub(crate) fn host_matches(pattern: &str, host: &str) -> bool {
     let pattern = canon_host(pattern);
     match pattern.strip_prefix("*.") {
-        Some(suffix) => host.len() > suffix.len() + 1
-            && host.ends_with(suffix)
-            && host.as_bytes()[host.len() - suffix.len() - 1] == b'.',
+        Some(suffix) => {
+            host.len() > suffix.len() + 1
+                && host.ends_with(suffix)
+                && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+        }
         None => host == pattern,
     }
 }
@@ -194,7 +199,11 @@ pub struct Decision {
 
 impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "decision: {}", if self.allowed { "allow" } else { "deny" })?;
+        writeln!(
+            f,
+            "decision: {}",
+            if self.allowed { "allow" } else { "deny" }
+        )?;
         let action = match self.action {
             Action::Intercept => "intercept",
             Action::Passthrough => "passthrough",
@@ -202,7 +211,11 @@ impl fmt::Display for Decision {
             Action::Deny => "deny",
         };
         writeln!(f, "action: {action}")?;
-        writeln!(f, "request: {} {}:{}{}", self.method, self.host, self.port, self.path)?;
+        writeln!(
+            f,
+            "request: {} {}:{}{}",
+            self.method, self.host, self.port, self.path
+        )?;
         match (&self.route_index, &self.route_host) {
             (Some(i), Some(h)) => writeln!(f, "route: #{i} ({h})")?,
             (None, Some(h)) => writeln!(f, "route: tls_passthrough ({h})")?,
@@ -260,7 +273,11 @@ pub fn check(config: &ProxyConfig, method: &str, url: &str) -> Decision {
         return d;
     }
     if tls {
-        if let Some(p) = config.tls_passthrough.iter().find(|p| host_matches(p, &d.host)) {
+        if let Some(p) = config
+            .tls_passthrough
+            .iter()
+            .find(|p| host_matches(p, &d.host))
+        {
             d.allowed = true;
             d.action = Action::Passthrough;
             d.route_host = Some(p.clone());
@@ -281,7 +298,11 @@ pub fn check(config: &ProxyConfig, method: &str, url: &str) -> Decision {
                 return d;
             }
             d.allowed = true;
-            d.action = if tls { Action::Intercept } else { Action::PlainHttp };
+            d.action = if tls {
+                Action::Intercept
+            } else {
+                Action::PlainHttp
+            };
             d.inject_headers = r.inject.iter().map(|h| h.header.clone()).collect();
             d.reason = format!("route #{i} allows it");
         }

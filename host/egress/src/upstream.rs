@@ -35,13 +35,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) fn parse_proxy_url(s: &str) -> Result<(String, u16), String> {
     let uri: Uri = s.parse().map_err(|_| format!("{s:?} is not a URL"))?;
     if uri.scheme_str() != Some("http") {
-        return Err(format!("{s:?}: only http:// proxies are supported (reached with CONNECT)"));
+        return Err(format!(
+            "{s:?}: only http:// proxies are supported (reached with CONNECT)"
+        ));
     }
     let host = uri.host().ok_or_else(|| format!("{s:?} has no host"))?;
     if uri.path() != "/" && !uri.path().is_empty() {
         return Err(format!("{s:?}: a proxy URL has no path"));
     }
-    Ok((host.trim_matches(|c| c == '[' || c == ']').to_owned(), uri.port_u16().unwrap_or(80)))
+    Ok((
+        host.trim_matches(|c| c == '[' || c == ']').to_owned(),
+        uri.port_u16().unwrap_or(80),
+    ))
 }
 
 fn root_store(extra_pem: Option<&str>) -> Result<rustls::RootCertStore, EgressError> {
@@ -59,11 +64,15 @@ fn root_store(extra_pem: Option<&str>) -> Result<rustls::RootCertStore, EgressEr
         let mut n = 0;
         for c in rustls_pemfile::certs(&mut pem.as_bytes()) {
             let c = c.map_err(|e| EgressError::Trust(format!("upstream.extra_ca_pem: {e}")))?;
-            roots.add(c).map_err(|e| EgressError::Trust(format!("upstream.extra_ca_pem: {e}")))?;
+            roots
+                .add(c)
+                .map_err(|e| EgressError::Trust(format!("upstream.extra_ca_pem: {e}")))?;
             n += 1;
         }
         if n == 0 {
-            return Err(EgressError::Trust("upstream.extra_ca_pem holds no certificate".into()));
+            return Err(EgressError::Trust(
+                "upstream.extra_ca_pem holds no certificate".into(),
+            ));
         }
     }
     Ok(roots)
@@ -84,7 +93,9 @@ struct DialerInner {
 
 impl std::fmt::Debug for Dialer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dialer").field("proxy", &self.inner.proxy).finish_non_exhaustive()
+        f.debug_struct("Dialer")
+            .field("proxy", &self.inner.proxy)
+            .finish_non_exhaustive()
     }
 }
 
@@ -153,7 +164,11 @@ impl Dialer {
         let tcp = self.tcp(host, port).await?;
         let name = ServerName::try_from(host.to_owned())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "invalid server name"))?;
-        let conn = if h1_only { &self.inner.tls_h1 } else { &self.inner.tls_any };
+        let conn = if h1_only {
+            &self.inner.tls_h1
+        } else {
+            &self.inner.tls_any
+        };
         let tls = tokio::time::timeout(CONNECT_TIMEOUT, conn.connect(name, tcp))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
@@ -171,15 +186,22 @@ async fn connect_via_proxy(mut s: TcpStream, authority: &str) -> io::Result<TcpS
     // Byte by byte so nothing past the head (the tunnel's first bytes) is eaten.
     while !head.ends_with(b"\r\n\r\n") {
         if head.len() > 16 * 1024 || s.read(&mut b).await? == 0 {
-            return Err(io::Error::other("upstream proxy closed or sent an oversized answer to CONNECT"));
+            return Err(io::Error::other(
+                "upstream proxy closed or sent an oversized answer to CONNECT",
+            ));
         }
         head.push(b[0]);
     }
     let line = head.split(|&c| c == b'\n').next().unwrap_or_default();
-    let ok = line.split(|&c| c == b' ').nth(1).is_some_and(|code| code.starts_with(b"2"));
+    let ok = line
+        .split(|&c| c == b' ')
+        .nth(1)
+        .is_some_and(|code| code.starts_with(b"2"));
     if !ok {
         let line = String::from_utf8_lossy(line).trim().to_owned();
-        return Err(io::Error::other(format!("upstream proxy refused CONNECT: {line}")));
+        return Err(io::Error::other(format!(
+            "upstream proxy refused CONNECT: {line}"
+        )));
     }
     Ok(s)
 }
@@ -213,7 +235,11 @@ impl hyper::rt::Read for UpstreamIo {
 }
 
 impl hyper::rt::Write for UpstreamIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             UpstreamIo::Tls(s, _) => Pin::new(&mut **s).poll_write(cx, buf),
             UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
@@ -270,7 +296,9 @@ impl tower_service::Service<Uri> for Dialer {
                 let s = this.tcp(&host, uri.port_u16().unwrap_or(80)).await?;
                 Ok(UpstreamIo::Plain(TokioIo::new(s)))
             } else {
-                let (s, h2) = this.tls(&host, uri.port_u16().unwrap_or(443), false).await?;
+                let (s, h2) = this
+                    .tls(&host, uri.port_u16().unwrap_or(443), false)
+                    .await?;
                 Ok(UpstreamIo::Tls(Box::new(TokioIo::new(s)), h2))
             }
         })

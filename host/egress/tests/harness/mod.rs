@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bot_bottle_egress::config::{AuditConfig, CaMaterial, DlpConfig, Limits, ProxyConfig, UpstreamConfig};
+use bot_bottle_egress::config::{
+    AuditConfig, CaMaterial, DlpConfig, Limits, ProxyConfig, UpstreamConfig,
+};
 use bot_bottle_egress::BottleCa;
 use bot_bottle_plugin_api::{EgressRoute, HeaderInjection, Secret};
 use bytes::Bytes;
@@ -45,7 +47,11 @@ pub struct Seen {
 
 impl Seen {
     pub fn header_all(&self, name: &str) -> Vec<String> {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone()).collect()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 }
 
@@ -60,12 +66,25 @@ pub fn test_pki() -> TestPki {
     let ca_key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(vec![]).unwrap();
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(rcgen::DnType::CommonName, "egress test upstream CA");
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "egress test upstream CA");
     let ca = p.self_signed(&ca_key).unwrap();
     let key = KeyPair::generate().unwrap();
-    let names: Vec<String> =
-        ["api.test", "other.test", "ws.test", "pass.test", "a.wild.test", "chain.test"].iter().map(|s| s.to_string()).collect();
-    let leaf = CertificateParams::new(names).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    let names: Vec<String> = [
+        "api.test",
+        "other.test",
+        "ws.test",
+        "pass.test",
+        "a.wild.test",
+        "chain.test",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let leaf = CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
     TestPki {
         ca_pem: ca.pem(),
         cert: leaf.der().clone(),
@@ -93,7 +112,10 @@ fn full(s: impl Into<Bytes>) -> Body {
 pub async fn start_upstream(pki: &TestPki) -> Upstream {
     let mut cfg = rustls::ServerConfig::builder()
         .with_no_client_auth()
-        .with_single_cert(vec![pki.cert.clone()], PrivateKeyDer::Pkcs8(pki.key.clone_key()))
+        .with_single_cert(
+            vec![pki.cert.clone()],
+            PrivateKeyDer::Pkcs8(pki.key.clone_key()),
+        )
         .unwrap();
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
@@ -104,21 +126,31 @@ pub async fn start_upstream(pki: &TestPki) -> Upstream {
     let (seen2, rel2) = (seen.clone(), release.clone());
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = l.accept().await else { return };
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let (seen, release) = (seen2.clone(), rel2.clone());
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let sni = tls.get_ref().1.server_name().map(|s| s.to_string());
-                let svc = service_fn(move |req| upstream_handle(req, seen.clone(), release.clone(), sni.clone()));
+                let svc = service_fn(move |req| {
+                    upstream_handle(req, seen.clone(), release.clone(), sni.clone())
+                });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                     .await;
             });
         }
     });
-    Upstream { addr, seen, release }
+    Upstream {
+        addr,
+        seen,
+        release,
+    }
 }
 
 async fn upstream_handle(
@@ -130,14 +162,30 @@ async fn upstream_handle(
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
-        .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let method = req.method().to_string();
-    let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
     let version = format!("{:?}", req.version());
     let ws_key = req.headers().get("sec-websocket-key").cloned();
     if let Some(key) = ws_key {
-        seen.lock().unwrap().push(Seen { method, path, version, headers, body: vec![], sni });
+        seen.lock().unwrap().push(Seen {
+            method,
+            path,
+            version,
+            headers,
+            body: vec![],
+            sni,
+        });
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             let Ok(up) = on.await else { return };
@@ -163,16 +211,36 @@ async fn upstream_handle(
             .unwrap());
     }
     let is_h1 = req_is_h1(&headers);
-    let body = req.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
-    seen.lock().unwrap().push(Seen { method, path: path.clone(), version: version.clone(), headers, body, sni });
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
+    seen.lock().unwrap().push(Seen {
+        method,
+        path: path.clone(),
+        version: version.clone(),
+        headers,
+        body,
+        sni,
+    });
     if path.starts_with("/sse") {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
         tokio::spawn(async move {
-            let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"data: first\n\n")))).await;
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(b"data: first\n\n"))))
+                .await;
             release.notified().await;
-            let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"data: second\n\n")))).await;
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(b"data: second\n\n"))))
+                .await;
         });
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
+            );
         return Ok(Response::builder()
             .header("content-type", "text/event-stream")
             .header("cache-control", "no-cache")
@@ -198,17 +266,27 @@ fn req_is_h1(h: &[(String, String)]) -> bool {
 }
 
 pub fn inject(header: &str, value: &str) -> HeaderInjection {
-    HeaderInjection { header: header.into(), value: value.into(), token_ref: Some("REAL_TOKEN".into()) }
+    HeaderInjection {
+        header: header.into(),
+        value: value.into(),
+        token_ref: Some("REAL_TOKEN".into()),
+    }
 }
 
 /// The standard test config: routes for api.test (Bearer), other.test
 /// (/open only, nothing injected), ws.test (Bearer), *.wild.test (GET,
 /// x-api-key), chain.test (Bearer); passthrough pass.test.
 pub fn config(pki: &TestPki, up: SocketAddr, audit: &std::path::Path) -> ProxyConfig {
-    let hosts: Vec<String> = ["api.test", "other.test", "ws.test", "*.wild.test", "chain.test"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let hosts: Vec<String> = [
+        "api.test",
+        "other.test",
+        "ws.test",
+        "*.wild.test",
+        "chain.test",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let ca = BottleCa::generate("bb-test", &hosts).unwrap();
     let mut api = EgressRoute::allow("api.test");
     api.inject = vec![inject("Authorization", "Bearer {token}")];
@@ -222,7 +300,14 @@ pub fn config(pki: &TestPki, up: SocketAddr, audit: &std::path::Path) -> ProxyCo
     let mut chain = EgressRoute::allow("chain.test");
     chain.inject = vec![inject("Authorization", "Bearer {token}")];
     let mut resolve = BTreeMap::new();
-    for h in ["api.test", "other.test", "ws.test", "pass.test", "a.wild.test", "chain.test"] {
+    for h in [
+        "api.test",
+        "other.test",
+        "ws.test",
+        "pass.test",
+        "a.wild.test",
+        "chain.test",
+    ] {
         resolve.insert(h.to_string(), up);
     }
     ProxyConfig {
@@ -231,12 +316,23 @@ pub fn config(pki: &TestPki, up: SocketAddr, audit: &std::path::Path) -> ProxyCo
         listen: "127.0.0.1:0".parse().unwrap(),
         routes: vec![api, other, ws, wild, chain],
         tls_passthrough: vec!["pass.test".into()],
-        tokens: [("REAL_TOKEN".to_string(), Secret::new(CANARY))].into_iter().collect(),
-        ca: CaMaterial { cert_pem: ca.cert_pem, key_pem: ca.key_pem },
-        upstream: UpstreamConfig { extra_ca_pem: Some(pki.ca_pem.clone()), proxy: None, resolve },
+        tokens: [("REAL_TOKEN".to_string(), Secret::new(CANARY))]
+            .into_iter()
+            .collect(),
+        ca: CaMaterial {
+            cert_pem: ca.cert_pem,
+            key_pem: ca.key_pem,
+        },
+        upstream: UpstreamConfig {
+            extra_ca_pem: Some(pki.ca_pem.clone()),
+            proxy: None,
+            resolve,
+        },
         dlp: DlpConfig::default(),
         limits: Limits::default(),
-        audit: AuditConfig { path: Some(audit.to_owned()) },
+        audit: AuditConfig {
+            path: Some(audit.to_owned()),
+        },
     }
 }
 
@@ -256,9 +352,15 @@ pub fn start_proxy(cfg: ProxyConfig) -> SocketAddr {
 pub async fn connect(proxy: SocketAddr, target: &str) -> (u16, String, TcpStream) {
     let mut s = TcpStream::connect(proxy).await.unwrap();
     s.set_nodelay(true).unwrap();
-    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let head = read_head(&mut s).await;
-    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     (status, head, s)
 }
 
@@ -288,7 +390,9 @@ pub async fn tls(
     trust_pem: &str,
     alpn: &[&[u8]],
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let mut c = rustls::ClientConfig::builder().with_root_certificates(roots(trust_pem)).with_no_client_auth();
+    let mut c = rustls::ClientConfig::builder()
+        .with_root_certificates(roots(trust_pem))
+        .with_no_client_auth();
     c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     tokio_rustls::TlsConnector::from(Arc::new(c))
         .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
@@ -315,21 +419,32 @@ pub async fn send(
     let (st, head, tcp) = connect(proxy, connect_to).await;
     assert_eq!(st, 200, "CONNECT {connect_to}: {head}");
     let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
-    let t = tls(tcp, sni, trust_pem, alpn).await.expect("TLS through the proxy");
+    let t = tls(tcp, sni, trust_pem, alpn)
+        .await
+        .expect("TLS through the proxy");
     let resp = if h2 {
         assert_eq!(t.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        let (mut s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t)).await.unwrap();
+        let (mut s, c) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
+                .await
+                .unwrap();
         tokio::spawn(c);
         s.send_request(req).await.unwrap()
     } else {
-        let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(t)).await.unwrap();
+        let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(t))
+            .await
+            .unwrap();
         tokio::spawn(c);
         s.send_request(req).await.unwrap()
     };
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
-    Got { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
+    Got {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
 }
 
 /// A GET: absolute URI (HTTP/2 `:authority`) or origin-form with `Host`.
@@ -338,7 +453,9 @@ pub fn get(uri: &str, host: &str, h2: bool) -> Request<Full<Bytes>> {
         Request::builder().uri(uri)
     } else {
         let u: http::Uri = uri.parse().unwrap();
-        Request::builder().uri(u.path_and_query().unwrap().as_str()).header("host", host)
+        Request::builder()
+            .uri(u.path_and_query().unwrap().as_str())
+            .header("host", host)
     };
     b.body(Full::new(Bytes::new())).unwrap()
 }
@@ -353,7 +470,10 @@ pub fn audit_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
 
 /// Whether curl can run here. In CI its absence is a failure.
 pub fn have_curl() -> bool {
-    let ok = std::process::Command::new("curl").arg("--version").output().is_ok_and(|o| o.status.success());
+    let ok = std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !ok {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("curl is required in CI (apt-get install curl)");

@@ -1,0 +1,210 @@
+//! Command-line interface: argument parsing, logging set-up and the error
+//! edge (one message, `-v` for the whole chain, non-zero exit).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::commands;
+
+/// Run AI coding agents in sandboxes behind an egress proxy that holds the
+/// real credentials.
+#[derive(Debug, Parser)]
+#[command(name = "bottle", version, about, propagate_version = true)]
+pub struct Cli {
+    /// More output: -v for progress and plugin logs, -vv for debug, -vvv for
+    /// everything. RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Look for plugins in DIR first (repeatable; searched in order).
+    #[arg(long = "plugin-dir", value_name = "DIR", global = true)]
+    pub plugin_dirs: Vec<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what a bottle will get (env, files, routes, token sources) without
+    /// launching anything. Secret values are never printed.
+    Plan(PlanArgs),
+    /// Run a bottle: plan, launch, attach, and remove it when the agent exits.
+    Run(RunArgs),
+    /// List bottles on every backend.
+    Ls(JsonFlag),
+    /// Stop a running bottle (kept for `logs` until `rm`).
+    Stop {
+        /// Bottle id or name.
+        name: String,
+    },
+    /// Remove a bottle and everything it created.
+    Rm {
+        /// Bottle id or name.
+        name: String,
+    },
+    /// Print a bottle's agent output, or its egress audit log.
+    Logs {
+        /// Bottle id or name.
+        name: String,
+        /// The egress proxy's audit log (one JSON line per request).
+        #[arg(long)]
+        egress: bool,
+        /// Keep following.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Run a command in a running bottle.
+    Exec {
+        /// Bottle id or name.
+        name: String,
+        /// The command.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Remove everything labelled as bot-bottle's whose bottle is gone.
+    Gc {
+        /// Also remove cached images bot-bottle built (the egress sidecar image).
+        #[arg(long)]
+        images: bool,
+    },
+    /// Inspect installed plugins.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+    /// Check every installed backend and provider on this host.
+    Doctor(JsonFlag),
+    /// The egress proxy (what a bottle's sidecar runs).
+    #[command(subcommand)]
+    Egress(EgressCommand),
+}
+
+/// `bottle plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The manifest.
+    #[arg(short = 'f', long = "file", default_value = "bottle.toml")]
+    pub file: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `bottle run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The manifest.
+    #[arg(short = 'f', long = "file", default_value = "bottle.toml")]
+    pub file: PathBuf,
+    /// Leave the bottle in place after the agent exits.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print the bottle id and return once it is up.
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+    /// Arguments appended to the agent command.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+/// A lone `--json` flag.
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `bottle plugins …`.
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// List installed plugins and any that failed to load.
+    List(JsonFlag),
+    /// Details of one plugin.
+    Info {
+        /// Plugin name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `bottle egress …`.
+#[derive(Debug, Subcommand)]
+pub enum EgressCommand {
+    /// Serve the proxy from a config file the host wrote.
+    Serve {
+        /// The proxy config (JSON).
+        #[arg(long)]
+        config: PathBuf,
+        /// Listen address, overriding the config's.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Print what the proxy would do with a request (header names only).
+    Check {
+        /// The proxy config (JSON).
+        #[arg(long)]
+        config: PathBuf,
+        /// HTTP method.
+        method: String,
+        /// Full URL.
+        url: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(verbose >= 2)
+        .try_init();
+}
+
+/// Parses arguments, runs the command, prints any error, returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match commands::run(&cli) {
+        Ok(code) => code,
+        Err(err) => {
+            print_error(&err, cli.verbose);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints an error: the top message always, its causes with `-v`.
+pub fn print_error(err: &anyhow::Error, verbose: u8) {
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let label = if ansi {
+        "\x1b[1;31merror\x1b[0m"
+    } else {
+        "error"
+    };
+    eprintln!("{label}: {err}");
+    let mut chain = err.chain().skip(1).peekable();
+    if verbose > 0 {
+        for cause in chain {
+            eprintln!("  caused by: {cause}");
+        }
+    } else if chain.peek().is_some() {
+        eprintln!("  (run with -v for the cause)");
+    }
+}

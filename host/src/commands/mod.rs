@@ -1,0 +1,51 @@
+//! One module per subcommand; each returns the process exit code.
+
+mod bottles;
+mod doctor;
+mod egress;
+mod plan;
+mod plugins;
+mod run;
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+use crate::plugins::{discovery, PluginSet};
+
+/// Runs the parsed command.
+pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Plan(args) => plan::run(cli, args),
+        Command::Plugins(cmd) => plugins::run(cli, cmd),
+        Command::Doctor(args) => doctor::run(cli, args.json),
+        Command::Egress(cmd) => egress::run(cmd),
+        Command::Run(args) => run::run(cli, args),
+        Command::Ls(args) => bottles::ls(cli, args.json),
+        Command::Stop { name } => bottles::stop(cli, name),
+        Command::Rm { name } => bottles::rm(cli, name),
+        Command::Logs {
+            name,
+            egress,
+            follow,
+        } => bottles::logs(cli, name, *egress, *follow),
+        Command::Exec { name, command } => bottles::exec(cli, name, command),
+        Command::Gc { images } => bottles::gc(cli, *images),
+    }
+}
+
+/// Loads every plugin on the search path. Problems with files the command
+/// does not need are warnings; the caller decides what is fatal.
+pub(crate) fn load_plugins(cli: &Cli) -> PluginSet {
+    let set = PluginSet::load(discovery::search_dirs_from_env(&cli.plugin_dirs));
+    for s in &set.shadowed {
+        tracing::info!("{s}");
+    }
+    set
+}
+
+/// Prints load errors as warnings (for commands that can go on without them).
+pub(crate) fn warn_load_errors(set: &PluginSet) {
+    for e in &set.errors {
+        eprintln!("warning: {e}");
+    }
+}

@@ -1,0 +1,290 @@
+//! Stage 4 of the one flow: the host's egress plan.
+//!
+//! The host, and only the host, merges `effective_env = host env ∪
+//! provisioned_env` (provisioned values win) and resolves every route's token
+//! ref from it with one generic function. No provider and no backend does
+//! this; backends receive resolved values in the proxy's config.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bot_bottle_plugin_api::{AgentProvisionPlan, EgressRoute, Secret};
+use serde::Serialize;
+
+/// Token refs that no env could resolve. Names only, never values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", missing_message(.missing))]
+pub struct MissingTokenRefs {
+    /// The refs that were asked for and not found (or empty).
+    pub missing: Vec<String>,
+}
+
+fn missing_message(missing: &[String]) -> String {
+    let list = missing
+        .iter()
+        .map(|r| format!("`{r}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let s = if missing.len() == 1 { "" } else { "s" };
+    format!(
+        "egress token ref{s} {list} not set: export {} on the host (or fix `token_ref` in the manifest's [[egress.route]])",
+        if missing.len() == 1 { "it" } else { "them" }
+    )
+}
+
+/// Resolves every token ref in `token_refs` from `env`.
+///
+/// Generic on purpose: it knows no provider and no ref by name; a
+/// Codex-looking ref resolves exactly like any other. An empty value counts
+/// as missing. The error lists every missing ref, never a value.
+pub fn egress_resolve_token_values<'a>(
+    token_refs: impl IntoIterator<Item = &'a str>,
+    env: &BTreeMap<String, Secret>,
+) -> Result<BTreeMap<String, Secret>, MissingTokenRefs> {
+    let mut resolved = BTreeMap::new();
+    let mut missing = BTreeSet::new();
+    for r in token_refs {
+        match env.get(r) {
+            Some(v) if !v.is_empty() => {
+                resolved.insert(r.to_string(), v.clone());
+            }
+            _ => {
+                missing.insert(r.to_string());
+            }
+        }
+    }
+    if missing.is_empty() {
+        Ok(resolved)
+    } else {
+        Err(MissingTokenRefs {
+            missing: missing.into_iter().collect(),
+        })
+    }
+}
+
+/// `host env ∪ provisioned_env`, provisioned values winning.
+pub fn effective_env(
+    host_env: &BTreeMap<String, Secret>,
+    provisioned: &BTreeMap<String, Secret>,
+) -> BTreeMap<String, Secret> {
+    let mut env = host_env.clone();
+    env.extend(provisioned.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
+}
+
+/// Where a token ref's value comes from, for `bottle plan`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "from")]
+pub enum TokenSource {
+    /// The provider read it at prepare time (`provisioned_env`).
+    Provider {
+        /// The provider's name.
+        provider: String,
+    },
+    /// The host environment.
+    HostEnv,
+    /// Nowhere: the bottle cannot start.
+    Missing,
+}
+
+/// One token ref and where it resolves from. Never the value.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenStatus {
+    /// The ref (an env name).
+    pub token_ref: String,
+    /// Where it comes from.
+    #[serde(flatten)]
+    pub source: TokenSource,
+}
+
+/// The egress half of a bottle: routes, passthrough hosts and resolved tokens.
+#[derive(Debug, Clone, Serialize)]
+pub struct EgressPlan {
+    /// Manifest routes first, then the provider's.
+    pub routes: Vec<EgressRoute>,
+    /// Hosts tunnelled without decryption.
+    pub tls_passthrough: Vec<String>,
+    /// Every token ref the routes use and where it resolves from.
+    pub tokens: Vec<TokenStatus>,
+    /// Resolved values by ref (empty when any ref is missing).
+    #[serde(skip)]
+    pub token_values: BTreeMap<String, Secret>,
+    /// Refs that did not resolve.
+    #[serde(skip)]
+    pub missing: Option<MissingTokenRefs>,
+}
+
+impl EgressPlan {
+    /// Every host the bottle may reach (routes and passthrough), deduplicated.
+    pub fn hosts(&self) -> Vec<String> {
+        let set: BTreeSet<String> = self
+            .routes
+            .iter()
+            .map(|r| r.host.clone())
+            .chain(self.tls_passthrough.iter().cloned())
+            .collect();
+        set.into_iter().collect()
+    }
+}
+
+/// Builds the egress plan: merge routes, merge env, resolve once.
+pub fn build(
+    manifest_routes: &[EgressRoute],
+    manifest_passthrough: &[String],
+    provider_name: &str,
+    provision: &AgentProvisionPlan,
+    host_env: &BTreeMap<String, Secret>,
+) -> EgressPlan {
+    let mut routes: Vec<EgressRoute> = manifest_routes.to_vec();
+    for r in &provision.egress_routes {
+        let mut r = r.clone();
+        if r.source.is_empty() {
+            r.source = format!("provider:{provider_name}");
+        }
+        routes.push(r);
+    }
+    let mut tls_passthrough: Vec<String> = manifest_passthrough.to_vec();
+    for h in &provision.tls_passthrough {
+        if !tls_passthrough.contains(h) {
+            tls_passthrough.push(h.clone());
+        }
+    }
+
+    let refs: BTreeSet<&str> = routes.iter().flat_map(EgressRoute::token_refs).collect();
+    let env = effective_env(host_env, &provision.provisioned_env);
+    let tokens = refs
+        .iter()
+        .map(|r| TokenStatus {
+            token_ref: r.to_string(),
+            source: if provision
+                .provisioned_env
+                .get(*r)
+                .is_some_and(|v| !v.is_empty())
+            {
+                TokenSource::Provider {
+                    provider: provider_name.to_string(),
+                }
+            } else if host_env.get(*r).is_some_and(|v| !v.is_empty()) {
+                TokenSource::HostEnv
+            } else {
+                TokenSource::Missing
+            },
+        })
+        .collect();
+    let (token_values, missing) = match egress_resolve_token_values(refs.iter().copied(), &env) {
+        Ok(v) => (v, None),
+        Err(e) => (BTreeMap::new(), Some(e)),
+    };
+    EgressPlan {
+        routes,
+        tls_passthrough,
+        tokens,
+        token_values,
+        missing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bot_bottle_plugin_api::HeaderInjection;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, Secret> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Secret::new(*v)))
+            .collect()
+    }
+
+    fn route(host: &str, token_ref: &str) -> EgressRoute {
+        let mut r = EgressRoute::allow(host);
+        r.inject.push(HeaderInjection {
+            header: "Authorization".into(),
+            value: "Bearer {token}".into(),
+            token_ref: Some(token_ref.into()),
+        });
+        r
+    }
+
+    #[test]
+    fn provisioned_values_win_over_host_env() {
+        let merged = effective_env(
+            &env(&[("A", "host"), ("B", "host-b")]),
+            &env(&[("A", "provisioned")]),
+        );
+        assert_eq!(merged["A"].expose(), "provisioned");
+        assert_eq!(merged["B"].expose(), "host-b");
+    }
+
+    #[test]
+    fn missing_refs_are_named_and_values_never_printed() {
+        let e = egress_resolve_token_values(
+            ["PRESENT", "GONE", "EMPTY", "ALSO_GONE"],
+            &env(&[("PRESENT", "canary-value-123"), ("EMPTY", "")]),
+        )
+        .unwrap_err();
+        assert_eq!(e.missing, ["ALSO_GONE", "EMPTY", "GONE"]);
+        let msg = e.to_string();
+        assert!(msg.contains("`ALSO_GONE`, `EMPTY`, `GONE`"), "{msg}");
+        assert!(!msg.contains("canary-value-123"));
+    }
+
+    #[test]
+    fn a_codex_looking_ref_resolves_like_any_other() {
+        // The function is provider-agnostic: no ref name is special.
+        let e = env(&[
+            ("CODEX_HOST_CREDENTIAL_TOKEN_REF", "tok-1"),
+            ("PLAIN_REF", "tok-2"),
+        ]);
+        let got = egress_resolve_token_values(["CODEX_HOST_CREDENTIAL_TOKEN_REF", "PLAIN_REF"], &e)
+            .unwrap();
+        assert_eq!(got["CODEX_HOST_CREDENTIAL_TOKEN_REF"].expose(), "tok-1");
+        assert_eq!(got["PLAIN_REF"].expose(), "tok-2");
+        let missing =
+            egress_resolve_token_values(["CODEX_HOST_CREDENTIAL_TOKEN_REF"], &BTreeMap::new())
+                .unwrap_err();
+        assert_eq!(missing.missing, ["CODEX_HOST_CREDENTIAL_TOKEN_REF"]);
+    }
+
+    #[test]
+    fn plan_reports_sources_and_resolves_once() {
+        let mut provision = AgentProvisionPlan::default();
+        provision
+            .egress_routes
+            .push(route("chatgpt.com", "PROV_REF"));
+        provision.provisioned_env =
+            env(&[("PROV_REF", "from-provider"), ("SHADOW", "provider-wins")]);
+        let manifest = [
+            route("api.example.test", "HOST_REF"),
+            route("x.example.test", "SHADOW"),
+            route("y.example.test", "NOPE"),
+        ];
+        let plan = build(
+            &manifest,
+            &[],
+            "codex",
+            &provision,
+            &env(&[("HOST_REF", "from-host"), ("SHADOW", "host-loses")]),
+        );
+        let src: BTreeMap<_, _> = plan
+            .tokens
+            .iter()
+            .map(|t| (t.token_ref.as_str(), t.source.clone()))
+            .collect();
+        assert_eq!(
+            src["PROV_REF"],
+            TokenSource::Provider {
+                provider: "codex".into()
+            }
+        );
+        assert_eq!(src["HOST_REF"], TokenSource::HostEnv);
+        assert_eq!(
+            src["SHADOW"],
+            TokenSource::Provider {
+                provider: "codex".into()
+            }
+        );
+        assert_eq!(src["NOPE"], TokenSource::Missing);
+        assert_eq!(plan.missing.unwrap().missing, ["NOPE"]);
+        assert_eq!(plan.routes[3].source, "provider:codex");
+    }
+}

@@ -1,0 +1,655 @@
+//! Stage 1 of the one flow: read `bottle.toml`.
+//!
+//! The manifest is strict: an unknown key or a wrong type stops here with a
+//! message that names the file, the line and the key. Provider and backend
+//! options (`[agent.options]`, `[backends.NAME]`) are passed through as JSON
+//! and checked by the plugin that owns them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bot_bottle_plugin_api::{EgressRoute, HeaderInjection, Resources};
+use serde::Deserialize;
+
+/// A manifest that failed to load. The message is complete: file, line,
+/// key, what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("cannot read manifest {path}: {source}; pass the right file with -f PATH")]
+    Read {
+        /// The manifest path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A syntax error, unknown key or wrong type.
+    #[error("{path}:{line}:{column}: {message}{key_note}\n  {line} | {snippet}\n  see docs/manifest.md for every key")]
+    Invalid {
+        /// The manifest path.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+        /// ` (key `a.b`)` when the key is known.
+        key_note: String,
+        /// The offending line.
+        snippet: String,
+    },
+}
+
+/// `bottle.toml`, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: String,
+    backend: String,
+    agent: RawAgent,
+    #[serde(default)]
+    workspace: Option<RawWorkspace>,
+    #[serde(default)]
+    mounts: Vec<RawMount>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    resources: RawResources,
+    #[serde(default)]
+    egress: RawEgress,
+    #[serde(default)]
+    backends: BTreeMap<String, toml::Table>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    provider: String,
+    image: String,
+    #[serde(default)]
+    command: Option<Vec<String>>,
+    #[serde(default)]
+    tty: Option<bool>,
+    #[serde(default)]
+    options: toml::Table,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkspace {
+    path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMount {
+    host: PathBuf,
+    path: String,
+    #[serde(default)]
+    writable: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResources {
+    #[serde(default)]
+    cpus: Option<f64>,
+    #[serde(default)]
+    memory: Option<String>,
+    #[serde(default)]
+    pids: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEgress {
+    #[serde(default)]
+    route: Vec<RawRoute>,
+    #[serde(default)]
+    tls_passthrough: Vec<String>,
+    #[serde(default)]
+    dlp: Option<DlpMode>,
+    #[serde(default)]
+    upstream_proxy: Option<String>,
+    #[serde(default)]
+    upstream_ca: Option<PathBuf>,
+    #[serde(default)]
+    resolve: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    host: String,
+    #[serde(default)]
+    path_prefix: Option<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    plain_http: bool,
+    #[serde(default)]
+    inject: Vec<RawInject>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInject {
+    header: String,
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    token_ref: Option<String>,
+}
+
+/// What the egress proxy's DLP stage does with a secret-shaped value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DlpMode {
+    /// No scanning.
+    Off,
+    /// Scan and write findings to the audit log.
+    #[default]
+    Log,
+    /// Scan and refuse the request with 403.
+    Block,
+}
+
+/// A validated manifest: every path absolute, every value checked.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// Bottle name (`[a-z0-9][a-z0-9-]*`).
+    pub name: String,
+    /// Backend plugin name.
+    pub backend: String,
+    /// Provider plugin name.
+    pub provider: String,
+    /// Agent image.
+    pub image: String,
+    /// Agent command, when the manifest gives one.
+    pub command: Option<Vec<String>>,
+    /// Allocate a TTY; `None` means "when stdin is a terminal".
+    pub tty: Option<bool>,
+    /// `[agent.options]` as JSON, for the provider.
+    pub provider_options: serde_json::Value,
+    /// `[backends.<backend>]` as JSON, for the backend.
+    pub backend_options: serde_json::Value,
+    /// Host directory mounted read-write at the sandbox workspace.
+    pub workspace: Option<PathBuf>,
+    /// Other mounts, read-only unless marked writable.
+    pub mounts: Vec<bot_bottle_plugin_api::Mount>,
+    /// Plain env for the agent (never secrets).
+    pub env: BTreeMap<String, String>,
+    /// Limits.
+    pub resources: Resources,
+    /// Routes declared in the manifest.
+    pub routes: Vec<EgressRoute>,
+    /// Hosts tunnelled without decryption.
+    pub tls_passthrough: Vec<String>,
+    /// DLP mode.
+    pub dlp: DlpMode,
+    /// Upstream proxy to chain to.
+    pub upstream_proxy: Option<String>,
+    /// Extra CA bundle the proxy trusts upstream (absolute host path).
+    pub upstream_ca: Option<PathBuf>,
+    /// Host → address overrides for the proxy's upstream dials.
+    pub resolve: BTreeMap<String, std::net::SocketAddr>,
+}
+
+impl Manifest {
+    /// Reads and validates a manifest file.
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses manifest text; `path` is used for messages and to resolve
+    /// relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ManifestError> {
+        let raw: RawManifest = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map(|s| s.start).unwrap_or(0);
+            invalid_at(path, text, offset, e.message().to_string())
+        })?;
+        validate(path, text, raw)
+    }
+
+    /// The directory relative paths are resolved against.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+}
+
+/// Builds an `Invalid` error pointing at a byte offset of the text.
+fn invalid_at(path: &Path, text: &str, offset: usize, message: String) -> ManifestError {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let column = before[line_start..].chars().count() + 1;
+    let snippet = text[line_start..]
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim_end()
+        .to_string();
+    let key = key_path(text, line_start, &snippet);
+    let key_note = key.map(|k| format!(" (key `{k}`)")).unwrap_or_default();
+    ManifestError::Invalid {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message,
+        key_note,
+        snippet,
+    }
+}
+
+/// The dotted key of a `key = value` line: the nearest table header above it
+/// plus the key. Good enough for messages; the parser itself is `toml`.
+fn key_path(text: &str, line_start: usize, line: &str) -> Option<String> {
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string());
+    let header = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    match (header, key) {
+        (Some(h), Some(k)) if !k.is_empty() => Some(format!("{h}.{k}")),
+        (None, Some(k)) if !k.is_empty() => Some(k),
+        (Some(h), None) if line.trim().starts_with('[') => Some(h),
+        _ => None,
+    }
+}
+
+/// Finds the offset of the first line that sets `key` (for semantic errors
+/// after parsing, which carry no span).
+fn offset_of_key(text: &str, key: &str, nth: usize) -> usize {
+    let mut seen = 0;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if let Some((k, _)) = trimmed.split_once('=') {
+            if k.trim().trim_matches('"') == key {
+                if seen == nth {
+                    return offset + (line.len() - trimmed.len());
+                }
+                seen += 1;
+            }
+        }
+        offset += line.len();
+    }
+    0
+}
+
+fn is_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn is_host_pattern(s: &str) -> bool {
+    let host = s.strip_prefix("*.").unwrap_or(s);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT",
+];
+
+/// Parses `512m`, `2g`, `1024` (bytes) and friends.
+pub fn parse_memory(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let (digits, mult) = match s.trim_end_matches(['b', 'i']).chars().last()? {
+        'k' => (&s[..s.find('k')?], 1u64 << 10),
+        'm' => (&s[..s.find('m')?], 1 << 20),
+        'g' => (&s[..s.find('g')?], 1 << 30),
+        c if c.is_ascii_digit() => (s.as_str(), 1),
+        _ => return None,
+    };
+    digits.trim().parse::<u64>().ok()?.checked_mul(mult)
+}
+
+fn to_json(table: toml::Table) -> serde_json::Value {
+    serde_json::to_value(table).unwrap_or(serde_json::Value::Null)
+}
+
+fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<Manifest, ManifestError> {
+    let err = |key: &str, nth: usize, message: String| {
+        invalid_at(path, text, offset_of_key(text, key, nth), message)
+    };
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let absolute = |p: &Path| -> PathBuf {
+        let p = expand_home(p);
+        if p.is_absolute() {
+            p
+        } else {
+            dir.join(p)
+        }
+    };
+
+    if raw.name.is_empty()
+        || !raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        || raw.name.starts_with('-')
+        || raw.name.len() > 40
+    {
+        return Err(err(
+            "name",
+            0,
+            format!(
+                "invalid bottle name {:?}: use 1-40 of a-z, 0-9 and '-', not starting with '-'",
+                raw.name
+            ),
+        ));
+    }
+
+    let mut routes = Vec::new();
+    for (i, r) in raw.egress.route.iter().enumerate() {
+        if !is_host_pattern(&r.host) {
+            return Err(err("host", i, format!("invalid route host {:?}: expected a DNS name like `api.example.com` or a wildcard `*.example.com`", r.host)));
+        }
+        if let Some(p) = &r.path_prefix {
+            if !p.starts_with('/') {
+                return Err(err(
+                    "path_prefix",
+                    0,
+                    format!("invalid path_prefix {p:?}: it must start with '/'"),
+                ));
+            }
+        }
+        let mut methods = Vec::new();
+        for m in &r.methods {
+            let up = m.to_ascii_uppercase();
+            if !METHODS.contains(&up.as_str()) {
+                return Err(err(
+                    "methods",
+                    0,
+                    format!(
+                        "unknown HTTP method {m:?}: expected one of {}",
+                        METHODS.join(", ")
+                    ),
+                ));
+            }
+            methods.push(up);
+        }
+        let mut inject = Vec::new();
+        for h in &r.inject {
+            if h.header.is_empty()
+                || !h
+                    .header
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(err(
+                    "header",
+                    0,
+                    format!("invalid header name {:?}", h.header),
+                ));
+            }
+            let value = h.value.clone().unwrap_or_else(|| "{token}".to_string());
+            match &h.token_ref {
+                Some(t) if !is_env_name(t) => {
+                    return Err(err("token_ref", 0, format!("invalid token_ref {t:?}: expected an env variable name like `EXAMPLE_API_TOKEN`")));
+                }
+                Some(_) if !value.contains("{token}") => {
+                    return Err(err("value", 0, format!("header value {value:?} has no `{{token}}` placeholder for its token_ref")));
+                }
+                None if value.contains("{token}") => {
+                    return Err(err(
+                        "header",
+                        0,
+                        format!(
+                            "header `{}` uses `{{token}}` but names no token_ref",
+                            h.header
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+            inject.push(HeaderInjection {
+                header: h.header.clone(),
+                value,
+                token_ref: h.token_ref.clone(),
+            });
+        }
+        routes.push(EgressRoute {
+            host: r.host.to_ascii_lowercase(),
+            path_prefix: r.path_prefix.clone(),
+            methods,
+            inject,
+            plain_http: r.plain_http,
+            source: "manifest".into(),
+        });
+    }
+    for h in &raw.egress.tls_passthrough {
+        if !is_host_pattern(h) {
+            return Err(err(
+                "tls_passthrough",
+                0,
+                format!("invalid tls_passthrough host {h:?}: expected a DNS name or `*.suffix`"),
+            ));
+        }
+    }
+    let mut resolve = BTreeMap::new();
+    for (host, addr) in &raw.egress.resolve {
+        let parsed = addr.parse().map_err(|_| {
+            err(
+                host,
+                0,
+                format!("invalid resolve address {addr:?} for {host}: expected IP:PORT"),
+            )
+        })?;
+        resolve.insert(host.to_ascii_lowercase(), parsed);
+    }
+    for key in raw.env.keys() {
+        if !is_env_name(key) {
+            return Err(err(key, 0, format!("invalid env name {key:?}")));
+        }
+    }
+    let memory_bytes = match &raw.resources.memory {
+        Some(m) => Some(parse_memory(m).ok_or_else(|| {
+            err(
+                "memory",
+                0,
+                format!("invalid memory {m:?}: expected a size like `512m` or `2g`"),
+            )
+        })?),
+        None => None,
+    };
+    if let Some(c) = raw.resources.cpus {
+        if !(c > 0.0 && c <= 1024.0) {
+            return Err(err(
+                "cpus",
+                0,
+                format!("invalid cpus {c}: expected a number above 0"),
+            ));
+        }
+    }
+    let mut mounts = Vec::new();
+    for m in &raw.mounts {
+        if !m.path.starts_with('/') {
+            return Err(err(
+                "path",
+                0,
+                format!(
+                    "invalid mount path {:?}: it must be absolute inside the sandbox",
+                    m.path
+                ),
+            ));
+        }
+        mounts.push(bot_bottle_plugin_api::Mount {
+            host: absolute(&m.host),
+            sandbox: m.path.clone(),
+            writable: m.writable,
+        });
+    }
+    if let Some(cmd) = &raw.agent.command {
+        if cmd.is_empty() {
+            return Err(err("command", 0, "agent command is empty: give at least the program, or leave `command` out for the provider's default".into()));
+        }
+    }
+
+    let backend_options = raw
+        .backends
+        .get(&raw.backend)
+        .cloned()
+        .map(to_json)
+        .unwrap_or(serde_json::json!({}));
+    Ok(Manifest {
+        path: path.to_path_buf(),
+        name: raw.name,
+        backend: raw.backend,
+        provider: raw.agent.provider,
+        image: raw.agent.image,
+        command: raw.agent.command,
+        tty: raw.agent.tty,
+        provider_options: to_json(raw.agent.options),
+        backend_options,
+        workspace: raw.workspace.map(|w| absolute(&w.path)),
+        mounts,
+        env: raw.env,
+        resources: Resources {
+            cpus: raw.resources.cpus,
+            memory_bytes,
+            pids: raw.resources.pids,
+        },
+        routes,
+        tls_passthrough: raw
+            .egress
+            .tls_passthrough
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        dlp: raw.egress.dlp.unwrap_or_default(),
+        upstream_proxy: raw.egress.upstream_proxy,
+        upstream_ca: raw.egress.upstream_ca.map(|p| absolute(&p)),
+        resolve,
+    })
+}
+
+fn expand_home(p: &Path) -> PathBuf {
+    match p.strip_prefix("~") {
+        Ok(rest) => dirs::home_dir()
+            .map(|h| h.join(rest))
+            .unwrap_or_else(|| p.to_path_buf()),
+        Err(_) => p.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "demo"
+backend = "docker"
+
+[agent]
+provider = "generic"
+image = "busybox"
+command = ["sh", "-c", "true"]
+
+[agent.options]
+dummy_env = ["EXAMPLE_TOKEN"]
+
+[resources]
+memory = "512m"
+pids = 64
+
+[[egress.route]]
+host = "api.example.test"
+path_prefix = "/v1/"
+methods = ["get", "POST"]
+inject = [{ header = "Authorization", value = "Bearer {token}", token_ref = "EXAMPLE_TOKEN" }]
+
+[backends.docker]
+runtime = "runsc"
+"#;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(Path::new("/tmp/x/bottle.toml"), text)
+    }
+
+    #[test]
+    fn parses_a_full_manifest() {
+        let m = parse(GOOD).unwrap();
+        assert_eq!(m.name, "demo");
+        assert_eq!(m.routes[0].methods, ["GET", "POST"]);
+        assert_eq!(
+            m.routes[0].inject[0].token_ref.as_deref(),
+            Some("EXAMPLE_TOKEN")
+        );
+        assert_eq!(m.resources.memory_bytes, Some(512 << 20));
+        assert_eq!(m.backend_options["runtime"], "runsc");
+        assert_eq!(m.provider_options["dummy_env"][0], "EXAMPLE_TOKEN");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = GOOD.replace("pids = 64", "pids = 64\nswap = 1");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.starts_with("/tmp/x/bottle.toml:15:1: unknown field `swap`"),
+            "{e}"
+        );
+        assert!(e.contains("(key `resources.swap`)"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_file_line_and_key() {
+        let text = GOOD.replace("pids = 64", "pids = \"many\"");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("bottle.toml:14:"), "{e}");
+        assert!(e.contains("key `resources.pids`"), "{e}");
+        assert!(e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_line() {
+        let text = GOOD.replace(
+            "host = \"api.example.test\"",
+            "host = \"https://api.example.test\"",
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains(":18:1: invalid route host"), "{e}");
+        let text = GOOD.replace(
+            "token_ref = \"EXAMPLE_TOKEN\"",
+            "token_ref = \"not a name\"",
+        );
+        assert!(parse(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("invalid token_ref"));
+        let text = GOOD.replace("value = \"Bearer {token}\"", "value = \"Bearer\"");
+        assert!(parse(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("no `{token}` placeholder"));
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("2g"), Some(2 << 30));
+        assert_eq!(parse_memory("512MiB"), Some(512 << 20));
+        assert_eq!(parse_memory("1024"), Some(1024));
+        assert_eq!(parse_memory("lots"), None);
+    }
+}

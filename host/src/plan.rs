@@ -1,0 +1,281 @@
+//! Stages 1–4 of the one flow, end to end: manifest → plugins → prepare →
+//! egress plan. `bottle plan` prints the result; `bottle run` launches it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use bot_bottle_plugin_api::{
+    AgentProvisionPlan, Mount, PluginInfo, PrepareRequest, Resources, SandboxFile, SandboxLayout,
+    Secret,
+};
+use serde::Serialize;
+
+use crate::egress_plan::{self, EgressPlan};
+use crate::manifest::Manifest;
+use crate::plugins::{PluginCallError, PluginSet};
+
+/// Why a plan could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// A plugin is missing or failed.
+    #[error(transparent)]
+    Plugin(#[from] PluginCallError),
+    /// The provider put a real credential where the agent can see it.
+    #[error("provider `{provider}` put a value of egress token ref `{token_ref}` into the agent's {place}; refusing to build a bottle that leaks a credential — this is a bug in the provider")]
+    SecretInSandbox {
+        /// The provider.
+        provider: String,
+        /// Which ref leaked.
+        token_ref: String,
+        /// Where (`env FOO`, `file /x`).
+        place: String,
+    },
+    /// No command in the manifest and none from the provider.
+    #[error(
+        "{path}: no agent command: set `command` in [agent] (provider `{provider}` has no default)"
+    )]
+    NoCommand {
+        /// The manifest.
+        path: PathBuf,
+        /// The provider.
+        provider: String,
+    },
+}
+
+/// A plugin as the plan names it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginRef {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Library file.
+    pub path: PathBuf,
+}
+
+/// Everything a bottle will get, before launch. Secret values live only in
+/// `egress.token_values` and `provision.provisioned_env`, which are never
+/// printed.
+#[derive(Debug, Clone)]
+pub struct BottlePlan {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The provider used.
+    pub provider: PluginRef,
+    /// The backend used.
+    pub backend: PluginRef,
+    /// What the provider said.
+    pub provision: AgentProvisionPlan,
+    /// Paths inside the sandbox.
+    pub sandbox: SandboxLayout,
+    /// The agent's command.
+    pub command: Vec<String>,
+    /// The agent's env (without the proxy variables the backend adds).
+    pub agent_env: BTreeMap<String, String>,
+    /// Files placed in the sandbox (without the CA files, added at launch).
+    pub agent_files: Vec<SandboxFile>,
+    /// Routes, passthrough, tokens.
+    pub egress: EgressPlan,
+}
+
+fn plugin_ref(info: &PluginInfo, path: &std::path::Path) -> PluginRef {
+    PluginRef {
+        name: info.name.clone(),
+        version: info.version.clone(),
+        path: path.to_path_buf(),
+    }
+}
+
+/// The host environment, every value treated as a secret.
+pub fn host_env() -> BTreeMap<String, Secret> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, Secret::new(v.into_string().ok()?))))
+        .collect()
+}
+
+/// Runs stages 2–4 for a loaded manifest.
+pub fn plan(
+    manifest: Manifest,
+    plugins: &PluginSet,
+    host_env: &BTreeMap<String, Secret>,
+) -> Result<BottlePlan, PlanError> {
+    let provider = plugins.provider(&manifest.provider)?;
+    let backend = plugins.backend(&manifest.backend)?;
+    let sandbox = SandboxLayout::default();
+
+    let provision = provider.prepare(&PrepareRequest {
+        schema: bot_bottle_plugin_api::PAYLOAD_SCHEMA,
+        bottle_name: manifest.name.clone(),
+        options: manifest.provider_options.clone(),
+        host_env: host_env.clone(),
+        sandbox: sandbox.clone(),
+    })?;
+
+    let egress = egress_plan::build(
+        &manifest.routes,
+        &manifest.tls_passthrough,
+        &provider.plugin.info.name,
+        &provision,
+        host_env,
+    );
+
+    // Agent env: the provider's, then the manifest's (the user's explicit
+    // choice wins), then the CA variables (which must point at our bundle).
+    let mut agent_env = provision.env.clone();
+    agent_env.extend(manifest.env.clone());
+    for var in &provision.ca_trust_env {
+        agent_env.insert(var.clone(), sandbox.ca_bundle_path.clone());
+    }
+    let agent_files = provision.files.clone();
+
+    let command = match &manifest.command {
+        Some(c) => c.clone(),
+        None if !provision.default_command.is_empty() => provision.default_command.clone(),
+        None => {
+            return Err(PlanError::NoCommand {
+                path: manifest.path.clone(),
+                provider: manifest.provider.clone(),
+            })
+        }
+    };
+
+    let plan = BottlePlan {
+        provider: plugin_ref(&provider.plugin.info, &provider.plugin.path),
+        backend: plugin_ref(&backend.plugin.info, &backend.plugin.path),
+        manifest,
+        provision,
+        sandbox,
+        command,
+        agent_env,
+        agent_files,
+        egress,
+    };
+    plan.refuse_leaks()?;
+    Ok(plan)
+}
+
+impl BottlePlan {
+    /// Defence in depth: no resolved token value may appear in what the
+    /// agent sees (env, files, command).
+    fn refuse_leaks(&self) -> Result<(), PlanError> {
+        let secrets = self
+            .egress
+            .token_values
+            .iter()
+            .chain(self.provision.provisioned_env.iter());
+        for (token_ref, value) in secrets {
+            let v = value.expose();
+            if v.len() < 8 {
+                continue; // too short to be a credential and to match meaningfully
+            }
+            let leak = |place: String| PlanError::SecretInSandbox {
+                provider: self.provider.name.clone(),
+                token_ref: token_ref.clone(),
+                place,
+            };
+            if let Some((k, _)) = self.agent_env.iter().find(|(_, val)| val.contains(v)) {
+                return Err(leak(format!("env {k}")));
+            }
+            if let Some(f) = self.agent_files.iter().find(|f| f.contents.contains(v)) {
+                return Err(leak(format!("file {}", f.path)));
+            }
+            if self.command.iter().any(|a| a.contains(v)) {
+                return Err(leak("command".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The plan as printed by `bottle plan --json`: no secret values.
+    pub fn view(&self) -> PlanView<'_> {
+        PlanView {
+            name: &self.manifest.name,
+            manifest: &self.manifest.path,
+            provider: &self.provider,
+            backend: &self.backend,
+            image: &self.manifest.image,
+            command: &self.command,
+            env: &self.agent_env,
+            files: self
+                .agent_files
+                .iter()
+                .map(|f| FileView {
+                    path: &f.path,
+                    mode: format!("{:o}", f.mode),
+                    bytes: f.contents.len(),
+                })
+                .collect(),
+            ca_trust_env: &self.provision.ca_trust_env,
+            workspace: self.manifest.workspace.as_ref().map(|w| Mount {
+                host: w.clone(),
+                sandbox: self.sandbox.workspace.clone(),
+                writable: true,
+            }),
+            mounts: &self.manifest.mounts,
+            resources: &self.manifest.resources,
+            routes: &self.egress.routes,
+            tls_passthrough: &self.egress.tls_passthrough,
+            tokens: &self.egress.tokens,
+            provisioned_env: self
+                .provision
+                .provisioned_env
+                .keys()
+                .map(String::as_str)
+                .collect(),
+            notes: &self.provision.notes,
+            ready: self.egress.missing.is_none(),
+        }
+    }
+}
+
+/// A sandbox file, by name and size only.
+#[derive(Debug, Serialize)]
+pub struct FileView<'a> {
+    /// Path in the sandbox.
+    pub path: &'a str,
+    /// Octal mode.
+    pub mode: String,
+    /// Size.
+    pub bytes: usize,
+}
+
+/// The printable plan.
+#[derive(Debug, Serialize)]
+pub struct PlanView<'a> {
+    /// Bottle name.
+    pub name: &'a str,
+    /// Manifest path.
+    pub manifest: &'a std::path::Path,
+    /// Provider plugin.
+    pub provider: &'a PluginRef,
+    /// Backend plugin.
+    pub backend: &'a PluginRef,
+    /// Agent image.
+    pub image: &'a str,
+    /// Agent command.
+    pub command: &'a [String],
+    /// Agent env (dummies and plain values only).
+    pub env: &'a BTreeMap<String, String>,
+    /// Files placed in the sandbox.
+    pub files: Vec<FileView<'a>>,
+    /// CA trust variables.
+    pub ca_trust_env: &'a [String],
+    /// The workspace mount.
+    pub workspace: Option<Mount>,
+    /// Other mounts.
+    pub mounts: &'a [Mount],
+    /// Limits.
+    pub resources: &'a Resources,
+    /// Egress routes.
+    pub routes: &'a [bot_bottle_plugin_api::EgressRoute],
+    /// Passthrough hosts.
+    pub tls_passthrough: &'a [String],
+    /// Token refs and where they resolve from.
+    pub tokens: &'a [egress_plan::TokenStatus],
+    /// Names (only) of what the provider provisioned.
+    pub provisioned_env: Vec<&'a str>,
+    /// Provider notes.
+    pub notes: &'a [String],
+    /// Whether every token ref resolved.
+    pub ready: bool,
+}
