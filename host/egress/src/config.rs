@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use bot_bottle_plugin_api::{EgressRoute, Secret};
+use bot_bottle_plugin_api::{EgressRoute, LocalResponse, Secret};
 use serde::{Deserialize, Serialize};
 
 use crate::error::EgressError;
@@ -34,6 +34,11 @@ pub struct ProxyConfig {
     /// Hosts tunnelled without decryption (exact or `*.suffix`).
     #[serde(default)]
     pub tls_passthrough: Vec<String>,
+    /// Requests the proxy answers itself and never forwards (OAuth refresh
+    /// of a forwarded login, answered with dummies). Their hosts are let
+    /// through CONNECT like a route's.
+    #[serde(default)]
+    pub local_responses: Vec<LocalResponse>,
     /// Token ref -> resolved value (resolved by the host).
     #[serde(default)]
     pub tokens: BTreeMap<String, Secret>,
@@ -238,6 +243,22 @@ impl ProxyConfig {
                     }
                 }
             }
+        }
+        for (i, l) in self.local_responses.iter().enumerate() {
+            crate::route::check_host_pattern(&l.host)
+                .map_err(|m| bad(format!("local_responses[{i}].host {:?}: {m}", l.host)))?;
+            if !l.path.starts_with('/') {
+                return Err(bad(format!(
+                    "local_responses[{i}].path {:?} must start with '/'",
+                    l.path
+                )));
+            }
+            http::StatusCode::from_u16(l.status).map_err(|_| {
+                bad(format!(
+                    "local_responses[{i}].status {} is not an HTTP status",
+                    l.status
+                ))
+            })?;
         }
         for (i, h) in self.tls_passthrough.iter().enumerate() {
             crate::route::check_host_pattern(h)

@@ -29,16 +29,19 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let run = || -> Result<(), Box<dyn std::error::Error>> {
-        let mut cfg = bot_bottle_egress::ProxyConfig::from_file(&path)?;
-        if let Some(l) = listen {
-            cfg.listen = l
-                .parse()
-                .map_err(|_| format!("--listen {l:?} is not host:port"))?;
-        }
-        let listener = std::net::TcpListener::bind(cfg.listen)?;
+        let path = std::path::PathBuf::from(path);
+        let cfg = bot_bottle_egress::ProxyConfig::from_file(&path)?;
+        let listen: Option<std::net::SocketAddr> = match listen {
+            Some(l) => Some(
+                l.parse()
+                    .map_err(|_| format!("--listen {l:?} is not host:port"))?,
+            ),
+            None => None,
+        };
+        let listener = std::net::TcpListener::bind(listen.unwrap_or(cfg.listen))?;
         // Tests read the port from here when they pass port 0.
         eprintln!("listening on {}", listener.local_addr()?);
-        bot_bottle_egress::serve_with_listener(cfg, listener)?;
+        bot_bottle_egress::serve_file_with_listener(&path, listen, listener)?;
         Ok(())
     };
     match run() {

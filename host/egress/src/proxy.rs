@@ -129,8 +129,38 @@ impl Shared {
     }
 }
 
+/// The current config, swapped whole on reload (SIGHUP). Every request reads
+/// the current one, so a kept-alive agent connection gets rotated tokens on
+/// its next request.
+pub(crate) struct Live {
+    cur: std::sync::RwLock<Arc<Shared>>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Live")
+    }
+}
+
+impl Live {
+    pub(crate) fn new(shared: Arc<Shared>) -> Arc<Self> {
+        Arc::new(Self {
+            cur: std::sync::RwLock::new(shared),
+        })
+    }
+
+    pub(crate) fn get(&self) -> Arc<Shared> {
+        self.cur.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set(&self, shared: Arc<Shared>) {
+        *self.cur.write().unwrap_or_else(|p| p.into_inner()) = shared;
+    }
+}
+
 /// Accepts connections until the listener fails for good.
-pub(crate) async fn run(shared: Arc<Shared>, listener: TcpListener) -> Result<(), EgressError> {
+pub(crate) async fn run(live: Arc<Live>, listener: TcpListener) -> Result<(), EgressError> {
+    let shared = live.get();
     let sem = Arc::new(Semaphore::new(shared.cfg.limits.max_connections));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, bottle = %shared.cfg.bottle_id, routes = shared.cfg.routes.len(), "egress proxy listening");
@@ -149,7 +179,8 @@ pub(crate) async fn run(shared: Arc<Shared>, listener: TcpListener) -> Result<()
             }
         };
         let _ = tcp.set_nodelay(true);
-        let shared = shared.clone();
+        let shared = live.get();
+        let live = live.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let mut b = hyper::server::conn::http1::Builder::new();
@@ -157,10 +188,9 @@ pub(crate) async fn run(shared: Arc<Shared>, listener: TcpListener) -> Result<()
                 .header_read_timeout(shared.header_timeout())
                 .max_buf_size(shared.max_buf())
                 .keep_alive(true);
-            let s2 = shared.clone();
             let svc = service_fn(move |req| {
-                let s = s2.clone();
-                async move { Ok::<_, Infallible>(outer(s, req).await) }
+                let l = live.clone();
+                async move { Ok::<_, Infallible>(outer(l, req).await) }
             });
             if let Err(e) = b
                 .serve_connection(TokioIo::new(tcp), svc)
@@ -192,7 +222,8 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
 }
 
 /// The agent-facing proxy leg.
-async fn outer(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+async fn outer(live: Arc<Live>, req: Request<Incoming>) -> Response<Body> {
+    let shared = live.get();
     let start = Instant::now();
     if req.method() == Method::CONNECT {
         let Some(auth) = req.uri().authority().cloned() else {
@@ -237,11 +268,17 @@ async fn outer(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                 }
             };
         }
-        if route::host_allowed(&shared.cfg.routes, &host) {
+        if route::host_allowed(&shared.cfg.routes, &host)
+            || shared
+                .cfg
+                .local_responses
+                .iter()
+                .any(|l| route::host_matches(&l.host, &host))
+        {
             let s = shared.clone();
             tokio::spawn(async move {
                 match hyper::upgrade::on(req).await {
-                    Ok(c) => intercept(s, c, host, port).await,
+                    Ok(c) => intercept(live, s, c, host, port).await,
                     Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
                 }
             });
@@ -284,6 +321,7 @@ struct Target {
 
 /// TLS interception of one CONNECT tunnel to an allow-listed host.
 async fn intercept(
+    live: Arc<Live>,
     shared: Arc<Shared>,
     upgraded: hyper::upgrade::Upgraded,
     host: String,
@@ -332,9 +370,8 @@ async fn intercept(
         host,
         port,
     };
-    let s2 = shared.clone();
     let svc = service_fn(move |req| {
-        let s = s2.clone();
+        let s = live.get();
         let t = target.clone();
         async move { Ok::<_, Infallible>(handle(s, req, t).await) }
     });
@@ -485,6 +522,25 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Target) -> R
             "TRACE is refused".into(),
             "bot-bottle egress: TRACE is refused\n".into(),
         );
+    }
+    if let Some(lr) = shared.cfg.local_responses.iter().find(|l| {
+        route::host_matches(&l.host, &t.host)
+            && normalise_path(&l.path) == path
+            && l.method.eq_ignore_ascii_case(method.as_str())
+    }) {
+        // Answered here, never forwarded: the body holds dummies only.
+        rec.status = lr.status;
+        rec.decision = "local".into();
+        rec.duration_ms = ms(start);
+        shared.audit.write(&rec);
+        let mut r = Response::new(full(lr.body.clone()));
+        *r.status_mut() = StatusCode::from_u16(lr.status).unwrap_or(StatusCode::OK);
+        if let Ok(v) = HeaderValue::from_str(&lr.content_type) {
+            r.headers_mut().insert(header::CONTENT_TYPE, v);
+        }
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return r;
     }
     if method == Method::CONNECT && !ws_h2 {
         return done(

@@ -170,6 +170,8 @@ pub enum Action {
     PlainHttp,
     /// Refused.
     Deny,
+    /// Answered by the proxy itself (`local_responses`), never forwarded.
+    LocalResponse,
 }
 
 /// What the proxy would do with one request (`bottle egress check`).
@@ -209,6 +211,7 @@ impl fmt::Display for Decision {
             Action::Passthrough => "passthrough",
             Action::PlainHttp => "plain_http",
             Action::Deny => "deny",
+            Action::LocalResponse => "local_response",
         };
         writeln!(f, "action: {action}")?;
         writeln!(
@@ -218,6 +221,9 @@ impl fmt::Display for Decision {
         )?;
         match (&self.route_index, &self.route_host) {
             (Some(i), Some(h)) => writeln!(f, "route: #{i} ({h})")?,
+            (None, Some(h)) if self.action == Action::LocalResponse => {
+                writeln!(f, "route: local_responses ({h})")?
+            }
             (None, Some(h)) => writeln!(f, "route: tls_passthrough ({h})")?,
             _ => writeln!(f, "route: none")?,
         }
@@ -282,6 +288,22 @@ pub fn check(config: &ProxyConfig, method: &str, url: &str) -> Decision {
             d.action = Action::Passthrough;
             d.route_host = Some(p.clone());
             d.reason = "tls_passthrough: tunnelled without decryption, nothing injected".into();
+            return d;
+        }
+    }
+    if tls {
+        if let Some(l) = config.local_responses.iter().find(|l| {
+            host_matches(&l.host, &d.host)
+                && normalise_path(&l.path) == d.path
+                && l.method.eq_ignore_ascii_case(&method)
+        }) {
+            d.allowed = true;
+            d.action = Action::LocalResponse;
+            d.route_host = Some(l.host.clone());
+            d.reason = format!(
+                "answered by the proxy itself with status {}, never forwarded",
+                l.status
+            );
             return d;
         }
     }

@@ -925,3 +925,143 @@ async fn canary_never_appears_in_any_proxy_output() {
         .header_all("authorization")
         .contains(&format!("Bearer {CANARY}"))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_response_on_an_allowed_host_never_reaches_upstream() {
+    let fx = fx_with(|c| {
+        c.local_responses = vec![bot_bottle_plugin_api::LocalResponse {
+            host: "api.test".into(),
+            path: "/oauth/token".into(),
+            method: "POST".into(),
+            status: 200,
+            content_type: "application/json".into(),
+            body: "{\"access_token\":\"dummy-access\"}".into(),
+        }];
+    })
+    .await;
+    for h2 in [false, true] {
+        let mut req = get("https://api.test/oauth/token?x=1", "api.test", h2);
+        *req.method_mut() = http::Method::POST;
+        *req.body_mut() = Full::new(Bytes::from_static(
+            b"grant_type=refresh_token&refresh_token=dummy",
+        ));
+        let got = send(fx.proxy, "api.test:443", "api.test", &fx.bottle_ca, h2, req).await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.body, "{\"access_token\":\"dummy-access\"}");
+        assert_eq!(got.headers["content-type"], "application/json");
+    }
+    assert!(fx.up.seen().is_empty(), "a local response was forwarded");
+    // Other paths on the host still go upstream.
+    let got = send(
+        fx.proxy,
+        "api.test:443",
+        "api.test",
+        &fx.bottle_ca,
+        false,
+        get("https://api.test/v1", "api.test", false),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert!(audit_lines(&fx.audit)
+        .iter()
+        .any(|l| l["decision"] == "local"));
+    let mut cfg = config(&fx.pki, fx.up.addr, &fx.audit);
+    cfg.local_responses = vec![bot_bottle_plugin_api::LocalResponse {
+        host: "auth.test".into(),
+        path: "/oauth/token".into(),
+        method: "POST".into(),
+        status: 200,
+        content_type: "application/json".into(),
+        body: "{}".into(),
+    }];
+    let d = bot_bottle_egress::check(&cfg, "POST", "https://auth.test/oauth/token");
+    assert_eq!(d.action, bot_bottle_egress::Action::LocalResponse, "{d}");
+    assert!(
+        d.to_string().contains("route: local_responses (auth.test)"),
+        "{d}"
+    );
+}
+
+/// The sidecar's reload: a new config file plus SIGHUP; the next request on
+/// an already open connection carries the rotated token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_rotated_tokens_on_open_connections() {
+    let pki = test_pki();
+    let up = start_upstream(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&pki, up.addr, &dir.path().join("audit.jsonl"));
+    let bottle_ca = cfg.ca.cert_pem.clone();
+    let path = dir.path().join("egress.json");
+    std::fs::write(&path, serde_json::to_string(&cfg).unwrap()).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bot-bottle-egress"))
+        .arg("--config")
+        .arg(&path)
+        .args(["--listen", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let addr: SocketAddr = loop {
+        let mut line = String::new();
+        assert!(std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0);
+        if let Some(a) = line.trim().strip_prefix("listening on ") {
+            break a.parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let (st, _, tcp) = connect(addr, "api.test:443").await;
+    assert_eq!(st, 200);
+    let t = tls(tcp, "api.test", &bottle_ca, &[b"h2"]).await.unwrap();
+    let (mut s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
+        .await
+        .unwrap();
+    tokio::spawn(c);
+    let auth = |up: &Upstream| up.seen().pop().unwrap().header_all("authorization");
+    s.send_request(get("https://api.test/a", "", true))
+        .await
+        .unwrap();
+    assert_eq!(auth(&up), vec![format!("Bearer {CANARY}")]);
+
+    let rotated = "canary-ROTATED-0a1b2c3d4e5f";
+    cfg.tokens.insert(
+        "REAL_TOKEN".into(),
+        bot_bottle_plugin_api::Secret::new(rotated),
+    );
+    std::fs::write(&path, serde_json::to_string(&cfg).unwrap()).unwrap();
+    let st = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Poll on the same connection until the reload shows (hang guard only).
+    tokio::time::timeout(HANG, async {
+        loop {
+            let r = s
+                .send_request(get("https://api.test/b", "", true))
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            if auth(&up) == vec![format!("Bearer {rotated}")] {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("SIGHUP reload never took effect");
+    // A broken file keeps the previous config.
+    std::fs::write(&path, "{ not json").unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let r = s
+        .send_request(get("https://api.test/c", "", true))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(auth(&up), vec![format!("Bearer {rotated}")]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

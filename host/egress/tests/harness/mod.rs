@@ -316,6 +316,7 @@ pub fn config(pki: &TestPki, up: SocketAddr, audit: &std::path::Path) -> ProxyCo
         listen: "127.0.0.1:0".parse().unwrap(),
         routes: vec![api, other, ws, wild, chain],
         tls_passthrough: vec!["pass.test".into()],
+        local_responses: vec![],
         tokens: [("REAL_TOKEN".to_string(), Secret::new(CANARY))]
             .into_iter()
             .collect(),
