@@ -31,6 +31,11 @@ use crate::error::EgressError;
 use crate::route::{self, canon_host, match_route, normalise_path, RouteMatch};
 use crate::upstream::{self, Body, BoxError, Dialer};
 
+/// Concurrent DLP body buffers (each at most `dlp.max_body_bytes`).
+const DLP_SLOTS: usize = 32;
+/// HTTP/2 streams per client connection.
+const MAX_STREAMS: u32 = 128;
+
 /// Everything a connection needs, built once.
 pub(crate) struct Shared {
     cfg: ProxyConfig,
@@ -39,6 +44,9 @@ pub(crate) struct Shared {
     client: Client<Dialer, Body>,
     dlp: Dlp,
     audit: Audit,
+    /// Bounds the memory held by DLP body buffers: at most this many
+    /// requests buffer a body for scanning at once; others wait.
+    dlp_slots: Semaphore,
     /// Per route: the headers it sets, values marked sensitive.
     inject: Vec<Vec<(HeaderName, HeaderValue)>>,
 }
@@ -101,6 +109,7 @@ impl Shared {
             dlp,
             audit,
             inject,
+            dlp_slots: Semaphore::new(DLP_SLOTS),
         }))
     }
 
@@ -383,6 +392,7 @@ async fn intercept(
     b.http2()
         .timer(TokioTimer::new())
         .enable_connect_protocol()
+        .max_concurrent_streams(MAX_STREAMS)
         .max_header_list_size(shared.cfg.limits.max_header_bytes.min(u32::MAX as usize) as u32);
     if let Err(e) = b
         .serve_connection_with_upgrades(TokioIo::new(tls), svc)
@@ -607,8 +617,10 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Target) -> R
             .unwrap_or("/");
         shared.dlp.scan_head(pq, &parts.headers, &mut findings);
         if !body.is_end_stream() {
-            let (frames, scanned, ended) = match buffer_prefix(&mut body, shared.dlp.max_body).await
-            {
+            let slot = shared.dlp_slots.acquire().await;
+            let buffered = buffer_prefix(&mut body, shared.dlp.max_body).await;
+            drop(slot);
+            let (frames, scanned, ended) = match buffered {
                 Ok(x) => x,
                 Err(e) => {
                     return done(
