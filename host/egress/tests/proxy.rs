@@ -1065,3 +1065,77 @@ async fn sighup_reloads_rotated_tokens_on_open_connections() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// A plain-HTTP upstream that records the Authorization it receives.
+async fn plain_upstream() -> (SocketAddr, Arc<Mutex<Vec<Vec<String>>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
+            let seen = s2.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let auth: Vec<String> = req
+                            .headers()
+                            .get_all("authorization")
+                            .iter()
+                            .map(|v| v.to_str().unwrap().to_string())
+                            .collect();
+                        seen.lock().unwrap().push(auth);
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::from_static(b"plain ok"),
+                            )))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_only_where_the_route_says_so() {
+    let (plain, seen) = plain_upstream().await;
+    let fx = fx_with(|c| {
+        let mut r = bot_bottle_plugin_api::EgressRoute::allow("plain.test");
+        r.plain_http = true;
+        r.inject = vec![inject("Authorization", "Bearer {token}")];
+        c.routes.push(r);
+        c.upstream.resolve.insert("plain.test".into(), plain);
+    })
+    .await;
+    let mut s = TcpStream::connect(fx.proxy).await.unwrap();
+    s.write_all(b"GET http://plain.test/x HTTP/1.1\r\nHost: plain.test\r\nAuthorization: Bearer dummy\r\nProxy-Authorization: Basic leak\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(read_body_after_head(&mut s, &head).await, "plain ok");
+    assert_eq!(
+        seen.lock().unwrap().pop().unwrap(),
+        vec![format!("Bearer {CANARY}")]
+    );
+    // Host header naming another host than the absolute URI: refused.
+    s.write_all(b"GET http://plain.test/x HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 421"), "{head}");
+    assert_eq!(seen.lock().unwrap().len(), 0);
+    // A TLS route is not reachable over plain HTTP.
+    let mut s = TcpStream::connect(fx.proxy).await.unwrap();
+    s.write_all(b"GET http://api.test/ HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 403"));
+}
