@@ -201,12 +201,14 @@ pub(crate) async fn run(live: Arc<Live>, listener: TcpListener) -> Result<(), Eg
                 let l = live.clone();
                 async move { Ok::<_, Infallible>(outer(l, req).await) }
             });
-            if let Err(e) = b
-                .serve_connection(TokioIo::new(tcp), svc)
-                .with_upgrades()
-                .await
-            {
-                tracing::debug!(error = %e, "client connection ended");
+            let (io, dog) = watch(tcp, shared.idle());
+            tokio::select! {
+                r = b.serve_connection(TokioIo::new(io), svc).with_upgrades() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "client connection ended");
+                    }
+                }
+                _ = dog => tracing::debug!("idle client connection closed"),
             }
         });
     }
@@ -394,11 +396,14 @@ async fn intercept(
         .enable_connect_protocol()
         .max_concurrent_streams(MAX_STREAMS)
         .max_header_list_size(shared.cfg.limits.max_header_bytes.min(u32::MAX as usize) as u32);
-    if let Err(e) = b
-        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-        .await
-    {
-        tracing::debug!(error = %e, "intercepted connection ended");
+    let (io, dog) = watch(tls, shared.idle());
+    tokio::select! {
+        r = b.serve_connection_with_upgrades(TokioIo::new(io), svc) => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "intercepted connection ended");
+            }
+        }
+        _ = dog => tracing::debug!("idle intercepted connection closed"),
     }
 }
 
@@ -1059,6 +1064,33 @@ async fn websocket(
     out
 }
 
+/// Wraps `io` so that traffic either way counts as activity; the returned
+/// future completes once there has been none for `idle`.
+fn watch<T>(io: T, idle: Duration) -> (Watched<T>, impl std::future::Future<Output = ()>) {
+    let base = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let w = Watched {
+        inner: io,
+        base,
+        last: last.clone(),
+        read: Arc::new(AtomicU64::new(0)),
+    };
+    let dog = idle_dog(base, last, idle);
+    (w, dog)
+}
+
+async fn idle_dog(base: Instant, last: Arc<AtomicU64>, idle: Duration) {
+    let idle_ms = idle.as_millis() as u64;
+    loop {
+        let since =
+            (base.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed));
+        if since >= idle_ms {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(idle_ms - since)).await;
+    }
+}
+
 /// Copies both ways until both sides close or nothing moves for `idle`.
 /// Returns (bytes from `a`, bytes from `b`).
 pub(crate) async fn splice<A, B>(a: A, b: B, idle: Duration) -> (u64, u64)
@@ -1066,36 +1098,21 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let base = Instant::now();
-    let last = Arc::new(AtomicU64::new(0));
-    let ca = Arc::new(AtomicU64::new(0));
-    let cb = Arc::new(AtomicU64::new(0));
-    let mut a = Watched {
-        inner: a,
-        base,
-        last: last.clone(),
-        read: ca.clone(),
-    };
+    let (mut a, dog) = watch(a, idle);
     let mut b = Watched {
         inner: b,
-        base,
-        last: last.clone(),
-        read: cb.clone(),
-    };
-    let watchdog = async {
-        loop {
-            tokio::time::sleep(idle / 4).await;
-            let since = base.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
-            if since >= idle.as_millis() as u64 {
-                break;
-            }
-        }
+        base: a.base,
+        last: a.last.clone(),
+        read: Arc::new(AtomicU64::new(0)),
     };
     tokio::select! {
         _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
-        _ = watchdog => { tracing::debug!("tunnel idle, closed"); }
+        _ = dog => { tracing::debug!("tunnel idle, closed"); }
     }
-    (ca.load(Ordering::Relaxed), cb.load(Ordering::Relaxed))
+    (
+        a.read.load(Ordering::Relaxed),
+        b.read.load(Ordering::Relaxed),
+    )
 }
 
 struct Watched<T> {

@@ -685,8 +685,27 @@ async fn bad_input_gets_clean_errors_and_the_proxy_survives() {
     let fx = fx_with(|c| {
         c.limits.header_read_timeout_ms = 300;
         c.limits.max_header_bytes = 8192;
+        c.limits.idle_timeout_ms = 300;
     })
     .await;
+    // An intercepted connection left idle is closed (hang guard only).
+    let (st, _, tcp) = connect(fx.proxy, "api.test:443").await;
+    assert_eq!(st, 200);
+    let mut t = tls(tcp, "api.test", &fx.bottle_ca, &[b"http/1.1"])
+        .await
+        .unwrap();
+    t.write_all(b"GET /idle HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    let r = tokio::time::timeout(HANG, t.read_to_end(&mut all))
+        .await
+        .expect("idle connection was not closed");
+    assert!(r.is_ok() || !all.is_empty());
+    assert!(
+        String::from_utf8_lossy(&all).starts_with("HTTP/1.1 200"),
+        "the request before going idle was served"
+    );
     // Garbage request line.
     let mut s = TcpStream::connect(fx.proxy).await.unwrap();
     s.write_all(b"\x16\x03\x01GARBAGE\r\n\r\n").await.unwrap();
