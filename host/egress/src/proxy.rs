@@ -347,9 +347,25 @@ async fn intercept(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, %host, "client TLS hello failed");
+            tls_failed(
+                &shared,
+                &host,
+                port,
+                start,
+                format!("client TLS hello: {e}"),
+            );
             return;
         }
-        Err(_) => return,
+        Err(_) => {
+            tls_failed(
+                &shared,
+                &host,
+                port,
+                start,
+                "no TLS ClientHello in time".into(),
+            );
+            return;
+        }
     };
     if let Some(sni) = hs.client_hello().server_name() {
         if canon_host(sni) != host {
@@ -371,10 +387,28 @@ async fn intercept(
     let tls = match tokio::time::timeout(shared.header_timeout(), hs.into_stream(tls_cfg)).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
+            // Most often: the agent does not trust the bottle CA (alert
+            // UnknownCA / BadCertificate), i.e. its CA variables are unset.
             tracing::debug!(error = %e, %host, "client TLS handshake failed");
+            tls_failed(
+                &shared,
+                &host,
+                port,
+                start,
+                format!("client TLS handshake: {e}"),
+            );
             return;
         }
-        Err(_) => return,
+        Err(_) => {
+            tls_failed(
+                &shared,
+                &host,
+                port,
+                start,
+                "TLS handshake not finished in time".into(),
+            );
+            return;
+        }
     };
     let target = Target {
         tls: true,
@@ -405,6 +439,15 @@ async fn intercept(
         }
         _ = dog => tracing::debug!("idle intercepted connection closed"),
     }
+}
+
+/// Audit line for a tunnel whose client-side TLS never came up.
+fn tls_failed(shared: &Shared, host: &str, port: u16, start: Instant, note: String) {
+    let mut rec = shared.record("CONNECT", host, port, String::new());
+    rec.decision = "tls_error".into();
+    rec.note = note;
+    rec.duration_ms = ms(start);
+    shared.audit.write(&rec);
 }
 
 fn ms(start: Instant) -> f64 {

@@ -741,6 +741,25 @@ async fn bad_input_gets_clean_errors_and_the_proxy_survives() {
     let _ = tokio::time::timeout(HANG, t.read(&mut b))
         .await
         .expect("non-TLS tunnel was not closed");
+    // A client that does not trust the bottle CA: the audit says so.
+    let (_, _, tcp) = connect(fx.proxy, "api.test:443").await;
+    assert!(tls(tcp, "api.test", &fx.pki.ca_pem, &[b"http/1.1"])
+        .await
+        .is_err());
+    let line = tokio::time::timeout(HANG, async {
+        loop {
+            if let Some(l) = audit_lines(&fx.audit).into_iter().find(|l| {
+                l["decision"] == "tls_error"
+                    && l["note"].as_str().unwrap_or("").contains("handshake")
+            }) {
+                return l;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no tls_error audit line");
+    assert_eq!(line["host"], "api.test");
     // Upstream down: 502, proxy still serves.
     let fx2 = fx_with(|c| {
         c.upstream
