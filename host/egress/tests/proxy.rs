@@ -1035,6 +1035,7 @@ async fn sighup_reloads_rotated_tokens_on_open_connections() {
         .arg("--config")
         .arg(&path)
         .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -1047,7 +1048,12 @@ async fn sighup_reloads_rotated_tokens_on_open_connections() {
             break a.parse().unwrap();
         }
     };
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let (line_tx, line_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(err).map_while(Result::ok) {
+            let _ = line_tx.send(line);
+        }
+    });
     let (st, _, tcp) = connect(addr, "api.test:443").await;
     assert_eq!(st, 200);
     let t = tls(tcp, "api.test", &bottle_ca, &[b"h2"]).await.unwrap();
@@ -1067,8 +1073,8 @@ async fn sighup_reloads_rotated_tokens_on_open_connections() {
         bot_bottle_plugin_api::Secret::new(rotated),
     );
     std::fs::write(&path, serde_json::to_string(&cfg).unwrap()).unwrap();
-    let st = std::process::Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
+    let st = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -HUP {}", child.id())])
         .status()
         .unwrap();
     assert!(st.success());
@@ -1088,12 +1094,21 @@ async fn sighup_reloads_rotated_tokens_on_open_connections() {
     })
     .await
     .expect("SIGHUP reload never took effect");
-    // A broken file keeps the previous config.
+    // A broken file keeps the previous config (and says so).
     std::fs::write(&path, "{ not json").unwrap();
-    std::process::Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
+    std::process::Command::new("sh")
+        .args(["-c", &format!("kill -HUP {}", child.id())])
         .status()
         .unwrap();
+    loop {
+        let line = line_rx
+            .recv_timeout(HANG)
+            .expect("no log line about the failed reload");
+        if line.contains("reload failed") {
+            assert!(!line.contains(rotated) && !line.contains(CANARY), "{line}");
+            break;
+        }
+    }
     let r = s
         .send_request(get("https://api.test/c", "", true))
         .await
