@@ -19,7 +19,7 @@ use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -255,9 +255,22 @@ async fn outer(live: Arc<Live>, req: Request<Incoming>) -> Response<Body> {
                     tokio::spawn(async move {
                         match hyper::upgrade::on(req).await {
                             Ok(c) => {
-                                let (o, i) = splice(TokioIo::new(c), up, s.idle()).await;
-                                rec.bytes_out = o;
-                                rec.bytes_in = i;
+                                let mut c = TokioIo::new(c);
+                                let mut up = up;
+                                match passthrough_hello(&mut c, &host, s.header_timeout()).await {
+                                    Ok(hello) => {
+                                        if up.write_all(&hello).await.is_ok() {
+                                            let (o, i) = splice(c, up, s.idle()).await;
+                                            rec.bytes_out = o + hello.len() as u64;
+                                            rec.bytes_in = i;
+                                        }
+                                    }
+                                    Err(why) => {
+                                        rec.decision = "identity_mismatch".into();
+                                        rec.status = 0;
+                                        rec.note = why;
+                                    }
+                                }
                             }
                             Err(e) => rec.note = format!("upgrade failed: {e}"),
                         }
@@ -320,6 +333,51 @@ async fn outer(live: Arc<Live>, req: Request<Incoming>) -> Response<Body> {
             "bot-bottle egress: this is a forward proxy (set HTTPS_PROXY/HTTP_PROXY to it); it has no other interface\n"
                 .into(),
         ),
+    }
+}
+
+/// Reads the client's TLS ClientHello on a passthrough tunnel without
+/// decrypting anything, and checks its SNI against the CONNECT host: a
+/// tunnel to an allowed host must not carry a hello for another name
+/// (domain fronting through a shared front end). Returns the bytes read, to
+/// be sent upstream first.
+async fn passthrough_hello<T: AsyncRead + Unpin>(
+    c: &mut T,
+    host: &str,
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
+    use tokio::io::AsyncReadExt;
+    let mut acc = rustls::server::Acceptor::default();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            let n = c
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("reading the TLS hello: {e}"))?;
+            if n == 0 {
+                return Err("the client closed before its TLS hello".to_string());
+            }
+            seen.extend_from_slice(&buf[..n]);
+            acc.read_tls(&mut &buf[..n])
+                .map_err(|e| format!("not a TLS hello: {e}"))?;
+            match acc.accept() {
+                Ok(Some(a)) => return Ok(a.client_hello().server_name().map(canon_host)),
+                Ok(None) if seen.len() <= 64 * 1024 => continue,
+                Ok(None) => return Err("TLS hello too large".to_string()),
+                Err((e, _)) => return Err(format!("not a TLS hello: {e}")),
+            }
+        }
+    };
+    let sni = tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| "no TLS hello in time".to_string())??;
+    match sni {
+        Some(sni) if sni == host => Ok(seen),
+        Some(sni) => Err(format!("TLS SNI {sni:?} differs from the CONNECT target")),
+        None if host.parse::<std::net::IpAddr>().is_ok() => Ok(seen),
+        None => Err("TLS hello without SNI on a passthrough tunnel to a named host".into()),
     }
 }
 

@@ -535,6 +535,25 @@ async fn passthrough_is_a_plain_tunnel() {
     .unwrap();
     assert_eq!(line["host"], "pass.test");
     assert_eq!(line["injected"], false);
+    // A hello for another name inside a passthrough tunnel (domain
+    // fronting) is refused before anything reaches upstream.
+    let before = fx.up.seen().len();
+    let (st, _, tcp) = connect(fx.proxy, "pass.test:443").await;
+    assert_eq!(st, 200);
+    assert!(tls(tcp, "api.test", &fx.pki.ca_pem, &[b"http/1.1"])
+        .await
+        .is_err());
+    assert_eq!(fx.up.seen().len(), before);
+    tokio::time::timeout(HANG, async {
+        while !audit_lines(&fx.audit)
+            .iter()
+            .any(|l| l["decision"] == "identity_mismatch" && l["host"] == "pass.test")
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no identity_mismatch line for the fronted passthrough");
 }
 
 /// A minimal CONNECT proxy standing in for a corporate proxy or pipelock.
