@@ -14,6 +14,7 @@ pub mod error;
 mod proxy;
 pub mod route;
 mod upstream;
+mod ws;
 
 pub use audit::AuditRecord;
 pub use ca::{BottleCa, CaError};

@@ -42,7 +42,7 @@ pub(crate) struct Shared {
     minter: LeafMinter,
     dialer: Dialer,
     client: Client<Dialer, Body>,
-    dlp: Dlp,
+    dlp: Arc<Dlp>,
     audit: Audit,
     /// Bounds the memory held by DLP body buffers: at most this many
     /// requests buffer a body for scanning at once; others wait.
@@ -65,7 +65,7 @@ impl Shared {
         let minter = LeafMinter::new(&cfg.ca.cert_pem, &cfg.ca.key_pem)?;
         let dialer = Dialer::new(&cfg.upstream)?;
         let client = upstream::client(dialer.clone());
-        let dlp = Dlp::new(&cfg)?;
+        let dlp = Arc::new(Dlp::new(&cfg)?);
         let audit = Audit::open(&cfg.audit)?;
         let mut inject = Vec::with_capacity(cfg.routes.len());
         for (i, r) in cfg.routes.iter().enumerate() {
@@ -1073,6 +1073,10 @@ async fn websocket(
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
+    if shared.dlp.mode != DlpMode::Off {
+        // No permessage-deflate while DLP is on: frames stay scannable.
+        parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    }
     if from_h2 {
         parts.method = Method::GET;
         parts
@@ -1153,9 +1157,34 @@ async fn websocket(
     tokio::spawn(async move {
         match tokio::try_join!(on_client, on_up) {
             Ok((c, u)) => {
-                let (o, i) = splice(TokioIo::new(c), TokioIo::new(u), s.idle()).await;
-                rec.bytes_out = o;
-                rec.bytes_in = i;
+                if s.dlp.mode == DlpMode::Off {
+                    let (o, i) = splice(TokioIo::new(c), TokioIo::new(u), s.idle()).await;
+                    rec.bytes_out = o;
+                    rec.bytes_in = i;
+                } else {
+                    let w = crate::ws::splice_scanned(
+                        TokioIo::new(c),
+                        TokioIo::new(u),
+                        s.dlp.clone(),
+                        s.idle(),
+                    )
+                    .await;
+                    rec.bytes_out = w.bytes_out;
+                    rec.bytes_in = w.bytes_in;
+                    if !w.findings.is_empty() {
+                        tracing::warn!(host = %rec.host, rules = ?w.findings, "DLP findings in WebSocket frames");
+                        rec.dlp = w.findings;
+                    }
+                    if w.blocked {
+                        rec.decision = "dlp_block".into();
+                        rec.note = "WebSocket closed (1008) before the frame was sent".into();
+                    } else if w.unscanned_frames > 0 {
+                        rec.note = format!(
+                            "{} WebSocket frames over dlp.max_body_bytes passed unscanned",
+                            w.unscanned_frames
+                        );
+                    }
+                }
             }
             Err(e) => rec.note = format!("websocket upgrade failed: {e}"),
         }
@@ -1167,7 +1196,10 @@ async fn websocket(
 
 /// Wraps `io` so that traffic either way counts as activity; the returned
 /// future completes once there has been none for `idle`.
-fn watch<T>(io: T, idle: Duration) -> (Watched<T>, impl std::future::Future<Output = ()>) {
+pub(crate) fn watch<T>(
+    io: T,
+    idle: Duration,
+) -> (Watched<T>, impl std::future::Future<Output = ()>) {
     let base = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let w = Watched {
@@ -1216,7 +1248,7 @@ where
     )
 }
 
-struct Watched<T> {
+pub(crate) struct Watched<T> {
     inner: T,
     base: Instant,
     last: Arc<AtomicU64>,

@@ -436,7 +436,7 @@ async fn websocket_over_http1_upgrade_gets_the_token() {
         .unwrap()
         .unwrap();
     assert_eq!(echo.into_text().unwrap().as_str(), "hello");
-    let seen = fx.up.seen().pop().unwrap();
+    let seen = ws_upgrade_seen(&fx);
     assert_eq!(seen.path, "/backend-api/codex/responses");
     assert_eq!(
         seen.header_all("authorization"),
@@ -487,7 +487,7 @@ async fn websocket_over_http2_extended_connect() {
         .unwrap()
         .unwrap();
     assert_eq!(echo.into_text().unwrap().as_str(), "over h2");
-    let seen = fx.up.seen().pop().unwrap();
+    let seen = ws_upgrade_seen(&fx);
     assert_eq!(seen.path, "/backend-api/codex/responses");
     assert_eq!(
         seen.header_all("authorization"),
@@ -1210,4 +1210,125 @@ async fn plain_http_only_where_the_route_says_so() {
         .await
         .unwrap();
     assert!(read_head(&mut s).await.starts_with("HTTP/1.1 403"));
+}
+
+fn ws_upgrade_seen(fx: &Fx) -> Seen {
+    fx.up
+        .seen()
+        .into_iter()
+        .rev()
+        .find(|s| s.method != "WS")
+        .unwrap()
+}
+
+async fn ws_through(
+    fx: &Fx,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>,
+    u16,
+) {
+    let (st, _, tcp) = connect(fx.proxy, "ws.test:443").await;
+    assert_eq!(st, 200);
+    let t = tls(tcp, "ws.test", &fx.bottle_ca, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        "wss://ws.test/backend-api/codex/responses",
+    )
+    .unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-extensions",
+        "permessage-deflate".parse().unwrap(),
+    );
+    let (ws, resp) = tokio::time::timeout(HANG, tokio_tungstenite::client_async(req, t))
+        .await
+        .unwrap()
+        .unwrap();
+    (ws, resp.status().as_u16())
+}
+
+const GH: &str = "ghp_abcdefghijklmnopqrstuvwxyz0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_frames_are_scanned_in_log_mode() {
+    let fx = fx().await;
+    let (mut ws, st) = ws_through(&fx).await;
+    assert_eq!(st, 101);
+    assert!(
+        ws_upgrade_seen(&fx)
+            .header_all("sec-websocket-extensions")
+            .is_empty(),
+        "compression stays off under DLP"
+    );
+    ws.send(Message::text(format!("here is my token {GH}")))
+        .await
+        .unwrap();
+    let echo = tokio::time::timeout(HANG, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(echo.into_text().unwrap().contains(GH), "log mode forwards");
+    ws.close(None).await.unwrap();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(HANG, ws.next()).await {}
+    let line = tokio::time::timeout(HANG, async {
+        loop {
+            if let Some(l) = audit_lines(&fx.audit)
+                .into_iter()
+                .find(|l| l["dlp"] == serde_json::json!(["github-pat"]))
+            {
+                return l;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no audit line with the WebSocket finding");
+    assert_eq!(line["decision"], "allow");
+    assert_eq!(line["path"], "/backend-api/codex/responses");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_frames_with_secrets_are_blocked() {
+    let fx = fx_with(|c| c.dlp.mode = DlpMode::Block).await;
+    let (mut ws, st) = ws_through(&fx).await;
+    assert_eq!(st, 101);
+    ws.send(Message::text("harmless")).await.unwrap();
+    let echo = tokio::time::timeout(HANG, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echo.into_text().unwrap().as_str(), "harmless");
+    ws.send(Message::text(format!("leak {GH}"))).await.unwrap();
+    let next = tokio::time::timeout(HANG, ws.next())
+        .await
+        .expect("no close after a blocked frame");
+    match next {
+        Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1008),
+        Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {}
+        Some(Ok(m)) => panic!("the blocked frame came back: {m:?}"),
+    }
+    let ws_msgs: Vec<Vec<u8>> = fx
+        .up
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "WS")
+        .map(|s| s.body)
+        .collect();
+    assert_eq!(
+        ws_msgs,
+        vec![b"harmless".to_vec()],
+        "the blocked frame reached upstream"
+    );
+    tokio::time::timeout(HANG, async {
+        while !audit_lines(&fx.audit)
+            .iter()
+            .any(|l| l["decision"] == "dlp_block")
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no dlp_block audit line");
 }

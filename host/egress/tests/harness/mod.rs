@@ -187,6 +187,7 @@ async fn upstream_handle(
             sni,
         });
         let on = hyper::upgrade::on(&mut req);
+        let ws_seen = seen.clone();
         tokio::spawn(async move {
             let Ok(up) = on.await else { return };
             let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
@@ -196,6 +197,16 @@ async fn upstream_handle(
             )
             .await;
             while let Some(Ok(m)) = ws.next().await {
+                if m.is_text() || m.is_binary() {
+                    ws_seen.lock().unwrap().push(Seen {
+                        method: "WS".into(),
+                        path: String::new(),
+                        version: String::new(),
+                        headers: vec![],
+                        body: m.clone().into_data().to_vec(),
+                        sni: None,
+                    });
+                }
                 if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
                     break;
                 }

@@ -1,0 +1,197 @@
+//! DLP on WebSocket traffic from the agent (Codex sends its whole
+//! conversation over one). Client frames are parsed, unmasked for the scan
+//! and forwarded byte for byte; the upstream direction is copied untouched.
+//! Compression extensions are taken off the upgrade request while DLP is on,
+//! so frames are scannable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::config::DlpMode;
+use crate::dlp::Dlp;
+
+/// Unmasked bytes of the previous data frame kept to catch a secret split
+/// across two frames.
+const OVERLAP: usize = 256;
+
+/// What the scan saw.
+#[derive(Debug, Default)]
+pub(crate) struct WsOutcome {
+    pub(crate) bytes_out: u64,
+    pub(crate) bytes_in: u64,
+    pub(crate) findings: Vec<String>,
+    pub(crate) blocked: bool,
+    pub(crate) unscanned_frames: u64,
+}
+
+/// Parsed frame header: (header length, payload length, mask key, opcode).
+fn header(b: &[u8]) -> Option<(usize, u64, Option<[u8; 4]>, u8)> {
+    if b.len() < 2 {
+        return None;
+    }
+    let opcode = b[0] & 0x0f;
+    let masked = b[1] & 0x80 != 0;
+    let (mut hl, len) = match b[1] & 0x7f {
+        126 => {
+            if b.len() < 4 {
+                return None;
+            }
+            (4, u16::from_be_bytes([b[2], b[3]]) as u64)
+        }
+        127 => {
+            if b.len() < 10 {
+                return None;
+            }
+            let mut l = [0u8; 8];
+            l.copy_from_slice(&b[2..10]);
+            (10, u64::from_be_bytes(l))
+        }
+        n => (2, n as u64),
+    };
+    let mask = if masked {
+        if b.len() < hl + 4 {
+            return None;
+        }
+        let m = [b[hl], b[hl + 1], b[hl + 2], b[hl + 3]];
+        hl += 4;
+        Some(m)
+    } else {
+        None
+    };
+    Some((hl, len, mask, opcode))
+}
+
+/// Splices an upgraded WebSocket, scanning the client's frames.
+pub(crate) async fn splice_scanned<C, U>(
+    client: C,
+    upstream: U,
+    dlp: Arc<Dlp>,
+    idle: Duration,
+) -> WsOutcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let (client, dog) = crate::proxy::watch(client, idle);
+    let (upstream, dog2) = crate::proxy::watch(upstream, idle);
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut ur, mut uw) = tokio::io::split(upstream);
+    let state = std::sync::Mutex::new(WsOutcome::default());
+    let down = async {
+        let n = tokio::io::copy(&mut ur, &mut cw).await.unwrap_or(0);
+        let _ = cw.shutdown().await;
+        n
+    };
+    let up = async {
+        let mut pending: Vec<u8> = Vec::with_capacity(16 * 1024);
+        let mut prev: Vec<u8> = Vec::new();
+        let mut passthrough_left: u64 = 0;
+        let mut buf = vec![0u8; 16 * 1024];
+        'outer: loop {
+            let n = match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            state.lock().unwrap_or_else(|p| p.into_inner()).bytes_out += n as u64;
+            pending.extend_from_slice(&buf[..n]);
+            loop {
+                if passthrough_left > 0 {
+                    let k = (passthrough_left as usize).min(pending.len());
+                    if uw.write_all(&pending[..k]).await.is_err() {
+                        break 'outer;
+                    }
+                    pending.drain(..k);
+                    passthrough_left -= k as u64;
+                    if pending.is_empty() {
+                        break;
+                    }
+                    continue;
+                }
+                let Some((hl, len, mask, opcode)) = header(&pending) else {
+                    break;
+                };
+                if len > dlp.max_body as u64 {
+                    // Too large to hold: forwarded unscanned, and counted.
+                    state
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .unscanned_frames += 1;
+                    passthrough_left = hl as u64 + len;
+                    continue;
+                }
+                let total = hl + len as usize;
+                if pending.len() < total {
+                    break;
+                }
+                let data_frame = opcode <= 2;
+                if data_frame {
+                    let mut payload = pending[hl..total].to_vec();
+                    if let Some(m) = mask {
+                        for (i, b) in payload.iter_mut().enumerate() {
+                            *b ^= m[i % 4];
+                        }
+                    }
+                    let mut scan = std::mem::take(&mut prev);
+                    scan.extend_from_slice(&payload);
+                    let mut found = Vec::new();
+                    dlp.scan_body(&scan, None, &mut found);
+                    if !found.is_empty() {
+                        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                        for f in found {
+                            if !st.findings.contains(&f) {
+                                st.findings.push(f);
+                            }
+                        }
+                        if dlp.mode == DlpMode::Block {
+                            st.blocked = true;
+                            break 'outer;
+                        }
+                    }
+                    let keep = payload.len().min(OVERLAP);
+                    prev = payload[payload.len() - keep..].to_vec();
+                }
+                if uw.write_all(&pending[..total]).await.is_err() {
+                    break 'outer;
+                }
+                pending.drain(..total);
+            }
+        }
+        let blocked = state.lock().unwrap_or_else(|p| p.into_inner()).blocked;
+        if !blocked {
+            let _ = uw.shutdown().await;
+        }
+    };
+    let both = async {
+        tokio::pin!(up);
+        tokio::pin!(down);
+        tokio::select! {
+            // The agent closed (or was blocked): let the upstream finish
+            // unless the frame was blocked.
+            _ = &mut up => {
+                if !state.lock().unwrap_or_else(|p| p.into_inner()).blocked {
+                    let i = down.await;
+                    state.lock().unwrap_or_else(|p| p.into_inner()).bytes_in = i;
+                }
+            }
+            // The upstream closed: nothing more can be delivered.
+            i = &mut down => state.lock().unwrap_or_else(|p| p.into_inner()).bytes_in = i,
+        }
+    };
+    tokio::select! {
+        _ = both => {}
+        _ = dog => {}
+        _ = dog2 => {}
+    }
+    let out = state.into_inner().unwrap_or_else(|p| p.into_inner());
+    if out.blocked {
+        // Close frame to the agent: 1008 policy violation.
+        let reason = b"blocked by bot-bottle egress DLP";
+        let mut f = vec![0x88, (2 + reason.len()) as u8, 0x03, 0xf0];
+        f.extend_from_slice(reason);
+        let _ = cw.write_all(&f).await;
+        let _ = cw.shutdown().await;
+    }
+    out
+}
