@@ -317,8 +317,14 @@ pub fn prepare_at(request: &PrepareRequest, now: i64) -> Result<AgentProvisionPl
                 CODEX_HOST_CREDENTIAL_TOKEN_REF.into(),
                 login.access_token.clone(),
             );
+            // FedRAMP workspaces talk to gov.chatgpt.com instead.
+            let backend = if login.identity.is_fedramp == Some(true) {
+                "gov.chatgpt.com"
+            } else {
+                "chatgpt.com"
+            };
             plan.egress_routes.push(route(
-                "chatgpt.com",
+                backend,
                 Some("/backend-api/"),
                 vec![
                     bearer(CODEX_HOST_CREDENTIAL_TOKEN_REF),

@@ -213,6 +213,29 @@ fn routes_carry_the_token_by_ref_and_the_account_id_literally() {
 }
 
 #[test]
+fn fedramp_workspaces_route_to_gov_chatgpt() {
+    let host = Host::new();
+    let mut auth = real_auth_json();
+    auth["tokens"]["id_token"] = json!(real_jwt(
+        json!({"https://api.openai.com/auth": {
+            "chatgpt_account_id": ACCOUNT, "chatgpt_account_is_fedramp": true
+        }}),
+        "canary-id-sig-XYZ"
+    ));
+    host.write_auth(&auth.to_string());
+    let plan = host.prepare(forward()).unwrap();
+    assert_eq!(plan.egress_routes[0].host, "gov.chatgpt.com");
+    let a: Value =
+        serde_json::from_str(&file(&plan, "/home/agent/.codex/auth.json").contents).unwrap();
+    let id = claims(a["tokens"]["id_token"].as_str().unwrap());
+    assert_eq!(
+        id["https://api.openai.com/auth"]["chatgpt_account_is_fedramp"],
+        true
+    );
+    assert_no_canary(&visible(&plan));
+}
+
+#[test]
 fn refresh_is_answered_locally_with_dummies_that_follow_the_real_exp() {
     let host = Host::new();
     host.write_auth(&real_auth_json().to_string());
