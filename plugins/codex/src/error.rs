@@ -83,6 +83,9 @@ impl CodexError {
             Self::Expired { .. } => {
                 "bot-bottle never refreshes the host's login itself; once the host's Codex has refreshed auth.json, running bottles pick the new token up automatically"
             }
+            Self::Missing { .. } | Self::NoCredential { .. } => {
+                "if Codex keeps its login in the OS keyring, set `cli_auth_credentials_store = \"file\"` in ~/.codex/config.toml and run `codex login` again; see docs/providers/codex.md"
+            }
             _ => "see docs/providers/codex.md (\"When it fails\")",
         }
     }
