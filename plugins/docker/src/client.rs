@@ -68,15 +68,7 @@ impl Client {
 
     /// The one error for a daemon that does not answer.
     pub fn unreachable(&self, e: &DockerError) -> PluginError {
-        PluginError::unavailable(format!(
-            "cannot reach the Docker daemon at {}: {}",
-            self.host,
-            chain(e)
-        ))
-        .with_hint(
-            "start it (`dockerd` / `systemctl start docker`) or set DOCKER_HOST to a daemon that runs",
-        )
-        .retryable()
+        unreachable(&self.host, e)
     }
 
     /// Maps a failed request: a connection failure becomes
@@ -122,7 +114,9 @@ fn connect(host: &str) -> Result<Docker, PluginError> {
             .with_hint("use unix:///path/to/docker.sock or tcp://host:port (TLS and ssh are not supported yet)")
     };
     let docker = if host.starts_with("unix://") {
-        Docker::connect_with_unix(host, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+        // bollard looks for the socket file here already.
+        return Docker::connect_with_unix(host, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+            .map_err(|e| unreachable(host, &e));
     } else if host.starts_with("tcp://") || host.starts_with("http://") {
         Docker::connect_with_http(host, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
     } else {
@@ -132,6 +126,17 @@ fn connect(host: &str) -> Result<Docker, PluginError> {
         PluginError::invalid(format!("cannot use DOCKER_HOST `{host}`: {}", chain(&e)))
             .with_hint("use unix:///path/to/docker.sock or tcp://host:port")
     })
+}
+
+fn unreachable(host: &str, e: &DockerError) -> PluginError {
+    PluginError::unavailable(format!(
+        "cannot reach the Docker daemon at {host}: {}",
+        chain(e)
+    ))
+    .with_hint(
+        "start it (`dockerd` / `systemctl start docker`) or set DOCKER_HOST to a daemon that runs",
+    )
+    .retryable()
 }
 
 /// An error and its causes on one line.

@@ -204,6 +204,15 @@ fn garbage(all: Resources, now: i64) -> BTreeMap<String, Resources> {
                 Some(ContainerSummaryStateEnum::CREATED) => now - a.created.unwrap_or(0) < grace,
                 _ => false,
             },
+            // The sidecar starts only once the agent exists: a started
+            // sidecar without an agent is a bottle whose agent is gone.
+            None if r
+                .containers
+                .iter()
+                .any(|c| c.state != Some(ContainerSummaryStateEnum::CREATED)) =>
+            {
+                false
+            }
             None => {
                 let youngest = r
                     .containers
@@ -549,6 +558,8 @@ mod tests {
                 container("done", ROLE_AGENT, EXITED, now - 1000),
                 container("done", ROLE_EGRESS, RUNNING, now - 1000),
                 container("orphan", ROLE_EGRESS, RUNNING, now - 1000),
+                container("young-orphan", ROLE_EGRESS, RUNNING, now - 5),
+                container("young-launch", ROLE_EGRESS, CREATED, now - 5),
                 container("launching", ROLE_AGENT, CREATED, now - 5),
                 container("stuck", ROLE_AGENT, CREATED, now - 1000),
             ],
@@ -559,7 +570,10 @@ mod tests {
             ],
         };
         let gone: Vec<String> = garbage(all, now).into_keys().collect();
-        assert_eq!(gone, vec!["done", "netonly-old", "orphan", "stuck"]);
+        assert_eq!(
+            gone,
+            vec!["done", "netonly-old", "orphan", "stuck", "young-orphan"]
+        );
     }
 
     #[test]
