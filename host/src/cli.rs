@@ -32,11 +32,53 @@ pub enum Command {
     /// Show what a bottle will get (env, files, routes, token sources) without
     /// launching anything. Secret values are never printed.
     Plan(PlanArgs),
+    /// Run a bottle: plan, launch, attach, and remove it when the agent exits.
+    Run(RunArgs),
+    /// List bottles on every backend.
+    Ls(JsonFlag),
+    /// Stop a running bottle (kept for `logs` until `rm`).
+    Stop {
+        /// Bottle id or name.
+        name: String,
+    },
+    /// Remove a bottle and everything it created.
+    Rm {
+        /// Bottle id or name.
+        name: String,
+    },
+    /// Print a bottle's agent output, or its egress audit log.
+    Logs {
+        /// Bottle id or name.
+        name: String,
+        /// The egress proxy's audit log (one JSON line per request).
+        #[arg(long)]
+        egress: bool,
+        /// Keep following.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Run a command in a running bottle.
+    Exec {
+        /// Bottle id or name.
+        name: String,
+        /// The command.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Remove everything labelled as bot-bottle's whose bottle is gone.
+    Gc {
+        /// Also remove cached images bot-bottle built (the egress sidecar image).
+        #[arg(long)]
+        images: bool,
+    },
     /// Inspect installed plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
     /// Check every installed backend and provider on this host.
     Doctor(JsonFlag),
+    /// The egress proxy (what a bottle's sidecar runs).
+    #[command(subcommand)]
+    Egress(EgressCommand),
 }
 
 /// `bottle plan`.
@@ -48,6 +90,23 @@ pub struct PlanArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `bottle run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The manifest.
+    #[arg(short = 'f', long = "file", default_value = "bottle.toml")]
+    pub file: PathBuf,
+    /// Leave the bottle in place after the agent exits.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print the bottle id and return once it is up.
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+    /// Arguments appended to the agent command.
+    #[arg(last = true)]
+    pub args: Vec<String>,
 }
 
 /// A lone `--json` flag.
@@ -67,6 +126,33 @@ pub enum PluginsCommand {
     Info {
         /// Plugin name.
         name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `bottle egress …`.
+#[derive(Debug, Subcommand)]
+pub enum EgressCommand {
+    /// Serve the proxy from a config file the host wrote.
+    Serve {
+        /// The proxy config (JSON).
+        #[arg(long)]
+        config: PathBuf,
+        /// Listen address, overriding the config's.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Print what the proxy would do with a request (header names only).
+    Check {
+        /// The proxy config (JSON).
+        #[arg(long)]
+        config: PathBuf,
+        /// HTTP method.
+        method: String,
+        /// Full URL.
+        url: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,

@@ -13,7 +13,9 @@
 pub mod cli;
 pub mod commands;
 pub mod egress_plan;
+pub mod launch;
 pub mod manifest;
 pub mod output;
 pub mod plan;
 pub mod plugins;
+pub mod rotation;

@@ -1,1 +1,273 @@
-//! Shared helpers for the end-to-end tests.
+//! Shared helpers for the end-to-end tests: the real `bottle` binary and
+//! plugins, a real Docker engine, locally built images and a demo upstream
+//! on its own Docker network.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, Once};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The cargo target profile dir these tests were built into.
+fn profile_dir() -> PathBuf {
+    // target/<profile>/deps/<test binary>
+    std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The demo upstream binary (cargo builds a package's binaries before its
+/// integration tests).
+pub fn demo_upstream_exe() -> PathBuf {
+    profile_dir().join("demo-upstream")
+}
+
+static BUILD: Once = Once::new();
+
+/// Builds `bottle` and the in-tree plugins (cargo test builds neither the
+/// binary of another package nor cdylibs) and returns the `bottle` path.
+pub fn bottle_exe() -> PathBuf {
+    let profile = profile_dir();
+    BUILD.call_once(|| {
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "--quiet", "--manifest-path"])
+            .arg(repo_root().join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(profile.parent().unwrap())
+            .args([
+                "-p",
+                "bot-bottle",
+                "-p",
+                "bot-bottle-plugin-generic",
+                "-p",
+                "bot-bottle-plugin-docker",
+            ]);
+        if profile.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        assert!(
+            cmd.status().expect("running cargo").success(),
+            "building bottle and its plugins failed"
+        );
+    });
+    profile.join("bottle")
+}
+
+/// `bottle` with an environment isolated from the caller's plugin dirs.
+pub fn bottle(data_home: &Path) -> Command {
+    let mut cmd = Command::new(bottle_exe());
+    cmd.env_remove("BOT_BOTTLE_PLUGIN_PATH")
+        .env_remove("RUST_LOG")
+        .env("XDG_DATA_HOME", data_home)
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+/// (exit code, stdout, stderr). A death by signal is reported as 128+N.
+pub fn output(cmd: &mut Command) -> (i32, String, String) {
+    let out: Output = cmd.output().expect("running a command");
+    (
+        exit_code(out.status),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An exit status as a shell would report it.
+pub fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// Runs `docker ARGS`, returning stdout; panics with stderr on failure.
+pub fn docker(args: &[&str]) -> String {
+    let (code, out, err) = output(Command::new("docker").args(args));
+    assert_eq!(code, 0, "docker {args:?} failed: {err}");
+    out
+}
+
+/// Whether a Docker engine answers. In CI a missing engine is a failure;
+/// elsewhere the caller skips, and this prints why.
+pub fn docker_available(test: &str) -> bool {
+    let ok = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{test}: no Docker engine answers, and CI=true: start dockerd (see .ci/run)");
+        }
+        eprintln!("skipping {test}: no Docker engine answers (start dockerd to run it)");
+    }
+    ok
+}
+
+static IMAGES: Once = Once::new();
+
+/// The test agent image: a shell and a few real host tools (curl, getent,
+/// env…) with their libraries, user `agent`.
+pub const AGENT_IMAGE: &str = "bot-bottle-test/agent";
+/// The demo upstream's image.
+pub const UPSTREAM_IMAGE: &str = "bot-bottle-test/upstream";
+
+/// Builds the two test images once per test process.
+pub fn ensure_images() {
+    IMAGES.call_once(|| {
+        let script = repo_root().join("scripts/image-from-binaries.sh");
+        let run = |args: &[&str]| {
+            let (code, out, err) = output(Command::new(&script).args(args));
+            assert_eq!(code, 0, "building an image failed: {out}{err}");
+        };
+        run(&[
+            AGENT_IMAGE,
+            "curl",
+            "cat",
+            "env",
+            "id",
+            "ls",
+            "getent",
+            "sleep",
+            "grep",
+            "find",
+        ]);
+        run(&[UPSTREAM_IMAGE, demo_upstream_exe().to_str().unwrap()]);
+    });
+}
+
+static NET_LOCK: Mutex<()> = Mutex::new(());
+
+/// A demo HTTPS API on a Docker network of its own, reachable as `host`.
+#[derive(Debug)]
+pub struct Upstream {
+    /// The network (the bottle's sidecar joins it as its egress network).
+    pub network: String,
+    /// The container.
+    pub container: String,
+    /// The CA that signed its certificate.
+    pub ca_pem: PathBuf,
+    /// Its address on the network.
+    pub ip: String,
+    _certs: tempfile::TempDir,
+}
+
+impl Upstream {
+    /// Starts one, named after `tag`.
+    pub fn start(tag: &str, host: &str) -> Self {
+        ensure_images();
+        let certs = tempfile::tempdir().unwrap();
+        let (code, _, err) = output(
+            Command::new(demo_upstream_exe())
+                .args(["certs", "--dir"])
+                .arg(certs.path())
+                .args(["--host", host]),
+        );
+        assert_eq!(code, 0, "{err}");
+        let suffix = format!("{:08x}", rand_u32());
+        let network = format!("bbtest-{tag}-{suffix}");
+        let container = format!("bbtest-{tag}-api-{suffix}");
+        {
+            let _guard = NET_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            docker(&[
+                "network",
+                "create",
+                "--label",
+                "bot-bottle-test=1",
+                &network,
+            ]);
+        }
+        let mount = format!("{}:/certs:ro", certs.path().display());
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            &container,
+            "--label",
+            "bot-bottle-test=1",
+            "--network",
+            &network,
+            "--network-alias",
+            host,
+            "-v",
+            &mount,
+            UPSTREAM_IMAGE,
+            "/bin/demo-upstream",
+            "serve",
+            "--dir",
+            "/certs",
+        ]);
+        let ip = docker(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &container,
+        ])
+        .trim()
+        .to_string();
+        Upstream {
+            network,
+            container,
+            ca_pem: certs.path().join("ca.pem"),
+            ip,
+            _certs: certs,
+        }
+    }
+
+    /// Every request it received, one JSON value each.
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        let (_, out, _) = output(Command::new("docker").args(["logs", &self.container]));
+        out.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.container])
+            .output();
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.network])
+            .output();
+    }
+}
+
+/// A random u32 without another dependency.
+pub fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish() as u32
+}
+
+/// Containers, networks and volumes labelled with this bottle name.
+pub fn leftovers(bottle_name: &str) -> Vec<String> {
+    let label = format!("label=bot-bottle.name={bottle_name}");
+    let mut found = Vec::new();
+    for (kind, args) in [
+        ("container", vec!["ps", "-a", "-q", "--filter", &label]),
+        ("network", vec!["network", "ls", "-q", "--filter", &label]),
+        ("volume", vec!["volume", "ls", "-q", "--filter", &label]),
+    ] {
+        found.extend(docker(&args).lines().map(|id| format!("{kind} {id}")));
+    }
+    found
+}

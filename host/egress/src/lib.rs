@@ -1,1 +1,186 @@
-//! placeholder
+//! bot-bottle's egress proxy: the only way out of a bottle, and the only
+//! place a real credential lives while the agent runs.
+//!
+//! The host writes a [`config::ProxyConfig`] (routes, resolved token values,
+//! the bottle CA made with [`ca::BottleCa::generate`]); the proxy reads it and
+//! [`serve`]s. [`check`] says what the proxy would do with one request.
+//! See `docs/egress.md`.
+
+pub mod audit;
+pub mod ca;
+pub mod config;
+mod dlp;
+pub mod error;
+mod proxy;
+pub mod route;
+mod upstream;
+
+pub use audit::AuditRecord;
+pub use ca::{BottleCa, CaError};
+pub use config::ProxyConfig;
+pub use error::EgressError;
+pub use route::{check, Action, Decision};
+
+/// Serves on `config.listen` until the process ends.
+pub async fn serve(config: ProxyConfig) -> Result<(), EgressError> {
+    let addr = config.listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| EgressError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?;
+    serve_on(config, listener).await
+}
+
+/// Serves on a listener the caller bound (tests and adapters bind
+/// `127.0.0.1:0` and read the port first). `config.listen` is ignored.
+pub async fn serve_on(
+    config: ProxyConfig,
+    listener: tokio::net::TcpListener,
+) -> Result<(), EgressError> {
+    let shared = proxy::Shared::new(config)?;
+    proxy::run(proxy::Live::new(shared), listener).await
+}
+
+/// Reads the config from `path` and serves (on `listen` when given, else
+/// the config's `listen`). On SIGHUP the file is read again and the new
+/// config (rotated tokens, routes, local responses) applies from the next
+/// request on, also on connections already open; a file that does not load
+/// keeps the previous config and logs why. This is what the sidecar runs.
+pub async fn serve_file(
+    path: &std::path::Path,
+    listen: Option<std::net::SocketAddr>,
+) -> Result<(), EgressError> {
+    let load = |path: &std::path::Path| -> Result<ProxyConfig, EgressError> {
+        let mut c = ProxyConfig::from_file(path)?;
+        if let Some(l) = listen {
+            c.listen = l;
+        }
+        Ok(c)
+    };
+    let config = load(path)?;
+    let addr = config.listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| EgressError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?;
+    serve_file_on(path, listen, listener).await
+}
+
+/// [`serve_file`] on a listener the caller bound.
+pub async fn serve_file_on(
+    path: &std::path::Path,
+    listen: Option<std::net::SocketAddr>,
+    listener: tokio::net::TcpListener,
+) -> Result<(), EgressError> {
+    let mut config = ProxyConfig::from_file(path)?;
+    if let Some(l) = listen {
+        config.listen = l;
+    }
+    let live = proxy::Live::new(proxy::Shared::new(config)?);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).map_err(EgressError::Runtime)?;
+        let (live, path) = (live.clone(), path.to_owned());
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let fresh = ProxyConfig::from_file(&path).and_then(|mut c| {
+                    if let Some(l) = listen {
+                        c.listen = l;
+                    }
+                    proxy::Shared::new(c)
+                });
+                match fresh {
+                    Ok(s) => {
+                        live.set(s);
+                        tracing::info!(config = %path.display(), "egress config reloaded");
+                    }
+                    Err(e) => tracing::warn!(
+                        config = %path.display(),
+                        error = %e,
+                        "egress config reload failed; keeping the previous config"
+                    ),
+                }
+            }
+        });
+    }
+    proxy::run(live, listener).await
+}
+
+/// [`serve_file`] on a runtime of its own; blocks.
+pub fn serve_file_blocking(
+    path: &std::path::Path,
+    listen: Option<std::net::SocketAddr>,
+) -> Result<(), EgressError> {
+    runtime()?.block_on(serve_file(path, listen))
+}
+
+/// [`serve_file_on`] with a std listener, on a runtime of its own; blocks.
+pub fn serve_file_with_listener(
+    path: &std::path::Path,
+    listen: Option<std::net::SocketAddr>,
+    listener: std::net::TcpListener,
+) -> Result<(), EgressError> {
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    runtime()?.block_on(async move {
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| EgressError::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
+        let l = tokio::net::TcpListener::from_std(listener)
+            .map_err(|source| EgressError::Listen { addr, source })?;
+        serve_file_on(path, listen, l).await
+    })
+}
+
+/// Checks the config and builds everything the proxy needs (CA, trust
+/// store, audit log) without listening: the errors [`serve`] would give at
+/// start.
+pub fn validate(config: &ProxyConfig) -> Result<(), EgressError> {
+    proxy::Shared::new(config.clone()).map(|_| ())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, EgressError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("egress")
+        .build()
+        .map_err(EgressError::Runtime)
+}
+
+/// [`serve`] on a runtime of its own; blocks.
+pub fn serve_blocking(config: ProxyConfig) -> Result<(), EgressError> {
+    runtime()?.block_on(serve(config))
+}
+
+/// [`serve_on`] with a std listener, on a runtime of its own; blocks.
+pub fn serve_with_listener(
+    config: ProxyConfig,
+    listener: std::net::TcpListener,
+) -> Result<(), EgressError> {
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let rt = runtime()?;
+    rt.block_on(async move {
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| EgressError::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
+        let l = tokio::net::TcpListener::from_std(listener)
+            .map_err(|source| EgressError::Listen { addr, source })?;
+        serve_on(config, l).await
+    })
+}

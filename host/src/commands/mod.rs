@@ -1,8 +1,11 @@
 //! One module per subcommand; each returns the process exit code.
 
+mod bottles;
 mod doctor;
+mod egress;
 mod plan;
 mod plugins;
+mod run;
 
 use std::process::ExitCode;
 
@@ -15,6 +18,18 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Plan(args) => plan::run(cli, args),
         Command::Plugins(cmd) => plugins::run(cli, cmd),
         Command::Doctor(args) => doctor::run(cli, args.json),
+        Command::Egress(cmd) => egress::run(cmd),
+        Command::Run(args) => run::run(cli, args),
+        Command::Ls(args) => bottles::ls(cli, args.json),
+        Command::Stop { name } => bottles::stop(cli, name),
+        Command::Rm { name } => bottles::rm(cli, name),
+        Command::Logs {
+            name,
+            egress,
+            follow,
+        } => bottles::logs(cli, name, *egress, *follow),
+        Command::Exec { name, command } => bottles::exec(cli, name, command),
+        Command::Gc { images } => bottles::gc(cli, *images),
     }
 }
 

@@ -19,6 +19,7 @@ pub fn repo_root() -> PathBuf {
 /// an empty data dir, so only `--plugin-dir` and the in-tree plugins beside
 /// the binary are found.
 pub fn bottle(data_home: &Path) -> Command {
+    ensure_in_tree_plugins();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bottle"));
     cmd.env_remove("BOT_BOTTLE_PLUGIN_PATH")
         .env_remove("RUST_LOG")
@@ -99,18 +100,45 @@ pub fn plugin_dir(libs: &[&Path]) -> tempfile::TempDir {
     dir
 }
 
-/// The in-tree plugins `cargo build` leaves beside `bottle`.
+static IN_TREE: std::sync::Once = std::sync::Once::new();
+
+/// Every plugin crate under plugins/.
+pub const IN_TREE_PLUGINS: &[&str] = &["generic", "docker"];
+
+/// Makes sure the in-tree plugin libraries sit beside `bottle`, as
+/// `cargo build` leaves them. `cargo test` builds only the rlib half of a
+/// `cdylib` + `rlib` crate, so the tests build the libraries themselves
+/// (cargo has released the target-dir lock by the time tests run).
+pub fn ensure_in_tree_plugins() {
+    IN_TREE.call_once(|| {
+        let exe = PathBuf::from(env!("CARGO_BIN_EXE_bottle"));
+        let profile_dir = exe.parent().unwrap();
+        let target_dir = profile_dir.parent().unwrap();
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "--quiet", "--manifest-path"])
+            .arg(repo_root().join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(target_dir);
+        for p in IN_TREE_PLUGINS {
+            cmd.args(["-p", &format!("bot-bottle-plugin-{p}")]);
+        }
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo");
+        assert!(status.success(), "building the in-tree plugins failed");
+    });
+}
+
+/// The library of in-tree plugin `name`, beside `bottle`.
 pub fn in_tree_plugin(name: &str) -> PathBuf {
+    ensure_in_tree_plugins();
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_bottle"));
     let lib = exe.parent().unwrap().join(format!(
         "{}bot_bottle_plugin_{name}{}",
         std::env::consts::DLL_PREFIX,
         std::env::consts::DLL_SUFFIX
     ));
-    assert!(
-        lib.exists(),
-        "{} is missing: build the workspace first (`cargo build --workspace`)",
-        lib.display()
-    );
+    assert!(lib.exists(), "{} is missing", lib.display());
     lib
 }

@@ -1,0 +1,839 @@
+//! Egress benchmark: one run on loopback, four ways out.
+//!
+//! direct (no proxy), bot-bottle egress (injecting), squid ssl-bump
+//! (injecting), mitmproxy (injecting). For each: keep-alive HTTPS requests/s
+//! and p50/p99 at c=16, new-connection rate (CONNECT + TLS per request) at
+//! c=4, SSE time to first event (cold and warm), proxy CPU per request and
+//! RSS at c=16 and c=256. Prints the table and the ratios against direct and
+//! squid measured in the same run. A program, never a timed test.
+//!
+//! Usage (see docs/benchmarks.md):
+//!   cargo build --release -p bot-bottle-egress -p bot-bottle-bench-egress
+//!   target/release/bot-bottle-bench-egress [--duration SECS] [--peers direct,bot-bottle,squid,mitmproxy]
+//!       [--egress-bin PATH] [--work DIR] [--mitmdump PATH] [--peer-dir DIR]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const TOKEN: &str = "REAL-SECRET-TOKEN";
+
+struct Args {
+    duration: Duration,
+    peers: Vec<String>,
+    egress_bin: PathBuf,
+    work: PathBuf,
+    mitmdump: PathBuf,
+    peer_dir: PathBuf,
+}
+
+fn args() -> Args {
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    let mut a = Args {
+        duration: Duration::from_secs(10),
+        peers: vec![
+            "direct".into(),
+            "bot-bottle".into(),
+            "squid".into(),
+            "mitmproxy".into(),
+        ],
+        egress_bin: exe_dir.join("bot-bottle-egress"),
+        work: PathBuf::from("/tmp/bb-bench"),
+        mitmdump: PathBuf::from("/tmp/bb-bench/venv/bin/mitmdump"),
+        peer_dir: PathBuf::from("/work/shared/bench-peers"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let v = it.next().unwrap_or_default();
+        match k.as_str() {
+            "--duration" => {
+                a.duration = Duration::from_secs_f64(v.parse().expect("--duration SECS"))
+            }
+            "--peers" => a.peers = v.split(',').map(str::to_owned).collect(),
+            "--egress-bin" => a.egress_bin = v.into(),
+            "--work" => a.work = v.into(),
+            "--mitmdump" => a.mitmdump = v.into(),
+            "--peer-dir" => a.peer_dir = v.into(),
+            _ => panic!("unknown argument {k}"),
+        }
+    }
+    a
+}
+
+// ------------------------------------------------------------------ upstream
+
+struct Pki {
+    ca_pem: String,
+    cert: rustls::pki_types::CertificateDer<'static>,
+    key: PrivatePkcs8KeyDer<'static>,
+}
+
+fn pki() -> Pki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "bench upstream CA");
+    let ca = p.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    Pki {
+        ca_pem: ca.pem(),
+        cert: leaf.der().clone(),
+        key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+    }
+}
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn upstream(pki: &Pki) -> SocketAddr {
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![pki.cert.clone()],
+            PrivateKeyDer::Pkcs8(pki.key.clone_key()),
+        )
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acc = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let kib = Bytes::from(vec![b'x'; 1024]);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acc, kib) = (acc.clone(), kib.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acc.accept(tcp).await else {
+                    return;
+                };
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let kib = kib.clone();
+                        async move {
+                            let body: UpBody = if req.uri().path() == "/sse" {
+                                let s = futures_stream(vec![
+                                    (Duration::ZERO, Bytes::from_static(b"data: first\n\n")),
+                                    (
+                                        Duration::from_millis(20),
+                                        Bytes::from_static(b"data: done\n\n"),
+                                    ),
+                                ]);
+                                return Ok::<_, Infallible>(
+                                    http::Response::builder()
+                                        .header("content-type", "text/event-stream")
+                                        .body(BodyExt::boxed(StreamBody::new(s)))
+                                        .unwrap(),
+                                );
+                            } else {
+                                Full::new(kib).boxed()
+                            };
+                            Ok(http::Response::new(body))
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A body that sends each chunk after its delay.
+fn futures_stream(
+    chunks: Vec<(Duration, Bytes)>,
+) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send + Sync {
+    futures_util::stream::unfold(chunks.into_iter(), |mut it| async move {
+        let (d, b) = it.next()?;
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
+        Some((Ok(Frame::data(b)), it))
+    })
+}
+
+// --------------------------------------------------------------------- peers
+
+struct Peer {
+    name: String,
+    /// None = direct.
+    proxy: Option<SocketAddr>,
+    /// The CA the client must trust.
+    trust_pem: String,
+    child: Option<Child>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_port(addr: SocketAddr, child: &mut Child, what: &str) -> Res<()> {
+    for _ in 0..600 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if let Some(st) = child.try_wait()? {
+            return Err(format!("{what} exited: {st}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("{what} did not listen on {addr}").into())
+}
+
+async fn start_bot_bottle(a: &Args, pki: &Pki, up: SocketAddr) -> Res<Peer> {
+    let ca = bot_bottle_egress::BottleCa::generate("bench", &["localhost".to_string()])?;
+    let cfg = serde_json::json!({
+        "schema": 1,
+        "bottle_id": "bench",
+        "listen": "127.0.0.1:0",
+        "routes": [{"host": "localhost", "inject": [{"header": "Authorization", "value": "Bearer {token}", "token_ref": "BENCH_TOKEN"}]}],
+        "tokens": {"BENCH_TOKEN": TOKEN},
+        "ca": {"cert_pem": ca.cert_pem, "key_pem": ca.key_pem.expose()},
+        "upstream": {"extra_ca_pem": pki.ca_pem, "resolve": {"localhost": up.to_string()}},
+        "audit": {"path": a.work.join("egress-audit.jsonl")},
+    });
+    let path = a.work.join("egress.json");
+    std::fs::write(&path, cfg.to_string())?;
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let mut child = Command::new(&a.egress_bin)
+        .arg("--config")
+        .arg(&path)
+        .args(["--listen", &addr.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "{}: {e} (build it: cargo build --release -p bot-bottle-egress)",
+                a.egress_bin.display()
+            )
+        })?;
+    wait_port(addr, &mut child, "bot-bottle egress").await?;
+    Ok(Peer {
+        name: "bot-bottle".into(),
+        proxy: Some(addr),
+        trust_pem: ca.cert_pem,
+        child: Some(child),
+    })
+}
+
+async fn start_squid(a: &Args, pki_ca: &Path) -> Res<Peer> {
+    let dir = a.work.join("squid");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let st = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=bench squid CA",
+        ])
+        .args([
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("mitm-ca.key"))
+        .arg("-out")
+        .arg(dir.join("mitm-ca.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if !st.success() {
+        return Err("openssl could not make the squid CA".into());
+    }
+    let st = Command::new("/usr/lib/squid/security_file_certgen")
+        .args(["-c", "-s"])
+        .arg(dir.join("ssl_db"))
+        .args(["-M", "16MB"])
+        .stdout(Stdio::null())
+        .status()?;
+    if !st.success() {
+        return Err("security_file_certgen -c failed".into());
+    }
+    let port = free_port();
+    let conf = std::fs::read_to_string(a.peer_dir.join("squid-ssl-bump.conf"))?
+        .replace("SQUID_DIR", &dir.display().to_string())
+        .replace("WORK_DIR", &a.work.display().to_string())
+        .replace("UPSTREAM_CA", &pki_ca.display().to_string())
+        .replace("127.0.0.1:3128", &format!("127.0.0.1:{port}"))
+        .replace("REAL-SECRET-TOKEN", TOKEN);
+    std::fs::create_dir_all(a.work.join("squid"))?;
+    let conf_path = dir.join("squid.conf");
+    std::fs::write(&conf_path, conf)?;
+    let _ = Command::new("chown")
+        .args(["-R", "proxy:proxy"])
+        .arg(&dir)
+        .status();
+    let mut child = Command::new("squid")
+        .arg("-N")
+        .arg("-f")
+        .arg(&conf_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    wait_port(addr, &mut child, "squid").await?;
+    Ok(Peer {
+        name: "squid".into(),
+        proxy: Some(addr),
+        trust_pem: std::fs::read_to_string(dir.join("mitm-ca.pem"))?,
+        child: Some(child),
+    })
+}
+
+async fn start_mitmproxy(a: &Args, pki_ca: &Path) -> Res<Peer> {
+    let conf = a.work.join("mitmconf");
+    std::fs::create_dir_all(&conf)?;
+    let port = free_port();
+    let mut child = Command::new(&a.mitmdump)
+        .args([
+            "-q",
+            "--listen-host",
+            "127.0.0.1",
+            "--listen-port",
+            &port.to_string(),
+        ])
+        .arg("--set")
+        .arg(format!("confdir={}", conf.display()))
+        .arg("--set")
+        .arg(format!(
+            "ssl_verify_upstream_trusted_ca={}",
+            pki_ca.display()
+        ))
+        .arg("-s")
+        .arg(a.peer_dir.join("mitmproxy_inject.py"))
+        .env("STREAM", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "{}: {e} (python3 -m venv v && v/bin/pip install mitmproxy)",
+                a.mitmdump.display()
+            )
+        })?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    wait_port(addr, &mut child, "mitmdump").await?;
+    Ok(Peer {
+        name: "mitmproxy".into(),
+        proxy: Some(addr),
+        trust_pem: std::fs::read_to_string(conf.join("mitmproxy-ca-cert.pem"))?,
+        child: Some(child),
+    })
+}
+
+// -------------------------------------------------------------------- client
+
+#[derive(Clone)]
+struct Client {
+    proxy: Option<SocketAddr>,
+    up: SocketAddr,
+    authority: String,
+    tls: tokio_rustls::TlsConnector,
+}
+
+impl Client {
+    fn new(peer: &Peer, up: SocketAddr) -> Self {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut peer.trust_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self {
+            proxy: peer.proxy,
+            up,
+            authority: format!("localhost:{}", up.port()),
+            tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
+        }
+    }
+
+    async fn open(&self) -> Res<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> {
+        let mut tcp = TcpStream::connect(self.proxy.unwrap_or(self.up)).await?;
+        tcp.set_nodelay(true)?;
+        if self.proxy.is_some() {
+            let a = &self.authority;
+            tcp.write_all(format!("CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n\r\n").as_bytes())
+                .await?;
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if tcp.read(&mut b).await? == 0 {
+                    return Err("proxy closed during CONNECT".into());
+                }
+                head.push(b[0]);
+            }
+            if !head.starts_with(b"HTTP/1.1 200") && !head.starts_with(b"HTTP/1.0 200") {
+                return Err(format!("CONNECT refused: {}", String::from_utf8_lossy(&head)).into());
+            }
+        }
+        let tls = self
+            .tls
+            .connect(ServerName::try_from("localhost")?, tcp)
+            .await?;
+        let (s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(c);
+        Ok(s)
+    }
+
+    fn req(&self, path: &str) -> http::Request<Empty<Bytes>> {
+        http::Request::builder()
+            .uri(path)
+            .header("host", &self.authority)
+            .header("authorization", "Bearer dummy")
+            .body(Empty::new())
+            .unwrap()
+    }
+}
+
+async fn get_full(
+    s: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    r: http::Request<Empty<Bytes>>,
+) -> Res<()> {
+    s.ready().await?;
+    let resp = s.send_request(r).await?;
+    if resp.status() != 200 {
+        return Err(format!("status {}", resp.status()).into());
+    }
+    resp.into_body().collect().await?;
+    Ok(())
+}
+
+struct Load {
+    n: u64,
+    errors: u64,
+    lat_us: Vec<u32>,
+    secs: f64,
+}
+
+/// `conc` tasks, each on one kept-alive connection (or a new one per
+/// request), until `dur` is over.
+async fn load(c: &Client, conc: usize, dur: Duration, keepalive: bool) -> Load {
+    let end = Instant::now() + dur;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut n, mut errors, mut lat) = (0u64, 0u64, Vec::with_capacity(1 << 16));
+            let mut conn = None;
+            while Instant::now() < end {
+                let t0 = Instant::now();
+                if conn.is_none() {
+                    match c.open().await {
+                        Ok(s) => conn = Some(s),
+                        Err(_) => {
+                            errors += 1;
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    }
+                }
+                let s = conn.as_mut().unwrap();
+                match get_full(s, c.req("/1k")).await {
+                    Ok(()) => {
+                        n += 1;
+                        lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        conn = None;
+                    }
+                }
+                if !keepalive {
+                    conn = None;
+                }
+            }
+            (n, errors, lat)
+        }));
+    }
+    let mut out = Load {
+        n: 0,
+        errors: 0,
+        lat_us: Vec::new(),
+        secs: 0.0,
+    };
+    for t in tasks {
+        let (n, e, l) = t.await.unwrap();
+        out.n += n;
+        out.errors += e;
+        out.lat_us.extend(l);
+    }
+    out.secs = start.elapsed().as_secs_f64();
+    out.lat_us.sort_unstable();
+    out
+}
+
+fn pct(v: &[u32], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
+}
+
+/// Median time to the first SSE event: cold (new connection each time) or
+/// warm (one kept-alive connection).
+async fn sse(c: &Client, cold: bool, samples: usize) -> Res<f64> {
+    let mut v = Vec::with_capacity(samples);
+    let mut conn = if cold { None } else { Some(c.open().await?) };
+    // One unmeasured round first (warms the proxy's upstream pool too).
+    for i in 0..samples + 1 {
+        let t0 = Instant::now();
+        let mut fresh;
+        let s = match &mut conn {
+            Some(s) => s,
+            None => {
+                fresh = c.open().await?;
+                &mut fresh
+            }
+        };
+        s.ready().await?;
+        let resp = s.send_request(c.req("/sse")).await?;
+        let mut body = resp.into_body();
+        let f = body.frame().await.ok_or("no SSE event")??;
+        let dt = t0.elapsed();
+        if f.data_ref().is_none_or(|d| !d.starts_with(b"data: first")) {
+            return Err("unexpected first SSE frame".into());
+        }
+        body.collect().await?;
+        if i > 0 {
+            v.push(dt.as_secs_f64() * 1000.0);
+        }
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Ok(v[v.len() / 2])
+}
+
+// ------------------------------------------------------------- process stats
+
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i];
+        if let Ok(rd) = std::fs::read_dir("/proc") {
+            for e in rd.flatten() {
+                let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
+                    let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+                    let ppid = rest
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|x| x.parse::<u32>().ok());
+                    if ppid == Some(parent) && !out.contains(&p) {
+                        out.push(p);
+                    }
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// CPU seconds (user + system) of the process tree.
+fn cpu_secs(pid: u32) -> f64 {
+    let tick = 100.0; // USER_HZ on Linux
+    children(pid)
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .map(|s| {
+            let f: Vec<&str> = s
+                .rsplit_once(')')
+                .map(|x| x.1)
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            // fields after ')' start at index 0 = state (field 3); utime = 14, stime = 15
+            let u: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+            let st: f64 = f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+            (u + st) / tick
+        })
+        .sum()
+}
+
+/// RSS of the process tree, MiB.
+fn rss_mib(pid: u32) -> f64 {
+    children(pid)
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .sum::<f64>()
+        / 1024.0
+}
+
+// ---------------------------------------------------------------------- run
+
+#[derive(Default, Clone)]
+struct Row {
+    name: String,
+    ka_rps: f64,
+    p50: f64,
+    p99: f64,
+    new_rate: f64,
+    sse_cold: f64,
+    sse_warm: f64,
+    cpu_us: f64,
+    rss16: f64,
+    rss256: f64,
+    errors: u64,
+    note: String,
+}
+
+async fn measure(peer: &Peer, up: SocketAddr, dur: Duration) -> Res<Row> {
+    let c = Client::new(peer, up);
+    let pid = peer.child.as_ref().map(|c| c.id());
+    // Sanity and warm-up: one request must pass (and be injected).
+    let mut s = c.open().await?;
+    get_full(&mut s, c.req("/1k")).await?;
+    drop(s);
+    load(&c, 16, Duration::from_millis(500), true).await;
+
+    let cpu0 = pid.map(cpu_secs);
+    let ka = load(&c, 16, dur, true).await;
+    let cpu1 = pid.map(cpu_secs);
+    let rss16 = pid.map(rss_mib).unwrap_or(f64::NAN);
+    let nc = load(&c, 4, dur, false).await;
+    let sse_cold = sse(&c, true, 20).await?;
+    let sse_warm = sse(&c, false, 50).await?;
+    // c=256 for a short while: RSS must stay bounded.
+    let mut rss256 = f64::NAN;
+    if let Some(pid) = pid {
+        let c2 = c.clone();
+        let h = tokio::spawn(async move { load(&c2, 256, Duration::from_secs(3), true).await });
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        rss256 = rss_mib(pid);
+        let _ = h.await;
+    }
+    let cpu_us = match (cpu0, cpu1) {
+        (Some(a), Some(b)) if ka.n > 0 => (b - a) * 1e6 / ka.n as f64,
+        _ => f64::NAN,
+    };
+    Ok(Row {
+        name: peer.name.clone(),
+        ka_rps: ka.n as f64 / ka.secs,
+        p50: pct(&ka.lat_us, 0.5),
+        p99: pct(&ka.lat_us, 0.99),
+        new_rate: nc.n as f64 / nc.secs,
+        sse_cold,
+        sse_warm,
+        cpu_us,
+        rss16,
+        rss256,
+        errors: ka.errors + nc.errors,
+        note: String::new(),
+    })
+}
+
+fn f(x: f64, prec: usize) -> String {
+    if x.is_nan() {
+        "-".into()
+    } else {
+        format!("{x:.prec$}")
+    }
+}
+
+fn main() -> Res<()> {
+    let a = args();
+    std::fs::create_dir_all(&a.work)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let pki = pki();
+        let up = upstream(&pki).await;
+        let up_ca = a.work.join("upstream-ca.pem");
+        std::fs::write(&up_ca, &pki.ca_pem)?;
+        let mut rows: Vec<Row> = Vec::new();
+        for name in a.peers.clone() {
+            eprintln!("== {name}");
+            let peer = match name.as_str() {
+                "direct" => Ok(Peer {
+                    name: "direct".into(),
+                    proxy: None,
+                    trust_pem: pki.ca_pem.clone(),
+                    child: None,
+                }),
+                "bot-bottle" => start_bot_bottle(&a, &pki, up).await,
+                "squid" => start_squid(&a, &up_ca).await,
+                "mitmproxy" => start_mitmproxy(&a, &up_ca).await,
+                other => Err(format!("unknown peer {other}").into()),
+            };
+            let row = match peer {
+                Ok(p) => match measure(&p, up, a.duration).await {
+                    Ok(r) => r,
+                    Err(e) => Row {
+                        name: name.clone(),
+                        note: format!("failed: {e}"),
+                        ..Default::default()
+                    },
+                },
+                Err(e) => Row {
+                    name: name.clone(),
+                    note: format!("not run: {e}"),
+                    ..Default::default()
+                },
+            };
+            eprintln!("   done {}", row.note);
+            rows.push(row);
+        }
+        print_table(&rows, a.duration);
+        Ok(())
+    })
+}
+
+fn print_table(rows: &[Row], dur: Duration) {
+    println!(
+        "egress benchmark, loopback, {} s per load phase, HTTP/1.1 client, 1 KiB responses",
+        dur.as_secs_f64()
+    );
+    println!(
+        "{:<11} {:>10} {:>8} {:>8} {:>11} {:>10} {:>10} {:>10} {:>9} {:>10} {:>7}",
+        "peer",
+        "ka req/s",
+        "p50 ms",
+        "p99 ms",
+        "new conn/s",
+        "sse cold",
+        "sse warm",
+        "cpu us/req",
+        "rss c16",
+        "rss c256",
+        "errors"
+    );
+    for r in rows {
+        if !r.note.is_empty() && r.ka_rps == 0.0 {
+            println!("{:<11} {}", r.name, r.note);
+            continue;
+        }
+        println!(
+            "{:<11} {:>10} {:>8} {:>8} {:>11} {:>10} {:>10} {:>10} {:>9} {:>10} {:>7}",
+            r.name,
+            f(r.ka_rps, 0),
+            f(r.p50, 3),
+            f(r.p99, 3),
+            f(r.new_rate, 0),
+            f(r.sse_cold, 3),
+            f(r.sse_warm, 3),
+            f(r.cpu_us, 1),
+            f(r.rss16, 1),
+            f(r.rss256, 1),
+            r.errors
+        );
+    }
+    let get = |n: &str| rows.iter().find(|r| r.name == n && r.ka_rps > 0.0);
+    let Some(bb) = get("bot-bottle") else { return };
+    println!();
+    println!("ratios and goals (bot-bottle):");
+    let goal = |ok: bool| if ok { "ok" } else { "MISSED" };
+    if let Some(d) = get("direct") {
+        let r = bb.ka_rps / d.ka_rps;
+        println!(
+            "  keep-alive vs direct      {:>6.2}x  (goal >= 0.5x)  {}",
+            r,
+            goal(r >= 0.5)
+        );
+        let r = bb.new_rate / d.new_rate;
+        println!(
+            "  new connections vs direct {:>6.2}x  (goal >= 0.7x)  {}",
+            r,
+            goal(r >= 0.7)
+        );
+        let dp = bb.p99 - d.p99;
+        println!(
+            "  added p99                 {:>6.3} ms (goal <= 1 ms) {}",
+            dp,
+            goal(dp <= 1.0)
+        );
+        let ds = bb.sse_warm - d.sse_warm;
+        println!(
+            "  SSE warm first event      +{:.3} ms (goal <= 0.5 ms) {}",
+            ds,
+            goal(ds <= 0.5)
+        );
+    }
+    if let Some(s) = get("squid") {
+        let r = bb.ka_rps / s.ka_rps;
+        println!(
+            "  keep-alive vs squid       {:>6.2}x  (goal >= 2.5x)  {}",
+            r,
+            goal(r >= 2.5)
+        );
+        println!(
+            "  new connections vs squid  {:>6.2}x",
+            bb.new_rate / s.new_rate
+        );
+    }
+    if let Some(m) = get("mitmproxy") {
+        println!("  keep-alive vs mitmproxy   {:>6.2}x", bb.ka_rps / m.ka_rps);
+    }
+    println!(
+        "  proxy CPU per request     {:>6.1} us (goal <= 40 us) {}",
+        bb.cpu_us,
+        goal(bb.cpu_us <= 40.0)
+    );
+    println!(
+        "  RSS at c=16               {:>6.1} MiB (goal <= 32 MiB) {}",
+        bb.rss16,
+        goal(bb.rss16 <= 32.0)
+    );
+    println!(
+        "  RSS at c=256              {:>6.1} MiB (bounded)",
+        bb.rss256
+    );
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The quickstart, end to end, on a machine with Docker and a Rust toolchain:
+# builds bot-bottle, two local images (no registry needed), starts a demo API
+# on a Docker network, and runs the bottle in examples/quickstart/bottle.toml.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+here=examples/quickstart
+net=bot-bottle-quickstart
+api=bot-bottle-quickstart-api
+
+docker info >/dev/null 2>&1 || { echo "run.sh: cannot reach the Docker daemon; start it (dockerd / systemctl start docker)" >&2; exit 1; }
+
+echo "==> building bot-bottle (release)"
+cargo build --release --workspace --quiet
+
+echo "==> building the local images"
+target/release/demo-upstream certs --dir "$here/.certs" --host api.quickstart.test
+scripts/image-from-binaries.sh bot-bottle/quickstart-agent curl cat
+scripts/image-from-binaries.sh bot-bottle/demo-upstream target/release/demo-upstream
+
+echo "==> starting the demo API (api.quickstart.test) on network $net"
+cleanup() { docker rm -f "$api" >/dev/null 2>&1 || true; docker network rm "$net" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+cleanup
+docker network create --label bot-bottle.role=example "$net" >/dev/null
+docker run -d --name "$api" --label bot-bottle.role=example --network "$net" --network-alias api.quickstart.test \
+  -v "$PWD/$here/.certs:/certs:ro" bot-bottle/demo-upstream /bin/demo-upstream serve --dir /certs >/dev/null
+
+# The real credential lives on the host only.
+export QUICKSTART_API_TOKEN=${QUICKSTART_API_TOKEN:-quickstart-real-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')}
+
+echo "==> bottle plan"
+target/release/bottle plan -f "$here/bottle.toml"
+echo
+echo "==> bottle run"
+status=0
+target/release/bottle run -f "$here/bottle.toml" || status=$?
+echo
+echo "==> what the API received (the real token, injected by the egress proxy):"
+docker logs "$api" 2>/dev/null | sed -E "s/${QUICKSTART_API_TOKEN}/<the real QUICKSTART_API_TOKEN>/g"
+exit $status

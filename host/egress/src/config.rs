@@ -1,0 +1,319 @@
+//! The proxy's config: one JSON file the host writes and the proxy reads.
+//!
+//! Host and proxy ship together, so unknown fields are refused rather than
+//! ignored: a typo in the host is caught the first time the proxy starts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use bot_bottle_plugin_api::{EgressRoute, LocalResponse, Secret};
+use serde::{Deserialize, Serialize};
+
+use crate::error::EgressError;
+
+/// The schema this proxy reads.
+pub const SCHEMA: u32 = 1;
+
+/// Everything the proxy needs. Holds real secrets (`tokens`, `ca.key_pem`):
+/// its `Debug` prints them as `[redacted]`, and the file must only ever be
+/// readable by the proxy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Payload schema, [`SCHEMA`].
+    pub schema: u32,
+    /// The bottle this proxy serves (audit lines carry it).
+    pub bottle_id: String,
+    /// Where the agent reaches the proxy.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The allow-list, in manifest order; the first match wins.
+    #[serde(default)]
+    pub routes: Vec<EgressRoute>,
+    /// Hosts tunnelled without decryption (exact or `*.suffix`).
+    #[serde(default)]
+    pub tls_passthrough: Vec<String>,
+    /// Requests the proxy answers itself and never forwards (OAuth refresh
+    /// of a forwarded login, answered with dummies). Their hosts are let
+    /// through CONNECT like a route's.
+    #[serde(default)]
+    pub local_responses: Vec<LocalResponse>,
+    /// Token ref -> resolved value (resolved by the host).
+    #[serde(default)]
+    pub tokens: BTreeMap<String, Secret>,
+    /// The bottle CA the proxy signs leaf certificates with.
+    pub ca: CaMaterial,
+    /// How the proxy reaches the outside.
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    /// The secret scan of outbound requests.
+    #[serde(default)]
+    pub dlp: DlpConfig,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Where audit lines go.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 3128))
+}
+
+/// The bottle CA: certificate (public) and key (secret).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaMaterial {
+    /// CA certificate, PEM.
+    pub cert_pem: String,
+    /// CA private key, PEM (PKCS#8).
+    pub key_pem: Secret,
+}
+
+/// How the proxy reaches upstream servers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Extra CA certificates (PEM bundle) trusted on top of the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_ca_pem: Option<String>,
+    /// An HTTP proxy to chain to (`http://host:port`), reached with CONNECT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
+    /// Host -> address override (air-gapped mirrors, tests). The port of the
+    /// address is used, not the port the client asked for.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resolve: BTreeMap<String, SocketAddr>,
+}
+
+/// What the DLP stage does with a finding.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DlpMode {
+    /// No scan.
+    Off,
+    /// Scan and write findings (rule names, never values) to the audit log.
+    #[default]
+    Log,
+    /// Scan and refuse the request with 403 naming the rule.
+    Block,
+}
+
+/// The DLP stage's settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlpConfig {
+    /// Off, log or block.
+    #[serde(default)]
+    pub mode: DlpMode,
+    /// How many body bytes (after decompression) are scanned per request;
+    /// the rest passes unscanned and the audit line says so.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+
+impl Default for DlpConfig {
+    fn default() -> Self {
+        Self {
+            mode: DlpMode::default(),
+            max_body_bytes: default_max_body(),
+        }
+    }
+}
+
+/// Resource limits. Every one has a default that suits one agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Concurrent client connections; more wait in the accept queue.
+    #[serde(default = "d_max_conn")]
+    pub max_connections: usize,
+    /// Largest request head (request line + headers) accepted.
+    #[serde(default = "d_max_header")]
+    pub max_header_bytes: usize,
+    /// Time a client has to send a request head or a TLS hello.
+    #[serde(default = "d_header_timeout")]
+    pub header_read_timeout_ms: u64,
+    /// A tunnel or upgraded connection with no traffic either way is closed
+    /// after this long.
+    #[serde(default = "d_idle")]
+    pub idle_timeout_ms: u64,
+}
+
+fn d_max_conn() -> usize {
+    1024
+}
+fn d_max_header() -> usize {
+    64 * 1024
+}
+fn d_header_timeout() -> u64 {
+    30_000
+}
+fn d_idle() -> u64 {
+    600_000
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: d_max_conn(),
+            max_header_bytes: d_max_header(),
+            header_read_timeout_ms: d_header_timeout(),
+            idle_timeout_ms: d_idle(),
+        }
+    }
+}
+
+/// Where audit lines go.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Append JSON lines to this file; `None` writes them to stdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+}
+
+impl ProxyConfig {
+    /// Reads and checks a config file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, EgressError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| EgressError::ConfigRead {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_json(&text).map_err(|e| match e {
+            EgressError::ConfigParse { message, .. } => EgressError::ConfigParse {
+                path: Some(path.to_owned()),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and checks a config from JSON text.
+    pub fn from_json(text: &str) -> Result<Self, EgressError> {
+        // serde_json's messages name the field and position, never a value.
+        let cfg: ProxyConfig =
+            serde_json::from_str(text).map_err(|e| EgressError::ConfigParse {
+                path: None,
+                message: e.to_string(),
+            })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: schema, hosts, token refs.
+    pub fn validate(&self) -> Result<(), EgressError> {
+        let bad = |message: String| EgressError::ConfigInvalid { message };
+        if self.schema != SCHEMA {
+            return Err(bad(format!(
+                "schema {} is not supported (this proxy reads schema {SCHEMA}); run the proxy from the same bottle release as the host",
+                self.schema
+            )));
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            crate::route::check_host_pattern(&r.host)
+                .map_err(|m| bad(format!("routes[{i}].host {:?}: {m}", r.host)))?;
+            if let Some(p) = &r.path_prefix {
+                if !p.starts_with('/') {
+                    return Err(bad(format!(
+                        "routes[{i}].path_prefix {p:?} must start with '/'"
+                    )));
+                }
+            }
+            for h in &r.inject {
+                http::HeaderName::from_bytes(h.header.as_bytes()).map_err(|_| {
+                    bad(format!(
+                        "routes[{i}].inject header {:?} is not a valid header name",
+                        h.header
+                    ))
+                })?;
+                if let Some(tr) = &h.token_ref {
+                    if !self.tokens.contains_key(tr) {
+                        return Err(bad(format!(
+                            "routes[{i}] ({}) needs token ref {tr} but the config has no value for it",
+                            r.host
+                        )));
+                    }
+                }
+            }
+        }
+        for (i, l) in self.local_responses.iter().enumerate() {
+            crate::route::check_host_pattern(&l.host)
+                .map_err(|m| bad(format!("local_responses[{i}].host {:?}: {m}", l.host)))?;
+            if !l.path.starts_with('/') {
+                return Err(bad(format!(
+                    "local_responses[{i}].path {:?} must start with '/'",
+                    l.path
+                )));
+            }
+            http::StatusCode::from_u16(l.status).map_err(|_| {
+                bad(format!(
+                    "local_responses[{i}].status {} is not an HTTP status",
+                    l.status
+                ))
+            })?;
+        }
+        for (i, h) in self.tls_passthrough.iter().enumerate() {
+            crate::route::check_host_pattern(h)
+                .map_err(|m| bad(format!("tls_passthrough[{i}] {h:?}: {m}")))?;
+        }
+        if let Some(p) = &self.upstream.proxy {
+            crate::upstream::parse_proxy_url(p).map_err(|m| bad(format!("upstream.proxy: {m}")))?;
+        }
+        if self.limits.max_connections == 0 {
+            return Err(bad("limits.max_connections must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> serde_json::Value {
+        serde_json::json!({
+            "schema": 1, "bottle_id": "bb-t",
+            "ca": {"cert_pem": "x", "key_pem": "canary-key-value"},
+            "routes": [{"host": "api.example.com", "inject": [{"header": "Authorization", "value": "Bearer {token}", "token_ref": "T"}]}],
+            "tokens": {"T": "canary-token-value"}
+        })
+    }
+
+    #[test]
+    fn defaults_fill_in_and_debug_redacts() {
+        let cfg = ProxyConfig::from_json(&minimal().to_string()).unwrap();
+        assert_eq!(cfg.listen.port(), 3128);
+        assert_eq!(cfg.dlp.mode, DlpMode::Log);
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains("canary"), "{dbg}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let mut v = minimal();
+        v["lisen"] = serde_json::json!("1.2.3.4:1");
+        let e = ProxyConfig::from_json(&v.to_string())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn missing_token_ref_is_named_without_values() {
+        let mut v = minimal();
+        v["tokens"] = serde_json::json!({"OTHER": "canary-other"});
+        let e = ProxyConfig::from_json(&v.to_string())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("token ref T"), "{e}");
+        assert!(!e.contains("canary"), "{e}");
+    }
+}

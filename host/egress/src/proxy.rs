@@ -1,0 +1,1138 @@
+//! The proxy itself: the agent-facing HTTP/1.1 proxy leg (CONNECT and plain
+//! `http://`), TLS interception with per-host leaf certificates, identity
+//! checks, route matching, DLP, injection and forwarding.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::audit::{now_rfc3339, Audit, AuditRecord};
+use crate::ca::LeafMinter;
+use crate::config::{DlpMode, ProxyConfig};
+use crate::dlp::Dlp;
+use crate::error::EgressError;
+use crate::route::{self, canon_host, match_route, normalise_path, RouteMatch};
+use crate::upstream::{self, Body, BoxError, Dialer};
+
+/// Everything a connection needs, built once.
+pub(crate) struct Shared {
+    cfg: ProxyConfig,
+    minter: LeafMinter,
+    dialer: Dialer,
+    client: Client<Dialer, Body>,
+    dlp: Dlp,
+    audit: Audit,
+    /// Per route: the headers it sets, values marked sensitive.
+    inject: Vec<Vec<(HeaderName, HeaderValue)>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("bottle", &self.cfg.bottle_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(cfg: ProxyConfig) -> Result<Arc<Self>, EgressError> {
+        cfg.validate()?;
+        let minter = LeafMinter::new(&cfg.ca.cert_pem, &cfg.ca.key_pem)?;
+        let dialer = Dialer::new(&cfg.upstream)?;
+        let client = upstream::client(dialer.clone());
+        let dlp = Dlp::new(&cfg)?;
+        let audit = Audit::open(&cfg.audit)?;
+        let mut inject = Vec::with_capacity(cfg.routes.len());
+        for (i, r) in cfg.routes.iter().enumerate() {
+            let mut hs = Vec::new();
+            for h in &r.inject {
+                let name = HeaderName::from_bytes(h.header.as_bytes()).map_err(|_| {
+                    EgressError::ConfigInvalid {
+                        message: format!("routes[{i}] header {:?} is not a valid name", h.header),
+                    }
+                })?;
+                let value = match &h.token_ref {
+                    Some(tr) => {
+                        let tok = cfg
+                            .tokens
+                            .get(tr)
+                            .ok_or_else(|| EgressError::ConfigInvalid {
+                                message: format!(
+                                    "routes[{i}] needs token ref {tr}, which has no value"
+                                ),
+                            })?;
+                        h.value.replace("{token}", tok.expose())
+                    }
+                    None => h.value.clone(),
+                };
+                let mut value = HeaderValue::from_str(&value).map_err(|_| EgressError::ConfigInvalid {
+                    message: format!(
+                        "routes[{i}] header {}: the filled template is not a valid header value (value not shown)",
+                        h.header
+                    ),
+                })?;
+                value.set_sensitive(true);
+                hs.push((name, value));
+            }
+            inject.push(hs);
+        }
+        Ok(Arc::new(Self {
+            cfg,
+            minter,
+            dialer,
+            client,
+            dlp,
+            audit,
+            inject,
+        }))
+    }
+
+    fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.limits.header_read_timeout_ms.max(1))
+    }
+
+    fn idle(&self) -> Duration {
+        Duration::from_millis(self.cfg.limits.idle_timeout_ms.max(1))
+    }
+
+    fn max_buf(&self) -> usize {
+        self.cfg.limits.max_header_bytes.max(8192)
+    }
+
+    fn record(&self, method: &str, host: &str, port: u16, path: String) -> AuditRecord {
+        AuditRecord {
+            time: now_rfc3339(),
+            bottle: self.cfg.bottle_id.clone(),
+            method: method.to_owned(),
+            host: host.to_owned(),
+            port,
+            path,
+            ..Default::default()
+        }
+    }
+}
+
+/// The current config, swapped whole on reload (SIGHUP). Every request reads
+/// the current one, so a kept-alive agent connection gets rotated tokens on
+/// its next request.
+pub(crate) struct Live {
+    cur: std::sync::RwLock<Arc<Shared>>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Live")
+    }
+}
+
+impl Live {
+    pub(crate) fn new(shared: Arc<Shared>) -> Arc<Self> {
+        Arc::new(Self {
+            cur: std::sync::RwLock::new(shared),
+        })
+    }
+
+    pub(crate) fn get(&self) -> Arc<Shared> {
+        self.cur.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set(&self, shared: Arc<Shared>) {
+        *self.cur.write().unwrap_or_else(|p| p.into_inner()) = shared;
+    }
+}
+
+/// Accepts connections until the listener fails for good.
+pub(crate) async fn run(live: Arc<Live>, listener: TcpListener) -> Result<(), EgressError> {
+    let shared = live.get();
+    let sem = Arc::new(Semaphore::new(shared.cfg.limits.max_connections));
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, bottle = %shared.cfg.bottle_id, routes = shared.cfg.routes.len(), "egress proxy listening");
+    }
+    loop {
+        let Ok(permit) = sem.clone().acquire_owned().await else {
+            return Ok(());
+        };
+        let (tcp, _peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let shared = live.get();
+        let live = live.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(shared.header_timeout())
+                .max_buf_size(shared.max_buf())
+                .keep_alive(true);
+            let svc = service_fn(move |req| {
+                let l = live.clone();
+                async move { Ok::<_, Infallible>(outer(l, req).await) }
+            });
+            if let Err(e) = b
+                .serve_connection(TokioIo::new(tcp), svc)
+                .with_upgrades()
+                .await
+            {
+                tracing::debug!(error = %e, "client connection ended");
+            }
+        });
+    }
+}
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|n| match n {}).boxed_unsync()
+}
+
+fn empty() -> Body {
+    Empty::new().map_err(|n| match n {}).boxed_unsync()
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// The agent-facing proxy leg.
+async fn outer(live: Arc<Live>, req: Request<Incoming>) -> Response<Body> {
+    let shared = live.get();
+    let start = Instant::now();
+    if req.method() == Method::CONNECT {
+        let Some(auth) = req.uri().authority().cloned() else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "bot-bottle egress: CONNECT needs host:port\n".into(),
+            );
+        };
+        let host = canon_host(auth.host());
+        let port = auth.port_u16().unwrap_or(443);
+        let mut rec = shared.record("CONNECT", &host, port, String::new());
+        if route::is_passthrough(&shared.cfg, &host) {
+            return match shared.dialer.tcp(&host, port).await {
+                Ok(up) => {
+                    rec.decision = "passthrough".into();
+                    rec.status = 200;
+                    let s = shared.clone();
+                    tokio::spawn(async move {
+                        match hyper::upgrade::on(req).await {
+                            Ok(c) => {
+                                let (o, i) = splice(TokioIo::new(c), up, s.idle()).await;
+                                rec.bytes_out = o;
+                                rec.bytes_in = i;
+                            }
+                            Err(e) => rec.note = format!("upgrade failed: {e}"),
+                        }
+                        rec.duration_ms = ms(start);
+                        s.audit.write(&rec);
+                    });
+                    Response::new(empty())
+                }
+                Err(e) => {
+                    rec.decision = "error".into();
+                    rec.status = 502;
+                    rec.note = format!("upstream: {e}");
+                    rec.duration_ms = ms(start);
+                    shared.audit.write(&rec);
+                    text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("bot-bottle egress: cannot reach {host}:{port}: {e}\n"),
+                    )
+                }
+            };
+        }
+        if route::host_allowed(&shared.cfg.routes, &host)
+            || shared
+                .cfg
+                .local_responses
+                .iter()
+                .any(|l| route::host_matches(&l.host, &host))
+        {
+            let s = shared.clone();
+            tokio::spawn(async move {
+                match hyper::upgrade::on(req).await {
+                    Ok(c) => intercept(live, s, c, host, port).await,
+                    Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+                }
+            });
+            return Response::new(empty());
+        }
+        rec.decision = "deny".into();
+        rec.status = 403;
+        rec.note = "no route or tls_passthrough names the host".into();
+        rec.duration_ms = ms(start);
+        shared.audit.write(&rec);
+        return text(
+            StatusCode::FORBIDDEN,
+            route::deny_body(&host, "CONNECT", "", "no [[egress.route]] names this host"),
+        );
+    }
+    match (req.uri().scheme_str(), req.uri().authority()) {
+        (Some("http"), Some(a)) => {
+            let host = canon_host(a.host());
+            let port = a.port_u16().unwrap_or(80);
+            handle(shared, req, Target { tls: false, host, port }).await
+        }
+        (Some(_), Some(_)) => text(
+            StatusCode::BAD_REQUEST,
+            "bot-bottle egress: send https:// requests through CONNECT\n".into(),
+        ),
+        _ => text(
+            StatusCode::BAD_REQUEST,
+            "bot-bottle egress: this is a forward proxy (set HTTPS_PROXY/HTTP_PROXY to it); it has no other interface\n"
+                .into(),
+        ),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Target {
+    tls: bool,
+    host: String,
+    port: u16,
+}
+
+/// TLS interception of one CONNECT tunnel to an allow-listed host.
+async fn intercept(
+    live: Arc<Live>,
+    shared: Arc<Shared>,
+    upgraded: hyper::upgrade::Upgraded,
+    host: String,
+    port: u16,
+) {
+    let start = Instant::now();
+    let acceptor = tokio_rustls::LazyConfigAcceptor::new(
+        rustls::server::Acceptor::default(),
+        TokioIo::new(upgraded),
+    );
+    let hs = match tokio::time::timeout(shared.header_timeout(), acceptor).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, %host, "client TLS hello failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    if let Some(sni) = hs.client_hello().server_name() {
+        if canon_host(sni) != host {
+            let mut rec = shared.record("CONNECT", &host, port, String::new());
+            rec.decision = "identity_mismatch".into();
+            rec.note = format!("TLS SNI {sni:?} differs from the CONNECT target");
+            rec.duration_ms = ms(start);
+            shared.audit.write(&rec);
+            return;
+        }
+    }
+    let tls_cfg = match shared.minter.server_config(&host) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, %host, "cannot mint a leaf certificate");
+            return;
+        }
+    };
+    let tls = match tokio::time::timeout(shared.header_timeout(), hs.into_stream(tls_cfg)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, %host, "client TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let target = Target {
+        tls: true,
+        host,
+        port,
+    };
+    let svc = service_fn(move |req| {
+        let s = live.get();
+        let t = target.clone();
+        async move { Ok::<_, Infallible>(handle(s, req, t).await) }
+    });
+    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.header_timeout())
+        .max_buf_size(shared.max_buf());
+    b.http2()
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        .max_header_list_size(shared.cfg.limits.max_header_bytes.min(u32::MAX as usize) as u32);
+    if let Err(e) = b
+        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+        .await
+    {
+        tracing::debug!(error = %e, "intercepted connection ended");
+    }
+}
+
+fn ms(start: Instant) -> f64 {
+    (start.elapsed().as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Checks every authority the request claims against the connection's.
+fn check_identity<B>(req: &Request<B>, t: &Target) -> Result<(), String> {
+    let mut claims: Vec<String> = Vec::new();
+    if let Some(a) = req.uri().authority() {
+        claims.push(a.as_str().to_owned());
+    }
+    for v in req.headers().get_all(header::HOST) {
+        claims.push(
+            v.to_str()
+                .map_err(|_| "the Host header is not text".to_string())?
+                .to_owned(),
+        );
+    }
+    if claims.is_empty() {
+        return Err("the request names no host (Host / :authority)".into());
+    }
+    let default = if t.tls { 443 } else { 80 };
+    for c in claims {
+        let a: http::uri::Authority = c
+            .parse()
+            .map_err(|_| format!("{c:?} is not a host[:port]"))?;
+        if a.as_str().contains('@') {
+            return Err("userinfo in the authority is refused".into());
+        }
+        let host = canon_host(a.host());
+        let port = a.port_u16().unwrap_or(default);
+        if host != t.host || port != t.port {
+            return Err(format!(
+                "the request names {c} but the connection is to {}:{}",
+                t.host, t.port
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Hop-by-hop headers, never forwarded either way.
+fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in listed {
+        if keep_upgrade && n == header::UPGRADE {
+            continue;
+        }
+        h.remove(n);
+    }
+    let te_trailers = h
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for n in [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "transfer-encoding",
+    ] {
+        h.remove(n);
+    }
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::CONNECTION);
+        h.remove(header::UPGRADE);
+    }
+}
+
+fn is_ws_upgrade(h: &HeaderMap) -> bool {
+    let has = |name: HeaderName, tok: &str| {
+        h.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(tok))
+    };
+    has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
+}
+
+/// One request inside an intercepted tunnel (or a plain `http://` one).
+async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Target) -> Response<Body> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let ws_h2 = method == Method::CONNECT
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+    let ws_h1 = req.version() == Version::HTTP_11 && is_ws_upgrade(req.headers());
+    let path = normalise_path(req.uri().path());
+    let mut rec = shared.record(method.as_str(), &t.host, t.port, path.clone());
+    let done =
+        |mut rec: AuditRecord, status: StatusCode, decision: &str, note: String, body: String| {
+            rec.status = status.as_u16();
+            rec.decision = decision.into();
+            rec.note = note;
+            rec.duration_ms = ms(start);
+            shared.audit.write(&rec);
+            text(status, body)
+        };
+
+    if let Err(why) = check_identity(&req, &t) {
+        return done(
+            rec,
+            StatusCode::MISDIRECTED_REQUEST,
+            "identity_mismatch",
+            why.clone(),
+            format!("bot-bottle egress: refused, nothing injected: {why}\n"),
+        );
+    }
+    if method == Method::TRACE {
+        return done(
+            rec,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "deny",
+            "TRACE is refused".into(),
+            "bot-bottle egress: TRACE is refused\n".into(),
+        );
+    }
+    if let Some(lr) = shared.cfg.local_responses.iter().find(|l| {
+        route::host_matches(&l.host, &t.host)
+            && normalise_path(&l.path) == path
+            && l.method.eq_ignore_ascii_case(method.as_str())
+    }) {
+        // Answered here, never forwarded: the body holds dummies only.
+        rec.status = lr.status;
+        rec.decision = "local".into();
+        rec.duration_ms = ms(start);
+        shared.audit.write(&rec);
+        let mut r = Response::new(full(lr.body.clone()));
+        *r.status_mut() = StatusCode::from_u16(lr.status).unwrap_or(StatusCode::OK);
+        if let Ok(v) = HeaderValue::from_str(&lr.content_type) {
+            r.headers_mut().insert(header::CONTENT_TYPE, v);
+        }
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return r;
+    }
+    if method == Method::CONNECT && !ws_h2 {
+        return done(
+            rec,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "deny",
+            "CONNECT inside a tunnel".into(),
+            "bot-bottle egress: CONNECT inside a tunnel is refused\n".into(),
+        );
+    }
+    let match_method = if ws_h2 { "GET" } else { method.as_str() };
+    let (idx, r) = match match_route(&shared.cfg.routes, &t.host, &path, match_method) {
+        RouteMatch::Allowed(i, r) => (i, r),
+        RouteMatch::HostOnly => {
+            let why = "no [[egress.route]] for this host allows this path and method";
+            return done(
+                rec,
+                StatusCode::FORBIDDEN,
+                "deny",
+                why.into(),
+                route::deny_body(&t.host, method.as_str(), &path, why),
+            );
+        }
+        RouteMatch::NoHost => {
+            let why = "no [[egress.route]] names this host";
+            return done(
+                rec,
+                StatusCode::FORBIDDEN,
+                "deny",
+                why.into(),
+                route::deny_body(&t.host, method.as_str(), &path, why),
+            );
+        }
+    };
+    rec.route = Some(idx);
+    if !t.tls && !r.plain_http {
+        let why = "plain HTTP is refused unless the route sets plain_http = true";
+        return done(
+            rec,
+            StatusCode::FORBIDDEN,
+            "deny",
+            why.into(),
+            route::deny_body(&t.host, method.as_str(), &path, why),
+        );
+    }
+
+    let on_client = (ws_h1 || ws_h2).then(|| hyper::upgrade::on(&mut req));
+    let client_version = req.version();
+    let (mut parts, body) = req.into_parts();
+
+    // DLP, before anything is injected.
+    let req_bytes = Arc::new(AtomicU64::new(0));
+    let mut body: Body = CountedBody {
+        inner: body,
+        n: req_bytes.clone(),
+    }
+    .boxed_unsync();
+    if shared.dlp.mode != DlpMode::Off {
+        let mut findings = Vec::new();
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        shared.dlp.scan_head(pq, &parts.headers, &mut findings);
+        if !body.is_end_stream() {
+            let (frames, scanned, ended) = match buffer_prefix(&mut body, shared.dlp.max_body).await
+            {
+                Ok(x) => x,
+                Err(e) => {
+                    return done(
+                        rec,
+                        StatusCode::BAD_REQUEST,
+                        "error",
+                        format!("request body: {e}"),
+                        "bot-bottle egress: the request body could not be read\n".into(),
+                    )
+                }
+            };
+            let enc = parts
+                .headers
+                .get(header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok());
+            shared.dlp.scan_body(&scanned, enc, &mut findings);
+            if !ended {
+                rec.note = format!("dlp scanned the first {} body bytes", scanned.len());
+            }
+            body = PrefixBody {
+                frames,
+                rest: (!ended).then_some(body),
+            }
+            .boxed_unsync();
+        }
+        if !findings.is_empty() {
+            tracing::warn!(host = %t.host, rules = ?findings, "DLP findings in an outbound request");
+            rec.dlp = findings.clone();
+            if shared.dlp.mode == DlpMode::Block {
+                return done(
+                    rec,
+                    StatusCode::FORBIDDEN,
+                    "dlp_block",
+                    String::new(),
+                    format!(
+                        "bot-bottle egress: request to {} blocked by DLP rule(s) {}; it was not sent\n",
+                        t.host,
+                        findings.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
+    // Injection: replace, never merge.
+    strip_hop_by_hop(&mut parts.headers, ws_h1);
+    parts.headers.remove(header::HOST);
+    let inject = &shared.inject[idx];
+    for (n, _) in inject {
+        parts.headers.remove(n);
+    }
+    for (n, v) in inject {
+        parts.headers.append(n.clone(), v.clone());
+    }
+    rec.injected = !inject.is_empty();
+    rec.injected_headers = r.inject.iter().map(|h| h.header.clone()).collect();
+
+    let scheme = if t.tls { "https" } else { "http" };
+    let default_port = if t.tls { 443 } else { 80 };
+    let host_port = {
+        let h = if t.host.contains(':') {
+            format!("[{}]", t.host)
+        } else {
+            t.host.clone()
+        };
+        if t.port == default_port {
+            h
+        } else {
+            format!("{h}:{}", t.port)
+        }
+    };
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+
+    if let Some(on_client) = on_client {
+        return websocket(
+            shared.clone(),
+            parts,
+            on_client,
+            t,
+            host_port,
+            pq,
+            ws_h2,
+            rec,
+            start,
+        )
+        .await;
+    }
+
+    parts.uri = match format!("{scheme}://{host_port}{pq}").parse::<Uri>() {
+        Ok(u) => u,
+        Err(_) => {
+            return done(
+                rec,
+                StatusCode::BAD_REQUEST,
+                "error",
+                "bad URI".into(),
+                "bot-bottle egress: bad request URI\n".into(),
+            )
+        }
+    };
+    parts.version = Version::HTTP_11;
+    let up_req = Request::from_parts(parts, body);
+    match shared.client.request(up_req).await {
+        Ok(resp) => {
+            let (mut p, b) = resp.into_parts();
+            strip_hop_by_hop(&mut p.headers, false);
+            p.version = client_version;
+            rec.status = p.status.as_u16();
+            rec.decision = "allow".into();
+            let body = AuditBody {
+                inner: b,
+                n: 0,
+                rec: Some(rec),
+                shared: shared.clone(),
+                start,
+                req_bytes,
+            };
+            Response::from_parts(p, body.boxed_unsync())
+        }
+        Err(e) => {
+            let why = error_chain(&e);
+            tracing::debug!(host = %t.host, error = %why, "upstream request failed");
+            done(
+                rec,
+                StatusCode::BAD_GATEWAY,
+                "error",
+                format!("upstream: {why}"),
+                format!("bot-bottle egress: upstream {} failed: {why}\n", t.host),
+            )
+        }
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Reads frames until `cap` data bytes or the end. Returns the frames, the
+/// data seen (for scanning) and whether the body ended.
+async fn buffer_prefix(
+    body: &mut Body,
+    cap: usize,
+) -> Result<(VecDeque<Frame<Bytes>>, Vec<u8>, bool), BoxError> {
+    let mut frames = VecDeque::new();
+    let mut seen = Vec::new();
+    while seen.len() < cap {
+        match body.frame().await {
+            None => return Ok((frames, seen, true)),
+            Some(Err(e)) => return Err(e),
+            Some(Ok(f)) => {
+                if let Some(d) = f.data_ref() {
+                    seen.extend_from_slice(&d[..d.len().min(cap - seen.len())]);
+                }
+                frames.push_back(f);
+            }
+        }
+    }
+    let ended = body.is_end_stream();
+    Ok((frames, seen, ended))
+}
+
+/// Buffered frames, then the rest of the body.
+struct PrefixBody {
+    frames: VecDeque<Frame<Bytes>>,
+    rest: Option<Body>,
+}
+
+impl hyper::body::Body for PrefixBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(f) = self.frames.pop_front() {
+            return Poll::Ready(Some(Ok(f)));
+        }
+        match self.rest.as_mut() {
+            Some(r) => Pin::new(r).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+}
+
+/// Counts the data bytes of a request body.
+struct CountedBody {
+    inner: Incoming,
+    n: Arc<AtomicU64>,
+}
+
+impl hyper::body::Body for CountedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.n.fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Streams a response body frame by frame (SSE is never buffered) and writes
+/// the audit line when the body ends or is dropped.
+struct AuditBody {
+    inner: Incoming,
+    n: u64,
+    rec: Option<AuditRecord>,
+    shared: Arc<Shared>,
+    start: Instant,
+    req_bytes: Arc<AtomicU64>,
+}
+
+impl AuditBody {
+    fn finish(&mut self, note: Option<String>) {
+        if let Some(mut rec) = self.rec.take() {
+            rec.bytes_in = self.n;
+            rec.bytes_out = self.req_bytes.load(Ordering::Relaxed);
+            rec.duration_ms = ms(self.start);
+            if let Some(n) = note {
+                if !rec.note.is_empty() {
+                    rec.note.push_str("; ");
+                }
+                rec.note.push_str(&n);
+            }
+            self.shared.audit.write(&rec);
+        }
+    }
+}
+
+impl Drop for AuditBody {
+    fn drop(&mut self) {
+        let note = (!self.inner.is_end_stream())
+            .then(|| "client went away before the response ended".to_string());
+        self.finish(note);
+    }
+}
+
+impl hyper::body::Body for AuditBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.n += d.len() as u64;
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let note = format!("upstream body: {e}");
+                self.finish(Some(note));
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                self.finish(None);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A WebSocket: HTTP/1.1 upgrade, or HTTP/2 extended CONNECT (RFC 8441)
+/// translated to an HTTP/1.1 upgrade upstream. The credential is injected
+/// into the upgrade request; frames are then spliced untouched.
+#[allow(clippy::too_many_arguments)]
+async fn websocket(
+    shared: Arc<Shared>,
+    mut parts: http::request::Parts,
+    on_client: hyper::upgrade::OnUpgrade,
+    t: Target,
+    host_port: String,
+    pq: String,
+    from_h2: bool,
+    mut rec: AuditRecord,
+    start: Instant,
+) -> Response<Body> {
+    let fail = |mut rec: AuditRecord, why: String| {
+        rec.status = 502;
+        rec.decision = "error".into();
+        rec.note = why.clone();
+        rec.duration_ms = ms(start);
+        shared.audit.write(&rec);
+        text(
+            StatusCode::BAD_GATEWAY,
+            format!("bot-bottle egress: websocket upstream failed: {why}\n"),
+        )
+    };
+    let io = if t.tls {
+        match shared.dialer.tls(&t.host, t.port, true).await {
+            Ok((s, _)) => upstream::UpstreamIo::Tls(Box::new(TokioIo::new(s)), false),
+            Err(e) => return fail(rec, e.to_string()),
+        }
+    } else {
+        match shared.dialer.tcp(&t.host, t.port).await {
+            Ok(s) => upstream::UpstreamIo::Plain(TokioIo::new(s)),
+            Err(e) => return fail(rec, e.to_string()),
+        }
+    };
+    let (mut sender, conn) =
+        match hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io).await {
+            Ok(x) => x,
+            Err(e) => return fail(rec, e.to_string()),
+        };
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    if from_h2 {
+        parts.method = Method::GET;
+        parts
+            .headers
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        let key: [u8; 16] = rand::random();
+        let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key);
+        if let Ok(v) = HeaderValue::from_str(&key) {
+            parts.headers.insert(header::SEC_WEBSOCKET_KEY, v);
+        }
+        parts
+            .headers
+            .entry(header::SEC_WEBSOCKET_VERSION)
+            .or_insert(HeaderValue::from_static("13"));
+    }
+    if let Ok(v) = HeaderValue::from_str(&host_port) {
+        parts.headers.insert(header::HOST, v);
+    }
+    parts.uri = match pq.parse() {
+        Ok(u) => u,
+        Err(_) => return fail(rec, "bad path".into()),
+    };
+    parts.version = Version::HTTP_11;
+    let up_req = Request::from_parts(parts, Empty::new());
+    let mut resp = match sender.send_request(up_req).await {
+        Ok(r) => r,
+        Err(e) => return fail(rec, error_chain(&e)),
+    };
+    rec.status = resp.status().as_u16();
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // Refused by upstream: pass its answer back.
+        let (mut p, b) = resp.into_parts();
+        strip_hop_by_hop(&mut p.headers, false);
+        p.version = if from_h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        rec.decision = "allow".into();
+        let body = AuditBody {
+            inner: b,
+            n: 0,
+            rec: Some(rec),
+            shared: shared.clone(),
+            start,
+            req_bytes: Arc::new(AtomicU64::new(0)),
+        };
+        return Response::from_parts(p, body.boxed_unsync());
+    }
+    let on_up = hyper::upgrade::on(&mut resp);
+    let mut out = Response::new(empty());
+    for name in [
+        header::SEC_WEBSOCKET_PROTOCOL,
+        header::SEC_WEBSOCKET_EXTENSIONS,
+    ] {
+        if let Some(v) = resp.headers().get(&name) {
+            out.headers_mut().insert(name, v.clone());
+        }
+    }
+    if from_h2 {
+        *out.status_mut() = StatusCode::OK;
+    } else {
+        *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        out.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        out.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(v) = resp.headers().get(header::SEC_WEBSOCKET_ACCEPT) {
+            out.headers_mut()
+                .insert(header::SEC_WEBSOCKET_ACCEPT, v.clone());
+        }
+    }
+    rec.decision = "allow".into();
+    let s = shared.clone();
+    tokio::spawn(async move {
+        match tokio::try_join!(on_client, on_up) {
+            Ok((c, u)) => {
+                let (o, i) = splice(TokioIo::new(c), TokioIo::new(u), s.idle()).await;
+                rec.bytes_out = o;
+                rec.bytes_in = i;
+            }
+            Err(e) => rec.note = format!("websocket upgrade failed: {e}"),
+        }
+        rec.duration_ms = ms(start);
+        s.audit.write(&rec);
+    });
+    out
+}
+
+/// Copies both ways until both sides close or nothing moves for `idle`.
+/// Returns (bytes from `a`, bytes from `b`).
+pub(crate) async fn splice<A, B>(a: A, b: B, idle: Duration) -> (u64, u64)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let base = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let ca = Arc::new(AtomicU64::new(0));
+    let cb = Arc::new(AtomicU64::new(0));
+    let mut a = Watched {
+        inner: a,
+        base,
+        last: last.clone(),
+        read: ca.clone(),
+    };
+    let mut b = Watched {
+        inner: b,
+        base,
+        last: last.clone(),
+        read: cb.clone(),
+    };
+    let watchdog = async {
+        loop {
+            tokio::time::sleep(idle / 4).await;
+            let since = base.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
+            if since >= idle.as_millis() as u64 {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+        _ = watchdog => { tracing::debug!("tunnel idle, closed"); }
+    }
+    (ca.load(Ordering::Relaxed), cb.load(Ordering::Relaxed))
+}
+
+struct Watched<T> {
+    inner: T,
+    base: Instant,
+    last: Arc<AtomicU64>,
+    read: Arc<AtomicU64>,
+}
+
+impl<T> Watched<T> {
+    fn touch(&self) {
+        self.last
+            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.read.fetch_add(n as u64, Ordering::Relaxed);
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

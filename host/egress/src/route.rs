@@ -1,0 +1,369 @@
+//! The allow-list: host patterns, normalised paths, and the decision
+//! `bottle egress check` prints.
+
+use std::fmt;
+
+use bot_bottle_plugin_api::EgressRoute;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ProxyConfig;
+
+/// Checks a host pattern: exact host or `*.suffix`.
+pub(crate) fn check_host_pattern(p: &str) -> Result<(), String> {
+    let base = p.strip_prefix("*.").unwrap_or(p);
+    if base.is_empty() {
+        return Err("empty host".into());
+    }
+    if base.contains('*') {
+        return Err("only a leading `*.` wildcard is supported".into());
+    }
+    if base.contains(['/', ':', ' ', '@']) && base.parse::<std::net::IpAddr>().is_err() {
+        return Err("a host has no scheme, port, path or user".into());
+    }
+    Ok(())
+}
+
+/// Lower-cases and drops a trailing dot and IPv6 brackets.
+pub(crate) fn canon_host(h: &str) -> String {
+    h.trim_end_matches('.')
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase()
+}
+
+/// Whether `host` (canonical) matches `pattern` (exact, or `*.suffix`
+/// for any name strictly below `suffix`).
+pub(crate) fn host_matches(pattern: &str, host: &str) -> bool {
+    let pattern = canon_host(pattern);
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => {
+            host.len() > suffix.len() + 1
+                && host.ends_with(suffix)
+                && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+        }
+        None => host == pattern,
+    }
+}
+
+/// Whether any route or passthrough entry names `host`.
+pub(crate) fn is_passthrough(cfg: &ProxyConfig, host: &str) -> bool {
+    cfg.tls_passthrough.iter().any(|p| host_matches(p, host))
+}
+
+/// Whether any route names `host` (the gate for minting a certificate).
+pub(crate) fn host_allowed(routes: &[EgressRoute], host: &str) -> bool {
+    routes.iter().any(|r| host_matches(&r.host, host))
+}
+
+/// The path as the allow-list sees it: percent-encoded dots, slashes and
+/// backslashes decoded, `.` and `..` resolved, doubled slashes collapsed, no
+/// query. Stricter than most servers, so a path that escapes a prefix here
+/// escapes it there too.
+pub fn normalise_path(raw: &str) -> String {
+    let raw = raw.split(['?', '#']).next().unwrap_or("");
+    let mut decoded = String::with_capacity(raw.len());
+    let b = raw.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = raw.get(i + 1..i + 3).unwrap_or("").to_ascii_lowercase();
+            match hex.as_str() {
+                "2e" => {
+                    decoded.push('.');
+                    i += 3;
+                    continue;
+                }
+                "2f" | "5c" => {
+                    decoded.push('/');
+                    i += 3;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        decoded.push(if b[i] == b'\\' { '/' } else { b[i] as char });
+        i += 1;
+    }
+    let mut out: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut p = String::from("/");
+    p.push_str(&out.join("/"));
+    if decoded.ends_with('/') && p.len() > 1 {
+        p.push('/');
+    }
+    p
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let prefix = normalise_path(prefix);
+    if prefix == "/" || prefix.ends_with('/') {
+        return path.starts_with(&prefix);
+    }
+    path == prefix || (path.starts_with(&prefix) && path.as_bytes()[prefix.len()] == b'/')
+}
+
+/// The outcome of matching one request against the routes.
+#[derive(Debug)]
+pub(crate) enum RouteMatch<'a> {
+    /// This route allows it.
+    Allowed(usize, &'a EgressRoute),
+    /// Some route names the host, but none allows this path or method.
+    HostOnly,
+    /// No route names the host.
+    NoHost,
+}
+
+pub(crate) fn match_route<'a>(
+    routes: &'a [EgressRoute],
+    host: &str,
+    norm_path: &str,
+    method: &str,
+) -> RouteMatch<'a> {
+    let mut host_seen = false;
+    for (i, r) in routes.iter().enumerate() {
+        if !host_matches(&r.host, host) {
+            continue;
+        }
+        host_seen = true;
+        if let Some(p) = &r.path_prefix {
+            if !prefix_matches(p, norm_path) {
+                continue;
+            }
+        }
+        if !r.methods.is_empty() && !r.methods.iter().any(|m| m.eq_ignore_ascii_case(method)) {
+            continue;
+        }
+        return RouteMatch::Allowed(i, r);
+    }
+    if host_seen {
+        RouteMatch::HostOnly
+    } else {
+        RouteMatch::NoHost
+    }
+}
+
+/// The plain-text body of a 403 for a request no route allows.
+pub(crate) fn deny_body(host: &str, method: &str, path: &str, why: &str) -> String {
+    format!(
+        "bot-bottle egress: {method} {host}{path} refused: {why}.\n\
+         To allow it, add a route to bottle.toml:\n  [[egress.route]]\n  host = \"{host}\"\n"
+    )
+}
+
+/// What the proxy does with a connection or request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Decrypted, checked, forwarded (with injection if the route has any).
+    Intercept,
+    /// Tunnelled without decryption (`tls_passthrough`).
+    Passthrough,
+    /// Forwarded over plain HTTP (`plain_http = true`).
+    PlainHttp,
+    /// Refused.
+    Deny,
+    /// Answered by the proxy itself (`local_responses`), never forwarded.
+    LocalResponse,
+}
+
+/// What the proxy would do with one request (`bottle egress check`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Whether the request would leave the bottle.
+    pub allowed: bool,
+    /// How.
+    pub action: Action,
+    /// Request method, upper-cased.
+    pub method: String,
+    /// Target host (canonical).
+    pub host: String,
+    /// Target port.
+    pub port: u16,
+    /// The normalised path the routes are matched on.
+    pub path: String,
+    /// Index of the matching route in the config's `routes`.
+    pub route_index: Option<usize>,
+    /// Host pattern of the matching route (or passthrough entry).
+    pub route_host: Option<String>,
+    /// Names of the headers the proxy would set (never values).
+    pub inject_headers: Vec<String>,
+    /// Why, in a few words.
+    pub reason: String,
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "decision: {}",
+            if self.allowed { "allow" } else { "deny" }
+        )?;
+        let action = match self.action {
+            Action::Intercept => "intercept",
+            Action::Passthrough => "passthrough",
+            Action::PlainHttp => "plain_http",
+            Action::Deny => "deny",
+            Action::LocalResponse => "local_response",
+        };
+        writeln!(f, "action: {action}")?;
+        writeln!(
+            f,
+            "request: {} {}:{}{}",
+            self.method, self.host, self.port, self.path
+        )?;
+        match (&self.route_index, &self.route_host) {
+            (Some(i), Some(h)) => writeln!(f, "route: #{i} ({h})")?,
+            (None, Some(h)) if self.action == Action::LocalResponse => {
+                writeln!(f, "route: local_responses ({h})")?
+            }
+            (None, Some(h)) => writeln!(f, "route: tls_passthrough ({h})")?,
+            _ => writeln!(f, "route: none")?,
+        }
+        if self.inject_headers.is_empty() {
+            writeln!(f, "inject: none")?;
+        } else {
+            writeln!(f, "inject: {}", self.inject_headers.join(", "))?;
+        }
+        write!(f, "reason: {}", self.reason)
+    }
+}
+
+/// What the proxy would do with `method url` under `config`.
+pub fn check(config: &ProxyConfig, method: &str, url: &str) -> Decision {
+    let method = method.to_ascii_uppercase();
+    let mut d = Decision {
+        allowed: false,
+        action: Action::Deny,
+        method: method.clone(),
+        host: String::new(),
+        port: 0,
+        path: String::new(),
+        route_index: None,
+        route_host: None,
+        inject_headers: vec![],
+        reason: String::new(),
+    };
+    let uri: http::Uri = match url.parse() {
+        Ok(u) => u,
+        Err(_) => {
+            d.reason = format!("{url:?} is not a URL");
+            return d;
+        }
+    };
+    let scheme = uri.scheme_str().unwrap_or("").to_ascii_lowercase();
+    let tls = match scheme.as_str() {
+        "https" | "wss" => true,
+        "http" | "ws" => false,
+        _ => {
+            d.reason = "the URL needs an http, https, ws or wss scheme".into();
+            return d;
+        }
+    };
+    let Some(host) = uri.host() else {
+        d.reason = "the URL has no host".into();
+        return d;
+    };
+    d.host = canon_host(host);
+    d.port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    d.path = normalise_path(uri.path());
+    if method == "TRACE" {
+        d.reason = "TRACE is always refused".into();
+        return d;
+    }
+    if tls {
+        if let Some(p) = config
+            .tls_passthrough
+            .iter()
+            .find(|p| host_matches(p, &d.host))
+        {
+            d.allowed = true;
+            d.action = Action::Passthrough;
+            d.route_host = Some(p.clone());
+            d.reason = "tls_passthrough: tunnelled without decryption, nothing injected".into();
+            return d;
+        }
+    }
+    if tls {
+        if let Some(l) = config.local_responses.iter().find(|l| {
+            host_matches(&l.host, &d.host)
+                && normalise_path(&l.path) == d.path
+                && l.method.eq_ignore_ascii_case(&method)
+        }) {
+            d.allowed = true;
+            d.action = Action::LocalResponse;
+            d.route_host = Some(l.host.clone());
+            d.reason = format!(
+                "answered by the proxy itself with status {}, never forwarded",
+                l.status
+            );
+            return d;
+        }
+    }
+    match match_route(&config.routes, &d.host, &d.path, &method) {
+        RouteMatch::NoHost => d.reason = "no [[egress.route]] names this host".into(),
+        RouteMatch::HostOnly => {
+            d.reason = "a route names this host but none allows this path and method".into()
+        }
+        RouteMatch::Allowed(i, r) => {
+            d.route_index = Some(i);
+            d.route_host = Some(r.host.clone());
+            if !tls && !r.plain_http {
+                d.reason = "plain HTTP is refused unless the route sets plain_http = true".into();
+                return d;
+            }
+            d.allowed = true;
+            d.action = if tls {
+                Action::Intercept
+            } else {
+                Action::PlainHttp
+            };
+            d.inject_headers = r.inject.iter().map(|h| h.header.clone()).collect();
+            d.reason = format!("route #{i} allows it");
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_normalise() {
+        assert_eq!(normalise_path("/v1/../admin"), "/admin");
+        assert_eq!(normalise_path("/v1/%2e%2e/admin"), "/admin");
+        assert_eq!(normalise_path("/v1/%2E%2E%2fadmin"), "/admin");
+        assert_eq!(normalise_path("//v1///x?y=/.."), "/v1/x");
+        assert_eq!(normalise_path("/v1/./x/"), "/v1/x/");
+        assert_eq!(normalise_path("/../../"), "/");
+        assert_eq!(normalise_path("/a%"), "/a%");
+        assert_eq!(normalise_path("/a%2"), "/a%2");
+        assert_eq!(normalise_path("/a\\..\\b"), "/b");
+    }
+
+    #[test]
+    fn prefixes_are_segment_aware() {
+        assert!(prefix_matches("/v1", "/v1"));
+        assert!(prefix_matches("/v1", "/v1/x"));
+        assert!(!prefix_matches("/v1", "/v1beta"));
+        assert!(prefix_matches("/v1/", "/v1/x"));
+        assert!(prefix_matches("/", "/anything"));
+    }
+
+    #[test]
+    fn wildcards_match_below_only() {
+        assert!(host_matches("*.example.com", "a.example.com"));
+        assert!(host_matches("*.example.com", "a.b.example.com"));
+        assert!(!host_matches("*.example.com", "example.com"));
+        assert!(!host_matches("*.example.com", "badexample.com"));
+        assert!(host_matches("API.example.com.", "api.example.com"));
+    }
+}

@@ -1,0 +1,316 @@
+//! The upstream leg: dialling (resolve overrides, chaining through an HTTP
+//! proxy), TLS with system roots plus an extra CA, ALPN h2/http1.1, and a
+//! pooled client.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Uri;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::config::UpstreamConfig;
+use crate::error::EgressError;
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `http://host:port` -> (host, port).
+pub(crate) fn parse_proxy_url(s: &str) -> Result<(String, u16), String> {
+    let uri: Uri = s.parse().map_err(|_| format!("{s:?} is not a URL"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!(
+            "{s:?}: only http:// proxies are supported (reached with CONNECT)"
+        ));
+    }
+    let host = uri.host().ok_or_else(|| format!("{s:?} has no host"))?;
+    if uri.path() != "/" && !uri.path().is_empty() {
+        return Err(format!("{s:?}: a proxy URL has no path"));
+    }
+    Ok((
+        host.trim_matches(|c| c == '[' || c == ']').to_owned(),
+        uri.port_u16().unwrap_or(80),
+    ))
+}
+
+fn root_store(extra_pem: Option<&str>) -> Result<rustls::RootCertStore, EgressError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for c in native.certs {
+        let _ = roots.add(c);
+    }
+    if roots.is_empty() {
+        // No system store (minimal images): fall back to the Mozilla roots
+        // compiled in by webpki-roots.
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    if let Some(pem) = extra_pem {
+        let mut n = 0;
+        for c in rustls_pemfile::certs(&mut pem.as_bytes()) {
+            let c = c.map_err(|e| EgressError::Trust(format!("upstream.extra_ca_pem: {e}")))?;
+            roots
+                .add(c)
+                .map_err(|e| EgressError::Trust(format!("upstream.extra_ca_pem: {e}")))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(EgressError::Trust(
+                "upstream.extra_ca_pem holds no certificate".into(),
+            ));
+        }
+    }
+    Ok(roots)
+}
+
+/// Dials upstream hosts the one way the config says.
+#[derive(Clone)]
+pub(crate) struct Dialer {
+    inner: Arc<DialerInner>,
+}
+
+struct DialerInner {
+    tls_any: TlsConnector,
+    tls_h1: TlsConnector,
+    resolve: BTreeMap<String, SocketAddr>,
+    proxy: Option<(String, u16)>,
+}
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dialer")
+            .field("proxy", &self.inner.proxy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dialer {
+    pub(crate) fn new(cfg: &UpstreamConfig) -> Result<Self, EgressError> {
+        let roots = Arc::new(root_store(cfg.extra_ca_pem.as_deref())?);
+        let mk = |alpn: Vec<Vec<u8>>| {
+            let mut c = rustls::ClientConfig::builder()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            c.alpn_protocols = alpn;
+            TlsConnector::from(Arc::new(c))
+        };
+        let proxy = match &cfg.proxy {
+            Some(p) => Some(parse_proxy_url(p).map_err(EgressError::Trust)?),
+            None => None,
+        };
+        Ok(Self {
+            inner: Arc::new(DialerInner {
+                tls_any: mk(vec![b"h2".to_vec(), b"http/1.1".to_vec()]),
+                tls_h1: mk(vec![b"http/1.1".to_vec()]),
+                resolve: cfg.resolve.clone(),
+                proxy,
+            }),
+        })
+    }
+
+    /// A TCP stream to `host:port` (through the chained proxy when there is
+    /// one), with TCP_NODELAY.
+    pub(crate) async fn tcp(&self, host: &str, port: u16) -> io::Result<TcpStream> {
+        tokio::time::timeout(CONNECT_TIMEOUT, self.tcp_inner(host, port))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+    }
+
+    async fn tcp_inner(&self, host: &str, port: u16) -> io::Result<TcpStream> {
+        let target = self.inner.resolve.get(host).copied();
+        let s = match &self.inner.proxy {
+            Some((ph, pp)) => {
+                let s = TcpStream::connect((ph.as_str(), *pp)).await?;
+                s.set_nodelay(true)?;
+                let authority = match target {
+                    Some(a) => a.to_string(),
+                    None if host.contains(':') => format!("[{host}]:{port}"),
+                    None => format!("{host}:{port}"),
+                };
+                connect_via_proxy(s, &authority).await?
+            }
+            None => match target {
+                Some(a) => TcpStream::connect(a).await?,
+                None => TcpStream::connect((host, port)).await?,
+            },
+        };
+        s.set_nodelay(true)?;
+        Ok(s)
+    }
+
+    /// A TLS stream to `host:port`, verified for `host`. Returns whether
+    /// h2 was negotiated.
+    pub(crate) async fn tls(
+        &self,
+        host: &str,
+        port: u16,
+        h1_only: bool,
+    ) -> io::Result<(TlsStream<TcpStream>, bool)> {
+        let tcp = self.tcp(host, port).await?;
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "invalid server name"))?;
+        let conn = if h1_only {
+            &self.inner.tls_h1
+        } else {
+            &self.inner.tls_any
+        };
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, conn.connect(name, tcp))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        Ok((tls, h2))
+    }
+}
+
+/// Sends CONNECT on `s` and reads the proxy's answer.
+async fn connect_via_proxy(mut s: TcpStream, authority: &str) -> io::Result<TcpStream> {
+    let req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut head = Vec::with_capacity(256);
+    let mut b = [0u8; 1];
+    // Byte by byte so nothing past the head (the tunnel's first bytes) is eaten.
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 16 * 1024 || s.read(&mut b).await? == 0 {
+            return Err(io::Error::other(
+                "upstream proxy closed or sent an oversized answer to CONNECT",
+            ));
+        }
+        head.push(b[0]);
+    }
+    let line = head.split(|&c| c == b'\n').next().unwrap_or_default();
+    let ok = line
+        .split(|&c| c == b' ')
+        .nth(1)
+        .is_some_and(|code| code.starts_with(b"2"));
+    if !ok {
+        let line = String::from_utf8_lossy(line).trim().to_owned();
+        return Err(io::Error::other(format!(
+            "upstream proxy refused CONNECT: {line}"
+        )));
+    }
+    Ok(s)
+}
+
+/// A connection from the pool: TLS or plain.
+pub(crate) enum UpstreamIo {
+    Tls(Box<TokioIo<TlsStream<TcpStream>>>, bool),
+    Plain(TokioIo<TcpStream>),
+}
+
+impl Connection for UpstreamIo {
+    fn connected(&self) -> Connected {
+        match self {
+            UpstreamIo::Tls(_, true) => Connected::new().negotiated_h2(),
+            _ => Connected::new(),
+        }
+    }
+}
+
+impl hyper::rt::Read for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tls(s, _) => Pin::new(&mut **s).poll_read(cx, buf),
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Tls(s, _) => Pin::new(&mut **s).poll_write(cx, buf),
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tls(s, _) => Pin::new(&mut **s).poll_flush(cx),
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tls(s, _) => Pin::new(&mut **s).poll_shutdown(cx),
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Tls(s, _) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Tls(s, _) => s.is_write_vectored(),
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+impl tower_service::Service<Uri> for Dialer {
+    type Response = UpstreamIo;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<UpstreamIo>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host"))?
+                .trim_matches(|c| c == '[' || c == ']')
+                .to_owned();
+            if uri.scheme_str() == Some("http") {
+                let s = this.tcp(&host, uri.port_u16().unwrap_or(80)).await?;
+                Ok(UpstreamIo::Plain(TokioIo::new(s)))
+            } else {
+                let (s, h2) = this
+                    .tls(&host, uri.port_u16().unwrap_or(443), false)
+                    .await?;
+                Ok(UpstreamIo::Tls(Box::new(TokioIo::new(s)), h2))
+            }
+        })
+    }
+}
+
+/// The pooled client every forwarded request goes through.
+pub(crate) fn client(dialer: Dialer) -> Client<Dialer, Body> {
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(64)
+        .build(dialer)
+}

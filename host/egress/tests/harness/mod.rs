@@ -1,0 +1,485 @@
+//! Test parts: a local HTTPS upstream that records what it receives, a test
+//! CA, the proxy started on 127.0.0.1:0, and a Rust client that tunnels
+//! through it. Loopback only.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bot_bottle_egress::config::{
+    AuditConfig, CaMaterial, DlpConfig, Limits, ProxyConfig, UpstreamConfig,
+};
+use bot_bottle_egress::BottleCa;
+use bot_bottle_plugin_api::{EgressRoute, HeaderInjection, Secret};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+/// The real token: a canary that must never appear in any proxy output.
+pub const CANARY: &str = "canary-REAL-7f3a9c1e5b2d4f60";
+/// A guard against hangs; never a performance assertion.
+pub const HANG: Duration = Duration::from_secs(30);
+
+pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// What the upstream received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub version: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub sni: Option<String>,
+}
+
+impl Seen {
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+/// A test CA and the upstream's certificate.
+pub struct TestPki {
+    pub ca_pem: String,
+    pub cert: CertificateDer<'static>,
+    pub key: PrivatePkcs8KeyDer<'static>,
+}
+
+pub fn test_pki() -> TestPki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec![]).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "egress test upstream CA");
+    let ca = p.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let names: Vec<String> = [
+        "api.test",
+        "other.test",
+        "ws.test",
+        "pass.test",
+        "a.wild.test",
+        "chain.test",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let leaf = CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    TestPki {
+        ca_pem: ca.pem(),
+        cert: leaf.der().clone(),
+        key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+    }
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub release: Arc<Notify>,
+}
+
+impl Upstream {
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn full(s: impl Into<Bytes>) -> Body {
+    Full::new(s.into()).boxed()
+}
+
+/// Starts the recording HTTPS upstream (h2 and http/1.1).
+pub async fn start_upstream(pki: &TestPki) -> Upstream {
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![pki.cert.clone()],
+            PrivateKeyDer::Pkcs8(pki.key.clone_key()),
+        )
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let release = Arc::new(Notify::new());
+    let (seen2, rel2) = (seen.clone(), release.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let (seen, release) = (seen2.clone(), rel2.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let sni = tls.get_ref().1.server_name().map(|s| s.to_string());
+                let svc = service_fn(move |req| {
+                    upstream_handle(req, seen.clone(), release.clone(), sni.clone())
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        seen,
+        release,
+    }
+}
+
+async fn upstream_handle(
+    mut req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    release: Arc<Notify>,
+    sni: Option<String>,
+) -> Result<Response<Body>, Infallible> {
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let method = req.method().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let version = format!("{:?}", req.version());
+    let ws_key = req.headers().get("sec-websocket-key").cloned();
+    if let Some(key) = ws_key {
+        seen.lock().unwrap().push(Seen {
+            method,
+            path,
+            version,
+            headers,
+            body: vec![],
+            sni,
+        });
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(up) = on.await else { return };
+            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(up),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            while let Some(Ok(m)) = ws.next().await {
+                if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        return Ok(Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .header("sec-websocket-accept", accept)
+            .body(full(""))
+            .unwrap());
+    }
+    let is_h1 = req_is_h1(&headers);
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
+    seen.lock().unwrap().push(Seen {
+        method,
+        path: path.clone(),
+        version: version.clone(),
+        headers,
+        body,
+        sni,
+    });
+    if path.starts_with("/sse") {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        tokio::spawn(async move {
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(b"data: first\n\n"))))
+                .await;
+            release.notified().await;
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(b"data: second\n\n"))))
+                .await;
+        });
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
+            );
+        return Ok(Response::builder()
+            .header("content-type", "text/event-stream")
+            .header("cache-control", "no-cache")
+            .body(BodyExt::boxed(StreamBody::new(stream)))
+            .unwrap());
+    }
+    if path.starts_with("/redirect") {
+        return Ok(Response::builder()
+            .status(StatusCode::FOUND)
+            .header("location", "https://other.test/landing")
+            .body(full("moved"))
+            .unwrap());
+    }
+    let mut b = Response::builder().header("x-upstream-version", version);
+    if is_h1 {
+        b = b.header("keep-alive", "timeout=5");
+    }
+    Ok(b.body(full(format!("ok {path}"))).unwrap())
+}
+
+fn req_is_h1(h: &[(String, String)]) -> bool {
+    h.iter().any(|(n, _)| n == "host")
+}
+
+pub fn inject(header: &str, value: &str) -> HeaderInjection {
+    HeaderInjection {
+        header: header.into(),
+        value: value.into(),
+        token_ref: Some("REAL_TOKEN".into()),
+    }
+}
+
+/// The standard test config: routes for api.test (Bearer), other.test
+/// (/open only, nothing injected), ws.test (Bearer), *.wild.test (GET,
+/// x-api-key), chain.test (Bearer); passthrough pass.test.
+pub fn config(pki: &TestPki, up: SocketAddr, audit: &std::path::Path) -> ProxyConfig {
+    let hosts: Vec<String> = [
+        "api.test",
+        "other.test",
+        "ws.test",
+        "*.wild.test",
+        "chain.test",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let ca = BottleCa::generate("bb-test", &hosts).unwrap();
+    let mut api = EgressRoute::allow("api.test");
+    api.inject = vec![inject("Authorization", "Bearer {token}")];
+    let mut other = EgressRoute::allow("other.test");
+    other.path_prefix = Some("/open".into());
+    let mut ws = EgressRoute::allow("ws.test");
+    ws.inject = vec![inject("Authorization", "Bearer {token}")];
+    let mut wild = EgressRoute::allow("*.wild.test");
+    wild.methods = vec!["GET".into()];
+    wild.inject = vec![inject("x-api-key", "{token}")];
+    let mut chain = EgressRoute::allow("chain.test");
+    chain.inject = vec![inject("Authorization", "Bearer {token}")];
+    let mut resolve = BTreeMap::new();
+    for h in [
+        "api.test",
+        "other.test",
+        "ws.test",
+        "pass.test",
+        "a.wild.test",
+        "chain.test",
+    ] {
+        resolve.insert(h.to_string(), up);
+    }
+    ProxyConfig {
+        schema: 1,
+        bottle_id: "bb-test".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        routes: vec![api, other, ws, wild, chain],
+        tls_passthrough: vec!["pass.test".into()],
+        local_responses: vec![],
+        tokens: [("REAL_TOKEN".to_string(), Secret::new(CANARY))]
+            .into_iter()
+            .collect(),
+        ca: CaMaterial {
+            cert_pem: ca.cert_pem,
+            key_pem: ca.key_pem,
+        },
+        upstream: UpstreamConfig {
+            extra_ca_pem: Some(pki.ca_pem.clone()),
+            proxy: None,
+            resolve,
+        },
+        dlp: DlpConfig::default(),
+        limits: Limits::default(),
+        audit: AuditConfig {
+            path: Some(audit.to_owned()),
+        },
+    }
+}
+
+/// Starts the proxy in this process on its own runtime; returns its address.
+pub fn start_proxy(cfg: ProxyConfig) -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Err(e) = bot_bottle_egress::serve_with_listener(cfg, l) {
+            panic!("proxy failed: {e}");
+        }
+    });
+    addr
+}
+
+/// Sends CONNECT; returns the status, the head and the stream (after the head).
+pub async fn connect(proxy: SocketAddr, target: &str) -> (u16, String, TcpStream) {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head, s)
+}
+
+pub async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).await.unwrap_or(0) == 0 {
+            break;
+        }
+        head.push(b[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+pub fn roots(pem: &str) -> rustls::RootCertStore {
+    let mut r = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut pem.as_bytes()) {
+        r.add(c.unwrap()).unwrap();
+    }
+    r
+}
+
+pub async fn tls(
+    tcp: TcpStream,
+    sni: &str,
+    trust_pem: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut c = rustls::ClientConfig::builder()
+        .with_root_certificates(roots(trust_pem))
+        .with_no_client_auth();
+    c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(c))
+        .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
+        .await
+}
+
+/// A response with its body read whole.
+#[derive(Debug)]
+pub struct Got {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+/// One request through the proxy with the Rust client. `h2` picks the ALPN.
+pub async fn send(
+    proxy: SocketAddr,
+    connect_to: &str,
+    sni: &str,
+    trust_pem: &str,
+    h2: bool,
+    req: Request<Full<Bytes>>,
+) -> Got {
+    let (st, head, tcp) = connect(proxy, connect_to).await;
+    assert_eq!(st, 200, "CONNECT {connect_to}: {head}");
+    let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+    let t = tls(tcp, sni, trust_pem, alpn)
+        .await
+        .expect("TLS through the proxy");
+    let resp = if h2 {
+        assert_eq!(t.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut s, c) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
+                .await
+                .unwrap();
+        tokio::spawn(c);
+        s.send_request(req).await.unwrap()
+    } else {
+        let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(t))
+            .await
+            .unwrap();
+        tokio::spawn(c);
+        s.send_request(req).await.unwrap()
+    };
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Got {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// A GET: absolute URI (HTTP/2 `:authority`) or origin-form with `Host`.
+pub fn get(uri: &str, host: &str, h2: bool) -> Request<Full<Bytes>> {
+    let b = if h2 {
+        Request::builder().uri(uri)
+    } else {
+        let u: http::Uri = uri.parse().unwrap();
+        Request::builder()
+            .uri(u.path_and_query().unwrap().as_str())
+            .header("host", host)
+    };
+    b.body(Full::new(Bytes::new())).unwrap()
+}
+
+pub fn audit_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+        .collect()
+}
+
+/// Whether curl can run here. In CI its absence is a failure.
+pub fn have_curl() -> bool {
+    let ok = std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("curl is required in CI (apt-get install curl)");
+        }
+        eprintln!("SKIP: curl is not installed");
+    }
+    ok
+}

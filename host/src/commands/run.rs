@@ -1,0 +1,124 @@
+//! `bottle run`: the whole flow, from manifest to exit code, with teardown
+//! on normal exit, on failure and on Ctrl-C / SIGTERM.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use bot_bottle_plugin_api::{RemoveRequest, WaitRequest};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::cli::{Cli, RunArgs};
+use crate::launch::{self, LaunchOptions};
+use crate::manifest::Manifest;
+use crate::plan;
+use crate::plugins::BackendHandle;
+
+fn remove(backend: &BackendHandle<'_>, bottle_id: &str) {
+    let req = RemoveRequest {
+        bottle_id: Some(bottle_id.to_string()),
+        ..Default::default()
+    };
+    match backend.remove(&req) {
+        Ok(report) => {
+            for r in report.removed {
+                tracing::info!("removed {r}");
+            }
+        }
+        Err(e) => eprintln!("warning: could not remove everything of bottle {bottle_id}: {e}; run `bottle gc` to finish"),
+    }
+}
+
+pub(super) fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let manifest = Manifest::load(&args.file)?;
+    let plugins = super::load_plugins(cli);
+    super::warn_load_errors(&plugins);
+    let host_env = plan::host_env();
+    let plan = plan::plan(manifest, &plugins, &host_env).context("cannot plan the bottle")?;
+    if let Some(missing) = &plan.egress.missing {
+        anyhow::bail!("{missing}; nothing was launched");
+    }
+    let backend = plugins.backend(&plan.manifest.backend)?;
+    let tty = plan
+        .manifest
+        .tty
+        .unwrap_or_else(|| std::io::stdin().is_terminal() && std::io::stdout().is_terminal());
+    let bottle_id = launch::new_bottle_id(&plan.manifest.name);
+    let options = LaunchOptions {
+        extra_args: args.args.clone(),
+        tty,
+        egress_program: launch::egress_program(),
+    };
+    let (spec, ca) = launch::launch_spec(&plan, &bottle_id, &options)?;
+
+    // Signals are caught before launch so that Ctrl-C during a slow launch
+    // still removes whatever was created.
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
+    let signal_handle = signals.handle();
+    let interrupted = AtomicBool::new(false);
+    let stop_watch = AtomicBool::new(false);
+
+    std::thread::scope(|s| -> anyhow::Result<ExitCode> {
+        s.spawn(|| {
+            if let Some(sig) = signals.forever().next() {
+                interrupted.store(true, Ordering::SeqCst);
+                eprintln!("bottle: received signal {sig}; removing bottle {bottle_id}");
+                remove(&backend, &bottle_id);
+            }
+        });
+        let finish = |code: anyhow::Result<ExitCode>| {
+            signal_handle.close();
+            code
+        };
+
+        tracing::info!(bottle = %bottle_id, backend = %backend.plugin.info.name, "launching");
+        if let Err(e) = backend.launch(&spec) {
+            // The backend removes what it made on a failed launch; make sure.
+            remove(&backend, &bottle_id);
+            return finish(Err(anyhow::Error::new(e).context(format!(
+                "bottle {bottle_id} failed to launch; nothing is left running"
+            ))));
+        }
+        if interrupted.load(Ordering::SeqCst) {
+            remove(&backend, &bottle_id);
+            return finish(Ok(ExitCode::from(130)));
+        }
+        if args.detach {
+            println!("{bottle_id}");
+            return finish(Ok(ExitCode::SUCCESS));
+        }
+
+        s.spawn(|| {
+            crate::rotation::watch(&plugins, &plan, &bottle_id, &ca, &host_env, &stop_watch)
+        });
+        let waited = backend.wait(&WaitRequest {
+            schema: bot_bottle_plugin_api::PAYLOAD_SCHEMA,
+            bottle_id: bottle_id.clone(),
+            attach: true,
+        });
+        stop_watch.store(true, Ordering::SeqCst);
+
+        if interrupted.load(Ordering::SeqCst) {
+            // The signal thread already removed the bottle.
+            return finish(Ok(ExitCode::from(130)));
+        }
+        let result = match waited {
+            Ok(report) => {
+                if let Some(reason) = &report.reason {
+                    eprintln!("bottle: {reason}");
+                }
+                Ok(ExitCode::from(u8::try_from(report.exit_code).unwrap_or(1)))
+            }
+            Err(e) => Err(anyhow::Error::new(e).context(format!("lost bottle {bottle_id}"))),
+        };
+        if args.keep {
+            eprintln!("bottle: kept {bottle_id}; `bottle logs {bottle_id}` to read it, `bottle rm {bottle_id}` to remove it");
+        } else {
+            remove(&backend, &bottle_id);
+        }
+        finish(result)
+    })
+}

@@ -1,0 +1,227 @@
+//! Stage 5 of the one flow: turn a plan into a complete, resolved
+//! [`LaunchSpec`] for the backend.
+//!
+//! The host generates the bottle's CA here and writes the egress proxy's
+//! whole config (routes, resolved token values, CA key). The backend gets it
+//! as one opaque secret and hands it to the proxy; it never resolves or
+//! reads secrets itself.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bot_bottle_egress::ca::BottleCa;
+use bot_bottle_egress::config::{
+    self as egress_config, CaMaterial, DlpConfig, ProxyConfig, UpstreamConfig,
+};
+use bot_bottle_plugin_api::{AgentLaunch, EgressLaunch, LaunchSpec, Mount, SandboxFile, Secret};
+
+use crate::manifest::DlpMode;
+use crate::plan::BottlePlan;
+
+/// The port the proxy listens on inside the bottle's network.
+pub const EGRESS_PORT: u16 = 3128;
+
+/// Why a launch spec could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// Token refs did not resolve; nothing was launched.
+    #[error(transparent)]
+    MissingTokens(#[from] crate::egress_plan::MissingTokenRefs),
+    /// The CA could not be generated.
+    #[error("cannot generate the bottle CA: {0}")]
+    Ca(String),
+    /// `upstream_ca` could not be read.
+    #[error("{manifest}: cannot read egress.upstream_ca {path}: {source}")]
+    UpstreamCa {
+        /// The manifest.
+        manifest: PathBuf,
+        /// The CA file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The workspace directory does not exist.
+    #[error("{manifest}: workspace.path {path} does not exist; create it or fix the path")]
+    NoWorkspace {
+        /// The manifest.
+        manifest: PathBuf,
+        /// The directory.
+        path: PathBuf,
+    },
+}
+
+/// A fresh id for one run of a bottle: `bb-<name>-<8 hex>`.
+pub fn new_bottle_id(name: &str) -> String {
+    format!("bb-{name}-{:08x}", rand::random::<u32>())
+}
+
+/// Public roots of the host, appended to the bottle CA in the agent's
+/// bundle so clients that replace their roots can still verify passthrough
+/// hosts.
+fn host_public_roots() -> String {
+    [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+        "/etc/ssl/cert.pem",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok())
+    .unwrap_or_default()
+}
+
+/// What launch needs beyond the plan.
+#[derive(Debug, Clone)]
+pub struct LaunchOptions {
+    /// Extra arguments appended to the agent command (`bottle run -- ARGS`).
+    pub extra_args: Vec<String>,
+    /// Allocate a terminal.
+    pub tty: bool,
+    /// The program the proxy runs as (`bottle egress serve`).
+    pub egress_program: PathBuf,
+}
+
+/// The proxy config for a plan, given its CA. Kept separate so the live
+/// rotation path can rebuild it with new token values and the same CA.
+pub fn proxy_config(
+    plan: &BottlePlan,
+    bottle_id: &str,
+    ca: &CaMaterial,
+) -> Result<ProxyConfig, LaunchError> {
+    if let Some(missing) = &plan.egress.missing {
+        return Err(missing.clone().into());
+    }
+    let m = &plan.manifest;
+    let extra_ca_pem = match &m.upstream_ca {
+        Some(path) => {
+            Some(
+                std::fs::read_to_string(path).map_err(|source| LaunchError::UpstreamCa {
+                    manifest: m.path.clone(),
+                    path: path.clone(),
+                    source,
+                })?,
+            )
+        }
+        None => None,
+    };
+    Ok(ProxyConfig {
+        schema: egress_config::SCHEMA,
+        bottle_id: bottle_id.to_string(),
+        listen: std::net::SocketAddr::from(([0, 0, 0, 0], EGRESS_PORT)),
+        routes: plan.egress.routes.clone(),
+        tls_passthrough: plan.egress.tls_passthrough.clone(),
+        tokens: plan.egress.token_values.clone(),
+        ca: ca.clone(),
+        upstream: UpstreamConfig {
+            extra_ca_pem,
+            proxy: m.upstream_proxy.clone(),
+            resolve: m.resolve.clone(),
+        },
+        dlp: DlpConfig {
+            mode: match m.dlp {
+                DlpMode::Off => egress_config::DlpMode::Off,
+                DlpMode::Log => egress_config::DlpMode::Log,
+                DlpMode::Block => egress_config::DlpMode::Block,
+            },
+            ..Default::default()
+        },
+        limits: Default::default(),
+        audit: Default::default(),
+    })
+}
+
+/// Encodes a proxy config as the secret the backend carries.
+pub fn encode_config(config: &ProxyConfig) -> Secret {
+    // Plain data; encoding cannot fail.
+    Secret::new(serde_json::to_string(config).expect("encoding the proxy config"))
+}
+
+/// Builds the launch spec: generates the CA, writes the proxy config, adds
+/// the CA files to the agent's files and the workspace to its mounts.
+pub fn launch_spec(
+    plan: &BottlePlan,
+    bottle_id: &str,
+    options: &LaunchOptions,
+) -> Result<(LaunchSpec, CaMaterial), LaunchError> {
+    let m = &plan.manifest;
+    let ca = BottleCa::generate(bottle_id, &plan.egress.hosts())
+        .map_err(|e| LaunchError::Ca(e.to_string()))?;
+    let ca = CaMaterial {
+        cert_pem: ca.cert_pem,
+        key_pem: ca.key_pem,
+    };
+    let config = proxy_config(plan, bottle_id, &ca)?;
+
+    let mut files = plan.agent_files.clone();
+    files.push(SandboxFile::text(
+        &plan.sandbox.ca_cert_path,
+        ca.cert_pem.clone(),
+        0o644,
+    ));
+    files.push(SandboxFile::text(
+        &plan.sandbox.ca_bundle_path,
+        format!("{}\n{}", ca.cert_pem.trim_end(), host_public_roots()),
+        0o644,
+    ));
+
+    let mut mounts = Vec::new();
+    if let Some(ws) = &m.workspace {
+        if !ws.is_dir() {
+            return Err(LaunchError::NoWorkspace {
+                manifest: m.path.clone(),
+                path: ws.clone(),
+            });
+        }
+        mounts.push(Mount {
+            host: ws.clone(),
+            sandbox: plan.sandbox.workspace.clone(),
+            writable: true,
+        });
+    }
+    mounts.extend(m.mounts.iter().cloned());
+
+    let mut command = plan.command.clone();
+    command.extend(options.extra_args.iter().cloned());
+
+    let mut labels = BTreeMap::new();
+    labels.insert(
+        "bot-bottle.manifest".to_string(),
+        m.path.display().to_string(),
+    );
+    labels.insert(
+        "bot-bottle.provider".to_string(),
+        plan.provider.name.clone(),
+    );
+
+    let spec = LaunchSpec {
+        schema: bot_bottle_plugin_api::PAYLOAD_SCHEMA,
+        bottle_id: bottle_id.to_string(),
+        bottle_name: m.name.clone(),
+        agent: AgentLaunch {
+            image: m.image.clone(),
+            command,
+            env: plan.agent_env.clone(),
+            files,
+            workdir: plan.sandbox.workspace.clone(),
+            mounts,
+            resources: m.resources.clone(),
+            tty: options.tty,
+            interactive: options.tty,
+        },
+        egress: EgressLaunch {
+            program: options.egress_program.clone(),
+            config: encode_config(&config),
+            listen_port: EGRESS_PORT,
+            ca_cert_pem: ca.cert_pem.clone(),
+        },
+        backend_options: m.backend_options.clone(),
+        labels,
+    };
+    Ok((spec, ca))
+}
+
+/// The program a proxy runs: this very `bottle` binary.
+pub fn egress_program() -> PathBuf {
+    std::env::current_exe()
+        .and_then(|p| p.canonicalize())
+        .unwrap_or_else(|_| Path::new("bottle").to_path_buf())
+}

@@ -1,0 +1,207 @@
+//! `bottle plan` end to end through real plugins: the stages before launch,
+//! their errors, and that no secret value is ever printed.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use support::*;
+
+const CANARY: &str = "canary-7f3a9c1e5b2d4f60-real-token";
+
+fn quickstart() -> PathBuf {
+    repo_root().join("examples/quickstart/bottle.toml")
+}
+
+fn write_manifest(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("bottle.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn quickstart_plan_shows_routes_and_sources_but_no_secret() {
+    let data = tempfile::tempdir().unwrap();
+    for json in [false, true] {
+        let mut cmd = bottle(data.path());
+        cmd.env("QUICKSTART_API_TOKEN", CANARY)
+            .args(["-vv", "plan", "-f"])
+            .arg(quickstart());
+        if json {
+            cmd.arg("--json");
+        }
+        let (code, out, err) = run(&mut cmd);
+        assert_eq!(code, 0, "{out}\n{err}");
+        assert!(
+            !out.contains(CANARY) && !err.contains(CANARY),
+            "the canary leaked:\n{out}\n{err}"
+        );
+        if json {
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(v["ready"], true);
+            assert_eq!(v["routes"][0]["host"], "api.quickstart.test");
+            assert_eq!(v["tokens"][0]["token_ref"], "QUICKSTART_API_TOKEN");
+            assert_eq!(v["tokens"][0]["from"], "host_env");
+            assert_eq!(v["env"]["QUICKSTART_API_TOKEN"], "bot-bottle-dummy");
+            assert_eq!(v["env"]["SSL_CERT_FILE"], "/etc/bot-bottle/ca-bundle.pem");
+        } else {
+            assert!(
+                out.contains("QUICKSTART_API_TOKEN: resolved, from the host environment"),
+                "{out}"
+            );
+            assert!(
+                out.contains("inject Authorization: Bearer $QUICKSTART_API_TOKEN"),
+                "{out}"
+            );
+        }
+    }
+}
+
+#[test]
+fn missing_token_ref_is_named_and_exit_is_non_zero() {
+    let data = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(bottle(data.path())
+        .env_remove("QUICKSTART_API_TOKEN")
+        .args(["plan", "-f"])
+        .arg(quickstart()));
+    assert_eq!(code, 1);
+    assert!(out.contains("QUICKSTART_API_TOKEN: MISSING"), "{out}");
+    assert!(
+        err.contains("egress token ref `QUICKSTART_API_TOKEN` not set"),
+        "{err}"
+    );
+}
+
+#[test]
+fn manifest_errors_name_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(quickstart()).unwrap();
+
+    let p = write_manifest(
+        dir.path(),
+        &base.replace("pids = 64", "pids = 64\nswap = \"1g\""),
+    );
+    let (code, _, err) = run(bottle(data.path()).args(["plan", "-f"]).arg(&p));
+    assert_eq!(code, 1);
+    let first = err.lines().next().unwrap();
+    assert!(first.contains(&format!("{}:", p.display())), "{err}");
+    assert!(
+        first.contains("unknown field `swap`") && first.contains("key `resources.swap`"),
+        "{err}"
+    );
+
+    let p = write_manifest(dir.path(), &base.replace("pids = 64", "pids = \"lots\""));
+    let (code, _, err) = run(bottle(data.path()).args(["plan", "-f"]).arg(&p));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("invalid type") && err.contains("key `resources.pids`"),
+        "{err}"
+    );
+
+    let (code, _, err) = run(bottle(data.path()).args(["plan", "-f", "/nonexistent/bottle.toml"]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot read manifest /nonexistent/bottle.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_provider_or_backend_plugin_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(quickstart()).unwrap();
+    let p = write_manifest(
+        dir.path(),
+        &base.replace("provider = \"generic\"", "provider = \"nosuch\""),
+    );
+    let (code, _, err) = run(bottle(data.path())
+        .env("QUICKSTART_API_TOKEN", "x")
+        .args(["plan", "-f"])
+        .arg(&p));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no provider plugin named `nosuch` is installed"),
+        "{err}"
+    );
+    let p = write_manifest(
+        dir.path(),
+        &base.replace("backend = \"docker\"", "backend = \"nosuch\""),
+    );
+    let (code, _, err) = run(bottle(data.path())
+        .env("QUICKSTART_API_TOKEN", "x")
+        .args(["plan", "-f"])
+        .arg(&p));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no backend plugin named `nosuch` is installed"),
+        "{err}"
+    );
+    assert!(err.contains("--plugin-dir"), "{err}");
+}
+
+#[test]
+fn a_provider_that_panics_in_prepare_is_named_and_the_host_survives() {
+    let lib = fixture("panics-in-call");
+    let plugins = plugin_dir(&[&lib]);
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(quickstart()).unwrap();
+    let p = write_manifest(
+        dir.path(),
+        &base
+            .replace("provider = \"generic\"", "provider = \"fixture-panics\"")
+            .replace("[agent.options]\n", "[agent.options.x]\n"),
+    );
+    let (code, _, err) = run(bottle(data.path())
+        .arg("--plugin-dir")
+        .arg(plugins.path())
+        .args(["plan", "-f"])
+        .arg(&p));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("provider plugin `fixture-panics`: plugin `fixture-panics` panicked in prepare: fixture panic in prepare"), "{err}");
+}
+
+#[test]
+fn provider_options_are_checked_by_the_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(quickstart()).unwrap();
+    let p = write_manifest(dir.path(), &base.replace("dummy_env =", "dummy_envs ="));
+    let (code, _, err) = run(bottle(data.path())
+        .env("QUICKSTART_API_TOKEN", "x")
+        .args(["plan", "-f"])
+        .arg(&p));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("provider plugin `generic`: [agent.options]: unknown field `dummy_envs`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_out_of_tree_provider_drives_a_plan() {
+    let hello = example_hello();
+    let plugins = plugin_dir(&[&hello]);
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let p = write_manifest(
+        dir.path(),
+        "name = \"hi\"\nbackend = \"docker\"\n[agent]\nprovider = \"hello\"\nimage = \"x\"\n[agent.options]\ngreeting = \"howdy\"\n",
+    );
+    let (code, out, err) = run(bottle(data.path())
+        .env("HELLO_API_KEY", CANARY)
+        .arg("--plugin-dir")
+        .arg(plugins.path())
+        .args(["-v", "plan", "--json", "-f"])
+        .arg(&p));
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains(CANARY) && !err.contains(CANARY));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["env"]["HELLO_GREETING"], "howdy");
+    assert_eq!(v["routes"][0]["source"], "provider:hello");
+    assert_eq!(v["command"][0], "sh");
+    // The plugin's tracing event crossed the boundary into the host's log.
+    assert!(err.contains("preparing hello agent"), "{err}");
+}

@@ -1,0 +1,168 @@
+//! `demo-upstream`: a small HTTPS API standing in for a real one (an LLM
+//! API, a git host) in the quickstart and the end-to-end tests.
+//!
+//! * `demo-upstream certs --dir DIR --host NAME...` writes a CA (`ca.pem`)
+//!   and a server certificate for the names (`server.pem`, `server-key.pem`).
+//! * `demo-upstream serve --dir DIR [--listen ADDR]` serves HTTPS (HTTP/1.1
+//!   and HTTP/2). Every request is answered with a JSON summary that says
+//!   *whether* credentials arrived, never their value, and is recorded as one
+//!   JSON line on stdout with its headers — this process is the upstream that
+//!   legitimately receives the real token, and the tests read it there.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio_rustls::TlsAcceptor;
+
+fn usage() -> ! {
+    eprintln!("usage: demo-upstream certs --dir DIR --host NAME...\n       demo-upstream serve --dir DIR [--listen ADDR]");
+    std::process::exit(2)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut dir = None;
+    let mut hosts = Vec::new();
+    let mut listen: SocketAddr = "0.0.0.0:443".parse().unwrap();
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--dir" => dir = it.next().map(PathBuf::from),
+            "--host" => hosts.push(it.next().cloned().unwrap_or_else(|| usage())),
+            "--listen" => {
+                listen = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
+            _ => usage(),
+        }
+    }
+    let dir = dir.unwrap_or_else(|| usage());
+    match args.first().map(String::as_str) {
+        Some("certs") if !hosts.is_empty() => certs(&dir, &hosts),
+        Some("serve") => serve(&dir, listen),
+        _ => usage(),
+    }
+}
+
+fn certs(dir: &Path, hosts: &[String]) {
+    std::fs::create_dir_all(dir).expect("creating the cert dir");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "demo-upstream CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let params = rcgen::CertificateParams::new(hosts.to_vec()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server-key.pem"), key.serialize_pem()).unwrap();
+}
+
+async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let headers: serde_json::Map<String, serde_json::Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+        .collect();
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let record = serde_json::json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "host": host,
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body_bytes": body.len(),
+    });
+    println!("{record}");
+    let summary = serde_json::json!({
+        "ok": true,
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "authorization_present": parts.headers.contains_key("authorization"),
+        "x_api_key_present": parts.headers.contains_key("x-api-key"),
+    });
+    Ok(Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(format!("{summary}\n"))))
+        .unwrap())
+}
+
+fn serve(dir: &Path, listen: SocketAddr) {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(dir.join("server.pem")).expect("server.pem"),
+    ))
+    .collect::<Result<_, _>>()
+    .unwrap();
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(dir.join("server-key.pem")).expect("server-key.pem"),
+    ))
+    .unwrap()
+    .expect("a private key");
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .expect("binding");
+        eprintln!(
+            "demo-upstream listening on {}",
+            listener.local_addr().unwrap()
+        );
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), hyper::service::service_fn(handle))
+                    .await;
+            });
+        }
+    });
+}

@@ -1,0 +1,416 @@
+//! Whole bottles on a real Docker engine, through `bottle run`: the agent
+//! sees dummies, the upstream gets the real token, everything else is denied,
+//! and nothing of the bottle remains afterwards.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bot_bottle_e2e::*;
+
+const HOST: &str = "api.bottle.test";
+
+fn canary() -> String {
+    format!("canary-{:08x}{:08x}-real-token", rand_u32(), rand_u32())
+}
+
+/// Writes a manifest for a bottle named `name` whose agent runs `script`.
+fn manifest(
+    dir: &Path,
+    name: &str,
+    script: &str,
+    up: &Upstream,
+    extra_env: &[(&str, &str)],
+) -> std::path::PathBuf {
+    let env: String = extra_env
+        .iter()
+        .map(|(k, v)| format!("{k} = \"{v}\"\n"))
+        .collect();
+    let text = format!(
+        r#"
+name = "{name}"
+backend = "docker"
+
+[agent]
+provider = "generic"
+image = "{AGENT_IMAGE}"
+command = ["sh", "-c", '''{script}''']
+
+[agent.options]
+dummy_env = ["API_TOKEN"]
+
+[workspace]
+path = "."
+
+[env]
+{env}
+[resources]
+memory = "256m"
+pids = 128
+
+[egress]
+upstream_ca = "{ca}"
+
+[[egress.route]]
+host = "{HOST}"
+path_prefix = "/v1/"
+inject = [{{ header = "Authorization", value = "Bearer {{token}}", token_ref = "API_TOKEN" }}]
+
+[backends.docker]
+egress_network = "{net}"
+"#,
+        ca = up.ca_pem.display(),
+        net = up.network,
+    );
+    let p = dir.join("bottle.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn unique(tag: &str) -> String {
+    format!("e2e-{tag}-{:06x}", rand_u32() & 0xff_ffff)
+}
+
+#[test]
+fn allowed_route_gets_the_real_token_while_the_agent_holds_a_dummy() {
+    if !docker_available("allowed_route_gets_the_real_token_while_the_agent_holds_a_dummy") {
+        return;
+    }
+    let up = Upstream::start("allowed", HOST);
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let name = unique("allowed");
+    let token = canary();
+    let script = r#"echo "agent-token=$API_TOKEN"; curl -sS --fail-with-body -H "Authorization: Bearer $API_TOKEN" https://api.bottle.test/v1/hello"#;
+    let m = manifest(dir.path(), &name, script, &up, &[]);
+    let (code, out, err) = output(
+        bottle(data.path())
+            .env("API_TOKEN", &token)
+            .args(["run", "-f"])
+            .arg(&m),
+    );
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("agent-token=bot-bottle-dummy"), "{out}");
+    assert!(out.contains("\"authorization_present\":true"), "{out}");
+    assert!(
+        !out.contains(&token) && !err.contains(&token),
+        "the real token reached bottle's output"
+    );
+    let reqs = up.requests();
+    let hello = reqs
+        .iter()
+        .find(|r| r["path"] == "/v1/hello")
+        .unwrap_or_else(|| panic!("upstream saw no request: {reqs:?}"));
+    assert_eq!(
+        hello["headers"]["authorization"],
+        format!("Bearer {token}"),
+        "the upstream must receive the real token, replacing the dummy"
+    );
+    assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
+}
+
+#[test]
+fn denied_hosts_direct_connections_and_dns_all_fail() {
+    if !docker_available("denied_hosts_direct_connections_and_dns_all_fail") {
+        return;
+    }
+    let up = Upstream::start("denied", HOST);
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let name = unique("denied");
+    let script = r#"
+echo "connect=$(curl -s -o /dev/null -w '%{http_connect}' https://denied.bottle.test/)"
+echo "plain-body=$(curl -s http://denied.bottle.test/)"
+echo "path=$(curl -s -o /dev/null -w '%{http_code}' https://api.bottle.test/admin)"
+curl --noproxy '*' -s -m 5 -k "https://$UPSTREAM_IP/v1/hello" >/dev/null && echo direct=reached || echo direct=blocked
+getent hosts example.com >/dev/null && echo dns-external=resolved || echo dns-external=failed
+getent hosts api.bottle.test >/dev/null && echo dns-upstream=resolved || echo dns-upstream=failed
+"#;
+    let m = manifest(dir.path(), &name, script, &up, &[("UPSTREAM_IP", &up.ip)]);
+    let (code, out, err) = output(
+        bottle(data.path())
+            .env("API_TOKEN", canary())
+            .args(["run", "-f"])
+            .arg(&m),
+    );
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        out.contains("connect=403"),
+        "a denied CONNECT gets the proxy's 403:\n{out}"
+    );
+    assert!(
+        out.contains("plain-body=") && out.contains("denied.bottle.test"),
+        "the 403 body names the host:\n{out}"
+    );
+    assert!(
+        out.contains("path=403"),
+        "a path outside the route's prefix is denied:\n{out}"
+    );
+    assert!(out.contains("direct=blocked"), "{out}");
+    assert!(out.contains("dns-external=failed"), "{out}");
+    assert!(out.contains("dns-upstream=failed"), "{out}");
+    assert!(
+        up.requests().iter().all(|r| r["path"] != "/admin"),
+        "the denied request reached the upstream"
+    );
+}
+
+#[test]
+fn the_canary_is_nowhere_the_agent_or_a_user_can_see_and_the_ca_key_is_absent() {
+    if !docker_available(
+        "the_canary_is_nowhere_the_agent_or_a_user_can_see_and_the_ca_key_is_absent",
+    ) {
+        return;
+    }
+    let up = Upstream::start("canary", HOST);
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let name = unique("canary");
+    let token = canary();
+    let script = r#"env; ls -la /etc/bot-bottle; cat /etc/bot-bottle/*; curl -sS -H "Authorization: Bearer $API_TOKEN" https://api.bottle.test/v1/x"#;
+    let m = manifest(dir.path(), &name, script, &up, &[]);
+    let (code, out, err) = output(
+        bottle(data.path())
+            .env("API_TOKEN", &token)
+            .args(["-vv", "run", "--keep", "-f"])
+            .arg(&m),
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let agent = docker(&[
+        "ps",
+        "-a",
+        "-q",
+        "--filter",
+        &format!("label=bot-bottle.name={name}"),
+        "--filter",
+        "label=bot-bottle.role=agent",
+    ]);
+    let agent = agent.trim();
+    assert!(!agent.is_empty(), "--keep must keep the agent container");
+
+    let inspect = docker(&["inspect", agent]);
+    let (_, logs, logs_err) = output(bottle(data.path()).args(["logs", &name]));
+    let (_, egress_logs, _) = output(bottle(data.path()).args(["logs", &name, "--egress"]));
+    let export = Command::new("docker")
+        .args(["export", agent])
+        .output()
+        .unwrap()
+        .stdout;
+    let export = String::from_utf8_lossy(&export);
+
+    for (what, text) in [
+        ("bottle output", &out),
+        ("bottle stderr", &err),
+        ("docker inspect", &inspect),
+        ("agent logs", &logs),
+        ("logs stderr", &logs_err),
+        ("egress audit log", &egress_logs),
+        ("agent filesystem", &export.to_string()),
+    ] {
+        assert!(
+            !text.contains(&token),
+            "the real token appears in the {what}"
+        );
+    }
+    assert!(
+        !export.contains("PRIVATE KEY"),
+        "a private key is in the agent's filesystem"
+    );
+    assert!(
+        out.contains("BEGIN CERTIFICATE"),
+        "the agent should see the CA certificate:\n{out}"
+    );
+    assert!(
+        egress_logs.contains(HOST),
+        "the audit log records the request:\n{egress_logs}"
+    );
+    assert!(up
+        .requests()
+        .iter()
+        .any(|r| r["headers"]["authorization"] == format!("Bearer {token}")));
+
+    let (code, _, err) = output(bottle(data.path()).args(["rm", &name]));
+    assert_eq!(code, 0, "{err}");
+    assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
+}
+
+#[test]
+fn exit_codes_propagate_and_nothing_remains_after_success_failure_or_a_bad_launch() {
+    if !docker_available(
+        "exit_codes_propagate_and_nothing_remains_after_success_failure_or_a_bad_launch",
+    ) {
+        return;
+    }
+    let up = Upstream::start("exit", HOST);
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    for (script, expected) in [("true", 0), ("exit 3", 3)] {
+        let name = unique("exit");
+        let m = manifest(dir.path(), &name, script, &up, &[]);
+        let (code, out, err) = output(
+            bottle(data.path())
+                .env("API_TOKEN", "t0ken-value")
+                .args(["run", "-f"])
+                .arg(&m),
+        );
+        assert_eq!(code, expected, "{out}\n{err}");
+        assert!(
+            leftovers(&name).is_empty(),
+            "{script}: {:?}",
+            leftovers(&name)
+        );
+    }
+    // A launch that fails half-way (no such image) removes what it made.
+    let name = unique("badimage");
+    let m = manifest(dir.path(), &name, "true", &up, &[]);
+    std::fs::write(
+        &m,
+        std::fs::read_to_string(&m)
+            .unwrap()
+            .replace(AGENT_IMAGE, "bot-bottle-test/does-not-exist"),
+    )
+    .unwrap();
+    let (code, _, err) = output(
+        bottle(data.path())
+            .env("API_TOKEN", "t0ken-value")
+            .args(["run", "-f"])
+            .arg(&m),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("failed to launch"), "{err}");
+    assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
+}
+
+fn wait_for_agent(name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let filter = format!("label=bot-bottle.name={name}");
+    while Instant::now() < deadline {
+        let running = docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            &filter,
+            "--filter",
+            "label=bot-bottle.role=agent",
+        ]);
+        if !running.trim().is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("the agent of {name} never started");
+}
+
+fn wait_exit(child: &mut std::process::Child) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return exit_code(status);
+        }
+        assert!(Instant::now() < deadline, "bottle did not exit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sigint_and_a_dead_sidecar_both_leave_nothing_behind() {
+    if !docker_available("sigint_and_a_dead_sidecar_both_leave_nothing_behind") {
+        return;
+    }
+    let up = Upstream::start("signal", HOST);
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+
+    // Ctrl-C (SIGINT to bottle) while the agent runs.
+    let name = unique("sigint");
+    let m = manifest(dir.path(), &name, "sleep 120", &up, &[]);
+    let mut child = bottle(data.path())
+        .env("API_TOKEN", "t0ken-value")
+        .args(["run", "-f"])
+        .arg(&m)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_agent(&name);
+    // SAFETY: kill(2) on a child we spawned and have not reaped.
+    unsafe { libc_kill(child.id() as i32, 2) };
+    assert_eq!(wait_exit(&mut child), 130);
+    assert!(
+        leftovers(&name).is_empty(),
+        "after SIGINT: {:?}",
+        leftovers(&name)
+    );
+
+    // The sidecar dies: the agent has no network any more (fail closed);
+    // bottle says so, exits non-zero and removes the bottle.
+    let name = unique("sidecar");
+    let m = manifest(dir.path(), &name, "sleep 120", &up, &[]);
+    let child = bottle(data.path())
+        .env("API_TOKEN", "t0ken-value")
+        .args(["run", "-f"])
+        .arg(&m)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_agent(&name);
+    let sidecar = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=bot-bottle.name={name}"),
+        "--filter",
+        "label=bot-bottle.role=egress",
+    ]);
+    docker(&["kill", sidecar.trim()]);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(exit_code(out.status), 0, "{err}");
+    assert!(
+        err.contains("egress proxy"),
+        "bottle must say the proxy died:\n{err}"
+    );
+    assert!(
+        leftovers(&name).is_empty(),
+        "after the sidecar died: {:?}",
+        leftovers(&name)
+    );
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+fn a_dead_docker_daemon_is_one_clear_error() {
+    if !docker_available("a_dead_docker_daemon_is_one_clear_error") {
+        return;
+    }
+    // What a stopped dockerd looks like to a client: nothing listens on the
+    // socket. Stopping the real daemon would break the tests running beside
+    // this one, so the socket path is pointed at nothing instead.
+    let up = Upstream::start("dead", HOST);
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let name = unique("dead");
+    let m = manifest(dir.path(), &name, "true", &up, &[]);
+    let dead = dir.path().join("no-daemon.sock");
+    let (code, out, err) = output(
+        bottle(data.path())
+            .env("API_TOKEN", "t0ken-value")
+            .env("DOCKER_HOST", format!("unix://{}", dead.display()))
+            .args(["run", "-f"])
+            .arg(&m),
+    );
+    assert_eq!(code, 1, "{out}\n{err}");
+    let first = err.lines().next().unwrap_or_default();
+    assert!(first.contains("Docker daemon"), "{err}");
+    assert!(
+        err.lines().count() <= 3,
+        "one clear error, not a dump:\n{err}"
+    );
+}
