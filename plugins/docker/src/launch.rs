@@ -148,7 +148,7 @@ async fn bring_up(
     options: &DockerOptions,
 ) -> Result<BottleHandle, PluginError> {
     let started = Instant::now();
-    let names = BottleNames::new(&spec.bottle_id);
+    let mut names = BottleNames::new(&spec.bottle_id);
     if let Some(runtime) = &options.runtime {
         check_runtime(client, docker, runtime).await?;
     }
@@ -164,10 +164,31 @@ async fn bring_up(
     )?;
     tracing::debug!(elapsed = ?started.elapsed(), "images ready");
 
-    tokio::try_join!(
-        create_network(client, docker, spec, &names.internal_net, true),
-        create_network(client, docker, spec, &names.egress_net, false),
-    )?;
+    match &options.egress_network {
+        // A network the user made (a mirror, a test upstream): it must exist,
+        // and it is theirs, so teardown leaves it alone (it carries no
+        // bottle label).
+        Some(existing) => {
+            docker
+                .inspect_network(existing, None::<bollard::query_parameters::InspectNetworkOptions>)
+                .await
+                .map_err(|e| {
+                    let mut err = client.api(&format!("finding egress_network `{existing}`"), e);
+                    err.hint = Some(format!(
+                        "create it (`docker network create {existing}`) or drop `egress_network` from [backends.docker]"
+                    ));
+                    err
+                })?;
+            names.egress_net = existing.clone();
+            create_network(client, docker, spec, &names.internal_net, true).await?;
+        }
+        None => {
+            tokio::try_join!(
+                create_network(client, docker, spec, &names.internal_net, true),
+                create_network(client, docker, spec, &names.egress_net, false),
+            )?;
+        }
+    }
 
     let (_, agent_user) = tokio::try_join!(
         create_egress(client, docker, spec, &names, &egress_image),

@@ -18,6 +18,11 @@ pub struct DockerOptions {
     /// Pull the agent image when it is not present locally (default true).
     #[serde(default)]
     pub pull: Option<bool>,
+    /// Join this existing Docker network for egress instead of creating a
+    /// per-bottle one: where an internal mirror or a test upstream lives.
+    /// Only the sidecar joins it; the agent stays on the internal network.
+    #[serde(default)]
+    pub egress_network: Option<String>,
 }
 
 impl DockerOptions {
@@ -28,7 +33,7 @@ impl DockerOptions {
         }
         serde_json::from_value(value.clone()).map_err(|e| {
             PluginError::invalid(format!("[backend] options for docker: {e}")).with_hint(
-                "the docker backend reads `user`, `runtime` (e.g. \"runsc\") and `pull` (true/false)",
+                "the docker backend reads `user`, `runtime` (e.g. \"runsc\"), `pull` (true/false) and `egress_network`",
             )
         })
     }
