@@ -2,8 +2,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
-
 use crate::cli::{Cli, PlanArgs};
 use crate::egress_plan::TokenSource;
 use crate::manifest::Manifest;
@@ -14,8 +12,7 @@ pub(super) fn run(cli: &Cli, args: &PlanArgs) -> anyhow::Result<ExitCode> {
     let manifest = Manifest::load(&args.file)?;
     let plugins = super::load_plugins(cli);
     super::warn_load_errors(&plugins);
-    let plan =
-        plan::plan(manifest, &plugins, &plan::host_env()).context("cannot plan the bottle")?;
+    let plan = plan::plan(manifest, &plugins, &plan::host_env())?;
     if args.json {
         print_json(&plan.view())?;
     } else {

@@ -36,7 +36,7 @@ pub(super) fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let plugins = super::load_plugins(cli);
     super::warn_load_errors(&plugins);
     let host_env = plan::host_env();
-    let plan = plan::plan(manifest, &plugins, &host_env).context("cannot plan the bottle")?;
+    let plan = plan::plan(manifest, &plugins, &host_env)?;
     if let Some(missing) = &plan.egress.missing {
         anyhow::bail!("{missing}; nothing was launched");
     }
