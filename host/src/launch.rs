@@ -124,7 +124,7 @@ pub fn proxy_config(
             },
             ..Default::default()
         },
-        local_responses: plan.provision.local_responses.clone(),
+        local_responses: plan.egress.local_responses.clone(),
         limits: Default::default(),
         audit: Default::default(),
     })

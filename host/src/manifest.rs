@@ -201,6 +201,9 @@ pub struct Manifest {
 impl Manifest {
     /// Reads and validates a manifest file.
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        // Absolute, so relative paths in it resolve the same from anywhere
+        // (a backend mounts the workspace by absolute host path).
+        let path = &std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
             path: path.to_path_buf(),
             source,

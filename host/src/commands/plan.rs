@@ -98,6 +98,15 @@ fn print_human(plan: &BottlePlan) {
     for h in v.tls_passthrough {
         println!("  {h} (tls passthrough: tunnelled, not decrypted, nothing injected)");
     }
+    for l in &v.local_responses {
+        println!("  {l} (answered by the proxy itself with dummies; never forwarded)");
+    }
+    if !v.credential_sources.is_empty() {
+        println!("\ncredential sources (watched while the bottle runs; changes are pushed to the proxy):");
+        for p in v.credential_sources {
+            println!("  {}", p.display());
+        }
+    }
     if !v.tokens.is_empty() {
         println!("\ntoken refs (values never shown):");
         for t in v.tokens {

@@ -154,8 +154,7 @@ fn bearer(r: &Value) -> Option<String> {
 #[test]
 fn claude_bottle_forwards_the_host_login_and_only_the_proxy_holds_it() {
     let test = "claude_bottle_forwards_the_host_login_and_only_the_proxy_holds_it";
-    let Some(claude) = std::env::var_os("BOT_BOTTLE_CLAUDE_BIN").map(PathBuf::from) else {
-        eprintln!("skipping {test}: set BOT_BOTTLE_CLAUDE_BIN to the native claude binary");
+    let Some(claude) = agent_cli("BOT_BOTTLE_CLAUDE_BIN", test) else {
         return;
     };
     if !docker_available(test) {
@@ -205,6 +204,8 @@ fn claude_bottle_forwards_the_host_login_and_only_the_proxy_holds_it() {
     let all = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
     assert_eq!(code, 0, "{all}");
     assert!(stdout.contains("done"), "{all}");
+    // The real CLI completed a turn against the demo upstream (SSE).
+    assert!(stdout.contains("claude-exit=0"), "{all}");
 
     // The agent saw dummies only.
     assert!(stdout.contains("cred-canaries=0"), "{all}");

@@ -13,7 +13,7 @@ use bot_bottle_plugin_api::{AgentProvisionPlan, PrepareRequest, SandboxLayout, S
 use serde_json::{json, Value};
 
 fn claude_bin() -> Option<PathBuf> {
-    Some(PathBuf::from(std::env::var_os("BOT_BOTTLE_CLAUDE_BIN")?))
+    bot_bottle_e2e::agent_cli("BOT_BOTTLE_CLAUDE_BIN", "claude real_cli")
 }
 
 fn now_ms() -> i64 {

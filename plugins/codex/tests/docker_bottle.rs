@@ -173,8 +173,7 @@ fn bearer_sig(r: &Value) -> Option<String> {
 #[test]
 fn codex_bottle_forwards_the_host_login_and_only_the_proxy_holds_it() {
     let test = "codex_bottle_forwards_the_host_login_and_only_the_proxy_holds_it";
-    let Some(codex) = std::env::var_os("BOT_BOTTLE_CODEX_BIN").map(PathBuf::from) else {
-        eprintln!("skipping {test}: set BOT_BOTTLE_CODEX_BIN to the native codex binary");
+    let Some(codex) = agent_cli("BOT_BOTTLE_CODEX_BIN", test) else {
         return;
     };
     if !docker_available(test) {
@@ -224,6 +223,8 @@ fn codex_bottle_forwards_the_host_login_and_only_the_proxy_holds_it() {
     let all = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
     assert_eq!(code, 0, "{all}");
     assert!(stdout.contains("done"), "{all}");
+    // The real CLI completed a turn against the demo upstream (SSE).
+    assert!(stdout.contains("codex-exit=0"), "{all}");
 
     // The agent saw dummies only.
     assert!(stdout.contains("auth-canaries=0"), "{all}");

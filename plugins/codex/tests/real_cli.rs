@@ -18,8 +18,7 @@ use bot_bottle_plugin_api::{PrepareRequest, SandboxLayout, Secret};
 use serde_json::{json, Value};
 
 fn codex_bin() -> Option<PathBuf> {
-    let bin = std::env::var_os("BOT_BOTTLE_CODEX_BIN")?;
-    Some(PathBuf::from(bin))
+    bot_bottle_e2e::agent_cli("BOT_BOTTLE_CODEX_BIN", "codex real_cli")
 }
 
 fn now() -> i64 {

@@ -490,9 +490,25 @@ async fn create_egress(
         .await
         .map_err(|e| client.api("connecting the egress sidecar to its egress network", e))?;
 
-    // The config holds real tokens and the CA key: it goes into the
-    // sidecar's own file system, readable by the proxy's user alone.
-    let config = spec.egress.config.expose().as_bytes();
+    put_egress_config(
+        client,
+        docker,
+        &names.egress,
+        spec.egress.config.expose().as_bytes(),
+    )
+    .await
+}
+
+/// Writes the proxy config (real tokens and the CA key) into the sidecar's
+/// own file system, readable by the proxy's user alone: at launch, and again
+/// for a live update. Never an env var, a label, a command line or a bind
+/// mount of a host file.
+pub(crate) async fn put_egress_config(
+    client: &Client,
+    docker: &Docker,
+    sidecar: &str,
+    config: &[u8],
+) -> Result<(), PluginError> {
     let mut header = tar::Header::new_gnu();
     header.set_entry_type(tar::EntryType::Regular);
     header.set_size(config.len() as u64);
@@ -513,7 +529,7 @@ async fn create_egress(
     upload(
         client,
         docker,
-        &names.egress,
+        sidecar,
         archive,
         "placing the egress config in the sidecar",
     )

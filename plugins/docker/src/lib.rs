@@ -34,9 +34,9 @@ mod options;
 mod tty;
 
 use bot_bottle_plugin_api::{
-    Backend, BottleHandle, BottleRef, BottleStatus, CheckReport, CheckRequest, ExecRequest,
-    ExitReport, LaunchSpec, ListRequest, LogsRequest, PluginError, PluginInfo, RemoveReport,
-    RemoveRequest, WaitRequest,
+    Backend, BottleHandle, BottleRef, BottleStatus, CheckReport, CheckRequest, EgressUpdate,
+    ExecRequest, ExitReport, LaunchSpec, ListRequest, LogsRequest, PluginError, PluginInfo,
+    RemoveReport, RemoveRequest, WaitRequest,
 };
 
 pub use names::{
@@ -115,6 +115,14 @@ impl Backend for DockerBackend {
 
     fn remove(&self, request: RemoveRequest) -> Result<RemoveReport, PluginError> {
         manage::remove(&self.client, &request)
+    }
+
+    fn update_egress(&self, request: EgressUpdate) -> Result<(), PluginError> {
+        manage::update_egress(
+            &self.client,
+            &request.bottle_id,
+            request.config.expose().as_bytes(),
+        )
     }
 }
 

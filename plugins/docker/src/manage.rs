@@ -361,6 +361,33 @@ pub fn stop(client: &Client, bottle_id: &str) -> Result<(), PluginError> {
     })
 }
 
+/// Hands a running bottle's proxy a new config (rotated credentials): the
+/// file is replaced through the Docker API — a path the agent cannot reach —
+/// and the proxy reloads it on SIGHUP. A config that does not load leaves
+/// the proxy on its previous one.
+pub fn update_egress(client: &Client, bottle_id: &str, config: &[u8]) -> Result<(), PluginError> {
+    bot_bottle_plugin_api::runtime().block_on(async {
+        let docker = client.docker().await?;
+        let resources = bottle_resources(client, &docker, Some(bottle_id)).await?;
+        let sidecar = resources
+            .containers
+            .iter()
+            .find(|c| label(&c.labels, LABEL_ROLE) == Some(ROLE_EGRESS))
+            .map(container_name)
+            .ok_or_else(|| not_found(bottle_id))?;
+        crate::launch::put_egress_config(client, &docker, &sidecar, config).await?;
+        docker
+            .kill_container(
+                &sidecar,
+                Some(bollard::query_parameters::KillContainerOptions {
+                    signal: "SIGHUP".into(),
+                }),
+            )
+            .await
+            .map_err(|e| client.api("signalling the egress proxy to reload", e))
+    })
+}
+
 pub fn not_found(bottle_id: &str) -> PluginError {
     PluginError::not_found(format!("no bottle {bottle_id} on this Docker daemon"))
         .with_hint("`bottle ls` lists the bottles that exist")
