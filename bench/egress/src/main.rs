@@ -10,7 +10,7 @@
 //! Usage (see docs/benchmarks.md):
 //!   cargo build --release -p bot-bottle-egress -p bot-bottle-bench-egress
 //!   target/release/bot-bottle-bench-egress [--duration SECS] [--peers direct,bot-bottle,squid,mitmproxy]
-//!       [--egress-bin PATH] [--work DIR] [--mitmdump PATH] [--peer-dir DIR]
+//!       [--egress-bin PATH] [--work DIR] [--mitmdump PATH] [--peer-dir DIR] [--dlp off|log|block]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -38,6 +38,7 @@ struct Args {
     work: PathBuf,
     mitmdump: PathBuf,
     peer_dir: PathBuf,
+    dlp: String,
 }
 
 fn args() -> Args {
@@ -57,6 +58,7 @@ fn args() -> Args {
         work: PathBuf::from("/tmp/bb-bench"),
         mitmdump: PathBuf::from("/tmp/bb-bench/venv/bin/mitmdump"),
         peer_dir: PathBuf::from("/work/shared/bench-peers"),
+        dlp: "log".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -70,6 +72,7 @@ fn args() -> Args {
             "--work" => a.work = v.into(),
             "--mitmdump" => a.mitmdump = v.into(),
             "--peer-dir" => a.peer_dir = v.into(),
+            "--dlp" => a.dlp = v,
             _ => panic!("unknown argument {k}"),
         }
     }
@@ -226,7 +229,7 @@ async fn start_bot_bottle(a: &Args, pki: &Pki, up: SocketAddr) -> Res<Peer> {
         "tokens": {"BENCH_TOKEN": TOKEN},
         "ca": {"cert_pem": ca.cert_pem, "key_pem": ca.key_pem.expose()},
         "upstream": {"extra_ca_pem": pki.ca_pem, "resolve": {"localhost": up.to_string()}},
-        "audit": {"path": a.work.join("egress-audit.jsonl")},
+        "audit": {"path": a.work.join("egress-audit.jsonl")}, "dlp": {"mode": a.dlp},
     });
     let path = a.work.join("egress.json");
     std::fs::write(&path, cfg.to_string())?;

@@ -121,14 +121,17 @@ impl Dlp {
 
     /// Rule ids found in the request line and headers.
     pub(crate) fn scan_head(&self, uri: &str, headers: &HeaderMap, out: &mut Vec<String>) {
-        self.scan_into(uri.as_bytes(), out);
+        // One pass over the whole head; lines are separated so no rule
+        // matches across two headers.
+        let mut head = Vec::with_capacity(uri.len() + 64 * headers.len());
+        head.extend_from_slice(uri.as_bytes());
         for (n, v) in headers {
-            let mut line = Vec::with_capacity(n.as_str().len() + v.len() + 2);
-            line.extend_from_slice(n.as_str().as_bytes());
-            line.extend_from_slice(b": ");
-            line.extend_from_slice(v.as_bytes());
-            self.scan_into(&line, out);
+            head.push(b'\n');
+            head.extend_from_slice(n.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(v.as_bytes());
         }
+        self.scan_into(&head, out);
     }
 
     /// Rule ids found in (the first `max_body` bytes of) a body, decoded

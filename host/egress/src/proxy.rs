@@ -19,7 +19,7 @@ use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -31,6 +31,11 @@ use crate::error::EgressError;
 use crate::route::{self, canon_host, match_route, normalise_path, RouteMatch};
 use crate::upstream::{self, Body, BoxError, Dialer};
 
+/// Concurrent DLP body buffers (each at most `dlp.max_body_bytes`).
+const DLP_SLOTS: usize = 32;
+/// HTTP/2 streams per client connection.
+const MAX_STREAMS: u32 = 128;
+
 /// Everything a connection needs, built once.
 pub(crate) struct Shared {
     cfg: ProxyConfig,
@@ -39,6 +44,9 @@ pub(crate) struct Shared {
     client: Client<Dialer, Body>,
     dlp: Dlp,
     audit: Audit,
+    /// Bounds the memory held by DLP body buffers: at most this many
+    /// requests buffer a body for scanning at once; others wait.
+    dlp_slots: Semaphore,
     /// Per route: the headers it sets, values marked sensitive.
     inject: Vec<Vec<(HeaderName, HeaderValue)>>,
 }
@@ -101,6 +109,7 @@ impl Shared {
             dlp,
             audit,
             inject,
+            dlp_slots: Semaphore::new(DLP_SLOTS),
         }))
     }
 
@@ -192,12 +201,14 @@ pub(crate) async fn run(live: Arc<Live>, listener: TcpListener) -> Result<(), Eg
                 let l = live.clone();
                 async move { Ok::<_, Infallible>(outer(l, req).await) }
             });
-            if let Err(e) = b
-                .serve_connection(TokioIo::new(tcp), svc)
-                .with_upgrades()
-                .await
-            {
-                tracing::debug!(error = %e, "client connection ended");
+            let (io, dog) = watch(tcp, shared.idle());
+            tokio::select! {
+                r = b.serve_connection(TokioIo::new(io), svc).with_upgrades() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "client connection ended");
+                    }
+                }
+                _ = dog => tracing::debug!("idle client connection closed"),
             }
         });
     }
@@ -244,9 +255,22 @@ async fn outer(live: Arc<Live>, req: Request<Incoming>) -> Response<Body> {
                     tokio::spawn(async move {
                         match hyper::upgrade::on(req).await {
                             Ok(c) => {
-                                let (o, i) = splice(TokioIo::new(c), up, s.idle()).await;
-                                rec.bytes_out = o;
-                                rec.bytes_in = i;
+                                let mut c = TokioIo::new(c);
+                                let mut up = up;
+                                match passthrough_hello(&mut c, &host, s.header_timeout()).await {
+                                    Ok(hello) => {
+                                        if up.write_all(&hello).await.is_ok() {
+                                            let (o, i) = splice(c, up, s.idle()).await;
+                                            rec.bytes_out = o + hello.len() as u64;
+                                            rec.bytes_in = i;
+                                        }
+                                    }
+                                    Err(why) => {
+                                        rec.decision = "identity_mismatch".into();
+                                        rec.status = 0;
+                                        rec.note = why;
+                                    }
+                                }
                             }
                             Err(e) => rec.note = format!("upgrade failed: {e}"),
                         }
@@ -312,6 +336,51 @@ async fn outer(live: Arc<Live>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// Reads the client's TLS ClientHello on a passthrough tunnel without
+/// decrypting anything, and checks its SNI against the CONNECT host: a
+/// tunnel to an allowed host must not carry a hello for another name
+/// (domain fronting through a shared front end). Returns the bytes read, to
+/// be sent upstream first.
+async fn passthrough_hello<T: AsyncRead + Unpin>(
+    c: &mut T,
+    host: &str,
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
+    use tokio::io::AsyncReadExt;
+    let mut acc = rustls::server::Acceptor::default();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            let n = c
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("reading the TLS hello: {e}"))?;
+            if n == 0 {
+                return Err("the client closed before its TLS hello".to_string());
+            }
+            seen.extend_from_slice(&buf[..n]);
+            acc.read_tls(&mut &buf[..n])
+                .map_err(|e| format!("not a TLS hello: {e}"))?;
+            match acc.accept() {
+                Ok(Some(a)) => return Ok(a.client_hello().server_name().map(canon_host)),
+                Ok(None) if seen.len() <= 64 * 1024 => continue,
+                Ok(None) => return Err("TLS hello too large".to_string()),
+                Err((e, _)) => return Err(format!("not a TLS hello: {e}")),
+            }
+        }
+    };
+    let sni = tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| "no TLS hello in time".to_string())??;
+    match sni {
+        Some(sni) if sni == host => Ok(seen),
+        Some(sni) => Err(format!("TLS SNI {sni:?} differs from the CONNECT target")),
+        None if host.parse::<std::net::IpAddr>().is_ok() => Ok(seen),
+        None => Err("TLS hello without SNI on a passthrough tunnel to a named host".into()),
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Target {
     tls: bool,
@@ -336,9 +405,25 @@ async fn intercept(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, %host, "client TLS hello failed");
+            tls_failed(
+                &shared,
+                &host,
+                port,
+                start,
+                format!("client TLS hello: {e}"),
+            );
             return;
         }
-        Err(_) => return,
+        Err(_) => {
+            tls_failed(
+                &shared,
+                &host,
+                port,
+                start,
+                "no TLS ClientHello in time".into(),
+            );
+            return;
+        }
     };
     if let Some(sni) = hs.client_hello().server_name() {
         if canon_host(sni) != host {
@@ -360,10 +445,28 @@ async fn intercept(
     let tls = match tokio::time::timeout(shared.header_timeout(), hs.into_stream(tls_cfg)).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
+            // Most often: the agent does not trust the bottle CA (alert
+            // UnknownCA / BadCertificate), i.e. its CA variables are unset.
             tracing::debug!(error = %e, %host, "client TLS handshake failed");
+            tls_failed(
+                &shared,
+                &host,
+                port,
+                start,
+                format!("client TLS handshake: {e}"),
+            );
             return;
         }
-        Err(_) => return,
+        Err(_) => {
+            tls_failed(
+                &shared,
+                &host,
+                port,
+                start,
+                "TLS handshake not finished in time".into(),
+            );
+            return;
+        }
     };
     let target = Target {
         tls: true,
@@ -383,13 +486,26 @@ async fn intercept(
     b.http2()
         .timer(TokioTimer::new())
         .enable_connect_protocol()
+        .max_concurrent_streams(MAX_STREAMS)
         .max_header_list_size(shared.cfg.limits.max_header_bytes.min(u32::MAX as usize) as u32);
-    if let Err(e) = b
-        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-        .await
-    {
-        tracing::debug!(error = %e, "intercepted connection ended");
+    let (io, dog) = watch(tls, shared.idle());
+    tokio::select! {
+        r = b.serve_connection_with_upgrades(TokioIo::new(io), svc) => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "intercepted connection ended");
+            }
+        }
+        _ = dog => tracing::debug!("idle intercepted connection closed"),
     }
+}
+
+/// Audit line for a tunnel whose client-side TLS never came up.
+fn tls_failed(shared: &Shared, host: &str, port: u16, start: Instant, note: String) {
+    let mut rec = shared.record("CONNECT", host, port, String::new());
+    rec.decision = "tls_error".into();
+    rec.note = note;
+    rec.duration_ms = ms(start);
+    shared.audit.write(&rec);
 }
 
 fn ms(start: Instant) -> f64 {
@@ -607,8 +723,10 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Target) -> R
             .unwrap_or("/");
         shared.dlp.scan_head(pq, &parts.headers, &mut findings);
         if !body.is_end_stream() {
-            let (frames, scanned, ended) = match buffer_prefix(&mut body, shared.dlp.max_body).await
-            {
+            let slot = shared.dlp_slots.acquire().await;
+            let buffered = buffer_prefix(&mut body, shared.dlp.max_body).await;
+            drop(slot);
+            let (frames, scanned, ended) = match buffered {
                 Ok(x) => x,
                 Err(e) => {
                     return done(
@@ -1047,6 +1165,33 @@ async fn websocket(
     out
 }
 
+/// Wraps `io` so that traffic either way counts as activity; the returned
+/// future completes once there has been none for `idle`.
+fn watch<T>(io: T, idle: Duration) -> (Watched<T>, impl std::future::Future<Output = ()>) {
+    let base = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let w = Watched {
+        inner: io,
+        base,
+        last: last.clone(),
+        read: Arc::new(AtomicU64::new(0)),
+    };
+    let dog = idle_dog(base, last, idle);
+    (w, dog)
+}
+
+async fn idle_dog(base: Instant, last: Arc<AtomicU64>, idle: Duration) {
+    let idle_ms = idle.as_millis() as u64;
+    loop {
+        let since =
+            (base.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed));
+        if since >= idle_ms {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(idle_ms - since)).await;
+    }
+}
+
 /// Copies both ways until both sides close or nothing moves for `idle`.
 /// Returns (bytes from `a`, bytes from `b`).
 pub(crate) async fn splice<A, B>(a: A, b: B, idle: Duration) -> (u64, u64)
@@ -1054,36 +1199,21 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let base = Instant::now();
-    let last = Arc::new(AtomicU64::new(0));
-    let ca = Arc::new(AtomicU64::new(0));
-    let cb = Arc::new(AtomicU64::new(0));
-    let mut a = Watched {
-        inner: a,
-        base,
-        last: last.clone(),
-        read: ca.clone(),
-    };
+    let (mut a, dog) = watch(a, idle);
     let mut b = Watched {
         inner: b,
-        base,
-        last: last.clone(),
-        read: cb.clone(),
-    };
-    let watchdog = async {
-        loop {
-            tokio::time::sleep(idle / 4).await;
-            let since = base.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
-            if since >= idle.as_millis() as u64 {
-                break;
-            }
-        }
+        base: a.base,
+        last: a.last.clone(),
+        read: Arc::new(AtomicU64::new(0)),
     };
     tokio::select! {
         _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
-        _ = watchdog => { tracing::debug!("tunnel idle, closed"); }
+        _ = dog => { tracing::debug!("tunnel idle, closed"); }
     }
-    (ca.load(Ordering::Relaxed), cb.load(Ordering::Relaxed))
+    (
+        a.read.load(Ordering::Relaxed),
+        b.read.load(Ordering::Relaxed),
+    )
 }
 
 struct Watched<T> {

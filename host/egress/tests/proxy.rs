@@ -535,6 +535,25 @@ async fn passthrough_is_a_plain_tunnel() {
     .unwrap();
     assert_eq!(line["host"], "pass.test");
     assert_eq!(line["injected"], false);
+    // A hello for another name inside a passthrough tunnel (domain
+    // fronting) is refused before anything reaches upstream.
+    let before = fx.up.seen().len();
+    let (st, _, tcp) = connect(fx.proxy, "pass.test:443").await;
+    assert_eq!(st, 200);
+    assert!(tls(tcp, "api.test", &fx.pki.ca_pem, &[b"http/1.1"])
+        .await
+        .is_err());
+    assert_eq!(fx.up.seen().len(), before);
+    tokio::time::timeout(HANG, async {
+        while !audit_lines(&fx.audit)
+            .iter()
+            .any(|l| l["decision"] == "identity_mismatch" && l["host"] == "pass.test")
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no identity_mismatch line for the fronted passthrough");
 }
 
 /// A minimal CONNECT proxy standing in for a corporate proxy or pipelock.
@@ -685,8 +704,27 @@ async fn bad_input_gets_clean_errors_and_the_proxy_survives() {
     let fx = fx_with(|c| {
         c.limits.header_read_timeout_ms = 300;
         c.limits.max_header_bytes = 8192;
+        c.limits.idle_timeout_ms = 300;
     })
     .await;
+    // An intercepted connection left idle is closed (hang guard only).
+    let (st, _, tcp) = connect(fx.proxy, "api.test:443").await;
+    assert_eq!(st, 200);
+    let mut t = tls(tcp, "api.test", &fx.bottle_ca, &[b"http/1.1"])
+        .await
+        .unwrap();
+    t.write_all(b"GET /idle HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    let r = tokio::time::timeout(HANG, t.read_to_end(&mut all))
+        .await
+        .expect("idle connection was not closed");
+    assert!(r.is_ok() || !all.is_empty());
+    assert!(
+        String::from_utf8_lossy(&all).starts_with("HTTP/1.1 200"),
+        "the request before going idle was served"
+    );
     // Garbage request line.
     let mut s = TcpStream::connect(fx.proxy).await.unwrap();
     s.write_all(b"\x16\x03\x01GARBAGE\r\n\r\n").await.unwrap();
@@ -722,6 +760,25 @@ async fn bad_input_gets_clean_errors_and_the_proxy_survives() {
     let _ = tokio::time::timeout(HANG, t.read(&mut b))
         .await
         .expect("non-TLS tunnel was not closed");
+    // A client that does not trust the bottle CA: the audit says so.
+    let (_, _, tcp) = connect(fx.proxy, "api.test:443").await;
+    assert!(tls(tcp, "api.test", &fx.pki.ca_pem, &[b"http/1.1"])
+        .await
+        .is_err());
+    let line = tokio::time::timeout(HANG, async {
+        loop {
+            if let Some(l) = audit_lines(&fx.audit).into_iter().find(|l| {
+                l["decision"] == "tls_error"
+                    && l["note"].as_str().unwrap_or("").contains("handshake")
+            }) {
+                return l;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no tls_error audit line");
+    assert_eq!(line["host"], "api.test");
     // Upstream down: 502, proxy still serves.
     let fx2 = fx_with(|c| {
         c.upstream
@@ -997,6 +1054,7 @@ async fn sighup_reloads_rotated_tokens_on_open_connections() {
         .arg("--config")
         .arg(&path)
         .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -1009,7 +1067,12 @@ async fn sighup_reloads_rotated_tokens_on_open_connections() {
             break a.parse().unwrap();
         }
     };
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let (line_tx, line_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(err).map_while(Result::ok) {
+            let _ = line_tx.send(line);
+        }
+    });
     let (st, _, tcp) = connect(addr, "api.test:443").await;
     assert_eq!(st, 200);
     let t = tls(tcp, "api.test", &bottle_ca, &[b"h2"]).await.unwrap();
@@ -1029,8 +1092,8 @@ async fn sighup_reloads_rotated_tokens_on_open_connections() {
         bot_bottle_plugin_api::Secret::new(rotated),
     );
     std::fs::write(&path, serde_json::to_string(&cfg).unwrap()).unwrap();
-    let st = std::process::Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
+    let st = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -HUP {}", child.id())])
         .status()
         .unwrap();
     assert!(st.success());
@@ -1050,12 +1113,21 @@ async fn sighup_reloads_rotated_tokens_on_open_connections() {
     })
     .await
     .expect("SIGHUP reload never took effect");
-    // A broken file keeps the previous config.
+    // A broken file keeps the previous config (and says so).
     std::fs::write(&path, "{ not json").unwrap();
-    std::process::Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
+    std::process::Command::new("sh")
+        .args(["-c", &format!("kill -HUP {}", child.id())])
         .status()
         .unwrap();
+    loop {
+        let line = line_rx
+            .recv_timeout(HANG)
+            .expect("no log line about the failed reload");
+        if line.contains("reload failed") {
+            assert!(!line.contains(rotated) && !line.contains(CANARY), "{line}");
+            break;
+        }
+    }
     let r = s
         .send_request(get("https://api.test/c", "", true))
         .await
@@ -1064,4 +1136,78 @@ async fn sighup_reloads_rotated_tokens_on_open_connections() {
     assert_eq!(auth(&up), vec![format!("Bearer {rotated}")]);
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// A plain-HTTP upstream that records the Authorization it receives.
+async fn plain_upstream() -> (SocketAddr, Arc<Mutex<Vec<Vec<String>>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
+            let seen = s2.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let auth: Vec<String> = req
+                            .headers()
+                            .get_all("authorization")
+                            .iter()
+                            .map(|v| v.to_str().unwrap().to_string())
+                            .collect();
+                        seen.lock().unwrap().push(auth);
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::from_static(b"plain ok"),
+                            )))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_only_where_the_route_says_so() {
+    let (plain, seen) = plain_upstream().await;
+    let fx = fx_with(|c| {
+        let mut r = bot_bottle_plugin_api::EgressRoute::allow("plain.test");
+        r.plain_http = true;
+        r.inject = vec![inject("Authorization", "Bearer {token}")];
+        c.routes.push(r);
+        c.upstream.resolve.insert("plain.test".into(), plain);
+    })
+    .await;
+    let mut s = TcpStream::connect(fx.proxy).await.unwrap();
+    s.write_all(b"GET http://plain.test/x HTTP/1.1\r\nHost: plain.test\r\nAuthorization: Bearer dummy\r\nProxy-Authorization: Basic leak\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(read_body_after_head(&mut s, &head).await, "plain ok");
+    assert_eq!(
+        seen.lock().unwrap().pop().unwrap(),
+        vec![format!("Bearer {CANARY}")]
+    );
+    // Host header naming another host than the absolute URI: refused.
+    s.write_all(b"GET http://plain.test/x HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 421"), "{head}");
+    assert_eq!(seen.lock().unwrap().len(), 0);
+    // A TLS route is not reachable over plain HTTP.
+    let mut s = TcpStream::connect(fx.proxy).await.unwrap();
+    s.write_all(b"GET http://api.test/ HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 403"));
 }
