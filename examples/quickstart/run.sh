@@ -11,7 +11,8 @@ api=bot-bottle-quickstart-api
 docker info >/dev/null 2>&1 || { echo "run.sh: cannot reach the Docker daemon; start it (dockerd / systemctl start docker)" >&2; exit 1; }
 
 echo "==> building bot-bottle (release)"
-cargo build --release --workspace --quiet
+cargo build --release --quiet
+cargo build --release --quiet -p bot-bottle-e2e --bin demo-upstream
 
 echo "==> building the local images"
 target/release/demo-upstream certs --dir "$here/.certs" --host api.quickstart.test

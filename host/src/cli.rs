@@ -198,8 +198,16 @@ pub fn print_error(err: &anyhow::Error, verbose: u8) {
     } else {
         "error"
     };
-    eprintln!("{label}: {err}");
-    let mut chain = err.chain().skip(1).peekable();
+    let top = err.to_string();
+    eprintln!("{label}: {top}");
+    // Our messages usually carry their cause already; show only causes that
+    // add something.
+    let mut chain = err
+        .chain()
+        .skip(1)
+        .map(|c| c.to_string())
+        .filter(|c| !top.contains(c.as_str()))
+        .peekable();
     if verbose > 0 {
         for cause in chain {
             eprintln!("  caused by: {cause}");

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use bot_bottle_plugin_api::{AgentProvisionPlan, EgressRoute, Secret};
+use bot_bottle_plugin_api::{AgentProvisionPlan, EgressRoute, LocalResponse, Secret};
 use serde::Serialize;
 
 /// Token refs that no env could resolve. Names only, never values.
@@ -103,6 +103,8 @@ pub struct EgressPlan {
     pub routes: Vec<EgressRoute>,
     /// Hosts tunnelled without decryption.
     pub tls_passthrough: Vec<String>,
+    /// Requests the proxy answers itself (OAuth refresh with dummies).
+    pub local_responses: Vec<LocalResponse>,
     /// Every token ref the routes use and where it resolves from.
     pub tokens: Vec<TokenStatus>,
     /// Resolved values by ref (empty when any ref is missing).
@@ -114,13 +116,16 @@ pub struct EgressPlan {
 }
 
 impl EgressPlan {
-    /// Every host the bottle may reach (routes and passthrough), deduplicated.
+    /// Every host the agent may open TLS to — routes, passthrough, and the
+    /// hosts the proxy answers locally — deduplicated. The bottle CA's name
+    /// constraints are exactly these.
     pub fn hosts(&self) -> Vec<String> {
         let set: BTreeSet<String> = self
             .routes
             .iter()
             .map(|r| r.host.clone())
             .chain(self.tls_passthrough.iter().cloned())
+            .chain(self.local_responses.iter().map(|l| l.host.clone()))
             .collect();
         set.into_iter().collect()
     }
@@ -177,6 +182,7 @@ pub fn build(
     EgressPlan {
         routes,
         tls_passthrough,
+        local_responses: provision.local_responses.clone(),
         tokens,
         token_values,
         missing,
@@ -286,5 +292,30 @@ mod tests {
         assert_eq!(src["NOPE"], TokenSource::Missing);
         assert_eq!(plan.missing.unwrap().missing, ["NOPE"]);
         assert_eq!(plan.routes[3].source, "provider:codex");
+    }
+
+    #[test]
+    fn hosts_cover_routes_passthrough_and_local_responses() {
+        let mut provision = AgentProvisionPlan::default();
+        provision.tls_passthrough.push("pass.example".into());
+        provision.local_responses.push(LocalResponse {
+            host: "auth.example".into(),
+            path: "/oauth/token".into(),
+            method: "POST".into(),
+            status: 200,
+            content_type: "application/json".into(),
+            body: "{}".into(),
+        });
+        let plan = build(
+            &[route("api.example", "R")],
+            &[],
+            "p",
+            &provision,
+            &env(&[("R", "v")]),
+        );
+        assert_eq!(
+            plan.hosts(),
+            ["api.example", "auth.example", "pass.example"]
+        );
     }
 }

@@ -124,6 +124,7 @@ pub fn proxy_config(
             },
             ..Default::default()
         },
+        local_responses: plan.egress.local_responses.clone(),
         limits: Default::default(),
         audit: Default::default(),
     })

@@ -201,6 +201,9 @@ pub struct Manifest {
 impl Manifest {
     /// Reads and validates a manifest file.
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        // Absolute, so relative paths in it resolve the same from anywhere
+        // (a backend mounts the workspace by absolute host path).
+        let path = &std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
             path: path.to_path_buf(),
             source,
@@ -607,7 +610,7 @@ runtime = "runsc"
         let text = GOOD.replace("pids = 64", "pids = 64\nswap = 1");
         let e = parse(&text).unwrap_err().to_string();
         assert!(
-            e.starts_with("/tmp/x/bottle.toml:15:1: unknown field `swap`"),
+            e.starts_with("/tmp/x/bottle.toml:16:1: unknown field `swap`"),
             "{e}"
         );
         assert!(e.contains("(key `resources.swap`)"), "{e}");
@@ -617,7 +620,7 @@ runtime = "runsc"
     fn wrong_type_names_file_line_and_key() {
         let text = GOOD.replace("pids = 64", "pids = \"many\"");
         let e = parse(&text).unwrap_err().to_string();
-        assert!(e.contains("bottle.toml:14:"), "{e}");
+        assert!(e.contains("bottle.toml:15:8:"), "{e}");
         assert!(e.contains("key `resources.pids`"), "{e}");
         assert!(e.contains("invalid type"), "{e}");
     }

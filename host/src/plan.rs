@@ -222,6 +222,13 @@ impl BottlePlan {
                 .keys()
                 .map(String::as_str)
                 .collect(),
+            local_responses: self
+                .egress
+                .local_responses
+                .iter()
+                .map(|l| format!("{} {}{}", l.method, l.host, l.path))
+                .collect(),
+            credential_sources: &self.provision.credential_sources,
             notes: &self.provision.notes,
             ready: self.egress.missing.is_none(),
         }
@@ -274,6 +281,10 @@ pub struct PlanView<'a> {
     pub tokens: &'a [egress_plan::TokenStatus],
     /// Names (only) of what the provider provisioned.
     pub provisioned_env: Vec<&'a str>,
+    /// Requests the proxy answers itself: method, host and path only.
+    pub local_responses: Vec<String>,
+    /// Host files watched for credential rotation.
+    pub credential_sources: &'a [PathBuf],
     /// Provider notes.
     pub notes: &'a [String],
     /// Whether every token ref resolved.

@@ -48,7 +48,7 @@ pub fn watch(
     };
     let mut last = stamps(&sources);
     let mut last_tokens = plan.egress.token_values.clone();
-    let mut last_local = plan.provision.local_responses.clone();
+    let mut last_local = plan.egress.local_responses.clone();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(POLL);
         let now = stamps(&sources);
@@ -63,8 +63,7 @@ pub fn watch(
                 continue;
             }
         };
-        if fresh.egress.token_values == last_tokens && fresh.provision.local_responses == last_local
-        {
+        if fresh.egress.token_values == last_tokens && fresh.egress.local_responses == last_local {
             continue;
         }
         let config = match proxy_config(&fresh, bottle_id, ca) {
@@ -86,7 +85,7 @@ pub fn watch(
                     "pushed rotated credentials into the running egress proxy"
                 );
                 last_tokens = fresh.egress.token_values;
-                last_local = fresh.provision.local_responses;
+                last_local = fresh.egress.local_responses;
             }
             Err(e) => {
                 tracing::warn!("could not push rotated credentials into bottle {bottle_id}: {e}")

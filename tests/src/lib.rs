@@ -271,3 +271,21 @@ pub fn leftovers(bottle_name: &str) -> Vec<String> {
     }
     found
 }
+
+/// The native agent CLI named by `var` (`BOT_BOTTLE_CODEX_BIN`,
+/// `BOT_BOTTLE_CLAUDE_BIN`; `scripts/fetch-agent-clis.sh` fetches them). In
+/// CI a missing CLI is a failure; elsewhere the test skips and says why.
+pub fn agent_cli(var: &str, test: &str) -> Option<PathBuf> {
+    match std::env::var_os(var) {
+        Some(p) => Some(PathBuf::from(p)),
+        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{test}: {var} is not set and CI=true; .ci/run sets it with scripts/fetch-agent-clis.sh")
+        }
+        None => {
+            eprintln!(
+                "skipping {test}: set {var} (scripts/fetch-agent-clis.sh DIR fetches the CLIs)"
+            );
+            None
+        }
+    }
+}

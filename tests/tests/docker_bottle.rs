@@ -212,9 +212,48 @@ fn the_canary_is_nowhere_the_agent_or_a_user_can_see_and_the_ca_key_is_absent() 
             "the real token appears in the {what}"
         );
     }
-    assert!(
-        !export.contains("PRIVATE KEY"),
-        "a private key is in the agent's filesystem"
+    // The CA key lives in the sidecar's config only. Take it from there and
+    // prove no line of it is in the agent's file system. (A bare "PRIVATE
+    // KEY" search would match libcrypto's own strings.)
+    let sidecar = docker(&[
+        "ps",
+        "-a",
+        "-q",
+        "--filter",
+        &format!("label=bot-bottle.name={name}"),
+        "--filter",
+        "label=bot-bottle.role=egress",
+    ]);
+    let config_tar = Command::new("docker")
+        .args([
+            "cp",
+            &format!("{}:/etc/bot-bottle/egress.json", sidecar.trim()),
+            "-",
+        ])
+        .output()
+        .unwrap()
+        .stdout;
+    let config_text = String::from_utf8_lossy(&config_tar);
+    let start = config_text.find('{').expect("the sidecar's config");
+    let config: serde_json::Value = serde_json::Deserializer::from_str(&config_text[start..])
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    let key_pem = config["ca"]["key_pem"]
+        .as_str()
+        .expect("the CA key in the sidecar config");
+    assert!(key_pem.contains("PRIVATE KEY"));
+    for line in key_pem.lines().filter(|l| l.len() > 40) {
+        assert!(
+            !export.contains(line),
+            "a line of the CA key is in the agent's filesystem"
+        );
+    }
+    assert_eq!(
+        config["tokens"]["API_TOKEN"],
+        token.as_str(),
+        "the sidecar alone holds the real token"
     );
     assert!(
         out.contains("BEGIN CERTIFICATE"),

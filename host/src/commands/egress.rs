@@ -10,11 +10,8 @@ use crate::output::print_json;
 pub(super) fn run(cmd: &EgressCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         EgressCommand::Serve { config, listen } => {
-            let mut cfg = ProxyConfig::from_file(config)?;
-            if let Some(addr) = listen {
-                cfg.listen = *addr;
-            }
-            bot_bottle_egress::serve_blocking(cfg)?;
+            // Reloads the file on SIGHUP: how rotated credentials arrive.
+            bot_bottle_egress::serve_file_blocking(config, *listen)?;
             Ok(ExitCode::SUCCESS)
         }
         EgressCommand::Check {

@@ -2,8 +2,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
-
 use crate::cli::{Cli, PlanArgs};
 use crate::egress_plan::TokenSource;
 use crate::manifest::Manifest;
@@ -14,8 +12,7 @@ pub(super) fn run(cli: &Cli, args: &PlanArgs) -> anyhow::Result<ExitCode> {
     let manifest = Manifest::load(&args.file)?;
     let plugins = super::load_plugins(cli);
     super::warn_load_errors(&plugins);
-    let plan =
-        plan::plan(manifest, &plugins, &plan::host_env()).context("cannot plan the bottle")?;
+    let plan = plan::plan(manifest, &plugins, &plan::host_env())?;
     if args.json {
         print_json(&plan.view())?;
     } else {
@@ -100,6 +97,15 @@ fn print_human(plan: &BottlePlan) {
     }
     for h in v.tls_passthrough {
         println!("  {h} (tls passthrough: tunnelled, not decrypted, nothing injected)");
+    }
+    for l in &v.local_responses {
+        println!("  {l} (answered by the proxy itself with dummies; never forwarded)");
+    }
+    if !v.credential_sources.is_empty() {
+        println!("\ncredential sources (watched while the bottle runs; changes are pushed to the proxy):");
+        for p in v.credential_sources {
+            println!("  {}", p.display());
+        }
     }
     if !v.tokens.is_empty() {
         println!("\ntoken refs (values never shown):");

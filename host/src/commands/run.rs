@@ -36,7 +36,7 @@ pub(super) fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let plugins = super::load_plugins(cli);
     super::warn_load_errors(&plugins);
     let host_env = plan::host_env();
-    let plan = plan::plan(manifest, &plugins, &host_env).context("cannot plan the bottle")?;
+    let plan = plan::plan(manifest, &plugins, &host_env)?;
     if let Some(missing) = &plan.egress.missing {
         anyhow::bail!("{missing}; nothing was launched");
     }
@@ -78,9 +78,9 @@ pub(super) fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
         if let Err(e) = backend.launch(&spec) {
             // The backend removes what it made on a failed launch; make sure.
             remove(&backend, &bottle_id);
-            return finish(Err(anyhow::Error::new(e).context(format!(
-                "bottle {bottle_id} failed to launch; nothing is left running"
-            ))));
+            return finish(Err(anyhow::anyhow!(
+                "bottle {bottle_id} failed to launch (nothing is left running): {e}"
+            )));
         }
         if interrupted.load(Ordering::SeqCst) {
             remove(&backend, &bottle_id);
@@ -112,7 +112,7 @@ pub(super) fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
                 }
                 Ok(ExitCode::from(u8::try_from(report.exit_code).unwrap_or(1)))
             }
-            Err(e) => Err(anyhow::Error::new(e).context(format!("lost bottle {bottle_id}"))),
+            Err(e) => Err(anyhow::anyhow!("lost bottle {bottle_id}: {e}")),
         };
         if args.keep {
             eprintln!("bottle: kept {bottle_id}; `bottle logs {bottle_id}` to read it, `bottle rm {bottle_id}` to remove it");

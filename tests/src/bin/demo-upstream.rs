@@ -8,6 +8,9 @@
 //!   *whether* credentials arrived, never their value, and is recorded as one
 //!   JSON line on stdout with its headers — this process is the upstream that
 //!   legitimately receives the real token, and the tests read it there.
+//!   `POST …/codex/responses` and `POST /v1/messages` answer like the
+//!   OpenAI Responses and Anthropic Messages APIs (SSE), so the real Codex
+//!   and Claude Code CLIs complete a turn against it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -102,6 +105,23 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Byt
         "body_bytes": body.len(),
     });
     println!("{record}");
+    if parts.method == hyper::Method::POST {
+        let path = parts.uri.path();
+        if path.ends_with("/codex/responses") {
+            return Ok(sse(CODEX_RESPONSES_SSE));
+        }
+        if path == "/v1/messages" {
+            let streaming = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["stream"].as_bool())
+                .unwrap_or(false);
+            return Ok(if streaming {
+                sse(ANTHROPIC_MESSAGES_SSE)
+            } else {
+                json(ANTHROPIC_MESSAGE)
+            });
+        }
+    }
     let summary = serde_json::json!({
         "ok": true,
         "method": parts.method.as_str(),
@@ -113,6 +133,50 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Byt
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(format!("{summary}\n"))))
         .unwrap())
+}
+
+/// A complete Responses API stream, as Codex reads it (`codex exec`).
+const CODEX_RESPONSES_SSE: &str = concat!(
+    "event: response.created\n",
+    "data: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\"}}\n\n",
+    "event: response.output_item.done\n",
+    "data: {\"type\":\"response.output_item.done\",\"item\":{\"type\":\"message\",\"role\":\"assistant\",\"id\":\"msg_1\",\"content\":[{\"type\":\"output_text\",\"text\":\"hello from the demo upstream\"}]}}\n\n",
+    "event: response.completed\n",
+    "data: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"usage\":{\"input_tokens\":1,\"input_tokens_details\":null,\"output_tokens\":1,\"output_tokens_details\":null,\"total_tokens\":2}}}\n\n",
+);
+
+/// A complete Messages API stream, as Claude Code reads it (`claude -p`).
+const ANTHROPIC_MESSAGES_SSE: &str = concat!(
+    "event: message_start\n",
+    "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-demo\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\n\n",
+    "event: content_block_start\n",
+    "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+    "event: content_block_delta\n",
+    "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hello from the demo upstream\"}}\n\n",
+    "event: content_block_stop\n",
+    "data: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+    "event: message_delta\n",
+    "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":5}}\n\n",
+    "event: message_stop\n",
+    "data: {\"type\":\"message_stop\"}\n\n",
+);
+
+/// The same answer, not streamed.
+const ANTHROPIC_MESSAGE: &str = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-demo","content":[{"type":"text","text":"hello from the demo upstream"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":1,"output_tokens":5}}"#;
+
+fn sse(body: &'static str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}
+
+fn json(body: &'static str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
 }
 
 fn serve(dir: &Path, listen: SocketAddr) {

@@ -1,0 +1,132 @@
+//! `bench-launch`: how long a Docker bottle takes to run `true`, against
+//! baselines measured in the same run on the same engine:
+//!
+//! * **docker run** — `docker run --rm IMAGE true` (no network isolation,
+//!   no proxy): the floor;
+//! * **CLI topology** — what bot-bottle sets up, done by hand with the
+//!   docker CLI: an internal network and an egress network, a sidecar on
+//!   both (here `sleep`, not a proxy), the agent on the internal one running
+//!   `true`, then removal of all of it;
+//! * **bottle run** — `bottle run -f MANIFEST`, the whole flow including
+//!   plan, CA generation, proxy start-up and teardown.
+//!
+//! Usage: `bench-launch [--runs N] --bottle PATH --manifest PATH --image IMAGE`
+//! (run `scripts/bench-launch.sh` to build everything and call it). Prints
+//! a table of median/p90 and the ratios; never asserts a time.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn sh(args: &[&str]) {
+    let status = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("spawning");
+    assert!(status.success(), "{args:?} failed");
+}
+
+fn time(f: &mut dyn FnMut()) -> Duration {
+    let t = Instant::now();
+    f();
+    t.elapsed()
+}
+
+fn stats(mut v: Vec<Duration>) -> (Duration, Duration) {
+    v.sort();
+    (v[v.len() / 2], v[(v.len() * 9 / 10).min(v.len() - 1)])
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let runs: usize = get("--runs").and_then(|s| s.parse().ok()).unwrap_or(10);
+    let bottle = get("--bottle").expect("--bottle PATH");
+    let manifest = get("--manifest").expect("--manifest PATH");
+    let image = get("--image").expect("--image IMAGE");
+    let sidecar_image = get("--sidecar-image").unwrap_or_else(|| image.clone());
+
+    let mut plain = || sh(&["docker", "run", "--rm", "--network", "none", &image, "true"]);
+    let mut topo_n = 0u32;
+    let mut topology = || {
+        topo_n += 1;
+        let id = format!("bench-topo-{}-{topo_n}", std::process::id());
+        let (int, egr, side) = (
+            format!("{id}-int"),
+            format!("{id}-egr"),
+            format!("{id}-side"),
+        );
+        sh(&["docker", "network", "create", "--internal", &int]);
+        sh(&["docker", "network", "create", &egr]);
+        sh(&[
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            &side,
+            "--network",
+            &int,
+            &sidecar_image,
+            "sleep",
+            "60",
+        ]);
+        sh(&["docker", "network", "connect", &egr, &side]);
+        sh(&[
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            &int,
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            &image,
+            "true",
+        ]);
+        sh(&["docker", "rm", "-f", &side]);
+        sh(&["docker", "network", "rm", &int, &egr]);
+    };
+    let mut bottle_run = || sh(&[&bottle, "run", "-f", &manifest]);
+
+    // One warm-up each: image caches, the sidecar image build.
+    plain();
+    topology();
+    bottle_run();
+
+    let mut results: Vec<(&str, Vec<Duration>)> = vec![
+        ("docker run --rm", vec![]),
+        ("CLI topology", vec![]),
+        ("bottle run", vec![]),
+    ];
+    for _ in 0..runs {
+        // Interleaved so drift on a shared machine hits all three alike.
+        results[0].1.push(time(&mut plain));
+        results[1].1.push(time(&mut topology));
+        results[2].1.push(time(&mut bottle_run));
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("launch latency of `true`, {runs} runs each, interleaved\n");
+    println!("{:<18} {:>10} {:>10}", "", "median ms", "p90 ms");
+    let mut medians = Vec::new();
+    for (name, v) in results {
+        let (p50, p90) = stats(v);
+        medians.push(p50);
+        println!("{name:<18} {:>10.0} {:>10.0}", ms(p50), ms(p90));
+    }
+    println!();
+    println!(
+        "bottle run / docker run   = {:.2}x  (goal <= 1.5x)",
+        ms(medians[2]) / ms(medians[0])
+    );
+    println!(
+        "bottle run / CLI topology = {:.2}x  (goal < 1.0x)",
+        ms(medians[2]) / ms(medians[1])
+    );
+}

@@ -1,0 +1,392 @@
+//! `wait`, `logs` and `exec`: the operations that stream between the
+//! bottle and this process's terminal.
+
+use std::io::Write;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bollard::container::LogOutput;
+use bollard::errors::Error as DockerError;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::query_parameters::{
+    AttachContainerOptions, KillContainerOptions, LogsOptions, ResizeContainerTTYOptions,
+    ResizeExecOptions, WaitContainerOptions,
+};
+use bollard::Docker;
+use bot_bottle_plugin_api::{ExecRequest, ExitReport, LogsRequest, PluginError, WaitRequest};
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, Stream, StreamExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::client::{is_not_found, Client};
+use crate::names::{self, BottleNames};
+use crate::tty::{self, RawMode, StdinPump};
+
+/// How long output may keep draining after the process ended.
+const DRAIN: Duration = Duration::from_secs(5);
+
+type Output = Pin<Box<dyn Stream<Item = Result<LogOutput, DockerError>> + Send>>;
+type Input = Pin<Box<dyn AsyncWrite + Send>>;
+type Resize = Box<dyn Fn(u16, u16) -> BoxFuture<'static, ()> + Send + Sync>;
+
+pub fn wait(client: &Client, request: &WaitRequest) -> Result<ExitReport, PluginError> {
+    names::validate_bottle_id(&request.bottle_id)?;
+    bot_bottle_plugin_api::runtime().block_on(wait_async(client, request))
+}
+
+async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport, PluginError> {
+    let docker = client.docker_long().await?;
+    let names = BottleNames::new(&request.bottle_id);
+    let agent = match docker
+        .inspect_container(
+            &names.agent,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+    {
+        Ok(a) => a,
+        Err(e) if is_not_found(&e) => return Err(crate::manage::not_found(&request.bottle_id)),
+        Err(e) => return Err(client.api("inspecting the agent container", e)),
+    };
+    let config = agent.config.clone().unwrap_or_default();
+    let tty = config.tty.unwrap_or(false);
+    let stdin = config.open_stdin.unwrap_or(false);
+    let running = agent
+        .state
+        .as_ref()
+        .and_then(|s| s.running)
+        .unwrap_or(false);
+
+    // Attach before anything else can happen; `logs: true` replays what
+    // the agent printed before we got here.
+    let mut io = None;
+    if request.attach && running {
+        let attached = docker
+            .attach_container(
+                &names.agent,
+                Some(AttachContainerOptions {
+                    stdin,
+                    stdout: true,
+                    stderr: true,
+                    stream: true,
+                    logs: true,
+                    detach_keys: None,
+                }),
+            )
+            .await;
+        match attached {
+            Ok(a) => {
+                let d = docker.clone();
+                let name = names.agent.clone();
+                let resize: Resize = Box::new(move |w, h| {
+                    let d = d.clone();
+                    let name = name.clone();
+                    async move {
+                        let _ = d
+                            .resize_container_tty(
+                                &name,
+                                ResizeContainerTTYOptions {
+                                    w: w.into(),
+                                    h: h.into(),
+                                },
+                            )
+                            .await;
+                    }
+                    .boxed()
+                });
+                io = Some(tokio::spawn(pump(a.output, a.input, stdin, tty, resize)));
+            }
+            // It ended between the inspect and the attach: print its logs below.
+            Err(e) => tracing::debug!("attach failed, printing logs instead: {e}"),
+        }
+    }
+    let printed_live = io.is_some();
+
+    let agent_exit = wait_not_running(&docker, &names.agent);
+    let egress_exit = wait_not_running(&docker, &names.egress);
+    tokio::pin!(agent_exit, egress_exit);
+    let mut egress_died = None;
+    tokio::select! {
+        biased;
+        _ = &mut agent_exit => {}
+        _ = &mut egress_exit => {
+            // Fail closed: without its proxy the agent has no way out; stop
+            // it rather than let it run on unsupervised.
+            let code = exit_code(&docker, &names.egress).await;
+            egress_died = Some(code);
+            let _ = docker
+                .kill_container(&names.agent, Some(KillContainerOptions { signal: "KILL".into() }))
+                .await;
+            agent_exit.await;
+        }
+    }
+    if let Some(io) = io {
+        let _ = tokio::time::timeout(DRAIN, io).await;
+    }
+    if request.attach && !printed_live {
+        print_logs(client, &docker, &names.agent, false).await?;
+    }
+
+    let inspect = docker
+        .inspect_container(
+            &names.agent,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .map_err(|e| client.api("reading the agent's exit code", e))?;
+    let state = inspect.state.unwrap_or_default();
+    let code = state.exit_code.unwrap_or(-1) as i32;
+    if let Some(egress_code) = egress_died {
+        return Ok(ExitReport {
+            exit_code: if code == 0 { 125 } else { code },
+            reason: Some(format!(
+                "egress proxy died (exit code {egress_code}); the agent was stopped because it had no network (fail closed). \
+                 `bottle logs --egress {}` shows why",
+                request.bottle_id
+            )),
+        });
+    }
+    let reason = state
+        .oom_killed
+        .unwrap_or(false)
+        .then(|| "oom: the agent ran out of memory; raise the bottle's memory limit".to_string());
+    Ok(ExitReport {
+        exit_code: code,
+        reason,
+    })
+}
+
+/// Resolves when `container` is not running (or does not exist).
+async fn wait_not_running(docker: &Docker, container: &str) {
+    let mut stream = docker.wait_container(
+        container,
+        Some(WaitContainerOptions {
+            condition: "not-running".into(),
+        }),
+    );
+    // Any answer, a non-zero exit included, means it stopped; a vanished
+    // container has stopped too.
+    let _ = stream.next().await;
+}
+
+async fn exit_code(docker: &Docker, container: &str) -> i64 {
+    docker
+        .inspect_container(
+            container,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .ok()
+        .and_then(|i| i.state)
+        .and_then(|s| s.exit_code)
+        .unwrap_or(-1)
+}
+
+/// Copies container output to our stdout/stderr and, when `stdin` is set,
+/// our stdin to the container; handles raw mode and window resizes for a
+/// TTY. Returns when the output ends.
+async fn pump(mut output: Output, mut input: Input, stdin: bool, tty: bool, resize: Resize) {
+    let _raw = if tty && stdin {
+        RawMode::enable(tty::STDIN)
+    } else {
+        None
+    };
+    let mut winch = None;
+    if tty {
+        if let Some((w, h)) = tty::window_size(tty::STDOUT) {
+            resize(w, h).await;
+        }
+        winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok();
+    }
+    let resize = std::sync::Arc::new(resize);
+    let resizer = winch.map(|mut winch| {
+        let resize = resize.clone();
+        tokio::spawn(async move {
+            while winch.recv().await.is_some() {
+                if let Some((w, h)) = tty::window_size(tty::STDOUT) {
+                    resize(w, h).await;
+                }
+            }
+        })
+    });
+    let pump_in = stdin.then(|| {
+        let (pump, mut rx) = StdinPump::start();
+        let task = tokio::spawn(async move {
+            while let Some(chunk) = rx.recv().await {
+                if input.write_all(&chunk).await.is_err() {
+                    return;
+                }
+                let _ = input.flush().await;
+            }
+            // End of our input: close the container's stdin.
+            let _ = input.shutdown().await;
+        });
+        (pump, task)
+    });
+
+    while let Some(item) = output.next().await {
+        match item {
+            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&message);
+                let _ = out.flush();
+            }
+            Ok(LogOutput::StdErr { message }) => {
+                let mut err = std::io::stderr().lock();
+                let _ = err.write_all(&message);
+                let _ = err.flush();
+            }
+            Ok(LogOutput::StdIn { .. }) => {}
+            Err(e) => {
+                tracing::debug!("output stream ended: {e}");
+                break;
+            }
+        }
+    }
+    if let Some(r) = resizer {
+        r.abort();
+    }
+    if let Some((pump, task)) = pump_in {
+        drop(pump);
+        task.abort();
+    }
+}
+
+async fn print_logs(
+    client: &Client,
+    docker: &Docker,
+    container: &str,
+    follow: bool,
+) -> Result<(), PluginError> {
+    let mut stream = docker.logs(
+        container,
+        Some(LogsOptions {
+            follow,
+            stdout: true,
+            stderr: true,
+            tail: "all".into(),
+            ..Default::default()
+        }),
+    );
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&message);
+                let _ = out.flush();
+            }
+            Ok(LogOutput::StdErr { message }) => {
+                let mut err = std::io::stderr().lock();
+                let _ = err.write_all(&message);
+                let _ = err.flush();
+            }
+            Ok(LogOutput::StdIn { .. }) => {}
+            Err(e) if is_not_found(&e) => {
+                return Err(PluginError::not_found(format!(
+                    "container {container} is gone"
+                )))
+            }
+            Err(e) => return Err(client.api(&format!("reading the logs of {container}"), e)),
+        }
+    }
+    Ok(())
+}
+
+pub fn logs(client: &Client, request: &LogsRequest) -> Result<(), PluginError> {
+    names::validate_bottle_id(&request.bottle_id)?;
+    bot_bottle_plugin_api::runtime().block_on(async {
+        let docker = client.docker_long().await?;
+        let names = BottleNames::new(&request.bottle_id);
+        let container = if request.egress {
+            &names.egress
+        } else {
+            &names.agent
+        };
+        match docker
+            .inspect_container(
+                container,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => return Err(crate::manage::not_found(&request.bottle_id)),
+            Err(e) => return Err(client.api(&format!("inspecting {container}"), e)),
+        }
+        print_logs(client, &docker, container, request.follow).await
+    })
+}
+
+pub fn exec(client: &Client, request: &ExecRequest) -> Result<ExitReport, PluginError> {
+    names::validate_bottle_id(&request.bottle_id)?;
+    if request.command.is_empty() {
+        return Err(PluginError::invalid("exec needs a command")
+            .with_hint("for example `bottle exec NAME -- sh`"));
+    }
+    bot_bottle_plugin_api::runtime().block_on(async {
+        let docker = client.docker_long().await?;
+        let names = BottleNames::new(&request.bottle_id);
+        let created = match docker
+            .create_exec(
+                &names.agent,
+                CreateExecOptions {
+                    attach_stdin: Some(request.tty),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    tty: Some(request.tty),
+                    cmd: Some(request.command.clone()),
+                    ..Default::default()
+                },
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(e) if is_not_found(&e) => return Err(crate::manage::not_found(&request.bottle_id)),
+            Err(e) => {
+                return Err(client
+                    .api("starting a command in the agent container", e)
+                    .with_hint("the bottle must be running (`bottle ls`)"))
+            }
+        };
+        let started = docker
+            .start_exec(
+                &created.id,
+                Some(StartExecOptions {
+                    detach: false,
+                    tty: request.tty,
+                    output_capacity: None,
+                }),
+            )
+            .await
+            .map_err(|e| client.api("starting a command in the agent container", e))?;
+        if let StartExecResults::Attached { output, input } = started {
+            let d = docker.clone();
+            let id = created.id.clone();
+            let resize: Resize = Box::new(move |w, h| {
+                let d = d.clone();
+                let id = id.clone();
+                async move {
+                    let _ = d
+                        .resize_exec(
+                            &id,
+                            ResizeExecOptions {
+                                w: w.into(),
+                                h: h.into(),
+                            },
+                        )
+                        .await;
+                }
+                .boxed()
+            });
+            pump(output, input, request.tty, request.tty, resize).await;
+        }
+        let inspect = docker
+            .inspect_exec(&created.id)
+            .await
+            .map_err(|e| client.api("reading the command's exit code", e))?;
+        Ok(ExitReport {
+            exit_code: inspect.exit_code.unwrap_or(-1) as i32,
+            reason: None,
+        })
+    })
+}

@@ -1,0 +1,1007 @@
+//! `launch`: networks, the egress sidecar, the agent container, in that
+//! order, and everything removed again when any step fails.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, Mount as DockerMount, MountTypeEnum,
+    NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions, ImportImageOptions,
+    LogsOptions, RemoveContainerOptions, StartContainerOptions, UploadToContainerOptions,
+};
+use bollard::Docker;
+use bot_bottle_plugin_api::{BottleHandle, LaunchSpec, PluginError};
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
+
+use crate::client::{is_not_found, Client};
+use crate::files::{self, AgentUser};
+use crate::names::{
+    self, BottleNames, EGRESS_ALIAS, EGRESS_CONFIG_PATH, EGRESS_PROGRAM_PATH, EGRESS_UID,
+    ROLE_AGENT, ROLE_EGRESS, ROLE_NETWORK,
+};
+use crate::options::DockerOptions;
+
+/// How long the sidecar may take to listen.
+const EGRESS_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default process limit of the agent when the manifest sets none.
+const DEFAULT_AGENT_PIDS: i64 = 4096;
+/// Process limit of the sidecar.
+const EGRESS_PIDS: i64 = 1024;
+
+/// Brings the bottle up; on any failure (or panic) removes every resource
+/// labelled with the bottle id before returning.
+pub fn launch(client: &Client, spec: LaunchSpec) -> Result<BottleHandle, PluginError> {
+    names::validate_bottle_id(&spec.bottle_id)?;
+    let options = DockerOptions::from_json(&spec.backend_options)?;
+    validate(client, &spec)?;
+    bot_bottle_plugin_api::runtime().block_on(async {
+        let docker = client.docker().await?;
+        ensure_fresh_id(client, &docker, &spec.bottle_id).await?;
+        let outcome = AssertUnwindSafe(bring_up(client, &docker, &spec, &options))
+            .catch_unwind()
+            .await;
+        if !matches!(outcome, Ok(Ok(_))) {
+            if let Err(e) = crate::manage::remove_bottle(client, &docker, &spec.bottle_id).await {
+                tracing::error!(
+                    bottle = %spec.bottle_id,
+                    "cleaning up after a failed launch: {e}; run `bottle gc`"
+                );
+            }
+        }
+        match outcome {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+/// Checks what can be checked before touching the daemon.
+fn validate(client: &Client, spec: &LaunchSpec) -> Result<(), PluginError> {
+    if spec.egress.listen_port == 0 {
+        return Err(PluginError::invalid("the egress proxy's listen port is 0")
+            .with_hint("this is a bug in the host: it must pick a port for the proxy"));
+    }
+    if spec.agent.image.trim().is_empty() {
+        return Err(PluginError::invalid("the agent image is empty")
+            .with_hint("set `image` in the manifest's [agent] or [backend] table"));
+    }
+    for file in &spec.agent.files {
+        files::relative_path(&file.path)?;
+    }
+    for key in spec.agent.env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(
+                PluginError::invalid(format!("agent env name `{key}` is not valid"))
+                    .with_hint("env names may not be empty or contain `=`"),
+            );
+        }
+    }
+    let sockets = docker_sockets(client);
+    for mount in &spec.agent.mounts {
+        if !mount.host.is_absolute() || !mount.sandbox.starts_with('/') {
+            return Err(PluginError::invalid(format!(
+                "mount {} -> {} is not between absolute paths",
+                mount.host.display(),
+                mount.sandbox
+            ))
+            .with_hint("mount paths must be absolute on both sides"));
+        }
+        let host = mount.host.canonicalize().map_err(|e| {
+            PluginError::invalid(format!(
+                "mount source {} cannot be used: {e}",
+                mount.host.display()
+            ))
+            .with_hint("create the directory, or remove the mount from the manifest")
+        })?;
+        if let Some(sock) = sockets.iter().find(|s| s.starts_with(&host)) {
+            return Err(PluginError::invalid(format!(
+                "mount {} would give the agent the Docker socket {}",
+                mount.host.display(),
+                sock.display()
+            ))
+            .with_hint("the Docker socket controls the host; mount a narrower directory"));
+        }
+    }
+    Ok(())
+}
+
+/// Host paths of the Docker socket, resolved, that no mount may expose.
+fn docker_sockets(client: &Client) -> Vec<PathBuf> {
+    let mut paths = vec![
+        PathBuf::from("/var/run/docker.sock"),
+        PathBuf::from("/run/docker.sock"),
+    ];
+    if let Some(p) = client.host().strip_prefix("unix://") {
+        paths.push(PathBuf::from(p));
+    }
+    let mut out: Vec<PathBuf> = paths
+        .iter()
+        .flat_map(|p| [Some(p.clone()), p.canonicalize().ok()])
+        .flatten()
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+async fn ensure_fresh_id(client: &Client, docker: &Docker, id: &str) -> Result<(), PluginError> {
+    let existing = crate::manage::bottle_resources(client, docker, Some(id)).await?;
+    if existing.is_empty() {
+        Ok(())
+    } else {
+        Err(PluginError::invalid(format!(
+            "a bottle with id {id} already exists on this Docker daemon"
+        ))
+        .with_hint("ids are unique per run; remove the old bottle with `bottle gc` and try again"))
+    }
+}
+
+async fn bring_up(
+    client: &Client,
+    docker: &Docker,
+    spec: &LaunchSpec,
+    options: &DockerOptions,
+) -> Result<BottleHandle, PluginError> {
+    let started = Instant::now();
+    let mut names = BottleNames::new(&spec.bottle_id);
+    if let Some(runtime) = &options.runtime {
+        check_runtime(client, docker, runtime).await?;
+    }
+
+    let (agent_image, egress_image) = tokio::try_join!(
+        ensure_agent_image(
+            client,
+            docker,
+            &spec.agent.image,
+            options.pull.unwrap_or(true)
+        ),
+        crate::egress_image::ensure(client, docker, &spec.egress.program),
+    )?;
+    tracing::debug!(elapsed = ?started.elapsed(), "images ready");
+
+    match &options.egress_network {
+        // A network the user made (a mirror, a test upstream): it must exist,
+        // and it is theirs, so teardown leaves it alone (it carries no
+        // bottle label).
+        Some(existing) => {
+            docker
+                .inspect_network(existing, None::<bollard::query_parameters::InspectNetworkOptions>)
+                .await
+                .map_err(|e| {
+                    let mut err = client.api(&format!("finding egress_network `{existing}`"), e);
+                    err.hint = Some(format!(
+                        "create it (`docker network create {existing}`) or drop `egress_network` from [backends.docker]"
+                    ));
+                    err
+                })?;
+            names.egress_net = existing.clone();
+            create_network(client, docker, spec, &names.internal_net, true).await?;
+        }
+        None => {
+            tokio::try_join!(
+                create_network(client, docker, spec, &names.internal_net, true),
+                create_network(client, docker, spec, &names.egress_net, false),
+            )?;
+        }
+    }
+
+    let (_, agent_user) = tokio::try_join!(
+        create_egress(client, docker, spec, &names, &egress_image),
+        create_agent(
+            client,
+            docker,
+            spec,
+            options,
+            &names,
+            &agent_image.0,
+            agent_image.1.as_deref()
+        ),
+    )?;
+    tracing::debug!(elapsed = ?started.elapsed(), "containers created");
+
+    docker
+        .start_container(&names.egress, None::<StartContainerOptions>)
+        .await
+        .map_err(|e| client.api("starting the egress sidecar", e))?;
+    wait_for_egress(client, docker, spec, &names).await?;
+    tracing::debug!(elapsed = ?started.elapsed(), "egress proxy listening");
+
+    docker
+        .start_container(&names.agent, None::<StartContainerOptions>)
+        .await
+        .map_err(|e| {
+            let mut err = client.api("starting the agent container", e);
+            if options.runtime.is_some() {
+                err.hint = Some(
+                    "check that the runtime named in [backend] runtime works (`docker info`)"
+                        .into(),
+                );
+            }
+            err
+        })?;
+    tracing::info!(bottle = %spec.bottle_id, elapsed = ?started.elapsed(), "bottle is up");
+
+    Ok(BottleHandle {
+        bottle_id: spec.bottle_id.clone(),
+        details: serde_json::json!({
+            "agent_container": names.agent,
+            "egress_container": names.egress,
+            "internal_network": names.internal_net,
+            "egress_network": names.egress_net,
+            "agent_image": agent_image.0,
+            "egress_image": egress_image,
+            "proxy_url": proxy_url(spec),
+            "user": agent_user.spec.clone().unwrap_or_else(|| "root".into()),
+        }),
+    })
+}
+
+/// The proxy URL the agent uses.
+pub fn proxy_url(spec: &LaunchSpec) -> String {
+    format!("http://{EGRESS_ALIAS}:{}", spec.egress.listen_port)
+}
+
+async fn check_runtime(client: &Client, docker: &Docker, runtime: &str) -> Result<(), PluginError> {
+    let info = docker
+        .info()
+        .await
+        .map_err(|e| client.api("reading the daemon's runtimes", e))?;
+    let known = info.runtimes.unwrap_or_default();
+    if known.contains_key(runtime) {
+        return Ok(());
+    }
+    let mut names: Vec<_> = known.keys().cloned().collect();
+    names.sort();
+    let hint = if runtime == "runsc" {
+        "install gVisor (Debian: `apt-get install runsc`), run `runsc install`, then restart dockerd"
+            .to_string()
+    } else {
+        format!("register `{runtime}` in /etc/docker/daemon.json and restart dockerd")
+    };
+    Err(PluginError::unavailable(format!(
+        "the Docker daemon has no runtime `{runtime}` (it has: {})",
+        names.join(", ")
+    ))
+    .with_hint(hint))
+}
+
+/// Makes sure the agent image exists locally: present, loaded from a
+/// `docker save` archive, or pulled. Returns the reference to run and the
+/// image's configured user.
+async fn ensure_agent_image(
+    client: &Client,
+    docker: &Docker,
+    image: &str,
+    pull: bool,
+) -> Result<(String, Option<String>), PluginError> {
+    let mut reference = image.to_string();
+    let archive = Path::new(image);
+    if archive.is_absolute() && archive.is_file() {
+        reference = load_archive(client, docker, archive).await?;
+    }
+    match docker.inspect_image(&reference).await {
+        Ok(found) => return Ok((reference, image_user(&found))),
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => return Err(client.api(&format!("inspecting the agent image {reference}"), e)),
+    }
+    let missing = || {
+        PluginError::unavailable(format!(
+            "the agent image {reference} is not present locally"
+        ))
+    };
+    if !pull {
+        return Err(missing().with_hint(format!(
+            "build it (`docker build -t {reference} .`) or load it (`docker load`); pulling is off"
+        )));
+    }
+    tracing::info!(image = %reference, "pulling the agent image");
+    let options = CreateImageOptions {
+        from_image: Some(reference.clone()),
+        ..Default::default()
+    };
+    docker
+        .create_image(Some(options), None, None)
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(|e| {
+            let mut err = missing();
+            err.message = format!("{} and pulling it failed: {}", err.message, crate::client::chain(&e));
+            err.with_hint(format!(
+                "build it locally (`docker build -t {reference} .`), `docker load` it, or check the registry"
+            ))
+        })?;
+    let found = docker
+        .inspect_image(&reference)
+        .await
+        .map_err(|e| client.api(&format!("inspecting the agent image {reference}"), e))?;
+    Ok((reference, image_user(&found)))
+}
+
+fn image_user(image: &bollard::models::ImageInspect) -> Option<String> {
+    image
+        .config
+        .as_ref()
+        .and_then(|c| c.user.clone())
+        .filter(|u| !u.trim().is_empty())
+}
+
+/// Loads a `docker save` archive and returns the image it holds.
+async fn load_archive(
+    client: &Client,
+    docker: &Docker,
+    path: &Path,
+) -> Result<String, PluginError> {
+    let bytes = tokio::fs::read(path).await.map_err(|e| {
+        PluginError::unavailable(format!(
+            "cannot read the image archive {}: {e}",
+            path.display()
+        ))
+        .with_hint("check the path in the manifest's `image`")
+    })?;
+    let infos: Vec<_> = docker
+        .import_image(
+            ImportImageOptions {
+                quiet: true,
+                ..Default::default()
+            },
+            bollard::body_full(bytes.into()),
+            None,
+        )
+        .try_collect()
+        .await
+        .map_err(|e| client.api(&format!("loading the image archive {}", path.display()), e))?;
+    let text: String = infos.iter().filter_map(|i| i.stream.clone()).collect();
+    text.lines()
+        .rev()
+        .find_map(|l| {
+            l.strip_prefix("Loaded image: ")
+                .or_else(|| l.strip_prefix("Loaded image ID: "))
+                .map(|s| s.trim().to_string())
+        })
+        .ok_or_else(|| {
+            PluginError::invalid(format!(
+                "{} held no image Docker could load",
+                path.display()
+            ))
+            .with_hint("make the archive with `docker save IMAGE -o FILE`")
+        })
+}
+
+async fn create_network(
+    client: &Client,
+    docker: &Docker,
+    spec: &LaunchSpec,
+    name: &str,
+    internal: bool,
+) -> Result<(), PluginError> {
+    let mut options = HashMap::new();
+    if internal {
+        // Without this the host holds the bridge's gateway address, and
+        // every host service listening on 0.0.0.0 is reachable from the
+        // agent even on an `internal` network.
+        options.insert(
+            "com.docker.network.bridge.inhibit_ipv4".to_string(),
+            "true".to_string(),
+        );
+    }
+    let request = NetworkCreateRequest {
+        name: name.to_string(),
+        driver: Some("bridge".into()),
+        internal: Some(internal),
+        attachable: Some(false),
+        enable_ipv6: Some(false),
+        options: Some(options),
+        labels: Some(names::labels(spec, ROLE_NETWORK)),
+        ..Default::default()
+    };
+    docker
+        .create_network(request)
+        .await
+        .map_err(|e| client.api(&format!("creating network {name}"), e))?;
+    Ok(())
+}
+
+fn hardened_host_config(network: &str) -> HostConfig {
+    HostConfig {
+        network_mode: Some(network.to_string()),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        privileged: Some(false),
+        ..Default::default()
+    }
+}
+
+fn endpoint(network: &str, aliases: Vec<String>) -> NetworkingConfig {
+    NetworkingConfig {
+        endpoints_config: Some(HashMap::from([(
+            network.to_string(),
+            EndpointSettings {
+                aliases: if aliases.is_empty() {
+                    None
+                } else {
+                    Some(aliases)
+                },
+                ..Default::default()
+            },
+        )])),
+    }
+}
+
+async fn create_egress(
+    client: &Client,
+    docker: &Docker,
+    spec: &LaunchSpec,
+    names: &BottleNames,
+    image: &str,
+) -> Result<(), PluginError> {
+    let port = spec.egress.listen_port;
+    let mut host_config = HostConfig {
+        pids_limit: Some(EGRESS_PIDS),
+        ..hardened_host_config(&names.internal_net)
+    };
+    if port < 1024 {
+        host_config.sysctls = Some(HashMap::from([(
+            "net.ipv4.ip_unprivileged_port_start".to_string(),
+            port.to_string(),
+        )]));
+    }
+    let body = ContainerCreateBody {
+        image: Some(image.to_string()),
+        entrypoint: Some(vec![EGRESS_PROGRAM_PATH.into()]),
+        cmd: Some(vec![
+            "egress".into(),
+            "serve".into(),
+            "--config".into(),
+            EGRESS_CONFIG_PATH.into(),
+            "--listen".into(),
+            format!("0.0.0.0:{port}"),
+        ]),
+        user: Some(format!("{EGRESS_UID}:{EGRESS_UID}")),
+        env: Some(vec![format!("BOT_BOTTLE_ID={}", spec.bottle_id)]),
+        labels: Some(names::labels(spec, ROLE_EGRESS)),
+        host_config: Some(host_config),
+        networking_config: Some(endpoint(&names.internal_net, vec![EGRESS_ALIAS.into()])),
+        ..Default::default()
+    };
+    docker
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(names.egress.clone()),
+                ..Default::default()
+            }),
+            body,
+        )
+        .await
+        .map_err(|e| client.api("creating the egress sidecar", e))?;
+    // Docker before API 1.44 takes one network at create time.
+    docker
+        .connect_network(
+            &names.egress_net,
+            NetworkConnectRequest {
+                container: Some(names.egress.clone()),
+                endpoint_config: None,
+            },
+        )
+        .await
+        .map_err(|e| client.api("connecting the egress sidecar to its egress network", e))?;
+
+    put_egress_config(
+        client,
+        docker,
+        &names.egress,
+        spec.egress.config.expose().as_bytes(),
+    )
+    .await
+}
+
+/// Writes the proxy config (real tokens and the CA key) into the sidecar's
+/// own file system, readable by the proxy's user alone: at launch, and again
+/// for a live update. Never an env var, a label, a command line or a bind
+/// mount of a host file.
+pub(crate) async fn put_egress_config(
+    client: &Client,
+    docker: &Docker,
+    sidecar: &str,
+    config: &[u8],
+) -> Result<(), PluginError> {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(config.len() as u64);
+    header.set_mode(0o400);
+    header.set_uid(EGRESS_UID.into());
+    header.set_gid(EGRESS_UID.into());
+    let mut builder = tar::Builder::new(Vec::with_capacity(config.len() + 2048));
+    builder
+        .append_data(
+            &mut header,
+            EGRESS_CONFIG_PATH.trim_start_matches('/'),
+            config,
+        )
+        .map_err(|e| PluginError::internal(format!("packing the egress config: {e}")))?;
+    let archive = builder
+        .into_inner()
+        .map_err(|e| PluginError::internal(format!("packing the egress config: {e}")))?;
+    upload(
+        client,
+        docker,
+        sidecar,
+        archive,
+        "placing the egress config in the sidecar",
+    )
+    .await
+}
+
+async fn upload(
+    client: &Client,
+    docker: &Docker,
+    container: &str,
+    archive: Vec<u8>,
+    what: &str,
+) -> Result<(), PluginError> {
+    docker
+        .upload_to_container(
+            container,
+            Some(UploadToContainerOptions {
+                path: "/".into(),
+                no_overwrite_dir_non_dir: Some("true".into()),
+                ..Default::default()
+            }),
+            bollard::body_full(archive.into()),
+        )
+        .await
+        .map_err(|e| client.api(what, e))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn create_agent(
+    client: &Client,
+    docker: &Docker,
+    spec: &LaunchSpec,
+    options: &DockerOptions,
+    names: &BottleNames,
+    image: &str,
+    image_user: Option<&str>,
+) -> Result<AgentUser, PluginError> {
+    let chosen = options
+        .user
+        .clone()
+        .or_else(|| image_user.map(str::to_string));
+    create_agent_container(
+        client,
+        docker,
+        spec,
+        options,
+        names,
+        image,
+        chosen.as_deref(),
+    )
+    .await?;
+    let passwd =
+        files::parse_passwd(&read_file(client, docker, &names.agent, "/etc/passwd").await?);
+    let user = match chosen {
+        Some(user) => {
+            let groups =
+                files::parse_group(&read_file(client, docker, &names.agent, "/etc/group").await?);
+            files::resolve_user(&user, &passwd, &groups)?
+        }
+        None => match files::default_user(&passwd) {
+            Some(user) => {
+                // The image declares no USER but has a fitting one: create
+                // the container again, running as that user.
+                remove_container(client, docker, &names.agent).await?;
+                create_agent_container(client, docker, spec, options, names, image, Some(&user))
+                    .await?;
+                let groups = files::parse_group(
+                    &read_file(client, docker, &names.agent, "/etc/group").await?,
+                );
+                files::resolve_user(&user, &passwd, &groups)?
+            }
+            None => {
+                tracing::warn!(
+                    image,
+                    "the agent image has no non-root user; the agent runs as root (all capabilities dropped). \
+                     Add a user to the image or set [backend] user"
+                );
+                AgentUser::root()
+            }
+        },
+    };
+    place_files(client, docker, spec, &names.agent, &user).await?;
+    Ok(user)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn create_agent_container(
+    client: &Client,
+    docker: &Docker,
+    spec: &LaunchSpec,
+    options: &DockerOptions,
+    names: &BottleNames,
+    image: &str,
+    user: Option<&str>,
+) -> Result<(), PluginError> {
+    let agent = &spec.agent;
+    let res = &agent.resources;
+    let mut host_config = HostConfig {
+        pids_limit: Some(
+            res.pids
+                .map(|p| p.min(i64::MAX as u64) as i64)
+                .unwrap_or(DEFAULT_AGENT_PIDS),
+        ),
+        nano_cpus: res.cpus.map(|c| (c * 1e9) as i64),
+        memory: res.memory_bytes.map(|m| m.min(i64::MAX as u64) as i64),
+        // No swap beyond the memory limit.
+        memory_swap: res.memory_bytes.map(|m| m.min(i64::MAX as u64) as i64),
+        runtime: options.runtime.clone(),
+        ..hardened_host_config(&names.internal_net)
+    };
+    if !agent.mounts.is_empty() {
+        host_config.mounts = Some(
+            agent
+                .mounts
+                .iter()
+                .map(|m| DockerMount {
+                    target: Some(m.sandbox.clone()),
+                    source: Some(m.host.to_string_lossy().into_owned()),
+                    typ: Some(MountTypeEnum::BIND),
+                    read_only: Some(!m.writable),
+                    ..Default::default()
+                })
+                .collect(),
+        );
+    }
+    let body = ContainerCreateBody {
+        image: Some(image.to_string()),
+        cmd: if agent.command.is_empty() {
+            None
+        } else {
+            Some(agent.command.clone())
+        },
+        env: Some(agent_env(spec)),
+        working_dir: Some(agent.workdir.clone()).filter(|w| !w.is_empty()),
+        user: user.map(str::to_string),
+        tty: Some(agent.tty),
+        open_stdin: Some(agent.interactive),
+        stdin_once: Some(agent.interactive),
+        attach_stdin: Some(agent.interactive),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        labels: Some(names::labels(spec, ROLE_AGENT)),
+        host_config: Some(host_config),
+        networking_config: Some(endpoint(&names.internal_net, vec![])),
+        ..Default::default()
+    };
+    docker
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(names.agent.clone()),
+                ..Default::default()
+            }),
+            body,
+        )
+        .await
+        .map_err(|e| client.api("creating the agent container", e))?;
+    Ok(())
+}
+
+/// The agent's env: the spec's, then the proxy variables (which win).
+pub fn agent_env(spec: &LaunchSpec) -> Vec<String> {
+    let proxy = proxy_url(spec);
+    let mut env: Vec<String> = spec
+        .agent
+        .env
+        .iter()
+        .filter(|(k, _)| !is_proxy_var(k))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for var in ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"] {
+        env.push(format!("{var}={proxy}"));
+        env.push(format!("{}={proxy}", var.to_lowercase()));
+    }
+    // Nothing outside the sandbox bypasses the proxy.
+    let no_proxy = "localhost,127.0.0.1,::1";
+    env.push(format!("NO_PROXY={no_proxy}"));
+    env.push(format!("no_proxy={no_proxy}"));
+    env
+}
+
+fn is_proxy_var(key: &str) -> bool {
+    matches!(
+        key.to_ascii_uppercase().as_str(),
+        "HTTPS_PROXY" | "HTTP_PROXY" | "ALL_PROXY" | "NO_PROXY"
+    )
+}
+
+async fn remove_container(client: &Client, docker: &Docker, name: &str) -> Result<(), PluginError> {
+    docker
+        .remove_container(
+            name,
+            Some(RemoveContainerOptions {
+                force: true,
+                v: true,
+                ..Default::default()
+            }),
+        )
+        .await
+        .map_err(|e| client.api(&format!("removing container {name}"), e))
+}
+
+/// The first file of the archive of `path` in `container`, as text; empty
+/// when the path does not exist.
+async fn read_file(
+    client: &Client,
+    docker: &Docker,
+    container: &str,
+    path: &str,
+) -> Result<String, PluginError> {
+    let stream = docker.download_from_container(
+        container,
+        Some(DownloadFromContainerOptions { path: path.into() }),
+    );
+    let chunks: Vec<bytes::Bytes> = match stream.try_collect().await {
+        Ok(chunks) => chunks,
+        Err(e) if is_not_found(&e) => return Ok(String::new()),
+        Err(e) => return Err(client.api(&format!("reading {path} from {container}"), e)),
+    };
+    let data = chunks.concat();
+    let mut archive = tar::Archive::new(&data[..]);
+    let mut text = String::new();
+    if let Some(entry) = archive
+        .entries()
+        .map_err(|e| PluginError::internal(format!("reading {path} from {container}: {e}")))?
+        .next()
+    {
+        use std::io::Read;
+        let mut entry = entry.map_err(|e| PluginError::internal(format!("reading {path}: {e}")))?;
+        entry
+            .read_to_string(&mut text)
+            .map_err(|e| PluginError::internal(format!("reading {path}: {e}")))?;
+    }
+    Ok(text)
+}
+
+/// Whether `path` exists in `container` (a created container suffices).
+async fn exists(
+    client: &Client,
+    docker: &Docker,
+    container: &str,
+    path: &str,
+) -> Result<bool, PluginError> {
+    let mut stream = docker.download_from_container(
+        container,
+        Some(DownloadFromContainerOptions { path: path.into() }),
+    );
+    // The first chunk (or error) answers; the rest is not read.
+    match stream.next().await {
+        Some(Ok(_)) | None => Ok(true),
+        Some(Err(e)) if is_not_found(&e) => Ok(false),
+        Some(Err(e)) => Err(client.api(&format!("looking for {path} in {container}"), e)),
+    }
+}
+
+async fn place_files(
+    client: &Client,
+    docker: &Docker,
+    spec: &LaunchSpec,
+    container: &str,
+    user: &AgentUser,
+) -> Result<(), PluginError> {
+    if spec.agent.files.is_empty() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut known_missing = std::collections::BTreeSet::new();
+    for dir in files::parent_dirs(&spec.agent.files)? {
+        let parent_missing = Path::new(&dir)
+            .parent()
+            .is_some_and(|p| known_missing.contains(p.to_string_lossy().as_ref()));
+        if parent_missing || !exists(client, docker, container, &dir).await? {
+            known_missing.insert(dir.clone());
+            missing.push(dir);
+        }
+    }
+    let contents = spec
+        .agent
+        .files
+        .iter()
+        .map(|f| Ok((f.path.clone(), files::contents(f)?, f.mode)))
+        .collect::<Result<Vec<_>, PluginError>>()?;
+    let archive = files::archive(&contents, &missing, user)?;
+    upload(
+        client,
+        docker,
+        container,
+        archive,
+        "placing files in the agent container",
+    )
+    .await
+}
+
+async fn wait_for_egress(
+    client: &Client,
+    docker: &Docker,
+    spec: &LaunchSpec,
+    names: &BottleNames,
+) -> Result<(), PluginError> {
+    let port = spec.egress.listen_port;
+    let deadline = Instant::now() + EGRESS_READY_TIMEOUT;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let info = docker
+            .inspect_container(
+                &names.egress,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .map_err(|e| client.api("inspecting the egress sidecar", e))?;
+        let state = info.state.clone().unwrap_or_default();
+        if !state.running.unwrap_or(false) {
+            let tail = egress_log_tail(docker, spec, &names.egress).await;
+            return Err(PluginError::unavailable(format!(
+                "the egress proxy exited (code {}) before it listened; the bottle was removed{}",
+                state.exit_code.unwrap_or(-1),
+                tail
+            ))
+            .with_hint(
+                "run with -v for details; check that `bottle egress serve` works on this host",
+            ));
+        }
+        let ip = info
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.networks.as_ref())
+            .and_then(|n| n.get(&names.egress_net))
+            .and_then(|e| e.ip_address.clone())
+            .filter(|ip| !ip.is_empty());
+        if let Some(ip) = ip {
+            let probe = tokio::time::timeout(
+                Duration::from_millis(250),
+                tokio::net::TcpStream::connect((ip.as_str(), port)),
+            );
+            if let Ok(Ok(_)) = probe.await {
+                return Ok(());
+            }
+        }
+        // Where the host cannot reach container addresses (a remote or
+        // rootless daemon), the proxy's own "listening" line says it.
+        if egress_logs(docker, &names.egress)
+            .await
+            .to_ascii_lowercase()
+            .contains("listening")
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let tail = egress_log_tail(docker, spec, &names.egress).await;
+            return Err(PluginError::unavailable(format!(
+                "the egress proxy did not listen on port {port} within {}s; the bottle was removed{tail}",
+                EGRESS_READY_TIMEOUT.as_secs()
+            ))
+            .with_hint("run with -v for details; a slow or overloaded Docker host may need another try")
+            .retryable());
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+async fn egress_logs(docker: &Docker, container: &str) -> String {
+    let chunks: Vec<_> = docker
+        .logs(
+            container,
+            Some(LogsOptions {
+                stdout: true,
+                stderr: true,
+                tail: "50".into(),
+                ..Default::default()
+            }),
+        )
+        .filter_map(|r| async move { r.ok() })
+        .collect()
+        .await;
+    chunks.iter().map(|c| c.to_string()).collect()
+}
+
+/// The sidecar's last lines for an error message, with every string of the
+/// proxy config that could be a secret blotted out.
+async fn egress_log_tail(docker: &Docker, spec: &LaunchSpec, container: &str) -> String {
+    let logs = egress_logs(docker, container).await;
+    let logs = redact(&logs, spec.egress.config.expose());
+    let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let start = lines.len().saturating_sub(8);
+    format!(". Its last output:\n  {}", lines[start..].join("\n  "))
+}
+
+/// Replaces every string value (and object key's value) of the JSON
+/// `config` that is 6 characters or longer by `[redacted]` in `text`.
+pub fn redact(text: &str, config: &str) -> String {
+    fn collect(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) if s.len() >= 6 => out.push(s.clone()),
+            serde_json::Value::Array(a) => a.iter().for_each(|v| collect(v, out)),
+            serde_json::Value::Object(o) => o.values().for_each(|v| collect(v, out)),
+            _ => {}
+        }
+    }
+    let mut secrets = Vec::new();
+    match serde_json::from_str::<serde_json::Value>(config) {
+        Ok(v) => collect(&v, &mut secrets),
+        // Unparseable config: show nothing rather than risk a leak.
+        Err(_) => {
+            return "[egress output withheld: the config could not be read to redact it]".into()
+        }
+    }
+    // Longest first, so a secret containing another is blotted whole.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = text.to_string();
+    for s in &secrets {
+        out = out.replace(s.as_str(), "[redacted]");
+        // PEM material also shows up line by line.
+        for line in s.lines().filter(|l| l.len() >= 16) {
+            out = out.replace(line, "[redacted]");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bot_bottle_plugin_api::{AgentLaunch, EgressLaunch, Secret};
+
+    fn spec() -> LaunchSpec {
+        LaunchSpec {
+            schema: 1,
+            bottle_id: "bb-t-1".into(),
+            bottle_name: "t".into(),
+            agent: AgentLaunch {
+                image: "img".into(),
+                env: [
+                    ("FOO".to_string(), "bar".to_string()),
+                    ("https_proxy".to_string(), "http://evil:1".to_string()),
+                ]
+                .into(),
+                ..Default::default()
+            },
+            egress: EgressLaunch {
+                program: "/bin/true".into(),
+                config: Secret::new("{}"),
+                listen_port: 3128,
+                ca_cert_pem: String::new(),
+            },
+            backend_options: serde_json::Value::Null,
+            labels: Default::default(),
+        }
+    }
+
+    #[test]
+    fn proxy_variables_win_over_the_spec() {
+        let env = agent_env(&spec());
+        assert!(env.contains(&"FOO=bar".to_string()));
+        assert!(env.contains(&"https_proxy=http://bot-bottle-egress:3128".to_string()));
+        assert!(env.contains(&"ALL_PROXY=http://bot-bottle-egress:3128".to_string()));
+        assert!(!env.iter().any(|e| e.contains("evil")));
+        assert!(env.contains(&"NO_PROXY=localhost,127.0.0.1,::1".to_string()));
+    }
+
+    #[test]
+    fn redaction_blots_every_config_string() {
+        let config = r#"{"routes":[{"token":"canary-0123456789"}],"ca_key":"-----BEGIN KEY-----\nAAAABBBBCCCCDDDDEEEE\n-----END KEY-----"}"#;
+        let text = "panic: bad token canary-0123456789 near AAAABBBBCCCCDDDDEEEE";
+        let out = redact(text, config);
+        assert!(!out.contains("canary"), "{out}");
+        assert!(!out.contains("AAAABBBB"), "{out}");
+        assert_eq!(
+            redact("x", "not json"),
+            "[egress output withheld: the config could not be read to redact it]"
+        );
+    }
+}

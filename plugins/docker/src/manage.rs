@@ -1,0 +1,630 @@
+//! `check`, `list`, `stop` and `remove`: everything that finds bottles by
+//! their labels.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bollard::models::{ContainerSummary, ContainerSummaryStateEnum, Network};
+use bollard::query_parameters::{
+    ListContainersOptions, ListImagesOptions, ListNetworksOptions, RemoveContainerOptions,
+    RemoveImageOptions, StopContainerOptions,
+};
+use bollard::Docker;
+use bot_bottle_plugin_api::{
+    BottleStatus, CheckReport, CheckRequest, Finding, PluginError, RemoveReport, RemoveRequest,
+};
+
+use crate::client::{is_not_found, is_not_modified, Client};
+use crate::names::{
+    label_filter, LABEL_ID, LABEL_NAME, LABEL_ROLE, ROLE_AGENT, ROLE_EGRESS, ROLE_EGRESS_IMAGE,
+};
+use crate::options::DockerOptions;
+
+/// A bottle younger than this is never garbage: its launch may be under way.
+const LAUNCH_GRACE: Duration = Duration::from_secs(120);
+/// Seconds a stopping container gets before it is killed.
+const STOP_TIMEOUT_SECS: i32 = 10;
+
+/// Everything labelled with one bottle id (or with any, for `None`).
+#[derive(Debug, Default)]
+pub struct Resources {
+    pub containers: Vec<ContainerSummary>,
+    pub networks: Vec<Network>,
+}
+
+impl Resources {
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty() && self.networks.is_empty()
+    }
+}
+
+pub async fn bottle_resources(
+    client: &Client,
+    docker: &Docker,
+    id: Option<&str>,
+) -> Result<Resources, PluginError> {
+    let filters = label_filter(&[(LABEL_ID, id)]);
+    let containers = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters.clone()),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| client.api("listing bot-bottle containers", e))?;
+    let networks = docker
+        .list_networks(Some(ListNetworksOptions {
+            filters: Some(filters),
+        }))
+        .await
+        .map_err(|e| client.api("listing bot-bottle networks", e))?;
+    Ok(Resources {
+        containers,
+        networks,
+    })
+}
+
+fn label<'a>(labels: &'a Option<HashMap<String, String>>, key: &str) -> Option<&'a str> {
+    labels.as_ref()?.get(key).map(String::as_str)
+}
+
+fn container_name(c: &ContainerSummary) -> String {
+    c.names
+        .as_ref()
+        .and_then(|n| n.first())
+        .map(|n| n.trim_start_matches('/').to_string())
+        .or_else(|| c.id.clone())
+        .unwrap_or_default()
+}
+
+fn state_name(state: Option<ContainerSummaryStateEnum>) -> String {
+    state
+        .map(|s| s.to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Removes every container, then every network, of one bottle.
+pub async fn remove_bottle(
+    client: &Client,
+    docker: &Docker,
+    id: &str,
+) -> Result<Vec<String>, PluginError> {
+    let resources = bottle_resources(client, docker, Some(id)).await?;
+    remove_resources(client, docker, resources).await
+}
+
+async fn remove_resources(
+    client: &Client,
+    docker: &Docker,
+    resources: Resources,
+) -> Result<Vec<String>, PluginError> {
+    let mut removed = Vec::new();
+    for c in &resources.containers {
+        let name = container_name(c);
+        let id = c.id.clone().unwrap_or_else(|| name.clone());
+        match docker
+            .remove_container(
+                &id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            Ok(()) => removed.push(format!("container {name}")),
+            Err(e) if is_not_found(&e) => {}
+            // Docker answers 409 while the removal is already under way.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => removed.push(format!("container {name}")),
+            Err(e) => return Err(client.api(&format!("removing container {name}"), e)),
+        }
+    }
+    for n in &resources.networks {
+        let name = n.name.clone().unwrap_or_default();
+        let id = n.id.clone().unwrap_or_else(|| name.clone());
+        let mut attempt = 0;
+        loop {
+            match docker.remove_network(&id).await {
+                Ok(()) => {
+                    removed.push(format!("network {name}"));
+                    break;
+                }
+                Err(e) if is_not_found(&e) => break,
+                // A container removed a moment ago may still hold an
+                // endpoint for a little while.
+                Err(_) if attempt < 20 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(client.api(&format!("removing network {name}"), e)),
+            }
+        }
+    }
+    Ok(removed)
+}
+
+pub fn remove(client: &Client, request: &RemoveRequest) -> Result<RemoveReport, PluginError> {
+    bot_bottle_plugin_api::runtime().block_on(async {
+        let docker = client.docker().await?;
+        let mut removed = Vec::new();
+        if let Some(id) = &request.bottle_id {
+            removed.extend(remove_bottle(client, &docker, id).await?);
+        } else if request.garbage {
+            let all = bottle_resources(client, &docker, None).await?;
+            for (id, resources) in garbage(all, now_secs()) {
+                tracing::debug!(bottle = %id, "removing leftovers");
+                removed.extend(remove_resources(client, &docker, resources).await?);
+            }
+        }
+        if request.images {
+            removed.extend(remove_images(client, &docker).await?);
+        }
+        Ok(RemoveReport { removed })
+    })
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The resources of every bottle that is gone: its agent is not running
+/// and it is not a launch under way.
+fn garbage(all: Resources, now: i64) -> BTreeMap<String, Resources> {
+    let mut by_id: BTreeMap<String, Resources> = BTreeMap::new();
+    for c in all.containers {
+        if let Some(id) = label(&c.labels, LABEL_ID) {
+            by_id.entry(id.to_string()).or_default().containers.push(c);
+        }
+    }
+    for n in all.networks {
+        if let Some(id) = label(&n.labels, LABEL_ID) {
+            by_id.entry(id.to_string()).or_default().networks.push(n);
+        }
+    }
+    let grace = LAUNCH_GRACE.as_secs() as i64;
+    by_id.retain(|_, r| {
+        let agent = r
+            .containers
+            .iter()
+            .find(|c| label(&c.labels, LABEL_ROLE) == Some(ROLE_AGENT));
+        let alive = match agent {
+            Some(a) => match a.state {
+                Some(
+                    ContainerSummaryStateEnum::RUNNING
+                    | ContainerSummaryStateEnum::PAUSED
+                    | ContainerSummaryStateEnum::RESTARTING,
+                ) => true,
+                Some(ContainerSummaryStateEnum::CREATED) => now - a.created.unwrap_or(0) < grace,
+                _ => false,
+            },
+            // The sidecar starts only once the agent exists: a started
+            // sidecar without an agent is a bottle whose agent is gone.
+            None if r
+                .containers
+                .iter()
+                .any(|c| c.state != Some(ContainerSummaryStateEnum::CREATED)) =>
+            {
+                false
+            }
+            None => {
+                let youngest = r
+                    .containers
+                    .iter()
+                    .filter_map(|c| c.created)
+                    .chain(
+                        r.networks
+                            .iter()
+                            .filter_map(|n| n.created.as_deref().and_then(parse_rfc3339)),
+                    )
+                    .max();
+                youngest.is_some_and(|t| now - t < grace)
+            }
+        };
+        !alive
+    });
+    by_id
+}
+
+async fn remove_images(client: &Client, docker: &Docker) -> Result<Vec<String>, PluginError> {
+    let images = docker
+        .list_images(Some(ListImagesOptions {
+            filters: Some(label_filter(&[(LABEL_ROLE, Some(ROLE_EGRESS_IMAGE))])),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| client.api("listing bot-bottle images", e))?;
+    let mut removed = Vec::new();
+    for image in images {
+        let name = image
+            .repo_tags
+            .iter()
+            .find(|t| !t.contains("<none>"))
+            .cloned()
+            .unwrap_or_else(|| image.id.clone());
+        // By tag first, so that only our tag goes if someone re-tagged it.
+        let target = name.clone();
+        match docker
+            .remove_image(&target, None::<RemoveImageOptions>, None)
+            .await
+        {
+            Ok(_) => removed.push(format!("image {name}")),
+            Err(e) if is_not_found(&e) => {}
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => tracing::info!(image = %name, "kept: a container still uses it"),
+            Err(e) => return Err(client.api(&format!("removing image {name}"), e)),
+        }
+    }
+    Ok(removed)
+}
+
+pub fn list(client: &Client) -> Result<Vec<BottleStatus>, PluginError> {
+    bot_bottle_plugin_api::runtime().block_on(async {
+        let docker = client.docker().await?;
+        let all = bottle_resources(client, &docker, None).await?;
+        Ok(statuses(all))
+    })
+}
+
+fn statuses(all: Resources) -> Vec<BottleStatus> {
+    let mut by_id: BTreeMap<String, Vec<ContainerSummary>> = BTreeMap::new();
+    for c in all.containers {
+        if let Some(id) = label(&c.labels, LABEL_ID) {
+            by_id.entry(id.to_string()).or_default().push(c);
+        }
+    }
+    for n in &all.networks {
+        if let Some(id) = label(&n.labels, LABEL_ID) {
+            by_id.entry(id.to_string()).or_default();
+        }
+    }
+    by_id
+        .into_iter()
+        .map(|(id, containers)| {
+            let find = |role: &str| {
+                containers
+                    .iter()
+                    .find(|c| label(&c.labels, LABEL_ROLE) == Some(role))
+            };
+            let agent = find(ROLE_AGENT);
+            let egress = find(ROLE_EGRESS);
+            let agent_state = agent.map(|c| state_name(c.state));
+            let egress_state = egress.map(|c| state_name(c.state));
+            let state = match (agent_state.as_deref(), egress_state.as_deref()) {
+                (Some("running"), Some("running")) => "running".to_string(),
+                (Some("running"), _) => "broken".to_string(),
+                (Some(s), _) => s.to_string(),
+                (None, _) => "broken".to_string(),
+            };
+            let name = containers
+                .iter()
+                .find_map(|c| label(&c.labels, LABEL_NAME))
+                .unwrap_or_default()
+                .to_string();
+            BottleStatus {
+                bottle_id: id,
+                name,
+                backend: "docker".into(),
+                state,
+                image: agent.and_then(|c| c.image.clone()).unwrap_or_default(),
+                created: agent
+                    .and_then(|c| c.created)
+                    .map(format_rfc3339)
+                    .unwrap_or_default(),
+                details: serde_json::json!({
+                    "agent_container": agent.map(container_name),
+                    "agent_state": agent_state,
+                    "agent_status": agent.and_then(|c| c.status.clone()),
+                    "egress_container": egress.map(container_name),
+                    "egress_state": egress_state,
+                }),
+            }
+        })
+        .collect()
+}
+
+pub fn stop(client: &Client, bottle_id: &str) -> Result<(), PluginError> {
+    bot_bottle_plugin_api::runtime().block_on(async {
+        let docker = client.docker().await?;
+        let resources = bottle_resources(client, &docker, Some(bottle_id)).await?;
+        if resources.is_empty() {
+            return Err(not_found(bottle_id));
+        }
+        // The agent first, so that it never runs without its proxy.
+        let mut containers = resources.containers;
+        containers.sort_by_key(|c| label(&c.labels, LABEL_ROLE) != Some(ROLE_AGENT));
+        for c in containers {
+            let name = container_name(&c);
+            match docker
+                .stop_container(
+                    &name,
+                    Some(StopContainerOptions {
+                        t: Some(STOP_TIMEOUT_SECS),
+                        ..Default::default()
+                    }),
+                )
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if is_not_modified(&e) || is_not_found(&e) => {}
+                Err(e) => return Err(client.api(&format!("stopping {name}"), e)),
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Hands a running bottle's proxy a new config (rotated credentials): the
+/// file is replaced through the Docker API — a path the agent cannot reach —
+/// and the proxy reloads it on SIGHUP. A config that does not load leaves
+/// the proxy on its previous one.
+pub fn update_egress(client: &Client, bottle_id: &str, config: &[u8]) -> Result<(), PluginError> {
+    bot_bottle_plugin_api::runtime().block_on(async {
+        let docker = client.docker().await?;
+        let resources = bottle_resources(client, &docker, Some(bottle_id)).await?;
+        let sidecar = resources
+            .containers
+            .iter()
+            .find(|c| label(&c.labels, LABEL_ROLE) == Some(ROLE_EGRESS))
+            .map(container_name)
+            .ok_or_else(|| not_found(bottle_id))?;
+        crate::launch::put_egress_config(client, &docker, &sidecar, config).await?;
+        docker
+            .kill_container(
+                &sidecar,
+                Some(bollard::query_parameters::KillContainerOptions {
+                    signal: "SIGHUP".into(),
+                }),
+            )
+            .await
+            .map_err(|e| client.api("signalling the egress proxy to reload", e))
+    })
+}
+
+pub fn not_found(bottle_id: &str) -> PluginError {
+    PluginError::not_found(format!("no bottle {bottle_id} on this Docker daemon"))
+        .with_hint("`bottle ls` lists the bottles that exist")
+}
+
+pub fn check(client: &Client, request: CheckRequest) -> Result<CheckReport, PluginError> {
+    let mut findings = Vec::new();
+    let options = match DockerOptions::from_json(&request.options) {
+        Ok(o) => o,
+        Err(e) => {
+            findings.push(Finding::error(
+                "docker options",
+                e.message.clone(),
+                e.hint.unwrap_or_default(),
+            ));
+            DockerOptions::default()
+        }
+    };
+    bot_bottle_plugin_api::runtime().block_on(async {
+        let docker = match client.docker().await {
+            Ok(d) => d,
+            Err(e) => {
+                findings.push(Finding::error(
+                    "docker daemon",
+                    e.message,
+                    e.hint.unwrap_or_default(),
+                ));
+                return;
+            }
+        };
+        match docker.version().await {
+            Ok(v) => {
+                let api = v.api_version.clone().unwrap_or_default();
+                let message = format!(
+                    "reachable at {}: Docker {} (API {api})",
+                    client.host(),
+                    v.version.clone().unwrap_or_else(|| "?".into()),
+                );
+                if api_at_least(&api, 1, 41) {
+                    findings.push(Finding::ok("docker daemon", message));
+                } else {
+                    findings.push(Finding::warn(
+                        "docker daemon",
+                        format!("{message}; bot-bottle is tested with API 1.41 (Docker 20.10) and newer"),
+                        "upgrade Docker to 20.10 or newer",
+                    ));
+                }
+            }
+            Err(e) => {
+                let e = client.api("reading the Docker version", e);
+                findings.push(Finding::error("docker daemon", e.message, e.hint.unwrap_or_default()));
+                return;
+            }
+        }
+        match docker.info().await {
+            Ok(info) => {
+                let runtimes = info.runtimes.unwrap_or_default();
+                let wanted = options.runtime.as_deref();
+                if runtimes.contains_key("runsc") {
+                    findings.push(Finding::ok(
+                        "gvisor",
+                        "runtime `runsc` is registered; `runtime = \"runsc\"` gives the agent a user-space kernel",
+                    ));
+                } else {
+                    let msg = "runtime `runsc` (gVisor) is not registered with the daemon";
+                    let hint = "for stronger isolation: `apt-get install runsc`, `runsc install`, restart dockerd";
+                    if wanted == Some("runsc") {
+                        findings.push(Finding::error("gvisor", format!("{msg}, but the manifest asks for it"), hint));
+                    } else {
+                        findings.push(Finding::warn("gvisor", msg, hint));
+                    }
+                }
+                if let Some(w) = wanted.filter(|w| *w != "runsc" && !runtimes.contains_key(*w)) {
+                    findings.push(Finding::error(
+                        "docker runtime",
+                        format!("runtime `{w}` asked for by the manifest is not registered"),
+                        "register it in /etc/docker/daemon.json and restart dockerd",
+                    ));
+                }
+            }
+            Err(e) => {
+                let e = client.api("reading the daemon's info", e);
+                findings.push(Finding::warn("gvisor", e.message, e.hint.unwrap_or_default()));
+            }
+        }
+    });
+    match std::process::Command::new("ldd").arg("--version").output() {
+        Ok(_) => findings.push(Finding::ok(
+            "ldd",
+            "found; the egress sidecar image can be built",
+        )),
+        Err(_) => findings.push(Finding::warn(
+            "ldd",
+            "not found; the egress sidecar image can only be built from a static `bottle`",
+            "install ldd (Debian/Ubuntu: libc-bin)",
+        )),
+    }
+    Ok(CheckReport { findings })
+}
+
+fn api_at_least(api: &str, major: u32, minor: u32) -> bool {
+    let mut parts = api.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
+/// Seconds since the epoch of an RFC 3339 time (`2026-11-22T13:51:04.123Z`);
+/// only the date and time to the second are read.
+fn parse_rfc3339(s: &str) -> Option<i64> {
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    Some(days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+fn format_rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // Inverse of days_from_civil.
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(
+        id: &str,
+        role: &str,
+        state: ContainerSummaryStateEnum,
+        created: i64,
+    ) -> ContainerSummary {
+        ContainerSummary {
+            names: Some(vec![format!("/{id}-{role}")]),
+            labels: Some(HashMap::from([
+                (LABEL_ID.to_string(), id.to_string()),
+                (LABEL_ROLE.to_string(), role.to_string()),
+                (LABEL_NAME.to_string(), "demo".to_string()),
+            ])),
+            state: Some(state),
+            created: Some(created),
+            ..Default::default()
+        }
+    }
+
+    fn network(id: &str, created: &str) -> Network {
+        Network {
+            name: Some(format!("{id}-internal")),
+            labels: Some(HashMap::from([(LABEL_ID.to_string(), id.to_string())])),
+            created: Some(created.to_string()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rfc3339_round_trips() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        let t = parse_rfc3339("2026-11-22T13:51:04.395592470Z").unwrap();
+        assert_eq!(format_rfc3339(t), "2026-11-22T13:51:04Z");
+        assert_eq!(format_rfc3339(951782400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn garbage_is_what_no_running_agent_holds() {
+        use ContainerSummaryStateEnum::*;
+        let now = 1_000_000;
+        let all = Resources {
+            containers: vec![
+                container("live", ROLE_AGENT, RUNNING, now - 1000),
+                container("live", ROLE_EGRESS, RUNNING, now - 1000),
+                container("done", ROLE_AGENT, EXITED, now - 1000),
+                container("done", ROLE_EGRESS, RUNNING, now - 1000),
+                container("orphan", ROLE_EGRESS, RUNNING, now - 1000),
+                container("young-orphan", ROLE_EGRESS, RUNNING, now - 5),
+                container("young-launch", ROLE_EGRESS, CREATED, now - 5),
+                container("launching", ROLE_AGENT, CREATED, now - 5),
+                container("stuck", ROLE_AGENT, CREATED, now - 1000),
+            ],
+            networks: vec![
+                network("live", "1970-01-01T00:00:00Z"),
+                network("netonly-old", "1970-01-01T00:00:00Z"),
+                network("netonly-new", &format_rfc3339(now - 3)),
+            ],
+        };
+        let gone: Vec<String> = garbage(all, now).into_keys().collect();
+        assert_eq!(
+            gone,
+            vec!["done", "netonly-old", "orphan", "stuck", "young-orphan"]
+        );
+    }
+
+    #[test]
+    fn status_of_a_bottle_whose_proxy_died_is_broken() {
+        use ContainerSummaryStateEnum::*;
+        let all = Resources {
+            containers: vec![
+                container("a", ROLE_AGENT, RUNNING, 0),
+                container("a", ROLE_EGRESS, EXITED, 0),
+                container("b", ROLE_AGENT, EXITED, 0),
+                container("b", ROLE_EGRESS, RUNNING, 0),
+            ],
+            networks: vec![],
+        };
+        let s = statuses(all);
+        assert_eq!(s[0].state, "broken");
+        assert_eq!(s[1].state, "exited");
+        assert_eq!(s[0].name, "demo");
+    }
+
+    #[test]
+    fn api_versions_compare() {
+        assert!(api_at_least("1.41", 1, 41));
+        assert!(api_at_least("1.50", 1, 41));
+        assert!(!api_at_least("1.40", 1, 41));
+    }
+}

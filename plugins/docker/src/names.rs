@@ -1,0 +1,126 @@
+//! Names and labels of everything the backend creates. The host and
+//! `bottle gc` rely on these; changing one is a breaking change.
+
+use std::collections::HashMap;
+
+use bot_bottle_plugin_api::{LaunchSpec, PluginError};
+
+/// Label carrying the bottle id, on every container and network.
+pub const LABEL_ID: &str = "bot-bottle.id";
+/// Label carrying the manifest's bottle name.
+pub const LABEL_NAME: &str = "bot-bottle.name";
+/// Label saying what a resource is: [`ROLE_AGENT`], [`ROLE_EGRESS`],
+/// `network`, or [`ROLE_EGRESS_IMAGE`] on the cached sidecar image.
+pub const LABEL_ROLE: &str = "bot-bottle.role";
+/// Label carrying the full SHA-256 of the egress program, on the sidecar image.
+pub const LABEL_EGRESS_SHA256: &str = "bot-bottle.egress-sha256";
+/// The agent container.
+pub const ROLE_AGENT: &str = "agent";
+/// The egress sidecar container.
+pub const ROLE_EGRESS: &str = "egress";
+/// The per-bottle networks.
+pub const ROLE_NETWORK: &str = "network";
+/// The cached sidecar image.
+pub const ROLE_EGRESS_IMAGE: &str = "egress-image";
+
+/// Repository of the cached sidecar images.
+pub const EGRESS_IMAGE_REPO: &str = "bot-bottle-egress";
+/// The sidecar's name on the internal network; the agent's proxy URL uses it.
+pub const EGRESS_ALIAS: &str = "bot-bottle-egress";
+/// Where the sidecar reads its config.
+pub const EGRESS_CONFIG_PATH: &str = "/etc/bot-bottle/egress.json";
+/// Where the egress program sits in the sidecar image.
+pub const EGRESS_PROGRAM_PATH: &str = "/usr/local/bin/bottle";
+/// The unprivileged user the sidecar runs as (`nobody`).
+pub const EGRESS_UID: u32 = 65534;
+
+/// The names of one bottle's resources.
+#[derive(Debug, Clone)]
+pub struct BottleNames {
+    pub agent: String,
+    pub egress: String,
+    pub internal_net: String,
+    pub egress_net: String,
+}
+
+impl BottleNames {
+    pub fn new(bottle_id: &str) -> Self {
+        Self {
+            agent: format!("{bottle_id}-agent"),
+            egress: format!("{bottle_id}-egress"),
+            internal_net: format!("{bottle_id}-internal"),
+            egress_net: format!("{bottle_id}-egress"),
+        }
+    }
+}
+
+/// Docker names must match `[a-zA-Z0-9][a-zA-Z0-9_.-]*`; the id also ends
+/// up in label filters, so keep it to that alphabet.
+pub fn validate_bottle_id(id: &str) -> Result<(), PluginError> {
+    let ok = !id.is_empty()
+        && id.len() <= 100
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(PluginError::invalid(format!(
+            "bottle id `{id}` cannot name a Docker resource"
+        ))
+        .with_hint("bottle ids use letters, digits, `_`, `.` and `-`, starting with a letter or digit (at most 100)"))
+    }
+}
+
+/// The labels of one resource of `spec`'s bottle: the spec's own labels,
+/// then ours (ours win, so a manifest cannot disguise a resource).
+pub fn labels(spec: &LaunchSpec, role: &str) -> HashMap<String, String> {
+    let mut labels: HashMap<String, String> = spec
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    labels.insert(LABEL_ID.into(), spec.bottle_id.clone());
+    labels.insert(LABEL_NAME.into(), spec.bottle_name.clone());
+    labels.insert(LABEL_ROLE.into(), role.into());
+    labels
+}
+
+/// A label filter for the Docker list APIs.
+pub fn label_filter(pairs: &[(&str, Option<&str>)]) -> HashMap<String, Vec<String>> {
+    let values = pairs
+        .iter()
+        .map(|(k, v)| match v {
+            Some(v) => format!("{k}={v}"),
+            None => (*k).to_string(),
+        })
+        .collect();
+    HashMap::from([("label".to_string(), values)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_that_name_docker_resources() {
+        assert!(validate_bottle_id("bb-demo-1a2b").is_ok());
+        assert!(validate_bottle_id("a").is_ok());
+        assert!(validate_bottle_id("").is_err());
+        assert!(validate_bottle_id("-x").is_err());
+        assert!(validate_bottle_id("a b").is_err());
+        assert!(validate_bottle_id("a/b").is_err());
+        assert!(validate_bottle_id("a=b").is_err());
+    }
+
+    #[test]
+    fn networks_and_containers_have_distinct_names() {
+        let n = BottleNames::new("bb-x-1");
+        assert_eq!(n.agent, "bb-x-1-agent");
+        // Containers and networks live in separate namespaces, so the
+        // sidecar and its network may share a name.
+        assert_eq!(n.egress, n.egress_net);
+        assert_ne!(n.internal_net, n.egress_net);
+    }
+}

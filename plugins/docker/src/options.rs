@@ -1,0 +1,73 @@
+//! The `[backend]` options the Docker backend reads from a manifest.
+
+use bot_bottle_plugin_api::PluginError;
+use serde::{Deserialize, Serialize};
+
+/// `[backend]` keys for `name = "docker"`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerOptions {
+    /// The user the agent runs as (`name`, `uid`, `uid:gid`, `name:group`).
+    /// Unset: the image's `USER`, else a user named `agent`, else uid 1000,
+    /// else root (with a warning).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// OCI runtime for the agent container, for example `runsc` (gVisor).
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// Pull the agent image when it is not present locally (default true).
+    #[serde(default)]
+    pub pull: Option<bool>,
+    /// Join this existing Docker network for egress instead of creating a
+    /// per-bottle one: where an internal mirror or a test upstream lives.
+    /// Only the sidecar joins it; the agent stays on the internal network.
+    #[serde(default)]
+    pub egress_network: Option<String>,
+}
+
+impl DockerOptions {
+    /// Reads the options; `null` means all defaults.
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, PluginError> {
+        if value.is_null() {
+            return Ok(Self::default());
+        }
+        serde_json::from_value(value.clone()).map_err(|e| {
+            PluginError::invalid(format!("[backend] options for docker: {e}")).with_hint(
+                "the docker backend reads `user`, `runtime` (e.g. \"runsc\"), `pull` (true/false) and `egress_network`",
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn null_and_empty_are_defaults() {
+        assert_eq!(
+            DockerOptions::from_json(&serde_json::Value::Null).unwrap(),
+            DockerOptions::default()
+        );
+        assert_eq!(
+            DockerOptions::from_json(&serde_json::json!({})).unwrap(),
+            DockerOptions::default()
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = DockerOptions::from_json(&serde_json::json!({"runtim": "runsc"})).unwrap_err();
+        assert!(err.message.contains("runtim"), "{}", err.message);
+        assert!(err.hint.is_some());
+    }
+
+    #[test]
+    fn reads_user_and_runtime() {
+        let o =
+            DockerOptions::from_json(&serde_json::json!({"user": "1000:1000", "runtime": "runsc"}))
+                .unwrap();
+        assert_eq!(o.user.as_deref(), Some("1000:1000"));
+        assert_eq!(o.runtime.as_deref(), Some("runsc"));
+    }
+}

@@ -1,0 +1,1188 @@
+//! The Docker backend against a real Docker daemon, driven through the
+//! `Backend` trait.
+//!
+//! Needs a running dockerd and a static busybox (`busybox-static`) on the
+//! host; every image is built locally, no registry is used. Without a
+//! daemon the tests skip with a printed reason, except under `CI=true`,
+//! where a missing daemon fails them.
+//!
+//! The egress proxy is played by `tests/support/fake_egress.rs`, a stand-in
+//! compiled here with `rustc`: it listens where `bottle egress serve` would
+//! and forwards plain HTTP and CONNECT, so the topology can be checked
+//! without the real proxy.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{OnceLock, RwLock};
+use std::time::Duration;
+
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions,
+    InspectContainerOptions, KillContainerOptions, ListContainersOptions, ListNetworksOptions,
+    RemoveContainerOptions, StartContainerOptions,
+};
+use bollard::Docker;
+use bot_bottle_plugin_api::{
+    AgentLaunch, Backend, BottleRef, CheckRequest, EgressLaunch, ExecRequest, FileEncoding,
+    LaunchSpec, ListRequest, LogsRequest, Mount, PluginError, RemoveRequest, Resources,
+    SandboxFile, Secret, Severity, WaitRequest,
+};
+use bot_bottle_plugin_docker::{DockerBackend, LABEL_ID, LABEL_ROLE};
+use futures_util::{StreamExt, TryStreamExt};
+
+const BUSYBOX_IMAGE: &str = "bot-bottle-test-busybox:1";
+const TEST_LABEL: &str = "bot-bottle-test";
+const PORT: u16 = 3128;
+
+/// Tests that remove images or collect garbage take this for writing;
+/// every other test holds it for reading, so they never race.
+static GLOBAL: RwLock<()> = RwLock::new(());
+
+fn rt() -> &'static tokio::runtime::Runtime {
+    bot_bottle_plugin_api::runtime()
+}
+
+/// A client for the daemon the tests use, or `None` (with the reason
+/// printed) when there is none. Under `CI=true` a missing daemon fails.
+fn docker_or_skip() -> Option<Docker> {
+    let reason = match Docker::connect_with_defaults() {
+        Ok(docker) => {
+            match rt().block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), docker.ping()).await
+            }) {
+                Ok(Ok(_)) => return Some(docker),
+                Ok(Err(e)) => format!("no Docker daemon answers: {e}"),
+                Err(_) => "the Docker daemon did not answer within 5s".to_string(),
+            }
+        }
+        Err(e) => format!("cannot use DOCKER_HOST: {e}"),
+    };
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true but {reason}; start dockerd");
+    }
+    eprintln!("skipping: {reason} (start dockerd to run this test)");
+    None
+}
+
+macro_rules! docker_or_skip {
+    () => {
+        match docker_or_skip() {
+            Some(d) => d,
+            None => return,
+        }
+    };
+}
+
+fn unique_id(name: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "bb-test-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The fake egress program, compiled once per test run.
+fn fake_egress() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("docker-fake-egress");
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("bottle");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/fake_egress.rs");
+        let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+        let status = Command::new(rustc)
+            .args(["--edition", "2021", "-O", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("running rustc for the fake egress program");
+        assert!(status.success(), "compiling {}", src.display());
+        out
+    })
+    .clone()
+}
+
+/// A copy of the fake egress program with extra trailing bytes: a different
+/// content hash, the same behaviour.
+fn fake_egress_variant(tag: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("docker-fake-egress")
+        .join(format!("bottle-{tag}-{}", std::process::id()));
+    let mut bytes = std::fs::read(fake_egress()).unwrap();
+    bytes.extend_from_slice(format!("\0variant {tag} {}", std::process::id()).as_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// A busybox image with a user `agent` (uid 1000) and no `USER`.
+fn busybox_image(docker: &Docker) -> &'static str {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("a static busybox on the host (Debian: apt-get install busybox-static)");
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, data: &[u8], mode: u32, uid: u64, kind: tar::EntryType| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(mode);
+            h.set_uid(uid);
+            h.set_gid(uid);
+            tar.append_data(&mut h, path, data).unwrap();
+        };
+        use tar::EntryType::{Directory as D, Regular as F};
+        for dir in ["bin/", "etc/", "home/", "www/"] {
+            add(dir, b"", 0o755, 0, D);
+        }
+        add("tmp/", b"", 0o1777, 0, D);
+        add("home/agent/", b"", 0o750, 1000, D);
+        add("bin/busybox", &std::fs::read(busybox).unwrap(), 0o755, 0, F);
+        add(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nagent:x:1000:1000:agent:/home/agent:/bin/sh\n",
+            0o644,
+            0,
+            F,
+        );
+        add("etc/group", b"root:x:0:\nagent:x:1000:\n", 0o644, 0, F);
+        add("www/hello.txt", b"upstream-ok\n", 0o644, 0, F);
+        let mut tar = tar.into_inner().unwrap();
+        // Applets as symlinks.
+        let mut links = tar::Builder::new(Vec::new());
+        for applet in [
+            "sh", "nc", "wget", "nslookup", "cat", "stat", "id", "ls", "env", "sleep", "httpd",
+            "echo", "ip", "grep", "touch", "true", "false", "head", "awk", "timeout", "pwd",
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            h.set_mode(0o777);
+            links
+                .append_link(&mut h, format!("bin/{applet}"), "busybox")
+                .unwrap();
+        }
+        // Concatenate: drop the first archive's end blocks.
+        let links = links.into_inner().unwrap();
+        let end = tar.len() - 1024;
+        tar.truncate(end);
+        tar.extend_from_slice(&links);
+        rt().block_on(async {
+            docker
+                .create_image(
+                    Some(CreateImageOptions {
+                        from_src: Some("-".into()),
+                        repo: Some("bot-bottle-test-busybox".into()),
+                        tag: Some("1".into()),
+                        changes: vec![format!("LABEL {TEST_LABEL}=1")],
+                        ..Default::default()
+                    }),
+                    Some(bollard::body_full(tar.into())),
+                    None,
+                )
+                .try_collect::<Vec<_>>()
+                .await
+                .expect("importing the busybox test image");
+        });
+    });
+    BUSYBOX_IMAGE
+}
+
+fn spec(docker: &Docker, name: &str, command: &[&str]) -> LaunchSpec {
+    let id = unique_id(name);
+    LaunchSpec {
+        schema: 1,
+        bottle_id: id.clone(),
+        bottle_name: name.into(),
+        agent: AgentLaunch {
+            image: busybox_image(docker).into(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            env: BTreeMap::from([("DUMMY_TOKEN".to_string(), "dummy-not-a-secret".to_string())]),
+            files: vec![],
+            workdir: "/".into(),
+            mounts: vec![],
+            resources: Resources::default(),
+            tty: false,
+            interactive: false,
+        },
+        egress: EgressLaunch {
+            program: fake_egress(),
+            config: Secret::new(format!(
+                r#"{{"bottle":"{id}","routes":[{{"host":"api.example","token":"canary-{id}-c4n4ry"}}]}}"#
+            )),
+            listen_port: PORT,
+            ca_cert_pem:
+                "-----BEGIN CERTIFICATE-----\nnot-a-real-cert\n-----END CERTIFICATE-----\n".into(),
+        },
+        backend_options: serde_json::Value::Null,
+        labels: BTreeMap::from([(TEST_LABEL.to_string(), "1".to_string())]),
+    }
+}
+
+fn canary(spec: &LaunchSpec) -> String {
+    format!("canary-{}-c4n4ry", spec.bottle_id)
+}
+
+/// Names of every container and network labelled with `id`.
+fn leftovers(docker: &Docker, id: &str) -> Vec<String> {
+    rt().block_on(async {
+        let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_ID}={id}")])]);
+        let mut out: Vec<String> = docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters.clone()),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| format!("container {:?}", c.names))
+            .collect();
+        out.extend(
+            docker
+                .list_networks(Some(ListNetworksOptions {
+                    filters: Some(filters),
+                }))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|n| format!("network {:?}", n.name)),
+        );
+        out
+    })
+}
+
+/// Removes a bottle (and helper containers) when a test ends, also when it
+/// panics, so that a failing test leaves nothing behind.
+struct Cleanup {
+    bottles: Vec<String>,
+    containers: Vec<String>,
+}
+
+impl Cleanup {
+    fn new(bottles: &[&str]) -> Self {
+        Self {
+            bottles: bottles.iter().map(|s| s.to_string()).collect(),
+            containers: vec![],
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Ok(docker) = Docker::connect_with_defaults() {
+            for c in &self.containers {
+                force_remove_container(&docker, c);
+            }
+        }
+        let backend = DockerBackend::new();
+        for id in &self.bottles {
+            let _ = backend.remove(RemoveRequest {
+                schema: 1,
+                bottle_id: Some(id.clone()),
+                garbage: false,
+                images: false,
+            });
+        }
+    }
+}
+
+fn remove(backend: &DockerBackend, id: &str) {
+    backend
+        .remove(RemoveRequest {
+            schema: 1,
+            bottle_id: Some(id.into()),
+            garbage: false,
+            images: false,
+        })
+        .unwrap();
+}
+
+/// Runs `cmd` in `container`; exit code and combined output.
+fn run_in(docker: &Docker, container: &str, cmd: &[&str]) -> (i64, String) {
+    rt().block_on(async {
+        let exec = docker
+            .create_exec(
+                container,
+                CreateExecOptions {
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let mut text = String::new();
+        if let StartExecResults::Attached { mut output, .. } =
+            docker.start_exec(&exec.id, None).await.unwrap()
+        {
+            while let Some(Ok(chunk)) = output.next().await {
+                text.push_str(&chunk.to_string());
+            }
+        }
+        let code = docker
+            .inspect_exec(&exec.id)
+            .await
+            .unwrap()
+            .exit_code
+            .unwrap_or(-1);
+        (code, text)
+    })
+}
+
+fn inspect_json(docker: &Docker, container: &str) -> serde_json::Value {
+    rt().block_on(async {
+        serde_json::to_value(
+            docker
+                .inspect_container(container, None::<InspectContainerOptions>)
+                .await
+                .unwrap(),
+        )
+        .unwrap()
+    })
+}
+
+/// A throwaway busybox container on `network` running `cmd`, removed by
+/// the caller. Returns its name.
+fn helper_container(docker: &Docker, name: &str, network: &str, cmd: &[&str]) -> String {
+    rt().block_on(async {
+        docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.into()),
+                    ..Default::default()
+                }),
+                ContainerCreateBody {
+                    image: Some(BUSYBOX_IMAGE.into()),
+                    cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+                    labels: Some(HashMap::from([(TEST_LABEL.to_string(), "1".to_string())])),
+                    host_config: Some(HostConfig {
+                        network_mode: Some(network.into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        docker
+            .start_container(name, None::<StartContainerOptions>)
+            .await
+            .unwrap();
+    });
+    name.to_string()
+}
+
+fn force_remove_container(docker: &Docker, name: &str) {
+    rt().block_on(async {
+        let _ = docker
+            .remove_container(
+                name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+    });
+}
+
+fn ip_on(docker: &Docker, container: &str, network: &str) -> String {
+    inspect_json(docker, container)["NetworkSettings"]["Networks"][network]["IPAddress"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn exit_codes_propagate_and_nothing_remains() {
+    let docker = docker_or_skip!();
+    let _g = GLOBAL.read().unwrap_or_else(|e| e.into_inner());
+    let backend = DockerBackend::new();
+    for code in [0, 7] {
+        let s = spec(
+            &docker,
+            "exit",
+            &["sh", "-c", &format!("echo out; echo err >&2; exit {code}")],
+        );
+        let id = s.bottle_id.clone();
+        let _cleanup = Cleanup::new(&[&id]);
+        let handle = backend.launch(s).unwrap();
+        assert_eq!(handle.bottle_id, id);
+        let report = backend
+            .wait(WaitRequest {
+                schema: 1,
+                bottle_id: id.clone(),
+                attach: true,
+            })
+            .unwrap();
+        assert_eq!(report.exit_code, code);
+        assert_eq!(report.reason, None);
+        remove(&backend, &id);
+        assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+    }
+}
+
+#[test]
+fn agent_reaches_only_the_proxy() {
+    let docker = docker_or_skip!();
+    let _g = GLOBAL.read().unwrap_or_else(|e| e.into_inner());
+    let backend = DockerBackend::new();
+    let s = spec(&docker, "topology", &["sleep", "300"]);
+    let id = s.bottle_id.clone();
+    let _cleanup = Cleanup::new(&[&id]);
+    backend.launch(s).unwrap();
+    let agent = format!("{id}-agent");
+    let egress_net = format!("{id}-egress");
+    let internal_net = format!("{id}-internal");
+
+    // An upstream on the egress side of the bottle.
+    let upstream = helper_container(
+        &docker,
+        &format!("{id}-upstream"),
+        &egress_net,
+        &["httpd", "-f", "-p", "8080", "-h", "/www"],
+    );
+    let upstream_ip = ip_on(&docker, &upstream, &egress_net);
+    // A bystander on the same side, to prove what "reachable" looks like.
+    let bystander = helper_container(
+        &docker,
+        &format!("{id}-bystander"),
+        &egress_net,
+        &["sleep", "300"],
+    );
+    let mut _cleanup = _cleanup;
+    _cleanup.containers = vec![upstream.clone(), bystander.clone()];
+
+    let agent_json = inspect_json(&docker, &agent);
+    let nets: Vec<&String> = agent_json["NetworkSettings"]["Networks"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(
+        nets,
+        vec![&internal_net],
+        "the agent joins the internal network only"
+    );
+    let egress_json = inspect_json(&docker, &format!("{id}-egress"));
+    let mut egress_nets: Vec<&String> = egress_json["NetworkSettings"]["Networks"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    egress_nets.sort();
+    assert_eq!(egress_nets, vec![&egress_net, &internal_net]);
+
+    let url = format!("http://{upstream_ip}:8080/hello.txt");
+    // Control: from the egress side the upstream answers directly.
+    let (code, out) = run_in(
+        &docker,
+        &bystander,
+        &["timeout", "5", "wget", "-q", "-O", "-", &url],
+    );
+    assert_eq!((code, out.trim()), (0, "upstream-ok"), "control failed");
+    // Through the proxy (http_proxy is set in the agent's env) it works…
+    let (code, out) = run_in(
+        &docker,
+        &agent,
+        &["timeout", "5", "wget", "-q", "-O", "-", &url],
+    );
+    assert_eq!((code, out.trim()), (0, "upstream-ok"), "via the proxy");
+    // …and directly it does not.
+    let (code, out) = run_in(
+        &docker,
+        &agent,
+        &["timeout", "5", "wget", "-q", "-Y", "off", "-O", "-", &url],
+    );
+    assert_ne!(code, 0, "direct HTTP from the agent must fail: {out}");
+    let (code, out) = run_in(&docker, &agent, &["nc", "-w", "3", &upstream_ip, "8080"]);
+    assert_ne!(code, 0, "direct TCP from the agent must fail: {out}");
+
+    // No DNS outside: public names do not resolve, and no resolver on the
+    // egress side is reachable.
+    let (code, out) = run_in(&docker, &agent, &["nslookup", "example.com"]);
+    assert_ne!(code, 0, "external DNS from the agent must fail: {out}");
+    let (code, out) = run_in(&docker, &agent, &["nslookup", "example.com", &upstream_ip]);
+    assert_ne!(
+        code, 0,
+        "a resolver on the egress side must be unreachable: {out}"
+    );
+    let (_, out) = run_in(&docker, &agent, &["cat", "/etc/resolv.conf"]);
+    assert!(out.contains("127.0.0.11"), "{out}");
+
+    // The host: a listener on all addresses of the host is reachable from
+    // the egress side (control) but not from the agent, not even through
+    // the internal network's bridge.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    std::thread::spawn(move || for _ in listener.incoming() {});
+    let gateway = |net: &str| {
+        rt().block_on(docker.inspect_network(
+            net,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        ))
+        .unwrap()
+        .ipam
+        .and_then(|i| i.config)
+        .and_then(|c| c.into_iter().next())
+        .and_then(|c| c.gateway)
+        .unwrap()
+    };
+    let egress_gw = gateway(&egress_net);
+    let internal_gw = gateway(&internal_net);
+    let (code, _) = run_in(
+        &docker,
+        &bystander,
+        &["sh", "-c", &format!("echo | nc -w 3 {egress_gw} {port}")],
+    );
+    assert_eq!(
+        code, 0,
+        "control: the host listener is reachable from the egress side"
+    );
+    for gw in [&egress_gw, &internal_gw] {
+        let (code, out) = run_in(
+            &docker,
+            &agent,
+            &["sh", "-c", &format!("echo | nc -w 3 {gw} {port}")],
+        );
+        assert_ne!(code, 0, "the agent reached the host at {gw}: {out}");
+    }
+    // (Docker still writes a default route via the internal network's
+    // gateway address, but with inhibit_ipv4 nothing holds that address.)
+
+    for c in [&upstream, &bystander] {
+        force_remove_container(&docker, c);
+    }
+    remove(&backend, &id);
+    assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+}
+
+#[test]
+fn files_secrets_and_hardening() {
+    let docker = docker_or_skip!();
+    let _g = GLOBAL.read().unwrap_or_else(|e| e.into_inner());
+    let backend = DockerBackend::new();
+    let ro = tempfile::tempdir().unwrap();
+    let rw = tempfile::tempdir().unwrap();
+    // The agent (uid 1000) writes to the workspace; on a real host it is the
+    // user's own directory.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(rw.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    std::fs::write(ro.path().join("readme"), "ro").unwrap();
+    let mut s = spec(&docker, "files", &["sleep", "300"]);
+    let canary = canary(&s);
+    s.agent.files = vec![
+        SandboxFile::text(
+            "/home/agent/.codex/auth.json",
+            r#"{"token":"dummy"}"#,
+            0o600,
+        ),
+        SandboxFile::text(
+            "/etc/bot-bottle/ca.pem",
+            s.egress.ca_cert_pem.clone(),
+            0o644,
+        ),
+        SandboxFile {
+            path: "/opt/tool/blob".into(),
+            contents: "aGVsbG8=".into(),
+            encoding: FileEncoding::Base64,
+            mode: 0o755,
+        },
+    ];
+    s.agent.mounts = vec![
+        Mount {
+            host: ro.path().to_path_buf(),
+            sandbox: "/ro".into(),
+            writable: false,
+        },
+        Mount {
+            host: rw.path().to_path_buf(),
+            sandbox: "/workspace".into(),
+            writable: true,
+        },
+    ];
+    s.agent.workdir = "/workspace".into();
+    s.agent.resources = Resources {
+        cpus: Some(0.5),
+        memory_bytes: Some(256 * 1024 * 1024),
+        pids: Some(100),
+    };
+    let id = s.bottle_id.clone();
+    let _cleanup = Cleanup::new(&[&id]);
+    let handle = backend.launch(s).unwrap();
+    assert_eq!(handle.details["user"], "agent", "{:?}", handle.details);
+    let agent = format!("{id}-agent");
+    let egress = format!("{id}-egress");
+
+    let (_, out) = run_in(
+        &docker,
+        &agent,
+        &[
+            "stat",
+            "-c",
+            "%n %a %U",
+            "/home/agent/.codex/auth.json",
+            "/home/agent/.codex",
+            "/home/agent",
+            "/etc/bot-bottle/ca.pem",
+            "/etc/bot-bottle",
+            "/opt/tool/blob",
+        ],
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            "/home/agent/.codex/auth.json 600 agent",
+            "/home/agent/.codex 755 agent",
+            "/home/agent 750 agent",
+            "/etc/bot-bottle/ca.pem 644 agent",
+            "/etc/bot-bottle 755 root",
+            "/opt/tool/blob 755 agent",
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        run_in(&docker, &agent, &["cat", "/opt/tool/blob"]).1,
+        "hello"
+    );
+    assert_eq!(run_in(&docker, &agent, &["id", "-u"]).1.trim(), "1000");
+    assert_eq!(
+        run_in(&docker, &agent, &["sh", "-c", "pwd"]).1.trim(),
+        "/workspace"
+    );
+    assert_eq!(run_in(&docker, &agent, &["touch", "/workspace/x"]).0, 0);
+    assert!(rw.path().join("x").exists());
+    assert_ne!(
+        run_in(&docker, &agent, &["touch", "/ro/x"]).0,
+        0,
+        "read-only mount"
+    );
+    assert_eq!(run_in(&docker, &agent, &["cat", "/ro/readme"]).1, "ro");
+
+    // The proxy config is in the sidecar only, 0400 and owned by nobody.
+    let (code, _) = run_in(&docker, &agent, &["cat", "/etc/bot-bottle/egress.json"]);
+    assert_ne!(code, 0, "the config must not exist in the agent");
+    let (code, out) = run_in(
+        &docker,
+        &agent,
+        &[
+            "grep",
+            "-r",
+            "-l",
+            &canary,
+            "/etc",
+            "/home",
+            "/opt",
+            "/tmp",
+            "/workspace",
+        ],
+    );
+    assert_ne!(code, 0, "canary found in the agent's files: {out}");
+    let archive = rt().block_on(async {
+        docker
+            .download_from_container(
+                &egress,
+                Some(DownloadFromContainerOptions {
+                    path: "/etc/bot-bottle/egress.json".into(),
+                }),
+            )
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .concat()
+    });
+    let mut archive = tar::Archive::new(&archive[..]);
+    let mut entry = archive.entries().unwrap().next().unwrap().unwrap();
+    assert_eq!(entry.header().mode().unwrap() & 0o7777, 0o400);
+    assert_eq!(entry.header().uid().unwrap(), 65534);
+    let mut config = String::new();
+    std::io::Read::read_to_string(&mut entry, &mut config).unwrap();
+    assert!(config.contains(&canary));
+
+    // The canary is nowhere else: env, inspect, labels, networks, logs.
+    let (_, env) = run_in(&docker, &agent, &["env"]);
+    assert!(!env.contains(&canary), "canary in the agent env");
+    assert!(
+        env.contains(&format!("HTTPS_PROXY=http://bot-bottle-egress:{PORT}")),
+        "{env}"
+    );
+    assert!(
+        env.contains(&format!("http_proxy=http://bot-bottle-egress:{PORT}")),
+        "{env}"
+    );
+    assert!(env.contains("DUMMY_TOKEN=dummy-not-a-secret"), "{env}");
+    for c in [&agent, &egress] {
+        let text = inspect_json(&docker, c).to_string();
+        assert!(!text.contains(&canary), "canary in `docker inspect {c}`");
+    }
+    for n in [format!("{id}-internal"), format!("{id}-egress")] {
+        let text = rt()
+            .block_on(
+                docker
+                    .inspect_network(&n, None::<bollard::query_parameters::InspectNetworkOptions>),
+            )
+            .map(|n| serde_json::to_string(&n).unwrap())
+            .unwrap();
+        assert!(!text.contains(&canary), "canary in network {n}");
+    }
+    for c in [&agent, &egress] {
+        let logs: String = rt().block_on(async {
+            docker
+                .logs(
+                    c,
+                    Some(bollard::query_parameters::LogsOptions {
+                        stdout: true,
+                        stderr: true,
+                        ..Default::default()
+                    }),
+                )
+                .filter_map(|l| async move { l.ok() })
+                .map(|l: LogOutput| l.to_string())
+                .collect::<Vec<_>>()
+                .await
+                .concat()
+        });
+        assert!(!logs.contains(&canary), "canary in the logs of {c}");
+        if c == &egress {
+            assert!(
+                logs.contains(r#""mode":"400""#),
+                "the proxy read its config: {logs}"
+            );
+        }
+    }
+
+    // Hardening of both containers.
+    let a = inspect_json(&docker, &agent);
+    let e = inspect_json(&docker, &egress);
+    for (who, j) in [("agent", &a), ("egress", &e)] {
+        let hc = &j["HostConfig"];
+        assert_eq!(hc["CapDrop"], serde_json::json!(["ALL"]), "{who}");
+        assert_eq!(
+            hc["SecurityOpt"],
+            serde_json::json!(["no-new-privileges"]),
+            "{who}"
+        );
+        assert_eq!(hc["Privileged"], false, "{who}");
+        let text = j.to_string();
+        assert!(
+            !text.contains("docker.sock"),
+            "{who} sees the Docker socket"
+        );
+        assert_eq!(j["Config"]["Labels"][LABEL_ID], id.as_str());
+        assert_eq!(j["Config"]["Labels"][LABEL_ROLE], who);
+        assert_eq!(j["Config"]["Labels"][TEST_LABEL], "1");
+    }
+    assert_eq!(e["Config"]["User"], "65534:65534");
+    assert_eq!(a["Config"]["User"], "agent");
+    assert_eq!(a["HostConfig"]["NanoCpus"], 500_000_000);
+    assert_eq!(a["HostConfig"]["Memory"], 256 * 1024 * 1024);
+    assert_eq!(a["HostConfig"]["PidsLimit"], 100);
+    let mounts = a["HostConfig"]["Mounts"].as_array().unwrap();
+    assert_eq!(mounts[0]["ReadOnly"], true);
+    assert_ne!(mounts[1]["ReadOnly"], true);
+
+    remove(&backend, &id);
+    assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+}
+
+#[test]
+fn launch_errors_leave_nothing_behind() {
+    let docker = docker_or_skip!();
+    let _g = GLOBAL.read().unwrap_or_else(|e| e.into_inner());
+    let backend = DockerBackend::new();
+
+    // The proxy dies before listening, printing its token: the error says
+    // so, with the token blotted out.
+    let mut s = spec(&docker, "proxyfail", &["true"]);
+    let canary = canary(&s);
+    let id = s.bottle_id.clone();
+    let _cleanup = Cleanup::new(&[&id]);
+    s.egress.config = Secret::new(format!(r#"{{"fail": true, "token":"{canary}"}}"#));
+    let err = backend.launch(s).unwrap_err();
+    assert!(
+        err.message.contains("egress proxy exited (code 3)"),
+        "{err:?}"
+    );
+    assert!(err.message.contains("[redacted]"), "{err:?}");
+    assert!(!format!("{err:?}").contains(&canary), "{err:?}");
+    assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+
+    // A user the image lacks: fails after both containers exist.
+    let mut s = spec(&docker, "nouser", &["true"]);
+    let id = s.bottle_id.clone();
+    let _cleanup = Cleanup::new(&[&id]);
+    s.backend_options = serde_json::json!({"user": "nosuchuser"});
+    let err = backend.launch(s).unwrap_err();
+    assert!(err.message.contains("nosuchuser"), "{err:?}");
+    assert!(err.hint.is_some());
+    assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+
+    // A missing image with pulling off.
+    let mut s = spec(&docker, "noimage", &["true"]);
+    let id = s.bottle_id.clone();
+    let _cleanup = Cleanup::new(&[&id]);
+    s.agent.image = "bot-bottle-test-missing:never".into();
+    s.backend_options = serde_json::json!({"pull": false});
+    let err = backend.launch(s).unwrap_err();
+    assert!(
+        err.message.contains("bot-bottle-test-missing:never"),
+        "{err:?}"
+    );
+    assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+
+    // The Docker socket is never mounted.
+    let mut s = spec(&docker, "socket", &["true"]);
+    let id = s.bottle_id.clone();
+    let _cleanup = Cleanup::new(&[&id]);
+    s.agent.mounts = vec![Mount {
+        host: "/var/run".into(),
+        sandbox: "/host-run".into(),
+        writable: false,
+    }];
+    let err = backend.launch(s).unwrap_err();
+    assert!(err.message.contains("Docker socket"), "{err:?}");
+    assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+
+    // Unknown backend options are named.
+    let mut s = spec(&docker, "badopt", &["true"]);
+    s.backend_options = serde_json::json!({"runtme": "runsc"});
+    let err = backend.launch(s).unwrap_err();
+    assert!(err.message.contains("runtme"), "{err:?}");
+}
+
+#[test]
+fn a_killed_proxy_stops_the_agent() {
+    let docker = docker_or_skip!();
+    let _g = GLOBAL.read().unwrap_or_else(|e| e.into_inner());
+    let backend = DockerBackend::new();
+    let s = spec(&docker, "killproxy", &["sleep", "300"]);
+    let id = s.bottle_id.clone();
+    let _cleanup = Cleanup::new(&[&id]);
+    backend.launch(s).unwrap();
+    let waiter = {
+        let id = id.clone();
+        std::thread::spawn(move || {
+            DockerBackend::new().wait(WaitRequest {
+                schema: 1,
+                bottle_id: id,
+                attach: false,
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    rt().block_on(docker.kill_container(
+        &format!("{id}-egress"),
+        Some(KillContainerOptions {
+            signal: "KILL".into(),
+        }),
+    ))
+    .unwrap();
+    let report = waiter.join().unwrap().unwrap();
+    assert_ne!(report.exit_code, 0);
+    let reason = report.reason.unwrap();
+    assert!(reason.contains("egress proxy died"), "{reason}");
+    let agent = inspect_json(&docker, &format!("{id}-agent"));
+    assert_eq!(
+        agent["State"]["Running"], false,
+        "the agent must be stopped"
+    );
+    let listed = backend.list(ListRequest::default()).unwrap();
+    assert!(listed
+        .iter()
+        .any(|b| b.bottle_id == id && b.state != "running"));
+    remove(&backend, &id);
+    assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+}
+
+#[test]
+fn the_egress_image_is_cached_by_content() {
+    let docker = docker_or_skip!();
+    let _g = GLOBAL.read().unwrap_or_else(|e| e.into_inner());
+    let backend = DockerBackend::new();
+    let program = fake_egress_variant("cache");
+    let mut ids = Vec::new();
+    let mut images = Vec::new();
+    for _ in 0..2 {
+        let mut s = spec(&docker, "cache", &["true"]);
+        s.egress.program = program.clone();
+        let id = s.bottle_id.clone();
+        let _cleanup = Cleanup::new(&[&id]);
+        let handle = backend.launch(s).unwrap();
+        let tag = handle.details["egress_image"].as_str().unwrap().to_string();
+        assert!(tag.starts_with("bot-bottle-egress:"), "{tag}");
+        let image = rt().block_on(docker.inspect_image(&tag)).unwrap();
+        assert_eq!(
+            image.config.unwrap().labels.unwrap()["bot-bottle.role"],
+            "egress-image"
+        );
+        images.push((tag, image.id.unwrap()));
+        ids.push(id);
+    }
+    assert_eq!(
+        images[0], images[1],
+        "the second launch must reuse the image"
+    );
+    // A different program gets a different image.
+    let mut s = spec(&docker, "cache", &["true"]);
+    s.egress.program = fake_egress_variant("cache2");
+    let id = s.bottle_id.clone();
+    let _cleanup = Cleanup::new(&[&id]);
+    let handle = backend.launch(s).unwrap();
+    assert_ne!(
+        handle.details["egress_image"].as_str().unwrap(),
+        images[0].0
+    );
+    ids.push(id);
+    for id in ids {
+        remove(&backend, &id);
+        assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+    }
+}
+
+#[test]
+fn list_stop_logs_exec() {
+    let docker = docker_or_skip!();
+    let _g = GLOBAL.read().unwrap_or_else(|e| e.into_inner());
+    let backend = DockerBackend::new();
+    let s = spec(&docker, "manage", &["sleep", "300"]);
+    let id = s.bottle_id.clone();
+    let _cleanup = Cleanup::new(&[&id]);
+    backend.launch(s).unwrap();
+    let listed = backend.list(ListRequest::default()).unwrap();
+    let me = listed.iter().find(|b| b.bottle_id == id).expect("listed");
+    assert_eq!(me.state, "running");
+    assert_eq!(me.name, "manage");
+    assert_eq!(me.backend, "docker");
+    assert_eq!(me.image, BUSYBOX_IMAGE);
+
+    let report = backend
+        .exec(ExecRequest {
+            schema: 1,
+            bottle_id: id.clone(),
+            command: vec!["sh".into(), "-c".into(), "exit 3".into()],
+            tty: false,
+        })
+        .unwrap();
+    assert_eq!(report.exit_code, 3);
+    for egress in [false, true] {
+        backend
+            .logs(LogsRequest {
+                schema: 1,
+                bottle_id: id.clone(),
+                egress,
+                follow: false,
+            })
+            .unwrap();
+    }
+    backend
+        .stop(BottleRef {
+            schema: 1,
+            bottle_id: id.clone(),
+        })
+        .unwrap();
+    let listed = backend.list(ListRequest::default()).unwrap();
+    let me = listed
+        .iter()
+        .find(|b| b.bottle_id == id)
+        .expect("still listed");
+    assert_eq!(me.state, "exited");
+    // Stopping twice is fine; a missing bottle is not found.
+    backend
+        .stop(BottleRef {
+            schema: 1,
+            bottle_id: id.clone(),
+        })
+        .unwrap();
+    let err = backend
+        .stop(BottleRef {
+            schema: 1,
+            bottle_id: "bb-test-nonexistent".into(),
+        })
+        .unwrap_err();
+    assert_eq!(err.kind, bot_bottle_plugin_api::ErrorKind::NotFound);
+    remove(&backend, &id);
+    assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+}
+
+#[test]
+fn gc_removes_leftovers_and_images() {
+    let docker = docker_or_skip!();
+    let _g = GLOBAL.write().unwrap_or_else(|e| e.into_inner());
+    let backend = DockerBackend::new();
+    // A finished bottle, a live one, and a stray network of a bottle whose
+    // containers are gone (made old enough by hand is not possible, so the
+    // stray is a sidecar without an agent).
+    let done = spec(&docker, "gcdone", &["true"]);
+    let done_id = done.bottle_id.clone();
+    let mut live = spec(&docker, "gclive", &["sleep", "300"]);
+    live.egress.program = fake_egress_variant("gc");
+    let live_id = live.bottle_id.clone();
+    backend.launch(done).unwrap();
+    backend
+        .wait(WaitRequest {
+            schema: 1,
+            bottle_id: done_id.clone(),
+            attach: false,
+        })
+        .unwrap();
+    let handle = backend.launch(live).unwrap();
+    let live_image = handle.details["egress_image"].as_str().unwrap().to_string();
+    let orphan = spec(&docker, "gcorphan", &["sleep", "300"]);
+    let orphan_id = orphan.bottle_id.clone();
+    let _cleanup = Cleanup::new(&[&done_id, &live_id, &orphan_id]);
+    backend.launch(orphan).unwrap();
+    force_remove_container(&docker, &format!("{orphan_id}-agent"));
+
+    let report = backend
+        .remove(RemoveRequest {
+            schema: 1,
+            bottle_id: None,
+            garbage: true,
+            images: true,
+        })
+        .unwrap();
+    assert!(
+        report.removed.iter().any(|r| r.contains(&done_id)),
+        "{:?}",
+        report.removed
+    );
+    assert_eq!(leftovers(&docker, &done_id), Vec::<String>::new());
+    assert_eq!(leftovers(&docker, &orphan_id), Vec::<String>::new());
+    assert_eq!(
+        leftovers(&docker, &live_id).len(),
+        4,
+        "a running bottle is not garbage"
+    );
+    // The live bottle's image is in use and stays.
+    assert!(rt().block_on(docker.inspect_image(&live_image)).is_ok());
+
+    remove(&backend, &live_id);
+    let report = backend
+        .remove(RemoveRequest {
+            schema: 1,
+            bottle_id: None,
+            garbage: false,
+            images: true,
+        })
+        .unwrap();
+    assert!(
+        report.removed.iter().any(|r| r.contains(&live_image)),
+        "{:?}",
+        report.removed
+    );
+    assert!(rt().block_on(docker.inspect_image(&live_image)).is_err());
+}
+
+#[test]
+fn check_reports_a_live_daemon() {
+    let _docker = docker_or_skip!();
+    let report = DockerBackend::new().check(CheckRequest::default()).unwrap();
+    let daemon = report
+        .findings
+        .iter()
+        .find(|f| f.subject == "docker daemon")
+        .unwrap();
+    assert_eq!(daemon.severity, Severity::Ok, "{daemon:?}");
+    assert!(daemon.message.contains("API"), "{daemon:?}");
+    let gvisor = report
+        .findings
+        .iter()
+        .find(|f| f.subject == "gvisor")
+        .unwrap();
+    assert!(gvisor.severity == Severity::Ok || gvisor.hint.is_some());
+}
+
+fn assert_unreachable(err: &PluginError, host: &str) {
+    assert!(
+        err.message
+            .starts_with(&format!("cannot reach the Docker daemon at {host}: ")),
+        "{err:?}"
+    );
+    let hint = err.hint.as_deref().unwrap();
+    assert!(
+        hint.contains("dockerd") && hint.contains("DOCKER_HOST"),
+        "{hint}"
+    );
+}
+
+/// Needs no daemon: a dead socket is one clear error, from every operation.
+#[test]
+fn a_dead_daemon_is_one_clear_error() {
+    let host = "unix:///nonexistent/bot-bottle-test/docker.sock";
+    let backend = DockerBackend::with_docker_host(host);
+    let mut s = spec_without_daemon();
+    s.bottle_id = "bb-test-dead".into();
+    assert_unreachable(&backend.launch(s).unwrap_err(), host);
+    assert_unreachable(&backend.list(ListRequest::default()).unwrap_err(), host);
+    let report = backend.check(CheckRequest::default()).unwrap();
+    assert_eq!(report.findings[0].severity, Severity::Error);
+    assert!(report.findings[0].message.contains(host));
+
+    // The same through DOCKER_HOST, in a child process so that no other
+    // test sees the variable.
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "dead_daemon_from_env_child",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("DOCKER_HOST", host)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+}
+
+#[test]
+#[ignore = "run by a_dead_daemon_is_one_clear_error with DOCKER_HOST set"]
+fn dead_daemon_from_env_child() {
+    let host = std::env::var("DOCKER_HOST").expect("DOCKER_HOST set by the parent test");
+    let err = DockerBackend::new()
+        .launch(spec_without_daemon())
+        .unwrap_err();
+    assert_unreachable(&err, &host);
+}
+
+fn spec_without_daemon() -> LaunchSpec {
+    LaunchSpec {
+        schema: 1,
+        bottle_id: "bb-test-nodaemon".into(),
+        bottle_name: "nodaemon".into(),
+        agent: AgentLaunch {
+            image: BUSYBOX_IMAGE.into(),
+            command: vec!["true".into()],
+            workdir: "/".into(),
+            ..Default::default()
+        },
+        egress: EgressLaunch {
+            program: "/nonexistent".into(),
+            config: Secret::new("{}"),
+            listen_port: PORT,
+            ca_cert_pem: String::new(),
+        },
+        backend_options: serde_json::Value::Null,
+        labels: BTreeMap::new(),
+    }
+}

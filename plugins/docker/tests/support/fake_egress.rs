@@ -1,0 +1,128 @@
+//! A stand-in for `bottle egress serve`, used only by the Docker backend's
+//! tests while the real proxy is built elsewhere. It is compiled by the
+//! tests with plain `rustc` (std only, dynamically linked against glibc, so
+//! the sidecar image's `ldd` packing is exercised for real).
+//!
+//! `PROGRAM egress serve --config FILE --listen ADDR`:
+//! * reads FILE (the sidecar's config; it must be readable) and prints one
+//!   JSON line with its size and mode — never its contents;
+//! * if the config contains `"fail": true` it prints the config's `token`
+//!   to stderr and exits 3 (to check that the backend redacts it);
+//! * listens on ADDR and prints `listening on ADDR` to stderr;
+//! * serves each connection as a minimal forward proxy: `CONNECT host:port`
+//!   is tunnelled, `GET http://host:port/path` is fetched with HTTP/1.0;
+//!   anything else gets `fake-egress` back. One JSON audit line per request
+//!   goes to stdout.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .unwrap_or_else(|| panic!("missing {name}"))
+    };
+    assert_eq!(args.get(1).map(String::as_str), Some("egress"));
+    assert_eq!(args.get(2).map(String::as_str), Some("serve"));
+    let config_path = arg("--config");
+    let listen = arg("--listen");
+
+    let config = std::fs::read_to_string(&config_path).expect("reading the config");
+    let mode = std::fs::metadata(&config_path).unwrap().permissions().mode() & 0o7777;
+    println!(r#"{{"event":"config","bytes":{},"mode":"{:o}"}}"#, config.len(), mode);
+    if config.contains(r#""fail": true"#) || config.contains(r#""fail":true"#) {
+        let token = config
+            .split(r#""token":""#)
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("");
+        eprintln!("fatal: refusing config with token {token}");
+        std::process::exit(3);
+    }
+
+    let listener = TcpListener::bind(&listen).expect("binding");
+    eprintln!("listening on {listen}");
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        std::thread::spawn(move || {
+            let _ = serve(conn);
+        });
+    }
+}
+
+fn serve(client: TcpStream) -> std::io::Result<()> {
+    client.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line)? == 0 {
+        return Ok(());
+    }
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
+            break;
+        }
+    }
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let target = parts.next().unwrap_or("").to_string();
+    println!(r#"{{"event":"request","method":"{method}","target":"{target}"}}"#);
+    let mut client = client;
+    client.set_read_timeout(None)?;
+    if method == "CONNECT" {
+        let upstream = TcpStream::connect(&target)?;
+        client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")?;
+        splice(client, upstream);
+    } else if let Some(rest) = target.strip_prefix("http://") {
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let addr = if authority.contains(':') {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
+        match TcpStream::connect(&addr) {
+            Ok(mut upstream) => {
+                write!(
+                    upstream,
+                    "{method} {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+                )?;
+                let mut body = Vec::new();
+                upstream.read_to_end(&mut body)?;
+                client.write_all(&body)?;
+            }
+            Err(e) => {
+                let msg = format!("upstream {addr}: {e}\n");
+                write!(
+                    client,
+                    "HTTP/1.0 502 Bad Gateway\r\nContent-Length: {}\r\n\r\n{msg}",
+                    msg.len()
+                )?;
+            }
+        }
+    } else {
+        client.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 12\r\n\r\nfake-egress\n")?;
+    }
+    Ok(())
+}
+
+fn splice(a: TcpStream, b: TcpStream) {
+    let (mut a2, mut b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+    let t = std::thread::spawn(move || {
+        let mut a = a;
+        let mut b = b;
+        let _ = std::io::copy(&mut a, &mut b);
+        let _ = b.shutdown(std::net::Shutdown::Write);
+    });
+    let _ = std::io::copy(&mut b2, &mut a2);
+    let _ = a2.shutdown(std::net::Shutdown::Write);
+    let _ = t.join();
+}
