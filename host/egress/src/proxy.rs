@@ -833,7 +833,17 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Target) -> R
     };
     parts.version = Version::HTTP_11;
     let up_req = Request::from_parts(parts, body);
-    match shared.client.request(up_req).await {
+    // If the agent goes away while upstream is still answering, this future
+    // is dropped: the guard still writes the request's audit line.
+    let mut guard = DropAudit {
+        rec: Some(rec.clone()),
+        shared: shared.clone(),
+        start,
+        req_bytes: req_bytes.clone(),
+    };
+    let answer = shared.client.request(up_req).await;
+    guard.rec = None;
+    match answer {
         Ok(resp) => {
             let (mut p, b) = resp.into_parts();
             strip_hop_by_hop(&mut p.headers, false);
@@ -1025,6 +1035,28 @@ impl hyper::body::Body for AuditBody {
     }
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Writes an audit line for a request whose future was dropped (the client
+/// went away) before an answer came back.
+struct DropAudit {
+    rec: Option<AuditRecord>,
+    shared: Arc<Shared>,
+    start: Instant,
+    req_bytes: Arc<AtomicU64>,
+}
+
+impl Drop for DropAudit {
+    fn drop(&mut self) {
+        if let Some(mut rec) = self.rec.take() {
+            rec.decision = "allow".into();
+            rec.status = 0;
+            rec.note = "client went away before upstream answered".into();
+            rec.bytes_out = self.req_bytes.load(Ordering::Relaxed);
+            rec.duration_ms = ms(self.start);
+            self.shared.audit.write(&rec);
+        }
     }
 }
 

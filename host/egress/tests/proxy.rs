@@ -1332,3 +1332,46 @@ async fn websocket_frames_with_secrets_are_blocked() {
     .await
     .expect("no dlp_block audit line");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_agent_abandons_is_still_audited() {
+    let fx = fx().await;
+    let (st, _, tcp) = connect(fx.proxy, "api.test:443").await;
+    assert_eq!(st, 200);
+    let t = tls(tcp, "api.test", &fx.bottle_ca, &[b"h2"]).await.unwrap();
+    let (mut s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(c);
+    let pending =
+        tokio::spawn(async move { s.send_request(get("https://api.test/hold", "", true)).await });
+    // Wait until the upstream has the request, then drop the agent's side.
+    tokio::time::timeout(HANG, async {
+        while !fx.up.seen().iter().any(|s| s.path == "/hold") {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    pending.abort();
+    conn.abort();
+    let line = tokio::time::timeout(HANG, async {
+        loop {
+            if let Some(l) = audit_lines(&fx.audit)
+                .into_iter()
+                .find(|l| l["path"] == "/hold")
+            {
+                return l;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no audit line for the abandoned request");
+    assert_eq!(line["injected"], true);
+    assert!(
+        line["note"].as_str().unwrap().contains("went away"),
+        "{line}"
+    );
+    fx.up.release.notify_one();
+}

@@ -258,6 +258,9 @@ async fn upstream_handle(
             .body(BodyExt::boxed(StreamBody::new(stream)))
             .unwrap());
     }
+    if path.starts_with("/hold") {
+        release.notified().await;
+    }
     if path.starts_with("/redirect") {
         return Ok(Response::builder()
             .status(StatusCode::FOUND)
