@@ -31,6 +31,11 @@ type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const TOKEN: &str = "REAL-SECRET-TOKEN";
 
+/// Requests the upstream saw, and how many carried the injected token: every
+/// proxy must do the same job for the figures to compare.
+static SEEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static INJECTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 struct Args {
     duration: Duration,
     peers: Vec<String>,
@@ -135,6 +140,13 @@ async fn upstream(pki: &Pki) -> SocketAddr {
                 let svc =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let kib = kib.clone();
+                        use std::sync::atomic::Ordering::Relaxed;
+                        SEEN.fetch_add(1, Relaxed);
+                        let want = format!("Bearer {TOKEN}");
+                        let auth: Vec<_> = req.headers().get_all("authorization").iter().collect();
+                        if auth.len() == 1 && auth[0].as_bytes() == want.as_bytes() {
+                            INJECTED.fetch_add(1, Relaxed);
+                        }
                         async move {
                             let body: UpBody = if req.uri().path() == "/sse" {
                                 let s = futures_stream(vec![
@@ -635,12 +647,15 @@ struct Row {
     rss16: f64,
     rss256: f64,
     errors: u64,
+    injected_pct: f64,
     note: String,
 }
 
 async fn measure(peer: &Peer, up: SocketAddr, dur: Duration) -> Res<Row> {
     let c = Client::new(peer, up);
     let pid = peer.child.as_ref().map(|c| c.id());
+    SEEN.store(0, std::sync::atomic::Ordering::Relaxed);
+    INJECTED.store(0, std::sync::atomic::Ordering::Relaxed);
     // Sanity and warm-up: one request must pass (and be injected).
     let mut s = c.open().await?;
     get_full(&mut s, c.req("/1k")).await?;
@@ -679,6 +694,8 @@ async fn measure(peer: &Peer, up: SocketAddr, dur: Duration) -> Res<Row> {
         rss16,
         rss256,
         errors: ka.errors + nc.errors,
+        injected_pct: 100.0 * INJECTED.load(std::sync::atomic::Ordering::Relaxed) as f64
+            / SEEN.load(std::sync::atomic::Ordering::Relaxed).max(1) as f64,
         note: String::new(),
     })
 }
@@ -746,7 +763,7 @@ fn print_table(rows: &[Row], dur: Duration) {
         dur.as_secs_f64()
     );
     println!(
-        "{:<11} {:>10} {:>8} {:>8} {:>11} {:>10} {:>10} {:>10} {:>9} {:>10} {:>7}",
+        "{:<11} {:>10} {:>8} {:>8} {:>11} {:>10} {:>10} {:>10} {:>9} {:>10} {:>7} {:>6}",
         "peer",
         "ka req/s",
         "p50 ms",
@@ -757,7 +774,8 @@ fn print_table(rows: &[Row], dur: Duration) {
         "cpu us/req",
         "rss c16",
         "rss c256",
-        "errors"
+        "errors",
+        "inj %"
     );
     for r in rows {
         if !r.note.is_empty() && r.ka_rps == 0.0 {
@@ -765,7 +783,7 @@ fn print_table(rows: &[Row], dur: Duration) {
             continue;
         }
         println!(
-            "{:<11} {:>10} {:>8} {:>8} {:>11} {:>10} {:>10} {:>10} {:>9} {:>10} {:>7}",
+            "{:<11} {:>10} {:>8} {:>8} {:>11} {:>10} {:>10} {:>10} {:>9} {:>10} {:>7} {:>6}",
             r.name,
             f(r.ka_rps, 0),
             f(r.p50, 3),
@@ -776,7 +794,8 @@ fn print_table(rows: &[Row], dur: Duration) {
             f(r.cpu_us, 1),
             f(r.rss16, 1),
             f(r.rss256, 1),
-            r.errors
+            r.errors,
+            f(r.injected_pct, 0)
         );
     }
     let get = |n: &str| rows.iter().find(|r| r.name == n && r.ka_rps > 0.0);
