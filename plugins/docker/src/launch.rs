@@ -153,22 +153,30 @@ async fn bring_up(
         check_runtime(client, docker, runtime).await?;
     }
 
-    let (agent_image, egress_image) = tokio::try_join!(
-        ensure_agent_image(
-            client,
-            docker,
-            &spec.agent.image,
-            options.pull.unwrap_or(true)
-        ),
-        crate::egress_image::ensure(client, docker, &spec.egress.program),
+    // Images and networks do not depend on each other.
+    let ((agent_image, egress_image), _) = tokio::try_join!(
+        async {
+            tokio::try_join!(
+                ensure_agent_image(
+                    client,
+                    docker,
+                    &spec.agent.image,
+                    options.pull.unwrap_or(true)
+                ),
+                crate::egress_image::ensure(client, docker, &spec.egress.program),
+            )
+        },
+        async {
+            tokio::try_join!(
+                create_network(client, docker, spec, &names.internal_net, true),
+                create_network(client, docker, spec, &names.egress_net, false),
+            )
+        },
     )?;
-    tracing::debug!(elapsed = ?started.elapsed(), "images ready");
+    tracing::debug!(elapsed = ?started.elapsed(), "images and networks ready");
 
-    tokio::try_join!(
-        create_network(client, docker, spec, &names.internal_net, true),
-        create_network(client, docker, spec, &names.egress_net, false),
-    )?;
-
+    // Both containers are created before either starts: `bottle gc` takes
+    // a started sidecar without an agent for the leftover of a dead bottle.
     let (_, agent_user) = tokio::try_join!(
         create_egress(client, docker, spec, &names, &egress_image),
         create_agent(
@@ -183,12 +191,17 @@ async fn bring_up(
     )?;
     tracing::debug!(elapsed = ?started.elapsed(), "containers created");
 
-    docker
-        .start_container(&names.egress, None::<StartContainerOptions>)
-        .await
-        .map_err(|e| client.api("starting the egress sidecar", e))?;
-    wait_for_egress(client, docker, spec, &names).await?;
-    tracing::debug!(elapsed = ?started.elapsed(), "egress proxy listening");
+    tokio::try_join!(
+        async {
+            docker
+                .start_container(&names.egress, None::<StartContainerOptions>)
+                .await
+                .map_err(|e| client.api("starting the egress sidecar", e))?;
+            wait_for_egress(client, docker, spec, &names).await
+        },
+        place_files(client, docker, spec, &names.agent, &agent_user),
+    )?;
+    tracing::debug!(elapsed = ?started.elapsed(), "egress proxy listening, files placed");
 
     docker
         .start_container(&names.agent, None::<StartContainerOptions>)
@@ -574,7 +587,6 @@ async fn create_agent(
             }
         },
     };
-    place_files(client, docker, spec, &names.agent, &user).await?;
     Ok(user)
 }
 
