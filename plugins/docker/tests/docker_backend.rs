@@ -1090,6 +1090,40 @@ fn gc_removes_leftovers_and_images() {
 }
 
 #[test]
+fn tty_bottles_from_a_saved_image_archive() {
+    let docker = docker_or_skip!();
+    let _g = GLOBAL.read().unwrap_or_else(|e| e.into_inner());
+    let backend = DockerBackend::new();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("busybox.tar");
+    let image = busybox_image(&docker);
+    let bytes = rt()
+        .block_on(docker.export_image(image).try_collect::<Vec<_>>())
+        .unwrap()
+        .concat();
+    std::fs::write(&archive, bytes).unwrap();
+
+    let mut s = spec(&docker, "tty", &["sh", "-c", "test -t 1 && exit 4; exit 5"]);
+    s.agent.image = archive.to_string_lossy().into_owned();
+    s.agent.tty = true;
+    s.agent.interactive = true;
+    let id = s.bottle_id.clone();
+    let _cleanup = Cleanup::new(&[&id]);
+    let handle = backend.launch(s).unwrap();
+    assert_eq!(handle.details["agent_image"], image);
+    let report = backend
+        .wait(WaitRequest {
+            schema: 1,
+            bottle_id: id.clone(),
+            attach: true,
+        })
+        .unwrap();
+    assert_eq!(report.exit_code, 4, "the agent has a terminal");
+    remove(&backend, &id);
+    assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+}
+
+#[test]
 fn check_reports_a_live_daemon() {
     let _docker = docker_or_skip!();
     let report = DockerBackend::new().check(CheckRequest::default()).unwrap();
@@ -1227,4 +1261,32 @@ fn launch_phases() {
             "launch {launched:?}, +wait {waited:?}, +remove {removed:?}; plain docker run {plain:?} ({ok})"
         );
     }
+}
+
+/// Interactive check for a real terminal: `printf 'hello\r' | script -qec
+/// "cargo test -p bot-bottle-plugin-docker --test docker_backend --
+/// --ignored --nocapture interactive_tty" /dev/null` prints `got:hello`.
+#[test]
+#[ignore = "needs a terminal on stdin (run under `script`)"]
+fn interactive_tty() {
+    let docker = docker_or_skip!();
+    let backend = DockerBackend::new();
+    let mut s = spec(
+        &docker,
+        "itty",
+        &["sh", "-c", "read x; echo got:$x; exit 4"],
+    );
+    s.agent.tty = true;
+    s.agent.interactive = true;
+    let id = s.bottle_id.clone();
+    let _cleanup = Cleanup::new(&[&id]);
+    backend.launch(s).unwrap();
+    let report = backend
+        .wait(WaitRequest {
+            schema: 1,
+            bottle_id: id.clone(),
+            attach: true,
+        })
+        .unwrap();
+    assert_eq!(report.exit_code, 4);
 }
