@@ -153,8 +153,10 @@ async fn bring_up(
         check_runtime(client, docker, runtime).await?;
     }
 
-    // Images and networks do not depend on each other.
-    let ((agent_image, egress_image), _) = tokio::try_join!(
+    // Images and networks do not depend on each other. `join!`, not
+    // `try_join!`: a create request cancelled in flight may still complete
+    // in the daemon after the cleanup has looked, and leak.
+    let (images, networks) = tokio::join!(
         async {
             tokio::try_join!(
                 ensure_agent_image(
@@ -167,17 +169,20 @@ async fn bring_up(
             )
         },
         async {
-            tokio::try_join!(
+            let (a, b) = tokio::join!(
                 create_network(client, docker, spec, &names.internal_net, true),
                 create_network(client, docker, spec, &names.egress_net, false),
-            )
+            );
+            a.and(b)
         },
-    )?;
+    );
+    let (agent_image, egress_image) = images?;
+    networks?;
     tracing::debug!(elapsed = ?started.elapsed(), "images and networks ready");
 
     // Both containers are created before either starts: `bottle gc` takes
     // a started sidecar without an agent for the leftover of a dead bottle.
-    let (_, agent_user) = tokio::try_join!(
+    let (egress, agent_user) = tokio::join!(
         create_egress(client, docker, spec, &names, &egress_image),
         create_agent(
             client,
@@ -188,10 +193,12 @@ async fn bring_up(
             &agent_image.0,
             agent_image.1.as_deref()
         ),
-    )?;
+    );
+    egress?;
+    let agent_user = agent_user?;
     tracing::debug!(elapsed = ?started.elapsed(), "containers created");
 
-    tokio::try_join!(
+    let (ready, placed) = tokio::join!(
         async {
             docker
                 .start_container(&names.egress, None::<StartContainerOptions>)
@@ -200,7 +207,9 @@ async fn bring_up(
             wait_for_egress(client, docker, spec, &names).await
         },
         place_files(client, docker, spec, &names.agent, &agent_user),
-    )?;
+    );
+    ready?;
+    placed?;
     tracing::debug!(elapsed = ?started.elapsed(), "egress proxy listening, files placed");
 
     docker

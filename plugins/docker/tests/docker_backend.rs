@@ -823,6 +823,36 @@ fn launch_errors_leave_nothing_behind() {
     assert!(!format!("{err:?}").contains(&canary), "{err:?}");
     assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
 
+    // An id that is already in use is refused, and the bottle holding it
+    // is left alone.
+    let s = spec(&docker, "dupid", &["sleep", "300"]);
+    let id = s.bottle_id.clone();
+    let _cleanup_dup = Cleanup::new(&[&id]);
+    backend.launch(s.clone()).unwrap();
+    let err = backend.launch(s).unwrap_err();
+    assert!(err.message.contains("already exists"), "{err:?}");
+    assert_eq!(
+        leftovers(&docker, &id).len(),
+        4,
+        "the first bottle must survive"
+    );
+    let waiter = {
+        let id = id.clone();
+        std::thread::spawn(move || {
+            DockerBackend::new().wait(WaitRequest {
+                schema: 1,
+                bottle_id: id,
+                attach: false,
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    remove(&backend, &id);
+    let report = waiter.join().unwrap().unwrap();
+    // Killed by the removal (137), or reported as removed.
+    assert_eq!(report.exit_code, 137, "{report:?}");
+    assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+
     // A user the image lacks: fails after both containers exist.
     let mut s = spec(&docker, "nouser", &["true"]);
     let id = s.bottle_id.clone();
