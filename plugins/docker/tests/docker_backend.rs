@@ -2,9 +2,9 @@
 //! `Backend` trait.
 //!
 //! Needs a running dockerd and a static busybox (`busybox-static`) on the
-//! host; every image is built locally, no registry is used. Without a
-//! daemon the tests skip with a printed reason, except under `CI=true`,
-//! where a missing daemon fails them.
+//! host; every image is built locally, no registry is used. Without either
+//! the tests skip with a printed reason, except under `CI=true`, where a
+//! missing one fails them.
 //!
 //! The egress proxy is played by `tests/support/fake_egress.rs`, a stand-in
 //! compiled here with `rustc`: it listens where `bottle egress serve` would
@@ -51,6 +51,9 @@ fn rt() -> &'static tokio::runtime::Runtime {
 /// printed) when there is none. Under `CI=true` a missing daemon fails.
 fn docker_or_skip() -> Option<Docker> {
     let reason = match Docker::connect_with_defaults() {
+        Ok(_) if find_busybox().is_none() => {
+            "no static busybox on the host (Debian: apt-get install busybox-static)".to_string()
+        }
         Ok(docker) => {
             match rt().block_on(async {
                 tokio::time::timeout(Duration::from_secs(5), docker.ping()).await
@@ -122,14 +125,17 @@ fn fake_egress_variant(tag: &str) -> PathBuf {
     path
 }
 
+fn find_busybox() -> Option<&'static str> {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+}
+
 /// A busybox image with a user `agent` (uid 1000) and no `USER`.
 fn busybox_image(docker: &Docker) -> &'static str {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("a static busybox on the host (Debian: apt-get install busybox-static)");
+        let busybox = find_busybox().expect("checked by docker_or_skip");
         let mut tar = tar::Builder::new(Vec::new());
         let mut add = |path: &str, data: &[u8], mode: u32, uid: u64, kind: tar::EntryType| {
             let mut h = tar::Header::new_gnu();
