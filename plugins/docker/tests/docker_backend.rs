@@ -895,6 +895,28 @@ fn launch_errors_leave_nothing_behind() {
     assert!(err.message.contains("Docker socket"), "{err:?}");
     assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
 
+    // A runtime the daemon lacks is named, with how to get it.
+    let runtimes = rt()
+        .block_on(docker.info())
+        .unwrap()
+        .runtimes
+        .unwrap_or_default();
+    if !runtimes.contains_key("runsc") {
+        let mut s = spec(&docker, "runsc", &["true"]);
+        let id = s.bottle_id.clone();
+        s.backend_options = serde_json::json!({"runtime": "runsc"});
+        let err = backend.launch(s).unwrap_err();
+        assert!(err.message.contains("no runtime `runsc`"), "{err:?}");
+        assert!(
+            err.hint
+                .as_deref()
+                .unwrap()
+                .contains("apt-get install runsc"),
+            "{err:?}"
+        );
+        assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+    }
+
     // Unknown backend options are named.
     let mut s = spec(&docker, "badopt", &["true"]);
     s.backend_options = serde_json::json!({"runtme": "runsc"});
