@@ -127,13 +127,23 @@ async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport
         print_logs(client, &docker, &names.agent, false).await?;
     }
 
-    let inspect = docker
+    let inspect = match docker
         .inspect_container(
             &names.agent,
             None::<bollard::query_parameters::InspectContainerOptions>,
         )
         .await
-        .map_err(|e| client.api("reading the agent's exit code", e))?;
+    {
+        Ok(i) => i,
+        // Removed while we waited (another `bottle` tore it down).
+        Err(e) if is_not_found(&e) => {
+            return Ok(ExitReport {
+                exit_code: 137,
+                reason: Some("the bottle was removed while the agent ran".into()),
+            })
+        }
+        Err(e) => return Err(client.api("reading the agent's exit code", e)),
+    };
     let state = inspect.state.unwrap_or_default();
     let code = state.exit_code.unwrap_or(-1) as i32;
     if let Some(egress_code) = egress_died {

@@ -8,7 +8,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bollard::query_parameters::CreateImageOptions;
+use bollard::query_parameters::{CreateImageOptions, ListImagesOptions};
 use bollard::Docker;
 use bot_bottle_plugin_api::PluginError;
 use futures_util::TryStreamExt;
@@ -16,7 +16,8 @@ use sha2::{Digest, Sha256};
 
 use crate::client::Client;
 use crate::names::{
-    EGRESS_IMAGE_REPO, EGRESS_PROGRAM_PATH, LABEL_EGRESS_SHA256, LABEL_ROLE, ROLE_EGRESS_IMAGE,
+    label_filter, EGRESS_IMAGE_REPO, EGRESS_PROGRAM_PATH, LABEL_EGRESS_SHA256, LABEL_EGRESS_STAMP,
+    LABEL_ROLE, ROLE_EGRESS_IMAGE,
 };
 
 /// The host's CA bundle, copied into the image when present so that the
@@ -31,6 +32,25 @@ pub async fn ensure(
     program: &Path,
 ) -> Result<String, PluginError> {
     let program = program.to_path_buf();
+    // Hashing a large `bottle` costs more than the rest of a launch; an
+    // image labelled with this very file's identity (device, inode, size,
+    // mtime) is taken without hashing.
+    let stamp = file_stamp(&program)?;
+    let by_stamp = docker
+        .list_images(Some(ListImagesOptions {
+            filters: Some(label_filter(&[(LABEL_EGRESS_STAMP, Some(&stamp))])),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| client.api("listing egress images", e))?;
+    if let Some(tag) = by_stamp
+        .iter()
+        .flat_map(|i| i.repo_tags.iter())
+        .find(|t| t.starts_with(&format!("{EGRESS_IMAGE_REPO}:")))
+    {
+        tracing::debug!(%tag, "egress sidecar image is cached (same file)");
+        return Ok(tag.clone());
+    }
     let sha = {
         let program = program.clone();
         tokio::task::spawn_blocking(move || sha256_file(&program))
@@ -69,7 +89,7 @@ pub async fn ensure(
         repo: Some(EGRESS_IMAGE_REPO.into()),
         tag: Some(sha[..16].to_string()),
         changes: vec![format!(
-            "LABEL {LABEL_ROLE}={ROLE_EGRESS_IMAGE} {LABEL_EGRESS_SHA256}={sha}"
+            "LABEL {LABEL_ROLE}={ROLE_EGRESS_IMAGE} {LABEL_EGRESS_SHA256}={sha} {LABEL_EGRESS_STAMP}={stamp}"
         )],
         ..Default::default()
     };
@@ -79,6 +99,21 @@ pub async fn ensure(
         .await
         .map_err(|e| client.api(&format!("importing the egress image {tag}"), e))?;
     Ok(tag)
+}
+
+/// The identity of a file as it is now: device, inode, size and
+/// modification time. Any rewrite of the file changes it.
+fn file_stamp(path: &Path) -> Result<String, PluginError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|e| program_error(path, &e))?;
+    Ok(format!(
+        "{}-{}-{}-{}.{}",
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec()
+    ))
 }
 
 /// Lowercase hex SHA-256 of a file.

@@ -149,48 +149,50 @@ async fn bring_up(
 ) -> Result<BottleHandle, PluginError> {
     let started = Instant::now();
     let mut names = BottleNames::new(&spec.bottle_id);
+    if let Some(existing) = &options.egress_network {
+        names.egress_net = existing.clone();
+    }
     if let Some(runtime) = &options.runtime {
         check_runtime(client, docker, runtime).await?;
     }
 
-    let (agent_image, egress_image) = tokio::try_join!(
-        ensure_agent_image(
-            client,
-            docker,
-            &spec.agent.image,
-            options.pull.unwrap_or(true)
-        ),
-        crate::egress_image::ensure(client, docker, &spec.egress.program),
-    )?;
-    tracing::debug!(elapsed = ?started.elapsed(), "images ready");
-
-    match &options.egress_network {
-        // A network the user made (a mirror, a test upstream): it must exist,
-        // and it is theirs, so teardown leaves it alone (it carries no
-        // bottle label).
-        Some(existing) => {
-            docker
-                .inspect_network(existing, None::<bollard::query_parameters::InspectNetworkOptions>)
-                .await
-                .map_err(|e| {
-                    let mut err = client.api(&format!("finding egress_network `{existing}`"), e);
-                    err.hint = Some(format!(
-                        "create it (`docker network create {existing}`) or drop `egress_network` from [backends.docker]"
-                    ));
-                    err
-                })?;
-            names.egress_net = existing.clone();
-            create_network(client, docker, spec, &names.internal_net, true).await?;
-        }
-        None => {
+    // Images and networks do not depend on each other. `join!`, not
+    // `try_join!`: a create request cancelled in flight may still complete
+    // in the daemon after the cleanup has looked, and leak.
+    let (images, networks) = tokio::join!(
+        async {
             tokio::try_join!(
+                ensure_agent_image(
+                    client,
+                    docker,
+                    &spec.agent.image,
+                    options.pull.unwrap_or(true)
+                ),
+                crate::egress_image::ensure(client, docker, &spec.egress.program),
+            )
+        },
+        async {
+            let (a, b) = tokio::join!(
                 create_network(client, docker, spec, &names.internal_net, true),
-                create_network(client, docker, spec, &names.egress_net, false),
-            )?;
-        }
-    }
+                async {
+                    match &options.egress_network {
+                        Some(existing) => find_egress_network(client, docker, existing).await,
+                        None => {
+                            create_network(client, docker, spec, &names.egress_net, false).await
+                        }
+                    }
+                },
+            );
+            a.and(b)
+        },
+    );
+    let (agent_image, egress_image) = images?;
+    networks?;
+    tracing::debug!(elapsed = ?started.elapsed(), "images and networks ready");
 
-    let (_, agent_user) = tokio::try_join!(
+    // Both containers are created before either starts: `bottle gc` takes
+    // a started sidecar without an agent for the leftover of a dead bottle.
+    let (egress, agent_user) = tokio::join!(
         create_egress(client, docker, spec, &names, &egress_image),
         create_agent(
             client,
@@ -201,15 +203,24 @@ async fn bring_up(
             &agent_image.0,
             agent_image.1.as_deref()
         ),
-    )?;
+    );
+    egress?;
+    let agent_user = agent_user?;
     tracing::debug!(elapsed = ?started.elapsed(), "containers created");
 
-    docker
-        .start_container(&names.egress, None::<StartContainerOptions>)
-        .await
-        .map_err(|e| client.api("starting the egress sidecar", e))?;
-    wait_for_egress(client, docker, spec, &names).await?;
-    tracing::debug!(elapsed = ?started.elapsed(), "egress proxy listening");
+    let (ready, placed) = tokio::join!(
+        async {
+            docker
+                .start_container(&names.egress, None::<StartContainerOptions>)
+                .await
+                .map_err(|e| client.api("starting the egress sidecar", e))?;
+            wait_for_egress(client, docker, spec, &names).await
+        },
+        place_files(client, docker, spec, &names.agent, &agent_user),
+    );
+    ready?;
+    placed?;
+    tracing::debug!(elapsed = ?started.elapsed(), "egress proxy listening, files placed");
 
     docker
         .start_container(&names.agent, None::<StartContainerOptions>)
@@ -369,6 +380,27 @@ async fn load_archive(
                 path.display()
             ))
             .with_hint("make the archive with `docker save IMAGE -o FILE`")
+        })
+}
+
+/// A network the user made for egress (a mirror, a test upstream): it must
+/// exist, and it is theirs, so it carries no bottle label and teardown
+/// leaves it alone.
+async fn find_egress_network(
+    client: &Client,
+    docker: &Docker,
+    existing: &str,
+) -> Result<(), PluginError> {
+    docker
+        .inspect_network(existing, None::<bollard::query_parameters::InspectNetworkOptions>)
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            let mut err = client.api(&format!("finding egress_network `{existing}`"), e);
+            err.hint = Some(format!(
+                "create it (`docker network create {existing}`) or drop `egress_network` from [backends.docker]"
+            ));
+            err
         })
 }
 
@@ -611,7 +643,6 @@ async fn create_agent(
             }
         },
     };
-    place_files(client, docker, spec, &names.agent, &user).await?;
     Ok(user)
 }
 

@@ -99,8 +99,8 @@ async fn remove_resources(
     docker: &Docker,
     resources: Resources,
 ) -> Result<Vec<String>, PluginError> {
-    let mut removed = Vec::new();
-    for c in &resources.containers {
+    // Containers first (all at once), then the networks they held.
+    let containers = resources.containers.iter().map(|c| async move {
         let name = container_name(c);
         let id = c.id.clone().unwrap_or_else(|| name.clone());
         match docker
@@ -114,26 +114,28 @@ async fn remove_resources(
             )
             .await
         {
-            Ok(()) => removed.push(format!("container {name}")),
-            Err(e) if is_not_found(&e) => {}
+            Ok(()) => Ok(Some(format!("container {name}"))),
+            Err(e) if is_not_found(&e) => Ok(None),
             // Docker answers 409 while the removal is already under way.
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 409, ..
-            }) => removed.push(format!("container {name}")),
-            Err(e) => return Err(client.api(&format!("removing container {name}"), e)),
+            }) => Ok(Some(format!("container {name}"))),
+            Err(e) => Err(client.api(&format!("removing container {name}"), e)),
         }
-    }
-    for n in &resources.networks {
+    });
+    let mut removed: Vec<String> = futures_util::future::try_join_all(containers)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    let networks = resources.networks.iter().map(|n| async move {
         let name = n.name.clone().unwrap_or_default();
         let id = n.id.clone().unwrap_or_else(|| name.clone());
         let mut attempt = 0;
         loop {
             match docker.remove_network(&id).await {
-                Ok(()) => {
-                    removed.push(format!("network {name}"));
-                    break;
-                }
-                Err(e) if is_not_found(&e) => break,
+                Ok(()) => return Ok(Some(format!("network {name}"))),
+                Err(e) if is_not_found(&e) => return Ok(None),
                 // A container removed a moment ago may still hold an
                 // endpoint for a little while.
                 Err(_) if attempt < 20 => {
@@ -143,7 +145,13 @@ async fn remove_resources(
                 Err(e) => return Err(client.api(&format!("removing network {name}"), e)),
             }
         }
-    }
+    });
+    removed.extend(
+        futures_util::future::try_join_all(networks)
+            .await?
+            .into_iter()
+            .flatten(),
+    );
     Ok(removed)
 }
 

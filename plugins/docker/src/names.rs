@@ -14,6 +14,9 @@ pub const LABEL_NAME: &str = "bot-bottle.name";
 pub const LABEL_ROLE: &str = "bot-bottle.role";
 /// Label carrying the full SHA-256 of the egress program, on the sidecar image.
 pub const LABEL_EGRESS_SHA256: &str = "bot-bottle.egress-sha256";
+/// Label carrying the identity (device, inode, size, mtime) of the file the
+/// sidecar image was built from, so that an unchanged file is not hashed again.
+pub const LABEL_EGRESS_STAMP: &str = "bot-bottle.egress-stamp";
 /// The agent container.
 pub const ROLE_AGENT: &str = "agent";
 /// The egress sidecar container.

@@ -2,9 +2,9 @@
 //! `Backend` trait.
 //!
 //! Needs a running dockerd and a static busybox (`busybox-static`) on the
-//! host; every image is built locally, no registry is used. Without a
-//! daemon the tests skip with a printed reason, except under `CI=true`,
-//! where a missing daemon fails them.
+//! host; every image is built locally, no registry is used. Without either
+//! the tests skip with a printed reason, except under `CI=true`, where a
+//! missing one fails them.
 //!
 //! The egress proxy is played by `tests/support/fake_egress.rs`, a stand-in
 //! compiled here with `rustc`: it listens where `bottle egress serve` would
@@ -51,6 +51,9 @@ fn rt() -> &'static tokio::runtime::Runtime {
 /// printed) when there is none. Under `CI=true` a missing daemon fails.
 fn docker_or_skip() -> Option<Docker> {
     let reason = match Docker::connect_with_defaults() {
+        Ok(_) if find_busybox().is_none() => {
+            "no static busybox on the host (Debian: apt-get install busybox-static)".to_string()
+        }
         Ok(docker) => {
             match rt().block_on(async {
                 tokio::time::timeout(Duration::from_secs(5), docker.ping()).await
@@ -122,14 +125,17 @@ fn fake_egress_variant(tag: &str) -> PathBuf {
     path
 }
 
+fn find_busybox() -> Option<&'static str> {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+}
+
 /// A busybox image with a user `agent` (uid 1000) and no `USER`.
 fn busybox_image(docker: &Docker) -> &'static str {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("a static busybox on the host (Debian: apt-get install busybox-static)");
+        let busybox = find_busybox().expect("checked by docker_or_skip");
         let mut tar = tar::Builder::new(Vec::new());
         let mut add = |path: &str, data: &[u8], mode: u32, uid: u64, kind: tar::EntryType| {
             let mut h = tar::Header::new_gnu();
@@ -823,6 +829,36 @@ fn launch_errors_leave_nothing_behind() {
     assert!(!format!("{err:?}").contains(&canary), "{err:?}");
     assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
 
+    // An id that is already in use is refused, and the bottle holding it
+    // is left alone.
+    let s = spec(&docker, "dupid", &["sleep", "300"]);
+    let id = s.bottle_id.clone();
+    let _cleanup_dup = Cleanup::new(&[&id]);
+    backend.launch(s.clone()).unwrap();
+    let err = backend.launch(s).unwrap_err();
+    assert!(err.message.contains("already exists"), "{err:?}");
+    assert_eq!(
+        leftovers(&docker, &id).len(),
+        4,
+        "the first bottle must survive"
+    );
+    let waiter = {
+        let id = id.clone();
+        std::thread::spawn(move || {
+            DockerBackend::new().wait(WaitRequest {
+                schema: 1,
+                bottle_id: id,
+                attach: false,
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    remove(&backend, &id);
+    let report = waiter.join().unwrap().unwrap();
+    // Killed by the removal (137), or reported as removed.
+    assert_eq!(report.exit_code, 137, "{report:?}");
+    assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+
     // A user the image lacks: fails after both containers exist.
     let mut s = spec(&docker, "nouser", &["true"]);
     let id = s.bottle_id.clone();
@@ -858,6 +894,28 @@ fn launch_errors_leave_nothing_behind() {
     let err = backend.launch(s).unwrap_err();
     assert!(err.message.contains("Docker socket"), "{err:?}");
     assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+
+    // A runtime the daemon lacks is named, with how to get it.
+    let runtimes = rt()
+        .block_on(docker.info())
+        .unwrap()
+        .runtimes
+        .unwrap_or_default();
+    if !runtimes.contains_key("runsc") {
+        let mut s = spec(&docker, "runsc", &["true"]);
+        let id = s.bottle_id.clone();
+        s.backend_options = serde_json::json!({"runtime": "runsc"});
+        let err = backend.launch(s).unwrap_err();
+        assert!(err.message.contains("no runtime `runsc`"), "{err:?}");
+        assert!(
+            err.hint
+                .as_deref()
+                .unwrap()
+                .contains("apt-get install runsc"),
+            "{err:?}"
+        );
+        assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+    }
 
     // Unknown backend options are named.
     let mut s = spec(&docker, "badopt", &["true"]);
@@ -1090,6 +1148,40 @@ fn gc_removes_leftovers_and_images() {
 }
 
 #[test]
+fn tty_bottles_from_a_saved_image_archive() {
+    let docker = docker_or_skip!();
+    let _g = GLOBAL.read().unwrap_or_else(|e| e.into_inner());
+    let backend = DockerBackend::new();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("busybox.tar");
+    let image = busybox_image(&docker);
+    let bytes = rt()
+        .block_on(docker.export_image(image).try_collect::<Vec<_>>())
+        .unwrap()
+        .concat();
+    std::fs::write(&archive, bytes).unwrap();
+
+    let mut s = spec(&docker, "tty", &["sh", "-c", "test -t 1 && exit 4; exit 5"]);
+    s.agent.image = archive.to_string_lossy().into_owned();
+    s.agent.tty = true;
+    s.agent.interactive = true;
+    let id = s.bottle_id.clone();
+    let _cleanup = Cleanup::new(&[&id]);
+    let handle = backend.launch(s).unwrap();
+    assert_eq!(handle.details["agent_image"], image);
+    let report = backend
+        .wait(WaitRequest {
+            schema: 1,
+            bottle_id: id.clone(),
+            attach: true,
+        })
+        .unwrap();
+    assert_eq!(report.exit_code, 4, "the agent has a terminal");
+    remove(&backend, &id);
+    assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+}
+
+#[test]
 fn check_reports_a_live_daemon() {
     let _docker = docker_or_skip!();
     let report = DockerBackend::new().check(CheckRequest::default()).unwrap();
@@ -1185,4 +1277,74 @@ fn spec_without_daemon() -> LaunchSpec {
         backend_options: serde_json::Value::Null,
         labels: BTreeMap::new(),
     }
+}
+
+/// Not a benchmark (those print ratios elsewhere): a quick look at where a
+/// launch spends its time. `cargo test -p bot-bottle-plugin-docker --test
+/// docker_backend -- --ignored --nocapture launch_phases`
+#[test]
+#[ignore = "timing printout for development"]
+fn launch_phases() {
+    let docker = docker_or_skip!();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("bot_bottle_plugin_docker=debug")
+        .with_writer(std::io::stderr)
+        .try_init();
+    let backend = DockerBackend::new();
+    for _ in 0..3 {
+        let s = spec(&docker, "phases", &["true"]);
+        let id = s.bottle_id.clone();
+        let _cleanup = Cleanup::new(&[&id]);
+        let t = std::time::Instant::now();
+        backend.launch(s).unwrap();
+        let launched = t.elapsed();
+        backend
+            .wait(WaitRequest {
+                schema: 1,
+                bottle_id: id.clone(),
+                attach: true,
+            })
+            .unwrap();
+        let waited = t.elapsed();
+        remove(&backend, &id);
+        let removed = t.elapsed();
+        let t = std::time::Instant::now();
+        let ok = Command::new("docker")
+            .args(["run", "--rm", BUSYBOX_IMAGE, "true"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        let plain = t.elapsed();
+        eprintln!(
+            "launch {launched:?}, +wait {waited:?}, +remove {removed:?}; plain docker run {plain:?} ({ok})"
+        );
+    }
+}
+
+/// Interactive check for a real terminal: `printf 'hello\r' | script -qec
+/// "cargo test -p bot-bottle-plugin-docker --test docker_backend --
+/// --ignored --nocapture interactive_tty" /dev/null` prints `got:hello`.
+#[test]
+#[ignore = "needs a terminal on stdin (run under `script`)"]
+fn interactive_tty() {
+    let docker = docker_or_skip!();
+    let backend = DockerBackend::new();
+    let mut s = spec(
+        &docker,
+        "itty",
+        &["sh", "-c", "read x; echo got:$x; exit 4"],
+    );
+    s.agent.tty = true;
+    s.agent.interactive = true;
+    let id = s.bottle_id.clone();
+    let _cleanup = Cleanup::new(&[&id]);
+    backend.launch(s).unwrap();
+    let report = backend
+        .wait(WaitRequest {
+            schema: 1,
+            bottle_id: id.clone(),
+            attach: true,
+        })
+        .unwrap();
+    assert_eq!(report.exit_code, 4);
 }
