@@ -143,6 +143,10 @@ pub enum EgressCommand {
         /// Listen address, overriding the config's.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Serve only clients from this network (CIDR; repeatable), overriding
+        /// the config's `allowed_clients`.
+        #[arg(long = "allow-client", value_name = "CIDR")]
+        allow_clients: Vec<ipnet::IpNet>,
     },
     /// Print what the proxy would do with a request (header names only).
     Check {

@@ -127,6 +127,8 @@ pub fn proxy_config(
         local_responses: plan.egress.local_responses.clone(),
         limits: Default::default(),
         audit: Default::default(),
+        // The backend narrows this to the bottle's own network when it knows it.
+        allowed_clients: Vec::new(),
     })
 }
 

@@ -453,3 +453,76 @@ fn a_dead_docker_daemon_is_one_clear_error() {
         "one clear error, not a dump:\n{err}"
     );
 }
+
+#[test]
+fn the_proxy_serves_only_the_bottle_and_not_its_egress_side_neighbours() {
+    if !docker_available("the_proxy_serves_only_the_bottle_and_not_its_egress_side_neighbours") {
+        return;
+    }
+    let up = Upstream::start("neighbour", HOST);
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let name = unique("neighbour");
+    let token = canary();
+    let m = manifest(dir.path(), &name, "sleep 120", &up, &[]);
+    let mut child = bottle(data.path())
+        .env("API_TOKEN", &token)
+        .args(["run", "-f"])
+        .arg(&m)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_agent(&name);
+    let sidecar = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=bot-bottle.name={name}"),
+        "--filter",
+        "label=bot-bottle.role=egress",
+    ]);
+    let format = format!(
+        "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
+        up.network
+    );
+    let sidecar_ip = docker(&["inspect", "-f", &format, sidecar.trim()])
+        .trim()
+        .to_string();
+    assert!(!sidecar_ip.is_empty());
+    // A neighbour on the shared egress network asks the sidecar to proxy an
+    // allowed, credential-carrying route.
+    let proxy = format!("http://{sidecar_ip}:3128");
+    let (code, out, err) = output(Command::new("docker").args([
+        "run",
+        "--rm",
+        "--network",
+        &up.network,
+        "--label",
+        "bot-bottle-test=1",
+        AGENT_IMAGE,
+        "curl",
+        "-sS",
+        "-m",
+        "10",
+        "-k",
+        "-x",
+        &proxy,
+        "https://api.bottle.test/v1/hello",
+    ]));
+    assert_ne!(
+        code, 0,
+        "a neighbour used the bottle's proxy:\n{out}\n{err}"
+    );
+    assert!(
+        !up.requests()
+            .iter()
+            .any(|r| r["headers"]["authorization"] == format!("Bearer {token}")),
+        "the neighbour's request reached the upstream with the bottle's token"
+    );
+    // SAFETY: kill(2) on a child we spawned and have not reaped.
+    unsafe { libc_kill(child.id() as i32, 15) };
+    assert_eq!(wait_exit(&mut child), 130);
+    assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
+}

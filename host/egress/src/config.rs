@@ -56,6 +56,12 @@ pub struct ProxyConfig {
     /// Where audit lines go.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Serve only clients from these networks; empty serves any. The Docker
+    /// backend restricts its sidecar to the bottle's internal network, so a
+    /// neighbour on the egress side (or the Docker host) cannot borrow the
+    /// bottle's credentials.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_clients: Vec<ipnet::IpNet>,
 }
 
 fn default_listen() -> SocketAddr {

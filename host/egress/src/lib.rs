@@ -44,58 +44,63 @@ pub async fn serve_on(
     proxy::run(proxy::Live::new(shared), listener).await
 }
 
-/// Reads the config from `path` and serves (on `listen` when given, else
-/// the config's `listen`). On SIGHUP the file is read again and the new
-/// config (rotated tokens, routes, local responses) applies from the next
-/// request on, also on connections already open; a file that does not load
-/// keeps the previous config and logs why. This is what the sidecar runs.
-pub async fn serve_file(
-    path: &std::path::Path,
-    listen: Option<std::net::SocketAddr>,
-) -> Result<(), EgressError> {
-    let load = |path: &std::path::Path| -> Result<ProxyConfig, EgressError> {
+/// What the command line of `bottle egress serve` may override in the
+/// config file: where to listen, and which client networks to serve (the
+/// backend knows these only once the bottle's network exists). Applied at
+/// start and again on every reload.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Listen address instead of the config's `listen`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Serve only these client networks (replaces the config's
+    /// `allowed_clients` when not empty).
+    pub allowed_clients: Vec<ipnet::IpNet>,
+}
+
+impl Overrides {
+    fn load(&self, path: &std::path::Path) -> Result<ProxyConfig, EgressError> {
         let mut c = ProxyConfig::from_file(path)?;
-        if let Some(l) = listen {
+        if let Some(l) = self.listen {
             c.listen = l;
         }
+        if !self.allowed_clients.is_empty() {
+            c.allowed_clients = self.allowed_clients.clone();
+        }
         Ok(c)
-    };
-    let config = load(path)?;
-    let addr = config.listen;
+    }
+}
+
+/// Reads the config from `path` and serves it, with `overrides` applied. On
+/// SIGHUP the file is read again and the new config (rotated tokens, routes,
+/// local responses) applies from the next request on, also on connections
+/// already open; a file that does not load keeps the previous config and
+/// logs why. This is what the sidecar runs.
+pub async fn serve_file(path: &std::path::Path, overrides: &Overrides) -> Result<(), EgressError> {
+    let addr = overrides.load(path)?.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| EgressError::Listen {
             addr: addr.to_string(),
             source,
         })?;
-    serve_file_on(path, listen, listener).await
+    serve_file_on(path, overrides, listener).await
 }
 
 /// [`serve_file`] on a listener the caller bound.
 pub async fn serve_file_on(
     path: &std::path::Path,
-    listen: Option<std::net::SocketAddr>,
+    overrides: &Overrides,
     listener: tokio::net::TcpListener,
 ) -> Result<(), EgressError> {
-    let mut config = ProxyConfig::from_file(path)?;
-    if let Some(l) = listen {
-        config.listen = l;
-    }
-    let live = proxy::Live::new(proxy::Shared::new(config)?);
+    let live = proxy::Live::new(proxy::Shared::new(overrides.load(path)?)?);
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let mut hup = signal(SignalKind::hangup()).map_err(EgressError::Runtime)?;
-        let (live, path) = (live.clone(), path.to_owned());
+        let (live, path, overrides) = (live.clone(), path.to_owned(), overrides.clone());
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                let fresh = ProxyConfig::from_file(&path).and_then(|mut c| {
-                    if let Some(l) = listen {
-                        c.listen = l;
-                    }
-                    proxy::Shared::new(c)
-                });
-                match fresh {
+                match overrides.load(&path).and_then(proxy::Shared::new) {
                     Ok(s) => {
                         live.set(s);
                         tracing::info!(config = %path.display(), "egress config reloaded");
@@ -115,15 +120,15 @@ pub async fn serve_file_on(
 /// [`serve_file`] on a runtime of its own; blocks.
 pub fn serve_file_blocking(
     path: &std::path::Path,
-    listen: Option<std::net::SocketAddr>,
+    overrides: &Overrides,
 ) -> Result<(), EgressError> {
-    runtime()?.block_on(serve_file(path, listen))
+    runtime()?.block_on(serve_file(path, overrides))
 }
 
 /// [`serve_file_on`] with a std listener, on a runtime of its own; blocks.
 pub fn serve_file_with_listener(
     path: &std::path::Path,
-    listen: Option<std::net::SocketAddr>,
+    overrides: &Overrides,
     listener: std::net::TcpListener,
 ) -> Result<(), EgressError> {
     let addr = listener
@@ -139,7 +144,7 @@ pub fn serve_file_with_listener(
             })?;
         let l = tokio::net::TcpListener::from_std(listener)
             .map_err(|source| EgressError::Listen { addr, source })?;
-        serve_file_on(path, listen, l).await
+        serve_file_on(path, overrides, l).await
     })
 }
 

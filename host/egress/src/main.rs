@@ -41,7 +41,11 @@ fn main() -> ExitCode {
         let listener = std::net::TcpListener::bind(listen.unwrap_or(cfg.listen))?;
         // Tests read the port from here when they pass port 0.
         eprintln!("listening on {}", listener.local_addr()?);
-        bot_bottle_egress::serve_file_with_listener(&path, listen, listener)?;
+        let overrides = bot_bottle_egress::Overrides {
+            listen,
+            ..Default::default()
+        };
+        bot_bottle_egress::serve_file_with_listener(&path, &overrides, listener)?;
         Ok(())
     };
     match run() {

@@ -178,7 +178,7 @@ pub(crate) async fn run(live: Arc<Live>, listener: TcpListener) -> Result<(), Eg
         let Ok(permit) = sem.clone().acquire_owned().await else {
             return Ok(());
         };
-        let (tcp, _peer) = match listener.accept().await {
+        let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -187,8 +187,16 @@ pub(crate) async fn run(live: Arc<Live>, listener: TcpListener) -> Result<(), Eg
                 continue;
             }
         };
-        let _ = tcp.set_nodelay(true);
         let shared = live.get();
+        let allowed = &shared.cfg.allowed_clients;
+        if !allowed.is_empty() && !allowed.iter().any(|net| net.contains(&peer.ip())) {
+            // Not from the bottle's network: drop it before reading a byte.
+            // Debug, not warn: the Docker backend's readiness probe comes
+            // from the host and lands here on every launch.
+            tracing::debug!(%peer, "refused a connection from outside the bottle's network");
+            continue;
+        }
+        let _ = tcp.set_nodelay(true);
         let live = live.clone();
         tokio::spawn(async move {
             let _permit = permit;

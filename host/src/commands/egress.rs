@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
+
 use bot_bottle_egress::{Action, ProxyConfig};
 
 use crate::cli::EgressCommand;
@@ -9,9 +11,25 @@ use crate::output::print_json;
 
 pub(super) fn run(cmd: &EgressCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        EgressCommand::Serve { config, listen } => {
+        EgressCommand::Serve {
+            config,
+            listen,
+            allow_clients,
+        } => {
+            let overrides = bot_bottle_egress::Overrides {
+                listen: *listen,
+                allowed_clients: allow_clients.clone(),
+            };
+            let addr = match listen {
+                Some(a) => *a,
+                None => ProxyConfig::from_file(config)?.listen,
+            };
+            let listener = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            // Backends that cannot probe the port wait for this line.
+            eprintln!("listening on {}", listener.local_addr()?);
             // Reloads the file on SIGHUP: how rotated credentials arrive.
-            bot_bottle_egress::serve_file_blocking(config, *listen)?;
+            bot_bottle_egress::serve_file_with_listener(config, &overrides, listener)?;
             Ok(ExitCode::SUCCESS)
         }
         EgressCommand::Check {

@@ -472,6 +472,29 @@ async fn create_egress(
     image: &str,
 ) -> Result<(), PluginError> {
     let port = spec.egress.listen_port;
+    // The proxy serves the bottle's internal network only: from the egress
+    // side (the Docker host, a shared egress_network) it answers nothing, so
+    // no neighbour can borrow the bottle's credentials.
+    let internal = docker
+        .inspect_network(
+            &names.internal_net,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .map_err(|e| client.api("reading the internal network's subnet", e))?;
+    let subnets: Vec<String> = internal
+        .ipam
+        .and_then(|i| i.config)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|c| c.subnet)
+        .collect();
+    if subnets.is_empty() {
+        return Err(PluginError::internal(format!(
+            "the internal network {} has no subnet to restrict the proxy to",
+            names.internal_net
+        )));
+    }
     let mut host_config = HostConfig {
         pids_limit: Some(EGRESS_PIDS),
         ..hardened_host_config(&names.internal_net)
@@ -485,14 +508,23 @@ async fn create_egress(
     let body = ContainerCreateBody {
         image: Some(image.to_string()),
         entrypoint: Some(vec![EGRESS_PROGRAM_PATH.into()]),
-        cmd: Some(vec![
-            "egress".into(),
-            "serve".into(),
-            "--config".into(),
-            EGRESS_CONFIG_PATH.into(),
-            "--listen".into(),
-            format!("0.0.0.0:{port}"),
-        ]),
+        cmd: Some(
+            vec![
+                "egress".into(),
+                "serve".into(),
+                "--config".into(),
+                EGRESS_CONFIG_PATH.into(),
+                "--listen".into(),
+                format!("0.0.0.0:{port}"),
+            ]
+            .into_iter()
+            .chain(
+                subnets
+                    .iter()
+                    .flat_map(|n| ["--allow-client".to_string(), n.clone()]),
+            )
+            .collect(),
+        ),
         user: Some(format!("{EGRESS_UID}:{EGRESS_UID}")),
         env: Some(vec![format!("BOT_BOTTLE_ID={}", spec.bottle_id)]),
         labels: Some(names::labels(spec, ROLE_EGRESS)),
