@@ -1,0 +1,773 @@
+//! The `smolmachines` backend: each bottle is a smol machines microVM whose
+//! only network is the host-side egress proxy.
+//!
+//! * The VM is driven through the `smolmachines` SDK against an installed
+//!   engine ([`engine`]); nothing is ever downloaded.
+//! * One host process per bottle, the **gate** ([`gate`], binary
+//!   `bot-bottle-smolmachines-gate`), runs the egress proxy and the SMOLICPT
+//!   interceptor [`adapter`], and runs the agent. It outlives
+//!   `bottle run --detach`; `bottle stop/rm/gc` end it. It gets the proxy
+//!   config and the per-launch interceptor token over a pipe, never a file
+//!   or a command line.
+//! * The machine is started with `--egress-interceptor` (the SDK passes the
+//!   token in the engine's environment only): every guest TCP flow reaches
+//!   the adapter, other UDP than the engine's DNS is denied by the engine.
+//! * Records for `bottle ls/logs/gc` live in [`state`].
+//!
+//! ```toml
+//! [backends.smolmachines]
+//! engine = "/path/to/smolvm"        # optional; else SMOLVM, the pip wheel, PATH
+//! proxy_address = "198.18.0.1:3128" # optional; what the guest's HTTPS_PROXY names
+//! ```
+
+pub mod adapter;
+pub mod engine;
+pub mod gate;
+pub mod state;
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bot_bottle_plugin_api::{
+    export_backend, Backend, BottleHandle, BottleRef, BottleStatus, CheckReport, CheckRequest,
+    ExecRequest, ExitReport, FileEncoding, Finding, LaunchSpec, ListRequest, LogsRequest,
+    PluginError, PluginInfo, RemoveReport, RemoveRequest, WaitRequest,
+};
+use serde::Deserialize;
+
+use crate::engine::{Engine, Probe};
+use crate::gate::{AgentRun, GateSetup};
+use crate::state::{BottleRecord, ExitRecord, Paths};
+
+/// The gate binary's file name.
+pub const GATE_BIN: &str = "bot-bottle-smolmachines-gate";
+/// Label every machine of ours carries (with the bottle id and name).
+pub const BACKEND_LABEL: (&str, &str) = ("bot-bottle.backend", "smolmachines");
+/// Default address of the proxy as the guest sees it: an address from the
+/// benchmarking range that nothing real answers on; the adapter recognises
+/// it and splices to the proxy on host loopback.
+pub const DEFAULT_PROXY_ADDRESS: &str = "198.18.0.1:3128";
+/// The machine's idle workload; the agent runs through exec.
+const IDLE_WORKLOAD: &[&str] = &["sleep", "2147483647"];
+
+/// `[backends.smolmachines]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// The engine binary (or its directory).
+    #[serde(default)]
+    pub engine: Option<PathBuf>,
+    /// What the guest's proxy variables name.
+    #[serde(default)]
+    pub proxy_address: Option<SocketAddr>,
+}
+
+impl Options {
+    fn parse(v: &serde_json::Value) -> Result<Self, PluginError> {
+        match v {
+            serde_json::Value::Null => Ok(Self::default()),
+            v => serde_json::from_value(v.clone()).map_err(|e| {
+                PluginError::invalid(format!("[backends.smolmachines]: {e}"))
+                    .with_hint("accepted keys: `engine` (path to smolvm), `proxy_address` (ip:port)")
+            }),
+        }
+    }
+}
+
+/// The backend.
+#[derive(Debug, Default)]
+pub struct SmolMachines;
+
+fn engine_err(e: engine::NotFound) -> PluginError {
+    PluginError::unavailable(e.message).with_hint(engine::INSTALL_HINT)
+}
+
+fn sdk_err(what: &str, e: smolmachines::Error) -> PluginError {
+    PluginError::internal(format!("{what}: {}", e.message()))
+}
+
+/// Finds the gate binary: `BOT_BOTTLE_SMOL_GATE`, beside `near` (the
+/// `bottle` binary), beside this process, beside this plugin library, on
+/// `PATH`.
+pub fn find_gate(near: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("BOT_BOTTLE_SMOL_GATE") {
+        return Some(PathBuf::from(p));
+    }
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(d) = near.and_then(Path::parent) {
+        dirs.push(d.to_path_buf());
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(d) = exe.parent() {
+            dirs.push(d.to_path_buf());
+            if let Some(dd) = d.parent() {
+                dirs.push(dd.to_path_buf()); // target/<profile>/deps/<test>
+            }
+        }
+    }
+    if let Ok(maps) = std::fs::read_to_string("/proc/self/maps") {
+        if let Some(lib) = maps
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .find(|p| p.contains("bot_bottle_plugin_smolmachines"))
+        {
+            if let Some(d) = Path::new(lib).parent() {
+                dirs.push(d.to_path_buf());
+            }
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    dirs.into_iter().map(|d| d.join(GATE_BIN)).find(|p| p.is_file())
+}
+
+/// A running gate, as launch holds it until the agent is started.
+#[derive(Debug)]
+pub struct GateChild {
+    child: Child,
+    /// The adapter's address.
+    pub adapter: SocketAddr,
+}
+
+impl GateChild {
+    /// Starts the gate for `paths` and hands it `setup`.
+    pub fn spawn(
+        gate_bin: &Path,
+        engine: &Engine,
+        paths: &Paths,
+        setup: &GateSetup,
+    ) -> Result<Self, PluginError> {
+        let log = state::create_private_file(&paths.gate_log())
+            .map_err(|e| PluginError::internal(format!("{}: {e}", paths.gate_log().display())))?;
+        let mut cmd = Command::new(gate_bin);
+        cmd.arg("--state-dir")
+            .arg(paths.dir())
+            .env_clear()
+            .envs(Engine::passthrough_env())
+            .envs(engine.env())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            // Its own process group: a Ctrl-C at the terminal goes to
+            // `bottle`, which tears down in order; the gate is ended by us.
+            .process_group(0);
+        let mut child = cmd.spawn().map_err(|e| {
+            PluginError::unavailable(format!("cannot start {}: {e}", gate_bin.display()))
+        })?;
+        let mut line = serde_json::to_string(setup)
+            .map_err(|e| PluginError::internal(format!("encode the gate setup: {e}")))?;
+        line.push('\n');
+        let stdin = child.stdin.as_mut().expect("piped stdin");
+        if let Err(e) = stdin.write_all(line.as_bytes()).and_then(|_| stdin.flush()) {
+            let _ = child.kill();
+            return Err(PluginError::internal(format!("hand the gate its setup: {e}")));
+        }
+        drop(line);
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut l = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut l);
+            let _ = tx.send(l);
+        });
+        let ready = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        let adapter = ready
+            .trim()
+            .strip_prefix("ready ")
+            .and_then(|a| a.parse().ok());
+        match adapter {
+            Some(adapter) => Ok(Self { child, adapter }),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read(paths.gate_log()).unwrap_or_default();
+                Err(PluginError::internal(format!(
+                    "the egress gate did not start: {}",
+                    engine::last_line(&log)
+                )))
+            }
+        }
+    }
+
+    /// Tells the gate to start the agent and lets it go on alone.
+    pub fn go(mut self) -> Result<(), PluginError> {
+        let mut stdin = self.child.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(b"go\n")
+            .and_then(|_| stdin.flush())
+            .map_err(|e| PluginError::internal(format!("start the agent: {e}")))
+    }
+
+    /// Abandons the launch: the gate sees its input end and exits.
+    pub fn abandon(mut self) {
+        drop(self.child.stdin.take());
+        for _ in 0..50 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The proxy variables the agent gets.
+pub fn proxy_env(alias: SocketAddr) -> Vec<(String, String)> {
+    let url = format!("http://{alias}");
+    let mut v = Vec::new();
+    for k in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "ALL_PROXY", "all_proxy"] {
+        v.push((k.to_string(), url.clone()));
+    }
+    for k in ["NO_PROXY", "no_proxy"] {
+        v.push((k.to_string(), "localhost,127.0.0.1,::1".to_string()));
+    }
+    v
+}
+
+fn decode_file(f: &bot_bottle_plugin_api::SandboxFile) -> Result<Vec<u8>, PluginError> {
+    match f.encoding {
+        FileEncoding::Utf8 => Ok(f.contents.clone().into_bytes()),
+        FileEncoding::Base64 => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(&f.contents)
+                .map_err(|_| PluginError::invalid(format!("file {}: invalid base64", f.path)))
+        }
+    }
+}
+
+fn machine_name(bottle_id: &str) -> String {
+    bottle_id.to_string()
+}
+
+/// Builds the machine for a spec (not yet created).
+pub fn machine_builder(spec: &LaunchSpec, alias: SocketAddr) -> smolmachines::MachineBuilder {
+    let a = &spec.agent;
+    let image = {
+        let p = Path::new(&a.image);
+        if p.is_file() {
+            // A `docker save` archive: the engine takes its path.
+            p.canonicalize()
+                .unwrap_or_else(|_| p.to_path_buf())
+                .display()
+                .to_string()
+        } else {
+            a.image.clone()
+        }
+    };
+    let mut b = smolmachines::Machine::builder(machine_name(&spec.bottle_id))
+        .image(image)
+        .network(true)
+        // The guest resolves nothing: its resolver is its own loopback,
+        // where nothing answers. The proxy resolves names on the host.
+        .dns(std::net::Ipv4Addr::LOCALHOST)
+        .command(IDLE_WORKLOAD.iter().copied())
+        .label(BACKEND_LABEL.0, BACKEND_LABEL.1)
+        .label("bot-bottle.id", &spec.bottle_id)
+        .label("bot-bottle.name", &spec.bottle_name);
+    for (k, v) in &spec.labels {
+        b = b.label(k, v);
+    }
+    for (k, v) in &a.env {
+        b = b.env(k, v);
+    }
+    for (k, v) in proxy_env(alias) {
+        b = b.env(k, v);
+    }
+    if !a.workdir.is_empty() {
+        b = b.workdir(&a.workdir);
+    }
+    for m in &a.mounts {
+        let mut mount =
+            smolmachines::Mount::new(m.host.display().to_string(), m.sandbox.clone());
+        if !m.writable {
+            mount = mount.read_only();
+        }
+        b = b.mount(mount);
+    }
+    if let Some(c) = a.resources.cpus {
+        b = b.cpus(c.ceil().clamp(1.0, 255.0) as u8);
+    }
+    if let Some(m) = a.resources.memory_bytes {
+        b = b.memory_mib(u32::try_from((m / (1024 * 1024)).max(64)).unwrap_or(u32::MAX));
+    }
+    b
+}
+
+impl SmolMachines {
+    fn engine(opts: &Options) -> Result<Engine, PluginError> {
+        let e = engine::discover(opts.engine.as_deref()).map_err(engine_err)?;
+        e.install_for_sdk();
+        Ok(e)
+    }
+
+    /// The engine for management calls (no manifest at hand).
+    fn engine_any() -> Option<Engine> {
+        let e = engine::discover(None).ok()?;
+        e.install_for_sdk();
+        Some(e)
+    }
+
+    fn launch_inner(
+        &self,
+        spec: &LaunchSpec,
+        engine: &Engine,
+        alias: SocketAddr,
+        paths: &Paths,
+        created: &mut bool,
+    ) -> Result<(), PluginError> {
+        let gate_bin = find_gate(Some(&spec.egress.program)).ok_or_else(|| {
+            PluginError::unavailable(format!("the egress gate binary `{GATE_BIN}` was not found"))
+                .with_hint("build it (`cargo build -p bot-bottle-plugin-smolmachines`) so it sits beside `bottle`, or set BOT_BOTTLE_SMOL_GATE")
+        })?;
+        state::write_json(
+            &paths.bottle(),
+            &BottleRecord {
+                bottle_id: spec.bottle_id.clone(),
+                name: spec.bottle_name.clone(),
+                machine: machine_name(&spec.bottle_id),
+                image: spec.agent.image.clone(),
+                created: adapter::rfc3339_now(),
+            },
+        )
+        .map_err(|e| PluginError::internal(format!("write {}: {e}", paths.bottle().display())))?;
+
+        let token = gate::new_token();
+        let setup = GateSetup {
+            bottle_id: spec.bottle_id.clone(),
+            machine: machine_name(&spec.bottle_id),
+            config: spec.egress.config.expose().to_string(),
+            token: token.clone(),
+            proxy_alias: alias,
+            agent: AgentRun {
+                command: spec.agent.command.clone(),
+                env: spec
+                    .agent
+                    .env
+                    .clone()
+                    .into_iter()
+                    .chain(proxy_env(alias))
+                    .collect(),
+                workdir: spec.agent.workdir.clone(),
+            },
+        };
+        let gate = GateChild::spawn(&gate_bin, engine, paths, &setup)?;
+        drop(setup);
+
+        let result = (|| {
+            let machine = machine_builder(spec, alias)
+                .create()
+                .map_err(|e| sdk_err("create the microVM", e))?;
+            *created = true;
+            let binding = smolmachines::EgressInterceptor::new(gate.adapter, token);
+            machine.start_with_interceptor(&binding).map_err(|e| {
+                PluginError::unavailable(format!("start the microVM: {}", e.message())).with_hint(
+                    "microVM bottles need hardware KVM; `bottle doctor` runs a boot probe. \
+                     On a host where guests cannot boot, use backend = \"docker\"",
+                )
+            })?;
+            drop(binding);
+            for f in &spec.agent.files {
+                let data = decode_file(f)?;
+                if let Some(parent) = Path::new(&f.path).parent() {
+                    let r = machine
+                        .exec(["mkdir", "-p", &parent.display().to_string()])
+                        .map_err(|e| sdk_err("prepare the sandbox", e))?;
+                    if !r.success() {
+                        return Err(PluginError::internal(format!(
+                            "mkdir {} in the guest failed: {}",
+                            parent.display(),
+                            r.stderr_utf8().trim()
+                        )));
+                    }
+                }
+                machine
+                    .write_file_with_mode(&f.path, data, f.mode)
+                    .map_err(|e| sdk_err(&format!("place {}", f.path), e))?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => gate.go(),
+            Err(e) => {
+                gate.abandon();
+                Err(e)
+            }
+        }
+    }
+
+    fn remove_one(&self, id: &str, engine: Option<&Engine>) -> Vec<String> {
+        let mut removed = Vec::new();
+        let paths = Paths::of(id);
+        let name = state::read_json::<BottleRecord>(&paths.bottle())
+            .map(|r| r.machine)
+            .unwrap_or_else(|| machine_name(id));
+        if state::stop_gate(&paths) {
+            removed.push(format!("egress gate of {id}"));
+        }
+        if engine.is_some() {
+            if let Ok(m) = smolmachines::Machine::connect(&name) {
+                if m.state() != smolmachines::MachineState::Deleted && m.delete().is_ok() {
+                    removed.push(format!("microVM {name}"));
+                }
+            }
+        }
+        if paths.dir().is_dir() && std::fs::remove_dir_all(paths.dir()).is_ok() {
+            removed.push(format!("records {}", paths.dir().display()));
+        }
+        removed
+    }
+}
+
+fn follow_file(path: &Path, out: &mut dyn Write, done: &dyn Fn() -> bool) -> std::io::Result<()> {
+    let mut pos = 0u64;
+    loop {
+        let finished = done();
+        if let Ok(mut f) = std::fs::File::open(path) {
+            f.seek(SeekFrom::Start(pos))?;
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf)?;
+            pos += buf.len() as u64;
+            out.write_all(&buf)?;
+            out.flush()?;
+        }
+        if finished {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Backend for SmolMachines {
+    fn info(&self) -> PluginInfo {
+        PluginInfo::backend(
+            "smolmachines",
+            env!("CARGO_PKG_VERSION"),
+            "smol machines microVMs; every guest TCP flow forced through the host-side egress proxy",
+        )
+    }
+
+    fn check(&self, request: CheckRequest) -> Result<CheckReport, PluginError> {
+        let mut findings = Vec::new();
+        let opts = Options::parse(&request.options)?;
+        let engine = match engine::discover(opts.engine.as_deref()) {
+            Ok(e) => e,
+            Err(e) => {
+                findings.push(Finding::error("smolvm engine", e.message, engine::INSTALL_HINT));
+                return Ok(CheckReport { findings });
+            }
+        };
+        engine.install_for_sdk();
+        let version = engine.version();
+        findings.push(Finding::ok(
+            "smolvm engine",
+            format!(
+                "{} (found by {}), version {}",
+                engine.cli.display(),
+                engine.found_by,
+                version.as_deref().unwrap_or("unknown")
+            ),
+        ));
+        match find_gate(None) {
+            Some(p) => findings.push(Finding::ok("egress gate", p.display().to_string())),
+            None => findings.push(Finding::error(
+                "egress gate",
+                format!("`{GATE_BIN}` not found beside bottle, this plugin or on PATH"),
+                "build it with `cargo build -p bot-bottle-plugin-smolmachines` or set BOT_BOTTLE_SMOL_GATE",
+            )),
+        }
+        if let Err(e) = smolmachines::local_availability() {
+            findings.push(Finding::error(
+                "hypervisor",
+                e.message().to_string(),
+                "microVM bottles need hardware KVM (/dev/kvm, read-write); use backend = \"docker\" otherwise",
+            ));
+            return Ok(CheckReport { findings });
+        }
+        findings.push(Finding::ok("hypervisor", "/dev/kvm opens read-write"));
+        match engine::boot_probe(&engine) {
+            Probe::Boots { ms } => findings.push(Finding::ok(
+                "guest boot",
+                format!("a probe guest booted and answered an exec in {ms} ms"),
+            )),
+            Probe::NoBoot { reason } => findings.push(Finding::error(
+                "guest boot",
+                format!("guests do not boot here: {reason}"),
+                "microVM bottles need hardware KVM (not a paravirtual /dev/kvm); as root the engine also needs \
+                 SMOLVM_VM_UID_DROP=off or a kvm group on /dev/kvm. Use backend = \"docker\" on this host",
+            )),
+        }
+        Ok(CheckReport { findings })
+    }
+
+    fn launch(&self, spec: LaunchSpec) -> Result<BottleHandle, PluginError> {
+        let opts = Options::parse(&spec.backend_options)?;
+        let engine = Self::engine(&opts)?;
+        let alias: SocketAddr = opts
+            .proxy_address
+            .unwrap_or_else(|| DEFAULT_PROXY_ADDRESS.parse().expect("valid default"));
+        let paths = Paths::of(&spec.bottle_id);
+        paths.create().map_err(|e| {
+            PluginError::internal(format!("create {}: {e}", paths.dir().display()))
+        })?;
+        let mut created = false;
+        match self.launch_inner(&spec, &engine, alias, &paths, &mut created) {
+            Ok(()) => Ok(BottleHandle {
+                bottle_id: spec.bottle_id.clone(),
+                details: serde_json::json!({
+                    "machine": machine_name(&spec.bottle_id),
+                    "records": paths.dir(),
+                    "proxy_address": alias,
+                }),
+            }),
+            Err(e) => {
+                let _ = self.remove_one(&spec.bottle_id, Some(&engine));
+                Err(e)
+            }
+        }
+    }
+
+    fn list(&self, _request: ListRequest) -> Result<Vec<BottleStatus>, PluginError> {
+        let ids = state::all();
+        let engine = Self::engine_any();
+        let machines = match &engine {
+            Some(_) => smolmachines::Machine::list(
+                &smolmachines::ConnectOptions::default(),
+                &[BACKEND_LABEL],
+            )
+            .unwrap_or_default(),
+            None => vec![],
+        };
+        let mut out = Vec::new();
+        for id in &ids {
+            let paths = Paths::of(id);
+            let rec: Option<BottleRecord> = state::read_json(&paths.bottle());
+            let machine = machines
+                .iter()
+                .find(|m| m.labels.get("bot-bottle.id").map(String::as_str) == Some(id));
+            let exited: Option<ExitRecord> = state::read_json(&paths.exit());
+            let gate = state::gate_alive(&paths);
+            let state = match (&exited, machine, gate) {
+                (Some(_), _, _) => "exited".to_string(),
+                (None, Some(m), Some(_)) => m.state.as_str().to_string(),
+                (None, Some(m), None) => format!("{} (egress gate gone)", m.state.as_str()),
+                (None, None, _) => "broken".to_string(),
+            };
+            out.push(BottleStatus {
+                bottle_id: id.clone(),
+                name: rec.as_ref().map(|r| r.name.clone()).unwrap_or_default(),
+                backend: "smolmachines".into(),
+                state,
+                image: rec.as_ref().map(|r| r.image.clone()).unwrap_or_default(),
+                created: rec.as_ref().map(|r| r.created.clone()).unwrap_or_default(),
+                details: serde_json::json!({
+                    "machine": machine.map(|m| m.name.clone()),
+                    "gate_pid": gate,
+                    "exit_code": exited.map(|e| e.exit_code),
+                }),
+            });
+        }
+        for m in &machines {
+            let id = m.labels.get("bot-bottle.id").cloned().unwrap_or_default();
+            if !ids.contains(&id) {
+                out.push(BottleStatus {
+                    bottle_id: id,
+                    name: m.labels.get("bot-bottle.name").cloned().unwrap_or_default(),
+                    backend: "smolmachines".into(),
+                    state: format!("{} (no records)", m.state.as_str()),
+                    image: m.image.clone().unwrap_or_default(),
+                    created: String::new(),
+                    details: serde_json::json!({ "machine": m.name }),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn stop(&self, request: BottleRef) -> Result<(), PluginError> {
+        let paths = Paths::of(&request.bottle_id);
+        let rec: Option<BottleRecord> = state::read_json(&paths.bottle());
+        if rec.is_none() && !paths.dir().is_dir() {
+            return Err(PluginError::not_found(format!(
+                "no smolmachines bottle {}",
+                request.bottle_id
+            )));
+        }
+        if Self::engine_any().is_some() {
+            let name = rec.map(|r| r.machine).unwrap_or(request.bottle_id.clone());
+            if let Ok(m) = smolmachines::Machine::connect(&name) {
+                if m.is_running() {
+                    m.stop().map_err(|e| sdk_err("stop the microVM", e))?;
+                }
+            }
+        }
+        state::stop_gate(&paths);
+        Ok(())
+    }
+
+    fn logs(&self, request: LogsRequest) -> Result<(), PluginError> {
+        let paths = Paths::of(&request.bottle_id);
+        if !paths.dir().is_dir() {
+            return Err(PluginError::not_found(format!(
+                "no smolmachines bottle {}",
+                request.bottle_id
+            )));
+        }
+        let file = if request.egress {
+            paths.egress_log()
+        } else {
+            paths.agent_log()
+        };
+        let egress = request.egress;
+        let follow = request.follow;
+        let p2 = paths.clone();
+        let done = move || {
+            !follow
+                || state::gate_alive(&p2).is_none()
+                || (!egress && p2.exit().is_file())
+        };
+        follow_file(&file, &mut std::io::stdout().lock(), &done)
+            .map_err(|e| PluginError::internal(format!("read {}: {e}", file.display())))
+    }
+
+    fn wait(&self, request: WaitRequest) -> Result<ExitReport, PluginError> {
+        let paths = Paths::of(&request.bottle_id);
+        if !paths.dir().is_dir() {
+            return Err(PluginError::not_found(format!(
+                "no smolmachines bottle {}",
+                request.bottle_id
+            )));
+        }
+        let p2 = paths.clone();
+        let done = move || p2.exit().is_file() || state::gate_alive(&p2).is_none();
+        if request.attach {
+            follow_file(&paths.agent_log(), &mut std::io::stdout().lock(), &done)
+                .map_err(|e| PluginError::internal(format!("agent output: {e}")))?;
+        } else {
+            while !done() {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        match state::read_json::<ExitRecord>(&paths.exit()) {
+            Some(e) => Ok(ExitReport {
+                exit_code: e.exit_code,
+                reason: e.reason,
+            }),
+            None => Ok(ExitReport {
+                exit_code: 125,
+                reason: Some(
+                    "the bottle's egress gate ended before the agent did; see gate.log in the bottle's records"
+                        .into(),
+                ),
+            }),
+        }
+    }
+
+    fn exec(&self, request: ExecRequest) -> Result<ExitReport, PluginError> {
+        let engine = Self::engine_any().ok_or_else(|| {
+            PluginError::unavailable("no smolvm engine found").with_hint(engine::INSTALL_HINT)
+        })?;
+        let paths = Paths::of(&request.bottle_id);
+        let name = state::read_json::<BottleRecord>(&paths.bottle())
+            .map(|r| r.machine)
+            .ok_or_else(|| {
+                PluginError::not_found(format!("no smolmachines bottle {}", request.bottle_id))
+            })?;
+        let mut cmd = engine.command();
+        cmd.args(["machine", "exec", "--name", &name]);
+        if request.tty {
+            cmd.args(["--tty", "--interactive"]);
+        }
+        cmd.arg("--")
+            .args(&request.command)
+            .stdin(if request.tty {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        let status = cmd
+            .status()
+            .map_err(|e| PluginError::internal(format!("run {}: {e}", engine.cli.display())))?;
+        use std::os::unix::process::ExitStatusExt;
+        Ok(ExitReport {
+            exit_code: status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+            reason: None,
+        })
+    }
+
+    fn remove(&self, request: RemoveRequest) -> Result<RemoveReport, PluginError> {
+        let engine = Self::engine_any();
+        let mut removed = Vec::new();
+        if let Some(id) = &request.bottle_id {
+            removed.extend(self.remove_one(id, engine.as_ref()));
+            return Ok(RemoveReport { removed });
+        }
+        if !request.garbage {
+            return Ok(RemoveReport { removed });
+        }
+        // Leftovers: records whose gate is gone (a bottle that ended without
+        // its `bottle run` tearing down), and machines of ours without records.
+        let ids = state::all();
+        for id in &ids {
+            if state::gate_alive(&Paths::of(id)).is_none() {
+                removed.extend(self.remove_one(id, engine.as_ref()));
+            }
+        }
+        if engine.is_some() {
+            let all = smolmachines::Machine::list(&smolmachines::ConnectOptions::default(), &[])
+                .unwrap_or_default();
+            for m in all {
+                let ours = m.labels.get(BACKEND_LABEL.0).map(String::as_str) == Some(BACKEND_LABEL.1);
+                let orphan_probe = m.name.starts_with("bb-probe-")
+                    && m.name
+                        .split('-')
+                        .nth(2)
+                        .and_then(|p| p.parse::<u32>().ok())
+                        .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+                let id = m.labels.get("bot-bottle.id").cloned().unwrap_or_default();
+                if (ours && (!Paths::of(&id).dir().is_dir())) || orphan_probe {
+                    if let Ok(h) = smolmachines::Machine::connect(&m.name) {
+                        if h.delete().is_ok() {
+                            removed.push(format!("microVM {}", m.name));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(RemoveReport { removed })
+    }
+}
+
+export_backend!(SmolMachines);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_checked() {
+        assert!(Options::parse(&serde_json::Value::Null).is_ok());
+        let e = Options::parse(&serde_json::json!({"engin": "/x"})).unwrap_err();
+        assert!(e.message.contains("engin"), "{}", e.message);
+        let o = Options::parse(&serde_json::json!({"proxy_address": "198.18.0.9:8080"})).unwrap();
+        assert_eq!(o.proxy_address.unwrap().port(), 8080);
+    }
+
+    #[test]
+    fn proxy_env_names_the_alias_only() {
+        let env = proxy_env(DEFAULT_PROXY_ADDRESS.parse().unwrap());
+        assert!(env
+            .iter()
+            .any(|(k, v)| k == "HTTPS_PROXY" && v == "http://198.18.0.1:3128"));
+    }
+}
