@@ -411,11 +411,11 @@ impl SmolMachines {
         if state::stop_gate(&paths) {
             removed.push(format!("egress gate of {id}"));
         }
-        if engine.is_some() {
-            if let Ok(m) = smolmachines::Machine::connect(&name) {
-                if m.state() != smolmachines::MachineState::Deleted && m.delete().is_ok() {
-                    removed.push(format!("microVM {name}"));
-                }
+        if let Some(engine) = engine {
+            match delete_machine(engine, &name) {
+                Ok(true) => removed.push(format!("microVM {name}")),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(machine = %name, error = %e, "cannot delete the microVM"),
             }
         }
         if paths.dir().is_dir() && std::fs::remove_dir_all(paths.dir()).is_ok() {
@@ -423,6 +423,33 @@ impl SmolMachines {
         }
         removed
     }
+}
+
+/// Deletes machine `name` (stopping it first); `Ok(false)` when there was
+/// none. Retried briefly: a VM process that just failed to boot may still
+/// hold the machine for a moment.
+pub fn delete_machine(engine: &Engine, name: &str) -> Result<bool, String> {
+    let mut last = String::new();
+    for attempt in 0..5 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(500 * attempt));
+        }
+        let out = engine
+            .command()
+            .args(["machine", "delete", "--name", name, "--force"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| format!("run {}: {e}", engine.cli.display()))?;
+        if out.status.success() {
+            return Ok(true);
+        }
+        last = engine::last_line(&out.stderr);
+        if last.to_ascii_lowercase().contains("not found") {
+            return Ok(false);
+        }
+    }
+    Err(last)
 }
 
 fn follow_file(path: &Path, out: &mut dyn Write, done: &dyn Fn() -> bool) -> std::io::Result<()> {
@@ -719,13 +746,23 @@ impl Backend for SmolMachines {
         // its `bottle run` tearing down), and machines of ours without records.
         let ids = state::all();
         for id in &ids {
-            if state::gate_alive(&Paths::of(id)).is_none() {
+            let paths = Paths::of(id);
+            // A bottle still launching has records but no gate record yet;
+            // it is garbage only once that has gone on far too long.
+            let launching = !paths.gate().exists()
+                && std::fs::metadata(paths.dir())
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age < Duration::from_secs(600));
+            if !launching && state::gate_alive(&paths).is_none() {
                 removed.extend(self.remove_one(id, engine.as_ref()));
             }
         }
         if engine.is_some() {
             let all = smolmachines::Machine::list(&smolmachines::ConnectOptions::default(), &[])
                 .unwrap_or_default();
+            let engine = engine.as_ref().expect("checked above");
             for m in all {
                 let ours = m.labels.get(BACKEND_LABEL.0).map(String::as_str) == Some(BACKEND_LABEL.1);
                 let orphan_probe = m.name.starts_with("bb-probe-")
@@ -736,10 +773,8 @@ impl Backend for SmolMachines {
                         .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
                 let id = m.labels.get("bot-bottle.id").cloned().unwrap_or_default();
                 if (ours && (!Paths::of(&id).dir().is_dir())) || orphan_probe {
-                    if let Ok(h) = smolmachines::Machine::connect(&m.name) {
-                        if h.delete().is_ok() {
-                            removed.push(format!("microVM {}", m.name));
-                        }
+                    if let Ok(true) = delete_machine(engine, &m.name) {
+                        removed.push(format!("microVM {}", m.name));
                     }
                 }
             }

@@ -186,8 +186,12 @@ fn the_canary_is_nowhere_the_agent_or_a_user_can_see_and_the_ca_key_is_absent() 
     }
     let ls = SmolMachines.list(ListRequest::default()).unwrap();
     assert!(!serde_json::to_string(&ls).unwrap().contains(&token));
-    let info = smolmachines::Machine::connect(&id).unwrap().info().unwrap();
-    assert!(!info.to_string().contains(&token), "the machine record holds the token");
+    let engine = bot_bottle_plugin_smolmachines::engine::discover(None).unwrap();
+    let rows = engine.command().args(["machine", "ls", "--json"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&rows.stdout).contains(&token),
+        "the machine record holds the token"
+    );
     SmolMachines
         .logs(LogsRequest {
             schema: 1,

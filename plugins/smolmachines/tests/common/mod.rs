@@ -227,6 +227,7 @@ pub async fn request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 pub fn engine_or_skip(test: &str) -> Option<bot_bottle_plugin_smolmachines::engine::Engine> {
     match bot_bottle_plugin_smolmachines::engine::discover(None) {
         Ok(e) => {
+            probe_cache_env();
             e.install_for_sdk();
             Some(e)
         }
@@ -240,38 +241,36 @@ pub fn engine_or_skip(test: &str) -> Option<bot_bottle_plugin_smolmachines::engi
     }
 }
 
-/// The boot probe, cached in a file under target/ so that a host where
-/// guests never boot pays the probe's deadline once per build, not once per
-/// test binary. Returns why guests do not boot, or None when they do.
+/// The boot probe, cached in a file under target/ (through the plugin's
+/// own `BOT_BOTTLE_SMOL_PROBE_CACHE`) so that a host where guests never
+/// boot pays the probe's deadline once per build, whichever test binary or
+/// `check()` asks first. Returns why guests do not boot, or None.
 pub fn no_boot_reason(engine: &bot_bottle_plugin_smolmachines::engine::Engine) -> Option<String> {
     use bot_bottle_plugin_smolmachines::engine::{boot_probe, Probe};
-    let version = engine.version().unwrap_or_default();
-    let key = format!("{}|{version}", engine.cli.display());
-    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("smolmachines-boot-probe.json");
+    probe_cache_env();
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(file.with_extension("lock"))
+        .open(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("smolmachines-boot-probe.lock"))
         .unwrap();
     use std::os::fd::AsRawFd;
     // SAFETY: flock on a file descriptor we own; released when `lock` drops.
     unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-    if let Ok(text) = std::fs::read_to_string(&file) {
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-            if v["key"] == key.as_str() {
-                return v["no_boot"].as_str().map(str::to_string);
-            }
-        }
-    }
-    let reason = match boot_probe(engine) {
+    match boot_probe(engine) {
         Probe::Boots { .. } => None,
         Probe::NoBoot { reason } => Some(reason),
-    };
-    let _ = std::fs::write(
-        &file,
-        serde_json::json!({"key": key, "no_boot": reason}).to_string(),
-    );
-    reason
+    }
+}
+
+/// Points the plugin's probe cache at target/ (once, before threads read it).
+pub fn probe_cache_env() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::env::set_var(
+            "BOT_BOTTLE_SMOL_PROBE_CACHE",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("smolmachines-boot-probe.json"),
+        )
+    });
 }
 
 /// A private state root for this test binary (set once, before any thread
