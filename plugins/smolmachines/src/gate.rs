@@ -2,21 +2,28 @@
 //! `bottle run --detach` and holds everything secret.
 //!
 //! It runs the bottle's egress proxy (the `bot-bottle-egress` library, on
-//! host loopback), the SMOLICPT [`crate::adapter`] in front of it, and the
-//! agent (one `machine exec` whose output it appends to `agent.log`, and
-//! whose exit code it writes to `exit.json`).
+//! host loopback), the SMOLICPT [`crate::adapter`] in front of it, the
+//! machine's launch through the SDK (create, start with the interceptor,
+//! place files), and the agent (one `machine exec` whose output it appends
+//! to `agent.log`, and whose exit code it writes to `exit.json`).
 //!
 //! The plugin starts it with a cleared environment and hands it a
 //! [`GateSetup`] as one JSON line on stdin — the proxy config (real tokens,
-//! CA key) and the interceptor token never touch a file, a command line or
-//! the machine record. The gate answers `ready ADAPTER_ADDR` on stdout. A
-//! second stdin line `go` starts the agent; end of input without `go` means
-//! the launch was abandoned and the gate exits.
+//! CA key) never touches a file or a command line. The gate makes the
+//! per-launch interceptor token itself; it reaches only the engine's
+//! `machine start` child, through its (clean) environment, as the SDK
+//! passes it. Every engine process is therefore started from this process,
+//! whose environment holds no host secret. The gate answers
+//! `ready ADAPTER_ADDR` on stdout. A second stdin line `go` launches the
+//! machine and the agent, answered by `started` or `failed MESSAGE`; end of
+//! input without `go` means the launch was abandoned and the gate exits.
 //!
 //! It exits on SIGTERM, or when its state directory disappears.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
+
+use bot_bottle_plugin_api::AgentLaunch;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,16 +39,20 @@ use crate::state::{self, ExitRecord, GateRecord};
 pub struct GateSetup {
     /// The bottle.
     pub bottle_id: String,
+    /// The manifest's name.
+    #[serde(default)]
+    pub bottle_name: String,
     /// The smolvm machine name.
     pub machine: String,
     /// The proxy config, JSON (secret).
     pub config: String,
-    /// The interceptor token, 64 hex digits (secret).
-    pub token: String,
     /// The address the guest's proxy variables name.
     pub proxy_alias: SocketAddr,
-    /// The agent to run once told `go`.
-    pub agent: AgentRun,
+    /// The agent: image, command, env (dummies), files, mounts, resources.
+    pub agent: AgentLaunch,
+    /// Labels for the machine.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for GateSetup {
@@ -50,22 +61,9 @@ impl std::fmt::Debug for GateSetup {
             .field("bottle_id", &self.bottle_id)
             .field("machine", &self.machine)
             .field("config", &"[redacted]")
-            .field("token", &"[redacted]")
             .field("proxy_alias", &self.proxy_alias)
-            .field("agent", &self.agent)
-            .finish()
+            .finish_non_exhaustive()
     }
-}
-
-/// The agent command (env values are dummies).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct AgentRun {
-    /// Command and arguments.
-    pub command: Vec<String>,
-    /// Env.
-    pub env: BTreeMap<String, String>,
-    /// Working directory.
-    pub workdir: String,
 }
 
 /// Decodes the interceptor token.
@@ -94,10 +92,10 @@ pub struct Bound {
 /// the proxy's audit lines go to `audit`.
 pub async fn start_egress(
     setup: &GateSetup,
+    token: [u8; 32],
     audit: Option<&Path>,
 ) -> Result<Bound, String> {
     let mut cfg = ProxyConfig::from_json(&setup.config).map_err(|e| format!("proxy config: {e}"))?;
-    let token = parse_token(&setup.token)?;
     if let Some(p) = audit {
         state::create_private_file(p).map_err(|e| format!("audit log {}: {e}", p.display()))?;
         cfg.audit.path = Some(p.to_path_buf());
@@ -141,10 +139,17 @@ pub async fn start_egress(
     Ok(Bound { adapter, proxy })
 }
 
-/// The gate's `main`: reads the setup from stdin, serves, runs the agent.
+enum End {
+    Abandoned,
+    Failed,
+}
+
+/// The gate's `main`: reads the setup from stdin, serves, launches the
+/// machine and runs the agent.
 pub fn main(state_dir: PathBuf) -> Result<(), String> {
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock();
+    // Never fetch an engine; the plugin names the installed one.
+    std::env::set_var("SMOLMACHINES_NO_DOWNLOAD", "1");
+    let mut lines = std::io::BufReader::new(std::io::stdin());
     let mut first = String::new();
     lines
         .read_line(&mut first)
@@ -160,7 +165,9 @@ pub fn main(state_dir: PathBuf) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     let paths = state::Paths::new(&state_dir);
-    let bound = rt.block_on(start_egress(&setup, Some(&paths.egress_log())))?;
+    let token = new_token();
+    let token_bytes = parse_token(&token)?;
+    let bound = rt.block_on(start_egress(&setup, token_bytes, Some(&paths.egress_log())))?;
     state::write_json(
         &paths.gate(),
         &GateRecord {
@@ -170,48 +177,106 @@ pub fn main(state_dir: PathBuf) -> Result<(), String> {
         },
     )
     .map_err(|e| format!("write gate record: {e}"))?;
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "ready {}", bound.adapter).map_err(|e| e.to_string())?;
-        out.flush().map_err(|e| e.to_string())?;
-    }
+    say(&format!("ready {}", bound.adapter))?;
 
-    let mut go = String::new();
-    let _ = lines.read_line(&mut go);
-    if go.trim() != "go" {
-        tracing::info!("launch abandoned before the agent started; gate exiting");
-        return Ok(());
-    }
-    drop(lines);
+    let (end_tx, mut end_rx) = tokio::sync::mpsc::unbounded_channel();
+    let launch_paths = paths.clone();
+    std::thread::spawn(move || {
+        let mut go = String::new();
+        let _ = lines.read_line(&mut go);
+        if go.trim() != "go" {
+            tracing::info!("launch abandoned before the machine started; gate exiting");
+            let _ = end_tx.send(End::Abandoned);
+            return;
+        }
+        match launch_machine(&setup, bound.adapter, token) {
+            Ok(machine) => {
+                let _ = say("started");
+                let mut agent = setup.agent.clone();
+                agent.env.extend(crate::proxy_env(setup.proxy_alias));
+                run_agent(&machine, &agent, &launch_paths);
+            }
+            Err(e) => {
+                tracing::error!("launch failed: {e}");
+                let _ = say(&format!("failed {}", e.replace('\n', " ")));
+                let _ = end_tx.send(End::Failed);
+            }
+        }
+    });
 
-    let agent = setup.agent.clone();
-    let machine = setup.machine.clone();
-    let agent_paths = paths.clone();
-    std::thread::spawn(move || run_agent(&machine, &agent, &agent_paths));
-
-    rt.block_on(async {
+    let end = rt.block_on(async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         loop {
             let tick = tokio::time::sleep(std::time::Duration::from_secs(2));
             tokio::select! {
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => break,
-                _ = tokio::signal::ctrl_c() => break,
-                _ = tick => if !state_dir.is_dir() { break },
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => return None,
+                _ = tokio::signal::ctrl_c() => return None,
+                e = end_rx.recv() => return e,
+                _ = tick => if !state_dir.is_dir() { return None },
             }
         }
     });
-    Ok(())
+    match end {
+        Some(End::Failed) => Err("the machine did not launch".into()),
+        _ => Ok(()),
+    }
+}
+
+fn say(line: &str) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|_| out.flush())
+        .map_err(|e| e.to_string())
+}
+
+/// Creates and starts the machine with the interceptor, and places the
+/// plan's files.
+fn launch_machine(
+    setup: &GateSetup,
+    adapter: SocketAddr,
+    token: String,
+) -> Result<smolmachines::Machine, String> {
+    let machine = crate::machine_builder_for(
+        &setup.machine,
+        &setup.bottle_id,
+        &setup.bottle_name,
+        &setup.agent,
+        &setup.labels,
+        setup.proxy_alias,
+    )
+    .create()
+    .map_err(|e| format!("create the microVM: {}", e.message()))?;
+    let binding = smolmachines::EgressInterceptor::new(adapter, token);
+    machine
+        .start_with_interceptor(&binding)
+        .map_err(|e| format!("start the microVM: {}", e.message()))?;
+    drop(binding);
+    for f in &setup.agent.files {
+        let data = crate::decode_file(f).map_err(|e| e.message)?;
+        if let Some(parent) = Path::new(&f.path).parent() {
+            let r = machine
+                .exec(["mkdir", "-p", &parent.display().to_string()])
+                .map_err(|e| format!("prepare the sandbox: {}", e.message()))?;
+            if !r.success() {
+                return Err(format!(
+                    "mkdir {} in the guest failed: {}",
+                    parent.display(),
+                    r.stderr_utf8().trim()
+                ));
+            }
+        }
+        machine
+            .write_file_with_mode(&f.path, data, f.mode)
+            .map_err(|e| format!("place {}: {}", f.path, e.message()))?;
+    }
+    Ok(machine)
 }
 
 /// Runs the agent through the SDK and records its output and exit code.
-fn run_agent(machine: &str, agent: &AgentRun, paths: &state::Paths) {
-    use smolmachines::{ExecEvent, ExecOptions, Machine};
-    let mut log = match std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(paths.agent_log())
-    {
+fn run_agent(m: &smolmachines::Machine, agent: &AgentLaunch, paths: &state::Paths) {
+    use smolmachines::{ExecEvent, ExecOptions};
+    let mut log = match state::create_private_file(&paths.agent_log()) {
         Ok(f) => f,
         Err(e) => {
             tracing::error!(error = %e, "cannot open the agent log");
@@ -220,10 +285,6 @@ fn run_agent(machine: &str, agent: &AgentRun, paths: &state::Paths) {
     };
     let finish = |code: i32, reason: Option<String>| {
         let _ = state::write_json(&paths.exit(), &ExitRecord { exit_code: code, reason });
-    };
-    let m = match Machine::connect(machine) {
-        Ok(m) => m,
-        Err(e) => return finish(125, Some(format!("cannot reach machine {machine}: {e}"))),
     };
     let mut opts = ExecOptions::new();
     for (k, v) in &agent.env {
@@ -234,7 +295,7 @@ fn run_agent(machine: &str, agent: &AgentRun, paths: &state::Paths) {
     }
     let stream = match m.exec_stream(agent.command.clone(), opts) {
         Ok(s) => s,
-        Err(e) => return finish(125, Some(format!("cannot start the agent: {e}"))),
+        Err(e) => return finish(125, Some(format!("cannot start the agent: {}", e.message()))),
     };
     let mut code = None;
     let mut reason = None;

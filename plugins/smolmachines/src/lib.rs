@@ -34,13 +34,13 @@ use std::time::Duration;
 
 use bot_bottle_plugin_api::{
     export_backend, Backend, BottleHandle, BottleRef, BottleStatus, CheckReport, CheckRequest,
-    ExecRequest, ExitReport, FileEncoding, Finding, LaunchSpec, ListRequest, LogsRequest,
+    AgentLaunch, ExecRequest, ExitReport, FileEncoding, Finding, LaunchSpec, ListRequest, LogsRequest,
     PluginError, PluginInfo, RemoveReport, RemoveRequest, WaitRequest,
 };
 use serde::Deserialize;
 
 use crate::engine::{Engine, Probe};
-use crate::gate::{AgentRun, GateSetup};
+use crate::gate::GateSetup;
 use crate::state::{BottleRecord, ExitRecord, Paths};
 
 /// The gate binary's file name.
@@ -86,10 +86,6 @@ fn engine_err(e: engine::NotFound) -> PluginError {
     PluginError::unavailable(e.message).with_hint(engine::INSTALL_HINT)
 }
 
-fn sdk_err(what: &str, e: smolmachines::Error) -> PluginError {
-    PluginError::internal(format!("{what}: {}", e.message()))
-}
-
 /// Finds the gate binary: `BOT_BOTTLE_SMOL_GATE`, beside `near` (the
 /// `bottle` binary), beside this process, beside this plugin library, on
 /// `PATH`.
@@ -126,10 +122,12 @@ pub fn find_gate(near: Option<&Path>) -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join(GATE_BIN)).find(|p| p.is_file())
 }
 
-/// A running gate, as launch holds it until the agent is started.
+/// A running gate, as launch holds it until the machine is up.
 #[derive(Debug)]
 pub struct GateChild {
     child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    log: PathBuf,
     /// The adapter's address.
     pub adapter: SocketAddr,
 }
@@ -163,57 +161,76 @@ impl GateChild {
             .map_err(|e| PluginError::internal(format!("encode the gate setup: {e}")))?;
         line.push('\n');
         let stdin = child.stdin.as_mut().expect("piped stdin");
-        if let Err(e) = stdin.write_all(line.as_bytes()).and_then(|_| stdin.flush()) {
-            let _ = child.kill();
-            return Err(PluginError::internal(format!("hand the gate its setup: {e}")));
-        }
+        let sent = stdin.write_all(line.as_bytes()).and_then(|_| stdin.flush());
         drop(line);
         let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut l = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut l);
-            let _ = tx.send(l);
+            for l in BufReader::new(stdout).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
         });
-        let ready = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-        let adapter = ready
-            .trim()
-            .strip_prefix("ready ")
-            .and_then(|a| a.parse().ok());
-        match adapter {
-            Some(adapter) => Ok(Self { child, adapter }),
+        let mut me = Self {
+            child,
+            lines,
+            log: paths.gate_log(),
+            adapter: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        if let Err(e) = sent {
+            me.kill();
+            return Err(PluginError::internal(format!("hand the gate its setup: {e}")));
+        }
+        let ready = me.lines.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        match ready.trim().strip_prefix("ready ").and_then(|a| a.parse().ok()) {
+            Some(adapter) => {
+                me.adapter = adapter;
+                Ok(me)
+            }
             None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let log = std::fs::read(paths.gate_log()).unwrap_or_default();
-                Err(PluginError::internal(format!(
-                    "the egress gate did not start: {}",
-                    engine::last_line(&log)
-                )))
+                let why = me.last_words();
+                me.kill();
+                Err(PluginError::internal(format!("the egress gate did not start: {why}")))
             }
         }
     }
 
-    /// Tells the gate to start the agent and lets it go on alone.
+    fn last_words(&self) -> String {
+        engine::last_line(&std::fs::read(&self.log).unwrap_or_default())
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Tells the gate to launch the machine and the agent, and waits for
+    /// the machine to be up (bounded by the engine's own boot timeout).
     pub fn go(mut self) -> Result<(), PluginError> {
         let mut stdin = self.child.stdin.take().expect("piped stdin");
         stdin
             .write_all(b"go\n")
             .and_then(|_| stdin.flush())
-            .map_err(|e| PluginError::internal(format!("start the agent: {e}")))
-    }
-
-    /// Abandons the launch: the gate sees its input end and exits.
-    pub fn abandon(mut self) {
-        drop(self.child.stdin.take());
-        for _ in 0..50 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
+            .map_err(|e| PluginError::internal(format!("start the machine: {e}")))?;
+        drop(stdin);
+        match self.lines.recv_timeout(Duration::from_secs(600)) {
+            Ok(l) if l.trim() == "started" => Ok(()),
+            Ok(l) => {
+                let msg = l.trim().strip_prefix("failed ").unwrap_or(l.trim()).to_string();
+                let _ = self.child.wait();
+                Err(PluginError::unavailable(msg).with_hint(
+                    "microVM bottles need hardware KVM; `bottle doctor` runs a boot probe. \
+                     On a host where guests cannot boot, use backend = \"docker\"",
+                ))
             }
-            std::thread::sleep(Duration::from_millis(100));
+            Err(_) => {
+                let why = self.last_words();
+                self.kill();
+                Err(PluginError::internal(format!("the egress gate ended during launch: {why}")))
+            }
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -230,7 +247,7 @@ pub fn proxy_env(alias: SocketAddr) -> Vec<(String, String)> {
     v
 }
 
-fn decode_file(f: &bot_bottle_plugin_api::SandboxFile) -> Result<Vec<u8>, PluginError> {
+pub(crate) fn decode_file(f: &bot_bottle_plugin_api::SandboxFile) -> Result<Vec<u8>, PluginError> {
     match f.encoding {
         FileEncoding::Utf8 => Ok(f.contents.clone().into_bytes()),
         FileEncoding::Base64 => {
@@ -248,7 +265,25 @@ fn machine_name(bottle_id: &str) -> String {
 
 /// Builds the machine for a spec (not yet created).
 pub fn machine_builder(spec: &LaunchSpec, alias: SocketAddr) -> smolmachines::MachineBuilder {
-    let a = &spec.agent;
+    machine_builder_for(
+        &machine_name(&spec.bottle_id),
+        &spec.bottle_id,
+        &spec.bottle_name,
+        &spec.agent,
+        &spec.labels,
+        alias,
+    )
+}
+
+/// Builds the machine for one bottle's agent (not yet created).
+pub fn machine_builder_for(
+    machine: &str,
+    bottle_id: &str,
+    bottle_name: &str,
+    a: &AgentLaunch,
+    labels: &std::collections::BTreeMap<String, String>,
+    alias: SocketAddr,
+) -> smolmachines::MachineBuilder {
     let image = {
         let p = Path::new(&a.image);
         if p.is_file() {
@@ -261,7 +296,7 @@ pub fn machine_builder(spec: &LaunchSpec, alias: SocketAddr) -> smolmachines::Ma
             a.image.clone()
         }
     };
-    let mut b = smolmachines::Machine::builder(machine_name(&spec.bottle_id))
+    let mut b = smolmachines::Machine::builder(machine)
         .image(image)
         .network(true)
         // The guest resolves nothing: its resolver is its own loopback,
@@ -269,9 +304,9 @@ pub fn machine_builder(spec: &LaunchSpec, alias: SocketAddr) -> smolmachines::Ma
         .dns(std::net::Ipv4Addr::LOCALHOST)
         .command(IDLE_WORKLOAD.iter().copied())
         .label(BACKEND_LABEL.0, BACKEND_LABEL.1)
-        .label("bot-bottle.id", &spec.bottle_id)
-        .label("bot-bottle.name", &spec.bottle_name);
-    for (k, v) in &spec.labels {
+        .label("bot-bottle.id", bottle_id)
+        .label("bot-bottle.name", bottle_name);
+    for (k, v) in labels {
         b = b.label(k, v);
     }
     for (k, v) in &a.env {
@@ -300,18 +335,55 @@ pub fn machine_builder(spec: &LaunchSpec, alias: SocketAddr) -> smolmachines::Ma
     b
 }
 
+/// One row of `smolvm machine ls --json`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MachineRow {
+    /// Name.
+    pub name: String,
+    /// `created`, `running`, `stopped`, …
+    #[serde(default)]
+    pub state: String,
+    /// Image, when it boots one.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Labels.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// Every machine the engine knows, read with a clean environment (no SDK
+/// call from this process: it would hand the host's env to the engine).
+pub fn machines(engine: &Engine) -> Result<Vec<MachineRow>, String> {
+    let out = engine
+        .command()
+        .args(["machine", "ls", "--json"])
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("run {}: {e}", engine.cli.display()))?;
+    if !out.status.success() {
+        return Err(engine::last_line(&out.stderr));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("machine ls: {e}"))?;
+    let rows = v
+        .as_array()
+        .cloned()
+        .or_else(|| v.get("machines").and_then(|m| m.as_array()).cloned())
+        .unwrap_or_default();
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| serde_json::from_value(r).ok())
+        .collect())
+}
+
 impl SmolMachines {
     fn engine(opts: &Options) -> Result<Engine, PluginError> {
-        let e = engine::discover(opts.engine.as_deref()).map_err(engine_err)?;
-        e.install_for_sdk();
-        Ok(e)
+        engine::discover(opts.engine.as_deref()).map_err(engine_err)
     }
 
     /// The engine for management calls (no manifest at hand).
     fn engine_any() -> Option<Engine> {
-        let e = engine::discover(None).ok()?;
-        e.install_for_sdk();
-        Some(e)
+        engine::discover(None).ok()
     }
 
     fn launch_inner(
@@ -320,7 +392,6 @@ impl SmolMachines {
         engine: &Engine,
         alias: SocketAddr,
         paths: &Paths,
-        created: &mut bool,
     ) -> Result<(), PluginError> {
         let gate_bin = find_gate(Some(&spec.egress.program)).ok_or_else(|| {
             PluginError::unavailable(format!("the egress gate binary `{GATE_BIN}` was not found"))
@@ -338,68 +409,18 @@ impl SmolMachines {
         )
         .map_err(|e| PluginError::internal(format!("write {}: {e}", paths.bottle().display())))?;
 
-        let token = gate::new_token();
         let setup = GateSetup {
             bottle_id: spec.bottle_id.clone(),
+            bottle_name: spec.bottle_name.clone(),
             machine: machine_name(&spec.bottle_id),
             config: spec.egress.config.expose().to_string(),
-            token: token.clone(),
             proxy_alias: alias,
-            agent: AgentRun {
-                command: spec.agent.command.clone(),
-                env: spec
-                    .agent
-                    .env
-                    .clone()
-                    .into_iter()
-                    .chain(proxy_env(alias))
-                    .collect(),
-                workdir: spec.agent.workdir.clone(),
-            },
+            agent: spec.agent.clone(),
+            labels: spec.labels.clone(),
         };
         let gate = GateChild::spawn(&gate_bin, engine, paths, &setup)?;
         drop(setup);
-
-        let result = (|| {
-            let machine = machine_builder(spec, alias)
-                .create()
-                .map_err(|e| sdk_err("create the microVM", e))?;
-            *created = true;
-            let binding = smolmachines::EgressInterceptor::new(gate.adapter, token);
-            machine.start_with_interceptor(&binding).map_err(|e| {
-                PluginError::unavailable(format!("start the microVM: {}", e.message())).with_hint(
-                    "microVM bottles need hardware KVM; `bottle doctor` runs a boot probe. \
-                     On a host where guests cannot boot, use backend = \"docker\"",
-                )
-            })?;
-            drop(binding);
-            for f in &spec.agent.files {
-                let data = decode_file(f)?;
-                if let Some(parent) = Path::new(&f.path).parent() {
-                    let r = machine
-                        .exec(["mkdir", "-p", &parent.display().to_string()])
-                        .map_err(|e| sdk_err("prepare the sandbox", e))?;
-                    if !r.success() {
-                        return Err(PluginError::internal(format!(
-                            "mkdir {} in the guest failed: {}",
-                            parent.display(),
-                            r.stderr_utf8().trim()
-                        )));
-                    }
-                }
-                machine
-                    .write_file_with_mode(&f.path, data, f.mode)
-                    .map_err(|e| sdk_err(&format!("place {}", f.path), e))?;
-            }
-            Ok(())
-        })();
-        match result {
-            Ok(()) => gate.go(),
-            Err(e) => {
-                gate.abandon();
-                Err(e)
-            }
-        }
+        gate.go()
     }
 
     fn remove_one(&self, id: &str, engine: Option<&Engine>) -> Vec<String> {
@@ -490,7 +511,6 @@ impl Backend for SmolMachines {
                 return Ok(CheckReport { findings });
             }
         };
-        engine.install_for_sdk();
         let version = engine.version();
         findings.push(Finding::ok(
             "smolvm engine",
@@ -543,8 +563,7 @@ impl Backend for SmolMachines {
         paths.create().map_err(|e| {
             PluginError::internal(format!("create {}: {e}", paths.dir().display()))
         })?;
-        let mut created = false;
-        match self.launch_inner(&spec, &engine, alias, &paths, &mut created) {
+        match self.launch_inner(&spec, &engine, alias, &paths) {
             Ok(()) => Ok(BottleHandle {
                 bottle_id: spec.bottle_id.clone(),
                 details: serde_json::json!({
@@ -563,12 +582,14 @@ impl Backend for SmolMachines {
     fn list(&self, _request: ListRequest) -> Result<Vec<BottleStatus>, PluginError> {
         let ids = state::all();
         let engine = Self::engine_any();
-        let machines = match &engine {
-            Some(_) => smolmachines::Machine::list(
-                &smolmachines::ConnectOptions::default(),
-                &[BACKEND_LABEL],
-            )
-            .unwrap_or_default(),
+        let machines: Vec<MachineRow> = match &engine {
+            Some(e) => machines(e)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|m| {
+                    m.labels.get(BACKEND_LABEL.0).map(String::as_str) == Some(BACKEND_LABEL.1)
+                })
+                .collect(),
             None => vec![],
         };
         let mut out = Vec::new();
@@ -626,12 +647,21 @@ impl Backend for SmolMachines {
                 request.bottle_id
             )));
         }
-        if Self::engine_any().is_some() {
+        if let Some(engine) = Self::engine_any() {
             let name = rec.map(|r| r.machine).unwrap_or(request.bottle_id.clone());
-            if let Ok(m) = smolmachines::Machine::connect(&name) {
-                if m.is_running() {
-                    m.stop().map_err(|e| sdk_err("stop the microVM", e))?;
-                }
+            let out = engine
+                .command()
+                .args(["machine", "stop", "--name", &name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()
+                .map_err(|e| PluginError::internal(format!("run {}: {e}", engine.cli.display())))?;
+            let why = engine::last_line(&out.stderr).to_ascii_lowercase();
+            if !out.status.success() && !why.contains("not running") && !why.contains("not found") {
+                return Err(PluginError::internal(format!(
+                    "stop the microVM {name}: {}",
+                    engine::last_line(&out.stderr)
+                )));
             }
         }
         state::stop_gate(&paths);
@@ -760,9 +790,8 @@ impl Backend for SmolMachines {
             }
         }
         if engine.is_some() {
-            let all = smolmachines::Machine::list(&smolmachines::ConnectOptions::default(), &[])
-                .unwrap_or_default();
             let engine = engine.as_ref().expect("checked above");
+            let all = machines(engine).unwrap_or_default();
             for m in all {
                 let ours = m.labels.get(BACKEND_LABEL.0).map(String::as_str) == Some(BACKEND_LABEL.1);
                 let orphan_probe = m.name.starts_with("bb-probe-")

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bot_bottle_plugin_smolmachines::gate::{self, AgentRun, GateSetup};
+use bot_bottle_plugin_smolmachines::gate;
 use bot_bottle_plugin_smolmachines::state::{self, GateRecord, Paths};
 use common::*;
 
@@ -31,18 +31,10 @@ fn the_gate_takes_its_secrets_over_a_pipe_and_ends_when_told() {
     let up = rt.block_on(Upstream::start(&[HOST]));
     let token = canary();
     let (config, _) = proxy_config("bb-gate-0001", &up, &token);
-    let itoken = gate::new_token();
     let root = tempfile::tempdir().unwrap();
     let paths = Paths::new(&root.path().join("bb-gate-0001"));
     paths.create().unwrap();
-    let setup = GateSetup {
-        bottle_id: "bb-gate-0001".into(),
-        machine: "bb-gate-0001".into(),
-        config,
-        token: itoken.clone(),
-        proxy_alias: "198.18.0.1:3128".parse().unwrap(),
-        agent: AgentRun::default(),
-    };
+    let setup = setup("bb-gate-0001", config);
     let mut child = Command::new(GATE)
         .arg("--state-dir")
         .arg(paths.dir())
@@ -68,11 +60,11 @@ fn the_gate_takes_its_secrets_over_a_pipe_and_ends_when_told() {
     let dir_mode = std::fs::metadata(paths.dir()).unwrap().permissions().mode();
     assert_eq!(dir_mode & 0o777, 0o700);
 
-    // The real token and the interceptor token are in no file, and not on
-    // the gate's command line or in its environment.
+    // The real token is in no file, and not on the gate's command line or
+    // in its environment. (The interceptor token is made inside the gate.)
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
     let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
-    for secret in [&token, &itoken] {
+    for secret in [&token] {
         let s = secret.as_bytes();
         assert!(!cmdline.windows(s.len()).any(|w| w == s));
         assert!(!environ.windows(s.len()).any(|w| w == s));
@@ -82,18 +74,42 @@ fn the_gate_takes_its_secrets_over_a_pipe_and_ends_when_told() {
         }
     }
 
-    // The adapter answers with the launch's token.
+    // The adapter serves, and a caller without the launch's token (made
+    // inside the gate, known to no one else but the engine) gets nothing.
+    let guess = gate::parse_token(&gate::new_token()).unwrap();
     let engine = EngineSide {
         adapter: line.trim().strip_prefix("ready ").unwrap().parse().unwrap(),
-        token: gate::parse_token(&itoken).unwrap(),
+        token: guess,
     };
     let (_, verdict) = rt.block_on(engine.connect("198.18.0.1:3128"));
-    assert_eq!(verdict, Some(0));
+    assert_eq!(verdict, None);
 
     // End of input without `go`: the launch was abandoned; the gate exits.
     drop(stdin);
     assert!(exited_within(&mut child, Duration::from_secs(10)));
     assert_eq!(state::gate_alive(&paths), None);
+}
+
+fn spawn_gate(paths: &Paths, config: String) -> (std::process::Child, std::process::ChildStdin, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(GATE)
+        .arg("--state-dir")
+        .arg(paths.dir())
+        .env_clear()
+        // No engine here: a launch fails, and says so.
+        .env("SMOLVM", "/nonexistent/smolvm")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let id = paths.dir().file_name().unwrap().to_string_lossy().into_owned();
+    writeln!(stdin, "{}", serde_json::to_string(&setup(&id, config)).unwrap()).unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("ready "), "{line:?}");
+    (child, stdin, out)
 }
 
 #[test]
@@ -106,43 +122,7 @@ fn a_running_gate_ends_on_sigterm_and_when_its_records_vanish() {
         let (config, _) = proxy_config(&id, &up, &canary());
         let paths = Paths::new(&root.path().join(&id));
         paths.create().unwrap();
-        let setup = GateSetup {
-            bottle_id: id.clone(),
-            machine: "bb-no-such-machine".into(),
-            config,
-            token: gate::new_token(),
-            proxy_alias: "198.18.0.1:3128".parse().unwrap(),
-            agent: AgentRun {
-                command: vec!["true".into()],
-                ..Default::default()
-            },
-        };
-        let mut child = Command::new(GATE)
-            .arg("--state-dir")
-            .arg(paths.dir())
-            .env_clear()
-            // No engine: the agent fails to start and that is recorded.
-            .env("SMOLVM", "/nonexistent/smolvm")
-            .env("SMOLMACHINES_NO_DOWNLOAD", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        writeln!(stdin, "{}", serde_json::to_string(&setup).unwrap()).unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        writeln!(stdin, "go").unwrap();
-        drop(stdin);
-        let t = Instant::now();
-        while !paths.exit().is_file() && t.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let exit: state::ExitRecord = state::read_json(&paths.exit()).expect("exit.json");
-        assert_eq!(exit.exit_code, 125, "{exit:?}");
+        let (mut child, _stdin, _out) = spawn_gate(&paths, config);
         assert!(!exited_within(&mut child, Duration::from_millis(300)), "keeps serving");
         match how {
             "sigterm" => assert!(state::stop_gate(&paths)),
@@ -150,4 +130,25 @@ fn a_running_gate_ends_on_sigterm_and_when_its_records_vanish() {
         }
         assert!(exited_within(&mut child, Duration::from_secs(10)), "{how}");
     }
+}
+
+#[test]
+fn a_launch_the_engine_refuses_is_reported_and_the_gate_ends() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let up = rt.block_on(Upstream::start(&[HOST]));
+    let root = tempfile::tempdir().unwrap();
+    let id = "bb-gate-fail";
+    let token = canary();
+    let (config, _) = proxy_config(id, &up, &token);
+    let paths = Paths::new(&root.path().join(id));
+    paths.create().unwrap();
+    let (mut child, mut stdin, mut out) = spawn_gate(&paths, config);
+    writeln!(stdin, "go").unwrap();
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("failed "), "{line:?}");
+    assert!(line.contains("/nonexistent/smolvm"), "{line:?}");
+    assert!(!line.contains(&token));
+    assert!(exited_within(&mut child, Duration::from_secs(10)));
+    assert!(!paths.exit().exists(), "no agent ran");
 }

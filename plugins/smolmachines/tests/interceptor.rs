@@ -6,7 +6,7 @@
 
 mod common;
 
-use bot_bottle_plugin_smolmachines::gate::{self, AgentRun, GateSetup};
+use bot_bottle_plugin_smolmachines::gate;
 use common::*;
 use tokio::io::AsyncWriteExt;
 
@@ -26,17 +26,12 @@ async fn fixture() -> Fixture {
     let token = canary();
     let (config, ca_pem) = proxy_config("bb-t-0001", &up, &token);
     let itoken = gate::new_token();
-    let setup = GateSetup {
-        bottle_id: "bb-t-0001".into(),
-        machine: "bb-t-0001".into(),
-        config,
-        token: itoken.clone(),
-        proxy_alias: ALIAS.parse().unwrap(),
-        agent: AgentRun::default(),
-    };
+    let setup = setup("bb-t-0001", config);
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("egress.log");
-    let bound = gate::start_egress(&setup, Some(&audit)).await.unwrap();
+    let bound = gate::start_egress(&setup, gate::parse_token(&itoken).unwrap(), Some(&audit))
+        .await
+        .unwrap();
     Fixture {
         up,
         engine: EngineSide {

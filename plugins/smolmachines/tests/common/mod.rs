@@ -286,3 +286,21 @@ pub fn state_root() -> std::path::PathBuf {
     })
     .clone()
 }
+
+/// A gate setup for `config` (the agent part is irrelevant without a guest).
+pub fn setup(id: &str, config: String) -> bot_bottle_plugin_smolmachines::gate::GateSetup {
+    bot_bottle_plugin_smolmachines::gate::GateSetup {
+        bottle_id: id.into(),
+        bottle_name: "t".into(),
+        machine: id.into(),
+        config,
+        proxy_alias: "198.18.0.1:3128".parse().unwrap(),
+        agent: bot_bottle_plugin_api::AgentLaunch {
+            image: "alpine:3.20".into(),
+            command: vec!["true".into()],
+            workdir: "/".into(),
+            ..Default::default()
+        },
+        labels: Default::default(),
+    }
+}
