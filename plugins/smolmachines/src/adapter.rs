@@ -92,10 +92,7 @@ impl Adapter {
         audit: Option<std::fs::File>,
     ) -> Self {
         Self {
-            endpoint: InterceptEndpoint {
-                addr: proxy,
-                token,
-            },
+            endpoint: InterceptEndpoint { addr: proxy, token },
             proxy,
             proxy_alias,
             config,
@@ -156,7 +153,11 @@ impl Adapter {
 
         // Direct flow: the guest's connect succeeds, then its first bytes
         // say which name it wants.
-        if guest.write_all(&[intercept::VERDICT_CONNECTED]).await.is_err() {
+        if guest
+            .write_all(&[intercept::VERDICT_CONNECTED])
+            .await
+            .is_err()
+        {
             return Outcome::Closed;
         }
         let first = match tokio::time::timeout(FIRST_BYTES_TIMEOUT, sniff(&mut guest)).await {
@@ -232,7 +233,11 @@ impl Adapter {
         let Ok(mut up) = TcpStream::connect(self.proxy).await else {
             return Outcome::Closed;
         };
-        if up.write_all(&req.absolute_form(&host, dst.port())).await.is_err() {
+        if up
+            .write_all(&req.absolute_form(&host, dst.port()))
+            .await
+            .is_err()
+        {
             return Outcome::Closed;
         }
         let _ = tokio::io::copy_bidirectional(&mut guest, &mut up).await;
@@ -297,7 +302,10 @@ impl Adapter {
 pub fn host_admitted(cfg: &ProxyConfig, host: &str) -> bool {
     let host = canon(host);
     cfg.routes.iter().any(|r| pattern_matches(&r.host, &host))
-        || cfg.tls_passthrough.iter().any(|p| pattern_matches(p, &host))
+        || cfg
+            .tls_passthrough
+            .iter()
+            .any(|p| pattern_matches(p, &host))
 }
 
 fn canon(h: &str) -> String {
@@ -318,8 +326,7 @@ fn pattern_matches(pattern: &str, host: &str) -> bool {
 fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 253
-        && n
-            .bytes()
+        && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
@@ -355,7 +362,10 @@ impl HttpHead {
     /// `Connection: close` so that a second request on the connection
     /// cannot arrive in origin form.
     fn absolute_form(&self, host: &str, port: u16) -> Vec<u8> {
-        let mut out = format!("{} http://{host}:{port}{} HTTP/1.1\r\n", self.method, self.path);
+        let mut out = format!(
+            "{} http://{host}:{port}{} HTTP/1.1\r\n",
+            self.method, self.path
+        );
         for h in &self.headers {
             out.push_str(h);
             out.push_str("\r\n");

@@ -96,7 +96,10 @@ impl Engine {
             }
         }
         // The wheel's own SDK turns the VM process's sandboxing on; so do we.
-        for (k, v) in [("SMOLVM_SECCOMP", "enforce"), ("SMOLVM_LANDLOCK", "enforce")] {
+        for (k, v) in [
+            ("SMOLVM_SECCOMP", "enforce"),
+            ("SMOLVM_LANDLOCK", "enforce"),
+        ] {
             if std::env::var_os(k).is_none() {
                 env.push((k.into(), v.into()));
             }
@@ -111,7 +114,18 @@ impl Engine {
             .filter(|(k, _)| {
                 let k = k.to_string_lossy();
                 (k.starts_with("SMOLVM_") && k != "SMOLVM_INTERCEPTOR_TOKEN")
-                    || matches!(&*k, "PATH" | "HOME" | "TMPDIR" | "XDG_DATA_HOME" | "XDG_STATE_HOME" | "XDG_CACHE_HOME" | "XDG_RUNTIME_DIR" | "RUST_LOG" | "NO_COLOR")
+                    || matches!(
+                        &*k,
+                        "PATH"
+                            | "HOME"
+                            | "TMPDIR"
+                            | "XDG_DATA_HOME"
+                            | "XDG_STATE_HOME"
+                            | "XDG_CACHE_HOME"
+                            | "XDG_RUNTIME_DIR"
+                            | "RUST_LOG"
+                            | "NO_COLOR"
+                    )
             })
             .collect()
     }
@@ -150,7 +164,10 @@ impl Engine {
         text.lines()
             .next()?
             .split_whitespace()
-            .find(|w| w.trim_start_matches('v').starts_with(|c: char| c.is_ascii_digit()))
+            .find(|w| {
+                w.trim_start_matches('v')
+                    .starts_with(|c: char| c.is_ascii_digit())
+            })
             .map(str::to_string)
     }
 }
@@ -173,7 +190,10 @@ pub fn discover(option: Option<&Path>) -> Result<Engine, NotFound> {
     }
     looked.push("SMOLVM (unset)".to_string());
     for dir in wheel_dirs() {
-        if let Some(e) = Engine::at(&dir.join(WHEEL_BINARY), &format!("python wheel at {}", dir.display())) {
+        if let Some(e) = Engine::at(
+            &dir.join(WHEEL_BINARY),
+            &format!("python wheel at {}", dir.display()),
+        ) {
             return Ok(e);
         }
     }
@@ -223,7 +243,9 @@ fn wheel_dirs() -> Vec<PathBuf> {
         bases.extend(rd.flatten().map(|e| e.path().join("lib")));
     }
     for base in bases {
-        let Ok(rd) = std::fs::read_dir(&base) else { continue };
+        let Ok(rd) = std::fs::read_dir(&base) else {
+            continue;
+        };
         for e in rd.flatten() {
             if !e.file_name().to_string_lossy().starts_with("python3") {
                 continue;
@@ -275,7 +297,11 @@ pub fn boot_probe(engine: &Engine) -> Probe {
         return p.clone();
     }
     let file = std::env::var_os("BOT_BOTTLE_SMOL_PROBE_CACHE").map(PathBuf::from);
-    let key = format!("{}|{}", engine.cli.display(), engine.version().unwrap_or_default());
+    let key = format!(
+        "{}|{}",
+        engine.cli.display(),
+        engine.version().unwrap_or_default()
+    );
     let p = match file.as_deref().and_then(|f| read_probe_cache(f, &key)) {
         Some(p) => p,
         None => {
@@ -316,7 +342,11 @@ fn read_probe_cache(file: &Path, key: &str) -> Option<Probe> {
 }
 
 fn probe_uncached(engine: &Engine, deadline: Duration) -> Probe {
-    let name = format!("bb-probe-{}-{:08x}", std::process::id(), rand::random::<u32>());
+    let name = format!(
+        "bb-probe-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
     let run = |args: &[&str]| {
         engine
             .command()
@@ -325,7 +355,9 @@ fn probe_uncached(engine: &Engine, deadline: Duration) -> Probe {
             .stderr(Stdio::piped())
             .output()
     };
-    let created = run(&["machine", "create", "--name", &name, "--cpus", "1", "--mem", "256"]);
+    let created = run(&[
+        "machine", "create", "--name", &name, "--cpus", "1", "--mem", "256",
+    ]);
     match created {
         Ok(o) if o.status.success() => {}
         Ok(o) => {
@@ -370,7 +402,9 @@ fn probe_uncached(engine: &Engine, deadline: Duration) -> Probe {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let left = deadline.saturating_sub(start.elapsed()).max(Duration::from_secs(2));
+        let left = deadline
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_secs(2));
         let o = engine
             .command()
             .args(["machine", "exec", "--name", &name, "--timeout"])
@@ -383,7 +417,10 @@ fn probe_uncached(engine: &Engine, deadline: Duration) -> Probe {
         if o.status.success() {
             Ok(start.elapsed().as_millis())
         } else {
-            Err(format!("exec in the booted guest failed: {}", last_line(&o.stderr)))
+            Err(format!(
+                "exec in the booted guest failed: {}",
+                last_line(&o.stderr)
+            ))
         }
     })();
     let _ = run(&["machine", "delete", "--name", &name, "--force"]);
@@ -399,8 +436,7 @@ pub fn last_line(stderr: &[u8]) -> String {
     String::from_utf8_lossy(stderr)
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("note: no packed assets"))
-        .last()
+        .rfind(|l| !l.is_empty() && !l.starts_with("note: no packed assets"))
         .unwrap_or("(no message)")
         .to_string()
 }
@@ -419,7 +455,9 @@ mod tests {
         assert!(e.cli.ends_with("smol-vmm"));
         assert!(e.lib_dir.is_some() && e.rootfs_tar.is_some());
         let env = e.env();
-        assert!(env.iter().any(|(k, v)| k == "SMOLMACHINES_NO_DOWNLOAD" && v == "1"));
+        assert!(env
+            .iter()
+            .any(|(k, v)| k == "SMOLMACHINES_NO_DOWNLOAD" && v == "1"));
         assert!(Engine::at(&d.path().join("missing"), "test").is_none());
     }
 

@@ -95,7 +95,8 @@ pub async fn start_egress(
     token: [u8; 32],
     audit: Option<&Path>,
 ) -> Result<Bound, String> {
-    let mut cfg = ProxyConfig::from_json(&setup.config).map_err(|e| format!("proxy config: {e}"))?;
+    let mut cfg =
+        ProxyConfig::from_json(&setup.config).map_err(|e| format!("proxy config: {e}"))?;
     if let Some(p) = audit {
         state::create_private_file(p).map_err(|e| format!("audit log {}: {e}", p.display()))?;
         cfg.audit.path = Some(p.to_path_buf());
@@ -284,7 +285,13 @@ fn run_agent(m: &smolmachines::Machine, agent: &AgentLaunch, paths: &state::Path
         }
     };
     let finish = |code: i32, reason: Option<String>| {
-        let _ = state::write_json(&paths.exit(), &ExitRecord { exit_code: code, reason });
+        let _ = state::write_json(
+            &paths.exit(),
+            &ExitRecord {
+                exit_code: code,
+                reason,
+            },
+        );
     };
     let mut opts = ExecOptions::new();
     for (k, v) in &agent.env {
@@ -295,7 +302,12 @@ fn run_agent(m: &smolmachines::Machine, agent: &AgentLaunch, paths: &state::Path
     }
     let stream = match m.exec_stream(agent.command.clone(), opts) {
         Ok(s) => s,
-        Err(e) => return finish(125, Some(format!("cannot start the agent: {}", e.message()))),
+        Err(e) => {
+            return finish(
+                125,
+                Some(format!("cannot start the agent: {}", e.message())),
+            )
+        }
     };
     let mut code = None;
     let mut reason = None;
@@ -319,6 +331,10 @@ trait ClassifyStr {
 impl ClassifyStr for serde_json::Error {
     /// A serde error without its message, which could quote a secret.
     fn classify_str(&self) -> String {
-        format!("malformed JSON at line {} column {}", self.line(), self.column())
+        format!(
+            "malformed JSON at line {} column {}",
+            self.line(),
+            self.column()
+        )
     }
 }

@@ -33,9 +33,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bot_bottle_plugin_api::{
-    export_backend, Backend, BottleHandle, BottleRef, BottleStatus, CheckReport, CheckRequest,
-    AgentLaunch, ExecRequest, ExitReport, FileEncoding, Finding, LaunchSpec, ListRequest, LogsRequest,
-    PluginError, PluginInfo, RemoveReport, RemoveRequest, WaitRequest,
+    export_backend, AgentLaunch, Backend, BottleHandle, BottleRef, BottleStatus, CheckReport,
+    CheckRequest, ExecRequest, ExitReport, FileEncoding, Finding, LaunchSpec, ListRequest,
+    LogsRequest, PluginError, PluginInfo, RemoveReport, RemoveRequest, WaitRequest,
 };
 use serde::Deserialize;
 
@@ -71,8 +71,9 @@ impl Options {
         match v {
             serde_json::Value::Null => Ok(Self::default()),
             v => serde_json::from_value(v.clone()).map_err(|e| {
-                PluginError::invalid(format!("[backends.smolmachines]: {e}"))
-                    .with_hint("accepted keys: `engine` (path to smolvm), `proxy_address` (ip:port)")
+                PluginError::invalid(format!("[backends.smolmachines]: {e}")).with_hint(
+                    "accepted keys: `engine` (path to smolvm), `proxy_address` (ip:port)",
+                )
             }),
         }
     }
@@ -119,7 +120,9 @@ pub fn find_gate(near: Option<&Path>) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("PATH") {
         dirs.extend(std::env::split_paths(&path));
     }
-    dirs.into_iter().map(|d| d.join(GATE_BIN)).find(|p| p.is_file())
+    dirs.into_iter()
+        .map(|d| d.join(GATE_BIN))
+        .find(|p| p.is_file())
 }
 
 /// A running gate, as launch holds it until the machine is up.
@@ -181,10 +184,19 @@ impl GateChild {
         };
         if let Err(e) = sent {
             me.kill();
-            return Err(PluginError::internal(format!("hand the gate its setup: {e}")));
+            return Err(PluginError::internal(format!(
+                "hand the gate its setup: {e}"
+            )));
         }
-        let ready = me.lines.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-        match ready.trim().strip_prefix("ready ").and_then(|a| a.parse().ok()) {
+        let ready = me
+            .lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_default();
+        match ready
+            .trim()
+            .strip_prefix("ready ")
+            .and_then(|a| a.parse().ok())
+        {
             Some(adapter) => {
                 me.adapter = adapter;
                 Ok(me)
@@ -192,7 +204,9 @@ impl GateChild {
             None => {
                 let why = me.last_words();
                 me.kill();
-                Err(PluginError::internal(format!("the egress gate did not start: {why}")))
+                Err(PluginError::internal(format!(
+                    "the egress gate did not start: {why}"
+                )))
             }
         }
     }
@@ -218,7 +232,11 @@ impl GateChild {
         match self.lines.recv_timeout(Duration::from_secs(600)) {
             Ok(l) if l.trim() == "started" => Ok(()),
             Ok(l) => {
-                let msg = l.trim().strip_prefix("failed ").unwrap_or(l.trim()).to_string();
+                let msg = l
+                    .trim()
+                    .strip_prefix("failed ")
+                    .unwrap_or(l.trim())
+                    .to_string();
                 let _ = self.child.wait();
                 Err(PluginError::unavailable(msg).with_hint(
                     "microVM bottles need hardware KVM; `bottle doctor` runs a boot probe. \
@@ -228,7 +246,9 @@ impl GateChild {
             Err(_) => {
                 let why = self.last_words();
                 self.kill();
-                Err(PluginError::internal(format!("the egress gate ended during launch: {why}")))
+                Err(PluginError::internal(format!(
+                    "the egress gate ended during launch: {why}"
+                )))
             }
         }
     }
@@ -238,7 +258,14 @@ impl GateChild {
 pub fn proxy_env(alias: SocketAddr) -> Vec<(String, String)> {
     let url = format!("http://{alias}");
     let mut v = Vec::new();
-    for k in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "ALL_PROXY", "all_proxy"] {
+    for k in [
+        "HTTPS_PROXY",
+        "HTTP_PROXY",
+        "https_proxy",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
         v.push((k.to_string(), url.clone()));
     }
     for k in ["NO_PROXY", "no_proxy"] {
@@ -319,8 +346,7 @@ pub fn machine_builder_for(
         b = b.workdir(&a.workdir);
     }
     for m in &a.mounts {
-        let mut mount =
-            smolmachines::Mount::new(m.host.display().to_string(), m.sandbox.clone());
+        let mut mount = smolmachines::Mount::new(m.host.display().to_string(), m.sandbox.clone());
         if !m.writable {
             mount = mount.read_only();
         }
@@ -507,7 +533,11 @@ impl Backend for SmolMachines {
         let engine = match engine::discover(opts.engine.as_deref()) {
             Ok(e) => e,
             Err(e) => {
-                findings.push(Finding::error("smolvm engine", e.message, engine::INSTALL_HINT));
+                findings.push(Finding::error(
+                    "smolvm engine",
+                    e.message,
+                    engine::INSTALL_HINT,
+                ));
                 return Ok(CheckReport { findings });
             }
         };
@@ -560,9 +590,9 @@ impl Backend for SmolMachines {
             .proxy_address
             .unwrap_or_else(|| DEFAULT_PROXY_ADDRESS.parse().expect("valid default"));
         let paths = Paths::of(&spec.bottle_id);
-        paths.create().map_err(|e| {
-            PluginError::internal(format!("create {}: {e}", paths.dir().display()))
-        })?;
+        paths
+            .create()
+            .map_err(|e| PluginError::internal(format!("create {}: {e}", paths.dir().display())))?;
         match self.launch_inner(&spec, &engine, alias, &paths) {
             Ok(()) => Ok(BottleHandle {
                 bottle_id: spec.bottle_id.clone(),
@@ -684,11 +714,8 @@ impl Backend for SmolMachines {
         let egress = request.egress;
         let follow = request.follow;
         let p2 = paths.clone();
-        let done = move || {
-            !follow
-                || state::gate_alive(&p2).is_none()
-                || (!egress && p2.exit().is_file())
-        };
+        let done =
+            move || !follow || state::gate_alive(&p2).is_none() || (!egress && p2.exit().is_file());
         follow_file(&file, &mut std::io::stdout().lock(), &done)
             .map_err(|e| PluginError::internal(format!("read {}: {e}", file.display())))
     }
@@ -789,11 +816,11 @@ impl Backend for SmolMachines {
                 removed.extend(self.remove_one(id, engine.as_ref()));
             }
         }
-        if engine.is_some() {
-            let engine = engine.as_ref().expect("checked above");
+        if let Some(engine) = &engine {
             let all = machines(engine).unwrap_or_default();
             for m in all {
-                let ours = m.labels.get(BACKEND_LABEL.0).map(String::as_str) == Some(BACKEND_LABEL.1);
+                let ours =
+                    m.labels.get(BACKEND_LABEL.0).map(String::as_str) == Some(BACKEND_LABEL.1);
                 let orphan_probe = m.name.starts_with("bb-probe-")
                     && m.name
                         .split('-')

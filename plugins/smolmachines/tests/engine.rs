@@ -72,7 +72,10 @@ fn the_engine_is_found_with_its_version_and_doctor_says_so() {
     if let Some(boot) = report.findings.iter().find(|f| f.subject == "guest boot") {
         assert_eq!(boot.severity == Severity::Ok, no_boot.is_none(), "{boot:?}");
         if boot.severity != Severity::Ok {
-            assert!(boot.hint.as_deref().unwrap_or("").contains("KVM"), "{boot:?}");
+            assert!(
+                boot.hint.as_deref().unwrap_or("").contains("KVM"),
+                "{boot:?}"
+            );
         }
     }
 }
@@ -104,10 +107,17 @@ fn machines_are_created_labelled_listed_and_deleted_through_the_sdk() {
     )
     .unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
-    assert_eq!(listed[0].labels.get(BACKEND_LABEL.0).map(String::as_str), Some("smolmachines"));
+    assert_eq!(
+        listed[0].labels.get(BACKEND_LABEL.0).map(String::as_str),
+        Some("smolmachines")
+    );
     assert_eq!(listed[0].image.as_deref(), Some("alpine:3.20"));
     // `Machine::info` is cloud-only; the engine's own record is `machine ls`.
-    let out = engine.command().args(["machine", "ls", "--json"]).output().unwrap();
+    let out = engine
+        .command()
+        .args(["machine", "ls", "--json"])
+        .output()
+        .unwrap();
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let row = rows
         .as_array()
@@ -123,14 +133,22 @@ fn machines_are_created_labelled_listed_and_deleted_through_the_sdk() {
     // A machine of ours without records is a leftover: `ls` shows it, `gc`
     // removes it.
     let ls = SmolMachines.list(ListRequest::default()).unwrap();
-    assert!(ls.iter().any(|b| b.bottle_id == id && b.state.contains("no records")), "{ls:?}");
+    assert!(
+        ls.iter()
+            .any(|b| b.bottle_id == id && b.state.contains("no records")),
+        "{ls:?}"
+    );
     let gc = SmolMachines
         .remove(RemoveRequest {
             garbage: true,
             ..Default::default()
         })
         .unwrap();
-    assert!(gc.removed.iter().any(|r| r.contains(&id)), "{:?}", gc.removed);
+    assert!(
+        gc.removed.iter().any(|r| r.contains(&id)),
+        "{:?}",
+        gc.removed
+    );
     assert_eq!(m.state(), smolmachines::MachineState::Deleted);
     assert!(!root.join(&id).exists());
 }
@@ -149,7 +167,9 @@ fn a_launch_that_fails_leaves_nothing_behind() {
     // A `docker save` archive that is not there: the engine refuses it at
     // create (no boot needed), after the gate is already up.
     let s = spec(&id, "/nonexistent/agent-image.tar", config);
-    let e = SmolMachines.launch(s).expect_err("a bogus image cannot launch");
+    let e = SmolMachines
+        .launch(s)
+        .expect_err("a bogus image cannot launch");
     assert!(!e.message.contains(&token), "{e:?}");
     assert!(e.message.contains("agent-image.tar"), "{e:?}");
     assert!(!root.join(&id).exists(), "records removed");
@@ -163,5 +183,8 @@ fn a_launch_that_fails_leaves_nothing_behind() {
         .args(["-f", &id])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&gates.stdout).trim().is_empty(), "gate left running");
+    assert!(
+        String::from_utf8_lossy(&gates.stdout).trim().is_empty(),
+        "gate left running"
+    );
 }

@@ -55,7 +55,10 @@ fn the_gate_takes_its_secrets_over_a_pipe_and_ends_when_told() {
     let rec: GateRecord = state::read_json(&paths.gate()).unwrap();
     assert_eq!(rec.pid, child.id());
     assert_eq!(state::gate_alive(&paths), Some(child.id()));
-    let mode = std::fs::metadata(paths.egress_log()).unwrap().permissions().mode();
+    let mode = std::fs::metadata(paths.egress_log())
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600, "the audit log is private");
     let dir_mode = std::fs::metadata(paths.dir()).unwrap().permissions().mode();
     assert_eq!(dir_mode & 0o777, 0o700);
@@ -70,7 +73,11 @@ fn the_gate_takes_its_secrets_over_a_pipe_and_ends_when_told() {
         assert!(!environ.windows(s.len()).any(|w| w == s));
         for e in std::fs::read_dir(paths.dir()).unwrap().flatten() {
             let b = std::fs::read(e.path()).unwrap_or_default();
-            assert!(!b.windows(s.len()).any(|w| w == s), "{}", e.path().display());
+            assert!(
+                !b.windows(s.len()).any(|w| w == s),
+                "{}",
+                e.path().display()
+            );
         }
     }
 
@@ -90,7 +97,14 @@ fn the_gate_takes_its_secrets_over_a_pipe_and_ends_when_told() {
     assert_eq!(state::gate_alive(&paths), None);
 }
 
-fn spawn_gate(paths: &Paths, config: String) -> (std::process::Child, std::process::ChildStdin, BufReader<std::process::ChildStdout>) {
+fn spawn_gate(
+    paths: &Paths,
+    config: String,
+) -> (
+    std::process::Child,
+    std::process::ChildStdin,
+    BufReader<std::process::ChildStdout>,
+) {
     let mut child = Command::new(GATE)
         .arg("--state-dir")
         .arg(paths.dir())
@@ -103,8 +117,18 @@ fn spawn_gate(paths: &Paths, config: String) -> (std::process::Child, std::proce
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    let id = paths.dir().file_name().unwrap().to_string_lossy().into_owned();
-    writeln!(stdin, "{}", serde_json::to_string(&setup(&id, config)).unwrap()).unwrap();
+    let id = paths
+        .dir()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    writeln!(
+        stdin,
+        "{}",
+        serde_json::to_string(&setup(&id, config)).unwrap()
+    )
+    .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
@@ -123,7 +147,10 @@ fn a_running_gate_ends_on_sigterm_and_when_its_records_vanish() {
         let paths = Paths::new(&root.path().join(&id));
         paths.create().unwrap();
         let (mut child, _stdin, _out) = spawn_gate(&paths, config);
-        assert!(!exited_within(&mut child, Duration::from_millis(300)), "keeps serving");
+        assert!(
+            !exited_within(&mut child, Duration::from_millis(300)),
+            "keeps serving"
+        );
         match how {
             "sigterm" => assert!(state::stop_gate(&paths)),
             _ => std::fs::remove_dir_all(paths.dir()).unwrap(),

@@ -76,7 +76,10 @@ async fn proxy_alias_flows_reach_the_proxy_which_injects_the_real_token() {
     );
     let audit = std::fs::read_to_string(&f.audit).unwrap();
     assert!(audit.contains("\"injected\":true"), "{audit}");
-    assert!(!audit.contains(&f.token), "the audit log must not hold the token");
+    assert!(
+        !audit.contains(&f.token),
+        "the audit log must not hold the token"
+    );
 }
 
 #[tokio::test]
@@ -86,11 +89,15 @@ async fn a_direct_tls_flow_is_routed_by_its_sni_through_the_proxy() {
     let (s, verdict) = f.engine.connect("203.0.113.7:443").await;
     assert_eq!(verdict, Some(0));
     let mut t = tls(s, HOST, &f.ca_pem).await.unwrap();
-    let (status, body) = request(&mut t, "GET", HOST, "/v1/direct", "Bearer bot-bottle-dummy").await;
+    let (status, body) =
+        request(&mut t, "GET", HOST, "/v1/direct", "Bearer bot-bottle-dummy").await;
     assert_eq!(status, 200, "{body}");
     let reqs = f.up.requests();
     assert_eq!(reqs[0]["path"], "/v1/direct");
-    assert_eq!(reqs[0]["headers"]["authorization"], format!("Bearer {}", f.token));
+    assert_eq!(
+        reqs[0]["headers"]["authorization"],
+        format!("Bearer {}", f.token)
+    );
 }
 
 #[tokio::test]
@@ -154,7 +161,9 @@ async fn a_wrong_token_gets_no_verdict_at_all() {
     assert_eq!(verdict, None, "a host process without the token is dropped");
 
     // Garbage instead of a preamble.
-    let mut s = tokio::net::TcpStream::connect(f.engine.adapter).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(f.engine.adapter)
+        .await
+        .unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n_____________________________")
         .await
         .unwrap();

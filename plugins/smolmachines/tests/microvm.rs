@@ -135,7 +135,10 @@ fn allowed_route_gets_the_real_token_while_the_agent_holds_a_dummy() {
     assert!(out.contains("\"authorization_present\":true"), "{out}");
     assert!(!out.contains(&token));
     let reqs = up.requests();
-    let hello = reqs.iter().find(|r| r["path"] == "/v1/hello").expect("upstream saw it");
+    let hello = reqs
+        .iter()
+        .find(|r| r["path"] == "/v1/hello")
+        .expect("upstream saw it");
     assert_eq!(hello["headers"]["authorization"], format!("Bearer {token}"));
     remove(&id);
     assert!(leftovers(&id).is_empty(), "{:?}", leftovers(&id));
@@ -182,12 +185,20 @@ fn the_canary_is_nowhere_the_agent_or_a_user_can_see_and_the_ca_key_is_absent() 
     let paths = Paths::of(&id);
     for e in std::fs::read_dir(paths.dir()).unwrap().flatten() {
         let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-        assert!(!text.contains(&token), "{} holds the token", e.path().display());
+        assert!(
+            !text.contains(&token),
+            "{} holds the token",
+            e.path().display()
+        );
     }
     let ls = SmolMachines.list(ListRequest::default()).unwrap();
     assert!(!serde_json::to_string(&ls).unwrap().contains(&token));
     let engine = bot_bottle_plugin_smolmachines::engine::discover(None).unwrap();
-    let rows = engine.command().args(["machine", "ls", "--json"]).output().unwrap();
+    let rows = engine
+        .command()
+        .args(["machine", "ls", "--json"])
+        .output()
+        .unwrap();
     assert!(
         !String::from_utf8_lossy(&rows.stdout).contains(&token),
         "the machine record holds the token"

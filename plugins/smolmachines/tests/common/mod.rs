@@ -60,12 +60,18 @@ impl Upstream {
         let s2 = seen.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
                 let acceptor = acceptor.clone();
                 let seen = s2.clone();
                 tokio::spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                    let Some((head, _)) = read_head(&mut tls).await else { return };
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Some((head, _)) = read_head(&mut tls).await else {
+                        return;
+                    };
                     let rec = head_json(&head);
                     let auth = rec["headers"].get("authorization").is_some();
                     let path = rec["path"].clone();
@@ -217,7 +223,11 @@ pub async fn request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").to_string();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
     (status, body)
 }
 
@@ -251,7 +261,9 @@ pub fn no_boot_reason(engine: &bot_bottle_plugin_smolmachines::engine::Engine) -
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("smolmachines-boot-probe.lock"))
+        .open(
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("smolmachines-boot-probe.lock"),
+        )
         .unwrap();
     use std::os::fd::AsRawFd;
     // SAFETY: flock on a file descriptor we own; released when `lock` drops.
