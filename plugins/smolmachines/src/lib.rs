@@ -633,6 +633,7 @@ impl Backend for SmolMachines {
             let gate = state::gate_alive(&paths);
             let state = match (&exited, machine, gate) {
                 (Some(_), _, _) => "exited".to_string(),
+                (None, _, None) if paths.stopped().exists() => "stopped".to_string(),
                 (None, Some(m), Some(_)) => m.state.as_str().to_string(),
                 (None, Some(m), None) => format!("{} (egress gate gone)", m.state.as_str()),
                 (None, None, _) => "broken".to_string(),
@@ -694,6 +695,7 @@ impl Backend for SmolMachines {
                 )));
             }
         }
+        let _ = std::fs::write(paths.stopped(), adapter::rfc3339_now());
         state::stop_gate(&paths);
         Ok(())
     }
@@ -799,8 +801,9 @@ impl Backend for SmolMachines {
         if !request.garbage {
             return Ok(RemoveReport { removed });
         }
-        // Leftovers: records whose gate is gone (a bottle that ended without
-        // its `bottle run` tearing down), and machines of ours without records.
+        // Leftovers: records whose gate died without the bottle being
+        // stopped or its agent finishing (a crash, a reboot), and machines of
+        // ours without records.
         let ids = state::all();
         for id in &ids {
             let paths = Paths::of(id);
@@ -812,7 +815,9 @@ impl Backend for SmolMachines {
                     .ok()
                     .and_then(|t| t.elapsed().ok())
                     .is_some_and(|age| age < Duration::from_secs(600));
-            if !launching && state::gate_alive(&paths).is_none() {
+            // Stopped or finished bottles are kept for `logs` until `rm`.
+            let kept = paths.stopped().exists() || paths.exit().exists();
+            if !launching && !kept && state::gate_alive(&paths).is_none() {
                 removed.extend(self.remove_one(id, engine.as_ref()));
             }
         }

@@ -66,6 +66,10 @@ impl Paths {
     pub fn agent_log(&self) -> PathBuf {
         self.dir.join("agent.log")
     }
+    /// Written by `bottle stop`: kept for `logs` until `rm`, not garbage.
+    pub fn stopped(&self) -> PathBuf {
+        self.dir.join("stopped")
+    }
     /// The agent's exit.
     pub fn exit(&self) -> PathBuf {
         self.dir.join("exit.json")

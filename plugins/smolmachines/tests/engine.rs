@@ -188,3 +188,87 @@ fn a_launch_that_fails_leaves_nothing_behind() {
         "gate left running"
     );
 }
+
+#[test]
+fn ls_and_rm_cover_a_bottle_whose_gate_runs_from_another_process() {
+    let Some(engine) =
+        engine_or_skip("ls_and_rm_cover_a_bottle_whose_gate_runs_from_another_process")
+    else {
+        return;
+    };
+    use bot_bottle_plugin_api::{BottleRef, LogsRequest};
+    use bot_bottle_plugin_smolmachines::state::{self, BottleRecord, Paths};
+    use bot_bottle_plugin_smolmachines::GateChild;
+    state_root();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let up = rt.block_on(Upstream::start(&[HOST]));
+    let id = unique("ls");
+    let (config, _) = proxy_config(&id, &up, &canary());
+    let paths = Paths::of(&id);
+    paths.create().unwrap();
+    state::write_json(
+        &paths.bottle(),
+        &BottleRecord {
+            bottle_id: id.clone(),
+            name: "lstest".into(),
+            machine: id.clone(),
+            image: "alpine:3.20".into(),
+            created: "2026-01-01T00:00:00Z".into(),
+        },
+    )
+    .unwrap();
+    // The gate as launch starts it, left serving (no `go`: no machine).
+    let gate_bin = std::path::Path::new(env!("CARGO_BIN_EXE_bot-bottle-smolmachines-gate"));
+    let gate = GateChild::spawn(gate_bin, &engine, &paths, &setup(&id, config)).unwrap();
+    let pid = state::gate_alive(&paths).expect("gate alive");
+
+    let ls = SmolMachines.list(ListRequest::default()).unwrap();
+    let me = ls.iter().find(|b| b.bottle_id == id).expect("listed");
+    assert_eq!(me.name, "lstest");
+    assert_eq!(me.backend, "smolmachines");
+    assert_eq!(me.state, "broken", "a gate without its machine: {me:?}");
+    assert_eq!(me.details["gate_pid"], pid);
+    SmolMachines
+        .logs(LogsRequest {
+            schema: 1,
+            bottle_id: id.clone(),
+            egress: true,
+            follow: false,
+        })
+        .unwrap();
+    // `gc` leaves a bottle whose gate is alive alone…
+    let gc = SmolMachines
+        .remove(RemoveRequest {
+            garbage: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        !gc.removed.iter().any(|r| r.contains(&id)),
+        "{:?}",
+        gc.removed
+    );
+    // …`stop` ends the gate and keeps the records for `logs`…
+    SmolMachines
+        .stop(BottleRef {
+            schema: 1,
+            bottle_id: id.clone(),
+        })
+        .unwrap();
+    assert_eq!(state::gate_alive(&paths), None);
+    assert!(paths.egress_log().is_file());
+    // …and `rm` removes the rest.
+    let rm = SmolMachines
+        .remove(RemoveRequest {
+            bottle_id: Some(id.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        rm.removed.iter().any(|r| r.starts_with("records")),
+        "{:?}",
+        rm.removed
+    );
+    assert!(!paths.dir().exists());
+    drop(gate);
+}
