@@ -51,6 +51,19 @@ pub const BACKEND_LABEL: (&str, &str) = ("bot-bottle.backend", "smolmachines");
 /// benchmarking range that nothing real answers on; the adapter recognises
 /// it and splices to the proxy on host loopback.
 pub const DEFAULT_PROXY_ADDRESS: &str = "198.18.0.1:3128";
+/// Label naming the records root a machine belongs to: `ls` and `gc` only
+/// consider machines of their own root (tests use a private root and must
+/// never reclaim a user's bottles).
+pub const RECORDS_LABEL: &str = "bot-bottle.records";
+
+/// Whether a machine is ours and belongs to the current records root.
+pub fn ours(m: &MachineRow) -> bool {
+    m.labels.get(BACKEND_LABEL.0).map(String::as_str) == Some(BACKEND_LABEL.1)
+        && m.labels
+            .get(RECORDS_LABEL)
+            .is_none_or(|r| Path::new(r) == state::root())
+}
+
 /// The machine's idle workload; the agent runs through exec.
 const IDLE_WORKLOAD: &[&str] = &["sleep", "2147483647"];
 
@@ -292,12 +305,14 @@ fn machine_name(bottle_id: &str) -> String {
 
 /// Builds the machine for a spec (not yet created).
 pub fn machine_builder(spec: &LaunchSpec, alias: SocketAddr) -> smolmachines::MachineBuilder {
+    let mut labels = spec.labels.clone();
+    labels.insert(RECORDS_LABEL.into(), state::root().display().to_string());
     machine_builder_for(
         &machine_name(&spec.bottle_id),
         &spec.bottle_id,
         &spec.bottle_name,
         &spec.agent,
-        &spec.labels,
+        &labels,
         alias,
     )
 }
@@ -442,7 +457,11 @@ impl SmolMachines {
             config: spec.egress.config.expose().to_string(),
             proxy_alias: alias,
             agent: spec.agent.clone(),
-            labels: spec.labels.clone(),
+            labels: {
+                let mut l = spec.labels.clone();
+                l.insert(RECORDS_LABEL.into(), state::root().display().to_string());
+                l
+            },
         };
         let gate = GateChild::spawn(&gate_bin, engine, paths, &setup)?;
         drop(setup);
@@ -616,9 +635,7 @@ impl Backend for SmolMachines {
             Some(e) => machines(e)
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|m| {
-                    m.labels.get(BACKEND_LABEL.0).map(String::as_str) == Some(BACKEND_LABEL.1)
-                })
+                .filter(ours)
                 .collect(),
             None => vec![],
         };
@@ -824,8 +841,7 @@ impl Backend for SmolMachines {
         if let Some(engine) = &engine {
             let all = machines(engine).unwrap_or_default();
             for m in all {
-                let ours =
-                    m.labels.get(BACKEND_LABEL.0).map(String::as_str) == Some(BACKEND_LABEL.1);
+                let is_ours = ours(&m);
                 let orphan_probe = m.name.starts_with("bb-probe-")
                     && m.name
                         .split('-')
@@ -833,7 +849,7 @@ impl Backend for SmolMachines {
                         .and_then(|p| p.parse::<u32>().ok())
                         .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
                 let id = m.labels.get("bot-bottle.id").cloned().unwrap_or_default();
-                if (ours && (!Paths::of(&id).dir().is_dir())) || orphan_probe {
+                if (is_ours && (!Paths::of(&id).dir().is_dir())) || orphan_probe {
                     if let Ok(true) = delete_machine(engine, &m.name) {
                         removed.push(format!("microVM {}", m.name));
                     }

@@ -138,17 +138,14 @@ fn machines_are_created_labelled_listed_and_deleted_through_the_sdk() {
             .any(|b| b.bottle_id == id && b.state.contains("no records")),
         "{ls:?}"
     );
+    // (Another test's concurrent gc may be the one that removes it.)
     let gc = SmolMachines
         .remove(RemoveRequest {
             garbage: true,
             ..Default::default()
         })
         .unwrap();
-    assert!(
-        gc.removed.iter().any(|r| r.contains(&id)),
-        "{:?}",
-        gc.removed
-    );
+    eprintln!("gc removed {:?}", gc.removed);
     assert_eq!(m.state(), smolmachines::MachineState::Deleted);
     assert!(!root.join(&id).exists());
 }
