@@ -430,15 +430,28 @@ fn probe_uncached(engine: &Engine, deadline: Duration) -> Probe {
     }
 }
 
-/// The last meaningful line of an engine's stderr (its notes about packed
-/// assets are skipped).
+/// What an engine said on stderr, on one line: its lines after the first
+/// `Error:` (or all of them), the notes about packed assets skipped, capped
+/// at 600 characters.
 pub fn last_line(stderr: &[u8]) -> String {
-    String::from_utf8_lossy(stderr)
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
-        .rfind(|l| !l.is_empty() && !l.starts_with("note: no packed assets"))
-        .unwrap_or("(no message)")
-        .to_string()
+        .filter(|l| !l.is_empty() && !l.starts_with("note: no packed assets"))
+        .collect();
+    let from = lines
+        .iter()
+        .position(|l| l.starts_with("Error") || l.starts_with("error"))
+        .unwrap_or(0);
+    let mut msg = lines[from..].join(" ");
+    if msg.is_empty() {
+        msg = "(no message)".into();
+    }
+    if msg.chars().count() > 600 {
+        msg = msg.chars().take(600).collect::<String>() + "…";
+    }
+    msg
 }
 
 #[cfg(test)]
@@ -469,7 +482,9 @@ mod tests {
 
     #[test]
     fn last_line_skips_the_packed_assets_note() {
-        let s = b"note: no packed assets found for 'smol-vmm'\nError: boom\n\n";
-        assert_eq!(last_line(s), "Error: boom");
+        let s =
+            b"note: no packed assets found for 'smol-vmm'\nStarting\nError: boom\n  because\n\n";
+        assert_eq!(last_line(s), "Error: boom because");
+        assert_eq!(last_line(b""), "(no message)");
     }
 }
