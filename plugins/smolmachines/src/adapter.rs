@@ -48,9 +48,9 @@ const MAX_SNIFF: usize = sni::MAX_CLIENT_HELLO;
 /// One launch's adapter: the token, where the proxy is, and the routes.
 pub struct Adapter {
     endpoint: InterceptEndpoint,
-    proxy: SocketAddr,
+    /// The proxy and its routes; replaced as one on a live config update.
+    target: std::sync::RwLock<(SocketAddr, Arc<ProxyConfig>)>,
     proxy_alias: SocketAddr,
-    config: Arc<ProxyConfig>,
     audit: Option<Mutex<std::fs::File>>,
 }
 
@@ -58,7 +58,6 @@ impl std::fmt::Debug for Adapter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Adapter")
             .field("endpoint", &self.endpoint)
-            .field("proxy", &self.proxy)
             .field("proxy_alias", &self.proxy_alias)
             .finish_non_exhaustive()
     }
@@ -93,11 +92,28 @@ impl Adapter {
     ) -> Self {
         Self {
             endpoint: InterceptEndpoint { addr: proxy, token },
-            proxy,
+            target: std::sync::RwLock::new((proxy, config)),
             proxy_alias,
-            config,
             audit: audit.map(Mutex::new),
         }
+    }
+
+    /// Points new flows at another proxy with another config (live
+    /// credential rotation); flows already spliced keep theirs.
+    pub fn retarget(&self, proxy: SocketAddr, config: Arc<ProxyConfig>) {
+        *self.target.write().unwrap_or_else(|p| p.into_inner()) = (proxy, config);
+    }
+
+    fn proxy(&self) -> SocketAddr {
+        self.target.read().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    fn config(&self) -> Arc<ProxyConfig> {
+        self.target
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
     }
 
     /// Accepts flows until the listener fails.
@@ -127,7 +143,7 @@ impl Adapter {
         };
 
         if dst == self.proxy_alias {
-            let up = TcpStream::connect(self.proxy).await;
+            let up = TcpStream::connect(self.proxy()).await;
             let verdict = intercept::connect_verdict(&up);
             if guest.write_all(&[verdict]).await.is_err() {
                 return Outcome::Closed;
@@ -194,7 +210,7 @@ impl Adapter {
         name: String,
         bytes: Vec<u8>,
     ) -> Outcome {
-        if !host_admitted(&self.config, &name) {
+        if !host_admitted(&self.config(), &name) {
             let why = "direct TLS connection to a host no route or tls_passthrough names";
             self.audit_deny(&name, dst.port(), "", why);
             return Outcome::Denied(why.into());
@@ -224,13 +240,13 @@ impl Adapter {
             return Outcome::Denied(why.into());
         }
         let url = format!("http://{host}:{}{}", dst.port(), req.path);
-        let decision = bot_bottle_egress::check(&self.config, &req.method, &url);
+        let decision = bot_bottle_egress::check(&self.config(), &req.method, &url);
         if !decision.allowed {
             self.audit_deny(&host, dst.port(), &decision.path, &decision.reason);
             let _ = guest.write_all(&forbidden(&host, &decision.reason)).await;
             return Outcome::Denied(decision.reason);
         }
-        let Ok(mut up) = TcpStream::connect(self.proxy).await else {
+        let Ok(mut up) = TcpStream::connect(self.proxy()).await else {
             return Outcome::Closed;
         };
         if up
@@ -246,7 +262,7 @@ impl Adapter {
 
     /// Opens a `CONNECT name:port` tunnel through the proxy.
     async fn proxy_connect(&self, name: &str, port: u16) -> Result<TcpStream, String> {
-        let mut up = TcpStream::connect(self.proxy)
+        let mut up = TcpStream::connect(self.proxy())
             .await
             .map_err(|e| format!("egress proxy unreachable: {e}"))?;
         let _ = up.set_nodelay(true);
@@ -278,7 +294,7 @@ impl Adapter {
         let Some(out) = &self.audit else { return };
         let rec = AuditRecord {
             time: rfc3339_now(),
-            bottle: self.config.bottle_id.clone(),
+            bottle: self.config().bottle_id.clone(),
             method: "CONNECT".into(),
             host: host.to_string(),
             port,

@@ -88,56 +88,132 @@ pub struct Bound {
     pub proxy: SocketAddr,
 }
 
+/// The running proxy and adapter of one gate.
+#[derive(Debug)]
+pub struct Egress {
+    /// Where they listen (the proxy address changes on reload).
+    pub bound: Bound,
+    adapter: Arc<Adapter>,
+    audit: Option<PathBuf>,
+    proxy_task: tokio::task::JoinHandle<()>,
+}
+
+async fn spawn_proxy(
+    mut cfg: ProxyConfig,
+    audit: Option<&Path>,
+) -> Result<(SocketAddr, Arc<ProxyConfig>, tokio::task::JoinHandle<()>), String> {
+    if let Some(p) = audit {
+        cfg.audit.path = Some(p.to_path_buf());
+    }
+    bot_bottle_egress::validate(&cfg).map_err(|e| format!("proxy: {e}"))?;
+    let l = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .map_err(|e| format!("bind the proxy: {e}"))?;
+    let addr = l.local_addr().map_err(|e| e.to_string())?;
+    let shared = Arc::new(cfg.clone());
+    let task = tokio::spawn(async move {
+        if let Err(e) = bot_bottle_egress::serve_on(cfg, l).await {
+            tracing::error!(error = %e, "egress proxy stopped");
+        }
+    });
+    Ok((addr, shared, task))
+}
+
 /// Binds and spawns the proxy and the adapter on the current tokio runtime;
 /// the proxy's audit lines go to `audit`.
 pub async fn start_egress(
     setup: &GateSetup,
     token: [u8; 32],
     audit: Option<&Path>,
-) -> Result<Bound, String> {
-    let mut cfg =
-        ProxyConfig::from_json(&setup.config).map_err(|e| format!("proxy config: {e}"))?;
-    if let Some(p) = audit {
-        state::create_private_file(p).map_err(|e| format!("audit log {}: {e}", p.display()))?;
-        cfg.audit.path = Some(p.to_path_buf());
-    }
-    let local = SocketAddr::from(([127, 0, 0, 1], 0));
-    let proxy_l = tokio::net::TcpListener::bind(local)
-        .await
-        .map_err(|e| format!("bind the proxy: {e}"))?;
-    let adapter_l = tokio::net::TcpListener::bind(local)
-        .await
-        .map_err(|e| format!("bind the interceptor: {e}"))?;
-    let proxy = proxy_l.local_addr().map_err(|e| e.to_string())?;
-    let adapter = adapter_l.local_addr().map_err(|e| e.to_string())?;
-    bot_bottle_egress::validate(&cfg).map_err(|e| format!("proxy: {e}"))?;
+) -> Result<Egress, String> {
+    let cfg = ProxyConfig::from_json(&setup.config).map_err(|e| format!("proxy config: {e}"))?;
     let audit_file = match audit {
         Some(p) => Some(
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(p)
-                .map_err(|e| format!("audit log {}: {e}", p.display()))?,
+            state::create_private_file(p).map_err(|e| format!("audit log {}: {e}", p.display()))?,
         ),
         None => None,
     };
+    let (proxy, shared, proxy_task) = spawn_proxy(cfg, audit).await?;
+    let adapter_l = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .map_err(|e| format!("bind the interceptor: {e}"))?;
+    let adapter = adapter_l.local_addr().map_err(|e| e.to_string())?;
     let ad = Arc::new(Adapter::new(
         token,
         proxy,
         setup.proxy_alias,
-        Arc::new(cfg.clone()),
+        shared,
         audit_file,
     ));
+    let serving = ad.clone();
     tokio::spawn(async move {
-        if let Err(e) = bot_bottle_egress::serve_on(cfg, proxy_l).await {
-            tracing::error!(error = %e, "egress proxy stopped");
-        }
-    });
-    tokio::spawn(async move {
-        if let Err(e) = ad.serve(adapter_l).await {
+        if let Err(e) = serving.serve(adapter_l).await {
             tracing::error!(error = %e, "interceptor stopped");
         }
     });
-    Ok(Bound { adapter, proxy })
+    Ok(Egress {
+        bound: Bound { adapter, proxy },
+        adapter: ad,
+        audit: audit.map(Path::to_path_buf),
+        proxy_task,
+    })
+}
+
+impl Egress {
+    /// Live credential rotation: starts a proxy with the new config, points
+    /// new flows at it and stops the old one accepting (tunnels already open
+    /// finish on the old one). The bottle CA must be the same.
+    pub async fn reload(&mut self, config_json: &str) -> Result<(), String> {
+        let cfg = ProxyConfig::from_json(config_json).map_err(|e| format!("proxy config: {e}"))?;
+        let (proxy, shared, task) = spawn_proxy(cfg, self.audit.as_deref()).await?;
+        self.adapter.retarget(proxy, shared);
+        std::mem::replace(&mut self.proxy_task, task).abort();
+        self.bound.proxy = proxy;
+        Ok(())
+    }
+}
+
+/// Serves live config updates on `sock` (inside the 0700 records
+/// directory): one connection carries one whole config, answered `ok` or
+/// `error MESSAGE`.
+async fn serve_control(sock: PathBuf, egress: Arc<tokio::sync::Mutex<Egress>>, gate_json: PathBuf) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = std::fs::remove_file(&sock);
+    let l = match tokio::net::UnixListener::bind(&sock) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "no control socket; live updates are off");
+            return;
+        }
+    };
+    loop {
+        let Ok((mut c, _)) = l.accept().await else {
+            return;
+        };
+        let mut buf = Vec::new();
+        if c.read_to_end(&mut buf).await.is_err() {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        drop(buf);
+        let mut eg = egress.lock().await;
+        let reply = match eg.reload(&text).await {
+            Ok(()) => {
+                let _ = state::write_json(
+                    &gate_json,
+                    &GateRecord {
+                        pid: std::process::id(),
+                        adapter: eg.bound.adapter,
+                        proxy: eg.bound.proxy,
+                    },
+                );
+                tracing::info!("egress config updated");
+                "ok\n".to_string()
+            }
+            Err(e) => format!("error {}\n", e.replace('\n', " ")),
+        };
+        let _ = c.write_all(reply.as_bytes()).await;
+    }
 }
 
 enum End {
@@ -168,7 +244,10 @@ pub fn main(state_dir: PathBuf) -> Result<(), String> {
     let paths = state::Paths::new(&state_dir);
     let token = new_token();
     let token_bytes = parse_token(&token)?;
-    let bound = rt.block_on(start_egress(&setup, token_bytes, Some(&paths.egress_log())))?;
+    let egress = rt.block_on(start_egress(&setup, token_bytes, Some(&paths.egress_log())))?;
+    let bound = egress.bound;
+    let egress = Arc::new(tokio::sync::Mutex::new(egress));
+    rt.spawn(serve_control(paths.control(), egress, paths.gate()));
     state::write_json(
         &paths.gate(),
         &GateRecord {

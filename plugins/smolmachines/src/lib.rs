@@ -34,8 +34,8 @@ use std::time::Duration;
 
 use bot_bottle_plugin_api::{
     export_backend, AgentLaunch, Backend, BottleHandle, BottleRef, BottleStatus, CheckReport,
-    CheckRequest, ExecRequest, ExitReport, FileEncoding, Finding, LaunchSpec, ListRequest,
-    LogsRequest, PluginError, PluginInfo, RemoveReport, RemoveRequest, WaitRequest,
+    CheckRequest, EgressUpdate, ExecRequest, ExitReport, FileEncoding, Finding, LaunchSpec,
+    ListRequest, LogsRequest, PluginError, PluginInfo, RemoveReport, RemoveRequest, WaitRequest,
 };
 use serde::Deserialize;
 
@@ -806,6 +806,34 @@ impl Backend for SmolMachines {
                 .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
             reason: None,
         })
+    }
+
+    fn update_egress(&self, request: EgressUpdate) -> Result<(), PluginError> {
+        use std::os::unix::net::UnixStream;
+        let paths = Paths::of(&request.bottle_id);
+        if state::gate_alive(&paths).is_none() {
+            return Err(PluginError::not_found(format!(
+                "smolmachines bottle {} has no running egress gate",
+                request.bottle_id
+            )));
+        }
+        let mut c = UnixStream::connect(paths.control()).map_err(|e| {
+            PluginError::internal(format!("reach the gate of {}: {e}", request.bottle_id))
+        })?;
+        c.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        c.write_all(request.config.expose().as_bytes())
+            .and_then(|_| c.shutdown(std::net::Shutdown::Write))
+            .map_err(|e| PluginError::internal(format!("send the new egress config: {e}")))?;
+        let mut reply = String::new();
+        c.read_to_string(&mut reply)
+            .map_err(|e| PluginError::internal(format!("gate reply: {e}")))?;
+        match reply.trim() {
+            "ok" => Ok(()),
+            other => Err(PluginError::internal(format!(
+                "the gate refused the new egress config: {}",
+                other.strip_prefix("error ").unwrap_or(other)
+            ))),
+        }
     }
 
     fn remove(&self, request: RemoveRequest) -> Result<RemoveReport, PluginError> {

@@ -58,6 +58,10 @@ impl Paths {
     pub fn gate_log(&self) -> PathBuf {
         self.dir.join("gate.log")
     }
+    /// The gate's control socket (live config updates).
+    pub fn control(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
     /// The audit log.
     pub fn egress_log(&self) -> PathBuf {
         self.dir.join("egress.log")

@@ -233,6 +233,28 @@ fn ls_and_rm_cover_a_bottle_whose_gate_runs_from_another_process() {
             follow: false,
         })
         .unwrap();
+    // Live rotation through the gate's control socket.
+    let (new_config, _) = proxy_config(&id, &up, &canary());
+    SmolMachines
+        .update_egress(bot_bottle_plugin_api::EgressUpdate {
+            schema: 1,
+            bottle_id: id.clone(),
+            config: Secret::new(new_config),
+        })
+        .expect("live update");
+    let e = SmolMachines
+        .update_egress(bot_bottle_plugin_api::EgressUpdate {
+            schema: 1,
+            bottle_id: id.clone(),
+            config: Secret::new("{\"tokens\": {\"X\": \"canary-broken\"}}".to_string()),
+        })
+        .unwrap_err();
+    assert!(!e.message.contains("canary-broken"), "{e:?}");
+    assert_eq!(
+        state::gate_alive(&paths),
+        Some(pid),
+        "a refused update keeps the gate"
+    );
     // `gc` leaves a bottle whose gate is alive alone…
     let gc = SmolMachines
         .remove(RemoveRequest {

@@ -18,6 +18,8 @@ struct Fixture {
     ca_pem: String,
     token: String,
     audit: std::path::PathBuf,
+    egress: gate::Egress,
+    config: String,
     _dir: tempfile::TempDir,
 }
 
@@ -29,18 +31,20 @@ async fn fixture() -> Fixture {
     let setup = setup("bb-t-0001", config);
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("egress.log");
-    let bound = gate::start_egress(&setup, gate::parse_token(&itoken).unwrap(), Some(&audit))
+    let egress = gate::start_egress(&setup, gate::parse_token(&itoken).unwrap(), Some(&audit))
         .await
         .unwrap();
     Fixture {
         up,
         engine: EngineSide {
-            adapter: bound.adapter,
+            adapter: egress.bound.adapter,
             token: gate::parse_token(&itoken).unwrap(),
         },
         ca_pem,
         token,
         audit,
+        egress,
+        config: setup.config,
         _dir: dir,
     }
 }
@@ -184,4 +188,33 @@ async fn paths_outside_the_route_are_denied_by_the_proxy() {
     let (status, _) = request(&mut t, "GET", HOST, "/admin", "Bearer d").await;
     assert_eq!(status, 403);
     assert!(f.up.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_live_update_rotates_the_injected_token_for_new_flows() {
+    let mut f = fixture().await;
+    let rotated = canary();
+    let mut cfg: serde_json::Value = serde_json::from_str(&f.config).unwrap();
+    cfg["tokens"]["API_TOKEN"] = rotated.clone().into();
+    f.egress.reload(&cfg.to_string()).await.unwrap();
+    let (s, verdict) = f.engine.connect("203.0.113.7:443").await;
+    assert_eq!(verdict, Some(0));
+    let mut t = tls(s, HOST, &f.ca_pem).await.unwrap();
+    let (status, _) = request(&mut t, "GET", HOST, "/v1/rotated", "Bearer d").await;
+    assert_eq!(status, 200);
+    let reqs = f.up.requests();
+    assert_eq!(
+        reqs[0]["headers"]["authorization"],
+        format!("Bearer {rotated}")
+    );
+
+    // A broken config is refused without a value in the message, and the
+    // running one stays.
+    let e = f
+        .egress
+        .reload("{\"schema\": 1, \"tokens\": {\"X\": \"canary-zzz\"}}")
+        .await
+        .unwrap_err();
+    assert!(!e.contains("canary-zzz"), "{e}");
+    let _ = &f.token;
 }
