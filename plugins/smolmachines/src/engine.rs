@@ -211,8 +211,14 @@ pub fn discover(option: Option<&Path>) -> Result<Engine, NotFound> {
     })
 }
 
-/// Directories where the wheel's `smol` package may be.
+/// Directories where the wheel's `smol` package may be (asked of python
+/// once per process: `bottle ls` and friends call this on every run).
 fn wheel_dirs() -> Vec<PathBuf> {
+    static DIRS: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    DIRS.get_or_init(wheel_dirs_uncached).clone()
+}
+
+fn wheel_dirs_uncached() -> Vec<PathBuf> {
     let mut out = Vec::new();
     for py in ["python3", "python"] {
         for module in ["smol", "smolmachines"] {
