@@ -218,3 +218,70 @@ async fn a_live_update_rotates_the_injected_token_for_new_flows() {
     assert!(!e.contains("canary-zzz"), "{e}");
     let _ = &f.token;
 }
+
+#[tokio::test]
+async fn a_direct_plain_http_request_on_a_plain_http_route_goes_through_the_proxy() {
+    use tokio::io::AsyncWriteExt as _;
+    // A plain-HTTP upstream that records the head it got.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plain = l.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            let seen = s2.clone();
+            tokio::spawn(async move {
+                if let Some((head, _)) = read_head(&mut c).await {
+                    seen.lock().unwrap().push(head);
+                    let _ = c
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n")
+                        .await;
+                }
+            });
+        }
+    });
+    let up = Upstream::start(&[HOST]).await;
+    let token = canary();
+    let (config, _) = proxy_config("bb-plain-0001", &up, &token);
+    let mut cfg: serde_json::Value = serde_json::from_str(&config).unwrap();
+    cfg["routes"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "host": "plain.bottle.test",
+            "plain_http": true,
+            "inject": [{"header": "x-api-key", "value": "{token}", "token_ref": "API_TOKEN"}],
+        }));
+    cfg["upstream"]["resolve"]["plain.bottle.test"] = plain.to_string().into();
+    let itoken = gate::new_token();
+    let dir = tempfile::tempdir().unwrap();
+    let eg = gate::start_egress(
+        &setup("bb-plain-0001", cfg.to_string()),
+        gate::parse_token(&itoken).unwrap(),
+        Some(&dir.path().join("egress.log")),
+    )
+    .await
+    .unwrap();
+    let engine = EngineSide {
+        adapter: eg.bound.adapter,
+        token: gate::parse_token(&itoken).unwrap(),
+    };
+    let (mut s, verdict) = engine.connect("203.0.113.10:80").await;
+    assert_eq!(verdict, Some(0));
+    let (status, body) = request(&mut s, "GET", "plain.bottle.test", "/x?q=1", "ignored").await;
+    assert_eq!(status, 200, "{body}");
+    let heads = seen.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    let head = heads[0].to_ascii_lowercase();
+    assert!(head.starts_with("get /x?q=1 http/1.1"), "{head}");
+    assert!(
+        head.contains(&format!("x-api-key: {token}")),
+        "the proxy injected: {head}"
+    );
+
+    // The Host header's port must be the port the guest dialled.
+    let (mut s, _) = engine.connect("203.0.113.10:80").await;
+    let (status, _) = request(&mut s, "GET", "plain.bottle.test:8080", "/x", "d").await;
+    assert_eq!(status, 403);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
