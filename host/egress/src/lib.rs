@@ -20,7 +20,7 @@ pub use audit::AuditRecord;
 pub use ca::{BottleCa, CaError};
 pub use config::ProxyConfig;
 pub use error::EgressError;
-pub use route::{check, Action, Decision};
+pub use route::{check, host_admitted, Action, Decision};
 
 /// Serves on `config.listen` until the process ends.
 pub async fn serve(config: ProxyConfig) -> Result<(), EgressError> {

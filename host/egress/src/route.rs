@@ -50,6 +50,15 @@ pub(crate) fn is_passthrough(cfg: &ProxyConfig, host: &str) -> bool {
     cfg.tls_passthrough.iter().any(|p| host_matches(p, host))
 }
 
+/// Whether a CONNECT to `host` is let into the proxy at all: a route or a
+/// `tls_passthrough` entry names it (path and method are checked inside the
+/// tunnel). The smolmachines interceptor asks this before it admits a
+/// guest's direct connection.
+pub fn host_admitted(cfg: &ProxyConfig, host: &str) -> bool {
+    let host = canon_host(host);
+    host_allowed(&cfg.routes, &host) || is_passthrough(cfg, &host)
+}
+
 /// Whether any route names `host` (the gate for minting a certificate).
 pub(crate) fn host_allowed(routes: &[EgressRoute], host: &str) -> bool {
     routes.iter().any(|r| host_matches(&r.host, host))

@@ -1375,3 +1375,28 @@ async fn a_request_the_agent_abandons_is_still_audited() {
     );
     fx.up.release.notify_one();
 }
+
+/// A client outside `allowed_clients` is dropped before the proxy reads a
+/// byte; one inside is served. (The Docker backend sets the bottle's
+/// internal subnet here so egress-side neighbours cannot borrow its token.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_outside_allowed_networks_are_dropped() {
+    let pki = test_pki();
+    let dir = tempfile::tempdir().unwrap();
+    let up = start_upstream(&pki).await;
+
+    let mut outside = config(&pki, up.addr, &dir.path().join("a.log"));
+    outside.allowed_clients = vec!["10.0.0.0/8".parse().unwrap()];
+    let proxy = start_proxy(outside);
+    let (status, head, _) = connect(proxy, "api.test:443").await;
+    assert_eq!(
+        status, 0,
+        "a loopback client outside 10/8 got an answer: {head}"
+    );
+
+    let mut inside = config(&pki, up.addr, &dir.path().join("b.log"));
+    inside.allowed_clients = vec!["127.0.0.0/8".parse().unwrap()];
+    let proxy = start_proxy(inside);
+    let (status, _, _) = connect(proxy, "api.test:443").await;
+    assert_eq!(status, 200);
+}

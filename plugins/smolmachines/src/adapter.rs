@@ -210,7 +210,7 @@ impl Adapter {
         name: String,
         bytes: Vec<u8>,
     ) -> Outcome {
-        if !host_admitted(&self.config(), &name) {
+        if !bot_bottle_egress::host_admitted(&self.config(), &name) {
             let why = "direct TLS connection to a host no route or tls_passthrough names";
             self.audit_deny(&name, dst.port(), "", why);
             return Outcome::Denied(why.into());
@@ -312,30 +312,9 @@ impl Adapter {
     }
 }
 
-/// Whether a CONNECT to `host` would be let into the proxy at all: a route or
-/// a `tls_passthrough` entry names it. (The proxy checks again, and checks
-/// the path and method inside the tunnel.)
-pub fn host_admitted(cfg: &ProxyConfig, host: &str) -> bool {
-    let host = canon(host);
-    cfg.routes.iter().any(|r| pattern_matches(&r.host, &host))
-        || cfg
-            .tls_passthrough
-            .iter()
-            .any(|p| pattern_matches(p, &host))
-}
-
+/// The name as the proxy compares it: lower case, no trailing dot.
 fn canon(h: &str) -> String {
     h.trim_end_matches('.').to_ascii_lowercase()
-}
-
-/// Exact host, or `*.suffix` matching names strictly below the suffix — the
-/// proxy's own rule.
-fn pattern_matches(pattern: &str, host: &str) -> bool {
-    let pattern = canon(pattern);
-    match pattern.strip_prefix("*.") {
-        Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
-        None => pattern == host,
-    }
 }
 
 /// A DNS name a guest may present: letters, digits, `-` and `.`.
@@ -471,40 +450,16 @@ fn forbidden(host: &str, why: &str) -> Vec<u8> {
 
 /// The time now, RFC 3339 UTC, to the second.
 pub fn rfc3339_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil-from-days (Howard Hinnant).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn patterns_follow_the_proxy() {
-        assert!(pattern_matches("api.example.com", "api.example.com"));
-        assert!(pattern_matches("*.example.com", "a.example.com"));
-        assert!(!pattern_matches("*.example.com", "example.com"));
-        assert!(!pattern_matches("*.example.com", "badexample.com"));
-    }
 
     #[test]
     fn http_heads_parse_and_rewrite() {

@@ -348,6 +348,7 @@ pub fn config(pki: &TestPki, up: SocketAddr, audit: &std::path::Path) -> ProxyCo
         audit: AuditConfig {
             path: Some(audit.to_owned()),
         },
+        allowed_clients: Vec::new(),
     }
 }
 
