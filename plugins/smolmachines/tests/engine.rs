@@ -11,6 +11,15 @@ use bot_bottle_plugin_api::{
 use bot_bottle_plugin_smolmachines::{machine_builder, SmolMachines, BACKEND_LABEL};
 use common::*;
 
+/// These tests share one engine and one records root, and some run `gc`,
+/// which removes any machine without records — including one another test
+/// has just made. They run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn spec(id: &str, image: &str, config: String) -> LaunchSpec {
     let ws = tempfile::tempdir().unwrap().keep();
     LaunchSpec {
@@ -49,6 +58,7 @@ fn unique(tag: &str) -> String {
 
 #[test]
 fn the_engine_is_found_with_its_version_and_doctor_says_so() {
+    let _serial = serial();
     let Some(engine) = engine_or_skip("the_engine_is_found_with_its_version_and_doctor_says_so")
     else {
         return;
@@ -82,6 +92,7 @@ fn the_engine_is_found_with_its_version_and_doctor_says_so() {
 
 #[test]
 fn machines_are_created_labelled_listed_and_deleted_through_the_sdk() {
+    let _serial = serial();
     let Some(engine) =
         engine_or_skip("machines_are_created_labelled_listed_and_deleted_through_the_sdk")
     else {
@@ -138,7 +149,6 @@ fn machines_are_created_labelled_listed_and_deleted_through_the_sdk() {
             .any(|b| b.bottle_id == id && b.state.contains("no records")),
         "{ls:?}"
     );
-    // (Another test's concurrent gc may be the one that removes it.)
     let gc = SmolMachines
         .remove(RemoveRequest {
             garbage: true,
@@ -152,6 +162,7 @@ fn machines_are_created_labelled_listed_and_deleted_through_the_sdk() {
 
 #[test]
 fn a_launch_that_fails_leaves_nothing_behind() {
+    let _serial = serial();
     let Some(_engine) = engine_or_skip("a_launch_that_fails_leaves_nothing_behind") else {
         return;
     };
@@ -188,6 +199,7 @@ fn a_launch_that_fails_leaves_nothing_behind() {
 
 #[test]
 fn ls_and_rm_cover_a_bottle_whose_gate_runs_from_another_process() {
+    let _serial = serial();
     let Some(engine) =
         engine_or_skip("ls_and_rm_cover_a_bottle_whose_gate_runs_from_another_process")
     else {
