@@ -23,7 +23,8 @@ copy() { # copy FILE to the same path (or DEST) inside the rootfs, following lin
 }
 add_program() {
   local path
-  path=$(command -v "$1" 2>/dev/null || true)
+  # type -P: the executable file on PATH, never a shell builtin (true, echo).
+  if [ -x "$1" ] && [ "${1#*/}" != "$1" ]; then path=$1; else path=$(type -P "$1" 2>/dev/null || true); fi
   [ -n "$path" ] && [ -x "$path" ] || { echo "$0: $1 not found on this host" >&2; exit 1; }
   copy "$path" "/bin/$(basename "$1")"
   # Every library the loader resolves, plus the loader itself.
