@@ -320,6 +320,22 @@ fn exit_codes_propagate_and_nothing_remains_after_success_failure_or_a_bad_launc
     assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
 }
 
+/// `bottle run -f manifest` in the background (output captured), returned
+/// once the bottle's agent container is running.
+fn run_in_background(data: &Path, manifest: &Path, token: &str, name: &str) -> std::process::Child {
+    let child = bottle(data)
+        .env("API_TOKEN", token)
+        .args(["run", "-f"])
+        .arg(manifest)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_agent(name);
+    child
+}
+
 fn wait_for_agent(name: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let filter = format!("label=bot-bottle.name={name}");
@@ -363,16 +379,7 @@ fn sigint_and_a_dead_sidecar_both_leave_nothing_behind() {
     // Ctrl-C (SIGINT to bottle) while the agent runs.
     let name = unique("sigint");
     let m = manifest(dir.path(), &name, "sleep 120", &up, &[]);
-    let mut child = bottle(data.path())
-        .env("API_TOKEN", "t0ken-value")
-        .args(["run", "-f"])
-        .arg(&m)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_agent(&name);
+    let mut child = run_in_background(data.path(), &m, "t0ken-value", &name);
     // SAFETY: kill(2) on a child we spawned and have not reaped.
     unsafe { libc_kill(child.id() as i32, 2) };
     assert_eq!(wait_exit(&mut child), 130);
@@ -386,16 +393,7 @@ fn sigint_and_a_dead_sidecar_both_leave_nothing_behind() {
     // bottle says so, exits non-zero and removes the bottle.
     let name = unique("sidecar");
     let m = manifest(dir.path(), &name, "sleep 120", &up, &[]);
-    let child = bottle(data.path())
-        .env("API_TOKEN", "t0ken-value")
-        .args(["run", "-f"])
-        .arg(&m)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_agent(&name);
+    let child = run_in_background(data.path(), &m, "t0ken-value", &name);
     let sidecar = docker(&[
         "ps",
         "-q",
@@ -465,16 +463,7 @@ fn the_proxy_serves_only_the_bottle_and_not_its_egress_side_neighbours() {
     let name = unique("neighbour");
     let token = canary();
     let m = manifest(dir.path(), &name, "sleep 120", &up, &[]);
-    let mut child = bottle(data.path())
-        .env("API_TOKEN", &token)
-        .args(["run", "-f"])
-        .arg(&m)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_agent(&name);
+    let mut child = run_in_background(data.path(), &m, &token, &name);
     let sidecar = docker(&[
         "ps",
         "-q",
