@@ -78,6 +78,8 @@ pub async fn ensure(
     }
 
     tracing::info!(%tag, program = %program.display(), "building the egress sidecar image");
+    let _spinner =
+        crate::progress::Spinner::start(format!("building the egress sidecar image {tag}"));
     let rootfs = {
         let program = program.clone();
         tokio::task::spawn_blocking(move || rootfs_tar(&program))

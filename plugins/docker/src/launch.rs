@@ -311,13 +311,20 @@ async fn ensure_agent_image(
         )));
     }
     tracing::info!(image = %reference, "pulling the agent image");
+    let spinner = crate::progress::Spinner::start(format!("pulling {reference}"));
     let options = CreateImageOptions {
         from_image: Some(reference.clone()),
         ..Default::default()
     };
     docker
         .create_image(Some(options), None, None)
-        .try_collect::<Vec<_>>()
+        .try_for_each(|info| {
+            if let Some(status) = info.status {
+                let layer = info.id.map(|id| format!(" {id}")).unwrap_or_default();
+                spinner.say(format!("pulling {reference}:{layer} {status}"));
+            }
+            futures_util::future::ready(Ok(()))
+        })
         .await
         .map_err(|e| {
             let mut err = missing();
@@ -354,6 +361,8 @@ async fn load_archive(
         ))
         .with_hint("check the path in the manifest's `image`")
     })?;
+    let _spinner =
+        crate::progress::Spinner::start(format!("loading the image archive {}", path.display()));
     let infos: Vec<_> = docker
         .import_image(
             ImportImageOptions {

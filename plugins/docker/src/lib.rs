@@ -31,6 +31,7 @@ mod launch;
 mod manage;
 mod names;
 mod options;
+mod progress;
 mod tty;
 
 use bot_bottle_plugin_api::{
