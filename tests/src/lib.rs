@@ -32,35 +32,42 @@ pub fn demo_upstream_exe() -> PathBuf {
     profile_dir().join("demo-upstream")
 }
 
+/// Runs `cargo build ARGS` for this workspace into the target dir these
+/// tests run from (same profile). `cargo test` builds neither another
+/// package's binary nor cdylibs, and cargo has released the target-dir lock
+/// by the time tests run.
+pub fn cargo_build(args: &[&str]) {
+    let profile = profile_dir();
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["build", "--quiet", "--manifest-path"])
+        .arg(repo_root().join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(profile.parent().unwrap())
+        .args(args);
+    if profile.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    assert!(
+        cmd.status().expect("running cargo").success(),
+        "cargo build {args:?} failed"
+    );
+}
+
 static BUILD: Once = Once::new();
 
-/// Builds `bottle` and the in-tree plugins (cargo test builds neither the
-/// binary of another package nor cdylibs) and returns the `bottle` path.
+/// Builds `bottle` and the in-tree plugins it needs and returns its path.
 pub fn bottle_exe() -> PathBuf {
-    let profile = profile_dir();
     BUILD.call_once(|| {
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "--quiet", "--manifest-path"])
-            .arg(repo_root().join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(profile.parent().unwrap())
-            .args([
-                "-p",
-                "bot-bottle",
-                "-p",
-                "bot-bottle-plugin-generic",
-                "-p",
-                "bot-bottle-plugin-docker",
-            ]);
-        if profile.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        assert!(
-            cmd.status().expect("running cargo").success(),
-            "building bottle and its plugins failed"
-        );
+        cargo_build(&[
+            "-p",
+            "bot-bottle",
+            "-p",
+            "bot-bottle-plugin-generic",
+            "-p",
+            "bot-bottle-plugin-docker",
+        ])
     });
-    profile.join("bottle")
+    profile_dir().join("bottle")
 }
 
 /// `bottle` with an environment isolated from the caller's plugin dirs.

@@ -47,33 +47,14 @@ fn host_credentials(canary: &str, lifetime_ms: i64) -> String {
 
 /// Builds what `bottle_exe` does not: this plugin and the demo upstream.
 fn build_plugin_and_upstream() {
-    let profile = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["build", "--quiet", "--manifest-path"])
-        .arg(repo_root().join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(profile.parent().unwrap())
-        .args([
-            "-p",
-            "bot-bottle-plugin-claude",
-            "-p",
-            "bot-bottle-e2e",
-            "--bins",
-            "--lib",
-        ]);
-    if profile.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    assert!(
-        cmd.status().unwrap().success(),
-        "building the claude plugin failed"
-    );
+    cargo_build(&[
+        "-p",
+        "bot-bottle-plugin-claude",
+        "-p",
+        "bot-bottle-e2e",
+        "--bins",
+        "--lib",
+    ]);
 }
 
 fn agent_image(claude: &Path) {

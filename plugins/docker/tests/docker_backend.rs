@@ -1279,48 +1279,6 @@ fn spec_without_daemon() -> LaunchSpec {
     }
 }
 
-/// Not a benchmark (those print ratios elsewhere): a quick look at where a
-/// launch spends its time. `cargo test -p bot-bottle-plugin-docker --test
-/// docker_backend -- --ignored --nocapture launch_phases`
-#[test]
-#[ignore = "timing printout for development"]
-fn launch_phases() {
-    let docker = docker_or_skip!();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("bot_bottle_plugin_docker=debug")
-        .with_writer(std::io::stderr)
-        .try_init();
-    let backend = DockerBackend::new();
-    for _ in 0..3 {
-        let s = spec(&docker, "phases", &["true"]);
-        let id = s.bottle_id.clone();
-        let _cleanup = Cleanup::new(&[&id]);
-        let t = std::time::Instant::now();
-        backend.launch(s).unwrap();
-        let launched = t.elapsed();
-        backend
-            .wait(WaitRequest {
-                schema: 1,
-                bottle_id: id.clone(),
-                attach: true,
-            })
-            .unwrap();
-        let waited = t.elapsed();
-        remove(&backend, &id);
-        let removed = t.elapsed();
-        let t = std::time::Instant::now();
-        let ok = Command::new("docker")
-            .args(["run", "--rm", BUSYBOX_IMAGE, "true"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        let plain = t.elapsed();
-        eprintln!(
-            "launch {launched:?}, +wait {waited:?}, +remove {removed:?}; plain docker run {plain:?} ({ok})"
-        );
-    }
-}
-
 /// Interactive check for a real terminal: `printf 'hello\r' | script -qec
 /// "cargo test -p bot-bottle-plugin-docker --test docker_backend --
 /// --ignored --nocapture interactive_tty" /dev/null` prints `got:hello`.
