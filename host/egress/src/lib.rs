@@ -14,6 +14,7 @@ pub mod error;
 mod proxy;
 pub mod route;
 mod upstream;
+mod workers;
 mod ws;
 
 pub use audit::AuditRecord;
@@ -93,6 +94,16 @@ pub async fn serve_file_on(
     listener: tokio::net::TcpListener,
 ) -> Result<(), EgressError> {
     let live = proxy::Live::new(proxy::Shared::new(overrides.load(path)?)?);
+    reload_on_hangup(&live, path, overrides)?;
+    proxy::run(live, listener).await
+}
+
+/// On SIGHUP, reads the config file again and swaps it in.
+fn reload_on_hangup(
+    live: &std::sync::Arc<proxy::Live>,
+    path: &std::path::Path,
+    overrides: &Overrides,
+) -> Result<(), EgressError> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -114,37 +125,30 @@ pub async fn serve_file_on(
             }
         });
     }
-    proxy::run(live, listener).await
+    #[cfg(not(unix))]
+    let _ = (live, path, overrides);
+    Ok(())
 }
 
-/// [`serve_file`] on a runtime of its own; blocks.
-pub fn serve_file_blocking(
-    path: &std::path::Path,
-    overrides: &Overrides,
-) -> Result<(), EgressError> {
-    runtime()?.block_on(serve_file(path, overrides))
-}
-
-/// [`serve_file_on`] with a std listener, on a runtime of its own; blocks.
+/// [`serve_file`] with a std listener, one worker thread per core; blocks.
+/// This is what `bottle egress serve` and the sidecar run.
 pub fn serve_file_with_listener(
     path: &std::path::Path,
     overrides: &Overrides,
     listener: std::net::TcpListener,
 ) -> Result<(), EgressError> {
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    runtime()?.block_on(async move {
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| EgressError::Listen {
-                addr: addr.clone(),
-                source,
-            })?;
-        let l = tokio::net::TcpListener::from_std(listener)
-            .map_err(|source| EgressError::Listen { addr, source })?;
-        serve_file_on(path, overrides, l).await
+    workers::set_count(workers::per_core());
+    let live = proxy::Live::new(proxy::Shared::new(overrides.load(path)?)?);
+    let (path, overrides) = (path.to_owned(), overrides.clone());
+    workers::run(listener, move |i, l| {
+        let (live, path, overrides) = (live.clone(), path.clone(), overrides.clone());
+        async move {
+            // One worker listens for SIGHUP; the swap reaches them all.
+            if i == 0 {
+                reload_on_hangup(&live, &path, &overrides)?;
+            }
+            proxy::run(live, l).await
+        }
     })
 }
 
@@ -155,38 +159,12 @@ pub fn validate(config: &ProxyConfig) -> Result<(), EgressError> {
     proxy::Shared::new(config.clone()).map(|_| ())
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, EgressError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("egress")
-        .build()
-        .map_err(EgressError::Runtime)
-}
-
-/// [`serve`] on a runtime of its own; blocks.
-pub fn serve_blocking(config: ProxyConfig) -> Result<(), EgressError> {
-    runtime()?.block_on(serve(config))
-}
-
-/// [`serve_on`] with a std listener, on a runtime of its own; blocks.
+/// [`serve_on`] with a std listener, one worker thread per core; blocks.
 pub fn serve_with_listener(
     config: ProxyConfig,
     listener: std::net::TcpListener,
 ) -> Result<(), EgressError> {
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let rt = runtime()?;
-    rt.block_on(async move {
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| EgressError::Listen {
-                addr: addr.clone(),
-                source,
-            })?;
-        let l = tokio::net::TcpListener::from_std(listener)
-            .map_err(|source| EgressError::Listen { addr, source })?;
-        serve_on(config, l).await
-    })
+    workers::set_count(workers::per_core());
+    let live = proxy::Live::new(proxy::Shared::new(config)?);
+    workers::run(listener, move |_, l| proxy::run(live.clone(), l))
 }

@@ -30,6 +30,7 @@ use crate::dlp::Dlp;
 use crate::error::EgressError;
 use crate::route::{self, canon_host, match_route, normalise_path, RouteMatch};
 use crate::upstream::{self, Body, BoxError, Dialer};
+use crate::workers;
 
 /// Concurrent DLP body buffers (each at most `dlp.max_body_bytes`).
 const DLP_SLOTS: usize = 32;
@@ -41,7 +42,9 @@ pub(crate) struct Shared {
     cfg: ProxyConfig,
     minter: LeafMinter,
     dialer: Dialer,
-    client: Client<Dialer, Body>,
+    /// One pooled upstream client per worker thread, so a request only
+    /// ever borrows upstream connections that live on its own thread.
+    clients: Vec<Client<Dialer, Body>>,
     dlp: Arc<Dlp>,
     audit: Audit,
     /// Bounds the memory held by DLP body buffers: at most this many
@@ -64,7 +67,9 @@ impl Shared {
         cfg.validate()?;
         let minter = LeafMinter::new(&cfg.ca.cert_pem, &cfg.ca.key_pem)?;
         let dialer = Dialer::new(&cfg.upstream)?;
-        let client = upstream::client(dialer.clone());
+        let clients = (0..workers::count())
+            .map(|_| upstream::client(dialer.clone()))
+            .collect();
         let dlp = Arc::new(Dlp::new(&cfg)?);
         let audit = Audit::open(&cfg.audit)?;
         let mut inject = Vec::with_capacity(cfg.routes.len());
@@ -105,12 +110,17 @@ impl Shared {
             cfg,
             minter,
             dialer,
-            client,
+            clients,
             dlp,
             audit,
             inject,
             dlp_slots: Semaphore::new(DLP_SLOTS),
         }))
+    }
+
+    /// The upstream client of the calling worker thread.
+    fn client(&self) -> &Client<Dialer, Body> {
+        &self.clients[workers::index() % self.clients.len()]
     }
 
     fn header_timeout(&self) -> Duration {
@@ -143,6 +153,8 @@ impl Shared {
 /// its next request.
 pub(crate) struct Live {
     cur: std::sync::RwLock<Arc<Shared>>,
+    /// Client connections served at once, across every worker thread.
+    conns: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Live {
@@ -154,6 +166,7 @@ impl std::fmt::Debug for Live {
 impl Live {
     pub(crate) fn new(shared: Arc<Shared>) -> Arc<Self> {
         Arc::new(Self {
+            conns: Arc::new(Semaphore::new(shared.cfg.limits.max_connections)),
             cur: std::sync::RwLock::new(shared),
         })
     }
@@ -170,8 +183,8 @@ impl Live {
 /// Accepts connections until the listener fails for good.
 pub(crate) async fn run(live: Arc<Live>, listener: TcpListener) -> Result<(), EgressError> {
     let shared = live.get();
-    let sem = Arc::new(Semaphore::new(shared.cfg.limits.max_connections));
-    if let Ok(addr) = listener.local_addr() {
+    let sem = live.conns.clone();
+    if let Some(addr) = listener.local_addr().ok().filter(|_| workers::index() == 0) {
         tracing::info!(%addr, bottle = %shared.cfg.bottle_id, routes = shared.cfg.routes.len(), "egress proxy listening");
     }
     loop {
@@ -844,13 +857,15 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Target) -> R
     // If the agent goes away while upstream is still answering, this future
     // is dropped: the guard still writes the request's audit line.
     let mut guard = DropAudit {
-        rec: Some(rec.clone()),
+        rec: Some(rec),
         shared: shared.clone(),
         start,
         req_bytes: req_bytes.clone(),
     };
-    let answer = shared.client.request(up_req).await;
-    guard.rec = None;
+    let answer = shared.client().request(up_req).await;
+    let Some(mut rec) = guard.rec.take() else {
+        unreachable!("only the guard's drop takes the record")
+    };
     match answer {
         Ok(resp) => {
             let (mut p, b) = resp.into_parts();

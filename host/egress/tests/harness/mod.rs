@@ -476,9 +476,27 @@ pub fn get(uri: &str, host: &str, h2: bool) -> Request<Full<Bytes>> {
     b.body(Full::new(Bytes::new())).unwrap()
 }
 
+/// The audit file's text. The proxy's workers write their lines when they
+/// run out of work, a moment after the response went out, so this waits
+/// until the file has stopped growing (at most 2 s).
+pub fn audit_text(path: &std::path::Path) -> String {
+    let read = || std::fs::read_to_string(path).unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut text = read();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let again = read();
+        let settled = again == text;
+        text = again;
+        if settled || std::time::Instant::now() > deadline {
+            return text;
+        }
+    }
+}
+
+/// The audit file's lines, once it has settled ([`audit_text`]).
 pub fn audit_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    audit_text(path)
         .lines()
         .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
         .collect()

@@ -1,0 +1,106 @@
+//! Thread per core: the proxy runs one current-thread tokio runtime per CPU,
+//! every one accepting from the same listening socket.
+//!
+//! Why not one multi-thread runtime: a connection's client leg, its
+//! upstream leg and the pooled upstream connection it borrows then land on
+//! different threads, and handing a request from one to the next costs a
+//! cross-thread wake-up (`strace -c` of the proxy under load showed about
+//! one futex call per request). Here a connection, and every task it
+//! spawns, stays on the thread that accepted it, and each worker has its
+//! own upstream client and pool ([`index`] picks it), so a request never
+//! wakes another thread. See docs/benchmarks.md for what it measured.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::error::EgressError;
+
+thread_local! {
+    /// Which worker this thread is (0 on threads that are not ours).
+    static INDEX: Cell<usize> = const { Cell::new(0) };
+}
+
+/// How many workers the process runs; 1 until [`run`] starts more.
+static COUNT: AtomicUsize = AtomicUsize::new(1);
+
+/// This thread's worker index, below [`count`].
+pub(crate) fn index() -> usize {
+    INDEX.with(Cell::get) % count()
+}
+
+/// How many workers (and so upstream clients) there are.
+pub(crate) fn count() -> usize {
+    COUNT.load(Ordering::Relaxed).max(1)
+}
+
+/// One worker per CPU this process may use (cgroup quotas included).
+pub(crate) fn per_core() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Declares how many workers [`run`] will start. Call it before building
+/// the proxy's shared state, which sizes its upstream clients by it.
+pub(crate) fn set_count(n: usize) {
+    COUNT.store(n.max(1), Ordering::Relaxed);
+}
+
+/// Runs `serve(i, listener)` on [`count`] threads, each inside a
+/// current-thread runtime of its own with its own handle on `listener`.
+/// Blocks until the first worker ends and returns its result (workers end
+/// only on a fatal error).
+pub(crate) fn run<F, Fut>(listener: std::net::TcpListener, serve: F) -> Result<(), EgressError>
+where
+    F: Fn(usize, tokio::net::TcpListener) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<(), EgressError>>,
+{
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let listen_err = |source| EgressError::Listen {
+        addr: addr.clone(),
+        source,
+    };
+    listener.set_nonblocking(true).map_err(listen_err)?;
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    for i in 0..count() {
+        let l = listener.try_clone().map_err(listen_err)?;
+        let (serve, done, addr) = (serve.clone(), done_tx.clone(), addr.clone());
+        std::thread::Builder::new()
+            .name(format!("egress-{i}"))
+            .spawn(move || {
+                INDEX.with(|c| c.set(i));
+                let work = std::panic::AssertUnwindSafe(|| {
+                    crate::audit::batch_on_this_thread();
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        // Audit lines gathered while busy are written
+                        // when the thread has nothing else to do.
+                        .on_thread_park(crate::audit::flush_thread)
+                        .build()
+                        .map_err(EgressError::Runtime)?;
+                    rt.block_on(async move {
+                        let l = tokio::net::TcpListener::from_std(l)
+                            .map_err(|source| EgressError::Listen { addr, source })?;
+                        serve(i, l).await
+                    })
+                });
+                // A worker that panics ends the proxy with an error rather
+                // than leaving it serving on fewer threads unnoticed.
+                let r = std::panic::catch_unwind(work).unwrap_or_else(|_| {
+                    Err(EgressError::Runtime(std::io::Error::other(format!(
+                        "egress worker {i} panicked"
+                    ))))
+                });
+                let _ = done.send(r);
+            })
+            .map_err(EgressError::Runtime)?;
+    }
+    drop(done_tx);
+    done_rx.recv().unwrap_or_else(|_| {
+        Err(EgressError::Runtime(std::io::Error::other(
+            "egress workers ended without a result",
+        )))
+    })
+}
