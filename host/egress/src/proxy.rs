@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -1255,27 +1255,31 @@ pub(crate) fn watch<T>(
     io: T,
     idle: Duration,
 ) -> (Watched<T>, impl std::future::Future<Output = ()>) {
-    let base = Instant::now();
-    let last = Arc::new(AtomicU64::new(0));
+    let active = Arc::new(AtomicBool::new(false));
     let w = Watched {
         inner: io,
-        base,
-        last: last.clone(),
+        active: active.clone(),
         read: Arc::new(AtomicU64::new(0)),
     };
-    let dog = idle_dog(base, last, idle);
-    (w, dog)
+    (w, idle_dog(active, idle))
 }
 
-async fn idle_dog(base: Instant, last: Arc<AtomicU64>, idle: Duration) {
-    let idle_ms = idle.as_millis() as u64;
+/// Completes after `idle` (up to a quarter more) without activity. The I/O
+/// only sets a flag that this clears each tick, so reads and writes never
+/// look at the clock.
+async fn idle_dog(active: Arc<AtomicBool>, idle: Duration) {
+    let tick = (idle / 4).max(Duration::from_millis(1));
+    let mut quiet = Duration::ZERO;
     loop {
-        let since =
-            (base.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed));
-        if since >= idle_ms {
-            return;
+        tokio::time::sleep(tick).await;
+        if active.swap(false, Ordering::Relaxed) {
+            quiet = Duration::ZERO;
+        } else {
+            quiet += tick;
+            if quiet >= idle {
+                return;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(idle_ms - since)).await;
     }
 }
 
@@ -1289,8 +1293,7 @@ where
     let (mut a, dog) = watch(a, idle);
     let mut b = Watched {
         inner: b,
-        base: a.base,
-        last: a.last.clone(),
+        active: a.active.clone(),
         read: Arc::new(AtomicU64::new(0)),
     };
     tokio::select! {
@@ -1305,15 +1308,13 @@ where
 
 pub(crate) struct Watched<T> {
     inner: T,
-    base: Instant,
-    last: Arc<AtomicU64>,
+    active: Arc<AtomicBool>,
     read: Arc<AtomicU64>,
 }
 
 impl<T> Watched<T> {
     fn touch(&self) {
-        self.last
-            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.active.store(true, Ordering::Relaxed);
     }
 }
 
@@ -1345,6 +1346,22 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
             self.touch();
         }
         r
+    }
+    // Vectored writes pass through: hyper then queues a response's head and
+    // body as separate buffers instead of copying them into one.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
