@@ -13,6 +13,7 @@ mod dlp;
 pub mod error;
 mod proxy;
 pub mod route;
+mod tls;
 mod upstream;
 mod workers;
 mod ws;

@@ -103,11 +103,15 @@ impl Dialer {
     pub(crate) fn new(cfg: &UpstreamConfig) -> Result<Self, EgressError> {
         let roots = Arc::new(root_store(cfg.extra_ca_pem.as_deref())?);
         let mk = |alpn: Vec<Vec<u8>>| {
-            let mut c = rustls::ClientConfig::builder()
+            // Offers AES-128-GCM first (crate::tls); servers that honour
+            // the client's order then hash the handshake with SHA-256.
+            let mut c = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| EgressError::Trust(format!("TLS setup: {e}")))?
                 .with_root_certificates(roots.clone())
                 .with_no_client_auth();
             c.alpn_protocols = alpn;
-            TlsConnector::from(Arc::new(c))
+            Ok::<_, EgressError>(TlsConnector::from(Arc::new(c)))
         };
         let proxy = match &cfg.proxy {
             Some(p) => Some(parse_proxy_url(p).map_err(EgressError::Trust)?),
@@ -115,8 +119,8 @@ impl Dialer {
         };
         Ok(Self {
             inner: Arc::new(DialerInner {
-                tls_any: mk(vec![b"h2".to_vec(), b"http/1.1".to_vec()]),
-                tls_h1: mk(vec![b"http/1.1".to_vec()]),
+                tls_any: mk(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?,
+                tls_h1: mk(vec![b"http/1.1".to_vec()])?,
                 resolve: cfg.resolve.clone(),
                 proxy,
             }),
