@@ -25,6 +25,11 @@ pub const CA_VALIDITY: Duration = Duration::days(7);
 pub const BACKDATE: Duration = Duration::minutes(5);
 /// Leaf certificates kept per proxy; past this the cache starts over.
 pub const LEAF_CACHE: usize = 512;
+/// How long a leaf certificate is valid (at most as long as the CA).
+pub const LEAF_VALIDITY: Duration = Duration::days(2);
+/// A cached leaf is minted again once it is this old, well before it
+/// expires: a proxy that runs for days keeps presenting valid leaves.
+pub const LEAF_REFRESH: Duration = Duration::days(1);
 
 /// Why a CA or leaf certificate could not be made or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +139,8 @@ pub(crate) struct LeafMinter {
     ca_key: KeyPair,
     ca_der: CertificateDer<'static>,
     leaf_key: KeyPair,
-    cache: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
+    /// Host -> (when minted, its TLS config).
+    cache: Mutex<HashMap<String, (OffsetDateTime, Arc<rustls::ServerConfig>)>>,
     sessions: Arc<dyn rustls::server::StoresServerSessions>,
     ticketer: Arc<dyn rustls::server::ProducesTickets>,
 }
@@ -171,25 +177,35 @@ impl LeafMinter {
     /// The TLS config presenting a leaf for `host`. Call only for hosts the
     /// allow-list admits: minting is the caller's gate.
     pub(crate) fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, CaError> {
+        self.server_config_at(host, OffsetDateTime::now_utc())
+    }
+
+    fn server_config_at(
+        &self,
+        host: &str,
+        now: OffsetDateTime,
+    ) -> Result<Arc<rustls::ServerConfig>, CaError> {
         let host = host.to_ascii_lowercase();
-        if let Some(c) = self
+        if let Some((minted, c)) = self
             .cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&host)
         {
-            return Ok(c.clone());
+            if now - *minted < LEAF_REFRESH {
+                return Ok(c.clone());
+            }
         }
-        let cfg = Arc::new(self.mint(&host)?);
+        let cfg = Arc::new(self.mint(&host, now)?);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= LEAF_CACHE {
             cache.clear();
         }
-        cache.insert(host, cfg.clone());
+        cache.insert(host, (now, cfg.clone()));
         Ok(cfg)
     }
 
-    fn mint(&self, host: &str) -> Result<rustls::ServerConfig, CaError> {
+    fn mint(&self, host: &str, now: OffsetDateTime) -> Result<rustls::ServerConfig, CaError> {
         let mut params = CertificateParams::default();
         let san = match host
             .trim_matches(|c| c == '[' || c == ']')
@@ -208,14 +224,16 @@ impl LeafMinter {
         params.distinguished_name = dn;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let now = OffsetDateTime::now_utc();
         params.not_before = now - BACKDATE;
-        params.not_after = (now + Duration::days(2)).min(self.ca_cert.params().not_after);
+        params.not_after = (now + LEAF_VALIDITY).min(self.ca_cert.params().not_after);
         let leaf = params.signed_by(&self.leaf_key, &self.ca_cert, &self.ca_key)?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key.serialize_der()));
-        let mut cfg = rustls::ServerConfig::builder()
+        let mut cfg = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(vec![leaf.der().clone(), self.ca_der.clone()], key)?;
+        // Our suite order, not the client's: see crate::tls.
+        cfg.ignore_client_order = true;
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         cfg.session_storage = self.sessions.clone();
         cfg.ticketer = self.ticketer.clone();
@@ -258,5 +276,22 @@ mod tests {
         let ca = BottleCa::generate("bb-x", &["a.test".into()]).unwrap();
         let e = LeafMinter::new(&ca.cert_pem, &Secret::new("canary-not-a-key")).unwrap_err();
         assert!(!format!("{e} {e:?}").contains("canary"));
+    }
+
+    #[test]
+    fn a_cached_leaf_is_minted_again_before_it_expires() {
+        let ca = BottleCa::generate("bb-x", &["api.test".into()]).unwrap();
+        let m = LeafMinter::new(&ca.cert_pem, &ca.key_pem).unwrap();
+        let t0 = OffsetDateTime::now_utc();
+        let first = m.server_config_at("api.test", t0).unwrap();
+        let later = m
+            .server_config_at("API.test", t0 + LEAF_REFRESH - Duration::hours(1))
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &later), "cached within the refresh age");
+        let renewed = m
+            .server_config_at("api.test", t0 + LEAF_REFRESH + Duration::hours(1))
+            .unwrap();
+        assert!(!Arc::ptr_eq(&first, &renewed), "minted again past it");
+        assert!(LEAF_REFRESH < LEAF_VALIDITY - BACKDATE);
     }
 }
