@@ -23,6 +23,7 @@
 //! ```
 
 pub mod adapter;
+pub mod attach;
 pub mod engine;
 pub mod gate;
 pub mod state;
@@ -801,8 +802,21 @@ impl Backend for SmolMachines {
         let p2 = paths.clone();
         let done = move || p2.exit().is_file() || state::gate_alive(&p2).is_none();
         if request.attach {
-            follow_file(&paths.agent_log(), &mut std::io::stdout().lock(), &done)
-                .map_err(|e| PluginError::internal(format!("agent output: {e}")))?;
+            // An interactive agent's stdin: ours, with our terminal in raw
+            // mode when it is one, so keys reach the guest's terminal as typed.
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let input = std::os::unix::net::UnixStream::connect(paths.agent_stdin()).ok();
+            let raw = input
+                .as_ref()
+                .and_then(|_| attach::RawMode::enable(attach::STDIN));
+            let pump = input.map(|c| attach::pump_input(attach::STDIN, c, stop.clone()));
+            let followed = follow_file(&paths.agent_log(), &mut std::io::stdout().lock(), &done);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(p) = pump {
+                let _ = p.join();
+            }
+            drop(raw);
+            followed.map_err(|e| PluginError::internal(format!("agent output: {e}")))?;
         } else {
             while !done() {
                 std::thread::sleep(Duration::from_millis(200));

@@ -30,6 +30,26 @@ fn image() -> String {
 /// Runs `script` in a fresh microVM bottle; returns (exit code, agent
 /// output, bottle id). The bottle is left for the caller to inspect/remove.
 fn run_bottle(tag: &str, script: &str, up: &Upstream, token: &str) -> (i32, String, String) {
+    let (spec, id) = bottle_spec(tag, script, up, token);
+    SmolMachines.launch(spec).expect("launch");
+    finish(id)
+}
+
+/// Waits for the agent of bottle `id`; returns (exit code, output, id).
+fn finish(id: String) -> (i32, String, String) {
+    let exit = SmolMachines
+        .wait(WaitRequest {
+            schema: 1,
+            bottle_id: id.clone(),
+            attach: false,
+        })
+        .expect("wait");
+    let out = std::fs::read_to_string(Paths::of(&id).agent_log()).unwrap_or_default();
+    (exit.exit_code, out, id)
+}
+
+/// The launch spec of a bottle running `script`, and its id.
+fn bottle_spec(tag: &str, script: &str, up: &Upstream, token: &str) -> (LaunchSpec, String) {
     state_root();
     let id = format!("bb-{tag}-{:08x}", rand::random::<u32>());
     let (config, ca_pem) = proxy_config(&id, up, token);
@@ -72,16 +92,7 @@ fn run_bottle(tag: &str, script: &str, up: &Upstream, token: &str) -> (i32, Stri
         backend_options: serde_json::Value::Null,
         labels: Default::default(),
     };
-    SmolMachines.launch(spec).expect("launch");
-    let exit = SmolMachines
-        .wait(WaitRequest {
-            schema: 1,
-            bottle_id: id.clone(),
-            attach: false,
-        })
-        .expect("wait");
-    let out = std::fs::read_to_string(Paths::of(&id).agent_log()).unwrap_or_default();
-    (exit.exit_code, out, id)
+    (spec, id)
 }
 
 fn remove(id: &str) {
@@ -278,4 +289,43 @@ ping -c 1 -W 3 1.1.1.1 >/dev/null 2>&1 && echo icmp=reached || echo icmp=blocked
     }
     remove(&id);
     assert!(leftovers(&id).is_empty(), "{:?}", leftovers(&id));
+}
+
+/// `bottle run` at a terminal: the agent gets a terminal in the guest and
+/// the line typed into its stdin socket (what an attached `bottle run`
+/// copies its own stdin to); a non-interactive agent gets no stdin socket.
+#[test]
+fn an_interactive_agent_gets_a_terminal_and_what_is_typed() {
+    if !booting("an_interactive_agent_gets_a_terminal_and_what_is_typed") {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let up = rt.block_on(Upstream::start(&[HOST]));
+    let script = r#"[ -t 0 ] && echo tty=yes || echo tty=no; read line; echo "got=$line""#;
+    let (mut spec, id) = bottle_spec("tty", script, &up, &canary());
+    spec.agent.tty = true;
+    spec.agent.interactive = true;
+    SmolMachines.launch(spec).expect("launch");
+    let sock = Paths::of(&id).agent_stdin();
+    let mut c = std::os::unix::net::UnixStream::connect(&sock).expect("the agent's stdin socket");
+    use std::io::Write as _;
+    c.write_all(b"hello from the host\n").unwrap();
+    let (code, out, id) = finish(id);
+    drop(c);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("tty=yes"), "{out}");
+    assert!(out.contains("got=hello from the host"), "{out}");
+    assert!(!sock.exists(), "the stdin socket outlived the agent");
+    remove(&id);
+
+    let (code, out, id) = run_bottle(
+        "notty",
+        "[ -t 0 ] && echo tty=yes || echo tty=no",
+        &up,
+        &canary(),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("tty=no"), "{out}");
+    assert!(!Paths::of(&id).agent_stdin().exists());
+    remove(&id);
 }
