@@ -271,10 +271,23 @@ pub fn main(state_dir: PathBuf) -> Result<(), String> {
         }
         match launch_machine(&setup, bound.adapter, token) {
             Ok(machine) => {
+                // Bound before `started`: an attached `bottle run` connects
+                // as soon as the launch returns.
+                let input = if setup.agent.interactive {
+                    match crate::attach::bind_input(&launch_paths.agent_stdin()) {
+                        Ok(l) => Some(l),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "no stdin socket; the agent runs without stdin");
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
                 let _ = say("started");
                 let mut agent = setup.agent.clone();
                 agent.env.extend(crate::proxy_env(setup.proxy_alias));
-                run_agent(&machine, &agent, &launch_paths);
+                run_agent(&machine, &agent, &launch_paths, input);
             }
             Err(e) => {
                 tracing::error!("launch failed: {e}");
@@ -354,7 +367,14 @@ fn launch_machine(
 }
 
 /// Runs the agent through the SDK and records its output and exit code.
-fn run_agent(m: &smolmachines::Machine, agent: &AgentLaunch, paths: &state::Paths) {
+/// With `input` (an interactive agent) its stdin is served there; with
+/// `agent.tty` it gets a terminal in the guest (see [`crate::attach`]).
+fn run_agent(
+    m: &smolmachines::Machine,
+    agent: &AgentLaunch,
+    paths: &state::Paths,
+    input: Option<std::os::unix::net::UnixListener>,
+) {
     use smolmachines::{ExecEvent, ExecOptions};
     let mut log = match state::create_private_file(&paths.agent_log()) {
         Ok(f) => f,
@@ -379,15 +399,20 @@ fn run_agent(m: &smolmachines::Machine, agent: &AgentLaunch, paths: &state::Path
     if !agent.workdir.is_empty() {
         opts = opts.workdir(&agent.workdir);
     }
-    let stream = match m.exec_stream(agent.command.clone(), opts) {
+    opts = opts.tty(agent.tty).stdin(input.is_some());
+    let mut stream = match m.exec_stream(agent.command.clone(), opts) {
         Ok(s) => s,
         Err(e) => {
+            let _ = std::fs::remove_file(paths.agent_stdin());
             return finish(
                 125,
                 Some(format!("cannot start the agent: {}", e.message())),
-            )
+            );
         }
     };
+    if let (Some(l), Some(w)) = (input, stream.stdin()) {
+        std::thread::spawn(move || crate::attach::serve_input(l, w));
+    }
     let mut code = None;
     let mut reason = None;
     for ev in stream {
@@ -400,6 +425,7 @@ fn run_agent(m: &smolmachines::Machine, agent: &AgentLaunch, paths: &state::Path
         }
     }
     let _ = log.flush();
+    let _ = std::fs::remove_file(paths.agent_stdin());
     finish(code.unwrap_or(125), reason);
 }
 

@@ -11,7 +11,9 @@
 //!   or a command line.
 //! * The machine is started with `--egress-interceptor` (the SDK passes the
 //!   token in the engine's environment only): every guest TCP flow reaches
-//!   the adapter, other UDP than the engine's DNS is denied by the engine.
+//!   the adapter, other UDP than the engine's DNS is denied by the engine,
+//!   and the engine's DNS answers NXDOMAIN to every guest query
+//!   ([`close_guest_dns`]).
 //! * Records for `bottle ls/logs/gc` live in [`state`].
 //!
 //! ```toml
@@ -21,6 +23,7 @@
 //! ```
 
 pub mod adapter;
+pub mod attach;
 pub mod engine;
 pub mod gate;
 pub mod state;
@@ -303,6 +306,37 @@ fn machine_name(bottle_id: &str) -> String {
     bottle_id.to_string()
 }
 
+/// The one name the engine's DNS filter admits: reserved (RFC 6761
+/// `.invalid`), so no real lookup ever matches it and every guest query is
+/// answered NXDOMAIN by the engine itself.
+pub const DNS_ADMITS_NOTHING: &str = "none.bot-bottle.invalid";
+
+/// Closes guest DNS as far as the engine allows (smolvm 1.32, virtio-net):
+///
+/// * The engine's gateway answers every guest query to port 53 — UDP or
+///   TCP, whatever address the guest sent it to — itself, and forwards it
+///   to the upstream resolver (`--dns`, else the host's) only when its
+///   allow-host filter admits the name. The filter here admits only
+///   [`DNS_ADMITS_NOTHING`], so queries never leave the engine: the guest
+///   gets NXDOMAIN (names are resolved by the proxy on the host).
+/// * The filter would also confine TCP to the addresses it learned from
+///   admitted answers (none), which could stop flows before they reach the
+///   interceptor; `0.0.0.0/0` and `::/0` keep every TCP flow going to the
+///   interceptor, which decides them. Under the interceptor the engine
+///   denies every other datagram.
+/// * virtio-net is pinned: that is the network stack whose DNS path this
+///   describes (the TSI path handles DNS in libkrun instead).
+/// * `--dns 127.0.0.1` stays as a second fence: the guest's resolv.conf
+///   names its own loopback, and were a query ever forwarded, the upstream
+///   would be host loopback, not the host's resolver.
+pub fn close_guest_dns(b: smolmachines::MachineBuilder) -> smolmachines::MachineBuilder {
+    b.network_backend(smolmachines::NetworkBackend::VirtioNet)
+        .dns(std::net::Ipv4Addr::LOCALHOST)
+        .allow_host_pattern(DNS_ADMITS_NOTHING)
+        .allow_cidr("0.0.0.0/0")
+        .allow_cidr("::/0")
+}
+
 /// Builds the machine for a spec (not yet created).
 pub fn machine_builder(spec: &LaunchSpec, alias: SocketAddr) -> smolmachines::MachineBuilder {
     let mut labels = spec.labels.clone();
@@ -341,13 +375,11 @@ pub fn machine_builder_for(
     let mut b = smolmachines::Machine::builder(machine)
         .image(image)
         .network(true)
-        // The guest resolves nothing: its resolver is its own loopback,
-        // where nothing answers. The proxy resolves names on the host.
-        .dns(std::net::Ipv4Addr::LOCALHOST)
         .command(IDLE_WORKLOAD.iter().copied())
         .label(BACKEND_LABEL.0, BACKEND_LABEL.1)
         .label("bot-bottle.id", bottle_id)
         .label("bot-bottle.name", bottle_name);
+    b = close_guest_dns(b);
     for (k, v) in labels {
         b = b.label(k, v);
     }
@@ -374,6 +406,23 @@ pub fn machine_builder_for(
         b = b.memory_mib(u32::try_from((m / (1024 * 1024)).max(64)).unwrap_or(u32::MAX));
     }
     b
+}
+
+/// The manifest's limits this backend cannot enforce, each as a warning
+/// for the launch. `pids`: smolvm (1.32) has no process limit for a machine
+/// or an exec (no flag on `machine create`/`exec`, no SDK field), and the
+/// agent runs as root in a VM-grade container that could lift any limit
+/// set from inside, so the limit is not applied at all.
+pub fn unenforced_limits(r: &bot_bottle_plugin_api::Resources) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(p) = r.pids {
+        out.push(format!(
+            "resources.pids = {p} is NOT enforced on the smolmachines backend: the engine has no \
+             process limit, so the agent may start any number of processes inside its microVM \
+             (bounded only by its memory and CPUs). Use backend = \"docker\" where the limit must hold"
+        ));
+    }
+    out
 }
 
 /// One row of `smolvm machine ls --json`.
@@ -604,6 +653,9 @@ impl Backend for SmolMachines {
 
     fn launch(&self, spec: LaunchSpec) -> Result<BottleHandle, PluginError> {
         let opts = Options::parse(&spec.backend_options)?;
+        for w in unenforced_limits(&spec.agent.resources) {
+            tracing::warn!(bottle = %spec.bottle_id, "{w}");
+        }
         let engine = Self::engine(&opts)?;
         let alias: SocketAddr = opts
             .proxy_address
@@ -750,8 +802,21 @@ impl Backend for SmolMachines {
         let p2 = paths.clone();
         let done = move || p2.exit().is_file() || state::gate_alive(&p2).is_none();
         if request.attach {
-            follow_file(&paths.agent_log(), &mut std::io::stdout().lock(), &done)
-                .map_err(|e| PluginError::internal(format!("agent output: {e}")))?;
+            // An interactive agent's stdin: ours, with our terminal in raw
+            // mode when it is one, so keys reach the guest's terminal as typed.
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let input = std::os::unix::net::UnixStream::connect(paths.agent_stdin()).ok();
+            let raw = input
+                .as_ref()
+                .and_then(|_| attach::RawMode::enable(attach::STDIN));
+            let pump = input.map(|c| attach::pump_input(attach::STDIN, c, stop.clone()));
+            let followed = follow_file(&paths.agent_log(), &mut std::io::stdout().lock(), &done);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(p) = pump {
+                let _ = p.join();
+            }
+            drop(raw);
+            followed.map_err(|e| PluginError::internal(format!("agent output: {e}")))?;
         } else {
             while !done() {
                 std::thread::sleep(Duration::from_millis(200));
@@ -901,6 +966,56 @@ mod tests {
         assert!(e.message.contains("engin"), "{}", e.message);
         let o = Options::parse(&serde_json::json!({"proxy_address": "198.18.0.9:8080"})).unwrap();
         assert_eq!(o.proxy_address.unwrap().port(), 8080);
+    }
+
+    #[test]
+    fn an_unenforced_pids_limit_is_named_and_others_are_not() {
+        let mut r = bot_bottle_plugin_api::Resources {
+            cpus: Some(2.0),
+            memory_bytes: Some(1 << 30),
+            pids: None,
+        };
+        assert!(unenforced_limits(&r).is_empty());
+        r.pids = Some(64);
+        let w = unenforced_limits(&r);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("pids = 64") && w[0].contains("NOT enforced"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn the_machine_pins_virtio_net_and_a_dns_filter_that_admits_nothing() {
+        let agent = AgentLaunch {
+            image: "alpine:3.20".into(),
+            command: vec!["true".into()],
+            ..Default::default()
+        };
+        let cfg = machine_builder_for(
+            "m",
+            "id",
+            "name",
+            &agent,
+            &Default::default(),
+            DEFAULT_PROXY_ADDRESS.parse().unwrap(),
+        )
+        .build();
+        assert_eq!(
+            cfg.resources.network_backend,
+            Some(smolmachines::NetworkBackend::VirtioNet)
+        );
+        assert_eq!(cfg.dns, Some(std::net::Ipv4Addr::LOCALHOST));
+        assert_eq!(
+            cfg.allowed_host_patterns,
+            vec![DNS_ADMITS_NOTHING.to_string()]
+        );
+        assert!(cfg.allowed_hosts.is_empty(), "{:?}", cfg.allowed_hosts);
+        assert_eq!(
+            cfg.allowed_cidrs,
+            vec!["0.0.0.0/0".to_string(), "::/0".to_string()]
+        );
+        assert!(DNS_ADMITS_NOTHING.ends_with(".invalid"));
     }
 
     #[test]

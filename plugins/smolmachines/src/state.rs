@@ -3,7 +3,8 @@
 //!
 //! `<root>/<bottle id>/` (mode 0700) holds `bottle.json` (what `ls` shows),
 //! `gate.json` (the gate's pid and addresses), `gate.log`, `egress.log` (the
-//! audit lines), `agent.log` and, once the agent ended, `exit.json`. Nothing
+//! audit lines), `agent.log`, `stdin.sock` while an interactive agent runs,
+//! and, once the agent ended, `exit.json`. Nothing
 //! here is secret; the machine carries the same labels as Docker resources.
 //!
 //! `<root>` is `BOT_BOTTLE_SMOL_STATE`, else `<data dir>/bot-bottle/smolmachines`.
@@ -61,6 +62,11 @@ impl Paths {
     /// The gate's control socket (live config updates).
     pub fn control(&self) -> PathBuf {
         self.dir.join("control.sock")
+    }
+    /// The agent's stdin, while an interactive agent runs: the gate copies
+    /// what one attached `bottle run` writes here into the agent.
+    pub fn agent_stdin(&self) -> PathBuf {
+        self.dir.join("stdin.sock")
     }
     /// The audit log.
     pub fn egress_log(&self) -> PathBuf {

@@ -138,6 +138,25 @@ fn machines_are_created_labelled_listed_and_deleted_through_the_sdk() {
         .unwrap()
         .to_string();
     assert!(row.contains("\"network\":true"), "{row}");
+    // Guest DNS closed (see `close_guest_dns`): the engine's record holds a
+    // DNS filter admitting only a reserved name, the loopback resolver, and
+    // the CIDRs that keep every TCP flow going to the interceptor.
+    let rec: serde_json::Value = serde_json::from_str(&row).unwrap();
+    let hosts = rec["allowed_hosts"].as_array().expect("a DNS filter");
+    assert_eq!(hosts.len(), 1, "{row}");
+    assert!(
+        hosts[0]
+            .as_str()
+            .unwrap()
+            .ends_with(bot_bottle_plugin_smolmachines::DNS_ADMITS_NOTHING),
+        "{row}"
+    );
+    assert_eq!(rec["dns"], "127.0.0.1", "{row}");
+    assert_eq!(
+        rec["allowed_cidrs"],
+        serde_json::json!(["0.0.0.0/0", "::/0"]),
+        "{row}"
+    );
     assert!(row.contains("bot-bottle.name"), "{row}");
     assert!(!row.contains("canary"), "{row}");
 

