@@ -65,8 +65,14 @@ fn args() -> Args {
         peer_dir: PathBuf::from("/work/shared/bench-peers"),
         dlp: "log".into(),
     };
+    const USAGE: &str = "usage: bot-bottle-bench-egress [--duration SECS] [--peers direct,bot-bottle,squid,mitmproxy] \
+[--egress-bin PATH] [--work DIR] [--mitmdump PATH] [--peer-dir DIR] [--dlp off|log|block]";
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
+        if k == "--help" || k == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
         let v = it.next().unwrap_or_default();
         match k.as_str() {
             "--duration" => {
@@ -78,7 +84,10 @@ fn args() -> Args {
             "--mitmdump" => a.mitmdump = v.into(),
             "--peer-dir" => a.peer_dir = v.into(),
             "--dlp" => a.dlp = v,
-            _ => panic!("unknown argument {k}"),
+            _ => {
+                eprintln!("unknown argument {k}\n{USAGE}");
+                std::process::exit(2);
+            }
         }
     }
     a
