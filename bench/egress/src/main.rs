@@ -44,6 +44,9 @@ struct Args {
     mitmdump: PathBuf,
     peer_dir: PathBuf,
     dlp: String,
+    /// Every peer is measured this many times, interleaved; the table shows
+    /// each figure's median (a shared machine moves single runs a lot).
+    rounds: usize,
 }
 
 fn args() -> Args {
@@ -64,9 +67,10 @@ fn args() -> Args {
         mitmdump: PathBuf::from("/tmp/bb-bench/venv/bin/mitmdump"),
         peer_dir: PathBuf::from("/work/shared/bench-peers"),
         dlp: "log".into(),
+        rounds: 1,
     };
     const USAGE: &str = "usage: bot-bottle-bench-egress [--duration SECS] [--peers direct,bot-bottle,squid,mitmproxy] \
-[--egress-bin PATH] [--work DIR] [--mitmdump PATH] [--peer-dir DIR] [--dlp off|log|block]";
+[--egress-bin PATH] [--work DIR] [--mitmdump PATH] [--peer-dir DIR] [--dlp off|log|block] [--rounds N]";
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         if k == "--help" || k == "-h" {
@@ -84,6 +88,7 @@ fn args() -> Args {
             "--mitmdump" => a.mitmdump = v.into(),
             "--peer-dir" => a.peer_dir = v.into(),
             "--dlp" => a.dlp = v,
+            "--rounds" => a.rounds = v.parse().unwrap_or(0).max(1),
             _ => {
                 eprintln!("unknown argument {k}\n{USAGE}");
                 std::process::exit(2);
@@ -709,6 +714,44 @@ async fn measure(peer: &Peer, up: SocketAddr, dur: Duration) -> Res<Row> {
     })
 }
 
+/// Each figure's median over a peer's rounds; errors add up, the injected
+/// share is the worst round's, a failed round's note is kept.
+fn median_row(rounds: &[Row]) -> Row {
+    let med = |get: fn(&Row) -> f64| {
+        let mut v: Vec<f64> = rounds.iter().map(get).filter(|x| !x.is_nan()).collect();
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    let ok: Vec<&Row> = rounds.iter().filter(|r| r.ka_rps > 0.0).collect();
+    Row {
+        name: rounds[0].name.clone(),
+        ka_rps: med(|r| r.ka_rps),
+        p50: med(|r| r.p50),
+        p99: med(|r| r.p99),
+        new_rate: med(|r| r.new_rate),
+        sse_cold: med(|r| r.sse_cold),
+        sse_warm: med(|r| r.sse_warm),
+        cpu_us: med(|r| r.cpu_us),
+        rss16: med(|r| r.rss16),
+        rss256: med(|r| r.rss256),
+        errors: rounds.iter().map(|r| r.errors).sum(),
+        injected_pct: ok.iter().map(|r| r.injected_pct).fold(f64::NAN, f64::min),
+        note: rounds
+            .iter()
+            .map(|r| r.note.clone())
+            .find(|n| !n.is_empty())
+            .unwrap_or_default(),
+    }
+}
+
 fn f(x: f64, prec: usize) -> String {
     if x.is_nan() {
         "-".into()
@@ -728,38 +771,44 @@ fn main() -> Res<()> {
         let up = upstream(&pki).await;
         let up_ca = a.work.join("upstream-ca.pem");
         std::fs::write(&up_ca, &pki.ca_pem)?;
-        let mut rows: Vec<Row> = Vec::new();
-        for name in a.peers.clone() {
-            eprintln!("== {name}");
-            let peer = match name.as_str() {
-                "direct" => Ok(Peer {
-                    name: "direct".into(),
-                    proxy: None,
-                    trust_pem: pki.ca_pem.clone(),
-                    child: None,
-                }),
-                "bot-bottle" => start_bot_bottle(&a, &pki, up).await,
-                "squid" => start_squid(&a, &up_ca).await,
-                "mitmproxy" => start_mitmproxy(&a, &up_ca).await,
-                other => Err(format!("unknown peer {other}").into()),
-            };
-            let row = match peer {
-                Ok(p) => match measure(&p, up, a.duration).await {
-                    Ok(r) => r,
+        let mut runs: Vec<Vec<Row>> = vec![Vec::new(); a.peers.len()];
+        for round in 1..=a.rounds {
+            for (i, name) in a.peers.clone().into_iter().enumerate() {
+                eprintln!("== {name} (round {round}/{})", a.rounds);
+                let peer = match name.as_str() {
+                    "direct" => Ok(Peer {
+                        name: "direct".into(),
+                        proxy: None,
+                        trust_pem: pki.ca_pem.clone(),
+                        child: None,
+                    }),
+                    "bot-bottle" => start_bot_bottle(&a, &pki, up).await,
+                    "squid" => start_squid(&a, &up_ca).await,
+                    "mitmproxy" => start_mitmproxy(&a, &up_ca).await,
+                    other => Err(format!("unknown peer {other}").into()),
+                };
+                let row = match peer {
+                    Ok(p) => match measure(&p, up, a.duration).await {
+                        Ok(r) => r,
+                        Err(e) => Row {
+                            name: name.clone(),
+                            note: format!("failed: {e}"),
+                            ..Default::default()
+                        },
+                    },
                     Err(e) => Row {
                         name: name.clone(),
-                        note: format!("failed: {e}"),
+                        note: format!("not run: {e}"),
                         ..Default::default()
                     },
-                },
-                Err(e) => Row {
-                    name: name.clone(),
-                    note: format!("not run: {e}"),
-                    ..Default::default()
-                },
-            };
-            eprintln!("   done {}", row.note);
-            rows.push(row);
+                };
+                eprintln!("   done {}", row.note);
+                runs[i].push(row);
+            }
+        }
+        let rows: Vec<Row> = runs.iter().map(|r| median_row(r)).collect();
+        if a.rounds > 1 {
+            println!("median of {} interleaved rounds per peer", a.rounds);
         }
         print_table(&rows, a.duration);
         Ok(())
