@@ -36,6 +36,8 @@ use crate::workers;
 const DLP_SLOTS: usize = 32;
 /// HTTP/2 streams per client connection.
 const MAX_STREAMS: u32 = 128;
+/// Most of a request body read before a local response answers it.
+const LOCAL_BODY_MAX: usize = 64 * 1024;
 
 /// Everything a connection needs, built once.
 pub(crate) struct Shared {
@@ -666,6 +668,12 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Target) -> R
             && l.method.eq_ignore_ascii_case(method.as_str())
     }) {
         // Answered here, never forwarded: the body holds dummies only.
+        // The request body (a token refresh: small) is read first. Answered
+        // mid-upload, an HTTP/2 stream ends with RST_STREAM(NO_ERROR),
+        // which curl 7.88 reports as a framing error (seen in the Claude
+        // Docker test).
+        let drain = http_body_util::Limited::new(req.into_body(), LOCAL_BODY_MAX).collect();
+        let _ = tokio::time::timeout(shared.header_timeout(), drain).await;
         rec.status = lr.status;
         rec.decision = "local".into();
         rec.duration_ms = ms(start);

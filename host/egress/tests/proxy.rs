@@ -1039,6 +1039,72 @@ async fn local_response_on_an_allowed_host_never_reaches_upstream() {
     );
 }
 
+/// curl over HTTP/2 posting a body to a local response: the proxy reads the
+/// body before answering. Answered mid-upload, the stream ended with
+/// RST_STREAM(NO_ERROR) and curl 7.88 failed with "(92) Stream error in the
+/// HTTP/2 framing layer" (seen in the Claude Docker test's token refresh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_http2_upload_to_a_local_response_completes() {
+    if !have_curl() {
+        return;
+    }
+    let fx = fx_with(|c| {
+        c.local_responses = vec![bot_bottle_plugin_api::LocalResponse {
+            host: "api.test".into(),
+            path: "/oauth/token".into(),
+            method: "POST".into(),
+            status: 200,
+            content_type: "application/json".into(),
+            body: "{\"access_token\":\"dummy-access\"}".into(),
+        }];
+    })
+    .await;
+    let ca = fx.dir.path().join("bottle-ca.pem");
+    std::fs::write(&ca, &fx.bottle_ca).unwrap();
+    // Larger than one TLS record, so the upload is still going when the
+    // request head arrives.
+    let body = fx.dir.path().join("body.json");
+    std::fs::write(
+        &body,
+        format!("{{\"refresh_token\":\"{}\"}}", "d".repeat(48 * 1024)),
+    )
+    .unwrap();
+    for i in 0..10 {
+        let out = tokio::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--http2",
+                "--proxy",
+                &format!("http://{}", fx.proxy),
+                "--cacert",
+            ])
+            .arg(&ca)
+            .args(["-H", "content-type: application/json", "--data-binary"])
+            .arg(format!("@{}", body.display()))
+            .args([
+                "-w",
+                "\n%{http_code} %{http_version}",
+                "https://api.test/oauth/token",
+            ])
+            .env_remove("https_proxy")
+            .env_remove("HTTPS_PROXY")
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "curl run {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.ends_with("200 2") && stdout.contains("dummy-access"),
+            "run {i}: {stdout}"
+        );
+    }
+    assert!(fx.up.seen().is_empty(), "a local response was forwarded");
+}
+
 /// The sidecar's reload: a new config file plus SIGHUP; the next request on
 /// an already open connection carries the rotated token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
