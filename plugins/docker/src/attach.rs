@@ -35,6 +35,7 @@ pub fn wait(client: &Client, request: &WaitRequest) -> Result<ExitReport, Plugin
 }
 
 async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport, PluginError> {
+    let since = std::time::Instant::now();
     let docker = client.docker_long().await?;
     let names = BottleNames::new(&request.bottle_id);
     let agent = match docker
@@ -120,8 +121,11 @@ async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport
             agent_exit.await;
         }
     }
+    tracing::debug!(elapsed = ?since.elapsed(), "agent stopped");
     if let Some(io) = io {
-        let _ = tokio::time::timeout(DRAIN, io).await;
+        if tokio::time::timeout(DRAIN, io).await.is_err() {
+            tracing::debug!("the agent's output did not end within {DRAIN:?}");
+        }
     }
     if request.attach && !printed_live {
         print_logs(client, &docker, &names.agent, false).await?;
