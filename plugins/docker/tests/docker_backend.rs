@@ -1380,3 +1380,77 @@ fn interactive_tty() {
         .unwrap();
     assert_eq!(report.exit_code, 4);
 }
+
+/// A bottle whose agent runs under gVisor. Needs a runsc runtime registered
+/// with dockerd under the name in `BOT_BOTTLE_RUNSC_RUNTIME` (default
+/// `runsc`); skips, saying why, where there is none (runsc is optional,
+/// also in CI).
+#[test]
+fn a_bottle_under_runsc() {
+    let docker = docker_or_skip!();
+    let _g = GLOBAL.read().unwrap_or_else(|e| e.into_inner());
+    let runtime = std::env::var("BOT_BOTTLE_RUNSC_RUNTIME").unwrap_or_else(|_| "runsc".into());
+    let runtimes = rt()
+        .block_on(docker.info())
+        .unwrap()
+        .runtimes
+        .unwrap_or_default();
+    if !runtimes.contains_key(&runtime) {
+        eprintln!(
+            "skipping a_bottle_under_runsc: dockerd has no runtime `{runtime}` \
+             (apt-get install runsc, register it in /etc/docker/daemon.json, reload dockerd; \
+             BOT_BOTTLE_RUNSC_RUNTIME names another)"
+        );
+        return;
+    }
+    let backend = DockerBackend::new();
+    let mut s = spec(
+        &docker,
+        "runsc",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "cat /proc/version; printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 bot-bottle-egress {PORT}; exit 5"
+            ),
+        ],
+    );
+    s.backend_options = serde_json::json!({ "runtime": runtime });
+    let id = s.bottle_id.clone();
+    let _cleanup = Cleanup::new(&[&id]);
+    backend.launch(s).unwrap();
+    let agent = inspect_json(&docker, &format!("{id}-agent"));
+    assert_eq!(agent["HostConfig"]["Runtime"], runtime.as_str());
+    // The sidecar is ours and runs under the default runtime.
+    let egress = inspect_json(&docker, &format!("{id}-egress"));
+    assert_ne!(egress["HostConfig"]["Runtime"], runtime.as_str());
+    let report = backend
+        .wait(WaitRequest {
+            schema: 1,
+            bottle_id: id.clone(),
+            attach: false,
+        })
+        .unwrap();
+    assert_eq!(report.exit_code, 5);
+    let logs: String = rt().block_on(async {
+        docker
+            .logs(
+                &format!("{id}-agent"),
+                Some(bollard::query_parameters::LogsOptions {
+                    stdout: true,
+                    stderr: true,
+                    ..Default::default()
+                }),
+            )
+            .map(|c| c.map(|c| c.to_string()).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .await
+            .concat()
+    });
+    // gVisor's kernel reports itself as Linux 4.4.0, whatever the host runs.
+    assert!(logs.contains("Linux version 4.4.0"), "{logs}");
+    // The sidecar answered, over the internal network.
+    assert!(logs.contains("fake-egress"), "{logs}");
+    remove(&backend, &id);
+    assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+}
