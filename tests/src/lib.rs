@@ -125,7 +125,7 @@ pub fn docker_available(test: &str) -> bool {
 static IMAGES: Once = Once::new();
 
 /// The test agent image: a shell and a few real host tools (curl, getent,
-/// env…) with their libraries, user `agent`.
+/// env, stty…) with their libraries, user `agent`.
 pub const AGENT_IMAGE: &str = "bot-bottle-test/agent";
 /// The demo upstream's image.
 pub const UPSTREAM_IMAGE: &str = "bot-bottle-test/upstream";
@@ -149,6 +149,7 @@ pub fn ensure_images() {
             "sleep",
             "grep",
             "find",
+            "stty",
         ]);
         run(&[UPSTREAM_IMAGE, demo_upstream_exe().to_str().unwrap()]);
     });

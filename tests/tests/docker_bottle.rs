@@ -515,3 +515,176 @@ fn the_proxy_serves_only_the_bottle_and_not_its_egress_side_neighbours() {
     assert_eq!(wait_exit(&mut child), 130);
     assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
 }
+
+/// Lines of `reader`, one by one, on a channel (so a test can wait for one
+/// with a timeout instead of hanging).
+fn lines_of(reader: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(reader).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits up to 30 s for a line of `rx` containing `want`; returns every
+/// line read on the way.
+fn expect_line(rx: &std::sync::mpsc::Receiver<String>, want: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let hit = line.contains(want);
+                seen.push(line);
+                if hit {
+                    return seen;
+                }
+            }
+            Err(e) => panic!("no line with {want:?} ({e}); read: {seen:?}"),
+        }
+    }
+}
+
+/// A workspace the agent's user (uid 1000) can look into: the test creates
+/// a file there to tell the agent to go on.
+fn open_workspace() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[test]
+fn logs_follow_streams_new_output_until_the_agent_ends() {
+    if !docker_available("logs_follow_streams_new_output_until_the_agent_ends") {
+        return;
+    }
+    let up = Upstream::start("follow", HOST);
+    let dir = open_workspace();
+    let data = tempfile::tempdir().unwrap();
+    let name = unique("follow");
+    let script = "echo first-line; while [ ! -e go ]; do sleep 0.1; done; echo second-line";
+    let m = manifest(dir.path(), &name, script, &up, &[]);
+    let mut run = run_in_background(data.path(), &m, "t0ken-value", &name);
+
+    let mut logs = bottle(data.path())
+        .args(["logs", &name, "-f"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(logs.stdout.take().unwrap());
+    expect_line(&lines, "first-line");
+    // Following: still there while the agent waits, unlike a plain `logs`.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        logs.try_wait().unwrap().is_none(),
+        "`bottle logs -f` returned while the agent was still running"
+    );
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    expect_line(&lines, "second-line");
+    // The stream ends with the agent, and so does `logs -f`.
+    assert_eq!(wait_exit(&mut logs), 0, "bottle logs -f");
+    assert_eq!(wait_exit(&mut run), 0, "bottle run");
+    assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
+}
+
+/// A pseudo-terminal of `rows`×`cols`: (master, slave).
+fn open_pty(rows: u16, cols: u16) -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (0, 0);
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two descriptors into the pointers we pass, which
+    // point at live locals; name and termios may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened and are owned by nobody else.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    }
+}
+
+#[test]
+fn a_terminal_resize_reaches_the_agent() {
+    if !docker_available("a_terminal_resize_reaches_the_agent") {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let up = Upstream::start("winch", HOST);
+    let dir = open_workspace();
+    let data = tempfile::tempdir().unwrap();
+    let name = unique("winch");
+    // Prints the terminal size whenever it changes, until told to stop.
+    let script = r#"last=; while [ ! -e stop ]; do s=$(stty size); if [ "$s" != "$last" ]; then echo "size=$s"; last=$s; fi; sleep 0.1; done"#;
+    let m = manifest(dir.path(), &name, script, &up, &[]);
+    let text = std::fs::read_to_string(&m)
+        .unwrap()
+        .replace("[agent]\n", "[agent]\ntty = true\n");
+    std::fs::write(&m, text).unwrap();
+
+    let (master, slave) = open_pty(24, 80);
+    let mut cmd = bottle(data.path());
+    cmd.env("API_TOKEN", "t0ken-value")
+        .args(["run", "-f"])
+        .arg(&m)
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap());
+    // SAFETY: setsid and ioctl are async-signal-safe; the child makes the
+    // pty (its stdin) its controlling terminal, as a terminal emulator's
+    // shell would, so that a resize signals it.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(slave);
+    let lines = lines_of(master.try_clone().unwrap());
+
+    expect_line(&lines, "size=24 80");
+    let size = libc::winsize {
+        ws_row: 40,
+        ws_col: 132,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from a live local; the kernel
+    // then sends SIGWINCH to the terminal's foreground process group (bottle).
+    let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+    assert_eq!(rc, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+    expect_line(&lines, "size=40 132");
+
+    std::fs::write(dir.path().join("stop"), "").unwrap();
+    assert_eq!(wait_exit(&mut child), 0, "bottle run in a terminal");
+    drop(master);
+    assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
+}

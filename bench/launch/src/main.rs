@@ -4,9 +4,10 @@
 //! * **docker run** — `docker run --rm IMAGE true` (no network isolation,
 //!   no proxy): the floor;
 //! * **CLI topology** — what bot-bottle sets up, done by hand with the
-//!   docker CLI: an internal network and an egress network, a sidecar on
-//!   both (here `sleep`, not a proxy), the agent on the internal one running
-//!   `true`, then removal of all of it;
+//!   docker CLI: an internal network, a sidecar (here `sleep`, not a proxy)
+//!   on it and on a long-lived egress network made once before the runs
+//!   (as bottles share one), the agent on the internal one running `true`,
+//!   then removal of all of it but the egress network;
 //! * **bottle run** — `bottle run -f MANIFEST`, the whole flow including
 //!   plan, CA generation, proxy start-up and teardown.
 //!
@@ -53,17 +54,22 @@ fn main() {
     let sidecar_image = get("--sidecar-image").unwrap_or_else(|| image.clone());
 
     let mut plain = || sh(&["docker", "run", "--rm", "--network", "none", &image, "true"]);
+    // The egress side every sidecar shares, as bottles share theirs.
+    let egr = format!("bench-topo-{}-egress", std::process::id());
+    sh(&[
+        "docker",
+        "network",
+        "create",
+        "-o",
+        "com.docker.network.bridge.enable_icc=false",
+        &egr,
+    ]);
     let mut topo_n = 0u32;
     let mut topology = || {
         topo_n += 1;
         let id = format!("bench-topo-{}-{topo_n}", std::process::id());
-        let (int, egr, side) = (
-            format!("{id}-int"),
-            format!("{id}-egr"),
-            format!("{id}-side"),
-        );
+        let (int, side) = (format!("{id}-int"), format!("{id}-side"));
         sh(&["docker", "network", "create", "--internal", &int]);
-        sh(&["docker", "network", "create", &egr]);
         sh(&[
             "docker",
             "run",
@@ -91,7 +97,7 @@ fn main() {
             "true",
         ]);
         sh(&["docker", "rm", "-f", &side]);
-        sh(&["docker", "network", "rm", &int, &egr]);
+        sh(&["docker", "network", "rm", &int]);
     };
     let mut bottle_run = || sh(&[&bottle, "run", "-f", &manifest]);
 
@@ -111,6 +117,7 @@ fn main() {
         results[1].1.push(time(&mut topology));
         results[2].1.push(time(&mut bottle_run));
     }
+    sh(&["docker", "network", "rm", &egr]);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!("launch latency of `true`, {runs} runs each, interleaved\n");
     println!("{:<18} {:>10} {:>10}", "", "median ms", "p90 ms");

@@ -24,6 +24,48 @@ use crate::tty::{self, RawMode, StdinPump};
 
 /// How long output may keep draining after the process ended.
 const DRAIN: Duration = Duration::from_secs(5);
+/// After the process ended, an attach stream that has delivered nothing for
+/// this long while we wait on it is done. Docker sometimes keeps the stream
+/// of a container that exited while we attached open until the client
+/// gives up; by the time the container is reported stopped, Docker has
+/// copied all of its output, so nothing is lost.
+const DRAIN_IDLE: Duration = Duration::from_millis(300);
+
+/// A task that ends with its handle.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What the output pump is doing, for the drain after the process ended.
+#[derive(Default)]
+struct Progress {
+    /// Milliseconds since `epoch` of the last chunk handled.
+    last_ms: std::sync::atomic::AtomicU64,
+    /// Waiting for the next chunk (not busy writing one).
+    waiting: std::sync::atomic::AtomicBool,
+}
+
+impl Progress {
+    fn touch(&self, epoch: std::time::Instant) {
+        self.last_ms.store(
+            epoch.elapsed().as_millis() as u64,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+
+    fn idle_for(&self, epoch: std::time::Instant) -> Option<Duration> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.waiting.load(SeqCst).then(|| {
+            Duration::from_millis(
+                (epoch.elapsed().as_millis() as u64).saturating_sub(self.last_ms.load(SeqCst)),
+            )
+        })
+    }
+}
 
 type Output = Pin<Box<dyn Stream<Item = Result<LogOutput, DockerError>> + Send>>;
 type Input = Pin<Box<dyn AsyncWrite + Send>>;
@@ -35,6 +77,7 @@ pub fn wait(client: &Client, request: &WaitRequest) -> Result<ExitReport, Plugin
 }
 
 async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport, PluginError> {
+    let since = std::time::Instant::now();
     let docker = client.docker_long().await?;
     let names = BottleNames::new(&request.bottle_id);
     let agent = match docker
@@ -60,6 +103,7 @@ async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport
     // Attach before anything else can happen; `logs: true` replays what
     // the agent printed before we got here.
     let mut io = None;
+    let progress = std::sync::Arc::new(Progress::default());
     if request.attach && running {
         let attached = docker
             .attach_container(
@@ -94,7 +138,15 @@ async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport
                     }
                     .boxed()
                 });
-                io = Some(tokio::spawn(pump(a.output, a.input, stdin, tty, resize)));
+                let p = progress.clone();
+                io = Some(tokio::spawn(pump(
+                    a.output,
+                    a.input,
+                    stdin,
+                    tty,
+                    resize,
+                    Some((p, since)),
+                )));
             }
             // It ended between the inspect and the attach: print its logs below.
             Err(e) => tracing::debug!("attach failed, printing logs instead: {e}"),
@@ -120,8 +172,27 @@ async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport
             agent_exit.await;
         }
     }
-    if let Some(io) = io {
-        let _ = tokio::time::timeout(DRAIN, io).await;
+    tracing::debug!(elapsed = ?since.elapsed(), "agent stopped");
+    if let Some(mut io) = io {
+        let deadline = tokio::time::Instant::now() + DRAIN;
+        loop {
+            tokio::select! {
+                _ = &mut io => break,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+            if progress.idle_for(since).is_some_and(|d| d >= DRAIN_IDLE) {
+                tracing::debug!(
+                    "the agent's output stream stayed open after it stopped; closing it"
+                );
+                io.abort();
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::debug!("the agent's output did not end within {DRAIN:?}");
+                io.abort();
+                break;
+            }
+        }
     }
     if request.attach && !printed_live {
         print_logs(client, &docker, &names.agent, false).await?;
@@ -195,7 +266,21 @@ async fn exit_code(docker: &Docker, container: &str) -> i64 {
 /// Copies container output to our stdout/stderr and, when `stdin` is set,
 /// our stdin to the container; handles raw mode and window resizes for a
 /// TTY. Returns when the output ends.
-async fn pump(mut output: Output, mut input: Input, stdin: bool, tty: bool, resize: Resize) {
+/// `progress`, when given, is kept up to date for the drain in `wait`.
+async fn pump(
+    mut output: Output,
+    mut input: Input,
+    stdin: bool,
+    tty: bool,
+    resize: Resize,
+    progress: Option<(std::sync::Arc<Progress>, std::time::Instant)>,
+) {
+    let waiting = |on: bool| {
+        if let Some((p, epoch)) = &progress {
+            p.touch(*epoch);
+            p.waiting.store(on, std::sync::atomic::Ordering::SeqCst);
+        }
+    };
     let _raw = if tty && stdin {
         RawMode::enable(tty::STDIN)
     } else {
@@ -209,15 +294,16 @@ async fn pump(mut output: Output, mut input: Input, stdin: bool, tty: bool, resi
         winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok();
     }
     let resize = std::sync::Arc::new(resize);
-    let resizer = winch.map(|mut winch| {
+    // Aborted with this pump, also when `wait` aborts it.
+    let _resizer = winch.map(|mut winch| {
         let resize = resize.clone();
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             while winch.recv().await.is_some() {
                 if let Some((w, h)) = tty::window_size(tty::STDOUT) {
                     resize(w, h).await;
                 }
             }
-        })
+        }))
     });
     let pump_in = stdin.then(|| {
         let (pump, mut rx) = StdinPump::start();
@@ -231,10 +317,12 @@ async fn pump(mut output: Output, mut input: Input, stdin: bool, tty: bool, resi
             // End of our input: close the container's stdin.
             let _ = input.shutdown().await;
         });
-        (pump, task)
+        (pump, AbortOnDrop(task))
     });
 
+    waiting(true);
     while let Some(item) = output.next().await {
+        waiting(false);
         match item {
             Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
                 let mut out = std::io::stdout().lock();
@@ -252,13 +340,11 @@ async fn pump(mut output: Output, mut input: Input, stdin: bool, tty: bool, resi
                 break;
             }
         }
-    }
-    if let Some(r) = resizer {
-        r.abort();
+        waiting(true);
     }
     if let Some((pump, task)) = pump_in {
         drop(pump);
-        task.abort();
+        drop(task);
     }
 }
 
@@ -388,7 +474,7 @@ pub fn exec(client: &Client, request: &ExecRequest) -> Result<ExitReport, Plugin
                 }
                 .boxed()
             });
-            pump(output, input, request.tty, request.tty, resize).await;
+            pump(output, input, request.tty, request.tty, resize, None).await;
         }
         let inspect = docker
             .inspect_exec(&created.id)

@@ -11,8 +11,9 @@ use bollard::models::{
     NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions, ImportImageOptions,
-    LogsOptions, RemoveContainerOptions, StartContainerOptions, UploadToContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, CreateImageOptions,
+    DownloadFromContainerOptions, ImportImageOptions, ListNetworksOptions, LogsOptions,
+    RemoveContainerOptions, StartContainerOptions, UploadToContainerOptions,
 };
 use bollard::Docker;
 use bot_bottle_plugin_api::{BottleHandle, LaunchSpec, PluginError};
@@ -22,7 +23,8 @@ use crate::client::{is_not_found, Client};
 use crate::files::{self, AgentUser};
 use crate::names::{
     self, BottleNames, EGRESS_ALIAS, EGRESS_CONFIG_PATH, EGRESS_PROGRAM_PATH, EGRESS_UID,
-    ROLE_AGENT, ROLE_EGRESS, ROLE_NETWORK,
+    LABEL_ROLE, ROLE_AGENT, ROLE_EGRESS, ROLE_EGRESS_NETWORK, ROLE_NETWORK, ROLE_PROBE,
+    SHARED_EGRESS_NET,
 };
 use crate::options::DockerOptions;
 
@@ -149,9 +151,6 @@ async fn bring_up(
 ) -> Result<BottleHandle, PluginError> {
     let started = Instant::now();
     let mut names = BottleNames::new(&spec.bottle_id);
-    if let Some(existing) = &options.egress_network {
-        names.egress_net = existing.clone();
-    }
     if let Some(runtime) = &options.runtime {
         check_runtime(client, docker, runtime).await?;
     }
@@ -161,65 +160,81 @@ async fn bring_up(
     // in the daemon after the cleanup has looked, and leak.
     let (images, networks) = tokio::join!(
         async {
-            tokio::try_join!(
-                ensure_agent_image(
-                    client,
-                    docker,
-                    &spec.agent.image,
-                    options.pull.unwrap_or(true)
-                ),
+            let (agent, egress) = tokio::join!(
+                async {
+                    let image = ensure_agent_image(
+                        client,
+                        docker,
+                        &spec.agent.image,
+                        options.pull.unwrap_or(true),
+                    )
+                    .await?;
+                    // An image without USER: read its users now, while the
+                    // networks are made, so the agent is created only once.
+                    let probed = match options.user.is_none() && image.1.is_none() {
+                        true => Some(probe_users(client, docker, spec, &names, &image.0).await?),
+                        false => None,
+                    };
+                    Ok::<_, PluginError>((image, probed))
+                },
                 crate::egress_image::ensure(client, docker, &spec.egress.program),
-            )
+            );
+            Ok::<_, PluginError>((agent?, egress?))
         },
         async {
             let (a, b) = tokio::join!(
                 create_network(client, docker, spec, &names.internal_net, true),
                 async {
                     match &options.egress_network {
-                        Some(existing) => find_egress_network(client, docker, existing).await,
-                        None => {
-                            create_network(client, docker, spec, &names.egress_net, false).await
-                        }
+                        Some(existing) => find_egress_network(client, docker, existing)
+                            .await
+                            .map(|()| existing.clone()),
+                        None => shared_egress_network(client, docker).await,
                     }
                 },
             );
             a.and(b)
         },
     );
-    let (agent_image, egress_image) = images?;
-    networks?;
+    let ((agent_image, probed), egress_image) = images?;
+    names.egress_net = networks?;
     tracing::debug!(elapsed = ?started.elapsed(), "images and networks ready");
 
     // Both containers are created before either starts: `bottle gc` takes
     // a started sidecar without an agent for the leftover of a dead bottle.
-    let (egress, agent_user) = tokio::join!(
-        create_egress(client, docker, spec, &names, &egress_image),
-        create_agent(
-            client,
-            docker,
-            spec,
-            options,
-            &names,
-            &agent_image.0,
-            agent_image.1.as_deref()
-        ),
+    let (egress, pending_user) = tokio::join!(
+        async {
+            let r = create_egress(client, docker, spec, options, &names, &egress_image).await;
+            tracing::debug!(elapsed = ?started.elapsed(), "sidecar created");
+            r
+        },
+        async {
+            let r = create_agent(
+                client,
+                docker,
+                spec,
+                options,
+                &names,
+                &agent_image.0,
+                agent_image.1.as_deref(),
+                probed,
+            )
+            .await;
+            tracing::debug!(elapsed = ?started.elapsed(), "agent created");
+            r
+        },
     );
     egress?;
-    let agent_user = agent_user?;
+    let pending_user = pending_user?;
     tracing::debug!(elapsed = ?started.elapsed(), "containers created");
 
-    let (ready, placed) = tokio::join!(
-        async {
-            docker
-                .start_container(&names.egress, None::<StartContainerOptions>)
-                .await
-                .map_err(|e| client.api("starting the egress sidecar", e))?;
-            wait_for_egress(client, docker, spec, &names).await
-        },
-        place_files(client, docker, spec, &names.agent, &agent_user),
-    );
+    let (ready, agent_user) = tokio::join!(start_egress(client, docker, spec, &names), async {
+        let user = agent_user(client, docker, &names, pending_user).await?;
+        place_files(client, docker, spec, &names.agent, &user).await?;
+        Ok::<_, PluginError>(user)
+    },);
     ready?;
-    placed?;
+    let agent_user = agent_user?;
     tracing::debug!(elapsed = ?started.elapsed(), "egress proxy listening, files placed");
 
     docker
@@ -243,7 +258,7 @@ async fn bring_up(
             "agent_container": names.agent,
             "egress_container": names.egress,
             "internal_network": names.internal_net,
-            "egress_network": names.egress_net,
+            "egress_network": options.egress_network.as_deref().unwrap_or(&names.egress_net),
             "agent_image": agent_image.0,
             "egress_image": egress_image,
             "proxy_url": proxy_url(spec),
@@ -413,6 +428,71 @@ async fn find_egress_network(
         })
 }
 
+/// The egress network the sidecars share (unless the manifest names one),
+/// found by its label, made on first use and kept; returns its id. Two
+/// launches racing here may each make one (under its own name): both work,
+/// later launches take the lowest id, and `bottle gc` removes the unused
+/// one. Inter-container traffic on it is off
+/// (`enable_icc=false`): a sidecar reaches the world and the host, never
+/// another bottle's sidecar.
+pub(crate) async fn shared_egress_network(
+    client: &Client,
+    docker: &Docker,
+) -> Result<String, PluginError> {
+    let found = docker
+        .list_networks(Some(ListNetworksOptions {
+            filters: Some(names::label_filter(&[(
+                LABEL_ROLE,
+                Some(ROLE_EGRESS_NETWORK),
+            )])),
+        }))
+        .await
+        .map_err(|e| client.api("finding the shared egress network", e))?;
+    if let Some(id) = found.iter().filter_map(|n| n.id.clone()).min() {
+        return Ok(id);
+    }
+    // A unique name: Docker resolves a container's networks by name when it
+    // starts it, and two networks of one name would make that ambiguous.
+    let name = format!("{SHARED_EGRESS_NET}-{:08x}", random_u32());
+    let request = NetworkCreateRequest {
+        name: name.clone(),
+        driver: Some("bridge".into()),
+        internal: Some(false),
+        attachable: Some(false),
+        enable_ipv6: Some(false),
+        options: Some(HashMap::from([(
+            "com.docker.network.bridge.enable_icc".to_string(),
+            "false".to_string(),
+        )])),
+        labels: Some(HashMap::from([(
+            LABEL_ROLE.to_string(),
+            ROLE_EGRESS_NETWORK.to_string(),
+        )])),
+        ..Default::default()
+    };
+    tracing::info!(network = %name, "creating the shared egress network");
+    let created = docker
+        .create_network(request)
+        .await
+        .map_err(|e| client.api(&format!("creating network {name}"), e))?;
+    Ok(created.id)
+}
+
+/// A random number from the standard library's hasher seed, the time and
+/// the process id: enough to keep two network names apart.
+fn random_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.write_u32(std::process::id());
+    h.finish() as u32
+}
+
 async fn create_network(
     client: &Client,
     docker: &Docker,
@@ -477,6 +557,7 @@ async fn create_egress(
     client: &Client,
     docker: &Docker,
     spec: &LaunchSpec,
+    options: &DockerOptions,
     names: &BottleNames,
     image: &str,
 ) -> Result<(), PluginError> {
@@ -552,16 +633,27 @@ async fn create_egress(
         .await
         .map_err(|e| client.api("creating the egress sidecar", e))?;
     // Docker before API 1.44 takes one network at create time.
-    docker
-        .connect_network(
-            &names.egress_net,
-            NetworkConnectRequest {
-                container: Some(names.egress.clone()),
-                endpoint_config: None,
-            },
-        )
-        .await
-        .map_err(|e| client.api("connecting the egress sidecar to its egress network", e))?;
+    let connect = |network: String| async move {
+        docker
+            .connect_network(
+                &network,
+                NetworkConnectRequest {
+                    container: Some(names.egress.clone()),
+                    endpoint_config: None,
+                },
+            )
+            .await
+    };
+    match connect(names.egress_net.clone()).await {
+        Ok(()) => {}
+        // `bottle gc` removed the unused shared network a moment ago.
+        Err(e) if is_not_found(&e) && options.egress_network.is_none() => {
+            connect(shared_egress_network(client, docker).await?)
+                .await
+                .map_err(|e| client.api("connecting the egress sidecar to its egress network", e))?
+        }
+        Err(e) => return Err(client.api("connecting the egress sidecar to its egress network", e)),
+    }
 
     put_egress_config(
         client,
@@ -630,6 +722,77 @@ async fn upload(
         .map_err(|e| client.api(what, e))
 }
 
+/// The users of an image that declares no `USER`: read from a throwaway
+/// container (no network, never started, labelled with the bottle id so a
+/// failed launch's cleanup finds it), removed again in the background.
+async fn probe_users(
+    client: &Client,
+    docker: &Docker,
+    spec: &LaunchSpec,
+    names: &BottleNames,
+    image: &str,
+) -> Result<Probed, PluginError> {
+    let body = ContainerCreateBody {
+        image: Some(image.to_string()),
+        // Never run; some images have no command at all.
+        entrypoint: Some(vec!["/nonexistent".into()]),
+        labels: Some(names::labels(spec, ROLE_PROBE)),
+        network_disabled: Some(true),
+        host_config: Some(HostConfig {
+            network_mode: Some("none".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    docker
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(names.probe.clone()),
+                ..Default::default()
+            }),
+            body,
+        )
+        .await
+        .map_err(|e| client.api("reading the agent image's users", e))?;
+    let read = async {
+        let (passwd, group) = tokio::join!(
+            read_file(client, docker, &names.probe, "/etc/passwd"),
+            read_file(client, docker, &names.probe, "/etc/group"),
+        );
+        Ok::<_, PluginError>(Probed {
+            passwd: files::parse_passwd(&passwd?),
+            groups: files::parse_group(&group?),
+        })
+    }
+    .await;
+    let (d, probe) = (docker.clone(), names.probe.clone());
+    tokio::spawn(async move {
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        if let Err(e) = d.remove_container(&probe, Some(options)).await {
+            tracing::debug!("removing {probe}: {e} (the bottle's teardown will)");
+        }
+    });
+    read
+}
+
+/// An image's users, read before its container exists.
+struct Probed {
+    passwd: Vec<files::PasswdEntry>,
+    groups: Vec<(String, u32)>,
+}
+
+/// The agent's user: known, or named and still to be looked up in the
+/// created container's /etc/passwd and /etc/group.
+enum PendingUser {
+    Known(AgentUser),
+    Named(String),
+}
+
+/// Creates the agent container. Its user's ids are looked up later
+/// ([`agent_user`]), while the sidecar starts.
 #[allow(clippy::too_many_arguments)]
 async fn create_agent(
     client: &Client,
@@ -639,52 +802,54 @@ async fn create_agent(
     names: &BottleNames,
     image: &str,
     image_user: Option<&str>,
-) -> Result<AgentUser, PluginError> {
-    let chosen = options
-        .user
-        .clone()
-        .or_else(|| image_user.map(str::to_string));
-    create_agent_container(
-        client,
-        docker,
-        spec,
-        options,
-        names,
-        image,
-        chosen.as_deref(),
-    )
-    .await?;
-    let passwd =
-        files::parse_passwd(&read_file(client, docker, &names.agent, "/etc/passwd").await?);
-    let user = match chosen {
-        Some(user) => {
-            let groups =
-                files::parse_group(&read_file(client, docker, &names.agent, "/etc/group").await?);
-            files::resolve_user(&user, &passwd, &groups)?
-        }
-        None => match files::default_user(&passwd) {
-            Some(user) => {
-                // The image declares no USER but has a fitting one: create
-                // the container again, running as that user.
-                remove_container(client, docker, &names.agent).await?;
-                create_agent_container(client, docker, spec, options, names, image, Some(&user))
-                    .await?;
-                let groups = files::parse_group(
-                    &read_file(client, docker, &names.agent, "/etc/group").await?,
-                );
-                files::resolve_user(&user, &passwd, &groups)?
-            }
+    probed: Option<Probed>,
+) -> Result<PendingUser, PluginError> {
+    if let Some(Probed { passwd, groups }) = probed {
+        // The image declares no USER: a user named `agent`, else uid 1000,
+        // else root.
+        let user = files::default_user(&passwd);
+        create_agent_container(client, docker, spec, options, names, image, user.as_deref())
+            .await?;
+        return match user {
+            Some(user) => files::resolve_user(&user, &passwd, &groups).map(PendingUser::Known),
             None => {
                 tracing::warn!(
                     image,
                     "the agent image has no non-root user; the agent runs as root (all capabilities dropped). \
                      Add a user to the image or set [backend] user"
                 );
-                AgentUser::root()
+                Ok(PendingUser::Known(AgentUser::root()))
             }
-        },
+        };
+    }
+    let chosen = options
+        .user
+        .clone()
+        .or_else(|| image_user.map(str::to_string))
+        .ok_or_else(|| PluginError::internal("the agent's user was neither set nor probed"))?;
+    create_agent_container(client, docker, spec, options, names, image, Some(&chosen)).await?;
+    Ok(PendingUser::Named(chosen))
+}
+
+async fn agent_user(
+    client: &Client,
+    docker: &Docker,
+    names: &BottleNames,
+    pending: PendingUser,
+) -> Result<AgentUser, PluginError> {
+    let chosen = match pending {
+        PendingUser::Known(user) => return Ok(user),
+        PendingUser::Named(chosen) => chosen,
     };
-    Ok(user)
+    let (passwd, group) = tokio::join!(
+        read_file(client, docker, &names.agent, "/etc/passwd"),
+        read_file(client, docker, &names.agent, "/etc/group"),
+    );
+    files::resolve_user(
+        &chosen,
+        &files::parse_passwd(&passwd?),
+        &files::parse_group(&group?),
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -789,20 +954,6 @@ fn is_proxy_var(key: &str) -> bool {
     )
 }
 
-async fn remove_container(client: &Client, docker: &Docker, name: &str) -> Result<(), PluginError> {
-    docker
-        .remove_container(
-            name,
-            Some(RemoveContainerOptions {
-                force: true,
-                v: true,
-                ..Default::default()
-            }),
-        )
-        .await
-        .map_err(|e| client.api(&format!("removing container {name}"), e))
-}
-
 /// The first file of the archive of `path` in `container`, as text; empty
 /// when the path does not exist.
 async fn read_file(
@@ -894,14 +1045,90 @@ async fn place_files(
     .await
 }
 
-async fn wait_for_egress(
+/// Starts the sidecar and returns once its proxy listens. Attached before
+/// the start, the proxy's own `listening on …` line (stderr, printed right
+/// after it bound the port) says so the moment it happens; no polling, and
+/// it works where the host cannot reach container addresses.
+async fn start_egress(
     client: &Client,
     docker: &Docker,
     spec: &LaunchSpec,
     names: &BottleNames,
 ) -> Result<(), PluginError> {
-    let port = spec.egress.listen_port;
-    let deadline = Instant::now() + EGRESS_READY_TIMEOUT;
+    let attached = docker
+        .attach_container(
+            &names.egress,
+            Some(AttachContainerOptions {
+                stdin: false,
+                // The audit log (stdout) is not ours to read here.
+                stdout: false,
+                stderr: true,
+                stream: true,
+                logs: true,
+                detach_keys: None,
+            }),
+        )
+        .await;
+    docker
+        .start_container(&names.egress, None::<StartContainerOptions>)
+        .await
+        .map_err(|e| client.api("starting the egress sidecar", e))?;
+    let mut output = match attached {
+        Ok(a) => a.output,
+        Err(e) => {
+            tracing::debug!("attaching to the sidecar failed, polling its logs: {e}");
+            return wait_for_egress(client, docker, spec, names, Instant::now()).await;
+        }
+    };
+    let since = Instant::now();
+    let mut seen = Vec::new();
+    let heard = tokio::time::timeout(EGRESS_READY_TIMEOUT, async {
+        while let Some(Ok(chunk)) = output.next().await {
+            seen.extend_from_slice(&chunk.into_bytes());
+            if String::from_utf8_lossy(&seen)
+                .to_ascii_lowercase()
+                .contains("listening")
+            {
+                return true;
+            }
+            // Only the last few lines matter.
+            if seen.len() > 8192 {
+                seen.drain(..seen.len() - 4096);
+            }
+        }
+        false
+    })
+    .await;
+    match heard {
+        Ok(true) => Ok(()),
+        // The stream ended without the line: the proxy exited (the poll
+        // says how), or the daemon closed the stream.
+        Ok(false) => wait_for_egress(client, docker, spec, names, since).await,
+        Err(_) => Err(not_listening(docker, spec, names).await),
+    }
+}
+
+async fn not_listening(docker: &Docker, spec: &LaunchSpec, names: &BottleNames) -> PluginError {
+    let tail = egress_log_tail(docker, spec, &names.egress).await;
+    PluginError::unavailable(format!(
+        "the egress proxy did not listen on port {} within {}s; the bottle was removed{tail}",
+        spec.egress.listen_port,
+        EGRESS_READY_TIMEOUT.as_secs()
+    ))
+    .with_hint("run with -v for details; a slow or overloaded Docker host may need another try")
+    .retryable()
+}
+
+/// Polls the sidecar until its logs say it listens, it exits, or the time
+/// is up: the way when the attach stream is not available.
+async fn wait_for_egress(
+    client: &Client,
+    docker: &Docker,
+    spec: &LaunchSpec,
+    names: &BottleNames,
+    since: Instant,
+) -> Result<(), PluginError> {
+    let deadline = since + EGRESS_READY_TIMEOUT;
     let mut pause = Duration::from_millis(10);
     loop {
         let info = docker
@@ -923,24 +1150,6 @@ async fn wait_for_egress(
                 "run with -v for details; check that `bottle egress serve` works on this host",
             ));
         }
-        let ip = info
-            .network_settings
-            .as_ref()
-            .and_then(|n| n.networks.as_ref())
-            .and_then(|n| n.get(&names.egress_net))
-            .and_then(|e| e.ip_address.clone())
-            .filter(|ip| !ip.is_empty());
-        if let Some(ip) = ip {
-            let probe = tokio::time::timeout(
-                Duration::from_millis(250),
-                tokio::net::TcpStream::connect((ip.as_str(), port)),
-            );
-            if let Ok(Ok(_)) = probe.await {
-                return Ok(());
-            }
-        }
-        // Where the host cannot reach container addresses (a remote or
-        // rootless daemon), the proxy's own "listening" line says it.
         if egress_logs(docker, &names.egress)
             .await
             .to_ascii_lowercase()
@@ -949,13 +1158,7 @@ async fn wait_for_egress(
             return Ok(());
         }
         if Instant::now() > deadline {
-            let tail = egress_log_tail(docker, spec, &names.egress).await;
-            return Err(PluginError::unavailable(format!(
-                "the egress proxy did not listen on port {port} within {}s; the bottle was removed{tail}",
-                EGRESS_READY_TIMEOUT.as_secs()
-            ))
-            .with_hint("run with -v for details; a slow or overloaded Docker host may need another try")
-            .retryable());
+            return Err(not_listening(docker, spec, names).await);
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));

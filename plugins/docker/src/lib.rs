@@ -1,20 +1,21 @@
 //! The Docker backend of bot-bottle.
 //!
-//! A bottle on Docker is two containers and two networks, all labelled with
-//! the bottle id:
+//! A bottle on Docker is two containers and a network, all labelled with
+//! the bottle id, plus one egress network every bottle's sidecar shares:
 //!
 //! ```text
 //!   <id>-agent  ──(<id>-internal: internal, no gateway on the host)──  <id>-egress
 //!                                                                        │
-//!                                                   (<id>-egress: ordinary bridge)
+//!                      (bot-bottle-egress-<hex>: ordinary bridge, shared, no ICC)
 //!                                                                        │
 //!                                                                    the world
 //! ```
 //!
 //! The agent container sits on the internal network only: it has no route
 //! out, no DNS resolver that reaches outside, and no address of the host.
-//! Its proxy variables point at the egress sidecar, which alone joins a
-//! second, ordinary bridge network. The sidecar runs the host's own `bottle`
+//! Its proxy variables point at the egress sidecar, which alone joins an
+//! ordinary bridge network, shared by the sidecars of all bottles, with
+//! traffic between its containers turned off. The sidecar runs the host's own `bottle`
 //! binary (`bottle egress serve`) from an image built locally: `FROM
 //! scratch`, the binary and the libraries `ldd` lists, cached by the
 //! binary's SHA-256. The proxy config (real tokens, the CA key) is copied

@@ -13,10 +13,12 @@ use bollard::Docker;
 use bot_bottle_plugin_api::{
     BottleStatus, CheckReport, CheckRequest, Finding, PluginError, RemoveReport, RemoveRequest,
 };
+use futures_util::StreamExt;
 
 use crate::client::{is_not_found, is_not_modified, Client};
 use crate::names::{
     label_filter, LABEL_ID, LABEL_NAME, LABEL_ROLE, ROLE_AGENT, ROLE_EGRESS, ROLE_EGRESS_IMAGE,
+    ROLE_EGRESS_NETWORK,
 };
 use crate::options::DockerOptions;
 
@@ -44,20 +46,18 @@ pub async fn bottle_resources(
     id: Option<&str>,
 ) -> Result<Resources, PluginError> {
     let filters = label_filter(&[(LABEL_ID, id)]);
-    let containers = docker
-        .list_containers(Some(ListContainersOptions {
+    let (containers, networks) = tokio::join!(
+        docker.list_containers(Some(ListContainersOptions {
             all: true,
             filters: Some(filters.clone()),
             ..Default::default()
-        }))
-        .await
-        .map_err(|e| client.api("listing bot-bottle containers", e))?;
-    let networks = docker
-        .list_networks(Some(ListNetworksOptions {
-            filters: Some(filters),
-        }))
-        .await
-        .map_err(|e| client.api("listing bot-bottle networks", e))?;
+        })),
+        docker.list_networks(Some(ListNetworksOptions {
+            filters: Some(filters.clone()),
+        })),
+    );
+    let containers = containers.map_err(|e| client.api("listing bot-bottle containers", e))?;
+    let networks = networks.map_err(|e| client.api("listing bot-bottle networks", e))?;
     Ok(Resources {
         containers,
         networks,
@@ -99,7 +99,40 @@ async fn remove_resources(
     docker: &Docker,
     resources: Resources,
 ) -> Result<Vec<String>, PluginError> {
-    // Containers first (all at once), then the networks they held.
+    let since = std::time::Instant::now();
+    // Running containers are killed first (SIGKILL: the agent is done or
+    // being torn down, and the proxy keeps no state worth a graceful stop).
+    // A stopped container holds no network endpoint, so its removal and the
+    // networks' run side by side.
+    let running = resources.containers.iter().filter(|c| {
+        !matches!(
+            c.state,
+            Some(ContainerSummaryStateEnum::CREATED | ContainerSummaryStateEnum::EXITED)
+        )
+    });
+    futures_util::future::join_all(running.map(|c| async move {
+        let id = c.id.clone().unwrap_or_else(|| container_name(c));
+        let killed = docker
+            .kill_container(
+                &id,
+                Some(bollard::query_parameters::KillContainerOptions {
+                    signal: "KILL".into(),
+                }),
+            )
+            .await;
+        if killed.is_ok() {
+            let mut stopped = docker.wait_container(
+                &id,
+                Some(bollard::query_parameters::WaitContainerOptions {
+                    condition: "not-running".into(),
+                }),
+            );
+            let _ = stopped.next().await;
+        }
+        // Any failure here is met again, and reported, by the removal.
+    }))
+    .await;
+    tracing::debug!(elapsed = ?since.elapsed(), "containers stopped");
     let containers = resources.containers.iter().map(|c| async move {
         let name = container_name(c);
         let id = c.id.clone().unwrap_or_else(|| name.clone());
@@ -123,11 +156,6 @@ async fn remove_resources(
             Err(e) => Err(client.api(&format!("removing container {name}"), e)),
         }
     });
-    let mut removed: Vec<String> = futures_util::future::try_join_all(containers)
-        .await?
-        .into_iter()
-        .flatten()
-        .collect();
     let networks = resources.networks.iter().map(|n| async move {
         let name = n.name.clone().unwrap_or_default();
         let id = n.id.clone().unwrap_or_else(|| name.clone());
@@ -138,20 +166,66 @@ async fn remove_resources(
                 Err(e) if is_not_found(&e) => return Ok(None),
                 // A container removed a moment ago may still hold an
                 // endpoint for a little while.
-                Err(_) if attempt < 20 => {
+                Err(e) if attempt < 80 => {
+                    tracing::debug!("removing network {name}, retrying: {e}");
                     attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(25)).await;
                 }
                 Err(e) => return Err(client.api(&format!("removing network {name}"), e)),
             }
         }
     });
-    removed.extend(
-        futures_util::future::try_join_all(networks)
-            .await?
-            .into_iter()
-            .flatten(),
+    let (containers, networks) = tokio::join!(
+        futures_util::future::try_join_all(containers),
+        futures_util::future::try_join_all(networks),
     );
+    let removed = containers?.into_iter().chain(networks?).flatten().collect();
+    tracing::debug!(elapsed = ?since.elapsed(), "containers and networks removed");
+    Ok(removed)
+}
+
+/// The shared egress network(s), when no sidecar is on them. A launch that
+/// found one a moment before it is removed makes it again.
+async fn remove_unused_egress_networks(
+    client: &Client,
+    docker: &Docker,
+) -> Result<Vec<String>, PluginError> {
+    let networks = docker
+        .list_networks(Some(ListNetworksOptions {
+            filters: Some(label_filter(&[(LABEL_ROLE, Some(ROLE_EGRESS_NETWORK))])),
+        }))
+        .await
+        .map_err(|e| client.api("listing bot-bottle networks", e))?;
+    let mut removed = Vec::new();
+    for n in networks {
+        let name = n.name.clone().unwrap_or_default();
+        let Some(id) = n.id.clone() else { continue };
+        // The list does not say who is attached; inspect does.
+        let in_use = match docker
+            .inspect_network(
+                &id,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+        {
+            Ok(n) => n.containers.is_some_and(|c| !c.is_empty()),
+            Err(e) if is_not_found(&e) => continue,
+            Err(e) => return Err(client.api(&format!("inspecting network {name}"), e)),
+        };
+        if in_use {
+            continue;
+        }
+        match docker.remove_network(&id).await {
+            Ok(()) => removed.push(format!("network {name}")),
+            Err(e) if is_not_found(&e) => {}
+            // A sidecar joined it since the inspect.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 403 | 409,
+                ..
+            }) => {}
+            Err(e) => return Err(client.api(&format!("removing network {name}"), e)),
+        }
+    }
     Ok(removed)
 }
 
@@ -167,6 +241,7 @@ pub fn remove(client: &Client, request: &RemoveRequest) -> Result<RemoveReport, 
                 tracing::debug!(bottle = %id, "removing leftovers");
                 removed.extend(remove_resources(client, &docker, resources).await?);
             }
+            removed.extend(remove_unused_egress_networks(client, &docker).await?);
         }
         if request.images {
             removed.extend(remove_images(client, &docker).await?);

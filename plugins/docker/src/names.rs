@@ -21,13 +21,22 @@ pub const LABEL_EGRESS_STAMP: &str = "bot-bottle.egress-stamp";
 pub const ROLE_AGENT: &str = "agent";
 /// The egress sidecar container.
 pub const ROLE_EGRESS: &str = "egress";
-/// The per-bottle networks.
+/// The per-bottle internal network.
 pub const ROLE_NETWORK: &str = "network";
+/// The egress network the sidecars share; it carries no bottle id.
+pub const ROLE_EGRESS_NETWORK: &str = "egress-network";
+/// A throwaway container that reads an image's /etc/passwd and /etc/group.
+pub const ROLE_PROBE: &str = "probe";
 /// The cached sidecar image.
 pub const ROLE_EGRESS_IMAGE: &str = "egress-image";
 
 /// Repository of the cached sidecar images.
 pub const EGRESS_IMAGE_REPO: &str = "bot-bottle-egress";
+/// Name prefix of the egress network every sidecar joins unless the
+/// manifest names one (`egress_network`): created on first use as
+/// `bot-bottle-egress-<8 hex>`, found again by its role label, kept, and
+/// removed by `bottle gc` when no sidecar uses it.
+pub const SHARED_EGRESS_NET: &str = "bot-bottle-egress";
 /// The sidecar's name on the internal network; the agent's proxy URL uses it.
 pub const EGRESS_ALIAS: &str = "bot-bottle-egress";
 /// Where the sidecar reads its config.
@@ -43,7 +52,11 @@ pub struct BottleNames {
     pub agent: String,
     pub egress: String,
     pub internal_net: String,
+    /// The egress network's name or id: the manifest's `egress_network`, or
+    /// the shared one's id once launch has found it.
     pub egress_net: String,
+    /// A probe container, when the agent's user must be read from the image.
+    pub probe: String,
 }
 
 impl BottleNames {
@@ -52,7 +65,8 @@ impl BottleNames {
             agent: format!("{bottle_id}-agent"),
             egress: format!("{bottle_id}-egress"),
             internal_net: format!("{bottle_id}-internal"),
-            egress_net: format!("{bottle_id}-egress"),
+            egress_net: SHARED_EGRESS_NET.to_string(),
+            probe: format!("{bottle_id}-probe"),
         }
     }
 }
@@ -121,9 +135,9 @@ mod tests {
     fn networks_and_containers_have_distinct_names() {
         let n = BottleNames::new("bb-x-1");
         assert_eq!(n.agent, "bb-x-1-agent");
-        // Containers and networks live in separate namespaces, so the
-        // sidecar and its network may share a name.
-        assert_eq!(n.egress, n.egress_net);
-        assert_ne!(n.internal_net, n.egress_net);
+        assert_eq!(n.egress, "bb-x-1-egress");
+        assert_eq!(n.internal_net, "bb-x-1-internal");
+        // One egress network for every bottle.
+        assert_eq!(n.egress_net, BottleNames::new("bb-y-2").egress_net);
     }
 }

@@ -403,6 +403,25 @@ fn force_remove_container(docker: &Docker, name: &str) {
     });
 }
 
+/// The shared egress network `sidecar` joined: its one network that is not
+/// its bottle's internal one.
+fn shared_egress_network(docker: &Docker, sidecar: &str) -> String {
+    let json = inspect_json(docker, sidecar);
+    let nets: Vec<String> = json["NetworkSettings"]["Networks"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|n| !n.ends_with("-internal"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        nets.len(),
+        1,
+        "{sidecar} joins one egress network: {nets:?}"
+    );
+    nets[0].clone()
+}
+
 fn ip_on(docker: &Docker, container: &str, network: &str) -> String {
     inspect_json(docker, container)["NetworkSettings"]["Networks"][network]["IPAddress"]
         .as_str()
@@ -451,18 +470,43 @@ fn agent_reaches_only_the_proxy() {
     let _cleanup = Cleanup::new(&[&id]);
     backend.launch(s).unwrap();
     let agent = format!("{id}-agent");
-    let egress_net = format!("{id}-egress");
+    let egress = format!("{id}-egress");
     let internal_net = format!("{id}-internal");
+    // Every bottle's sidecar shares this one.
+    let egress_net = shared_egress_network(&docker, &egress);
+    let gateway = |net: &str| {
+        rt().block_on(docker.inspect_network(
+            net,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        ))
+        .unwrap()
+        .ipam
+        .and_then(|i| i.config)
+        .and_then(|c| c.into_iter().next())
+        .and_then(|c| c.gateway)
+        .unwrap()
+    };
+    let egress_gw = gateway(&egress_net);
+    let internal_gw = gateway(&internal_net);
 
-    // An upstream on the egress side of the bottle.
-    let upstream = helper_container(
-        &docker,
-        &format!("{id}-upstream"),
-        &egress_net,
-        &["httpd", "-f", "-p", "8080", "-h", "/www"],
-    );
-    let upstream_ip = ip_on(&docker, &upstream, &egress_net);
-    // A bystander on the same side, to prove what "reachable" looks like.
+    // The upstream is on the host, which the egress side reaches through
+    // the shared network's gateway.
+    let upstream = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let upstream_port = upstream.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in upstream.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                let _ =
+                    conn.write_all(b"HTTP/1.0 200 OK\r\ncontent-length: 12\r\n\r\nupstream-ok\n");
+            });
+        }
+    });
+    let upstream_ip = egress_gw.clone();
+    // A bystander on the egress side, to prove what "reachable" looks like.
     let bystander = helper_container(
         &docker,
         &format!("{id}-bystander"),
@@ -470,7 +514,7 @@ fn agent_reaches_only_the_proxy() {
         &["sleep", "300"],
     );
     let mut _cleanup = _cleanup;
-    _cleanup.containers = vec![upstream.clone(), bystander.clone()];
+    _cleanup.containers = vec![bystander.clone()];
 
     let agent_json = inspect_json(&docker, &agent);
     let nets: Vec<&String> = agent_json["NetworkSettings"]["Networks"]
@@ -483,16 +527,19 @@ fn agent_reaches_only_the_proxy() {
         vec![&internal_net],
         "the agent joins the internal network only"
     );
-    let egress_json = inspect_json(&docker, &format!("{id}-egress"));
+    let egress_json = inspect_json(&docker, &egress);
     let mut egress_nets: Vec<&String> = egress_json["NetworkSettings"]["Networks"]
         .as_object()
         .unwrap()
         .keys()
         .collect();
     egress_nets.sort();
-    assert_eq!(egress_nets, vec![&egress_net, &internal_net]);
+    let mut want = vec![&egress_net, &internal_net];
+    want.sort();
+    assert_eq!(egress_nets, want);
+    assert!(egress_net.starts_with("bot-bottle-egress-"), "{egress_net}");
 
-    let url = format!("http://{upstream_ip}:8080/hello.txt");
+    let url = format!("http://{upstream_ip}:{upstream_port}/hello.txt");
     // Control: from the egress side the upstream answers directly.
     let (code, out) = run_in(
         &docker,
@@ -514,8 +561,23 @@ fn agent_reaches_only_the_proxy() {
         &["timeout", "5", "wget", "-q", "-Y", "off", "-O", "-", &url],
     );
     assert_ne!(code, 0, "direct HTTP from the agent must fail: {out}");
-    let (code, out) = run_in(&docker, &agent, &["nc", "-w", "3", &upstream_ip, "8080"]);
+    let port = upstream_port.to_string();
+    let (code, out) = run_in(&docker, &agent, &["nc", "-w", "3", &upstream_ip, &port]);
     assert_ne!(code, 0, "direct TCP from the agent must fail: {out}");
+
+    // Neighbours on the shared egress network cannot even reach a sidecar
+    // (no inter-container traffic on it); the proxy would refuse them too.
+    let sidecar_ip = ip_on(&docker, &egress, &egress_net);
+    let (code, out) = run_in(
+        &docker,
+        &bystander,
+        &["sh", "-c", &format!("echo | nc -w 3 {sidecar_ip} {PORT}")],
+    );
+    assert_ne!(
+        code, 0,
+        "a neighbour reached the sidecar at {sidecar_ip}: {out}"
+    );
+    // (control: the sidecar itself listens there, as the agent's proxy.)
 
     // No DNS outside: public names do not resolve, and no resolver on the
     // egress side is reachable.
@@ -535,20 +597,6 @@ fn agent_reaches_only_the_proxy() {
     let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
     std::thread::spawn(move || for _ in listener.incoming() {});
-    let gateway = |net: &str| {
-        rt().block_on(docker.inspect_network(
-            net,
-            None::<bollard::query_parameters::InspectNetworkOptions>,
-        ))
-        .unwrap()
-        .ipam
-        .and_then(|i| i.config)
-        .and_then(|c| c.into_iter().next())
-        .and_then(|c| c.gateway)
-        .unwrap()
-    };
-    let egress_gw = gateway(&egress_net);
-    let internal_gw = gateway(&internal_net);
     let (code, _) = run_in(
         &docker,
         &bystander,
@@ -569,9 +617,7 @@ fn agent_reaches_only_the_proxy() {
     // (Docker still writes a default route via the internal network's
     // gateway address, but with inhibit_ipv4 nothing holds that address.)
 
-    for c in [&upstream, &bystander] {
-        force_remove_container(&docker, c);
-    }
+    force_remove_container(&docker, &bystander);
     remove(&backend, &id);
     assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
 }
@@ -737,7 +783,10 @@ fn files_secrets_and_hardening() {
         let text = inspect_json(&docker, c).to_string();
         assert!(!text.contains(&canary), "canary in `docker inspect {c}`");
     }
-    for n in [format!("{id}-internal"), format!("{id}-egress")] {
+    for n in [
+        format!("{id}-internal"),
+        shared_egress_network(&docker, &egress),
+    ] {
         let text = rt()
             .block_on(
                 docker
@@ -839,8 +888,8 @@ fn launch_errors_leave_nothing_behind() {
     assert!(err.message.contains("already exists"), "{err:?}");
     assert_eq!(
         leftovers(&docker, &id).len(),
-        4,
-        "the first bottle must survive"
+        3,
+        "the first bottle (two containers, its internal network) must survive"
     );
     let waiter = {
         let id = id.clone();
@@ -1124,13 +1173,38 @@ fn gc_removes_leftovers_and_images() {
     assert_eq!(leftovers(&docker, &orphan_id), Vec::<String>::new());
     assert_eq!(
         leftovers(&docker, &live_id).len(),
-        4,
+        3,
         "a running bottle is not garbage"
     );
+    // The shared egress network is in use by the live bottle and stays.
+    let shared_net = shared_egress_network(&docker, &format!("{live_id}-egress"));
+    let shared = || {
+        rt().block_on(docker.inspect_network(
+            &shared_net,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        ))
+    };
+    assert!(shared().is_ok(), "gc removed the egress network in use");
     // The live bottle's image is in use and stays.
     assert!(rt().block_on(docker.inspect_image(&live_image)).is_ok());
 
     remove(&backend, &live_id);
+    // Unused now, gc removes it (unless a bottle of another test process
+    // or user joined it meanwhile).
+    backend
+        .remove(RemoveRequest {
+            schema: 1,
+            bottle_id: None,
+            garbage: true,
+            images: false,
+        })
+        .unwrap();
+    if let Ok(n) = shared() {
+        assert!(
+            n.containers.is_some_and(|c| !c.is_empty()),
+            "gc left the unused egress network behind"
+        );
+    }
     let report = backend
         .remove(RemoveRequest {
             schema: 1,
@@ -1305,4 +1379,78 @@ fn interactive_tty() {
         })
         .unwrap();
     assert_eq!(report.exit_code, 4);
+}
+
+/// A bottle whose agent runs under gVisor. Needs a runsc runtime registered
+/// with dockerd under the name in `BOT_BOTTLE_RUNSC_RUNTIME` (default
+/// `runsc`); skips, saying why, where there is none (runsc is optional,
+/// also in CI).
+#[test]
+fn a_bottle_under_runsc() {
+    let docker = docker_or_skip!();
+    let _g = GLOBAL.read().unwrap_or_else(|e| e.into_inner());
+    let runtime = std::env::var("BOT_BOTTLE_RUNSC_RUNTIME").unwrap_or_else(|_| "runsc".into());
+    let runtimes = rt()
+        .block_on(docker.info())
+        .unwrap()
+        .runtimes
+        .unwrap_or_default();
+    if !runtimes.contains_key(&runtime) {
+        eprintln!(
+            "skipping a_bottle_under_runsc: dockerd has no runtime `{runtime}` \
+             (apt-get install runsc, register it in /etc/docker/daemon.json, reload dockerd; \
+             BOT_BOTTLE_RUNSC_RUNTIME names another)"
+        );
+        return;
+    }
+    let backend = DockerBackend::new();
+    let mut s = spec(
+        &docker,
+        "runsc",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "cat /proc/version; printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 bot-bottle-egress {PORT}; exit 5"
+            ),
+        ],
+    );
+    s.backend_options = serde_json::json!({ "runtime": runtime });
+    let id = s.bottle_id.clone();
+    let _cleanup = Cleanup::new(&[&id]);
+    backend.launch(s).unwrap();
+    let agent = inspect_json(&docker, &format!("{id}-agent"));
+    assert_eq!(agent["HostConfig"]["Runtime"], runtime.as_str());
+    // The sidecar is ours and runs under the default runtime.
+    let egress = inspect_json(&docker, &format!("{id}-egress"));
+    assert_ne!(egress["HostConfig"]["Runtime"], runtime.as_str());
+    let report = backend
+        .wait(WaitRequest {
+            schema: 1,
+            bottle_id: id.clone(),
+            attach: false,
+        })
+        .unwrap();
+    assert_eq!(report.exit_code, 5);
+    let logs: String = rt().block_on(async {
+        docker
+            .logs(
+                &format!("{id}-agent"),
+                Some(bollard::query_parameters::LogsOptions {
+                    stdout: true,
+                    stderr: true,
+                    ..Default::default()
+                }),
+            )
+            .map(|c| c.map(|c| c.to_string()).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .await
+            .concat()
+    });
+    // gVisor's kernel reports itself as Linux 4.4.0, whatever the host runs.
+    assert!(logs.contains("Linux version 4.4.0"), "{logs}");
+    // The sidecar answered, over the internal network.
+    assert!(logs.contains("fake-egress"), "{logs}");
+    remove(&backend, &id);
+    assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
 }
