@@ -21,51 +21,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// Standard input.
-pub const STDIN: RawFd = 0;
-
-/// Whether `fd` is a terminal.
-pub fn is_tty(fd: RawFd) -> bool {
-    // SAFETY: isatty only inspects the descriptor; any int is acceptable.
-    unsafe { libc::isatty(fd) == 1 }
-}
-
-/// Puts a terminal in raw mode until dropped.
-#[derive(Debug)]
-pub struct RawMode {
-    fd: RawFd,
-    saved: libc::termios,
-}
-
-impl RawMode {
-    /// Raw mode on `fd`, or `None` when it is not a terminal.
-    pub fn enable(fd: RawFd) -> Option<Self> {
-        if !is_tty(fd) {
-            return None;
-        }
-        // SAFETY: termios is plain old data; tcgetattr overwrites it.
-        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
-        // SAFETY: `saved` is a live termios for tcgetattr to fill.
-        if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
-            return None;
-        }
-        let mut raw = saved;
-        // SAFETY: cfmakeraw edits the termios we own.
-        unsafe { libc::cfmakeraw(&mut raw) };
-        // SAFETY: `raw` is a valid termios derived from the current one.
-        if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } != 0 {
-            return None;
-        }
-        Some(Self { fd, saved })
-    }
-}
-
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        // SAFETY: restores the termios read from this fd in `enable`.
-        unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved) };
-    }
-}
+pub use bot_bottle_term::{RawMode, STDIN};
 
 /// Gate side: serves `listener` (the agent's `stdin.sock`) until the agent's
 /// stdin closes. One client at a time; what it writes goes to `sink`. The
