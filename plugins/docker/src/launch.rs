@@ -553,6 +553,28 @@ fn endpoint(network: &str, aliases: Vec<String>) -> NetworkingConfig {
     }
 }
 
+/// Creates a container under its bottle name; `doing` names the step in
+/// the error.
+async fn create_named(
+    client: &Client,
+    docker: &Docker,
+    name: &str,
+    body: ContainerCreateBody,
+    doing: &str,
+) -> Result<(), PluginError> {
+    docker
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(name.to_owned()),
+                ..Default::default()
+            }),
+            body,
+        )
+        .await
+        .map_err(|e| client.api(doing, e))?;
+    Ok(())
+}
+
 async fn create_egress(
     client: &Client,
     docker: &Docker,
@@ -622,16 +644,14 @@ async fn create_egress(
         networking_config: Some(endpoint(&names.internal_net, vec![EGRESS_ALIAS.into()])),
         ..Default::default()
     };
-    docker
-        .create_container(
-            Some(CreateContainerOptions {
-                name: Some(names.egress.clone()),
-                ..Default::default()
-            }),
-            body,
-        )
-        .await
-        .map_err(|e| client.api("creating the egress sidecar", e))?;
+    create_named(
+        client,
+        docker,
+        &names.egress,
+        body,
+        "creating the egress sidecar",
+    )
+    .await?;
     // Docker before API 1.44 takes one network at create time.
     let connect = |network: String| async move {
         docker
@@ -744,16 +764,14 @@ async fn probe_users(
         }),
         ..Default::default()
     };
-    docker
-        .create_container(
-            Some(CreateContainerOptions {
-                name: Some(names.probe.clone()),
-                ..Default::default()
-            }),
-            body,
-        )
-        .await
-        .map_err(|e| client.api("reading the agent image's users", e))?;
+    create_named(
+        client,
+        docker,
+        &names.probe,
+        body,
+        "reading the agent image's users",
+    )
+    .await?;
     let read = async {
         let (passwd, group) = tokio::join!(
             read_file(client, docker, &names.probe, "/etc/passwd"),
@@ -913,16 +931,14 @@ async fn create_agent_container(
         networking_config: Some(endpoint(&names.internal_net, vec![])),
         ..Default::default()
     };
-    docker
-        .create_container(
-            Some(CreateContainerOptions {
-                name: Some(names.agent.clone()),
-                ..Default::default()
-            }),
-            body,
-        )
-        .await
-        .map_err(|e| client.api("creating the agent container", e))?;
+    create_named(
+        client,
+        docker,
+        &names.agent,
+        body,
+        "creating the agent container",
+    )
+    .await?;
     Ok(())
 }
 
