@@ -133,14 +133,7 @@ async fn curl_http1_and_http2() {
     let ca = fx.dir.path().join("bottle-ca.pem");
     std::fs::write(&ca, &fx.bottle_ca).unwrap();
     for (flag, want) in [("--http1.1", "1.1"), ("--http2", "2")] {
-        let out = tokio::process::Command::new("curl")
-            .args([
-                "-sS",
-                "--proxy",
-                &format!("http://{}", fx.proxy),
-                "--cacert",
-            ])
-            .arg(&ca)
+        let out = curl_via(fx.proxy, &ca)
             .args([
                 flag,
                 "-H",
@@ -153,8 +146,6 @@ async fn curl_http1_and_http2() {
                 "\n%{http_code} %{http_version}",
                 "https://api.test/v1/curl",
             ])
-            .env_remove("https_proxy")
-            .env_remove("HTTPS_PROXY")
             .output()
             .await
             .unwrap();
@@ -177,14 +168,7 @@ async fn curl_http1_and_http2() {
         assert!(seen.header_all("proxy-authorization").is_empty());
     }
     // Denied host: curl reports the proxy's 403 on CONNECT.
-    let out = tokio::process::Command::new("curl")
-        .args([
-            "-sS",
-            "--proxy",
-            &format!("http://{}", fx.proxy),
-            "--cacert",
-        ])
-        .arg(&ca)
+    let out = curl_via(fx.proxy, &ca)
         .args(["-w", "%{http_connect}", "https://evil.test/"])
         .output()
         .await
@@ -1070,24 +1054,19 @@ async fn curl_http2_upload_to_a_local_response_completes() {
     )
     .unwrap();
     for i in 0..10 {
-        let out = tokio::process::Command::new("curl")
+        let out = curl_via(fx.proxy, &ca)
             .args([
-                "-sS",
                 "--http2",
-                "--proxy",
-                &format!("http://{}", fx.proxy),
-                "--cacert",
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
             ])
-            .arg(&ca)
-            .args(["-H", "content-type: application/json", "--data-binary"])
             .arg(format!("@{}", body.display()))
             .args([
                 "-w",
                 "\n%{http_code} %{http_version}",
                 "https://api.test/oauth/token",
             ])
-            .env_remove("https_proxy")
-            .env_remove("HTTPS_PROXY")
             .output()
             .await
             .unwrap();

@@ -502,6 +502,17 @@ pub fn audit_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// `curl -sS` through the proxy at `proxy`, trusting the bottle CA in the
+/// file `ca`, with any proxy of the test's own environment removed.
+pub fn curl_via(proxy: std::net::SocketAddr, ca: &std::path::Path) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("curl");
+    c.args(["-sS", "--proxy", &format!("http://{proxy}"), "--cacert"])
+        .arg(ca)
+        .env_remove("https_proxy")
+        .env_remove("HTTPS_PROXY");
+    c
+}
+
 /// Whether curl can run here. In CI its absence is a failure.
 pub fn have_curl() -> bool {
     let ok = std::process::Command::new("curl")
