@@ -24,9 +24,9 @@ thread_local! {
 /// How many workers the process runs; 1 until [`run`] starts more.
 static COUNT: AtomicUsize = AtomicUsize::new(1);
 
-/// This thread's worker index, below [`count`].
+/// This thread's worker index (0 on threads that are not workers).
 pub(crate) fn index() -> usize {
-    INDEX.with(Cell::get) % count()
+    INDEX.with(Cell::get)
 }
 
 /// How many workers (and so upstream clients) there are.
