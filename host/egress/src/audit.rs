@@ -139,9 +139,11 @@ impl Audit {
     }
 
     pub(crate) fn write(&self, rec: &AuditRecord) {
-        let Ok(mut line) = serde_json::to_vec(rec) else {
+        // Sized for a typical line, so serialising does not regrow it.
+        let mut line = Vec::with_capacity(384);
+        if serde_json::to_writer(&mut line, rec).is_err() {
             return;
-        };
+        }
         line.push(b'\n');
         if !BATCHING.with(Cell::get) {
             self.sink.write(&line);

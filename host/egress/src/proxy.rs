@@ -345,7 +345,7 @@ async fn outer(live: Arc<Live>, req: Request<Incoming>) -> Response<Body> {
         (Some("http"), Some(a)) => {
             let host = canon_host(a.host());
             let port = a.port_u16().unwrap_or(80);
-            handle(shared, req, Target { tls: false, host, port }).await
+            handle(shared, req, Target::new(false, host, port)).await
         }
         (Some(_), Some(_)) => text(
             StatusCode::BAD_REQUEST,
@@ -409,6 +409,33 @@ struct Target {
     tls: bool,
     host: String,
     port: u16,
+    /// `host[:port]` as upstream requests carry it, built once per
+    /// connection rather than formatted and parsed again per request.
+    /// `None` when the pair is not a valid authority (requests then get 400).
+    authority: Option<http::uri::Authority>,
+}
+
+impl Target {
+    fn new(tls: bool, host: String, port: u16) -> Arc<Self> {
+        let default_port = if tls { 443 } else { 80 };
+        let h = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        let text = if port == default_port {
+            h
+        } else {
+            format!("{h}:{port}")
+        };
+        let authority = http::uri::Authority::from_maybe_shared(Bytes::from(text)).ok();
+        Arc::new(Self {
+            tls,
+            host,
+            port,
+            authority,
+        })
+    }
 }
 
 /// TLS interception of one CONNECT tunnel to an allow-listed host.
@@ -491,11 +518,7 @@ async fn intercept(
             return;
         }
     };
-    let target = Target {
-        tls: true,
-        host,
-        port,
-    };
+    let target = Target::new(true, host, port);
     let svc = service_fn(move |req| {
         let s = live.get();
         let t = target.clone();
@@ -537,42 +560,57 @@ fn ms(start: Instant) -> f64 {
 
 /// Checks every authority the request claims against the connection's.
 fn check_identity<B>(req: &Request<B>, t: &Target) -> Result<(), String> {
-    let mut claims: Vec<String> = Vec::new();
-    if let Some(a) = req.uri().authority() {
-        claims.push(a.as_str().to_owned());
-    }
-    for v in req.headers().get_all(header::HOST) {
-        claims.push(
-            v.to_str()
-                .map_err(|_| "the Host header is not text".to_string())?
-                .to_owned(),
-        );
-    }
-    if claims.is_empty() {
-        return Err("the request names no host (Host / :authority)".into());
-    }
+    // Every name the request gives itself: the request target's authority
+    // (absolute form, HTTP/2 `:authority`) and each `Host` header. Checked
+    // in place: this runs on every request.
+    let mut named = false;
     let default = if t.tls { 443 } else { 80 };
-    for c in claims {
+    let agrees = |c: &str| -> Result<(), String> {
         let a: http::uri::Authority = c
             .parse()
             .map_err(|_| format!("{c:?} is not a host[:port]"))?;
         if a.as_str().contains('@') {
             return Err("userinfo in the authority is refused".into());
         }
-        let host = canon_host(a.host());
         let port = a.port_u16().unwrap_or(default);
-        if host != t.host || port != t.port {
+        if port != t.port || canon_host(a.host()) != t.host {
             return Err(format!(
                 "the request names {c} but the connection is to {}:{}",
                 t.host, t.port
             ));
         }
+        Ok(())
+    };
+    if let Some(a) = req.uri().authority() {
+        named = true;
+        agrees(a.as_str())?;
+    }
+    for v in req.headers().get_all(header::HOST) {
+        named = true;
+        agrees(
+            v.to_str()
+                .map_err(|_| "the Host header is not text".to_string())?,
+        )?;
+    }
+    if !named {
+        return Err("the request names no host (Host / :authority)".into());
     }
     Ok(())
 }
 
 /// Hop-by-hop headers, never forwarded either way.
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Runs twice per request, and most messages carry none of these: one
+    // pass over the names decides, instead of a hashed removal per name.
+    let hop = |n: &HeaderName| {
+        n == header::CONNECTION || n == header::UPGRADE || HOP_BY_HOP.iter().any(|x| x == n)
+    };
+    if !h.keys().any(hop) {
+        if keep_upgrade {
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -589,15 +627,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     let te_trailers = h
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for n in [
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "proxy-authenticate",
-        "te",
-        "trailer",
-        "transfer-encoding",
-    ] {
+    for n in HOP_BY_HOP {
         h.remove(n);
     }
     if te_trailers {
@@ -611,6 +641,18 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Hop-by-hop headers besides `Connection`, the ones it lists, and
+/// `Upgrade` (kept for a WebSocket upgrade).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
 fn is_ws_upgrade(h: &HeaderMap) -> bool {
     let has = |name: HeaderName, tok: &str| {
         h.get_all(name)
@@ -623,7 +665,7 @@ fn is_ws_upgrade(h: &HeaderMap) -> bool {
 }
 
 /// One request inside an intercepted tunnel (or a plain `http://` one).
-async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Target) -> Response<Body> {
+async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
     let ws_h2 = method == Method::CONNECT
@@ -813,25 +855,20 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Target) -> R
     rec.injected = !inject.is_empty();
     rec.injected_headers = r.inject.iter().map(|h| h.header.clone()).collect();
 
-    let scheme = if t.tls { "https" } else { "http" };
-    let default_port = if t.tls { 443 } else { 80 };
-    let host_port = {
-        let h = if t.host.contains(':') {
-            format!("[{}]", t.host)
-        } else {
-            t.host.clone()
-        };
-        if t.port == default_port {
-            h
-        } else {
-            format!("{h}:{}", t.port)
-        }
+    let Some(authority) = t.authority.clone() else {
+        return done(
+            rec,
+            StatusCode::BAD_REQUEST,
+            "error",
+            "bad URI".into(),
+            "bot-bottle egress: bad request URI\n".into(),
+        );
     };
     let pq = parts
         .uri
         .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
 
     if let Some(on_client) = on_client {
         return websocket(
@@ -839,7 +876,7 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Target) -> R
             parts,
             on_client,
             t,
-            host_port,
+            authority,
             pq,
             ws_h2,
             rec,
@@ -848,7 +885,17 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Target) -> R
         .await;
     }
 
-    parts.uri = match format!("{scheme}://{host_port}{pq}").parse::<Uri>() {
+    // Absolute form for the pooled client, from parts: no formatting and
+    // no parsing per request.
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(if t.tls {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    });
+    uri.authority = Some(authority);
+    uri.path_and_query = Some(pq);
+    parts.uri = match Uri::from_parts(uri) {
         Ok(u) => u,
         Err(_) => {
             return done(
@@ -1099,9 +1146,9 @@ async fn websocket(
     shared: Arc<Shared>,
     mut parts: http::request::Parts,
     on_client: hyper::upgrade::OnUpgrade,
-    t: Target,
-    host_port: String,
-    pq: String,
+    t: Arc<Target>,
+    authority: http::uri::Authority,
+    pq: http::uri::PathAndQuery,
     from_h2: bool,
     mut rec: AuditRecord,
     start: Instant,
@@ -1158,13 +1205,10 @@ async fn websocket(
             .entry(header::SEC_WEBSOCKET_VERSION)
             .or_insert(HeaderValue::from_static("13"));
     }
-    if let Ok(v) = HeaderValue::from_str(&host_port) {
+    if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
         parts.headers.insert(header::HOST, v);
     }
-    parts.uri = match pq.parse() {
-        Ok(u) => u,
-        Err(_) => return fail(rec, "bad path".into()),
-    };
+    parts.uri = Uri::from(pq);
     parts.version = Version::HTTP_11;
     let up_req = Request::from_parts(parts, Empty::new());
     let mut resp = match sender.send_request(up_req).await {
