@@ -24,14 +24,6 @@ pub use config::ProxyConfig;
 pub use error::EgressError;
 pub use route::{check, host_admitted, Action, Decision};
 
-/// The allocator every program that runs the proxy declares as its
-/// `#[global_allocator]` (`bottle`, `bot-bottle-egress`, the smolmachines
-/// gate). A request allocates and frees a few dozen small buffers across
-/// hyper, h2 and rustls; under callgrind glibc's malloc and free were about
-/// 14% of the proxy's instructions per request, and mimalloc took the total
-/// down by 14% (`docs/benchmarks.md`, egress proxy).
-pub use mimalloc::MiMalloc as Allocator;
-
 /// Serves on `config.listen` until the process ends.
 pub async fn serve(config: ProxyConfig) -> Result<(), EgressError> {
     let addr = config.listen;

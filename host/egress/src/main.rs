@@ -4,10 +4,6 @@
 
 use std::process::ExitCode;
 
-/// See [`bot_bottle_egress::Allocator`]: this program runs the egress proxy.
-#[global_allocator]
-static ALLOC: bot_bottle_egress::Allocator = bot_bottle_egress::Allocator;
-
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let (mut config, mut listen) = (None, None);
