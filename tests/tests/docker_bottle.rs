@@ -336,24 +336,32 @@ fn run_in_background(data: &Path, manifest: &Path, token: &str, name: &str) -> s
     child
 }
 
+/// Waits until the bottle is up: its agent and its sidecar both run. The
+/// agent's container starts while the proxy comes up (its program waits
+/// in the launch gate), so a running agent alone does not mean a running
+/// sidecar yet.
 fn wait_for_agent(name: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let filter = format!("label=bot-bottle.name={name}");
-    while Instant::now() < deadline {
-        let running = docker(&[
+    let running = |role: &str| {
+        !docker(&[
             "ps",
             "-q",
             "--filter",
             &filter,
             "--filter",
-            "label=bot-bottle.role=agent",
-        ]);
-        if !running.trim().is_empty() {
+            &format!("label=bot-bottle.role={role}"),
+        ])
+        .trim()
+        .is_empty()
+    };
+    while Instant::now() < deadline {
+        if running("agent") && running("egress") {
             return;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    panic!("the agent of {name} never started");
+    panic!("the bottle {name} never came up");
 }
 
 fn wait_exit(child: &mut std::process::Child) -> i32 {

@@ -1,8 +1,10 @@
 //! `bench-launch`: how long a Docker bottle takes to run `true`, against
 //! baselines measured in the same run on the same engine:
 //!
-//! * **docker run** — `docker run --rm IMAGE true` (no network isolation,
-//!   no proxy): the floor;
+//! * **docker run** — `docker run --rm IMAGE true` (the default bridge
+//!   network, no proxy), the reference for the goal;
+//! * **docker run, no network** — `docker run --rm --network none IMAGE
+//!   true`: one container and no network endpoint at all, the floor;
 //! * **CLI topology** — what bot-bottle sets up, done by hand with the
 //!   docker CLI: an internal network, a sidecar (here `sleep`, not a proxy)
 //!   on it and on a long-lived egress network made once before the runs
@@ -11,9 +13,12 @@
 //! * **bottle run** — `bottle run -f MANIFEST`, the whole flow including
 //!   plan, CA generation, proxy start-up and teardown.
 //!
-//! Usage: `bench-launch [--runs N] --bottle PATH --manifest PATH --image IMAGE`
-//! (run `scripts/bench-launch.sh` to build everything and call it). Prints
-//! a table of median/p90 and the ratios; never asserts a time.
+//! Usage: `bench-launch [--runs N] --bottle PATH --manifest PATH --image IMAGE
+//! [--bottle-b PATH]` (run `scripts/bench-launch.sh` to build everything and
+//! call it). `--bottle-b` adds a second `bottle` (another build, with its
+//! plugins beside it) to the same interleaved runs, for an A/B of two
+//! builds. Prints a table of median/p90 and the ratios; never asserts a
+//! time.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -52,8 +57,10 @@ fn main() {
     let manifest = get("--manifest").expect("--manifest PATH");
     let image = get("--image").expect("--image IMAGE");
     let sidecar_image = get("--sidecar-image").unwrap_or_else(|| image.clone());
+    let bottle_b = get("--bottle-b");
 
-    let mut plain = || sh(&["docker", "run", "--rm", "--network", "none", &image, "true"]);
+    let mut plain = || sh(&["docker", "run", "--rm", &image, "true"]);
+    let mut plain_none = || sh(&["docker", "run", "--rm", "--network", "none", &image, "true"]);
     // The egress side every sidecar shares, as bottles share theirs.
     let egr = format!("bench-topo-{}-egress", std::process::id());
     sh(&[
@@ -100,22 +107,45 @@ fn main() {
         sh(&["docker", "network", "rm", &int]);
     };
     let mut bottle_run = || sh(&[&bottle, "run", "-f", &manifest]);
+    let mut bottle_run_b = || {
+        if let Some(b) = &bottle_b {
+            sh(&[b, "run", "-f", &manifest])
+        }
+    };
 
     // One warm-up each: image caches, the sidecar image build.
     plain();
+    plain_none();
     topology();
     bottle_run();
+    bottle_run_b();
 
     let mut results: Vec<(&str, Vec<Duration>)> = vec![
         ("docker run --rm", vec![]),
+        ("  --network none", vec![]),
         ("CLI topology", vec![]),
         ("bottle run", vec![]),
+        ("bottle run (B)", vec![]),
     ];
-    for _ in 0..runs {
-        // Interleaved so drift on a shared machine hits all three alike.
+    for i in 0..runs {
+        // Interleaved so drift on a shared machine hits all alike; the two
+        // bottles swap places every run so neither always follows the same
+        // peer.
         results[0].1.push(time(&mut plain));
-        results[1].1.push(time(&mut topology));
-        results[2].1.push(time(&mut bottle_run));
+        results[1].1.push(time(&mut plain_none));
+        results[2].1.push(time(&mut topology));
+        if bottle_b.is_some() && i % 2 == 1 {
+            results[4].1.push(time(&mut bottle_run_b));
+            results[3].1.push(time(&mut bottle_run));
+        } else {
+            results[3].1.push(time(&mut bottle_run));
+            if bottle_b.is_some() {
+                results[4].1.push(time(&mut bottle_run_b));
+            }
+        }
+    }
+    if bottle_b.is_none() {
+        results.pop();
     }
     sh(&["docker", "network", "rm", &egr]);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -128,12 +158,23 @@ fn main() {
         println!("{name:<18} {:>10.0} {:>10.0}", ms(p50), ms(p90));
     }
     println!();
-    println!(
-        "bottle run / docker run   = {:.2}x  (goal <= 1.5x)",
-        ms(medians[2]) / ms(medians[0])
-    );
-    println!(
-        "bottle run / CLI topology = {:.2}x  (goal < 1.0x)",
-        ms(medians[2]) / ms(medians[1])
-    );
+    let bottles: &[(usize, &str)] = if medians.len() > 4 {
+        &[(3, "bottle run"), (4, "bottle (B)")]
+    } else {
+        &[(3, "bottle run")]
+    };
+    for &(i, name) in bottles {
+        println!(
+            "{name} / docker run             = {:.2}x  (goal <= 1.5x)",
+            ms(medians[i]) / ms(medians[0])
+        );
+        println!(
+            "{name} / docker run --net none  = {:.2}x",
+            ms(medians[i]) / ms(medians[1])
+        );
+        println!(
+            "{name} / CLI topology           = {:.2}x  (goal < 1.0x)",
+            ms(medians[i]) / ms(medians[2])
+        );
+    }
 }

@@ -21,6 +21,7 @@ use futures_util::{FutureExt, StreamExt, TryStreamExt};
 
 use crate::client::{is_not_found, Client};
 use crate::files::{self, AgentUser};
+use crate::gate;
 use crate::names::{
     self, BottleNames, EGRESS_ALIAS, EGRESS_CONFIG_PATH, EGRESS_PROGRAM_PATH, EGRESS_UID,
     LABEL_ROLE, ROLE_AGENT, ROLE_EGRESS, ROLE_EGRESS_NETWORK, ROLE_NETWORK, ROLE_PROBE,
@@ -171,8 +172,10 @@ async fn bring_up(
                     .await?;
                     // An image without USER: read its users now, while the
                     // networks are made, so the agent is created only once.
-                    let probed = match options.user.is_none() && image.1.is_none() {
-                        true => Some(probe_users(client, docker, spec, &names, &image.0).await?),
+                    let probed = match options.user.is_none() && image.user.is_none() {
+                        true => {
+                            Some(probe_users(client, docker, spec, &names, &image.reference).await?)
+                        }
                         false => None,
                     };
                     Ok::<_, PluginError>((image, probed))
@@ -182,7 +185,7 @@ async fn bring_up(
             Ok::<_, PluginError>((agent?, egress?))
         },
         async {
-            let (a, b) = tokio::join!(
+            let (a, b, c) = tokio::join!(
                 create_network(client, docker, spec, &names.internal_net, true),
                 async {
                     match &options.egress_network {
@@ -192,12 +195,19 @@ async fn bring_up(
                         None => shared_egress_network(client, docker).await,
                     }
                 },
+                async {
+                    match gate::enabled(options) {
+                        true => gate::ensure(client, docker).await.map(Some),
+                        false => Ok(None),
+                    }
+                },
             );
-            a.and(b)
+            a.and(Ok((b?, c?)))
         },
     );
     let ((agent_image, probed), egress_image) = images?;
-    names.egress_net = networks?;
+    let (egress_net, gate_volume) = networks?;
+    names.egress_net = egress_net;
     tracing::debug!(elapsed = ?started.elapsed(), "images and networks ready");
 
     // Both containers are created before either starts: `bottle gc` takes
@@ -215,8 +225,8 @@ async fn bring_up(
                 spec,
                 options,
                 &names,
-                &agent_image.0,
-                agent_image.1.as_deref(),
+                &agent_image,
+                gate_volume.as_deref(),
                 probed,
             )
             .await;
@@ -228,28 +238,70 @@ async fn bring_up(
     let pending_user = pending_user?;
     tracing::debug!(elapsed = ?started.elapsed(), "containers created");
 
-    let (ready, agent_user) = tokio::join!(start_egress(client, docker, spec, &names), async {
-        let user = agent_user(client, docker, &names, pending_user).await?;
-        place_files(client, docker, spec, &names.agent, &user).await?;
-        Ok::<_, PluginError>(user)
-    },);
-    ready?;
-    let agent_user = agent_user?;
-    tracing::debug!(elapsed = ?started.elapsed(), "egress proxy listening, files placed");
-
-    docker
-        .start_container(&names.agent, None::<StartContainerOptions>)
-        .await
-        .map_err(|e| {
-            let mut err = client.api("starting the agent container", e);
-            if options.runtime.is_some() {
-                err.hint = Some(
-                    "check that the runtime named in [backend] runtime works (`docker info`)"
-                        .into(),
+    let start_agent = || async {
+        docker
+            .start_container(&names.agent, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| {
+                let mut err = client.api("starting the agent container", e);
+                if options.runtime.is_some() {
+                    err.hint = Some(
+                        "check that the runtime named in [backend] runtime works (`docker info`)"
+                            .into(),
+                    );
+                }
+                err
+            })
+    };
+    let agent_user = if gate_volume.is_some() {
+        // The agent starts while its proxy comes up (a container start is
+        // ~250 ms); its program waits in the gate until the proxy accepts
+        // a connection from the agent's network.
+        let (ready, agent_user) = tokio::join!(
+            async {
+                start_egress(client, docker, spec, &names).await?;
+                tracing::debug!(elapsed = ?started.elapsed(), "egress proxy listening");
+                Ok::<_, PluginError>(())
+            },
+            async {
+                // The agent's users are read and its files placed while it
+                // starts: its program waits in the gate for the files'
+                // marker, written last, as well as for the proxy.
+                let (user, start) = tokio::join!(
+                    async {
+                        let (user, missing) =
+                            user_and_missing_dirs(client, docker, spec, &names, pending_user)
+                                .await?;
+                        place_files(client, docker, spec, &names.agent, &user, &missing, true)
+                            .await?;
+                        Ok::<_, PluginError>(user)
+                    },
+                    start_agent()
                 );
-            }
-            err
-        })?;
+                let user = user?;
+                start?;
+                tracing::debug!(elapsed = ?started.elapsed(), "agent started, files placed");
+                Ok::<_, PluginError>(user)
+            },
+        );
+        // Either failing fails the launch, and its cleanup kills an agent
+        // still waiting in the gate. The bottle is up only once the proxy
+        // said it listens, as without the gate.
+        ready?;
+        agent_user?
+    } else {
+        let (ready, agent_user) = tokio::join!(start_egress(client, docker, spec, &names), async {
+            let (user, missing) =
+                user_and_missing_dirs(client, docker, spec, &names, pending_user).await?;
+            place_files(client, docker, spec, &names.agent, &user, &missing, false).await?;
+            Ok::<_, PluginError>(user)
+        },);
+        ready?;
+        let agent_user = agent_user?;
+        tracing::debug!(elapsed = ?started.elapsed(), "egress proxy listening, files placed");
+        start_agent().await?;
+        agent_user
+    };
     tracing::info!(bottle = %spec.bottle_id, elapsed = ?started.elapsed(), "bottle is up");
 
     Ok(BottleHandle {
@@ -259,7 +311,7 @@ async fn bring_up(
             "egress_container": names.egress,
             "internal_network": names.internal_net,
             "egress_network": options.egress_network.as_deref().unwrap_or(&names.egress_net),
-            "agent_image": agent_image.0,
+            "agent_image": agent_image.reference,
             "egress_image": egress_image,
             "proxy_url": proxy_url(spec),
             "user": agent_user.spec.clone().unwrap_or_else(|| "root".into()),
@@ -304,14 +356,14 @@ async fn ensure_agent_image(
     docker: &Docker,
     image: &str,
     pull: bool,
-) -> Result<(String, Option<String>), PluginError> {
+) -> Result<AgentImage, PluginError> {
     let mut reference = image.to_string();
     let archive = Path::new(image);
     if archive.is_absolute() && archive.is_file() {
         reference = load_archive(client, docker, archive).await?;
     }
     match docker.inspect_image(&reference).await {
-        Ok(found) => return Ok((reference, image_user(&found))),
+        Ok(found) => return Ok(AgentImage::new(reference, &found)),
         Err(e) if is_not_found(&e) => {}
         Err(e) => return Err(client.api(&format!("inspecting the agent image {reference}"), e)),
     }
@@ -352,15 +404,30 @@ async fn ensure_agent_image(
         .inspect_image(&reference)
         .await
         .map_err(|e| client.api(&format!("inspecting the agent image {reference}"), e))?;
-    Ok((reference, image_user(&found)))
+    Ok(AgentImage::new(reference, &found))
 }
 
-fn image_user(image: &bollard::models::ImageInspect) -> Option<String> {
-    image
-        .config
-        .as_ref()
-        .and_then(|c| c.user.clone())
-        .filter(|u| !u.trim().is_empty())
+/// The agent image as found locally: what to run, and what of its config
+/// the launch needs.
+struct AgentImage {
+    reference: String,
+    /// Its `USER`, if it sets one.
+    user: Option<String>,
+    /// Its entrypoint and command, which the launch gate passes on.
+    entrypoint: Vec<String>,
+    cmd: Vec<String>,
+}
+
+impl AgentImage {
+    fn new(reference: String, image: &bollard::models::ImageInspect) -> Self {
+        let config = image.config.clone().unwrap_or_default();
+        Self {
+            reference,
+            user: config.user.filter(|u| !u.trim().is_empty()),
+            entrypoint: config.entrypoint.unwrap_or_default(),
+            cmd: config.cmd.unwrap_or_default(),
+        }
+    }
 }
 
 /// Loads a `docker save` archive and returns the image it holds.
@@ -818,21 +885,30 @@ async fn create_agent(
     spec: &LaunchSpec,
     options: &DockerOptions,
     names: &BottleNames,
-    image: &str,
-    image_user: Option<&str>,
+    image: &AgentImage,
+    gate_volume: Option<&str>,
     probed: Option<Probed>,
 ) -> Result<PendingUser, PluginError> {
     if let Some(Probed { passwd, groups }) = probed {
         // The image declares no USER: a user named `agent`, else uid 1000,
         // else root.
         let user = files::default_user(&passwd);
-        create_agent_container(client, docker, spec, options, names, image, user.as_deref())
-            .await?;
+        create_agent_container(
+            client,
+            docker,
+            spec,
+            options,
+            names,
+            image,
+            gate_volume,
+            user.as_deref(),
+        )
+        .await?;
         return match user {
             Some(user) => files::resolve_user(&user, &passwd, &groups).map(PendingUser::Known),
             None => {
                 tracing::warn!(
-                    image,
+                    image = %image.reference,
                     "the agent image has no non-root user; the agent runs as root (all capabilities dropped). \
                      Add a user to the image or set [backend] user"
                 );
@@ -843,9 +919,19 @@ async fn create_agent(
     let chosen = options
         .user
         .clone()
-        .or_else(|| image_user.map(str::to_string))
+        .or_else(|| image.user.clone())
         .ok_or_else(|| PluginError::internal("the agent's user was neither set nor probed"))?;
-    create_agent_container(client, docker, spec, options, names, image, Some(&chosen)).await?;
+    create_agent_container(
+        client,
+        docker,
+        spec,
+        options,
+        names,
+        image,
+        gate_volume,
+        Some(&chosen),
+    )
+    .await?;
     Ok(PendingUser::Named(chosen))
 }
 
@@ -877,10 +963,29 @@ async fn create_agent_container(
     spec: &LaunchSpec,
     options: &DockerOptions,
     names: &BottleNames,
-    image: &str,
+    image: &AgentImage,
+    gate_volume: Option<&str>,
     user: Option<&str>,
 ) -> Result<(), PluginError> {
     let agent = &spec.agent;
+    // Behind the gate the container runs the gate first, which execs what
+    // Docker would have run once the proxy accepts connections; otherwise
+    // Docker runs it directly, and the container starts only then.
+    let (entrypoint, cmd) = if gate_volume.is_some() {
+        let marker = (!agent.files.is_empty()).then_some(gate::FILES_MARKER);
+        let (e, c) = gate::argv(
+            spec.egress.listen_port,
+            marker,
+            &image.entrypoint,
+            &image.cmd,
+            &agent.command,
+        )?;
+        (Some(e), Some(c))
+    } else if agent.command.is_empty() {
+        (None, None)
+    } else {
+        (None, Some(agent.command.clone()))
+    };
     let res = &agent.resources;
     let mut host_config = HostConfig {
         pids_limit: Some(
@@ -893,6 +998,7 @@ async fn create_agent_container(
         // No swap beyond the memory limit.
         memory_swap: res.memory_bytes.map(|m| m.min(i64::MAX as u64) as i64),
         runtime: options.runtime.clone(),
+        volumes_from: gate_volume.map(|v| vec![v.to_string()]),
         ..hardened_host_config(&names.internal_net)
     };
     if !agent.mounts.is_empty() {
@@ -911,12 +1017,9 @@ async fn create_agent_container(
         );
     }
     let body = ContainerCreateBody {
-        image: Some(image.to_string()),
-        cmd: if agent.command.is_empty() {
-            None
-        } else {
-            Some(agent.command.clone())
-        },
+        image: Some(image.reference.clone()),
+        entrypoint,
+        cmd,
         env: Some(agent_env(spec)),
         working_dir: Some(agent.workdir.clone()).filter(|w| !w.is_empty()),
         user: user.map(str::to_string),
@@ -1023,34 +1126,73 @@ async fn exists(
     }
 }
 
+/// The parent directories of the agent's files that the image lacks, each
+/// after its own parent. They are looked up all at once (each lookup is an
+/// archive call, which dockerd serves by starting a helper process) and,
+/// as they do not depend on the agent's user, while its user is read.
+async fn missing_dirs(
+    client: &Client,
+    docker: &Docker,
+    spec: &LaunchSpec,
+    container: &str,
+) -> Result<Vec<String>, PluginError> {
+    let dirs = files::parent_dirs(&spec.agent.files)?;
+    let found = futures_util::future::try_join_all(
+        dirs.iter()
+            .map(|dir| exists(client, docker, container, dir)),
+    )
+    .await?;
+    let mut missing: Vec<String> = Vec::new();
+    for (dir, found) in dirs.into_iter().zip(found) {
+        // Parents come first; a missing parent's children are missing too.
+        let parent_missing = Path::new(&dir)
+            .parent()
+            .is_some_and(|p| missing.iter().any(|m| Path::new(m) == p));
+        if parent_missing || !found {
+            missing.push(dir);
+        }
+    }
+    Ok(missing)
+}
+
+/// The agent's user, and the parent directories its files need created.
+async fn user_and_missing_dirs(
+    client: &Client,
+    docker: &Docker,
+    spec: &LaunchSpec,
+    names: &BottleNames,
+    pending: PendingUser,
+) -> Result<(AgentUser, Vec<String>), PluginError> {
+    let (user, missing) = tokio::join!(
+        agent_user(client, docker, names, pending),
+        missing_dirs(client, docker, spec, &names.agent),
+    );
+    Ok((user?, missing?))
+}
+
 async fn place_files(
     client: &Client,
     docker: &Docker,
     spec: &LaunchSpec,
     container: &str,
     user: &AgentUser,
+    missing: &[String],
+    gated: bool,
 ) -> Result<(), PluginError> {
     if spec.agent.files.is_empty() {
         return Ok(());
     }
-    let mut missing = Vec::new();
-    let mut known_missing = std::collections::BTreeSet::new();
-    for dir in files::parent_dirs(&spec.agent.files)? {
-        let parent_missing = Path::new(&dir)
-            .parent()
-            .is_some_and(|p| known_missing.contains(p.to_string_lossy().as_ref()));
-        if parent_missing || !exists(client, docker, container, &dir).await? {
-            known_missing.insert(dir.clone());
-            missing.push(dir);
-        }
-    }
-    let contents = spec
+    let mut contents = spec
         .agent
         .files
         .iter()
         .map(|f| Ok((f.path.clone(), files::contents(f)?, f.mode)))
         .collect::<Result<Vec<_>, PluginError>>()?;
-    let archive = files::archive(&contents, &missing, user)?;
+    if gated {
+        // Last, so that it exists only once every file does.
+        contents.push((gate::FILES_MARKER.to_string(), Vec::new(), 0o444));
+    }
+    let archive = files::archive(&contents, missing, user)?;
     upload(
         client,
         docker,

@@ -28,6 +28,7 @@ mod attach;
 mod client;
 mod egress_image;
 mod files;
+mod gate;
 mod launch;
 mod manage;
 mod names;

@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use crate::client::{is_not_found, is_not_modified, Client};
 use crate::names::{
     label_filter, LABEL_ID, LABEL_NAME, LABEL_ROLE, ROLE_AGENT, ROLE_EGRESS, ROLE_EGRESS_IMAGE,
-    ROLE_EGRESS_NETWORK,
+    ROLE_EGRESS_NETWORK, ROLE_GATE,
 };
 use crate::options::DockerOptions;
 
@@ -316,6 +316,7 @@ fn garbage(all: Resources, now: i64) -> BTreeMap<String, Resources> {
 }
 
 async fn remove_images(client: &Client, docker: &Docker) -> Result<Vec<String>, PluginError> {
+    let mut removed = remove_gate_carriers(client, docker).await?;
     let images = docker
         .list_images(Some(ListImagesOptions {
             filters: Some(label_filter(&[(LABEL_ROLE, Some(ROLE_EGRESS_IMAGE))])),
@@ -323,8 +324,14 @@ async fn remove_images(client: &Client, docker: &Docker) -> Result<Vec<String>, 
         }))
         .await
         .map_err(|e| client.api("listing bot-bottle images", e))?;
-    let mut removed = Vec::new();
-    for image in images {
+    let gate_images = docker
+        .list_images(Some(ListImagesOptions {
+            filters: Some(label_filter(&[(LABEL_ROLE, Some(ROLE_GATE))])),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| client.api("listing bot-bottle images", e))?;
+    for image in images.into_iter().chain(gate_images) {
         let name = image
             .repo_tags
             .iter()
@@ -343,6 +350,43 @@ async fn remove_images(client: &Client, docker: &Docker) -> Result<Vec<String>, 
                 status_code: 409, ..
             }) => tracing::info!(image = %name, "kept: a container still uses it"),
             Err(e) => return Err(client.api(&format!("removing image {name}"), e)),
+        }
+    }
+    Ok(removed)
+}
+
+/// The launch gate's carrier containers (see `gate.rs`), when no agent
+/// container exists to use their volume: removing one under a live agent
+/// would strand its volume. The next launch makes the carrier again.
+async fn remove_gate_carriers(
+    client: &Client,
+    docker: &Docker,
+) -> Result<Vec<String>, PluginError> {
+    let list = |role: &'static str| {
+        docker.list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(label_filter(&[(LABEL_ROLE, Some(role))])),
+            ..Default::default()
+        }))
+    };
+    let (agents, carriers) = tokio::join!(list(ROLE_AGENT), list(ROLE_GATE));
+    let agents = agents.map_err(|e| client.api("listing bot-bottle containers", e))?;
+    let carriers = carriers.map_err(|e| client.api("listing bot-bottle containers", e))?;
+    let mut removed = Vec::new();
+    if !agents.is_empty() {
+        return Ok(removed);
+    }
+    for c in carriers {
+        let name = container_name(&c);
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match docker.remove_container(&name, Some(options)).await {
+            Ok(()) => removed.push(format!("container {name}")),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(client.api(&format!("removing container {name}"), e)),
         }
     }
     Ok(removed)
@@ -382,6 +426,9 @@ fn statuses(all: Resources) -> Vec<BottleStatus> {
             let egress_state = egress.map(|c| state_name(c.state));
             let state = match (agent_state.as_deref(), egress_state.as_deref()) {
                 (Some("running"), Some("running")) => "running".to_string(),
+                // The agent starts while its sidecar does (its program waits
+                // in the launch gate): a launch under way.
+                (Some("running"), Some("created")) => "starting".to_string(),
                 (Some("running"), _) => "broken".to_string(),
                 (Some(s), _) => s.to_string(),
                 (None, _) => "broken".to_string(),
@@ -673,12 +720,15 @@ mod tests {
                 container("a", ROLE_EGRESS, EXITED, 0),
                 container("b", ROLE_AGENT, EXITED, 0),
                 container("b", ROLE_EGRESS, RUNNING, 0),
+                container("c", ROLE_AGENT, RUNNING, 0),
+                container("c", ROLE_EGRESS, CREATED, 0),
             ],
             networks: vec![],
         };
         let s = statuses(all);
         assert_eq!(s[0].state, "broken");
         assert_eq!(s[1].state, "exited");
+        assert_eq!(s[2].state, "starting");
         assert_eq!(s[0].name, "demo");
     }
 

@@ -29,6 +29,9 @@ pub const ROLE_EGRESS_NETWORK: &str = "egress-network";
 pub const ROLE_PROBE: &str = "probe";
 /// The cached sidecar image.
 pub const ROLE_EGRESS_IMAGE: &str = "egress-image";
+/// The launch gate's image, and the never-started container that carries
+/// the gate's volume for every agent (see `gate.rs`); neither has a bottle id.
+pub const ROLE_GATE: &str = "gate";
 
 /// Repository of the cached sidecar images.
 pub const EGRESS_IMAGE_REPO: &str = "bot-bottle-egress";

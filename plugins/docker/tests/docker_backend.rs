@@ -973,6 +973,89 @@ fn launch_errors_leave_nothing_behind() {
     assert!(err.message.contains("runtme"), "{err:?}");
 }
 
+/// The agent container starts while its proxy comes up (the launch gate);
+/// its program must still never run before the proxy accepts connections.
+/// A proxy that takes 1.5 s to bind is far slower than the agent's own
+/// start, so an agent started early without the gate's wait would find
+/// nothing listening and exit 42.
+#[test]
+fn the_agent_never_runs_before_its_proxy_listens() {
+    let docker = docker_or_skip!();
+    let _g = GLOBAL.read().unwrap_or_else(|e| e.into_inner());
+    let backend = DockerBackend::new();
+    let mut s = spec(
+        &docker,
+        "slowproxy",
+        &[
+            "sh",
+            "-c",
+            // Its first act: reach the proxy, and read a file placed for it.
+            "printf 'HELLO\\r\\n\\r\\n' | nc bot-bottle-egress 3128 | grep -q fake-egress || exit 42; \
+             cat /home/agent/.config/placed.txt || exit 43",
+        ],
+    );
+    let id = s.bottle_id.clone();
+    let _cleanup = Cleanup::new(&[&id]);
+    s.egress.config = Secret::new(format!(r#"{{"bottle":"{id}","delay_ms": 1500}}"#));
+    s.agent.files = vec![SandboxFile::text(
+        "/home/agent/.config/placed.txt",
+        "placed-before-start\n".to_string(),
+        0o600,
+    )];
+    backend.launch(s).unwrap();
+    let report = backend
+        .wait(WaitRequest {
+            schema: 1,
+            bottle_id: id.clone(),
+            attach: false,
+        })
+        .unwrap();
+    assert_eq!(
+        report.exit_code, 0,
+        "42: the agent ran before its proxy listened; 43: before its files were placed"
+    );
+    remove(&backend, &id);
+    assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+}
+
+/// A proxy that dies before it listens fails the launch closed: the agent,
+/// whose container was already started, never runs its program (it would
+/// leave a file in a host directory), and nothing of the bottle remains.
+#[test]
+fn a_proxy_that_never_listens_never_lets_the_agent_run() {
+    let docker = docker_or_skip!();
+    let _g = GLOBAL.read().unwrap_or_else(|e| e.into_inner());
+    let backend = DockerBackend::new();
+    let out = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        out.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let mut s = spec(&docker, "deadproxy", &["touch", "/out/the-agent-ran"]);
+    let id = s.bottle_id.clone();
+    let _cleanup = Cleanup::new(&[&id]);
+    // The proxy reads its config, exits 3 and never listens.
+    s.egress.config = Secret::new(r#"{"fail": true, "token":"not-a-secret-token"}"#);
+    s.agent.mounts = vec![Mount {
+        host: out.path().to_path_buf(),
+        sandbox: "/out".into(),
+        writable: true,
+    }];
+    let err = backend.launch(s).unwrap_err();
+    assert!(
+        err.message.contains("egress proxy exited (code 3)"),
+        "{err:?}"
+    );
+    assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+    // Give a wrongly started agent time to show itself.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !out.path().join("the-agent-ran").exists(),
+        "the agent ran although its proxy never listened"
+    );
+}
+
 #[test]
 fn a_killed_proxy_stops_the_agent() {
     let docker = docker_or_skip!();

@@ -8,6 +8,8 @@
 //!   JSON line with its size and mode — never its contents;
 //! * if the config contains `"fail": true` it prints the config's `token`
 //!   to stderr and exits 3 (to check that the backend redacts it);
+//! * if the config contains `"delay_ms": N` it waits N ms before it binds
+//!   (a slow proxy, to check that the agent never runs before it listens);
 //! * listens on ADDR and prints `listening on ADDR` to stderr;
 //! * serves each connection as a minimal forward proxy: `CONNECT host:port`
 //!   is tunnelled, `GET http://host:port/path` is fetched with HTTP/1.0;
@@ -46,6 +48,14 @@ fn main() {
         std::process::exit(3);
     }
 
+    if let Some(ms) = config
+        .split(r#""delay_ms":"#)
+        .nth(1)
+        .and_then(|r| r.trim_start().split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
     let listener = TcpListener::bind(&listen).expect("binding");
     eprintln!("listening on {listen}");
     for conn in listener.incoming() {
