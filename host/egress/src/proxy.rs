@@ -559,6 +559,24 @@ fn ms(start: Instant) -> f64 {
 }
 
 /// Checks every authority the request claims against the connection's.
+/// The request's absolute URI upstream: the connection's scheme and
+/// authority (built once per connection) and the request's path and query.
+/// Assembled from parts: no formatting and no parsing per request.
+fn absolute_uri(t: &Target, pq: Option<&http::uri::PathAndQuery>) -> Option<Uri> {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(if t.tls {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    });
+    uri.authority = Some(t.authority.clone()?);
+    uri.path_and_query = Some(
+        pq.cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(uri).ok()
+}
+
 fn check_identity<B>(req: &Request<B>, t: &Target) -> Result<(), String> {
     // Every name the request gives itself: the request target's authority
     // (absolute form, HTTP/2 `:authority`) and each `Host` header. Checked
@@ -855,7 +873,7 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
     rec.injected = !inject.is_empty();
     rec.injected_headers = r.inject.iter().map(|h| h.header.clone()).collect();
 
-    let Some(authority) = t.authority.clone() else {
+    let Some(uri) = absolute_uri(&t, parts.uri.path_and_query()) else {
         return done(
             rec,
             StatusCode::BAD_REQUEST,
@@ -864,49 +882,12 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
             "bot-bottle egress: bad request URI\n".into(),
         );
     };
-    let pq = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
 
     if let Some(on_client) = on_client {
-        return websocket(
-            shared.clone(),
-            parts,
-            on_client,
-            t,
-            authority,
-            pq,
-            ws_h2,
-            rec,
-            start,
-        )
-        .await;
+        return websocket(shared.clone(), parts, on_client, t, uri, ws_h2, rec, start).await;
     }
 
-    // Absolute form for the pooled client, from parts: no formatting and
-    // no parsing per request.
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(if t.tls {
-        http::uri::Scheme::HTTPS
-    } else {
-        http::uri::Scheme::HTTP
-    });
-    uri.authority = Some(authority);
-    uri.path_and_query = Some(pq);
-    parts.uri = match Uri::from_parts(uri) {
-        Ok(u) => u,
-        Err(_) => {
-            return done(
-                rec,
-                StatusCode::BAD_REQUEST,
-                "error",
-                "bad URI".into(),
-                "bot-bottle egress: bad request URI\n".into(),
-            )
-        }
-    };
+    parts.uri = uri;
     parts.version = Version::HTTP_11;
     let up_req = Request::from_parts(parts, body);
     // If the agent goes away while upstream is still answering, this future
@@ -1147,8 +1128,7 @@ async fn websocket(
     mut parts: http::request::Parts,
     on_client: hyper::upgrade::OnUpgrade,
     t: Arc<Target>,
-    authority: http::uri::Authority,
-    pq: http::uri::PathAndQuery,
+    uri: Uri,
     from_h2: bool,
     mut rec: AuditRecord,
     start: Instant,
@@ -1205,10 +1185,17 @@ async fn websocket(
             .entry(header::SEC_WEBSOCKET_VERSION)
             .or_insert(HeaderValue::from_static("13"));
     }
-    if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
-        parts.headers.insert(header::HOST, v);
+    if let Some(a) = uri.authority() {
+        if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+            parts.headers.insert(header::HOST, v);
+        }
     }
-    parts.uri = Uri::from(pq);
+    // Origin form on the upgrade connection.
+    parts.uri = uri
+        .path_and_query()
+        .cloned()
+        .map(Uri::from)
+        .unwrap_or_default();
     parts.version = Version::HTTP_11;
     let up_req = Request::from_parts(parts, Empty::new());
     let mut resp = match sender.send_request(up_req).await {
