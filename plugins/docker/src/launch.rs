@@ -889,23 +889,13 @@ async fn create_agent(
     gate_volume: Option<&str>,
     probed: Option<Probed>,
 ) -> Result<PendingUser, PluginError> {
-    if let Some(Probed { passwd, groups }) = probed {
+    // The user to create the container as, and what is known of it.
+    let (user, pending) = if let Some(Probed { passwd, groups }) = probed {
         // The image declares no USER: a user named `agent`, else uid 1000,
         // else root.
         let user = files::default_user(&passwd);
-        create_agent_container(
-            client,
-            docker,
-            spec,
-            options,
-            names,
-            image,
-            gate_volume,
-            user.as_deref(),
-        )
-        .await?;
-        return match user {
-            Some(user) => files::resolve_user(&user, &passwd, &groups).map(PendingUser::Known),
+        let pending = match &user {
+            Some(user) => files::resolve_user(user, &passwd, &groups).map(PendingUser::Known),
             None => {
                 tracing::warn!(
                     image = %image.reference,
@@ -915,12 +905,15 @@ async fn create_agent(
                 Ok(PendingUser::Known(AgentUser::root()))
             }
         };
-    }
-    let chosen = options
-        .user
-        .clone()
-        .or_else(|| image.user.clone())
-        .ok_or_else(|| PluginError::internal("the agent's user was neither set nor probed"))?;
+        (user, pending)
+    } else {
+        let chosen = options
+            .user
+            .clone()
+            .or_else(|| image.user.clone())
+            .ok_or_else(|| PluginError::internal("the agent's user was neither set nor probed"))?;
+        (Some(chosen.clone()), Ok(PendingUser::Named(chosen)))
+    };
     create_agent_container(
         client,
         docker,
@@ -929,10 +922,10 @@ async fn create_agent(
         names,
         image,
         gate_volume,
-        Some(&chosen),
+        user.as_deref(),
     )
     .await?;
-    Ok(PendingUser::Named(chosen))
+    pending
 }
 
 async fn agent_user(
