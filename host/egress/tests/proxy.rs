@@ -133,28 +133,15 @@ async fn curl_http1_and_http2() {
     let ca = fx.dir.path().join("bottle-ca.pem");
     std::fs::write(&ca, &fx.bottle_ca).unwrap();
     for (flag, want) in [("--http1.1", "1.1"), ("--http2", "2")] {
-        let out = curl_via(fx.proxy, &ca)
-            .args([
-                flag,
-                "-H",
-                "Authorization: Bearer dummy",
-                "-H",
-                "Proxy-Authorization: Basic leak",
-            ])
-            .args([
-                "-w",
-                "\n%{http_code} %{http_version}",
-                "https://api.test/v1/curl",
-            ])
-            .output()
-            .await
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "curl {flag}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut curl = curl_via(fx.proxy, &ca);
+        curl.args([
+            flag,
+            "-H",
+            "Authorization: Bearer dummy",
+            "-H",
+            "Proxy-Authorization: Basic leak",
+        ]);
+        let stdout = curl_status(curl, "https://api.test/v1/curl", &format!("curl {flag}")).await;
         assert!(
             stdout.ends_with(&format!("200 {want}")),
             "curl {flag}: {stdout}"
@@ -1054,28 +1041,20 @@ async fn curl_http2_upload_to_a_local_response_completes() {
     )
     .unwrap();
     for i in 0..10 {
-        let out = curl_via(fx.proxy, &ca)
-            .args([
-                "--http2",
-                "-H",
-                "content-type: application/json",
-                "--data-binary",
-            ])
-            .arg(format!("@{}", body.display()))
-            .args([
-                "-w",
-                "\n%{http_code} %{http_version}",
-                "https://api.test/oauth/token",
-            ])
-            .output()
-            .await
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "curl run {i}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut curl = curl_via(fx.proxy, &ca);
+        curl.args([
+            "--http2",
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", body.display()));
+        let stdout = curl_status(
+            curl,
+            "https://api.test/oauth/token",
+            &format!("curl run {i}"),
+        )
+        .await;
         assert!(
             stdout.ends_with("200 2") && stdout.contains("dummy-access"),
             "run {i}: {stdout}"

@@ -513,6 +513,23 @@ pub fn curl_via(proxy: std::net::SocketAddr, ca: &std::path::Path) -> tokio::pro
     c
 }
 
+/// Runs `curl` (from [`curl_via`], options added) against `url`, asserts it
+/// succeeded (`what` names the run) and returns its output, which ends in
+/// `STATUS HTTP_VERSION` (e.g. `200 2`).
+pub async fn curl_status(mut curl: tokio::process::Command, url: &str, what: &str) -> String {
+    let out = curl
+        .args(["-w", "\n%{http_code} %{http_version}", url])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Whether curl can run here. In CI its absence is a failure.
 pub fn have_curl() -> bool {
     let ok = std::process::Command::new("curl")
