@@ -914,15 +914,13 @@ async fn create_agent(
             .ok_or_else(|| PluginError::internal("the agent's user was neither set nor probed"))?;
         (Some(chosen.clone()), Ok(PendingUser::Named(chosen)))
     };
-    create_agent_container(
+    let body = agent_container_body(spec, options, names, image, gate_volume, user.as_deref())?;
+    create_named(
         client,
         docker,
-        spec,
-        options,
-        names,
-        image,
-        gate_volume,
-        user.as_deref(),
+        &names.agent,
+        body,
+        "creating the agent container",
     )
     .await?;
     pending
@@ -949,17 +947,16 @@ async fn agent_user(
     )
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn create_agent_container(
-    client: &Client,
-    docker: &Docker,
+/// What the agent container is created with: command (behind the gate or
+/// not), limits, mounts, env, user, labels and its one network.
+fn agent_container_body(
     spec: &LaunchSpec,
     options: &DockerOptions,
     names: &BottleNames,
     image: &AgentImage,
     gate_volume: Option<&str>,
     user: Option<&str>,
-) -> Result<(), PluginError> {
+) -> Result<ContainerCreateBody, PluginError> {
     let agent = &spec.agent;
     // Behind the gate the container runs the gate first, which execs what
     // Docker would have run once the proxy accepts connections; otherwise
@@ -1009,7 +1006,7 @@ async fn create_agent_container(
                 .collect(),
         );
     }
-    let body = ContainerCreateBody {
+    Ok(ContainerCreateBody {
         image: Some(image.reference.clone()),
         entrypoint,
         cmd,
@@ -1026,16 +1023,7 @@ async fn create_agent_container(
         host_config: Some(host_config),
         networking_config: Some(endpoint(&names.internal_net, vec![])),
         ..Default::default()
-    };
-    create_named(
-        client,
-        docker,
-        &names.agent,
-        body,
-        "creating the agent container",
-    )
-    .await?;
-    Ok(())
+    })
 }
 
 /// The agent's env: the spec's, then the proxy variables (which win).
