@@ -432,13 +432,19 @@ impl Client {
             let a = &self.authority;
             tcp.write_all(format!("CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n\r\n").as_bytes())
                 .await?;
+            // Read the reply the way real clients do, a buffer at a time
+            // (one byte per read, as before 2026-12-01, cost the client ~40
+            // syscalls per connection, on the cores the proxy shares). It
+            // is the whole of what arrives: the proxy sends nothing more
+            // until the client's TLS hello.
             let mut head = Vec::new();
-            let mut b = [0u8; 1];
+            let mut b = [0u8; 512];
             while !head.ends_with(b"\r\n\r\n") {
-                if tcp.read(&mut b).await? == 0 {
+                let n = tcp.read(&mut b).await?;
+                if n == 0 {
                     return Err("proxy closed during CONNECT".into());
                 }
-                head.push(b[0]);
+                head.extend_from_slice(&b[..n]);
             }
             if !head.starts_with(b"HTTP/1.1 200") && !head.starts_with(b"HTTP/1.0 200") {
                 return Err(format!("CONNECT refused: {}", String::from_utf8_lossy(&head)).into());
