@@ -210,34 +210,6 @@ async fn bring_up(
     names.egress_net = egress_net;
     tracing::debug!(elapsed = ?started.elapsed(), "images and networks ready");
 
-    // Both containers are created before either starts: `bottle gc` takes
-    // a started sidecar without an agent for the leftover of a dead bottle.
-    let (egress, pending_user) = tokio::join!(
-        async {
-            let r = create_egress(client, docker, spec, options, &names, &egress_image).await;
-            tracing::debug!(elapsed = ?started.elapsed(), "sidecar created");
-            r
-        },
-        async {
-            let r = create_agent(
-                client,
-                docker,
-                spec,
-                options,
-                &names,
-                &agent_image,
-                gate_volume.as_deref(),
-                probed,
-            )
-            .await;
-            tracing::debug!(elapsed = ?started.elapsed(), "agent created");
-            r
-        },
-    );
-    egress?;
-    let pending_user = pending_user?;
-    tracing::debug!(elapsed = ?started.elapsed(), "containers created");
-
     let start_agent = || async {
         docker
             .start_container(&names.agent, None::<StartContainerOptions>)
@@ -253,55 +225,75 @@ async fn bring_up(
                 err
             })
     };
-    let agent_user = if gate_volume.is_some() {
-        // The agent starts while its proxy comes up (a container start is
-        // ~250 ms); its program waits in the gate until the proxy accepts
-        // a connection from the agent's network.
-        let (ready, agent_user) = tokio::join!(
-            async {
-                start_egress(client, docker, spec, &names).await?;
-                tracing::debug!(elapsed = ?started.elapsed(), "egress proxy listening");
-                Ok::<_, PluginError>(())
-            },
-            async {
-                // The agent's users are read and its files placed while it
-                // starts: its program waits in the gate for the files'
-                // marker, written last, as well as for the proxy.
-                let (user, start) = tokio::join!(
-                    async {
-                        let (user, missing) =
-                            user_and_missing_dirs(client, docker, spec, &names, pending_user)
-                                .await?;
-                        place_files(client, docker, spec, &names.agent, &user, &missing, true)
-                            .await?;
-                        Ok::<_, PluginError>(user)
-                    },
-                    start_agent()
-                );
-                let user = user?;
-                start?;
-                tracing::debug!(elapsed = ?started.elapsed(), "agent started, files placed");
-                Ok::<_, PluginError>(user)
-            },
-        );
-        // Either failing fails the launch, and its cleanup kills an agent
-        // still waiting in the gate. The bottle is up only once the proxy
-        // said it listens, as without the gate.
-        ready?;
-        agent_user?
-    } else {
-        let (ready, agent_user) = tokio::join!(start_egress(client, docker, spec, &names), async {
+    // Two paths at once, which wait for each other only where they must:
+    // - both containers are created before either starts (`bottle gc`
+    //   takes a started sidecar without an agent for the leftover of a
+    //   dead bottle);
+    // - the agent's users are read and its files placed while it is only
+    //   created, as the sidecar starts: an archive call on a container
+    //   that is starting waits until the start is done (400-600 ms here
+    //   with two starts contending for dockerd);
+    // - with the gate the agent starts while its proxy comes up (its
+    //   program waits in the gate until the proxy accepts a connection
+    //   from the agent's network); without it, once the proxy listens.
+    // A path that stops because the other failed ends without an error
+    // of its own (`None`): the other's is the launch's. `join!`, not
+    // `try_join!`: a request cancelled in flight may still complete in the
+    // daemon after the cleanup has looked, and leak.
+    let gated = gate_volume.is_some();
+    let (agent_made_tx, agent_made) = tokio::sync::oneshot::channel::<()>();
+    let (sidecar_made_tx, sidecar_made) = tokio::sync::oneshot::channel::<()>();
+    let (listening_tx, listening) = tokio::sync::oneshot::channel::<()>();
+    let (egress, agent) = tokio::join!(
+        async {
+            create_egress(client, docker, spec, options, &names, &egress_image).await?;
+            tracing::debug!(elapsed = ?started.elapsed(), "sidecar created");
+            let _ = sidecar_made_tx.send(());
+            if agent_made.await.is_err() {
+                return Ok(());
+            }
+            start_egress(client, docker, spec, &names).await?;
+            tracing::debug!(elapsed = ?started.elapsed(), "egress proxy listening");
+            let _ = listening_tx.send(());
+            Ok::<_, PluginError>(())
+        },
+        async {
+            let pending_user = create_agent(
+                client,
+                docker,
+                spec,
+                options,
+                &names,
+                &agent_image,
+                gate_volume.as_deref(),
+                probed,
+            )
+            .await?;
+            tracing::debug!(elapsed = ?started.elapsed(), "agent created");
+            let _ = agent_made_tx.send(());
             let (user, missing) =
                 user_and_missing_dirs(client, docker, spec, &names, pending_user).await?;
-            place_files(client, docker, spec, &names.agent, &user, &missing, false).await?;
-            Ok::<_, PluginError>(user)
-        },);
-        ready?;
-        let agent_user = agent_user?;
-        tracing::debug!(elapsed = ?started.elapsed(), "egress proxy listening, files placed");
-        start_agent().await?;
-        agent_user
-    };
+            place_files(client, docker, spec, &names.agent, &user, &missing, gated).await?;
+            tracing::debug!(elapsed = ?started.elapsed(), "agent's files placed");
+            let go = match gated {
+                true => sidecar_made.await,
+                false => listening.await,
+            };
+            if go.is_err() {
+                return Ok(None);
+            }
+            start_agent().await?;
+            tracing::debug!(elapsed = ?started.elapsed(), "agent started");
+            Ok::<_, PluginError>(Some(user))
+        },
+    );
+    // Either failing fails the launch, and its cleanup kills an agent
+    // still waiting in the gate. The bottle is up only once the proxy said
+    // it listens, as without the gate.
+    egress?;
+    let agent_user = agent?.ok_or_else(|| {
+        PluginError::internal("the egress sidecar's launch stopped without an error")
+    })?;
     tracing::info!(bottle = %spec.bottle_id, elapsed = ?started.elapsed(), "bottle is up");
 
     Ok(BottleHandle {
