@@ -22,6 +22,7 @@ use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use crate::client::{is_not_found, Client};
 use crate::files::{self, AgentUser};
 use crate::gate;
+use crate::image_facts::ImageFacts;
 use crate::names::{
     self, BottleNames, EGRESS_ALIAS, EGRESS_CONFIG_PATH, EGRESS_PROGRAM_PATH, EGRESS_UID,
     LABEL_ROLE, ROLE_AGENT, ROLE_EGRESS, ROLE_EGRESS_NETWORK, ROLE_NETWORK, ROLE_PROBE,
@@ -170,15 +171,27 @@ async fn bring_up(
                         options.pull.unwrap_or(true),
                     )
                     .await?;
+                    let facts = ImageFacts::open(
+                        image.id.as_deref(),
+                        &spec.agent.workdir,
+                        &agent_mount_targets(spec, options),
+                    );
                     // An image without USER: read its users now, while the
                     // networks are made, so the agent is created only once.
                     let probed = match options.user.is_none() && image.user.is_none() {
-                        true => {
-                            Some(probe_users(client, docker, spec, &names, &image.reference).await?)
-                        }
+                        true => Some(match facts.users() {
+                            Some((passwd, group)) => Probed::parse(&passwd, &group),
+                            None => {
+                                let (passwd, group) =
+                                    probe_users(client, docker, spec, &names, &image.reference)
+                                        .await?;
+                                facts.learn_users(&passwd, &group);
+                                Probed::parse(&passwd, &group)
+                            }
+                        }),
                         false => None,
                     };
-                    Ok::<_, PluginError>((image, probed))
+                    Ok::<_, PluginError>((image, probed, facts))
                 },
                 crate::egress_image::ensure(client, docker, &spec.egress.program),
             );
@@ -205,7 +218,7 @@ async fn bring_up(
             a.and(Ok((b?, c?)))
         },
     );
-    let ((agent_image, probed), egress_image) = images?;
+    let ((agent_image, probed, facts), egress_image) = images?;
     let (egress_net, gate_volume) = networks?;
     names.egress_net = egress_net;
     tracing::debug!(elapsed = ?started.elapsed(), "images and networks ready");
@@ -272,8 +285,9 @@ async fn bring_up(
             tracing::debug!(elapsed = ?started.elapsed(), "agent created");
             let _ = agent_made_tx.send(());
             let (user, missing) =
-                user_and_missing_dirs(client, docker, spec, &names, pending_user).await?;
+                user_and_missing_dirs(client, docker, spec, &names, &facts, pending_user).await?;
             place_files(client, docker, spec, &names.agent, &user, &missing, gated).await?;
+            facts.save();
             tracing::debug!(elapsed = ?started.elapsed(), "agent's files placed");
             let go = match gated {
                 true => sidecar_made.await,
@@ -403,6 +417,8 @@ async fn ensure_agent_image(
 /// the launch needs.
 struct AgentImage {
     reference: String,
+    /// Its ID (the digest of its content), under which facts are kept.
+    id: Option<String>,
     /// Its `USER`, if it sets one.
     user: Option<String>,
     /// Its entrypoint and command, which the launch gate passes on.
@@ -415,6 +431,7 @@ impl AgentImage {
         let config = image.config.clone().unwrap_or_default();
         Self {
             reference,
+            id: image.id.clone(),
             user: config.user.filter(|u| !u.trim().is_empty()),
             entrypoint: config.entrypoint.unwrap_or_default(),
             cmd: config.cmd.unwrap_or_default(),
@@ -810,7 +827,7 @@ async fn probe_users(
     spec: &LaunchSpec,
     names: &BottleNames,
     image: &str,
-) -> Result<Probed, PluginError> {
+) -> Result<(String, String), PluginError> {
     let body = ContainerCreateBody {
         image: Some(image.to_string()),
         // Never run; some images have no command at all.
@@ -836,10 +853,7 @@ async fn probe_users(
             read_file(client, docker, &names.probe, "/etc/passwd"),
             read_file(client, docker, &names.probe, "/etc/group"),
         );
-        Ok::<_, PluginError>(Probed {
-            passwd: files::parse_passwd(&passwd?),
-            groups: files::parse_group(&group?),
-        })
+        Ok::<_, PluginError>((passwd?, group?))
     }
     .await;
     let (d, probe) = (docker.clone(), names.probe.clone());
@@ -859,6 +873,15 @@ async fn probe_users(
 struct Probed {
     passwd: Vec<files::PasswdEntry>,
     groups: Vec<(String, u32)>,
+}
+
+impl Probed {
+    fn parse(passwd: &str, group: &str) -> Self {
+        Self {
+            passwd: files::parse_passwd(passwd),
+            groups: files::parse_group(group),
+        }
+    }
 }
 
 /// The agent's user: known, or named and still to be looked up in the
@@ -922,21 +945,27 @@ async fn agent_user(
     client: &Client,
     docker: &Docker,
     names: &BottleNames,
+    facts: &ImageFacts,
     pending: PendingUser,
 ) -> Result<AgentUser, PluginError> {
     let chosen = match pending {
         PendingUser::Known(user) => return Ok(user),
         PendingUser::Named(chosen) => chosen,
     };
-    let (passwd, group) = tokio::join!(
-        read_file(client, docker, &names.agent, "/etc/passwd"),
-        read_file(client, docker, &names.agent, "/etc/group"),
-    );
-    files::resolve_user(
-        &chosen,
-        &files::parse_passwd(&passwd?),
-        &files::parse_group(&group?),
-    )
+    let (passwd, group) = match facts.users() {
+        Some(known) => known,
+        None => {
+            let (passwd, group) = tokio::join!(
+                read_file(client, docker, &names.agent, "/etc/passwd"),
+                read_file(client, docker, &names.agent, "/etc/group"),
+            );
+            let (passwd, group) = (passwd?, group?);
+            facts.learn_users(&passwd, &group);
+            (passwd, group)
+        }
+    };
+    let Probed { passwd, groups } = Probed::parse(&passwd, &group);
+    files::resolve_user(&chosen, &passwd, &groups)
 }
 
 /// What the agent container is created with: command (behind the gate or
@@ -1016,6 +1045,21 @@ fn agent_container_body(
         networking_config: Some(endpoint(&names.internal_net, vec![])),
         ..Default::default()
     })
+}
+
+/// Where the agent's container has something mounted: the bind mounts of
+/// the spec and, behind the gate, the gate's volume.
+fn agent_mount_targets(spec: &LaunchSpec, options: &DockerOptions) -> Vec<String> {
+    let mut targets: Vec<String> = spec
+        .agent
+        .mounts
+        .iter()
+        .map(|m| m.sandbox.clone())
+        .collect();
+    if gate::enabled(options) {
+        targets.push(gate::GATE_DIR.to_string());
+    }
+    targets
 }
 
 /// The agent's env: the spec's, then the proxy variables (which win).
@@ -1108,12 +1152,17 @@ async fn missing_dirs(
     docker: &Docker,
     spec: &LaunchSpec,
     container: &str,
+    facts: &ImageFacts,
 ) -> Result<Vec<String>, PluginError> {
     let dirs = files::parent_dirs(&spec.agent.files)?;
-    let found = futures_util::future::try_join_all(
-        dirs.iter()
-            .map(|dir| exists(client, docker, container, dir)),
-    )
+    let found = futures_util::future::try_join_all(dirs.iter().map(|dir| async move {
+        if let Some(known) = facts.dir(dir) {
+            return Ok(known);
+        }
+        let found = exists(client, docker, container, dir).await?;
+        facts.learn_dir(dir, found);
+        Ok::<_, PluginError>(found)
+    }))
     .await?;
     let mut missing: Vec<String> = Vec::new();
     for (dir, found) in dirs.into_iter().zip(found) {
@@ -1134,11 +1183,12 @@ async fn user_and_missing_dirs(
     docker: &Docker,
     spec: &LaunchSpec,
     names: &BottleNames,
+    facts: &ImageFacts,
     pending: PendingUser,
 ) -> Result<(AgentUser, Vec<String>), PluginError> {
     let (user, missing) = tokio::join!(
-        agent_user(client, docker, names, pending),
-        missing_dirs(client, docker, spec, &names.agent),
+        agent_user(client, docker, names, facts, pending),
+        missing_dirs(client, docker, spec, &names.agent, facts),
     );
     Ok((user?, missing?))
 }
