@@ -6,6 +6,7 @@
 //! [`serve`]s. [`check`] says what the proxy would do with one request.
 //! See `docs/egress.md`.
 
+mod announce;
 pub mod audit;
 pub mod ca;
 pub mod config;
@@ -139,7 +140,9 @@ pub fn serve_file_with_listener(
     listener: std::net::TcpListener,
 ) -> Result<(), EgressError> {
     workers::set_count(workers::per_core());
-    let live = proxy::Live::new(proxy::Shared::new(overrides.load(path)?)?);
+    let config = overrides.load(path)?;
+    announce::announce(&config.allowed_clients);
+    let live = proxy::Live::new(proxy::Shared::new(config)?);
     let (path, overrides) = (path.to_owned(), overrides.clone());
     workers::run(listener, move |i, l| {
         let (live, path, overrides) = (live.clone(), path.clone(), overrides.clone());

@@ -50,6 +50,18 @@ const SOCK_STREAM: usize = 1;
 const SOCK_DGRAM: usize = 2;
 const SOCK_CLOEXEC: usize = 0o2000000;
 const POLLIN: i16 = 1;
+const POLLOUT: i16 = 4;
+const SOCK_NONBLOCK: usize = 0o4000;
+const EINPROGRESS: isize = 115;
+const SOL_SOCKET: usize = 1;
+const SO_ERROR: usize = 4;
+/// How long one TCP connect to the proxy may take. The proxy's address is
+/// in Docker's DNS as soon as its endpoint exists, a moment before its
+/// interface passes packets; a SYN sent then is lost, and the kernel sends
+/// it again only after a second. A reachable proxy answers on a local
+/// bridge in well under a millisecond (the kernel completes the handshake,
+/// whatever the proxy's own load), so try again with a new socket soon.
+const CONNECT_WAIT_MS: i64 = 50;
 const ENOENT: isize = 2;
 const ENOTDIR: isize = 20;
 const EACCES: isize = 13;
@@ -67,6 +79,7 @@ mod nr {
     pub const EXIT_GROUP: usize = 231;
     pub const FACCESSAT: usize = 269;
     pub const PPOLL: usize = 271;
+    pub const GETSOCKOPT: usize = 55;
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -82,6 +95,7 @@ mod nr {
     pub const EXIT_GROUP: usize = 94;
     pub const FACCESSAT: usize = 48;
     pub const PPOLL: usize = 73;
+    pub const GETSOCKOPT: usize = 209;
 }
 
 /// A raw Linux syscall with up to five arguments; returns -errno on error.
@@ -188,8 +202,8 @@ fn connected(kind: usize, to: &SockAddrIn) -> Option<usize> {
     Some(fd)
 }
 
-/// Whether `fd` becomes readable within `ms` milliseconds.
-fn readable(fd: usize, ms: i64) -> bool {
+/// Whether `fd` shows one of `events` within `ms` milliseconds.
+fn ready(fd: usize, events: i16, ms: i64) -> bool {
     #[repr(C)]
     struct PollFd {
         fd: i32,
@@ -198,7 +212,7 @@ fn readable(fd: usize, ms: i64) -> bool {
     }
     let mut p = PollFd {
         fd: fd as i32,
-        events: POLLIN,
+        events,
         revents: 0,
     };
     let ts = [ms / 1000, (ms % 1000) * 1_000_000];
@@ -213,7 +227,54 @@ fn readable(fd: usize, ms: i64) -> bool {
             8,
         )
     };
-    r > 0 && p.revents & POLLIN != 0
+    r > 0 && p.revents & events != 0
+}
+
+/// Whether `fd` becomes readable within `ms` milliseconds.
+fn readable(fd: usize, ms: i64) -> bool {
+    ready(fd, POLLIN, ms)
+}
+
+/// Whether a TCP connection to `to` is accepted within `ms` milliseconds
+/// (the connection is closed again at once).
+fn accepts_within(to: &SockAddrIn, ms: i64) -> bool {
+    // SAFETY: plain integers.
+    let fd = unsafe {
+        syscall(
+            nr::SOCKET,
+            AF_INET,
+            SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+            0,
+            0,
+            0,
+        )
+    };
+    if fd < 0 {
+        return false;
+    }
+    let fd = fd as usize;
+    let size = core::mem::size_of::<SockAddrIn>();
+    // SAFETY: a live sockaddr_in of the size given.
+    let r = unsafe { syscall(nr::CONNECT, fd, to as *const _ as usize, size, 0, 0) };
+    let ok = r == 0
+        || (r == -EINPROGRESS && ready(fd, POLLOUT, ms) && {
+            let mut err: i32 = -1;
+            let mut len: u32 = core::mem::size_of::<i32>() as u32;
+            // SAFETY: a live int and its live length.
+            let g = unsafe {
+                syscall(
+                    nr::GETSOCKOPT,
+                    fd,
+                    SOL_SOCKET,
+                    SO_ERROR,
+                    &mut err as *mut i32 as usize,
+                    &mut len as *mut u32 as usize,
+                )
+            };
+            g == 0 && err == 0
+        });
+    close(fd);
+    ok
 }
 
 /// The IPv4 address of `name` from Docker's resolver, or `None` (no answer
@@ -385,8 +446,7 @@ fn wait_for(host: &[u8], port: u16, marker: Option<*const u8>) {
             addr = resolve(host, id);
         }
         if let Some(a) = addr {
-            if let Some(fd) = connected(SOCK_STREAM, &sockaddr(a, port)) {
-                close(fd);
+            if accepts_within(&sockaddr(a, port), CONNECT_WAIT_MS) {
                 return;
             }
         }

@@ -7,7 +7,9 @@
 //! and command (or the manifest's command). The gate connects to the proxy
 //! from the agent's own network namespace until a connection is accepted,
 //! and waits for MARKER ([`FILES_MARKER`], written as the last entry of the
-//! archive of the agent's files, which may arrive after the start), and only
+//! archive of the agent's files; they are placed before the start now, but
+//! the gate still checks, so no launch order can run the program without
+//! its files), and only
 //! then execs the real program (same pid, tty and exit code). A proxy that
 //! never listens means the real program never runs: the launch fails on the
 //! host's side (no `listening on` line), and its cleanup kills the agent,

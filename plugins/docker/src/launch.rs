@@ -22,6 +22,7 @@ use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use crate::client::{is_not_found, Client};
 use crate::files::{self, AgentUser};
 use crate::gate;
+use crate::image_facts::ImageFacts;
 use crate::names::{
     self, BottleNames, EGRESS_ALIAS, EGRESS_CONFIG_PATH, EGRESS_PROGRAM_PATH, EGRESS_UID,
     LABEL_ROLE, ROLE_AGENT, ROLE_EGRESS, ROLE_EGRESS_NETWORK, ROLE_NETWORK, ROLE_PROBE,
@@ -170,15 +171,27 @@ async fn bring_up(
                         options.pull.unwrap_or(true),
                     )
                     .await?;
+                    let facts = ImageFacts::open(
+                        image.id.as_deref(),
+                        &spec.agent.workdir,
+                        &agent_mount_targets(spec, options),
+                    );
                     // An image without USER: read its users now, while the
                     // networks are made, so the agent is created only once.
                     let probed = match options.user.is_none() && image.user.is_none() {
-                        true => {
-                            Some(probe_users(client, docker, spec, &names, &image.reference).await?)
-                        }
+                        true => Some(match facts.users() {
+                            Some((passwd, group)) => Probed::parse(&passwd, &group),
+                            None => {
+                                let (passwd, group) =
+                                    probe_users(client, docker, spec, &names, &image.reference)
+                                        .await?;
+                                facts.learn_users(&passwd, &group);
+                                Probed::parse(&passwd, &group)
+                            }
+                        }),
                         false => None,
                     };
-                    Ok::<_, PluginError>((image, probed))
+                    Ok::<_, PluginError>((image, probed, facts))
                 },
                 crate::egress_image::ensure(client, docker, &spec.egress.program),
             );
@@ -205,38 +218,10 @@ async fn bring_up(
             a.and(Ok((b?, c?)))
         },
     );
-    let ((agent_image, probed), egress_image) = images?;
+    let ((agent_image, probed, facts), egress_image) = images?;
     let (egress_net, gate_volume) = networks?;
     names.egress_net = egress_net;
     tracing::debug!(elapsed = ?started.elapsed(), "images and networks ready");
-
-    // Both containers are created before either starts: `bottle gc` takes
-    // a started sidecar without an agent for the leftover of a dead bottle.
-    let (egress, pending_user) = tokio::join!(
-        async {
-            let r = create_egress(client, docker, spec, options, &names, &egress_image).await;
-            tracing::debug!(elapsed = ?started.elapsed(), "sidecar created");
-            r
-        },
-        async {
-            let r = create_agent(
-                client,
-                docker,
-                spec,
-                options,
-                &names,
-                &agent_image,
-                gate_volume.as_deref(),
-                probed,
-            )
-            .await;
-            tracing::debug!(elapsed = ?started.elapsed(), "agent created");
-            r
-        },
-    );
-    egress?;
-    let pending_user = pending_user?;
-    tracing::debug!(elapsed = ?started.elapsed(), "containers created");
 
     let start_agent = || async {
         docker
@@ -253,55 +238,76 @@ async fn bring_up(
                 err
             })
     };
-    let agent_user = if gate_volume.is_some() {
-        // The agent starts while its proxy comes up (a container start is
-        // ~250 ms); its program waits in the gate until the proxy accepts
-        // a connection from the agent's network.
-        let (ready, agent_user) = tokio::join!(
-            async {
-                start_egress(client, docker, spec, &names).await?;
-                tracing::debug!(elapsed = ?started.elapsed(), "egress proxy listening");
-                Ok::<_, PluginError>(())
-            },
-            async {
-                // The agent's users are read and its files placed while it
-                // starts: its program waits in the gate for the files'
-                // marker, written last, as well as for the proxy.
-                let (user, start) = tokio::join!(
-                    async {
-                        let (user, missing) =
-                            user_and_missing_dirs(client, docker, spec, &names, pending_user)
-                                .await?;
-                        place_files(client, docker, spec, &names.agent, &user, &missing, true)
-                            .await?;
-                        Ok::<_, PluginError>(user)
-                    },
-                    start_agent()
-                );
-                let user = user?;
-                start?;
-                tracing::debug!(elapsed = ?started.elapsed(), "agent started, files placed");
-                Ok::<_, PluginError>(user)
-            },
-        );
-        // Either failing fails the launch, and its cleanup kills an agent
-        // still waiting in the gate. The bottle is up only once the proxy
-        // said it listens, as without the gate.
-        ready?;
-        agent_user?
-    } else {
-        let (ready, agent_user) = tokio::join!(start_egress(client, docker, spec, &names), async {
+    // Two paths at once, which wait for each other only where they must:
+    // - both containers are created before either starts (`bottle gc`
+    //   takes a started sidecar without an agent for the leftover of a
+    //   dead bottle);
+    // - the agent's users are read and its files placed while it is only
+    //   created, as the sidecar starts: an archive call on a container
+    //   that is starting waits until the start is done (400-600 ms here
+    //   with two starts contending for dockerd);
+    // - with the gate the agent starts while its proxy comes up (its
+    //   program waits in the gate until the proxy accepts a connection
+    //   from the agent's network); without it, once the proxy listens.
+    // A path that stops because the other failed ends without an error
+    // of its own (`None`): the other's is the launch's. `join!`, not
+    // `try_join!`: a request cancelled in flight may still complete in the
+    // daemon after the cleanup has looked, and leak.
+    let gated = gate_volume.is_some();
+    let (agent_made_tx, agent_made) = tokio::sync::oneshot::channel::<()>();
+    let (sidecar_made_tx, sidecar_made) = tokio::sync::oneshot::channel::<()>();
+    let (listening_tx, listening) = tokio::sync::oneshot::channel::<()>();
+    let (egress, agent) = tokio::join!(
+        async {
+            create_egress(client, docker, spec, options, &names, &egress_image).await?;
+            tracing::debug!(elapsed = ?started.elapsed(), "sidecar created");
+            let _ = sidecar_made_tx.send(());
+            if agent_made.await.is_err() {
+                return Ok(());
+            }
+            start_egress(client, docker, spec, &names).await?;
+            tracing::debug!(elapsed = ?started.elapsed(), "egress proxy listening");
+            let _ = listening_tx.send(());
+            Ok::<_, PluginError>(())
+        },
+        async {
+            let pending_user = create_agent(
+                client,
+                docker,
+                spec,
+                options,
+                &names,
+                &agent_image,
+                gate_volume.as_deref(),
+                probed,
+            )
+            .await?;
+            tracing::debug!(elapsed = ?started.elapsed(), "agent created");
+            let _ = agent_made_tx.send(());
             let (user, missing) =
-                user_and_missing_dirs(client, docker, spec, &names, pending_user).await?;
-            place_files(client, docker, spec, &names.agent, &user, &missing, false).await?;
-            Ok::<_, PluginError>(user)
-        },);
-        ready?;
-        let agent_user = agent_user?;
-        tracing::debug!(elapsed = ?started.elapsed(), "egress proxy listening, files placed");
-        start_agent().await?;
-        agent_user
-    };
+                user_and_missing_dirs(client, docker, spec, &names, &facts, pending_user).await?;
+            place_files(client, docker, spec, &names.agent, &user, &missing, gated).await?;
+            facts.save();
+            tracing::debug!(elapsed = ?started.elapsed(), "agent's files placed");
+            let go = match gated {
+                true => sidecar_made.await,
+                false => listening.await,
+            };
+            if go.is_err() {
+                return Ok(None);
+            }
+            start_agent().await?;
+            tracing::debug!(elapsed = ?started.elapsed(), "agent started");
+            Ok::<_, PluginError>(Some(user))
+        },
+    );
+    // Either failing fails the launch, and its cleanup kills an agent
+    // still waiting in the gate. The bottle is up only once the proxy said
+    // it listens, as without the gate.
+    egress?;
+    let agent_user = agent?.ok_or_else(|| {
+        PluginError::internal("the egress sidecar's launch stopped without an error")
+    })?;
     tracing::info!(bottle = %spec.bottle_id, elapsed = ?started.elapsed(), "bottle is up");
 
     Ok(BottleHandle {
@@ -411,6 +417,8 @@ async fn ensure_agent_image(
 /// the launch needs.
 struct AgentImage {
     reference: String,
+    /// Its ID (the digest of its content), under which facts are kept.
+    id: Option<String>,
     /// Its `USER`, if it sets one.
     user: Option<String>,
     /// Its entrypoint and command, which the launch gate passes on.
@@ -423,6 +431,7 @@ impl AgentImage {
         let config = image.config.clone().unwrap_or_default();
         Self {
             reference,
+            id: image.id.clone(),
             user: config.user.filter(|u| !u.trim().is_empty()),
             entrypoint: config.entrypoint.unwrap_or_default(),
             cmd: config.cmd.unwrap_or_default(),
@@ -818,7 +827,7 @@ async fn probe_users(
     spec: &LaunchSpec,
     names: &BottleNames,
     image: &str,
-) -> Result<Probed, PluginError> {
+) -> Result<(String, String), PluginError> {
     let body = ContainerCreateBody {
         image: Some(image.to_string()),
         // Never run; some images have no command at all.
@@ -844,10 +853,7 @@ async fn probe_users(
             read_file(client, docker, &names.probe, "/etc/passwd"),
             read_file(client, docker, &names.probe, "/etc/group"),
         );
-        Ok::<_, PluginError>(Probed {
-            passwd: files::parse_passwd(&passwd?),
-            groups: files::parse_group(&group?),
-        })
+        Ok::<_, PluginError>((passwd?, group?))
     }
     .await;
     let (d, probe) = (docker.clone(), names.probe.clone());
@@ -867,6 +873,15 @@ async fn probe_users(
 struct Probed {
     passwd: Vec<files::PasswdEntry>,
     groups: Vec<(String, u32)>,
+}
+
+impl Probed {
+    fn parse(passwd: &str, group: &str) -> Self {
+        Self {
+            passwd: files::parse_passwd(passwd),
+            groups: files::parse_group(group),
+        }
+    }
 }
 
 /// The agent's user: known, or named and still to be looked up in the
@@ -930,21 +945,27 @@ async fn agent_user(
     client: &Client,
     docker: &Docker,
     names: &BottleNames,
+    facts: &ImageFacts,
     pending: PendingUser,
 ) -> Result<AgentUser, PluginError> {
     let chosen = match pending {
         PendingUser::Known(user) => return Ok(user),
         PendingUser::Named(chosen) => chosen,
     };
-    let (passwd, group) = tokio::join!(
-        read_file(client, docker, &names.agent, "/etc/passwd"),
-        read_file(client, docker, &names.agent, "/etc/group"),
-    );
-    files::resolve_user(
-        &chosen,
-        &files::parse_passwd(&passwd?),
-        &files::parse_group(&group?),
-    )
+    let (passwd, group) = match facts.users() {
+        Some(known) => known,
+        None => {
+            let (passwd, group) = tokio::join!(
+                read_file(client, docker, &names.agent, "/etc/passwd"),
+                read_file(client, docker, &names.agent, "/etc/group"),
+            );
+            let (passwd, group) = (passwd?, group?);
+            facts.learn_users(&passwd, &group);
+            (passwd, group)
+        }
+    };
+    let Probed { passwd, groups } = Probed::parse(&passwd, &group);
+    files::resolve_user(&chosen, &passwd, &groups)
 }
 
 /// What the agent container is created with: command (behind the gate or
@@ -1024,6 +1045,21 @@ fn agent_container_body(
         networking_config: Some(endpoint(&names.internal_net, vec![])),
         ..Default::default()
     })
+}
+
+/// Where the agent's container has something mounted: the bind mounts of
+/// the spec and, behind the gate, the gate's volume.
+fn agent_mount_targets(spec: &LaunchSpec, options: &DockerOptions) -> Vec<String> {
+    let mut targets: Vec<String> = spec
+        .agent
+        .mounts
+        .iter()
+        .map(|m| m.sandbox.clone())
+        .collect();
+    if gate::enabled(options) {
+        targets.push(gate::GATE_DIR.to_string());
+    }
+    targets
 }
 
 /// The agent's env: the spec's, then the proxy variables (which win).
@@ -1116,12 +1152,17 @@ async fn missing_dirs(
     docker: &Docker,
     spec: &LaunchSpec,
     container: &str,
+    facts: &ImageFacts,
 ) -> Result<Vec<String>, PluginError> {
     let dirs = files::parent_dirs(&spec.agent.files)?;
-    let found = futures_util::future::try_join_all(
-        dirs.iter()
-            .map(|dir| exists(client, docker, container, dir)),
-    )
+    let found = futures_util::future::try_join_all(dirs.iter().map(|dir| async move {
+        if let Some(known) = facts.dir(dir) {
+            return Ok(known);
+        }
+        let found = exists(client, docker, container, dir).await?;
+        facts.learn_dir(dir, found);
+        Ok::<_, PluginError>(found)
+    }))
     .await?;
     let mut missing: Vec<String> = Vec::new();
     for (dir, found) in dirs.into_iter().zip(found) {
@@ -1142,11 +1183,12 @@ async fn user_and_missing_dirs(
     docker: &Docker,
     spec: &LaunchSpec,
     names: &BottleNames,
+    facts: &ImageFacts,
     pending: PendingUser,
 ) -> Result<(AgentUser, Vec<String>), PluginError> {
     let (user, missing) = tokio::join!(
-        agent_user(client, docker, names, pending),
-        missing_dirs(client, docker, spec, &names.agent),
+        agent_user(client, docker, names, facts, pending),
+        missing_dirs(client, docker, spec, &names.agent, facts),
     );
     Ok((user?, missing?))
 }

@@ -29,6 +29,7 @@ mod client;
 mod egress_image;
 mod files;
 mod gate;
+mod image_facts;
 mod launch;
 mod manage;
 mod names;
