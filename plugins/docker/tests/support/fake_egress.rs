@@ -58,11 +58,37 @@ fn main() {
     }
     let listener = TcpListener::bind(&listen).expect("binding");
     eprintln!("listening on {listen}");
+    announce(&args);
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
         std::thread::spawn(move || {
             let _ = serve(conn);
         });
+    }
+}
+
+/// As the real proxy does (host/egress/src/announce.rs): one datagram to
+/// the last host address of each `--allow-client` IPv4 network, whose ARP
+/// request completes an agent's pending entry for this proxy at once, so
+/// that launches here are as quick as with the real proxy.
+fn announce(args: &[String]) {
+    for (i, a) in args.iter().enumerate() {
+        if a != "--allow-client" {
+            continue;
+        }
+        let Some((ip, len)) = args.get(i + 1).and_then(|n| n.split_once('/')) else {
+            continue;
+        };
+        let (Ok(ip), Ok(len)) = (ip.parse::<std::net::Ipv4Addr>(), len.parse::<u32>()) else {
+            continue;
+        };
+        if len > 30 {
+            continue;
+        }
+        let last = (u32::from(ip) | (u32::MAX >> len)) - 1;
+        if let Ok(s) = std::net::UdpSocket::bind("0.0.0.0:0") {
+            let _ = s.send_to(&[], (std::net::Ipv4Addr::from(last), 9));
+        }
     }
 }
 
@@ -101,10 +127,12 @@ fn serve(client: TcpStream) -> std::io::Result<()> {
         };
         match TcpStream::connect(&addr) {
             Ok(mut upstream) => {
-                write!(
-                    upstream,
+                // One write: `write!` on a bare stream sends each piece on
+                // its own.
+                let head = format!(
                     "{method} {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
-                )?;
+                );
+                upstream.write_all(head.as_bytes())?;
                 let mut body = Vec::new();
                 upstream.read_to_end(&mut body)?;
                 client.write_all(&body)?;
