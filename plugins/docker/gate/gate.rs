@@ -184,18 +184,24 @@ fn sockaddr(addr: [u8; 4], port: u16) -> SockAddrIn {
     }
 }
 
-/// A socket of `kind` connected to `to`; `None` on any failure.
-fn connected(kind: usize, to: &SockAddrIn) -> Option<usize> {
+/// A new IPv4 socket of `kind` (flags included), or `None`.
+fn socket(kind: usize) -> Option<usize> {
     // SAFETY: plain integers.
     let fd = unsafe { syscall(nr::SOCKET, AF_INET, kind | SOCK_CLOEXEC, 0, 0, 0) };
-    if fd < 0 {
-        return None;
-    }
-    let fd = fd as usize;
+    (fd >= 0).then_some(fd as usize)
+}
+
+/// `connect(2)` of `fd` to `to`: 0, or -errno.
+fn connect(fd: usize, to: &SockAddrIn) -> isize {
     let size = core::mem::size_of::<SockAddrIn>();
     // SAFETY: a live sockaddr_in of the size given.
-    let r = unsafe { syscall(nr::CONNECT, fd, to as *const _ as usize, size, 0, 0) };
-    if r < 0 {
+    unsafe { syscall(nr::CONNECT, fd, to as *const _ as usize, size, 0, 0) }
+}
+
+/// A UDP socket connected to `to`; `None` on any failure.
+fn udp_connected(to: &SockAddrIn) -> Option<usize> {
+    let fd = socket(SOCK_DGRAM)?;
+    if connect(fd, to) < 0 {
         close(fd);
         return None;
     }
@@ -238,24 +244,10 @@ fn readable(fd: usize, ms: i64) -> bool {
 /// Whether a TCP connection to `to` is accepted within `ms` milliseconds
 /// (the connection is closed again at once).
 fn accepts_within(to: &SockAddrIn, ms: i64) -> bool {
-    // SAFETY: plain integers.
-    let fd = unsafe {
-        syscall(
-            nr::SOCKET,
-            AF_INET,
-            SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
-            0,
-            0,
-            0,
-        )
-    };
-    if fd < 0 {
+    let Some(fd) = socket(SOCK_STREAM | SOCK_NONBLOCK) else {
         return false;
-    }
-    let fd = fd as usize;
-    let size = core::mem::size_of::<SockAddrIn>();
-    // SAFETY: a live sockaddr_in of the size given.
-    let r = unsafe { syscall(nr::CONNECT, fd, to as *const _ as usize, size, 0, 0) };
+    };
+    let r = connect(fd, to);
     let ok = r == 0
         || (r == -EINPROGRESS && ready(fd, POLLOUT, ms) && {
             let mut err: i32 = -1;
@@ -297,7 +289,7 @@ fn resolve(name: &[u8], id: u16) -> Option<[u8; 4]> {
     // Root label, type A, class IN.
     q[n..n + 5].copy_from_slice(&[0, 0, 1, 0, 1]);
     n += 5;
-    let fd = connected(SOCK_DGRAM, &sockaddr(RESOLVER, 53))?;
+    let fd = udp_connected(&sockaddr(RESOLVER, 53))?;
     let mut answer = None;
     // SAFETY: a live buffer of n bytes.
     if unsafe { syscall(nr::WRITE, fd, q.as_ptr() as usize, n, 0, 0) } == n as isize
