@@ -22,6 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -47,7 +48,8 @@ pub(crate) struct ImageFacts {
     /// Mount targets, inside which nothing is kept.
     mounts: Vec<String>,
     facts: Mutex<Facts>,
-    learned: Mutex<bool>,
+    /// Whether this launch added anything to save.
+    learned: AtomicBool,
 }
 
 impl ImageFacts {
@@ -97,7 +99,7 @@ impl ImageFacts {
             file,
             mounts,
             facts: Mutex::new(facts),
-            learned: Mutex::new(false),
+            learned: AtomicBool::new(false),
         }
     }
 
@@ -117,7 +119,7 @@ impl ImageFacts {
             return;
         }
         self.lock().users = Some((passwd.to_string(), group.to_string()));
-        self.mark_learned();
+        self.learned.store(true, Ordering::Relaxed);
     }
 
     /// Whether `dir` exists in a created container, if known.
@@ -134,7 +136,7 @@ impl ImageFacts {
             return;
         }
         self.lock().dirs.insert(normal(dir), exists);
-        self.mark_learned();
+        self.learned.store(true, Ordering::Relaxed);
     }
 
     /// Writes what this launch learned (nothing when it learned nothing).
@@ -142,14 +144,14 @@ impl ImageFacts {
     /// file; when two write at once, one's facts are kept, which is enough.
     pub(crate) fn save(&self) {
         let Some(file) = &self.file else { return };
-        if !*self.learned.lock().unwrap_or_else(|p| p.into_inner()) {
+        if !self.learned.load(Ordering::Relaxed) {
             return;
         }
         let facts = self.lock().clone();
         let write = || -> std::io::Result<()> {
             let dir = file.parent().unwrap_or(Path::new("."));
             std::fs::create_dir_all(dir)?;
-            let tmp = dir.join(format!(".{}.{}", std::process::id(), rand_suffix()));
+            let tmp = dir.join(format!(".{}.{}", std::process::id(), next_suffix()));
             std::fs::write(&tmp, serde_json::to_vec(&facts)?)?;
             std::fs::rename(&tmp, file).inspect_err(|_| {
                 let _ = std::fs::remove_file(&tmp);
@@ -173,10 +175,6 @@ impl ImageFacts {
     fn lock(&self) -> std::sync::MutexGuard<'_, Facts> {
         self.facts.lock().unwrap_or_else(|p| p.into_inner())
     }
-
-    fn mark_learned(&self) {
-        *self.learned.lock().unwrap_or_else(|p| p.into_inner()) = true;
-    }
 }
 
 /// `/a/b/` and `/a//b` as `/a/b`.
@@ -186,8 +184,7 @@ fn normal(path: &str) -> String {
 }
 
 /// Tells apart the temporary files of two threads of one process.
-fn rand_suffix() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
+fn next_suffix() -> u64 {
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
 }
