@@ -317,20 +317,17 @@ fn garbage(all: Resources, now: i64) -> BTreeMap<String, Resources> {
 
 async fn remove_images(client: &Client, docker: &Docker) -> Result<Vec<String>, PluginError> {
     let mut removed = remove_gate_carriers(client, docker).await?;
-    let images = docker
-        .list_images(Some(ListImagesOptions {
-            filters: Some(label_filter(&[(LABEL_ROLE, Some(ROLE_EGRESS_IMAGE))])),
-            ..Default::default()
-        }))
-        .await
-        .map_err(|e| client.api("listing bot-bottle images", e))?;
-    let gate_images = docker
-        .list_images(Some(ListImagesOptions {
-            filters: Some(label_filter(&[(LABEL_ROLE, Some(ROLE_GATE))])),
-            ..Default::default()
-        }))
-        .await
-        .map_err(|e| client.api("listing bot-bottle images", e))?;
+    let list = |role: &'static str| async move {
+        docker
+            .list_images(Some(ListImagesOptions {
+                filters: Some(label_filter(&[(LABEL_ROLE, Some(role))])),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| client.api("listing bot-bottle images", e))
+    };
+    let images = list(ROLE_EGRESS_IMAGE).await?;
+    let gate_images = list(ROLE_GATE).await?;
     for image in images.into_iter().chain(gate_images) {
         let name = image
             .repo_tags
