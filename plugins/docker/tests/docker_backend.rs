@@ -909,8 +909,8 @@ fn launch_errors_leave_nothing_behind() {
     assert!(err.message.contains("already exists"), "{err:?}");
     assert_eq!(
         leftovers(&docker, &id).len(),
-        3,
-        "the first bottle (two containers, its internal network) must survive"
+        2,
+        "the first bottle (its two containers) must survive"
     );
     let waiter = {
         let id = id.clone();
@@ -1277,7 +1277,7 @@ fn gc_removes_leftovers_and_images() {
     assert_eq!(leftovers(&docker, &orphan_id), Vec::<String>::new());
     assert_eq!(
         leftovers(&docker, &live_id).len(),
-        3,
+        2,
         "a running bottle is not garbage"
     );
     // The shared egress network is in use by the live bottle and stays.
