@@ -1,18 +1,42 @@
 //! The launch gate: the agent container's first process.
 //!
-//! `gate SOCKET PORT MARKER -- PROGRAM ARGS...` waits until a connection to
-//! the Unix socket SOCKET (the bottle's egress proxy, in a volume shared
-//! read-only with the agent) is accepted and the file MARKER exists (`-`
-//! for none: the host writes it last, after the agent's files), then execs
-//! PROGRAM in its place: same pid, same tty, same exit code. The image's
-//! real entrypoint and command (or the manifest's command) are PROGRAM and
-//! ARGS. PORT is where the agent reaches its proxy over TCP (127.0.0.1).
+//! `gate SOCKET PORT MARKER -- PROGRAM ARGS...` listens on 127.0.0.1:PORT,
+//! waits until a connection to the Unix socket SOCKET (the bottle's egress
+//! proxy, in a volume shared read-only with the agent) is accepted and the
+//! file MARKER exists (`-` for none: the host writes it last, after the
+//! agent's files), forks the forwarder (below), then execs PROGRAM in its
+//! place: same pid, same tty, same exit code. The image's real entrypoint
+//! and command (or the manifest's command) are PROGRAM and ARGS.
 //!
-//! Why it exists: the agent container can then be started while its proxy
+//! Why it waits: the agent container can then be started while its proxy
 //! is still coming up (a container start costs ~250 ms), yet the agent's own
 //! program never runs before the proxy accepts connections. The check is
 //! the very thing the agent will do next (connect to its proxy's socket),
 //! not a timing.
+//!
+//! Why it forwards: the agent container has no network interface at all
+//! (Docker's `--network none`: loopback only), so the proxy's socket is its
+//! only way out; but the agent's HTTP clients speak only to TCP proxies
+//! (`HTTPS_PROXY=http://127.0.0.1:PORT`). The forwarder, a child of the
+//! gate, accepts on 127.0.0.1:PORT and relays each connection, bytes
+//! unchanged, to a new connection to SOCKET; if the proxy is gone, the
+//! connection is closed (fail closed). The listener exists before PROGRAM
+//! runs, so the agent's first connection is never refused, and it is
+//! close-on-exec, so PROGRAM does not inherit it.
+//!
+//! Per connection the forwarder forks a handler, and the handler forks a
+//! copier: one process per direction, each with plain blocking reads and
+//! writes, so a busy direction never stalls the other (a WebSocket sends
+//! both ways at once) and no poll loop is needed. The end of one side
+//! passes on as a shutdown of the other's write side (a half-close); an
+//! error shuts both sockets down, which ends the other copier too. The
+//! forwarder calls setsid(), so that a Ctrl-C on the agent's terminal
+//! (sent to its foreground process group) does not kill it, and ignores
+//! SIGCHLD, so that the kernel reaps its ended handlers (it never waits
+//! for them): no zombies pile up in the agent's pid namespace. Each
+//! handler waits for its copier, so nothing is reparented to PROGRAM, the
+//! namespace's init, which need not reap what it did not start. The
+//! forwarder ends with PROGRAM (a parent-death signal).
 //!
 //! Agent images are arbitrary (no shell, no libc we could rely on), so the
 //! gate is freestanding: no std, no libc, raw Linux syscalls, linked static
@@ -26,49 +50,96 @@ use core::arch::naked_asm;
 
 /// Docker's default PATH, for an env without one (what runc uses too).
 const DEFAULT_PATH: &[u8] = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// Pause between two checks of the marker and the proxy's socket.
+/// Pause between two checks of the marker and the proxy's socket (and
+/// after a failed accept, so that a lack of resources is no busy loop).
 const RETRY_NS: i64 = 2_000_000;
 /// The host declares a proxy dead after 30 s and then kills this
 /// container; if the host itself died meanwhile, give up (fail closed)
 /// rather than wait forever.
 const GIVE_UP_SECS: i64 = 45;
+/// Connections the kernel queues for the forwarder (as the proxy's own).
+const BACKLOG: usize = 128;
+/// Bytes one copier moves per read and write.
+const COPY_BUF: usize = 16 * 1024;
 
 const AT_FDCWD: isize = -100;
 const AF_UNIX: usize = 1;
+const AF_INET: usize = 2;
 const SOCK_STREAM: usize = 1;
 const SOCK_NONBLOCK: usize = 0o4000;
 const SOCK_CLOEXEC: usize = 0o2000000;
+const SOL_SOCKET: usize = 1;
+const SO_REUSEADDR: usize = 2;
+const SHUT_WR: usize = 1;
+const SHUT_RDWR: usize = 2;
+const SIGKILL: usize = 9;
+const SIGPIPE: usize = 13;
+const SIGCHLD: usize = 17;
+const SIG_DFL: usize = 0;
+const SIG_IGN: usize = 1;
+const PR_SET_PDEATHSIG: usize = 1;
 const ENOENT: isize = 2;
+const EINTR: isize = 4;
 const EAGAIN: isize = 11;
 const EACCES: isize = 13;
 const ENOTDIR: isize = 20;
+const EADDRINUSE: isize = 98;
+const EADDRNOTAVAIL: isize = 99;
 const ECONNREFUSED: isize = 111;
 
 #[cfg(target_arch = "x86_64")]
 mod nr {
+    pub const READ: usize = 0;
     pub const WRITE: usize = 1;
     pub const CLOSE: usize = 3;
+    pub const RT_SIGACTION: usize = 13;
     pub const NANOSLEEP: usize = 35;
+    pub const GETPID: usize = 39;
     pub const SOCKET: usize = 41;
     pub const CONNECT: usize = 42;
+    pub const SHUTDOWN: usize = 48;
+    pub const BIND: usize = 49;
+    pub const LISTEN: usize = 50;
+    pub const SETSOCKOPT: usize = 54;
+    pub const CLONE: usize = 56;
     pub const EXECVE: usize = 59;
+    pub const WAIT4: usize = 61;
+    pub const GETPPID: usize = 110;
+    pub const SETSID: usize = 112;
+    pub const PRCTL: usize = 157;
     pub const CLOCK_GETTIME: usize = 228;
     pub const EXIT_GROUP: usize = 231;
     pub const FACCESSAT: usize = 269;
+    pub const ACCEPT4: usize = 288;
+    pub const CLOSE_RANGE: usize = 436;
 }
 
 // The asm-generic numbers (include/uapi/asm-generic/unistd.h).
 #[cfg(target_arch = "aarch64")]
 mod nr {
+    pub const READ: usize = 63;
     pub const WRITE: usize = 64;
     pub const CLOSE: usize = 57;
+    pub const RT_SIGACTION: usize = 134;
     pub const NANOSLEEP: usize = 101;
+    pub const GETPID: usize = 172;
     pub const SOCKET: usize = 198;
     pub const CONNECT: usize = 203;
+    pub const SHUTDOWN: usize = 210;
+    pub const BIND: usize = 200;
+    pub const LISTEN: usize = 201;
+    pub const SETSOCKOPT: usize = 208;
+    pub const CLONE: usize = 220;
     pub const EXECVE: usize = 221;
+    pub const WAIT4: usize = 260;
+    pub const GETPPID: usize = 173;
+    pub const SETSID: usize = 157;
+    pub const PRCTL: usize = 167;
     pub const CLOCK_GETTIME: usize = 113;
     pub const EXIT_GROUP: usize = 94;
     pub const FACCESSAT: usize = 48;
+    pub const ACCEPT4: usize = 242;
+    pub const CLOSE_RANGE: usize = 436;
 }
 
 /// A raw Linux syscall with up to five arguments; returns -errno on error.
@@ -139,6 +210,78 @@ fn close(fd: usize) {
     unsafe { syscall(nr::CLOSE, fd, 0, 0, 0, 0) };
 }
 
+/// `fork(2)`: the child's pid in the parent, 0 in the child, or -errno.
+/// As clone(2) on both architectures (aarch64 has no fork syscall).
+fn fork() -> isize {
+    // SAFETY: clone with only the exit signal, no CLONE_VM and no new
+    // stack, is fork: the child gets its own copy of this address space
+    // and stack, and returns here with 0.
+    unsafe { syscall(nr::CLONE, SIGCHLD, 0, 0, 0, 0) }
+}
+
+/// Sets the disposition of signal `sig` to [`SIG_IGN`] or [`SIG_DFL`].
+fn set_signal(sig: usize, disposition: usize) {
+    // The kernel's struct sigaction: handler, flags, restorer, mask (both
+    // architectures); no flags and an empty mask.
+    let act = [disposition, 0, 0, 0];
+    // SAFETY: a live struct sigaction; no old action wanted; the kernel's
+    // sigset is 8 bytes.
+    unsafe { syscall(nr::RT_SIGACTION, sig, act.as_ptr() as usize, 0, 8, 0) };
+}
+
+fn shutdown(fd: usize, how: usize) {
+    // SAFETY: plain integers.
+    unsafe { syscall(nr::SHUTDOWN, fd, how, 0, 0, 0) };
+}
+
+/// A `struct sockaddr_in`.
+#[repr(C)]
+struct SockAddrIn {
+    family: u16,
+    port_be: u16,
+    addr: [u8; 4],
+    zero: [u8; 8],
+}
+
+/// A listening TCP socket on 127.0.0.1:`port` (close-on-exec), or the
+/// errno. On an error the socket is left open: the gate exits.
+fn listen_loopback(port: u16) -> Result<usize, isize> {
+    let ok = |r: isize| if r < 0 { Err(-r) } else { Ok(r as usize) };
+    // SAFETY: plain integers.
+    let fd = ok(unsafe { syscall(nr::SOCKET, AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0, 0, 0) })?;
+    let one: i32 = 1;
+    let addr = SockAddrIn {
+        family: AF_INET as u16,
+        port_be: port.to_be(),
+        addr: [127, 0, 0, 1],
+        zero: [0; 8],
+    };
+    let size = core::mem::size_of::<SockAddrIn>();
+    // SAFETY: a live int and a live sockaddr_in, of the sizes given.
+    unsafe {
+        // A port just used by an earlier forwarder (connections in
+        // TIME_WAIT) can be bound again at once.
+        ok(syscall(
+            nr::SETSOCKOPT,
+            fd,
+            SOL_SOCKET,
+            SO_REUSEADDR,
+            &one as *const i32 as usize,
+            4,
+        ))?;
+        ok(syscall(
+            nr::BIND,
+            fd,
+            &addr as *const _ as usize,
+            size,
+            0,
+            0,
+        ))?;
+        ok(syscall(nr::LISTEN, fd, BACKLOG, 0, 0, 0))?;
+    }
+    Ok(fd)
+}
+
 /// A `struct sockaddr_un`: the path, NUL-terminated.
 #[repr(C)]
 struct SockAddrUn {
@@ -197,6 +340,8 @@ fn errno_text(errno: isize, buf: &mut [u8; 32]) -> &[u8] {
         EACCES => b"permission denied",
         EAGAIN => b"its backlog is full",
         ECONNREFUSED => b"connection refused",
+        EADDRINUSE => b"address in use",
+        EADDRNOTAVAIL => b"address not available",
         _ => {
             let mut n = errno.unsigned_abs();
             let mut i = buf.len();
@@ -278,11 +423,11 @@ unsafe extern "C" fn main(stack: *const usize) -> ! {
         ]);
         exit(125);
     }
-    let (path, port) = (arg(1), arg(2));
-    if parse_port(port).is_none() {
-        write_err(&[b"bot-bottle gate: bad port `", port, b"`\n"]);
+    let (path, port_text) = (arg(1), arg(2));
+    let Some(port) = parse_port(port_text) else {
+        write_err(&[b"bot-bottle gate: bad port `", port_text, b"`\n"]);
         exit(125);
-    }
+    };
     let Some(proxy) = sockaddr_un(path) else {
         write_err(&[
             b"bot-bottle gate: socket path too long (107 bytes at most): ",
@@ -291,7 +436,31 @@ unsafe extern "C" fn main(stack: *const usize) -> ! {
         ]);
         exit(125);
     };
+    // Before the wait, so that a port in use fails at once.
+    let listener = match listen_loopback(port) {
+        Ok(fd) => fd,
+        Err(e) => {
+            write_err(&[
+                b"bot-bottle gate: cannot listen on 127.0.0.1:",
+                port_text,
+                b" (",
+                errno_text(e, &mut [0; 32]),
+                b"); not starting the agent\n",
+            ]);
+            exit(125);
+        }
+    };
     wait_for(&proxy, path, Some(arg(3)).filter(|m| *m != b"-"));
+    // SAFETY: plain syscall.
+    let gate = unsafe { syscall(nr::GETPID, 0, 0, 0, 0, 0) };
+    match fork() {
+        0 => forward(listener, &proxy, gate),
+        pid if pid < 0 => {
+            write_err(&[b"bot-bottle gate: cannot start the forwarder; not starting the agent\n"]);
+            exit(125);
+        }
+        _ => {}
+    }
     // SAFETY: argv[5..] and envp are the kernel's NULL-terminated arrays.
     unsafe { exec(argv.add(5), envp) }
 }
@@ -338,6 +507,122 @@ fn wait_for(proxy: &SockAddrUn, path: &[u8], marker: Option<&[u8]>) {
         ]),
     }
     exit(125);
+}
+
+/// The forwarder (see the module's doc): serves `listener` until the gate's
+/// process, pid `gate` (by then PROGRAM), ends.
+fn forward(listener: usize, proxy: &SockAddrUn, gate: isize) -> ! {
+    // SAFETY: plain integers.
+    unsafe {
+        // Ended with PROGRAM also where PROGRAM is not the pid namespace's
+        // init (whose end would end it anyway), and not left holding the
+        // port if PROGRAM could not be run; if PROGRAM has ended already,
+        // this process has another parent by now.
+        syscall(nr::PRCTL, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        if syscall(nr::GETPPID, 0, 0, 0, 0, 0) != gate {
+            exit(0);
+        }
+        syscall(nr::SETSID, 0, 0, 0, 0, 0);
+    }
+    set_signal(SIGCHLD, SIG_IGN);
+    // A write to a connection its peer has closed is an error to handle
+    // (EPIPE), not the end of the copier.
+    set_signal(SIGPIPE, SIG_IGN);
+    // Nothing to read, and nothing to say: a message on PROGRAM's terminal
+    // from a process in the background would garble the agent's screen,
+    // and the agent's HTTP client sees a closed connection instead. So
+    // stdin, stdout and stderr are closed (nor does the terminal stay open
+    // on the forwarder's account), and so is anything else the gate was
+    // started with (Docker gives it nothing else; on Linux before 5.9,
+    // without close_range, such extras would stay open). The listener got
+    // the lowest free descriptor: those below it are all inherited, and few.
+    for fd in 0..listener {
+        close(fd);
+    }
+    // SAFETY: plain integers.
+    unsafe { syscall(nr::CLOSE_RANGE, listener + 1, u32::MAX as usize, 0, 0, 0) };
+    loop {
+        // SAFETY: no peer address wanted.
+        let client = unsafe { syscall(nr::ACCEPT4, listener, 0, 0, SOCK_CLOEXEC, 0) };
+        if client < 0 {
+            // A client gone before its accept, or no file descriptor or
+            // memory for now: never a reason to stop serving.
+            sleep_ns(RETRY_NS);
+            continue;
+        }
+        let client = client as usize;
+        if fork() == 0 {
+            close(listener);
+            handle(client, proxy);
+        }
+        // The handler has its own copy; if the fork failed, the client's
+        // connection is closed: fail closed.
+        close(client);
+    }
+}
+
+/// A handler: relays `client` to a new connection to the proxy, both ways,
+/// until both directions are done; the client's connection is closed if
+/// the proxy cannot be reached.
+fn handle(client: usize, proxy: &SockAddrUn) -> ! {
+    // Blocking: a proxy with a full backlog is waited for, as a TCP
+    // connect would wait.
+    let Ok(upstream) = connect_unix(proxy, 0) else {
+        exit(0);
+    };
+    // Wait for the copier below as usual (ignored SIGCHLD is inherited).
+    set_signal(SIGCHLD, SIG_DFL);
+    let pid = fork();
+    if pid == 0 {
+        copy(client, upstream);
+        exit(0);
+    }
+    if pid > 0 {
+        copy(upstream, client);
+        // SAFETY: no status or resource usage wanted.
+        while unsafe { syscall(nr::WAIT4, pid as usize, 0, 0, 0, 0) } == -EINTR {}
+    }
+    exit(0)
+}
+
+/// Copies from `src` to `dst` until `src` ends, then shuts down `dst`'s
+/// write side (a half-close passes on); on an error on either, shuts both
+/// down entirely, which also ends the copier of the other direction (it
+/// shares these sockets, blocked in a read or write on them).
+fn copy(src: usize, dst: usize) {
+    let mut buf = [0u8; COPY_BUF];
+    loop {
+        // SAFETY: a live buffer of its own length.
+        let n = unsafe { syscall(nr::READ, src, buf.as_mut_ptr() as usize, buf.len(), 0, 0) };
+        if n == -EINTR {
+            continue;
+        }
+        if n == 0 {
+            shutdown(dst, SHUT_WR);
+            return;
+        }
+        if n < 0 || !write_all(dst, &buf[..n as usize]) {
+            shutdown(src, SHUT_RDWR);
+            shutdown(dst, SHUT_RDWR);
+            return;
+        }
+    }
+}
+
+/// Writes all of `data` to `fd`; `false` on an error.
+fn write_all(fd: usize, mut data: &[u8]) -> bool {
+    while !data.is_empty() {
+        // SAFETY: a live slice.
+        let n = unsafe { syscall(nr::WRITE, fd, data.as_ptr() as usize, data.len(), 0, 0) };
+        if n == -EINTR {
+            continue;
+        }
+        if n <= 0 {
+            return false;
+        }
+        data = &data[n as usize..];
+    }
+    true
 }
 
 /// Execs `args[0]` with `args` and `envp`, looked up in PATH as runc does
