@@ -143,6 +143,11 @@ pub enum EgressCommand {
         /// Listen address, overriding the config's.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Listen on a Unix socket at this path instead of TCP (any local
+        /// user may connect: the directory decides who can reach it; the
+        /// client-network check is for TCP peers only).
+        #[arg(long, value_name = "PATH", conflicts_with = "listen")]
+        listen_unix: Option<PathBuf>,
         /// Serve only clients from this network (CIDR; repeatable), overriding
         /// the config's `allowed_clients`.
         #[arg(long = "allow-client", value_name = "CIDR")]

@@ -6,12 +6,12 @@
 //! [`serve`]s. [`check`] says what the proxy would do with one request.
 //! See `docs/egress.md`.
 
-mod announce;
 pub mod audit;
 pub mod ca;
 pub mod config;
 mod dlp;
 pub mod error;
+mod listener;
 mod proxy;
 pub mod route;
 mod tls;
@@ -23,6 +23,7 @@ pub use audit::AuditRecord;
 pub use ca::{BottleCa, CaError};
 pub use config::ProxyConfig;
 pub use error::EgressError;
+pub use listener::Listener;
 pub use route::{check, host_admitted, Action, Decision};
 
 /// Serves on `config.listen` until the process ends.
@@ -44,7 +45,7 @@ pub async fn serve_on(
     listener: tokio::net::TcpListener,
 ) -> Result<(), EgressError> {
     let shared = proxy::Shared::new(config)?;
-    proxy::run(proxy::Live::new(shared), listener).await
+    proxy::run(proxy::Live::new(shared), listener.into()).await
 }
 
 /// What the command line of `bottle egress serve` may override in the
@@ -97,7 +98,7 @@ pub async fn serve_file_on(
 ) -> Result<(), EgressError> {
     let live = proxy::Live::new(proxy::Shared::new(overrides.load(path)?)?);
     reload_on_hangup(&live, path, overrides)?;
-    proxy::run(live, listener).await
+    proxy::run(live, listener.into()).await
 }
 
 /// On SIGHUP, reads the config file again and swaps it in.
@@ -137,14 +138,13 @@ fn reload_on_hangup(
 pub fn serve_file_with_listener(
     path: &std::path::Path,
     overrides: &Overrides,
-    listener: std::net::TcpListener,
+    listener: impl Into<Listener>,
 ) -> Result<(), EgressError> {
     workers::set_count(workers::per_core());
     let config = overrides.load(path)?;
-    announce::announce(&config.allowed_clients);
     let live = proxy::Live::new(proxy::Shared::new(config)?);
     let (path, overrides) = (path.to_owned(), overrides.clone());
-    workers::run(listener, move |i, l| {
+    workers::run(listener.into(), move |i, l| {
         let (live, path, overrides) = (live.clone(), path.clone(), overrides.clone());
         async move {
             // One worker listens for SIGHUP; the swap reaches them all.
@@ -166,9 +166,9 @@ pub fn validate(config: &ProxyConfig) -> Result<(), EgressError> {
 /// [`serve_on`] with a std listener, one worker thread per core; blocks.
 pub fn serve_with_listener(
     config: ProxyConfig,
-    listener: std::net::TcpListener,
+    listener: impl Into<Listener>,
 ) -> Result<(), EgressError> {
     workers::set_count(workers::per_core());
     let live = proxy::Live::new(proxy::Shared::new(config)?);
-    workers::run(listener, move |_, l| proxy::run(live.clone(), l))
+    workers::run(listener.into(), move |_, l| proxy::run(live.clone(), l))
 }

@@ -20,7 +20,6 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::audit::{now_rfc3339, Audit, AuditRecord};
@@ -28,6 +27,7 @@ use crate::ca::LeafMinter;
 use crate::config::{DlpMode, ProxyConfig};
 use crate::dlp::Dlp;
 use crate::error::EgressError;
+use crate::listener::{Accepted, AsyncListener};
 use crate::route::{self, canon_host, match_route, normalise_path, RouteMatch};
 use crate::upstream::{self, Body, BoxError, Dialer};
 use crate::workers;
@@ -183,17 +183,18 @@ impl Live {
 }
 
 /// Accepts connections until the listener fails for good.
-pub(crate) async fn run(live: Arc<Live>, listener: TcpListener) -> Result<(), EgressError> {
+pub(crate) async fn run(live: Arc<Live>, listener: AsyncListener) -> Result<(), EgressError> {
     let shared = live.get();
     let sem = live.conns.clone();
-    if let Some(addr) = listener.local_addr().ok().filter(|_| workers::index() == 0) {
+    if workers::index() == 0 {
+        let addr = listener.describe();
         tracing::info!(%addr, bottle = %shared.cfg.bottle_id, routes = shared.cfg.routes.len(), "egress proxy listening");
     }
     loop {
         let Ok(permit) = sem.clone().acquire_owned().await else {
             return Ok(());
         };
-        let (tcp, peer) = match listener.accept().await {
+        let accepted = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -202,38 +203,52 @@ pub(crate) async fn run(live: Arc<Live>, listener: TcpListener) -> Result<(), Eg
                 continue;
             }
         };
-        let shared = live.get();
-        let allowed = &shared.cfg.allowed_clients;
-        if !allowed.is_empty() && !allowed.iter().any(|net| net.contains(&peer.ip())) {
-            // Not from the bottle's network: drop it before reading a byte.
-            // Debug, not warn: the Docker backend's readiness probe comes
-            // from the host and lands here on every launch.
-            tracing::debug!(%peer, "refused a connection from outside the bottle's network");
-            continue;
-        }
-        let _ = tcp.set_nodelay(true);
         let live = live.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(TokioTimer::new())
-                .header_read_timeout(shared.header_timeout())
-                .max_buf_size(shared.max_buf())
-                .keep_alive(true);
-            let svc = service_fn(move |req| {
-                let l = live.clone();
-                async move { Ok::<_, Infallible>(outer(l, req).await) }
-            });
-            let (io, dog) = watch(tcp, shared.idle());
-            tokio::select! {
-                r = b.serve_connection(TokioIo::new(io), svc).with_upgrades() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "client connection ended");
-                    }
+        match accepted {
+            Accepted::Tcp(tcp, peer) => {
+                let allowed = &live.get().cfg.allowed_clients;
+                if !allowed.is_empty() && !allowed.iter().any(|net| net.contains(&peer.ip())) {
+                    // Not from the bottle's network: drop it before reading
+                    // a byte.
+                    tracing::debug!(%peer, "refused a connection from outside the bottle's network");
+                    continue;
                 }
-                _ = dog => tracing::debug!("idle client connection closed"),
+                let _ = tcp.set_nodelay(true);
+                tokio::spawn(serve_client(live, permit, tcp));
             }
-        });
+            // Whoever reaches the socket file is the bottle's agent.
+            Accepted::Unix(unix) => {
+                tokio::spawn(serve_client(live, permit, unix));
+            }
+        }
+    }
+}
+
+/// Serves one client connection: HTTP/1.1 with upgrades (CONNECT,
+/// WebSocket), until it closes or idles out.
+async fn serve_client<T>(live: Arc<Live>, permit: tokio::sync::OwnedSemaphorePermit, io: T)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let _permit = permit;
+    let shared = live.get();
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(shared.header_timeout())
+        .max_buf_size(shared.max_buf())
+        .keep_alive(true);
+    let svc = service_fn(move |req| {
+        let l = live.clone();
+        async move { Ok::<_, Infallible>(outer(l, req).await) }
+    });
+    let (io, dog) = watch(io, shared.idle());
+    tokio::select! {
+        r = b.serve_connection(TokioIo::new(io), svc).with_upgrades() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "client connection ended");
+            }
+        }
+        _ = dog => tracing::debug!("idle client connection closed"),
     }
 }
 

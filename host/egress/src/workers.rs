@@ -15,6 +15,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::EgressError;
+use crate::listener::{AsyncListener, Listener};
 
 thread_local! {
     /// Which worker this thread is (0 on threads that are not ours).
@@ -49,20 +50,17 @@ pub(crate) fn set_count(n: usize) {
 /// current-thread runtime of its own with its own handle on `listener`.
 /// Blocks until the first worker ends and returns its result (workers end
 /// only on a fatal error).
-pub(crate) fn run<F, Fut>(listener: std::net::TcpListener, serve: F) -> Result<(), EgressError>
+pub(crate) fn run<F, Fut>(listener: Listener, serve: F) -> Result<(), EgressError>
 where
-    F: Fn(usize, tokio::net::TcpListener) -> Fut + Clone + Send + 'static,
+    F: Fn(usize, AsyncListener) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Result<(), EgressError>>,
 {
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let addr = listener.describe();
     let listen_err = |source| EgressError::Listen {
         addr: addr.clone(),
         source,
     };
-    listener.set_nonblocking(true).map_err(listen_err)?;
+    listener.set_nonblocking().map_err(listen_err)?;
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     for i in 0..count() {
         let l = listener.try_clone().map_err(listen_err)?;
@@ -81,7 +79,8 @@ where
                         .build()
                         .map_err(EgressError::Runtime)?;
                     rt.block_on(async move {
-                        let l = tokio::net::TcpListener::from_std(l)
+                        let l = l
+                            .into_async()
                             .map_err(|source| EgressError::Listen { addr, source })?;
                         serve(i, l).await
                     })

@@ -1424,3 +1424,72 @@ async fn clients_outside_allowed_networks_are_dropped() {
     let (status, _, _) = connect(proxy, "api.test:443").await;
     assert_eq!(status, 200);
 }
+
+/// The Docker backend's agents reach their proxy only through its Unix
+/// socket: served like a TCP client, but without the client-network check
+/// (reaching the socket file is what admits a client).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_a_unix_socket_client() {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = test_pki();
+    let up = start_upstream(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let mut cfg = config(&pki, up.addr, &audit);
+    // A TCP client from loopback would be refused by this.
+    cfg.allowed_clients = vec!["10.99.0.0/16".parse().unwrap()];
+    let bottle_ca = cfg.ca.cert_pem.clone();
+    let path = dir.path().join("proxy.sock");
+
+    // Something that is not a socket in the way is an error, never removed.
+    std::fs::write(&path, "not a socket").unwrap();
+    let err = bot_bottle_egress::Listener::bind_unix(&path).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists, "{err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a socket");
+    std::fs::remove_file(&path).unwrap();
+    // A socket left by an earlier run is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let listener = bot_bottle_egress::Listener::bind_unix(&path).unwrap();
+    assert_eq!(listener.describe(), format!("unix:{}", path.display()));
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o666, "any agent user may connect");
+    std::thread::spawn(move || bot_bottle_egress::serve_with_listener(cfg, listener));
+
+    let mut s = tokio::net::UnixStream::connect(&path).await.unwrap();
+    s.write_all(b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).await.unwrap() == 1 {
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 200"), "CONNECT: {head}");
+    let mut c = rustls::ClientConfig::builder()
+        .with_root_certificates(roots(&bottle_ca))
+        .with_no_client_auth();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let t = tokio_rustls::TlsConnector::from(Arc::new(c))
+        .connect(
+            rustls::pki_types::ServerName::try_from("api.test").unwrap(),
+            s,
+        )
+        .await
+        .expect("TLS through the proxy's Unix socket");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(t))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = sender
+        .send_request(get("https://api.test/v1/unix", "api.test", false))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = up.seen().pop().unwrap();
+    assert_eq!(
+        seen.header_all("authorization"),
+        vec![format!("Bearer {CANARY}")]
+    );
+    assert!(!audit_text(&audit).contains(CANARY));
+}

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use bot_bottle_egress::{Action, ProxyConfig};
+use bot_bottle_egress::{Action, Listener, ProxyConfig};
 
 use crate::cli::EgressCommand;
 use crate::output::print_json;
@@ -14,20 +14,29 @@ pub(super) fn run(cmd: &EgressCommand) -> anyhow::Result<ExitCode> {
         EgressCommand::Serve {
             config,
             listen,
+            listen_unix,
             allow_clients,
         } => {
             let overrides = bot_bottle_egress::Overrides {
                 listen: *listen,
                 allowed_clients: allow_clients.clone(),
             };
-            let addr = match listen {
-                Some(a) => *a,
-                None => ProxyConfig::from_file(config)?.listen,
+            let listener = match listen_unix {
+                Some(path) => Listener::bind_unix(path)
+                    .with_context(|| format!("cannot listen on unix:{}", path.display()))?,
+                None => {
+                    let addr = match listen {
+                        Some(a) => *a,
+                        None => ProxyConfig::from_file(config)?.listen,
+                    };
+                    Listener::Tcp(
+                        std::net::TcpListener::bind(addr)
+                            .with_context(|| format!("cannot listen on {addr}"))?,
+                    )
+                }
             };
-            let listener = std::net::TcpListener::bind(addr)
-                .with_context(|| format!("cannot listen on {addr}"))?;
-            // Backends that cannot probe the port wait for this line.
-            eprintln!("listening on {}", listener.local_addr()?);
+            // Backends wait for this line: the proxy accepts from here on.
+            eprintln!("listening on {}", listener.describe());
             // Reloads the file on SIGHUP: how rotated credentials arrive.
             bot_bottle_egress::serve_file_with_listener(config, &overrides, listener)?;
             Ok(ExitCode::SUCCESS)

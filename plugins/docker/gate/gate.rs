@@ -1,25 +1,47 @@
 //! The launch gate: the agent container's first process.
 //!
-//! `gate HOST PORT MARKER -- PROGRAM ARGS...` waits until a TCP connection
-//! to HOST:PORT (the bottle's egress proxy, by its name on the internal
-//! network) is accepted and the file MARKER exists (`-` for none: the host
-//! writes it last, after the agent's files), then execs PROGRAM in its
+//! `gate SOCKET PORT MARKER -- PROGRAM ARGS...` listens on 127.0.0.1:PORT,
+//! waits until a connection to the Unix socket SOCKET (the bottle's egress
+//! proxy, in a volume shared read-only with the agent) is accepted and the
+//! file MARKER exists (`-` for none: the host writes it last, after the
+//! agent's files), forks the forwarder (below), then execs PROGRAM in its
 //! place: same pid, same tty, same exit code. The image's real entrypoint
 //! and command (or the manifest's command) are PROGRAM and ARGS.
 //!
-//! Why it exists: the agent container can then be started while its proxy
+//! Why it waits: the agent container can then be started while its proxy
 //! is still coming up (a container start costs ~250 ms), yet the agent's own
 //! program never runs before the proxy accepts connections. The check is
-//! the very thing the agent will do next (connect to its proxy from its own
-//! network namespace), not a timing.
+//! the very thing the agent will do next (connect to its proxy's socket),
+//! not a timing.
+//!
+//! Why it forwards: the agent container has no network interface at all
+//! (Docker's `--network none`: loopback only), so the proxy's socket is its
+//! only way out; but the agent's HTTP clients speak only to TCP proxies
+//! (`HTTPS_PROXY=http://127.0.0.1:PORT`). The forwarder, a child of the
+//! gate, accepts on 127.0.0.1:PORT and relays each connection, bytes
+//! unchanged, to a new connection to SOCKET; if the proxy is gone, the
+//! connection is closed (fail closed). The listener exists before PROGRAM
+//! runs, so the agent's first connection is never refused, and it is
+//! close-on-exec, so PROGRAM does not inherit it.
+//!
+//! Per connection the forwarder forks a handler, and the handler forks a
+//! copier: one process per direction, each with plain blocking reads and
+//! writes, so a busy direction never stalls the other (a WebSocket sends
+//! both ways at once) and no poll loop is needed. The end of one side
+//! passes on as a shutdown of the other's write side (a half-close); an
+//! error shuts both sockets down, which ends the other copier too. The
+//! forwarder calls setsid(), so that a Ctrl-C on the agent's terminal
+//! (sent to its foreground process group) does not kill it, and ignores
+//! SIGCHLD, so that the kernel reaps its ended handlers (it never waits
+//! for them): no zombies pile up in the agent's pid namespace. Each
+//! handler waits for its copier, so nothing is reparented to PROGRAM, the
+//! namespace's init, which need not reap what it did not start. The
+//! forwarder ends with PROGRAM (a parent-death signal).
 //!
 //! Agent images are arbitrary (no shell, no libc we could rely on), so the
 //! gate is freestanding: no std, no libc, raw Linux syscalls, linked static
-//! (`plugins/docker/build.rs` compiles it with plain `rustc`). HOST is
-//! resolved with one DNS query to Docker's embedded resolver (127.0.0.11,
-//! which every container on a user-defined network uses). x86_64 and
-//! aarch64 Linux only; elsewhere the plugin starts the agent after the
-//! proxy listens, as before.
+//! (`plugins/docker/build.rs` compiles it with plain `rustc`). x86_64 and
+//! aarch64 Linux only (`build.rs` says what happens elsewhere).
 
 #![no_std]
 #![no_main]
@@ -28,74 +50,96 @@ use core::arch::naked_asm;
 
 /// Docker's default PATH, for an env without one (what runc uses too).
 const DEFAULT_PATH: &[u8] = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// Docker's embedded DNS resolver, in every container on a user-defined
-/// network.
-const RESOLVER: [u8; 4] = [127, 0, 0, 11];
-/// Pause between two attempts (DNS answer or TCP connect).
+/// Pause between two checks of the marker and the proxy's socket (and
+/// after a failed accept, so that a lack of resources is no busy loop).
 const RETRY_NS: i64 = 2_000_000;
-/// How long one DNS query may take. Docker's resolver answers a name it
-/// knows at once, but on an internal network it never answers one it does
-/// not know (it has nowhere to forward it), which is the proxy's name until
-/// the proxy's container has joined the network: ask again soon, rather
-/// than sit out a long timeout after it has joined.
-const DNS_WAIT_MS: i64 = 10;
 /// The host declares a proxy dead after 30 s and then kills this
 /// container; if the host itself died meanwhile, give up (fail closed)
 /// rather than wait forever.
 const GIVE_UP_SECS: i64 = 45;
+/// Connections the kernel queues for the forwarder (as the proxy's own).
+const BACKLOG: usize = 128;
+/// Bytes one copier moves per read and write.
+const COPY_BUF: usize = 16 * 1024;
 
 const AT_FDCWD: isize = -100;
+const AF_UNIX: usize = 1;
 const AF_INET: usize = 2;
 const SOCK_STREAM: usize = 1;
-const SOCK_DGRAM: usize = 2;
-const SOCK_CLOEXEC: usize = 0o2000000;
-const POLLIN: i16 = 1;
-const POLLOUT: i16 = 4;
 const SOCK_NONBLOCK: usize = 0o4000;
-const EINPROGRESS: isize = 115;
+const SOCK_CLOEXEC: usize = 0o2000000;
 const SOL_SOCKET: usize = 1;
-const SO_ERROR: usize = 4;
-/// How long one TCP connect to the proxy may take. The proxy's address is
-/// in Docker's DNS as soon as its endpoint exists, a moment before its
-/// interface passes packets; a SYN sent then is lost, and the kernel sends
-/// it again only after a second. A reachable proxy answers on a local
-/// bridge in well under a millisecond (the kernel completes the handshake,
-/// whatever the proxy's own load), so try again with a new socket soon.
-const CONNECT_WAIT_MS: i64 = 50;
+const SO_REUSEADDR: usize = 2;
+const SHUT_WR: usize = 1;
+const SHUT_RDWR: usize = 2;
+const SIGKILL: usize = 9;
+const SIGPIPE: usize = 13;
+const SIGCHLD: usize = 17;
+const SIG_DFL: usize = 0;
+const SIG_IGN: usize = 1;
+const PR_SET_PDEATHSIG: usize = 1;
 const ENOENT: isize = 2;
-const ENOTDIR: isize = 20;
+const EINTR: isize = 4;
+const EAGAIN: isize = 11;
 const EACCES: isize = 13;
+const ENOTDIR: isize = 20;
+const EADDRINUSE: isize = 98;
+const EADDRNOTAVAIL: isize = 99;
+const ECONNREFUSED: isize = 111;
 
 #[cfg(target_arch = "x86_64")]
 mod nr {
     pub const READ: usize = 0;
     pub const WRITE: usize = 1;
     pub const CLOSE: usize = 3;
+    pub const RT_SIGACTION: usize = 13;
     pub const NANOSLEEP: usize = 35;
+    pub const GETPID: usize = 39;
     pub const SOCKET: usize = 41;
     pub const CONNECT: usize = 42;
+    pub const SHUTDOWN: usize = 48;
+    pub const BIND: usize = 49;
+    pub const LISTEN: usize = 50;
+    pub const SETSOCKOPT: usize = 54;
+    pub const CLONE: usize = 56;
     pub const EXECVE: usize = 59;
+    pub const WAIT4: usize = 61;
+    pub const GETPPID: usize = 110;
+    pub const SETSID: usize = 112;
+    pub const PRCTL: usize = 157;
     pub const CLOCK_GETTIME: usize = 228;
     pub const EXIT_GROUP: usize = 231;
     pub const FACCESSAT: usize = 269;
-    pub const PPOLL: usize = 271;
-    pub const GETSOCKOPT: usize = 55;
+    pub const ACCEPT4: usize = 288;
+    pub const CLOSE_RANGE: usize = 436;
 }
 
+// The asm-generic numbers (include/uapi/asm-generic/unistd.h).
 #[cfg(target_arch = "aarch64")]
 mod nr {
     pub const READ: usize = 63;
     pub const WRITE: usize = 64;
     pub const CLOSE: usize = 57;
+    pub const RT_SIGACTION: usize = 134;
     pub const NANOSLEEP: usize = 101;
+    pub const GETPID: usize = 172;
     pub const SOCKET: usize = 198;
     pub const CONNECT: usize = 203;
+    pub const SHUTDOWN: usize = 210;
+    pub const BIND: usize = 200;
+    pub const LISTEN: usize = 201;
+    pub const SETSOCKOPT: usize = 208;
+    pub const CLONE: usize = 220;
     pub const EXECVE: usize = 221;
+    pub const WAIT4: usize = 260;
+    pub const GETPPID: usize = 173;
+    pub const SETSID: usize = 157;
+    pub const PRCTL: usize = 167;
     pub const CLOCK_GETTIME: usize = 113;
     pub const EXIT_GROUP: usize = 94;
     pub const FACCESSAT: usize = 48;
-    pub const PPOLL: usize = 73;
-    pub const GETSOCKOPT: usize = 209;
+    pub const ACCEPT4: usize = 242;
+    pub const CLOSE_RANGE: usize = 436;
 }
 
 /// A raw Linux syscall with up to five arguments; returns -errno on error.
@@ -166,6 +210,30 @@ fn close(fd: usize) {
     unsafe { syscall(nr::CLOSE, fd, 0, 0, 0, 0) };
 }
 
+/// `fork(2)`: the child's pid in the parent, 0 in the child, or -errno.
+/// As clone(2) on both architectures (aarch64 has no fork syscall).
+fn fork() -> isize {
+    // SAFETY: clone with only the exit signal, no CLONE_VM and no new
+    // stack, is fork: the child gets its own copy of this address space
+    // and stack, and returns here with 0.
+    unsafe { syscall(nr::CLONE, SIGCHLD, 0, 0, 0, 0) }
+}
+
+/// Sets the disposition of signal `sig` to [`SIG_IGN`] or [`SIG_DFL`].
+fn set_signal(sig: usize, disposition: usize) {
+    // The kernel's struct sigaction: handler, flags, restorer, mask (both
+    // architectures); no flags and an empty mask.
+    let act = [disposition, 0, 0, 0];
+    // SAFETY: a live struct sigaction; no old action wanted; the kernel's
+    // sigset is 8 bytes.
+    unsafe { syscall(nr::RT_SIGACTION, sig, act.as_ptr() as usize, 0, 8, 0) };
+}
+
+fn shutdown(fd: usize, how: usize) {
+    // SAFETY: plain integers.
+    unsafe { syscall(nr::SHUTDOWN, fd, how, 0, 0, 0) };
+}
+
 /// A `struct sockaddr_in`.
 #[repr(C)]
 struct SockAddrIn {
@@ -175,173 +243,122 @@ struct SockAddrIn {
     zero: [u8; 8],
 }
 
-fn sockaddr(addr: [u8; 4], port: u16) -> SockAddrIn {
-    SockAddrIn {
+/// A listening TCP socket on 127.0.0.1:`port` (close-on-exec), or the
+/// errno. On an error the socket is left open: the gate exits.
+fn listen_loopback(port: u16) -> Result<usize, isize> {
+    let ok = |r: isize| if r < 0 { Err(-r) } else { Ok(r as usize) };
+    // SAFETY: plain integers.
+    let fd = ok(unsafe { syscall(nr::SOCKET, AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0, 0, 0) })?;
+    let one: i32 = 1;
+    let addr = SockAddrIn {
         family: AF_INET as u16,
         port_be: port.to_be(),
-        addr,
+        addr: [127, 0, 0, 1],
         zero: [0; 8],
-    }
-}
-
-/// A new IPv4 socket of `kind` (flags included), or `None`.
-fn socket(kind: usize) -> Option<usize> {
-    // SAFETY: plain integers.
-    let fd = unsafe { syscall(nr::SOCKET, AF_INET, kind | SOCK_CLOEXEC, 0, 0, 0) };
-    (fd >= 0).then_some(fd as usize)
-}
-
-/// `connect(2)` of `fd` to `to`: 0, or -errno.
-fn connect(fd: usize, to: &SockAddrIn) -> isize {
+    };
     let size = core::mem::size_of::<SockAddrIn>();
-    // SAFETY: a live sockaddr_in of the size given.
-    unsafe { syscall(nr::CONNECT, fd, to as *const _ as usize, size, 0, 0) }
+    // SAFETY: a live int and a live sockaddr_in, of the sizes given.
+    unsafe {
+        // A port just used by an earlier forwarder (connections in
+        // TIME_WAIT) can be bound again at once.
+        ok(syscall(
+            nr::SETSOCKOPT,
+            fd,
+            SOL_SOCKET,
+            SO_REUSEADDR,
+            &one as *const i32 as usize,
+            4,
+        ))?;
+        ok(syscall(
+            nr::BIND,
+            fd,
+            &addr as *const _ as usize,
+            size,
+            0,
+            0,
+        ))?;
+        ok(syscall(nr::LISTEN, fd, BACKLOG, 0, 0, 0))?;
+    }
+    Ok(fd)
 }
 
-/// A UDP socket connected to `to`; `None` on any failure.
-fn udp_connected(to: &SockAddrIn) -> Option<usize> {
-    let fd = socket(SOCK_DGRAM)?;
-    if connect(fd, to) < 0 {
-        close(fd);
+/// A `struct sockaddr_un`: the path, NUL-terminated.
+#[repr(C)]
+struct SockAddrUn {
+    family: u16,
+    path: [u8; 108],
+}
+
+/// The address of the Unix socket at `path`, or `None` if the path is too
+/// long for one.
+fn sockaddr_un(path: &[u8]) -> Option<SockAddrUn> {
+    let mut addr = SockAddrUn {
+        family: AF_UNIX as u16,
+        path: [0; 108],
+    };
+    // One byte left for the NUL.
+    if path.len() >= addr.path.len() {
         return None;
     }
-    Some(fd)
+    addr.path[..path.len()].copy_from_slice(path);
+    Some(addr)
 }
 
-/// Whether `fd` shows one of `events` within `ms` milliseconds.
-fn ready(fd: usize, events: i16, ms: i64) -> bool {
-    #[repr(C)]
-    struct PollFd {
-        fd: i32,
-        events: i16,
-        revents: i16,
-    }
-    let mut p = PollFd {
-        fd: fd as i32,
-        events,
-        revents: 0,
-    };
-    let ts = [ms / 1000, (ms % 1000) * 1_000_000];
-    // SAFETY: one live pollfd and a live timespec; no signal mask.
-    let r = unsafe {
+/// A new stream socket connected to the Unix socket `to`, or the errno.
+/// With `SOCK_NONBLOCK` in `flags` the connect fails with `EAGAIN` rather
+/// than waiting while the listener's backlog is full.
+fn connect_unix(to: &SockAddrUn, flags: usize) -> Result<usize, isize> {
+    // SAFETY: plain integers.
+    let fd = unsafe {
         syscall(
-            nr::PPOLL,
-            &mut p as *mut _ as usize,
-            1,
-            ts.as_ptr() as usize,
+            nr::SOCKET,
+            AF_UNIX,
+            SOCK_STREAM | SOCK_CLOEXEC | flags,
             0,
-            8,
+            0,
+            0,
         )
     };
-    r > 0 && p.revents & events != 0
+    if fd < 0 {
+        return Err(-fd);
+    }
+    let fd = fd as usize;
+    let size = core::mem::size_of::<SockAddrUn>();
+    // SAFETY: a live sockaddr_un of the size given.
+    let r = unsafe { syscall(nr::CONNECT, fd, to as *const _ as usize, size, 0, 0) };
+    if r < 0 {
+        close(fd);
+        return Err(-r);
+    }
+    Ok(fd)
 }
 
-/// Whether `fd` becomes readable within `ms` milliseconds.
-fn readable(fd: usize, ms: i64) -> bool {
-    ready(fd, POLLIN, ms)
-}
-
-/// Whether a TCP connection to `to` is accepted within `ms` milliseconds
-/// (the connection is closed again at once).
-fn accepts_within(to: &SockAddrIn, ms: i64) -> bool {
-    let Some(fd) = socket(SOCK_STREAM | SOCK_NONBLOCK) else {
-        return false;
+/// What `errno` means, for a message: a few words, or its number.
+fn errno_text(errno: isize, buf: &mut [u8; 32]) -> &[u8] {
+    let words: &[u8] = match errno {
+        ENOENT => b"no such file",
+        EACCES => b"permission denied",
+        EAGAIN => b"its backlog is full",
+        ECONNREFUSED => b"connection refused",
+        EADDRINUSE => b"address in use",
+        EADDRNOTAVAIL => b"address not available",
+        _ => {
+            let mut n = errno.unsigned_abs();
+            let mut i = buf.len();
+            loop {
+                i -= 1;
+                buf[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            i -= 6;
+            buf[i..i + 6].copy_from_slice(b"errno ");
+            return &buf[i..];
+        }
     };
-    let r = connect(fd, to);
-    let ok = r == 0
-        || (r == -EINPROGRESS && ready(fd, POLLOUT, ms) && {
-            let mut err: i32 = -1;
-            let mut len: u32 = core::mem::size_of::<i32>() as u32;
-            // SAFETY: a live int and its live length.
-            let g = unsafe {
-                syscall(
-                    nr::GETSOCKOPT,
-                    fd,
-                    SOL_SOCKET,
-                    SO_ERROR,
-                    &mut err as *mut i32 as usize,
-                    &mut len as *mut u32 as usize,
-                )
-            };
-            g == 0 && err == 0
-        });
-    close(fd);
-    ok
-}
-
-/// The IPv4 address of `name` from Docker's resolver, or `None` (no answer
-/// yet: the proxy's container may not be on the network yet).
-fn resolve(name: &[u8], id: u16) -> Option<[u8; 4]> {
-    // Header: id, flags (recursion desired), one question.
-    let mut q = [0u8; 512];
-    q[0..2].copy_from_slice(&id.to_be_bytes());
-    q[2] = 0x01;
-    q[5] = 1;
-    let mut n = 12;
-    for label in name.split(|&c| c == b'.') {
-        if label.is_empty() || label.len() > 63 || n + label.len() + 6 > q.len() {
-            return None;
-        }
-        q[n] = label.len() as u8;
-        q[n + 1..n + 1 + label.len()].copy_from_slice(label);
-        n += 1 + label.len();
-    }
-    // Root label, type A, class IN.
-    q[n..n + 5].copy_from_slice(&[0, 0, 1, 0, 1]);
-    n += 5;
-    let fd = udp_connected(&sockaddr(RESOLVER, 53))?;
-    let mut answer = None;
-    // SAFETY: a live buffer of n bytes.
-    if unsafe { syscall(nr::WRITE, fd, q.as_ptr() as usize, n, 0, 0) } == n as isize
-        && readable(fd, DNS_WAIT_MS)
-    {
-        let mut r = [0u8; 1500];
-        // SAFETY: a live buffer of its own length.
-        let len = unsafe { syscall(nr::READ, fd, r.as_mut_ptr() as usize, r.len(), 0, 0) };
-        if len > 0 {
-            answer = parse_answer(&r[..len as usize], id, n);
-        }
-    }
-    close(fd);
-    answer
-}
-
-/// The first A record of a DNS response to query `id`, whose question
-/// section ends at `question_end`.
-fn parse_answer(r: &[u8], id: u16, question_end: usize) -> Option<[u8; 4]> {
-    if r.len() < question_end || r[0..2] != id.to_be_bytes() || r[3] & 0x0f != 0 {
-        return None;
-    }
-    let answers = u16::from_be_bytes([r[6], r[7]]);
-    let mut i = question_end;
-    for _ in 0..answers {
-        // The owner name: labels, ending in a root label or a pointer.
-        loop {
-            let len = *r.get(i)? as usize;
-            if len == 0 {
-                i += 1;
-                break;
-            }
-            if len & 0xc0 == 0xc0 {
-                i += 2;
-                break;
-            }
-            i += 1 + len;
-        }
-        let fixed = r.get(i..i + 10)?;
-        let (kind, class) = (
-            u16::from_be_bytes([fixed[0], fixed[1]]),
-            u16::from_be_bytes([fixed[2], fixed[3]]),
-        );
-        let rdlen = u16::from_be_bytes([fixed[8], fixed[9]]) as usize;
-        i += 10;
-        let data = r.get(i..i + rdlen)?;
-        if kind == 1 && class == 1 && rdlen == 4 {
-            return Some([data[0], data[1], data[2], data[3]]);
-        }
-        i += rdlen;
-    }
-    None
+    words
 }
 
 /// A decimal port.
@@ -400,18 +417,50 @@ unsafe extern "C" fn main(stack: *const usize) -> ! {
     };
     // SAFETY: argv holds argc strings.
     let arg = |i: usize| unsafe { cstr(*argv.add(i)) };
-    if argc < 6 || arg(4) != b"--" {
-        write_err(&[b"bot-bottle gate: usage: gate HOST PORT MARKER -- PROGRAM [ARGS...]\n"]);
+    if argc < 6 || arg(4) != b"--" || !arg(1).starts_with(b"/") {
+        write_err(&[
+            b"bot-bottle gate: usage: gate SOCKET PORT MARKER -- PROGRAM [ARGS...] (SOCKET an absolute path)\n",
+        ]);
         exit(125);
     }
-    let (host, port) = (arg(1), arg(2));
-    let Some(port) = parse_port(port) else {
-        write_err(&[b"bot-bottle gate: bad port `", port, b"`\n"]);
+    let (path, port_text) = (arg(1), arg(2));
+    let Some(port) = parse_port(port_text) else {
+        write_err(&[b"bot-bottle gate: bad port `", port_text, b"`\n"]);
         exit(125);
     };
-    // SAFETY: argv[3] is a NUL-terminated string.
-    let marker = unsafe { *argv.add(3) };
-    wait_for(host, port, (arg(3) != b"-").then_some(marker));
+    let Some(proxy) = sockaddr_un(path) else {
+        write_err(&[
+            b"bot-bottle gate: socket path too long (107 bytes at most): ",
+            path,
+            b"\n",
+        ]);
+        exit(125);
+    };
+    // Before the wait, so that a port in use fails at once.
+    let listener = match listen_loopback(port) {
+        Ok(fd) => fd,
+        Err(e) => {
+            write_err(&[
+                b"bot-bottle gate: cannot listen on 127.0.0.1:",
+                port_text,
+                b" (",
+                errno_text(e, &mut [0; 32]),
+                b"); not starting the agent\n",
+            ]);
+            exit(125);
+        }
+    };
+    wait_for(&proxy, path, Some(arg(3)).filter(|m| *m != b"-"));
+    // SAFETY: plain syscall.
+    let gate = unsafe { syscall(nr::GETPID, 0, 0, 0, 0, 0) };
+    match fork() {
+        0 => forward(listener, &proxy, gate),
+        pid if pid < 0 => {
+            write_err(&[b"bot-bottle gate: cannot start the forwarder; not starting the agent\n"]);
+            exit(125);
+        }
+        _ => {}
+    }
     // SAFETY: argv[5..] and envp are the kernel's NULL-terminated arrays.
     unsafe { exec(argv.add(5), envp) }
 }
@@ -422,34 +471,158 @@ fn present(path: *const u8) -> bool {
     unsafe { syscall(nr::FACCESSAT, AT_FDCWD as usize, path as usize, 0, 0, 0) == 0 }
 }
 
-/// Returns once `marker` (if any) exists and `host:port` accepts a TCP
-/// connection; exits 125 after [`GIVE_UP_SECS`].
-fn wait_for(host: &[u8], port: u16, marker: Option<*const u8>) {
+/// Returns once `marker` (if any; an argument, so NUL-terminated) exists
+/// and the proxy's socket `proxy` (at `path`) accepts a connection; exits
+/// 125 after [`GIVE_UP_SECS`]. No socket file yet (`ENOENT`), or one
+/// nobody listens on yet (`ECONNREFUSED`), is the proxy still coming up.
+fn wait_for(proxy: &SockAddrUn, path: &[u8], marker: Option<&[u8]>) {
     let deadline = now_secs() + GIVE_UP_SECS;
-    let mut addr = None;
-    let mut id: u16 = 0x6262;
+    // The last connect's errno; 0 while the marker is missing.
+    let mut error = 0;
     while now_secs() < deadline {
-        if marker.is_some_and(|m| !present(m)) {
-            sleep_ns(RETRY_NS);
-            continue;
-        }
-        if addr.is_none() {
-            id = id.wrapping_add(1);
-            addr = resolve(host, id);
-        }
-        if let Some(a) = addr {
-            if accepts_within(&sockaddr(a, port), CONNECT_WAIT_MS) {
-                return;
+        error = 0;
+        if marker.is_none_or(|m| present(m.as_ptr())) {
+            match connect_unix(proxy, SOCK_NONBLOCK) {
+                Ok(fd) => {
+                    close(fd);
+                    return;
+                }
+                Err(e) => error = e,
             }
         }
         sleep_ns(RETRY_NS);
     }
-    write_err(&[
-        b"bot-bottle gate: the egress proxy ",
-        host,
-        b" never accepted a connection (or the agent's files never arrived); not starting the agent\n",
-    ]);
+    match (error, marker) {
+        (0, Some(m)) => write_err(&[
+            b"bot-bottle gate: the agent's files never arrived (no ",
+            m,
+            b"); not starting the agent\n",
+        ]),
+        _ => write_err(&[
+            b"bot-bottle gate: the egress proxy's socket ",
+            path,
+            b" never accepted a connection (",
+            errno_text(error, &mut [0; 32]),
+            b"); not starting the agent\n",
+        ]),
+    }
     exit(125);
+}
+
+/// The forwarder (see the module's doc): serves `listener` until the gate's
+/// process, pid `gate` (by then PROGRAM), ends.
+fn forward(listener: usize, proxy: &SockAddrUn, gate: isize) -> ! {
+    // SAFETY: plain integers.
+    unsafe {
+        // Ended with PROGRAM also where PROGRAM is not the pid namespace's
+        // init (whose end would end it anyway), and not left holding the
+        // port if PROGRAM could not be run; if PROGRAM has ended already,
+        // this process has another parent by now.
+        syscall(nr::PRCTL, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        if syscall(nr::GETPPID, 0, 0, 0, 0, 0) != gate {
+            exit(0);
+        }
+        syscall(nr::SETSID, 0, 0, 0, 0, 0);
+    }
+    set_signal(SIGCHLD, SIG_IGN);
+    // A write to a connection its peer has closed is an error to handle
+    // (EPIPE), not the end of the copier.
+    set_signal(SIGPIPE, SIG_IGN);
+    // Nothing to read, and nothing to say: a message on PROGRAM's terminal
+    // from a process in the background would garble the agent's screen,
+    // and the agent's HTTP client sees a closed connection instead. So
+    // stdin, stdout and stderr are closed (nor does the terminal stay open
+    // on the forwarder's account), and so is anything else the gate was
+    // started with (Docker gives it nothing else; on Linux before 5.9,
+    // without close_range, such extras would stay open). The listener got
+    // the lowest free descriptor: those below it are all inherited, and few.
+    for fd in 0..listener {
+        close(fd);
+    }
+    // SAFETY: plain integers.
+    unsafe { syscall(nr::CLOSE_RANGE, listener + 1, u32::MAX as usize, 0, 0, 0) };
+    loop {
+        // SAFETY: no peer address wanted.
+        let client = unsafe { syscall(nr::ACCEPT4, listener, 0, 0, SOCK_CLOEXEC, 0) };
+        if client < 0 {
+            // A client gone before its accept, or no file descriptor or
+            // memory for now: never a reason to stop serving.
+            sleep_ns(RETRY_NS);
+            continue;
+        }
+        let client = client as usize;
+        if fork() == 0 {
+            close(listener);
+            handle(client, proxy);
+        }
+        // The handler has its own copy; if the fork failed, the client's
+        // connection is closed: fail closed.
+        close(client);
+    }
+}
+
+/// A handler: relays `client` to a new connection to the proxy, both ways,
+/// until both directions are done; the client's connection is closed if
+/// the proxy cannot be reached.
+fn handle(client: usize, proxy: &SockAddrUn) -> ! {
+    // Blocking: a proxy with a full backlog is waited for, as a TCP
+    // connect would wait.
+    let Ok(upstream) = connect_unix(proxy, 0) else {
+        exit(0);
+    };
+    // Wait for the copier below as usual (ignored SIGCHLD is inherited).
+    set_signal(SIGCHLD, SIG_DFL);
+    let pid = fork();
+    if pid == 0 {
+        copy(client, upstream);
+        exit(0);
+    }
+    if pid > 0 {
+        copy(upstream, client);
+        // SAFETY: no status or resource usage wanted.
+        while unsafe { syscall(nr::WAIT4, pid as usize, 0, 0, 0, 0) } == -EINTR {}
+    }
+    exit(0)
+}
+
+/// Copies from `src` to `dst` until `src` ends, then shuts down `dst`'s
+/// write side (a half-close passes on); on an error on either, shuts both
+/// down entirely, which also ends the copier of the other direction (it
+/// shares these sockets, blocked in a read or write on them).
+fn copy(src: usize, dst: usize) {
+    let mut buf = [0u8; COPY_BUF];
+    loop {
+        // SAFETY: a live buffer of its own length.
+        let n = unsafe { syscall(nr::READ, src, buf.as_mut_ptr() as usize, buf.len(), 0, 0) };
+        if n == -EINTR {
+            continue;
+        }
+        if n == 0 {
+            shutdown(dst, SHUT_WR);
+            return;
+        }
+        if n < 0 || !write_all(dst, &buf[..n as usize]) {
+            shutdown(src, SHUT_RDWR);
+            shutdown(dst, SHUT_RDWR);
+            return;
+        }
+    }
+}
+
+/// Writes all of `data` to `fd`; `false` on an error.
+fn write_all(fd: usize, mut data: &[u8]) -> bool {
+    while !data.is_empty() {
+        // SAFETY: a live slice.
+        let n = unsafe { syscall(nr::WRITE, fd, data.as_ptr() as usize, data.len(), 0, 0) };
+        if n == -EINTR {
+            continue;
+        }
+        if n <= 0 {
+            return false;
+        }
+        data = &data[n as usize..];
+    }
+    true
 }
 
 /// Execs `args[0]` with `args` and `envp`, looked up in PATH as runc does

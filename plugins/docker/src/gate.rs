@@ -1,12 +1,15 @@
 //! The launch gate (`gate/gate.rs`): lets the agent container start while
 //! its proxy is still coming up, without the agent's program ever running
-//! before the proxy accepts connections.
+//! before the proxy accepts connections, and is the agent's only way out.
 //!
-//! The agent container's entrypoint becomes `/.bot-bottle/gate
-//! bot-bottle-egress PORT MARKER --` followed by the image's own entrypoint
-//! and command (or the manifest's command). The gate connects to the proxy
-//! from the agent's own network namespace until a connection is accepted,
-//! and waits for MARKER ([`FILES_MARKER`], written as the last entry of the
+//! Behind the gate the agent container has no network at all (`none`). The
+//! proxy serves a Unix socket ([`EGRESS_SOCKET_PATH`](crate::names::EGRESS_SOCKET_PATH)) in a volume of the
+//! sidecar that the agent mounts read-only, and the gate forwards
+//! `127.0.0.1:PORT` in the agent to it, for HTTP clients that only know TCP
+//! proxies. The agent container's entrypoint becomes `/.bot-bottle/gate
+//! SOCKET PORT MARKER --` followed by the image's own entrypoint and
+//! command (or the manifest's command). The gate connects to the proxy's
+//! socket until a connection is accepted, and waits for MARKER ([`FILES_MARKER`], written as the last entry of the
 //! archive of the agent's files; they are placed before the start now, but
 //! the gate still checks, so no launch order can run the program without
 //! its files), and only
@@ -30,7 +33,7 @@ use futures_util::TryStreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::client::{is_not_found, Client};
-use crate::names::{EGRESS_ALIAS, LABEL_ROLE, ROLE_GATE};
+use crate::names::{LABEL_ROLE, ROLE_GATE};
 use crate::options::DockerOptions;
 
 /// Where the gate's volume is mounted in the agent container.
@@ -83,6 +86,7 @@ fn carrier_name(tag: &str) -> String {
 /// entrypoint makes Docker drop the image's command, so it is passed on
 /// explicitly.
 pub fn argv(
+    socket: &str,
     port: u16,
     marker: Option<&str>,
     image_entrypoint: &[String],
@@ -102,7 +106,7 @@ pub fn argv(
     }
     let entrypoint = [
         GATE_PATH,
-        EGRESS_ALIAS,
+        socket,
         &port.to_string(),
         marker.unwrap_or("-"),
         "--",
@@ -244,6 +248,7 @@ fn program_archive(program: &[u8]) -> Result<Vec<u8>, PluginError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::EGRESS_SOCKET_PATH;
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
@@ -251,9 +256,11 @@ mod tests {
 
     #[test]
     fn the_gate_runs_what_docker_would_have_run() {
-        let gate = [GATE_PATH, EGRESS_ALIAS, "3128", FILES_MARKER, "--"];
+        let sock = EGRESS_SOCKET_PATH;
+        let gate = [GATE_PATH, sock, "3128", FILES_MARKER, "--"];
         // The manifest's command replaces the image's; the entrypoint stays.
         let (e, c) = argv(
+            sock,
             3128,
             Some(FILES_MARKER),
             &s(&["/init"]),
@@ -265,11 +272,11 @@ mod tests {
         assert_eq!(c, s(&["true"]));
         // No command in the manifest: the image's is passed on explicitly.
         // No files: no marker to wait for.
-        let (e, c) = argv(3128, None, &[], &s(&["sh", "-c", "x"]), &[]).unwrap();
-        assert_eq!(e, s(&[GATE_PATH, EGRESS_ALIAS, "3128", "-", "--"]));
+        let (e, c) = argv(sock, 3128, None, &[], &s(&["sh", "-c", "x"]), &[]).unwrap();
+        assert_eq!(e, s(&[GATE_PATH, sock, "3128", "-", "--"]));
         assert_eq!(c, s(&["sh", "-c", "x"]));
         // Nothing to run at all is an error here, not a gate that exits.
-        assert!(argv(3128, None, &[], &[], &[]).is_err());
+        assert!(argv(sock, 3128, None, &[], &[], &[]).is_err());
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use bollard::models::{
     ContainerCreateBody, EndpointSettings, HostConfig, Mount as DockerMount, MountTypeEnum,
-    NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
+    MountVolumeOptions, MountVolumeOptionsDriverConfig, NetworkConnectRequest,
+    NetworkCreateRequest, NetworkingConfig,
 };
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, CreateImageOptions,
@@ -24,9 +25,9 @@ use crate::files::{self, AgentUser};
 use crate::gate;
 use crate::image_facts::ImageFacts;
 use crate::names::{
-    self, BottleNames, EGRESS_ALIAS, EGRESS_CONFIG_PATH, EGRESS_PROGRAM_PATH, EGRESS_UID,
-    LABEL_ROLE, ROLE_AGENT, ROLE_EGRESS, ROLE_EGRESS_NETWORK, ROLE_NETWORK, ROLE_PROBE,
-    SHARED_EGRESS_NET,
+    self, BottleNames, EGRESS_ALIAS, EGRESS_CONFIG_PATH, EGRESS_PROGRAM_PATH, EGRESS_SOCKET_DIR,
+    EGRESS_SOCKET_PATH, EGRESS_UID, LABEL_ROLE, ROLE_AGENT, ROLE_EGRESS, ROLE_EGRESS_NETWORK,
+    ROLE_NETWORK, ROLE_PROBE, SHARED_EGRESS_NET,
 };
 use crate::options::DockerOptions;
 
@@ -153,6 +154,10 @@ async fn bring_up(
 ) -> Result<BottleHandle, PluginError> {
     let started = Instant::now();
     let mut names = BottleNames::new(&spec.bottle_id);
+    // Behind the gate the agent has no network at all, and reaches its
+    // proxy through the proxy's Unix socket (see `gate.rs`); otherwise the
+    // two share a per-bottle internal network.
+    let gated = gate::enabled(options);
     if let Some(runtime) = &options.runtime {
         check_runtime(client, docker, runtime).await?;
     }
@@ -199,7 +204,14 @@ async fn bring_up(
         },
         async {
             let (a, b, c) = tokio::join!(
-                create_network(client, docker, spec, &names.internal_net, true),
+                async {
+                    match gated {
+                        true => Ok(()),
+                        false => {
+                            create_network(client, docker, spec, &names.internal_net, true).await
+                        }
+                    }
+                },
                 async {
                     match &options.egress_network {
                         Some(existing) => find_egress_network(client, docker, existing)
@@ -209,7 +221,7 @@ async fn bring_up(
                     }
                 },
                 async {
-                    match gate::enabled(options) {
+                    match gated {
                         true => gate::ensure(client, docker).await.map(Some),
                         false => Ok(None),
                     }
@@ -239,6 +251,8 @@ async fn bring_up(
             })
     };
     // Two paths at once, which wait for each other only where they must:
+    // - behind the gate the agent is created after the sidecar, whose
+    //   socket volume it mounts;
     // - both containers are created before either starts (`bottle gc`
     //   takes a started sidecar without an agent for the leftover of a
     //   dead bottle);
@@ -247,21 +261,27 @@ async fn bring_up(
     //   that is starting waits until the start is done (400-600 ms here
     //   with two starts contending for dockerd);
     // - with the gate the agent starts while its proxy comes up (its
-    //   program waits in the gate until the proxy accepts a connection
-    //   from the agent's network); without it, once the proxy listens.
+    //   program waits in the gate until the proxy's socket accepts a
+    //   connection); without it, once the proxy listens.
     // A path that stops because the other failed ends without an error
     // of its own (`None`): the other's is the launch's. `join!`, not
     // `try_join!`: a request cancelled in flight may still complete in the
     // daemon after the cleanup has looked, and leak.
-    let gated = gate_volume.is_some();
     let (agent_made_tx, agent_made) = tokio::sync::oneshot::channel::<()>();
     let (sidecar_made_tx, sidecar_made) = tokio::sync::oneshot::channel::<()>();
     let (listening_tx, listening) = tokio::sync::oneshot::channel::<()>();
     let (egress, agent) = tokio::join!(
         async {
-            create_egress(client, docker, spec, options, &names, &egress_image).await?;
+            create_egress(client, docker, spec, options, &names, &egress_image, gated).await?;
             tracing::debug!(elapsed = ?started.elapsed(), "sidecar created");
             let _ = sidecar_made_tx.send(());
+            put_egress_config(
+                client,
+                docker,
+                &names.egress,
+                spec.egress.config.expose().as_bytes(),
+            )
+            .await?;
             if agent_made.await.is_err() {
                 return Ok(());
             }
@@ -271,6 +291,9 @@ async fn bring_up(
             Ok::<_, PluginError>(())
         },
         async {
+            if gated && sidecar_made.await.is_err() {
+                return Ok(None);
+            }
             let pending_user = create_agent(
                 client,
                 docker,
@@ -289,11 +312,7 @@ async fn bring_up(
             place_files(client, docker, spec, &names.agent, &user, &missing, gated).await?;
             facts.save();
             tracing::debug!(elapsed = ?started.elapsed(), "agent's files placed");
-            let go = match gated {
-                true => sidecar_made.await,
-                false => listening.await,
-            };
-            if go.is_err() {
+            if !gated && listening.await.is_err() {
                 return Ok(None);
             }
             start_agent().await?;
@@ -315,19 +334,26 @@ async fn bring_up(
         details: serde_json::json!({
             "agent_container": names.agent,
             "egress_container": names.egress,
-            "internal_network": names.internal_net,
+            "internal_network": (!gated).then_some(&names.internal_net),
+            "egress_socket": gated.then_some(EGRESS_SOCKET_PATH),
             "egress_network": options.egress_network.as_deref().unwrap_or(&names.egress_net),
             "agent_image": agent_image.reference,
             "egress_image": egress_image,
-            "proxy_url": proxy_url(spec),
+            "proxy_url": proxy_url(spec, gated),
             "user": agent_user.spec.clone().unwrap_or_else(|| "root".into()),
         }),
     })
 }
 
-/// The proxy URL the agent uses.
-pub fn proxy_url(spec: &LaunchSpec) -> String {
-    format!("http://{EGRESS_ALIAS}:{}", spec.egress.listen_port)
+/// The proxy URL the agent uses: behind the gate its forwarder to the
+/// proxy's socket, on the agent's own loopback; otherwise the sidecar on
+/// the internal network.
+pub fn proxy_url(spec: &LaunchSpec, gated: bool) -> String {
+    let port = spec.egress.listen_port;
+    match gated {
+        true => format!("http://127.0.0.1:{port}"),
+        false => format!("http://{EGRESS_ALIAS}:{port}"),
+    }
 }
 
 async fn check_runtime(client: &Client, docker: &Docker, runtime: &str) -> Result<(), PluginError> {
@@ -651,6 +677,10 @@ async fn create_named(
     Ok(())
 }
 
+/// Creates the sidecar. Behind the gate it is on its egress network only
+/// and serves a Unix socket in a volume of its own, which the agent (no
+/// network at all) mounts read-only; otherwise it serves TCP on the
+/// bottle's internal network too, to that network's clients only.
 async fn create_egress(
     client: &Client,
     docker: &Docker,
@@ -658,7 +688,56 @@ async fn create_egress(
     options: &DockerOptions,
     names: &BottleNames,
     image: &str,
+    gated: bool,
 ) -> Result<(), PluginError> {
+    let body = |network: &str, listen: Vec<String>, mounts: Option<Vec<DockerMount>>| {
+        let mut cmd: Vec<String> = ["egress", "serve", "--config", EGRESS_CONFIG_PATH]
+            .map(String::from)
+            .to_vec();
+        cmd.extend(listen);
+        ContainerCreateBody {
+            image: Some(image.to_string()),
+            entrypoint: Some(vec![EGRESS_PROGRAM_PATH.into()]),
+            cmd: Some(cmd),
+            user: Some(format!("{EGRESS_UID}:{EGRESS_UID}")),
+            env: Some(vec![format!("BOT_BOTTLE_ID={}", spec.bottle_id)]),
+            labels: Some(names::labels(spec, ROLE_EGRESS)),
+            host_config: Some(HostConfig {
+                pids_limit: Some(EGRESS_PIDS),
+                mounts,
+                ..hardened_host_config(network)
+            }),
+            networking_config: Some(endpoint(network, vec![EGRESS_ALIAS.into()])),
+            ..Default::default()
+        }
+    };
+    let doing = "creating the egress sidecar";
+    if gated {
+        let listen = vec!["--listen-unix".into(), EGRESS_SOCKET_PATH.into()];
+        let create = |network: &str| {
+            let body = body(network, listen.clone(), Some(vec![socket_volume()]));
+            docker.create_container(
+                Some(CreateContainerOptions {
+                    name: Some(names.egress.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+        };
+        return match create(&names.egress_net).await {
+            Ok(_) => Ok(()),
+            // `bottle gc` removed the unused shared network a moment ago.
+            Err(e) if is_not_found(&e) && options.egress_network.is_none() => {
+                let network = shared_egress_network(client, docker).await?;
+                create(&network)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| client.api(doing, e))
+            }
+            Err(e) => Err(client.api(doing, e)),
+        };
+    }
+
     let port = spec.egress.listen_port;
     // The proxy serves the bottle's internal network only: from the egress
     // side (the Docker host, a shared egress_network) it answers nothing, so
@@ -683,51 +762,24 @@ async fn create_egress(
             names.internal_net
         )));
     }
-    let mut host_config = HostConfig {
-        pids_limit: Some(EGRESS_PIDS),
-        ..hardened_host_config(&names.internal_net)
-    };
+    let listen = ["--listen".to_string(), format!("0.0.0.0:{port}")]
+        .into_iter()
+        .chain(
+            subnets
+                .iter()
+                .flat_map(|n| ["--allow-client".to_string(), n.clone()]),
+        )
+        .collect();
+    let mut body = body(&names.internal_net, listen, None);
     if port < 1024 {
-        host_config.sysctls = Some(HashMap::from([(
-            "net.ipv4.ip_unprivileged_port_start".to_string(),
-            port.to_string(),
-        )]));
+        if let Some(h) = body.host_config.as_mut() {
+            h.sysctls = Some(HashMap::from([(
+                "net.ipv4.ip_unprivileged_port_start".to_string(),
+                port.to_string(),
+            )]));
+        }
     }
-    let body = ContainerCreateBody {
-        image: Some(image.to_string()),
-        entrypoint: Some(vec![EGRESS_PROGRAM_PATH.into()]),
-        cmd: Some(
-            vec![
-                "egress".into(),
-                "serve".into(),
-                "--config".into(),
-                EGRESS_CONFIG_PATH.into(),
-                "--listen".into(),
-                format!("0.0.0.0:{port}"),
-            ]
-            .into_iter()
-            .chain(
-                subnets
-                    .iter()
-                    .flat_map(|n| ["--allow-client".to_string(), n.clone()]),
-            )
-            .collect(),
-        ),
-        user: Some(format!("{EGRESS_UID}:{EGRESS_UID}")),
-        env: Some(vec![format!("BOT_BOTTLE_ID={}", spec.bottle_id)]),
-        labels: Some(names::labels(spec, ROLE_EGRESS)),
-        host_config: Some(host_config),
-        networking_config: Some(endpoint(&names.internal_net, vec![EGRESS_ALIAS.into()])),
-        ..Default::default()
-    };
-    create_named(
-        client,
-        docker,
-        &names.egress,
-        body,
-        "creating the egress sidecar",
-    )
-    .await?;
+    create_named(client, docker, &names.egress, body, doing).await?;
     // Docker before API 1.44 takes one network at create time.
     let connect = |network: String| async move {
         docker
@@ -741,23 +793,41 @@ async fn create_egress(
             .await
     };
     match connect(names.egress_net.clone()).await {
-        Ok(()) => {}
+        Ok(()) => Ok(()),
         // `bottle gc` removed the unused shared network a moment ago.
         Err(e) if is_not_found(&e) && options.egress_network.is_none() => {
             connect(shared_egress_network(client, docker).await?)
                 .await
-                .map_err(|e| client.api("connecting the egress sidecar to its egress network", e))?
+                .map_err(|e| client.api("connecting the egress sidecar to its egress network", e))
         }
-        Err(e) => return Err(client.api("connecting the egress sidecar to its egress network", e)),
+        Err(e) => Err(client.api("connecting the egress sidecar to its egress network", e)),
     }
+}
 
-    put_egress_config(
-        client,
-        docker,
-        &names.egress,
-        spec.egress.config.expose().as_bytes(),
-    )
-    .await
+/// The sidecar's socket volume: anonymous (removed with the sidecar), a
+/// small tmpfs owned by the proxy's user. The agent gets it read-only
+/// through `VolumesFrom`; connecting to a socket needs no write access to
+/// its file system.
+fn socket_volume() -> DockerMount {
+    DockerMount {
+        target: Some(EGRESS_SOCKET_DIR.into()),
+        typ: Some(MountTypeEnum::VOLUME),
+        volume_options: Some(MountVolumeOptions {
+            driver_config: Some(MountVolumeOptionsDriverConfig {
+                name: Some("local".into()),
+                options: Some(HashMap::from([
+                    ("type".to_string(), "tmpfs".to_string()),
+                    ("device".to_string(), "tmpfs".to_string()),
+                    (
+                        "o".to_string(),
+                        format!("uid={EGRESS_UID},gid={EGRESS_UID},mode=0755,size=64k"),
+                    ),
+                ])),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// Writes the proxy config (real tokens and the CA key) into the sidecar's
@@ -979,12 +1049,18 @@ fn agent_container_body(
     user: Option<&str>,
 ) -> Result<ContainerCreateBody, PluginError> {
     let agent = &spec.agent;
+    let gated = gate_volume.is_some();
+    let network = match gated {
+        true => "none",
+        false => names.internal_net.as_str(),
+    };
     // Behind the gate the container runs the gate first, which execs what
     // Docker would have run once the proxy accepts connections; otherwise
     // Docker runs it directly, and the container starts only then.
     let (entrypoint, cmd) = if gate_volume.is_some() {
         let marker = (!agent.files.is_empty()).then_some(gate::FILES_MARKER);
         let (e, c) = gate::argv(
+            EGRESS_SOCKET_PATH,
             spec.egress.listen_port,
             marker,
             &image.entrypoint,
@@ -1009,8 +1085,9 @@ fn agent_container_body(
         // No swap beyond the memory limit.
         memory_swap: res.memory_bytes.map(|m| m.min(i64::MAX as u64) as i64),
         runtime: options.runtime.clone(),
-        volumes_from: gate_volume.map(|v| vec![v.to_string()]),
-        ..hardened_host_config(&names.internal_net)
+        // The gate, and the proxy's socket: the agent's only way out.
+        volumes_from: gate_volume.map(|v| vec![v.to_string(), format!("{}:ro", names.egress)]),
+        ..hardened_host_config(network)
     };
     if !agent.mounts.is_empty() {
         host_config.mounts = Some(
@@ -1031,7 +1108,7 @@ fn agent_container_body(
         image: Some(image.reference.clone()),
         entrypoint,
         cmd,
-        env: Some(agent_env(spec)),
+        env: Some(agent_env(spec, gated)),
         working_dir: Some(agent.workdir.clone()).filter(|w| !w.is_empty()),
         user: user.map(str::to_string),
         tty: Some(agent.tty),
@@ -1042,7 +1119,7 @@ fn agent_container_body(
         attach_stderr: Some(true),
         labels: Some(names::labels(spec, ROLE_AGENT)),
         host_config: Some(host_config),
-        networking_config: Some(endpoint(&names.internal_net, vec![])),
+        networking_config: (!gated).then(|| endpoint(network, vec![])),
         ..Default::default()
     })
 }
@@ -1058,13 +1135,14 @@ fn agent_mount_targets(spec: &LaunchSpec, options: &DockerOptions) -> Vec<String
         .collect();
     if gate::enabled(options) {
         targets.push(gate::GATE_DIR.to_string());
+        targets.push(EGRESS_SOCKET_DIR.to_string());
     }
     targets
 }
 
 /// The agent's env: the spec's, then the proxy variables (which win).
-pub fn agent_env(spec: &LaunchSpec) -> Vec<String> {
-    let proxy = proxy_url(spec);
+pub fn agent_env(spec: &LaunchSpec, gated: bool) -> Vec<String> {
+    let proxy = proxy_url(spec, gated);
     let mut env: Vec<String> = spec
         .agent
         .env
@@ -1440,12 +1518,16 @@ mod tests {
 
     #[test]
     fn proxy_variables_win_over_the_spec() {
-        let env = agent_env(&spec());
+        let env = agent_env(&spec(), false);
         assert!(env.contains(&"FOO=bar".to_string()));
         assert!(env.contains(&"https_proxy=http://bot-bottle-egress:3128".to_string()));
         assert!(env.contains(&"ALL_PROXY=http://bot-bottle-egress:3128".to_string()));
         assert!(!env.iter().any(|e| e.contains("evil")));
         assert!(env.contains(&"NO_PROXY=localhost,127.0.0.1,::1".to_string()));
+        // Behind the gate: its forwarder on the agent's own loopback.
+        let env = agent_env(&spec(), true);
+        assert!(env.contains(&"HTTPS_PROXY=http://127.0.0.1:3128".to_string()));
+        assert!(!env.iter().any(|e| e.contains("evil")));
     }
 
     #[test]

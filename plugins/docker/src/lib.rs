@@ -1,21 +1,25 @@
 //! The Docker backend of bot-bottle.
 //!
-//! A bottle on Docker is two containers and a network, all labelled with
-//! the bottle id, plus one egress network every bottle's sidecar shares:
+//! A bottle on Docker is two containers, labelled with the bottle id, plus
+//! one egress network every bottle's sidecar shares:
 //!
 //! ```text
-//!   <id>-agent  ──(<id>-internal: internal, no gateway on the host)──  <id>-egress
-//!                                                                        │
-//!                      (bot-bottle-egress-<hex>: ordinary bridge, shared, no ICC)
-//!                                                                        │
-//!                                                                    the world
+//!   <id>-agent (no network)                                   <id>-egress
+//!     gate: 127.0.0.1:<port> ─▶ /.bot-bottle-egress/proxy.sock ◀─ proxy
+//!                                                                   │
+//!                 (bot-bottle-egress-<hex>: ordinary bridge, shared, no ICC)
+//!                                                                   │
+//!                                                               the world
 //! ```
 //!
-//! The agent container sits on the internal network only: it has no route
-//! out, no DNS resolver that reaches outside, and no address of the host.
-//! Its proxy variables point at the egress sidecar, which alone joins an
-//! ordinary bridge network, shared by the sidecars of all bottles, with
-//! traffic between its containers turned off. The sidecar runs the host's own `bottle`
+//! The agent container has no network at all: no route, no DNS, no address
+//! of the host. Its launch gate (`gate.rs`) forwards its proxy variables'
+//! `127.0.0.1:<port>` to the proxy's Unix socket, in a volume of the
+//! sidecar the agent mounts read-only; the sidecar alone joins an ordinary
+//! bridge network, shared by the sidecars of all bottles, with traffic
+//! between its containers turned off (decision record 0002). Under
+//! `runtime = "runsc"` the two share a per-bottle internal network instead.
+//! The sidecar runs the host's own `bottle`
 //! binary (`bottle egress serve`) from an image built locally: `FROM
 //! scratch`, the binary and the libraries `ldd` lists, cached by the
 //! binary's SHA-256. The proxy config (real tokens, the CA key) is copied

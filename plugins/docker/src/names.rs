@@ -46,6 +46,11 @@ pub const EGRESS_ALIAS: &str = "bot-bottle-egress";
 pub const EGRESS_CONFIG_PATH: &str = "/etc/bot-bottle/egress.json";
 /// Where the egress program sits in the sidecar image.
 pub const EGRESS_PROGRAM_PATH: &str = "/usr/local/bin/bottle";
+/// Behind the launch gate: the directory of the proxy's Unix socket, in the
+/// sidecar and (read-only) in the agent, and the socket. The agent has no
+/// network; its gate forwards `127.0.0.1:<listen_port>` to this socket.
+pub const EGRESS_SOCKET_DIR: &str = "/.bot-bottle-egress";
+pub const EGRESS_SOCKET_PATH: &str = "/.bot-bottle-egress/proxy.sock";
 /// The unprivileged user the sidecar runs as (`nobody`).
 pub const EGRESS_UID: u32 = 65534;
 

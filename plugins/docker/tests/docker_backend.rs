@@ -471,7 +471,6 @@ fn agent_reaches_only_the_proxy() {
     backend.launch(s).unwrap();
     let agent = format!("{id}-agent");
     let egress = format!("{id}-egress");
-    let internal_net = format!("{id}-internal");
     // Every bottle's sidecar shares this one.
     let egress_net = shared_egress_network(&docker, &egress);
     let gateway = |net: &str| {
@@ -487,7 +486,6 @@ fn agent_reaches_only_the_proxy() {
         .unwrap()
     };
     let egress_gw = gateway(&egress_net);
-    let internal_gw = gateway(&internal_net);
 
     // The upstream is on the host, which the egress side reaches through
     // the shared network's gateway.
@@ -524,28 +522,51 @@ fn agent_reaches_only_the_proxy() {
     let mut _cleanup = _cleanup;
     _cleanup.containers = vec![bystander.clone()];
 
+    // The agent has no network at all: loopback only. Its one way out is
+    // the proxy's socket, in the sidecar's volume, mounted read-only.
     let agent_json = inspect_json(&docker, &agent);
-    let nets: Vec<&String> = agent_json["NetworkSettings"]["Networks"]
+    assert_eq!(agent_json["HostConfig"]["NetworkMode"], "none");
+    let (_, devices) = run_in(&docker, &agent, &["cat", "/proc/net/dev"]);
+    let interfaces: Vec<&str> = devices
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(interfaces, ["lo"], "{devices}");
+    let egress_json = inspect_json(&docker, &egress);
+    let egress_nets: Vec<&String> = egress_json["NetworkSettings"]["Networks"]
         .as_object()
         .unwrap()
         .keys()
         .collect();
     assert_eq!(
-        nets,
-        vec![&internal_net],
-        "the agent joins the internal network only"
+        egress_nets,
+        [&egress_net],
+        "the sidecar: its egress network only"
     );
-    let egress_json = inspect_json(&docker, &egress);
-    let mut egress_nets: Vec<&String> = egress_json["NetworkSettings"]["Networks"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .collect();
-    egress_nets.sort();
-    let mut want = vec![&egress_net, &internal_net];
-    want.sort();
-    assert_eq!(egress_nets, want);
     assert!(egress_net.starts_with("bot-bottle-egress-"), "{egress_net}");
+    let socket_mount = |json: &serde_json::Value| {
+        json["Mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["Destination"] == "/.bot-bottle-egress")
+            .cloned()
+            .unwrap_or_else(|| panic!("no socket volume: {}", json["Mounts"]))
+    };
+    let (in_egress, in_agent) = (socket_mount(&egress_json), socket_mount(&agent_json));
+    assert_eq!(in_agent["Name"], in_egress["Name"]);
+    assert_eq!(
+        (in_egress["RW"].as_bool(), in_agent["RW"].as_bool()),
+        (Some(true), Some(false))
+    );
+    let socket_volume = in_egress["Name"].as_str().unwrap().to_string();
+    let (code, out) = run_in(&docker, &agent, &["touch", "/.bot-bottle-egress/x"]);
+    assert_ne!(
+        code, 0,
+        "the agent wrote into the proxy's socket volume: {out}"
+    );
 
     let url = format!("http://{upstream_ip}:{upstream_port}/hello.txt");
     // Control: from the egress side the upstream answers directly.
@@ -596,12 +617,9 @@ fn agent_reaches_only_the_proxy() {
         code, 0,
         "a resolver on the egress side must be unreachable: {out}"
     );
-    let (_, out) = run_in(&docker, &agent, &["cat", "/etc/resolv.conf"]);
-    assert!(out.contains("127.0.0.11"), "{out}");
 
     // The host: a listener on all addresses of the host is reachable from
-    // the egress side (control) but not from the agent, not even through
-    // the internal network's bridge.
+    // the egress side (control) but not from the agent.
     let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
     std::thread::spawn(move || for _ in listener.incoming() {});
@@ -614,20 +632,18 @@ fn agent_reaches_only_the_proxy() {
         code, 0,
         "control: the host listener is reachable from the egress side"
     );
-    for gw in [&egress_gw, &internal_gw] {
-        let (code, out) = run_in(
-            &docker,
-            &agent,
-            &["sh", "-c", &format!("echo | nc -w 3 {gw} {port}")],
-        );
-        assert_ne!(code, 0, "the agent reached the host at {gw}: {out}");
-    }
-    // (Docker still writes a default route via the internal network's
-    // gateway address, but with inhibit_ipv4 nothing holds that address.)
+    let (code, out) = run_in(
+        &docker,
+        &agent,
+        &["sh", "-c", &format!("echo | nc -w 3 {egress_gw} {port}")],
+    );
+    assert_ne!(code, 0, "the agent reached the host at {egress_gw}: {out}");
 
     force_remove_container(&docker, &bystander);
     remove(&backend, &id);
     assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+    let gone = rt().block_on(docker.inspect_volume(&socket_volume));
+    assert!(gone.is_err(), "the socket volume {socket_volume} remains");
 }
 
 #[test]
@@ -779,11 +795,11 @@ fn files_secrets_and_hardening() {
     let (_, env) = run_in(&docker, &agent, &["env"]);
     assert!(!env.contains(&canary), "canary in the agent env");
     assert!(
-        env.contains(&format!("HTTPS_PROXY=http://bot-bottle-egress:{PORT}")),
+        env.contains(&format!("HTTPS_PROXY=http://127.0.0.1:{PORT}")),
         "{env}"
     );
     assert!(
-        env.contains(&format!("http_proxy=http://bot-bottle-egress:{PORT}")),
+        env.contains(&format!("http_proxy=http://127.0.0.1:{PORT}")),
         "{env}"
     );
     assert!(env.contains("DUMMY_TOKEN=dummy-not-a-secret"), "{env}");
@@ -791,19 +807,14 @@ fn files_secrets_and_hardening() {
         let text = inspect_json(&docker, c).to_string();
         assert!(!text.contains(&canary), "canary in `docker inspect {c}`");
     }
-    for n in [
-        format!("{id}-internal"),
-        shared_egress_network(&docker, &egress),
-    ] {
-        let text = rt()
-            .block_on(
-                docker
-                    .inspect_network(&n, None::<bollard::query_parameters::InspectNetworkOptions>),
-            )
-            .map(|n| serde_json::to_string(&n).unwrap())
-            .unwrap();
-        assert!(!text.contains(&canary), "canary in network {n}");
-    }
+    let n = shared_egress_network(&docker, &egress);
+    let text = rt()
+        .block_on(
+            docker.inspect_network(&n, None::<bollard::query_parameters::InspectNetworkOptions>),
+        )
+        .map(|n| serde_json::to_string(&n).unwrap())
+        .unwrap();
+    assert!(!text.contains(&canary), "canary in network {n}");
     for c in [&agent, &egress] {
         let logs: String = rt().block_on(async {
             docker
@@ -896,8 +907,8 @@ fn launch_errors_leave_nothing_behind() {
     assert!(err.message.contains("already exists"), "{err:?}");
     assert_eq!(
         leftovers(&docker, &id).len(),
-        3,
-        "the first bottle (two containers, its internal network) must survive"
+        2,
+        "the first bottle (its two containers) must survive"
     );
     let waiter = {
         let id = id.clone();
@@ -998,7 +1009,7 @@ fn the_agent_never_runs_before_its_proxy_listens() {
             "sh",
             "-c",
             // Its first act: reach the proxy, and read a file placed for it.
-            "printf 'HELLO\\r\\n\\r\\n' | nc bot-bottle-egress 3128 | grep -q fake-egress || exit 42; \
+            "printf 'HELLO\\r\\n\\r\\n' | nc 127.0.0.1 3128 | grep -q fake-egress || exit 42; \
              cat /home/agent/.config/placed.txt || exit 43",
         ],
     );
@@ -1264,7 +1275,7 @@ fn gc_removes_leftovers_and_images() {
     assert_eq!(leftovers(&docker, &orphan_id), Vec::<String>::new());
     assert_eq!(
         leftovers(&docker, &live_id).len(),
-        3,
+        2,
         "a running bottle is not garbage"
     );
     // The shared egress network is in use by the live bottle and stays.

@@ -3,23 +3,50 @@
 //! tests with plain `rustc` (std only, dynamically linked against glibc, so
 //! the sidecar image's `ldd` packing is exercised for real).
 //!
-//! `PROGRAM egress serve --config FILE --listen ADDR`:
+//! `PROGRAM egress serve --config FILE (--listen ADDR | --listen-unix PATH)`:
 //! * reads FILE (the sidecar's config; it must be readable) and prints one
 //!   JSON line with its size and mode — never its contents;
 //! * if the config contains `"fail": true` it prints the config's `token`
 //!   to stderr and exits 3 (to check that the backend redacts it);
 //! * if the config contains `"delay_ms": N` it waits N ms before it binds
 //!   (a slow proxy, to check that the agent never runs before it listens);
-//! * listens on ADDR and prints `listening on ADDR` to stderr;
+//! * listens on ADDR (TCP) or PATH (a Unix socket, mode 0666) and prints
+//!   `listening on …` to stderr;
 //! * serves each connection as a minimal forward proxy: `CONNECT host:port`
 //!   is tunnelled, `GET http://host:port/path` is fetched with HTTP/1.0;
 //!   anything else gets `fake-egress` back. One JSON audit line per request
 //!   goes to stdout.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
+
+/// A client or upstream connection: TCP, or the Unix socket's.
+trait Conn: Read + Write + Send + Sized + 'static {
+    fn try_clone(&self) -> std::io::Result<Self>;
+    fn shutdown(&self, how: Shutdown) -> std::io::Result<()>;
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()>;
+}
+
+macro_rules! conn {
+    ($t:ty) => {
+        impl Conn for $t {
+            fn try_clone(&self) -> std::io::Result<Self> {
+                <$t>::try_clone(self)
+            }
+            fn shutdown(&self, how: Shutdown) -> std::io::Result<()> {
+                <$t>::shutdown(self, how)
+            }
+            fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+                <$t>::set_read_timeout(self, t)
+            }
+        }
+    };
+}
+conn!(TcpStream);
+conn!(UnixStream);
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -33,7 +60,8 @@ fn main() {
     assert_eq!(args.get(1).map(String::as_str), Some("egress"));
     assert_eq!(args.get(2).map(String::as_str), Some("serve"));
     let config_path = arg("--config");
-    let listen = arg("--listen");
+    let unix = args.iter().any(|a| a == "--listen-unix");
+    let listen = arg(if unix { "--listen-unix" } else { "--listen" });
 
     let config = std::fs::read_to_string(&config_path).expect("reading the config");
     let mode = std::fs::metadata(&config_path).unwrap().permissions().mode() & 0o7777;
@@ -56,10 +84,20 @@ fn main() {
     {
         std::thread::sleep(Duration::from_millis(ms));
     }
-    let listener = TcpListener::bind(&listen).expect("binding");
-    eprintln!("listening on {listen}");
-    announce(&args);
-    for conn in listener.incoming() {
+    if unix {
+        let listener = UnixListener::bind(&listen).expect("binding");
+        std::fs::set_permissions(&listen, std::fs::Permissions::from_mode(0o666)).unwrap();
+        eprintln!("listening on unix:{listen}");
+        accept_all(listener.incoming());
+    } else {
+        let listener = TcpListener::bind(&listen).expect("binding");
+        eprintln!("listening on {listen}");
+        accept_all(listener.incoming());
+    }
+}
+
+fn accept_all<C: Conn>(incoming: impl Iterator<Item = std::io::Result<C>>) {
+    for conn in incoming {
         let Ok(conn) = conn else { continue };
         std::thread::spawn(move || {
             let _ = serve(conn);
@@ -67,32 +105,7 @@ fn main() {
     }
 }
 
-/// As the real proxy does (host/egress/src/announce.rs): one datagram to
-/// the last host address of each `--allow-client` IPv4 network, whose ARP
-/// request completes an agent's pending entry for this proxy at once, so
-/// that launches here are as quick as with the real proxy.
-fn announce(args: &[String]) {
-    for (i, a) in args.iter().enumerate() {
-        if a != "--allow-client" {
-            continue;
-        }
-        let Some((ip, len)) = args.get(i + 1).and_then(|n| n.split_once('/')) else {
-            continue;
-        };
-        let (Ok(ip), Ok(len)) = (ip.parse::<std::net::Ipv4Addr>(), len.parse::<u32>()) else {
-            continue;
-        };
-        if len > 30 {
-            continue;
-        }
-        let last = (u32::from(ip) | (u32::MAX >> len)) - 1;
-        if let Ok(s) = std::net::UdpSocket::bind("0.0.0.0:0") {
-            let _ = s.send_to(&[], (std::net::Ipv4Addr::from(last), 9));
-        }
-    }
-}
-
-fn serve(client: TcpStream) -> std::io::Result<()> {
+fn serve<C: Conn>(client: C) -> std::io::Result<()> {
     client.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(client.try_clone()?);
     let mut request_line = String::new();
@@ -152,15 +165,15 @@ fn serve(client: TcpStream) -> std::io::Result<()> {
     Ok(())
 }
 
-fn splice(a: TcpStream, b: TcpStream) {
+fn splice<A: Conn, B: Conn>(a: A, b: B) {
     let (mut a2, mut b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
     let t = std::thread::spawn(move || {
         let mut a = a;
         let mut b = b;
         let _ = std::io::copy(&mut a, &mut b);
-        let _ = b.shutdown(std::net::Shutdown::Write);
+        let _ = b.shutdown(Shutdown::Write);
     });
     let _ = std::io::copy(&mut b2, &mut a2);
-    let _ = a2.shutdown(std::net::Shutdown::Write);
+    let _ = a2.shutdown(Shutdown::Write);
     let _ = t.join();
 }
