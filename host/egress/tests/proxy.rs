@@ -1459,22 +1459,9 @@ async fn serves_a_unix_socket_client() {
     s.write_all(b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n")
         .await
         .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).await.unwrap() == 1 {
-        head.push(b[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
+    let head = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 200"), "CONNECT: {head}");
-    let mut c = rustls::ClientConfig::builder()
-        .with_root_certificates(roots(&bottle_ca))
-        .with_no_client_auth();
-    c.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let t = tokio_rustls::TlsConnector::from(Arc::new(c))
-        .connect(
-            rustls::pki_types::ServerName::try_from("api.test").unwrap(),
-            s,
-        )
+    let t = tls(s, "api.test", &bottle_ca, &[b"http/1.1"])
         .await
         .expect("TLS through the proxy's Unix socket");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(t))

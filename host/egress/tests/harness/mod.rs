@@ -380,7 +380,7 @@ pub async fn connect(proxy: SocketAddr, target: &str) -> (u16, String, TcpStream
     (status, head, s)
 }
 
-pub async fn read_head(s: &mut TcpStream) -> String {
+pub async fn read_head(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -400,12 +400,13 @@ pub fn roots(pem: &str) -> rustls::RootCertStore {
     r
 }
 
-pub async fn tls(
-    tcp: TcpStream,
+/// A TLS client over `tcp` (any stream: TCP, or the proxy's Unix socket).
+pub async fn tls<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    tcp: S,
     sni: &str,
     trust_pem: &str,
     alpn: &[&[u8]],
-) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+) -> std::io::Result<tokio_rustls::client::TlsStream<S>> {
     let mut c = rustls::ClientConfig::builder()
         .with_root_certificates(roots(trust_pem))
         .with_no_client_auth();
