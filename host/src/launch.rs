@@ -76,6 +76,8 @@ pub struct LaunchOptions {
     pub extra_args: Vec<String>,
     /// Allocate a terminal.
     pub tty: bool,
+    /// `wait` with attach follows the launch (not `--detach`).
+    pub attached: bool,
     /// The program the proxy runs as (`bottle egress serve`).
     pub egress_program: PathBuf,
 }
@@ -209,6 +211,7 @@ pub fn launch_spec(
             resources: m.resources.clone(),
             tty: options.tty,
             interactive: options.tty,
+            attached: options.attached,
         },
         egress: EgressLaunch {
             program: options.egress_program.clone(),

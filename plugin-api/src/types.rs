@@ -452,6 +452,12 @@ pub struct AgentLaunch {
     /// Keep stdin open.
     #[serde(default)]
     pub interactive: bool,
+    /// The host calls `wait` with `attach` right after `launch` (`bottle
+    /// run` without `--detach`). A backend that can should connect to the
+    /// agent's output (and stdin) before the agent starts, so that nothing
+    /// it prints is lost between its start and the attach.
+    #[serde(default)]
+    pub attached: bool,
 }
 
 /// The egress side of a launch: everything a backend needs to run the proxy

@@ -150,6 +150,7 @@ pub fn ensure_images() {
             "grep",
             "find",
             "stty",
+            "seq",
         ]);
         run(&[UPSTREAM_IMAGE, demo_upstream_exe().to_str().unwrap()]);
     });

@@ -49,6 +49,7 @@ pub(super) fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let options = LaunchOptions {
         extra_args: args.args.clone(),
         tty,
+        attached: !args.detach,
         egress_program: launch::egress_program(),
     };
     let (spec, ca) = launch::launch_spec(&plan, &bottle_id, &options)?;

@@ -51,6 +51,7 @@ pub fn launch(client: &Client, spec: LaunchSpec) -> Result<BottleHandle, PluginE
             .catch_unwind()
             .await;
         if !matches!(outcome, Ok(Ok(_))) {
+            drop(crate::attach::take_early(&spec.bottle_id));
             if let Err(e) = crate::manage::remove_bottle(client, &docker, &spec.bottle_id).await {
                 tracing::error!(
                     bottle = %spec.bottle_id,
@@ -314,6 +315,11 @@ async fn bring_up(
             tracing::debug!(elapsed = ?started.elapsed(), "agent's files placed");
             if !gated && listening.await.is_err() {
                 return Ok(None);
+            }
+            if spec.agent.attached {
+                // Before the start, so that `wait` misses none of its output.
+                crate::attach::attach_early(client, &spec.bottle_id, spec.agent.interactive)
+                    .await?;
             }
             start_agent().await?;
             tracing::debug!(elapsed = ?started.elapsed(), "agent started");

@@ -219,6 +219,7 @@ fn spec(docker: &Docker, name: &str, command: &[&str]) -> LaunchSpec {
             resources: Resources::default(),
             tty: false,
             interactive: false,
+            attached: false,
         },
         egress: EgressLaunch {
             program: fake_egress(),

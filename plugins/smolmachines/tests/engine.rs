@@ -40,6 +40,7 @@ fn spec(id: &str, image: &str, config: String) -> LaunchSpec {
             resources: Default::default(),
             tty: false,
             interactive: false,
+            attached: false,
         },
         egress: EgressLaunch {
             program: std::path::PathBuf::from(env!("CARGO_BIN_EXE_bot-bottle-smolmachines-gate")),

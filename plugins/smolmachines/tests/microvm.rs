@@ -82,6 +82,7 @@ fn bottle_spec(tag: &str, script: &str, up: &Upstream, token: &str) -> (LaunchSp
             },
             tty: false,
             interactive: false,
+            attached: false,
         },
         egress: EgressLaunch {
             program: env!("CARGO_BIN_EXE_bot-bottle-smolmachines-gate").into(),
