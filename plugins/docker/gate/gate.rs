@@ -72,7 +72,12 @@ const SOL_SOCKET: usize = 1;
 const SO_REUSEADDR: usize = 2;
 const SHUT_WR: usize = 1;
 const SHUT_RDWR: usize = 2;
+const SIGHUP: usize = 1;
+const SIGINT: usize = 2;
 const SIGKILL: usize = 9;
+const SIGTERM: usize = 15;
+const SIG_BLOCK: usize = 0;
+const SIG_SETMASK: usize = 2;
 const SIGPIPE: usize = 13;
 const SIGCHLD: usize = 17;
 const SIG_DFL: usize = 0;
@@ -93,6 +98,8 @@ mod nr {
     pub const WRITE: usize = 1;
     pub const CLOSE: usize = 3;
     pub const RT_SIGACTION: usize = 13;
+    pub const RT_SIGPROCMASK: usize = 14;
+    pub const RT_SIGPENDING: usize = 127;
     pub const NANOSLEEP: usize = 35;
     pub const GETPID: usize = 39;
     pub const SOCKET: usize = 41;
@@ -121,6 +128,8 @@ mod nr {
     pub const WRITE: usize = 64;
     pub const CLOSE: usize = 57;
     pub const RT_SIGACTION: usize = 134;
+    pub const RT_SIGPROCMASK: usize = 135;
+    pub const RT_SIGPENDING: usize = 136;
     pub const NANOSLEEP: usize = 101;
     pub const GETPID: usize = 172;
     pub const SOCKET: usize = 198;
@@ -227,6 +236,48 @@ fn set_signal(sig: usize, disposition: usize) {
     // SAFETY: a live struct sigaction; no old action wanted; the kernel's
     // sigset is 8 bytes.
     unsafe { syscall(nr::RT_SIGACTION, sig, act.as_ptr() as usize, 0, 8, 0) };
+}
+
+/// The signals that ask the gate to stop while it waits: what `docker
+/// stop` (SIGTERM), a terminal's Ctrl-C (SIGINT) and a hang-up send. As
+/// the pid namespace's init without handlers the gate would ignore them,
+/// and `docker stop` would wait out its timeout (10 s) before SIGKILL.
+const STOP_SIGNALS: u64 = (1 << (SIGHUP - 1)) | (1 << (SIGINT - 1)) | (1 << (SIGTERM - 1));
+
+/// Replaces the signal mask with `how` (`SIG_BLOCK`, `SIG_SETMASK`) and
+/// `set`; returns the mask before.
+fn sigmask(how: usize, set: u64) -> u64 {
+    let mut old: u64 = 0;
+    // SAFETY: a live 8-byte sigset in and out.
+    unsafe {
+        syscall(
+            nr::RT_SIGPROCMASK,
+            how,
+            &set as *const u64 as usize,
+            &mut old as *mut u64 as usize,
+            8,
+            0,
+        )
+    };
+    old
+}
+
+/// The lowest of [`STOP_SIGNALS`] waiting (blocked) for this process.
+fn stop_requested() -> Option<usize> {
+    let mut pending: u64 = 0;
+    // SAFETY: a live 8-byte sigset to fill.
+    unsafe {
+        syscall(
+            nr::RT_SIGPENDING,
+            &mut pending as *mut u64 as usize,
+            8,
+            0,
+            0,
+            0,
+        )
+    };
+    let hit = pending & STOP_SIGNALS;
+    (hit != 0).then(|| hit.trailing_zeros() as usize + 1)
 }
 
 fn shutdown(fd: usize, how: usize) {
@@ -450,7 +501,13 @@ unsafe extern "C" fn main(stack: *const usize) -> ! {
             exit(125);
         }
     };
+    // Blocked while the gate waits, and looked for between two checks:
+    // no handler is needed, and none is left for PROGRAM to inherit. A
+    // signal that comes after the last look reaches the gate with the mask
+    // restored, and is ignored as before.
+    let mask = sigmask(SIG_BLOCK, STOP_SIGNALS);
     wait_for(&proxy, path, Some(arg(3)).filter(|m| *m != b"-"));
+    sigmask(SIG_SETMASK, mask);
     // SAFETY: plain syscall.
     let gate = unsafe { syscall(nr::GETPID, 0, 0, 0, 0, 0) };
     match fork() {
@@ -480,6 +537,15 @@ fn wait_for(proxy: &SockAddrUn, path: &[u8], marker: Option<&[u8]>) {
     // The last connect's errno; 0 while the marker is missing.
     let mut error = 0;
     while now_secs() < deadline {
+        if let Some(sig) = stop_requested() {
+            let digits = [b'0' + (sig / 10) as u8, b'0' + (sig % 10) as u8];
+            write_err(&[
+                b"bot-bottle gate: stopped by signal ",
+                &digits[usize::from(sig < 10)..],
+                b" before the agent started\n",
+            ]);
+            exit(128 + sig);
+        }
         error = 0;
         if marker.is_none_or(|m| present(m.as_ptr())) {
             match connect_unix(proxy, SOCK_NONBLOCK) {

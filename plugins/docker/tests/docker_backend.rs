@@ -1038,6 +1038,74 @@ fn the_agent_never_runs_before_its_proxy_listens() {
     assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
 }
 
+/// `docker stop` of an agent still waiting in its gate (its proxy not up
+/// yet) ends it at once, as SIGTERM asks, without running the program;
+/// before, the gate, as init without handlers, ignored SIGTERM and Docker
+/// killed it only after its 10 s timeout (exit 137).
+#[test]
+fn a_stop_while_the_agent_waits_in_its_gate_is_honoured() {
+    let docker = docker_or_skip!();
+    let _g = GLOBAL.read().unwrap_or_else(|e| e.into_inner());
+    let mut s = spec(&docker, "gatestop", &["echo", "the-agent-ran"]);
+    let id = s.bottle_id.clone();
+    let _cleanup = Cleanup::new(&[&id]);
+    s.egress.config = Secret::new(format!(r#"{{"bottle":"{id}","delay_ms": 4000}}"#));
+    let launch = std::thread::spawn(move || DockerBackend::new().launch(s));
+    let agent = format!("{id}-agent");
+    // The agent's container runs (in its gate) while the proxy sleeps.
+    let mut running = false;
+    for _ in 0..200 {
+        let state = rt()
+            .block_on(docker.inspect_container(
+                &agent,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            ))
+            .ok()
+            .and_then(|c| c.state)
+            .and_then(|s| s.running);
+        if state == Some(true) {
+            running = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(running, "the agent never ran its gate");
+    rt().block_on(docker.stop_container(
+        &agent,
+        Some(bollard::query_parameters::StopContainerOptions {
+            t: Some(10),
+            signal: None,
+        }),
+    ))
+    .unwrap();
+    let json = inspect_json(&docker, &agent);
+    assert_eq!(
+        json["State"]["ExitCode"], 143,
+        "SIGTERM ends the gate, and the program never runs"
+    );
+    let logs: String = rt().block_on(async {
+        docker
+            .logs(
+                &agent,
+                Some(bollard::query_parameters::LogsOptions {
+                    stdout: true,
+                    stderr: true,
+                    ..Default::default()
+                }),
+            )
+            .filter_map(|l| async move { l.ok() })
+            .map(|l: LogOutput| l.to_string())
+            .collect::<Vec<_>>()
+            .await
+            .concat()
+    });
+    assert!(logs.contains("stopped by signal 15"), "{logs}");
+    assert!(!logs.contains("the-agent-ran"), "{logs}");
+    let _ = launch.join();
+    remove(&DockerBackend::new(), &id);
+    assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+}
+
 /// A proxy that dies before it listens fails the launch closed: the agent,
 /// whose container was already started, never runs its program (it would
 /// leave a file in a host directory), and nothing of the bottle remains.
