@@ -423,6 +423,26 @@ fn shared_egress_network(docker: &Docker, sidecar: &str) -> String {
     nets[0].clone()
 }
 
+/// Everything `container` wrote, stdout and stderr together.
+fn container_logs(docker: &Docker, container: &str) -> String {
+    rt().block_on(async {
+        docker
+            .logs(
+                container,
+                Some(bollard::query_parameters::LogsOptions {
+                    stdout: true,
+                    stderr: true,
+                    ..Default::default()
+                }),
+            )
+            .filter_map(|l| async move { l.ok() })
+            .map(|l: LogOutput| l.to_string())
+            .collect::<Vec<_>>()
+            .await
+            .concat()
+    })
+}
+
 fn ip_on(docker: &Docker, container: &str, network: &str) -> String {
     inspect_json(docker, container)["NetworkSettings"]["Networks"][network]["IPAddress"]
         .as_str()
@@ -817,22 +837,7 @@ fn files_secrets_and_hardening() {
         .unwrap();
     assert!(!text.contains(&canary), "canary in network {n}");
     for c in [&agent, &egress] {
-        let logs: String = rt().block_on(async {
-            docker
-                .logs(
-                    c,
-                    Some(bollard::query_parameters::LogsOptions {
-                        stdout: true,
-                        stderr: true,
-                        ..Default::default()
-                    }),
-                )
-                .filter_map(|l| async move { l.ok() })
-                .map(|l: LogOutput| l.to_string())
-                .collect::<Vec<_>>()
-                .await
-                .concat()
-        });
+        let logs = container_logs(&docker, c);
         assert!(!logs.contains(&canary), "canary in the logs of {c}");
         if c == &egress {
             assert!(
@@ -1083,22 +1088,7 @@ fn a_stop_while_the_agent_waits_in_its_gate_is_honoured() {
         json["State"]["ExitCode"], 143,
         "SIGTERM ends the gate, and the program never runs"
     );
-    let logs: String = rt().block_on(async {
-        docker
-            .logs(
-                &agent,
-                Some(bollard::query_parameters::LogsOptions {
-                    stdout: true,
-                    stderr: true,
-                    ..Default::default()
-                }),
-            )
-            .filter_map(|l| async move { l.ok() })
-            .map(|l: LogOutput| l.to_string())
-            .collect::<Vec<_>>()
-            .await
-            .concat()
-    });
+    let logs = container_logs(&docker, &agent);
     assert!(logs.contains("stopped by signal 15"), "{logs}");
     assert!(!logs.contains("the-agent-ran"), "{logs}");
     let _ = launch.join();
@@ -1607,21 +1597,7 @@ fn a_bottle_under_runsc() {
         })
         .unwrap();
     assert_eq!(report.exit_code, 5);
-    let logs: String = rt().block_on(async {
-        docker
-            .logs(
-                &format!("{id}-agent"),
-                Some(bollard::query_parameters::LogsOptions {
-                    stdout: true,
-                    stderr: true,
-                    ..Default::default()
-                }),
-            )
-            .map(|c| c.map(|c| c.to_string()).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .await
-            .concat()
-    });
+    let logs = container_logs(&docker, &format!("{id}-agent"));
     // gVisor's kernel reports itself as Linux 4.4.0, whatever the host runs.
     assert!(logs.contains("Linux version 4.4.0"), "{logs}");
     // The sidecar answered, over the internal network.
