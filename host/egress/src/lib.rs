@@ -141,8 +141,7 @@ pub fn serve_file_with_listener(
     listener: impl Into<Listener>,
 ) -> Result<(), EgressError> {
     workers::set_count(workers::per_core());
-    let config = overrides.load(path)?;
-    let live = proxy::Live::new(proxy::Shared::new(config)?);
+    let live = proxy::Live::new(proxy::Shared::new(overrides.load(path)?)?);
     let (path, overrides) = (path.to_owned(), overrides.clone());
     workers::run(listener.into(), move |i, l| {
         let (live, path, overrides) = (live.clone(), path.clone(), overrides.clone());

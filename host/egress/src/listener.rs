@@ -52,11 +52,8 @@ impl Listener {
     /// `127.0.0.1:3128` or `unix:/run/…/proxy.sock`: for logs and errors.
     pub fn describe(&self) -> String {
         match self {
-            Listener::Tcp(l) => l
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|_| "a TCP socket".into()),
-            Listener::Unix(_, path) => format!("unix:{}", path.display()),
+            Listener::Tcp(l) => describe_tcp(l.local_addr()),
+            Listener::Unix(_, path) => describe_unix(path),
         }
     }
 
@@ -78,7 +75,9 @@ impl Listener {
     pub(crate) fn into_async(self) -> io::Result<AsyncListener> {
         Ok(match self {
             Listener::Tcp(l) => AsyncListener::Tcp(tokio::net::TcpListener::from_std(l)?),
-            Listener::Unix(l, _) => AsyncListener::Unix(tokio::net::UnixListener::from_std(l)?),
+            Listener::Unix(l, path) => {
+                AsyncListener::Unix(tokio::net::UnixListener::from_std(l)?, path)
+            }
         })
     }
 }
@@ -86,7 +85,7 @@ impl Listener {
 /// A listener inside a worker's runtime.
 pub(crate) enum AsyncListener {
     Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener),
+    Unix(tokio::net::UnixListener, PathBuf),
 }
 
 impl From<tokio::net::TcpListener> for AsyncListener {
@@ -108,22 +107,24 @@ impl AsyncListener {
                 let (s, peer) = l.accept().await?;
                 Accepted::Tcp(s, peer)
             }
-            AsyncListener::Unix(l) => Accepted::Unix(l.accept().await?.0),
+            AsyncListener::Unix(l, _) => Accepted::Unix(l.accept().await?.0),
         })
     }
 
-    /// What to log as the listening address.
+    /// As [`Listener::describe`].
     pub(crate) fn describe(&self) -> String {
         match self {
-            AsyncListener::Tcp(l) => l
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|_| "a TCP socket".into()),
-            AsyncListener::Unix(l) => l
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
-                .unwrap_or_else(|| "a Unix socket".into()),
+            AsyncListener::Tcp(l) => describe_tcp(l.local_addr()),
+            AsyncListener::Unix(_, path) => describe_unix(path),
         }
     }
+}
+
+fn describe_tcp(addr: io::Result<SocketAddr>) -> String {
+    addr.map(|a| a.to_string())
+        .unwrap_or_else(|_| "a TCP socket".into())
+}
+
+fn describe_unix(path: &Path) -> String {
+    format!("unix:{}", path.display())
 }
