@@ -55,18 +55,7 @@ pub(crate) async fn attach_early(
 ) -> Result<(), PluginError> {
     // The stream lasts as long as the agent.
     let docker = client.docker_long().await?;
-    let attached = docker
-        .attach_container(
-            &BottleNames::new(bottle_id).agent,
-            Some(AttachContainerOptions {
-                stdin,
-                stdout: true,
-                stderr: true,
-                stream: true,
-                logs: false,
-                detach_keys: None,
-            }),
-        )
+    let attached = attach(&docker, &BottleNames::new(bottle_id).agent, stdin, false)
         .await
         .map_err(|e| client.api("attaching to the agent container", e))?;
     EARLY
@@ -75,6 +64,29 @@ pub(crate) async fn attach_early(
         .get_or_insert_with(HashMap::new)
         .insert(bottle_id.to_string(), attached);
     Ok(())
+}
+
+/// Attaches to `agent`'s output, and to its stdin if `stdin`; `logs`
+/// replays what it printed before.
+async fn attach(
+    docker: &Docker,
+    agent: &str,
+    stdin: bool,
+    logs: bool,
+) -> Result<AttachContainerResults, DockerError> {
+    docker
+        .attach_container(
+            agent,
+            Some(AttachContainerOptions {
+                stdin,
+                stdout: true,
+                stderr: true,
+                stream: true,
+                logs,
+                detach_keys: None,
+            }),
+        )
+        .await
 }
 
 /// The attachment [`attach_early`] made for `bottle_id`, if any; dropping
@@ -166,21 +178,7 @@ async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport
     if request.attach && (running || early.is_some()) {
         let attached = match early {
             Some(a) => Ok(a),
-            None => {
-                docker
-                    .attach_container(
-                        &names.agent,
-                        Some(AttachContainerOptions {
-                            stdin,
-                            stdout: true,
-                            stderr: true,
-                            stream: true,
-                            logs: true,
-                            detach_keys: None,
-                        }),
-                    )
-                    .await
-            }
+            None => attach(&docker, &names.agent, stdin, true).await,
         };
         match attached {
             Ok(a) => {

@@ -3,17 +3,18 @@
 //! before the proxy accepts connections, and is the agent's only way out.
 //!
 //! Behind the gate the agent container has no network at all (`none`). The
-//! proxy serves a Unix socket ([`EGRESS_SOCKET_PATH`](crate::names::EGRESS_SOCKET_PATH)) in a volume of the
-//! sidecar that the agent mounts read-only, and the gate forwards
+//! proxy serves a Unix socket
+//! ([`EGRESS_SOCKET_PATH`](crate::names::EGRESS_SOCKET_PATH)) in a volume
+//! of the sidecar that the agent mounts read-only, and the gate forwards
 //! `127.0.0.1:PORT` in the agent to it, for HTTP clients that only know TCP
 //! proxies. The agent container's entrypoint becomes `/.bot-bottle/gate
 //! SOCKET PORT MARKER --` followed by the image's own entrypoint and
 //! command (or the manifest's command). The gate connects to the proxy's
-//! socket until a connection is accepted, and waits for MARKER ([`FILES_MARKER`], written as the last entry of the
-//! archive of the agent's files; they are placed before the start now, but
-//! the gate still checks, so no launch order can run the program without
-//! its files), and only
-//! then execs the real program (same pid, tty and exit code). A proxy that
+//! socket until a connection is accepted, and waits for MARKER
+//! ([`FILES_MARKER`], written as the last entry of the archive of the
+//! agent's files; they are placed before the start now, but the gate still
+//! checks, so no launch order can run the program without its files), and
+//! only then execs the real program (same pid, tty and exit code). A proxy that
 //! never listens means the real program never runs: the launch fails on the
 //! host's side (no `listening on` line), and its cleanup kills the agent,
 //! still in the gate, and removes everything.
