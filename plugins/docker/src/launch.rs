@@ -696,7 +696,7 @@ async fn create_egress(
     image: &str,
     gated: bool,
 ) -> Result<(), PluginError> {
-    let body = |network: &str, listen: Vec<String>, mounts: Option<Vec<DockerMount>>| {
+    let body = |network: &str, listen: Vec<String>| {
         let mut cmd: Vec<String> = ["egress", "serve", "--config", EGRESS_CONFIG_PATH]
             .map(String::from)
             .to_vec();
@@ -710,10 +710,19 @@ async fn create_egress(
             labels: Some(names::labels(spec, ROLE_EGRESS)),
             host_config: Some(HostConfig {
                 pids_limit: Some(EGRESS_PIDS),
-                mounts,
+                mounts: gated.then(|| vec![socket_volume()]),
                 ..hardened_host_config(network)
             }),
-            networking_config: Some(endpoint(network, vec![EGRESS_ALIAS.into()])),
+            // The agent finds its proxy by this name on the internal
+            // network; behind the gate nothing looks it up, and on the
+            // shared egress network every sidecar would hold it.
+            networking_config: Some(endpoint(
+                network,
+                match gated {
+                    true => vec![],
+                    false => vec![EGRESS_ALIAS.into()],
+                },
+            )),
             ..Default::default()
         }
     };
@@ -721,7 +730,7 @@ async fn create_egress(
     if gated {
         let listen = vec!["--listen-unix".into(), EGRESS_SOCKET_PATH.into()];
         let create = |network: &str| {
-            let body = body(network, listen.clone(), Some(vec![socket_volume()]));
+            let body = body(network, listen.clone());
             docker.create_container(
                 Some(CreateContainerOptions {
                     name: Some(names.egress.clone()),
@@ -776,7 +785,7 @@ async fn create_egress(
                 .flat_map(|n| ["--allow-client".to_string(), n.clone()]),
         )
         .collect();
-    let mut body = body(&names.internal_net, listen, None);
+    let mut body = body(&names.internal_net, listen);
     if port < 1024 {
         if let Some(h) = body.host_config.as_mut() {
             h.sysctls = Some(HashMap::from([(
