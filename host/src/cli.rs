@@ -137,9 +137,14 @@ pub enum PluginsCommand {
 pub enum EgressCommand {
     /// Serve the proxy from a config file the host wrote.
     Serve {
-        /// The proxy config (JSON).
+        /// The proxy config (JSON); re-read on SIGHUP.
         #[arg(long)]
         config: PathBuf,
+        /// Read the first config from standard input (until it closes)
+        /// instead of the file; SIGHUP still reloads from --config. How the
+        /// Docker sidecar gets its config without a file holding the secrets.
+        #[arg(long)]
+        config_stdin: bool,
         /// Listen address, overriding the config's.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,

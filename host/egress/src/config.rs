@@ -193,9 +193,33 @@ impl ProxyConfig {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_json(&text).map_err(|e| match e {
+        Self::from_named_json(&text, path)
+    }
+
+    /// Reads a config from `reader` until it ends (the sidecar's standard
+    /// input); `source` names it in errors.
+    pub fn from_reader(mut reader: impl std::io::Read, source: &str) -> Result<Self, EgressError> {
+        let mut text = String::new();
+        reader
+            .read_to_string(&mut text)
+            .map_err(|e| EgressError::ConfigRead {
+                path: source.into(),
+                source: e,
+            })?;
+        if text.trim().is_empty() {
+            return Err(EgressError::ConfigParse {
+                path: Some(source.into()),
+                message: "no config was given (the input was empty)".into(),
+            });
+        }
+        Self::from_named_json(&text, Path::new(source))
+    }
+
+    /// [`Self::from_json`], with parse errors naming where the text came from.
+    fn from_named_json(text: &str, source: &Path) -> Result<Self, EgressError> {
+        Self::from_json(text).map_err(|e| match e {
             EgressError::ConfigParse { message, .. } => EgressError::ConfigParse {
-                path: Some(path.to_owned()),
+                path: Some(source.to_owned()),
                 message,
             },
             other => other,
@@ -320,6 +344,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("token ref T"), "{e}");
+        assert!(!e.contains("canary"), "{e}");
+    }
+
+    #[test]
+    fn a_config_read_from_a_stream_names_the_stream_never_a_value() {
+        let text = minimal().to_string();
+        let cfg = ProxyConfig::from_reader(text.as_bytes(), "standard input").unwrap();
+        assert_eq!(cfg.bottle_id, "bb-t");
+        let e = ProxyConfig::from_reader(&b" \n"[..], "standard input")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("standard input") && e.contains("empty"), "{e}");
+        // Cut inside a secret: the error says where, not what.
+        let cut = &text[..text.find("canary-token").unwrap() + 10];
+        let e = ProxyConfig::from_reader(cut.as_bytes(), "standard input")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("standard input"), "{e}");
         assert!(!e.contains("canary"), "{e}");
     }
 }

@@ -63,14 +63,18 @@ pub struct Overrides {
 
 impl Overrides {
     fn load(&self, path: &std::path::Path) -> Result<ProxyConfig, EgressError> {
-        let mut c = ProxyConfig::from_file(path)?;
+        Ok(self.apply(ProxyConfig::from_file(path)?))
+    }
+
+    /// `config` with these overrides applied.
+    pub fn apply(&self, mut c: ProxyConfig) -> ProxyConfig {
         if let Some(l) = self.listen {
             c.listen = l;
         }
         if !self.allowed_clients.is_empty() {
             c.allowed_clients = self.allowed_clients.clone();
         }
-        Ok(c)
+        c
     }
 }
 
@@ -134,14 +138,27 @@ fn reload_on_hangup(
 }
 
 /// [`serve_file`] with a std listener, one worker thread per core; blocks.
-/// This is what `bottle egress serve` and the sidecar run.
 pub fn serve_file_with_listener(
     path: &std::path::Path,
     overrides: &Overrides,
     listener: impl Into<Listener>,
 ) -> Result<(), EgressError> {
+    serve_reloadable(overrides.load(path)?, path, overrides, listener)
+}
+
+/// Serves `first` (overrides already applied) with a std listener, one
+/// worker thread per core, and reloads from `path` on SIGHUP; blocks. This
+/// is what `bottle egress serve` and the sidecar run: the sidecar's first
+/// config comes on its standard input, so that no file holds it until a
+/// credential rotation writes one.
+pub fn serve_reloadable(
+    first: ProxyConfig,
+    path: &std::path::Path,
+    overrides: &Overrides,
+    listener: impl Into<Listener>,
+) -> Result<(), EgressError> {
     workers::set_count(workers::per_core());
-    let live = proxy::Live::new(proxy::Shared::new(overrides.load(path)?)?);
+    let live = proxy::Live::new(proxy::Shared::new(first)?);
     let (path, overrides) = (path.to_owned(), overrides.clone());
     workers::run(listener.into(), move |i, l| {
         let (live, path, overrides) = (live.clone(), path.clone(), overrides.clone());

@@ -13,6 +13,7 @@ pub(super) fn run(cmd: &EgressCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         EgressCommand::Serve {
             config,
+            config_stdin,
             listen,
             listen_unix,
             allow_clients,
@@ -21,24 +22,23 @@ pub(super) fn run(cmd: &EgressCommand) -> anyhow::Result<ExitCode> {
                 listen: *listen,
                 allowed_clients: allow_clients.clone(),
             };
+            let first = match config_stdin {
+                true => ProxyConfig::from_reader(std::io::stdin().lock(), "standard input")?,
+                false => ProxyConfig::from_file(config)?,
+            };
+            let first = overrides.apply(first);
             let listener = match listen_unix {
                 Some(path) => Listener::bind_unix(path)
                     .with_context(|| format!("cannot listen on unix:{}", path.display()))?,
-                None => {
-                    let addr = match listen {
-                        Some(a) => *a,
-                        None => ProxyConfig::from_file(config)?.listen,
-                    };
-                    Listener::Tcp(
-                        std::net::TcpListener::bind(addr)
-                            .with_context(|| format!("cannot listen on {addr}"))?,
-                    )
-                }
+                None => Listener::Tcp(
+                    std::net::TcpListener::bind(first.listen)
+                        .with_context(|| format!("cannot listen on {}", first.listen))?,
+                ),
             };
             // Backends wait for this line: the proxy accepts from here on.
             eprintln!("listening on {}", listener.describe());
             // Reloads the file on SIGHUP: how rotated credentials arrive.
-            bot_bottle_egress::serve_file_with_listener(config, &overrides, listener)?;
+            bot_bottle_egress::serve_reloadable(first, config, &overrides, listener)?;
             Ok(ExitCode::SUCCESS)
         }
         EgressCommand::Check {
