@@ -212,9 +212,8 @@ fn the_canary_is_nowhere_the_agent_or_a_user_can_see_and_the_ca_key_is_absent() 
             "the real token appears in the {what}"
         );
     }
-    // The CA key lives in the sidecar's config only. Take it from there and
-    // prove no line of it is in the agent's file system. (A bare "PRIVATE
-    // KEY" search would match libcrypto's own strings.)
+    // The proxy's config (the real token, the CA key) went to the sidecar
+    // on its stdin: no file holds it, in the sidecar or in the agent.
     let sidecar = docker(&[
         "ps",
         "-a",
@@ -224,36 +223,36 @@ fn the_canary_is_nowhere_the_agent_or_a_user_can_see_and_the_ca_key_is_absent() 
         "--filter",
         "label=bot-bottle.role=egress",
     ]);
-    let config_tar = Command::new("docker")
-        .args([
-            "cp",
-            &format!("{}:/etc/bot-bottle/egress.json", sidecar.trim()),
-            "-",
-        ])
+    let sidecar = sidecar.trim();
+    let copied = Command::new("docker")
+        .args(["cp", &format!("{sidecar}:/etc/bot-bottle/egress.json"), "-"])
+        .output()
+        .unwrap();
+    assert!(!copied.status.success(), "a config file is in the sidecar");
+    let sidecar_fs = Command::new("docker")
+        .args(["export", sidecar])
         .output()
         .unwrap()
         .stdout;
-    let config_text = String::from_utf8_lossy(&config_tar);
-    let start = config_text.find('{').expect("the sidecar's config");
-    let config: serde_json::Value = serde_json::Deserializer::from_str(&config_text[start..])
-        .into_iter()
+    assert!(
+        sidecar_fs.len() > 1000,
+        "exported the sidecar's file system"
+    );
+    assert!(
+        !String::from_utf8_lossy(&sidecar_fs).contains(&token),
+        "the real token is in the sidecar's file system"
+    );
+    // The CA key went nowhere else: no private key in the agent's file
+    // system (PEM, or PEM escaped inside JSON) belongs to the bottle CA's
+    // certificate, the first one the agent printed. (Images carry keys of
+    // their own, such as GnuTLS's self-test keys.)
+    let ca_cert = rustls_pemfile::certs(&mut out.as_bytes())
         .next()
-        .unwrap()
+        .expect("the agent printed the CA certificate")
         .unwrap();
-    let key_pem = config["ca"]["key_pem"]
-        .as_str()
-        .expect("the CA key in the sidecar config");
-    assert!(key_pem.contains("PRIVATE KEY"));
-    for line in key_pem.lines().filter(|l| l.len() > 40) {
-        assert!(
-            !export.contains(line),
-            "a line of the CA key is in the agent's filesystem"
-        );
-    }
-    assert_eq!(
-        config["tokens"]["API_TOKEN"],
-        token.as_str(),
-        "the sidecar alone holds the real token"
+    assert!(
+        !holds_key_of(&export, &ca_cert),
+        "the bottle CA's private key is in the agent's filesystem"
     );
     assert!(
         out.contains("BEGIN CERTIFICATE"),
@@ -740,4 +739,58 @@ fn a_terminal_resize_reaches_the_agent() {
     assert_eq!(wait_exit(&mut child), 0, "bottle run in a terminal");
     drop(master);
     assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
+}
+
+/// Whether `text` holds, as PEM or as PEM escaped inside JSON, the private
+/// key of the certificate `cert` (DER).
+fn holds_key_of(text: &str, cert: &[u8]) -> bool {
+    [text.to_string(), text.replace("\\n", "\n")]
+        .iter()
+        .flat_map(|t| {
+            pem_blocks(t, "PRIVATE KEY")
+                .into_iter()
+                .filter_map(|k| rcgen::KeyPair::from_pem(k).ok())
+                .collect::<Vec<_>>()
+        })
+        .any(|key| {
+            let public = key.public_key_der();
+            cert.windows(public.len()).any(|w| w == public)
+        })
+}
+
+#[test]
+fn the_key_check_finds_a_key_in_pem_and_in_json() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["ca.test".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let other = rcgen::KeyPair::generate().unwrap();
+    let pem = key.serialize_pem();
+    let json = serde_json::json!({ "key_pem": pem }).to_string();
+    assert!(holds_key_of(&format!("junk\0{pem}junk"), cert.der()));
+    assert!(holds_key_of(&json, cert.der()));
+    assert!(!holds_key_of(&other.serialize_pem(), cert.der()));
+    assert!(!holds_key_of(
+        "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----",
+        cert.der()
+    ));
+}
+
+/// Every `-----BEGIN {label}-----` … `-----END {label}-----` block in `text`.
+fn pem_blocks<'a>(text: &'a str, label: &str) -> Vec<&'a str> {
+    let (begin, end) = (
+        format!("-----BEGIN {label}-----"),
+        format!("-----END {label}-----"),
+    );
+    let mut blocks = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(&begin) {
+        let Some(len) = rest[at..].find(&end) else {
+            break;
+        };
+        blocks.push(&rest[at..at + len + end.len()]);
+        rest = &rest[at + len + end.len()..];
+    }
+    blocks
 }

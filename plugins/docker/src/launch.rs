@@ -6,6 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use bollard::container::AttachContainerResults;
 use bollard::models::{
     ContainerCreateBody, EndpointSettings, HostConfig, Mount as DockerMount, MountTypeEnum,
     MountVolumeOptions, MountVolumeOptionsDriverConfig, NetworkConnectRequest,
@@ -19,6 +20,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use bot_bottle_plugin_api::{BottleHandle, LaunchSpec, PluginError};
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::client::{is_not_found, Client};
 use crate::files::{self, AgentUser};
@@ -276,13 +278,6 @@ async fn bring_up(
             create_egress(client, docker, spec, options, &names, &egress_image, gated).await?;
             tracing::debug!(elapsed = ?started.elapsed(), "sidecar created");
             let _ = sidecar_made_tx.send(());
-            put_egress_config(
-                client,
-                docker,
-                &names.egress,
-                spec.egress.config.expose().as_bytes(),
-            )
-            .await?;
             if agent_made.await.is_err() {
                 return Ok(());
             }
@@ -697,14 +692,27 @@ async fn create_egress(
     gated: bool,
 ) -> Result<(), PluginError> {
     let body = |network: &str, listen: Vec<String>| {
-        let mut cmd: Vec<String> = ["egress", "serve", "--config", EGRESS_CONFIG_PATH]
-            .map(String::from)
-            .to_vec();
+        // The config comes on stdin (see `start_egress`); the file is
+        // where a credential rotation puts the next one.
+        let mut cmd: Vec<String> = [
+            "egress",
+            "serve",
+            "--config",
+            EGRESS_CONFIG_PATH,
+            "--config-stdin",
+        ]
+        .map(String::from)
+        .to_vec();
         cmd.extend(listen);
         ContainerCreateBody {
             image: Some(image.to_string()),
             entrypoint: Some(vec![EGRESS_PROGRAM_PATH.into()]),
             cmd: Some(cmd),
+            // Closed by the daemon once the config is written and our end
+            // of the attachment closes.
+            open_stdin: Some(true),
+            stdin_once: Some(true),
+            attach_stdin: Some(true),
             user: Some(format!("{EGRESS_UID}:{EGRESS_UID}")),
             env: Some(vec![format!("BOT_BOTTLE_ID={}", spec.bottle_id)]),
             labels: Some(names::labels(spec, ROLE_EGRESS)),
@@ -1319,10 +1327,13 @@ async fn place_files(
     .await
 }
 
-/// Starts the sidecar and returns once its proxy listens. Attached before
-/// the start, the proxy's own `listening on …` line (stderr, printed right
-/// after it bound the port) says so the moment it happens; no polling, and
-/// it works where the host cannot reach container addresses.
+/// Starts the sidecar, hands its proxy the config on stdin and returns once
+/// it listens. Attached before the start, the proxy's own `listening on …`
+/// line (stderr, printed right after it bound the port) says so the moment
+/// it happens; no polling, and it works where the host cannot reach
+/// container addresses. The config never touches the sidecar's file
+/// system (it would sit in the container's layer on the host's disk), and
+/// it costs no archive call: each is a helper process dockerd starts.
 async fn start_egress(
     client: &Client,
     docker: &Docker,
@@ -1333,7 +1344,7 @@ async fn start_egress(
         .attach_container(
             &names.egress,
             Some(AttachContainerOptions {
-                stdin: false,
+                stdin: true,
                 // The audit log (stdout) is not ours to read here.
                 stdout: false,
                 stderr: true,
@@ -1342,21 +1353,32 @@ async fn start_egress(
                 detach_keys: None,
             }),
         )
-        .await;
+        .await
+        .map_err(|e| client.api("attaching to the egress sidecar", e))?;
+    let AttachContainerResults {
+        mut output,
+        mut input,
+    } = attached;
     docker
         .start_container(&names.egress, None::<StartContainerOptions>)
         .await
         .map_err(|e| client.api("starting the egress sidecar", e))?;
-    let mut output = match attached {
-        Ok(a) => a.output,
-        Err(e) => {
-            tracing::debug!("attaching to the sidecar failed, polling its logs: {e}");
-            return wait_for_egress(client, docker, spec, names, Instant::now()).await;
-        }
-    };
     let since = Instant::now();
     let mut seen = Vec::new();
     let heard = tokio::time::timeout(EGRESS_READY_TIMEOUT, async {
+        // Closing our end closes the proxy's stdin (`stdin_once`): the end
+        // of the config. A proxy that died at once fails this; its output
+        // below says why.
+        let written = async {
+            input
+                .write_all(spec.egress.config.expose().as_bytes())
+                .await?;
+            input.shutdown().await
+        };
+        if let Err(e) = written.await {
+            // An I/O error names none of the config's bytes.
+            tracing::debug!("handing the egress sidecar its config: {e}");
+        }
         while let Some(Ok(chunk)) = output.next().await {
             seen.extend_from_slice(&chunk.into_bytes());
             if String::from_utf8_lossy(&seen)

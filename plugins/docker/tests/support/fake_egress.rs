@@ -3,9 +3,11 @@
 //! tests with plain `rustc` (std only, dynamically linked against glibc, so
 //! the sidecar image's `ldd` packing is exercised for real).
 //!
-//! `PROGRAM egress serve --config FILE (--listen ADDR | --listen-unix PATH)`:
-//! * reads FILE (the sidecar's config; it must be readable) and prints one
-//!   JSON line with its size and mode — never its contents;
+//! `PROGRAM egress serve --config FILE [--config-stdin] (--listen ADDR |
+//! --listen-unix PATH)`:
+//! * reads the config from stdin until it closes (`--config-stdin`), else
+//!   from FILE (it must be readable), and prints one JSON line with its size
+//!   and where it came from (stdin, or the file's mode) — never its contents;
 //! * if the config contains `"fail": true` it prints the config's `token`
 //!   to stderr and exits 3 (to check that the backend redacts it);
 //! * if the config contains `"delay_ms": N` it waits N ms before it binds
@@ -63,9 +65,17 @@ fn main() {
     let unix = args.iter().any(|a| a == "--listen-unix");
     let listen = arg(if unix { "--listen-unix" } else { "--listen" });
 
-    let config = std::fs::read_to_string(&config_path).expect("reading the config");
-    let mode = std::fs::metadata(&config_path).unwrap().permissions().mode() & 0o7777;
-    println!(r#"{{"event":"config","bytes":{},"mode":"{:o}"}}"#, config.len(), mode);
+    let config = if args.iter().any(|a| a == "--config-stdin") {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).expect("reading stdin");
+        println!(r#"{{"event":"config","bytes":{},"from":"stdin"}}"#, text.len());
+        text
+    } else {
+        let text = std::fs::read_to_string(&config_path).expect("reading the config");
+        let mode = std::fs::metadata(&config_path).unwrap().permissions().mode() & 0o7777;
+        println!(r#"{{"event":"config","bytes":{},"mode":"{:o}"}}"#, text.len(), mode);
+        text
+    };
     if config.contains(r#""fail": true"#) || config.contains(r#""fail":true"#) {
         let token = config
             .split(r#""token":""#)
