@@ -63,6 +63,8 @@ const BACKLOG: usize = 128;
 const COPY_BUF: usize = 16 * 1024;
 
 const AT_FDCWD: isize = -100;
+const O_RDONLY: usize = 0;
+const O_CLOEXEC: usize = 0o2000000;
 const AF_UNIX: usize = 1;
 const AF_INET: usize = 2;
 const SOCK_STREAM: usize = 1;
@@ -117,6 +119,7 @@ mod nr {
     pub const CLOCK_GETTIME: usize = 228;
     pub const EXIT_GROUP: usize = 231;
     pub const FACCESSAT: usize = 269;
+    pub const OPENAT: usize = 257;
     pub const ACCEPT4: usize = 288;
     pub const CLOSE_RANGE: usize = 436;
 }
@@ -147,6 +150,7 @@ mod nr {
     pub const CLOCK_GETTIME: usize = 113;
     pub const EXIT_GROUP: usize = 94;
     pub const FACCESSAT: usize = 48;
+    pub const OPENAT: usize = 56;
     pub const ACCEPT4: usize = 242;
     pub const CLOSE_RANGE: usize = 436;
 }
@@ -487,6 +491,7 @@ unsafe extern "C" fn main(stack: *const usize) -> ! {
         ]);
         exit(125);
     };
+    require_loopback_only();
     // Before the wait, so that a port in use fails at once.
     let listener = match listen_loopback(port) {
         Ok(fd) => fd,
@@ -520,6 +525,86 @@ unsafe extern "C" fn main(stack: *const usize) -> ! {
     }
     // SAFETY: argv[5..] and envp are the kernel's NULL-terminated arrays.
     unsafe { exec(argv.add(5), envp) }
+}
+
+/// Exits unless loopback is the only network interface there is: the
+/// proxy's socket must be the agent's only way out. (The backend asks
+/// Docker for a container without networking, which runc gives a network
+/// namespace of its own with loopback only; this makes sure of it.) Fail
+/// closed: more interfaces, or a table that cannot be read, and the agent
+/// never runs.
+fn require_loopback_only() {
+    let refuse = |what: &[&[u8]]| -> ! {
+        write_err(&[b"bot-bottle gate: "]);
+        write_err(what);
+        write_err(&[b"; not starting the agent\n"]);
+        exit(125)
+    };
+    let path = b"/proc/net/dev\0";
+    // SAFETY: a NUL-terminated path.
+    let fd = unsafe {
+        syscall(
+            nr::OPENAT,
+            AT_FDCWD as usize,
+            path.as_ptr() as usize,
+            O_RDONLY | O_CLOEXEC,
+            0,
+            0,
+        )
+    };
+    if fd < 0 {
+        refuse(&[b"cannot read /proc/net/dev (", errno_text(fd, &mut [0; 32]), b")"]);
+    }
+    // A table with loopback alone is about 450 bytes.
+    let mut buf = [0u8; 4096];
+    let mut len = 0;
+    while len < buf.len() {
+        // SAFETY: writes at most the rest of `buf`.
+        let n = unsafe {
+            syscall(
+                nr::READ,
+                fd as usize,
+                buf.as_mut_ptr() as usize + len,
+                buf.len() - len,
+                0,
+                0,
+            )
+        };
+        match n {
+            0 => break,
+            n if n == -EINTR => continue,
+            n if n < 0 => refuse(&[b"cannot read /proc/net/dev (", errno_text(n, &mut [0; 32]), b")"]),
+            n => len += n as usize,
+        }
+    }
+    close(fd as usize);
+    if len == buf.len() {
+        refuse(&[b"the agent's network namespace has more interfaces than loopback"]);
+    }
+    // Two header lines, then `NAME: counters…` per interface.
+    for line in buf[..len].split(|b| *b == b'\n').skip(2) {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let name = trim_spaces(&line[..colon]);
+        if name != b"lo" {
+            refuse(&[
+                b"the agent's network namespace has an interface besides loopback (",
+                name,
+                b")",
+            ]);
+        }
+    }
+}
+
+fn trim_spaces(mut s: &[u8]) -> &[u8] {
+    while let [b' ', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' '] = s {
+        s = rest;
+    }
+    s
 }
 
 /// Whether the file at the C string `path` exists.

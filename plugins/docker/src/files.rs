@@ -183,12 +183,36 @@ pub fn parent_dirs(files: &[SandboxFile]) -> Result<Vec<String>, PluginError> {
     Ok(dirs.into_iter().collect())
 }
 
+/// One file of an [`archive`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    /// Absolute path in the container.
+    pub path: String,
+    pub data: Vec<u8>,
+    pub mode: u32,
+    /// Root's, not the agent's (what Docker itself would have put there).
+    pub root_owned: bool,
+}
+
+impl Placed {
+    /// A file of the agent user's.
+    pub fn agents(path: impl Into<String>, data: Vec<u8>, mode: u32) -> Self {
+        Self {
+            path: path.into(),
+            data,
+            mode,
+            root_owned: false,
+        }
+    }
+}
+
 /// A tar archive, extracted at `/`, that creates `missing_dirs` and writes
-/// `files`. Files belong to `owner`; created directories belong to `owner`
-/// inside its home and to root elsewhere. Existing directories are never in
-/// the archive, so their owners and modes stay as the image has them.
+/// `files`. Files belong to `owner` unless root-owned; created directories
+/// belong to `owner` inside its home and to root elsewhere. Existing
+/// directories are never in the archive, so their owners and modes stay as
+/// the image has them.
 pub fn archive(
-    files: &[(String, Vec<u8>, u32)],
+    files: &[Placed],
     missing_dirs: &[String],
     owner: &AgentUser,
 ) -> Result<Vec<u8>, PluginError> {
@@ -219,16 +243,20 @@ pub fn archive(
             )
             .map_err(pack)?;
     }
-    for (path, data, mode) in files {
+    for file in files {
+        let (uid, gid) = match file.root_owned {
+            true => (0, 0),
+            false => (owner.uid, owner.gid),
+        };
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Regular);
-        header.set_size(data.len() as u64);
-        header.set_mode(mode & 0o7777);
-        header.set_uid(owner.uid.into());
-        header.set_gid(owner.gid.into());
+        header.set_size(file.data.len() as u64);
+        header.set_mode(file.mode & 0o7777);
+        header.set_uid(uid.into());
+        header.set_gid(gid.into());
         header.set_mtime(now());
         builder
-            .append_data(&mut header, relative_path(path)?, &data[..])
+            .append_data(&mut header, relative_path(&file.path)?, &file.data[..])
             .map_err(pack)?;
     }
     builder.into_inner().map_err(pack)
@@ -319,7 +347,13 @@ mod tests {
             home: Some("/home/agent".into()),
         };
         let tar = archive(
-            &[("/home/agent/.codex/auth.json".into(), b"{}".to_vec(), 0o600)],
+            &[
+                Placed::agents("/home/agent/.codex/auth.json", b"{}".to_vec(), 0o600),
+                Placed {
+                    root_owned: true,
+                    ..Placed::agents("/etc/hosts", b"127.0.0.1 localhost\n".to_vec(), 0o644)
+                },
+            ],
             &["/etc/bot-bottle".into(), "/home/agent/.codex".into()],
             &user,
         )
@@ -344,6 +378,7 @@ mod tests {
                 ("etc/bot-bottle/".into(), 0, 0o755),
                 ("home/agent/.codex/".into(), 1001, 0o755),
                 ("home/agent/.codex/auth.json".into(), 1001, 0o600),
+                ("etc/hosts".into(), 0, 0o644),
             ]
         );
     }

@@ -23,7 +23,7 @@ use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
 
 use crate::client::{is_not_found, Client};
-use crate::files::{self, AgentUser};
+use crate::files::{self, AgentUser, Placed};
 use crate::gate;
 use crate::image_facts::ImageFacts;
 use crate::names::{
@@ -39,6 +39,14 @@ const EGRESS_READY_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_AGENT_PIDS: i64 = 4096;
 /// Process limit of the sidecar.
 const EGRESS_PIDS: i64 = 1024;
+/// The agent's /etc/hosts behind the gate: what Docker writes for a
+/// container on `--network none`.
+const LOOPBACK_HOSTS: &str = "127.0.0.1\tlocalhost\n\
+    ::1\tlocalhost ip6-localhost ip6-loopback\n\
+    fe00::0\tip6-localnet\n\
+    ff00::0\tip6-mcastprefix\n\
+    ff02::1\tip6-allnodes\n\
+    ff02::2\tip6-allrouters\n";
 
 /// Brings the bottle up; on any failure (or panic) removes every resource
 /// labelled with the bottle id before returning.
@@ -1081,7 +1089,8 @@ fn agent_container_body(
     // Docker would have run once the proxy accepts connections; otherwise
     // Docker runs it directly, and the container starts only then.
     let (entrypoint, cmd) = if gate_volume.is_some() {
-        let marker = (!agent.files.is_empty()).then_some(gate::FILES_MARKER);
+        // Behind the gate there are always files (`place_files`).
+        let marker = Some(gate::FILES_MARKER);
         let (e, c) = gate::argv(
             EGRESS_SOCKET_PATH,
             spec.egress.listen_port,
@@ -1142,6 +1151,14 @@ fn agent_container_body(
         attach_stderr: Some(true),
         labels: Some(names::labels(spec, ROLE_AGENT)),
         host_config: Some(host_config),
+        // Behind the gate the agent needs loopback and nothing else. With
+        // networking disabled dockerd makes no network sandbox at all, and
+        // runc gives the container a new network namespace with loopback
+        // up, as `--network none` does, minus two helper processes dockerd
+        // would re-execute itself as (~60-90 ms of CPU each here: the
+        // sandbox's `set-ipv6` and the `libnetwork-setkey` start hook).
+        // The gate refuses to run the agent if any other interface exists.
+        network_disabled: gated.then_some(true),
         networking_config: (!gated).then(|| endpoint(network, vec![])),
         ..Default::default()
     })
@@ -1303,18 +1320,25 @@ async fn place_files(
     missing: &[String],
     gated: bool,
 ) -> Result<(), PluginError> {
-    if spec.agent.files.is_empty() {
+    if spec.agent.files.is_empty() && !gated {
         return Ok(());
     }
     let mut contents = spec
         .agent
         .files
         .iter()
-        .map(|f| Ok((f.path.clone(), files::contents(f)?, f.mode)))
+        .map(|f| Ok(Placed::agents(&f.path, files::contents(f)?, f.mode)))
         .collect::<Result<Vec<_>, PluginError>>()?;
     if gated {
+        // Docker writes no /etc/hosts for a container without networking
+        // (see `agent_container_body`); this is the one it writes for
+        // `--network none`, so that `localhost` resolves.
+        contents.push(Placed {
+            root_owned: true,
+            ..Placed::agents("/etc/hosts", LOOPBACK_HOSTS.as_bytes().to_vec(), 0o644)
+        });
         // Last, so that it exists only once every file does.
-        contents.push((gate::FILES_MARKER.to_string(), Vec::new(), 0o444));
+        contents.push(Placed::agents(gate::FILES_MARKER, Vec::new(), 0o444));
     }
     let archive = files::archive(&contents, missing, user)?;
     upload(

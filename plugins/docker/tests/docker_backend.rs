@@ -555,6 +555,82 @@ fn agent_reaches_only_the_proxy() {
         .map(str::trim)
         .collect();
     assert_eq!(interfaces, ["lo"], "{devices}");
+    // Asked of Docker as "no networking" (no network sandbox, runc makes
+    // the namespace), with the /etc/hosts Docker would have written.
+    assert_eq!(agent_json["Config"]["NetworkDisabled"], true);
+    let (_, hosts) = run_in(&docker, &agent, &["ls", "-ln", "/etc/hosts"]);
+    assert!(
+        hosts.contains(" 0 ") && hosts.starts_with("-rw-r--r--"),
+        "{hosts}"
+    );
+    let (_, hosts) = run_in(&docker, &agent, &["cat", "/etc/hosts"]);
+    assert!(hosts.starts_with("127.0.0.1\tlocalhost\n"), "{hosts}");
+    // The gate itself refuses a namespace with more than loopback: the
+    // same gate, in a container on Docker's default bridge, never runs
+    // its program.
+    let carrier = agent_json["HostConfig"]["VolumesFrom"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let refused = format!("{id}-gate-with-eth0");
+    let code = rt().block_on(async {
+        docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(refused.clone()),
+                    ..Default::default()
+                }),
+                ContainerCreateBody {
+                    image: Some(BUSYBOX_IMAGE.into()),
+                    entrypoint: Some(vec!["/.bot-bottle/gate".into()]),
+                    cmd: Some(
+                        [
+                            "/.bot-bottle-egress/proxy.sock",
+                            "3128",
+                            "-",
+                            "--",
+                            "echo",
+                            "the-agent-ran",
+                        ]
+                        .map(String::from)
+                        .to_vec(),
+                    ),
+                    labels: Some(HashMap::from([(TEST_LABEL.to_string(), "1".to_string())])),
+                    host_config: Some(HostConfig {
+                        network_mode: Some("bridge".into()),
+                        volumes_from: Some(vec![carrier]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        docker
+            .start_container(&refused, None::<StartContainerOptions>)
+            .await
+            .unwrap();
+        let waited = docker
+            .wait_container(
+                &refused,
+                None::<bollard::query_parameters::WaitContainerOptions>,
+            )
+            .next()
+            .await;
+        match waited {
+            Some(Ok(r)) => r.status_code,
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+            other => panic!("waiting for the gate: {other:?}"),
+        }
+    });
+    let logs = container_logs(&docker, &refused);
+    force_remove_container(&docker, &refused);
+    assert_eq!(code, 125, "{logs}");
+    assert!(
+        logs.contains("an interface besides loopback (eth0)"),
+        "{logs}"
+    );
+    assert!(!logs.contains("the-agent-ran"), "{logs}");
     let egress_json = inspect_json(&docker, &egress);
     let egress_nets: Vec<&String> = egress_json["NetworkSettings"]["Networks"]
         .as_object()
