@@ -1329,7 +1329,8 @@ async fn place_files(
         .iter()
         .map(|f| Ok(Placed::agents(&f.path, files::contents(f)?, f.mode)))
         .collect::<Result<Vec<_>, PluginError>>()?;
-    if gated {
+    let own_hosts = spec.agent.files.iter().any(|f| f.path == "/etc/hosts");
+    if gated && !own_hosts {
         // Docker writes no /etc/hosts for a container without networking
         // (see `agent_container_body`); this is the one it writes for
         // `--network none`, so that `localhost` resolves.
@@ -1337,6 +1338,8 @@ async fn place_files(
             root_owned: true,
             ..Placed::agents("/etc/hosts", LOOPBACK_HOSTS.as_bytes().to_vec(), 0o644)
         });
+    }
+    if gated {
         // Last, so that it exists only once every file does.
         contents.push(Placed::agents(gate::FILES_MARKER, Vec::new(), 0o444));
     }
