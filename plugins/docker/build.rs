@@ -9,8 +9,11 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+include!("gate/rustc_args.rs");
+
 fn main() {
     println!("cargo:rerun-if-changed=gate/gate.rs");
+    println!("cargo:rerun-if-changed=gate/rustc_args.rs");
     println!("cargo:rustc-check-cfg=cfg(bb_gate)");
     let target = std::env::var("TARGET").unwrap_or_default();
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
@@ -23,29 +26,10 @@ fn main() {
     }
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("gate");
-    let common = [
-        "--edition=2021",
-        "--crate-type=bin",
-        "-Cpanic=abort",
-        "-Copt-level=s",
-        "-Crelocation-model=static",
-        "-Ctarget-feature=+crt-static",
-        "-Cstrip=symbols",
-    ];
-    // Rust's own lld first (no C toolchain needed), then the system's cc.
-    let linkers: [&[&str]; 2] = [
-        &["-Clinker-flavor=ld.lld", "-Clinker=rust-lld"],
-        &[
-            "-Clink-arg=-nostartfiles",
-            "-Clink-arg=-nostdlib",
-            "-Clink-arg=-static",
-            "-Clink-arg=-no-pie",
-        ],
-    ];
     let mut errors = String::new();
-    for linker in linkers {
+    for linker in GATE_LINKERS {
         let result = Command::new(&rustc)
-            .args(common)
+            .args(GATE_RUSTC_FLAGS)
             .args(linker)
             .arg(format!("--target={target}"))
             .arg("gate/gate.rs")

@@ -41,7 +41,8 @@
 //! Agent images are arbitrary (no shell, no libc we could rely on), so the
 //! gate is freestanding: no std, no libc, raw Linux syscalls, linked static
 //! (`plugins/docker/build.rs` compiles it with plain `rustc`). x86_64 and
-//! aarch64 Linux only (`build.rs` says what happens elsewhere).
+//! aarch64 Linux only (`build.rs` says what happens elsewhere); the aarch64
+//! build is run under qemu-user by `tests/gate_aarch64.rs`.
 
 #![no_std]
 #![no_main]
