@@ -362,6 +362,24 @@ fn inspect_json(docker: &Docker, container: &str) -> serde_json::Value {
 /// A throwaway busybox container on `network` running `cmd`, removed by
 /// the caller. Returns its name.
 fn helper_container(docker: &Docker, name: &str, network: &str, cmd: &[&str]) -> String {
+    start_helper(
+        docker,
+        name,
+        ContainerCreateBody {
+            image: Some(BUSYBOX_IMAGE.into()),
+            cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+            host_config: Some(HostConfig {
+                network_mode: Some(network.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+}
+
+/// Creates and starts a container of the tests' own (labelled as such).
+fn start_helper(docker: &Docker, name: &str, mut body: ContainerCreateBody) -> String {
+    body.labels = Some(HashMap::from([(TEST_LABEL.to_string(), "1".to_string())]));
     rt().block_on(async {
         docker
             .create_container(
@@ -369,16 +387,7 @@ fn helper_container(docker: &Docker, name: &str, network: &str, cmd: &[&str]) ->
                     name: Some(name.into()),
                     ..Default::default()
                 }),
-                ContainerCreateBody {
-                    image: Some(BUSYBOX_IMAGE.into()),
-                    cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
-                    labels: Some(HashMap::from([(TEST_LABEL.to_string(), "1".to_string())])),
-                    host_config: Some(HostConfig {
-                        network_mode: Some(network.into()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
+                body,
             )
             .await
             .unwrap();
@@ -572,44 +581,33 @@ fn agent_reaches_only_the_proxy() {
         .as_str()
         .unwrap()
         .to_string();
-    let refused = format!("{id}-gate-with-eth0");
+    let refused = start_helper(
+        &docker,
+        &format!("{id}-gate-with-eth0"),
+        ContainerCreateBody {
+            image: Some(BUSYBOX_IMAGE.into()),
+            entrypoint: Some(vec!["/.bot-bottle/gate".into()]),
+            cmd: Some(
+                [
+                    "/.bot-bottle-egress/proxy.sock",
+                    "3128",
+                    "-",
+                    "--",
+                    "echo",
+                    "the-agent-ran",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+            host_config: Some(HostConfig {
+                network_mode: Some("bridge".into()),
+                volumes_from: Some(vec![carrier]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    );
     let code = rt().block_on(async {
-        docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(refused.clone()),
-                    ..Default::default()
-                }),
-                ContainerCreateBody {
-                    image: Some(BUSYBOX_IMAGE.into()),
-                    entrypoint: Some(vec!["/.bot-bottle/gate".into()]),
-                    cmd: Some(
-                        [
-                            "/.bot-bottle-egress/proxy.sock",
-                            "3128",
-                            "-",
-                            "--",
-                            "echo",
-                            "the-agent-ran",
-                        ]
-                        .map(String::from)
-                        .to_vec(),
-                    ),
-                    labels: Some(HashMap::from([(TEST_LABEL.to_string(), "1".to_string())])),
-                    host_config: Some(HostConfig {
-                        network_mode: Some("bridge".into()),
-                        volumes_from: Some(vec![carrier]),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        docker
-            .start_container(&refused, None::<StartContainerOptions>)
-            .await
-            .unwrap();
         let waited = docker
             .wait_container(
                 &refused,
