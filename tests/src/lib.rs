@@ -245,8 +245,37 @@ impl Upstream {
 
 impl Drop for Upstream {
     fn drop(&mut self) {
+        // Everything still on the network goes with it: the upstream, and
+        // the bottle a failed test kept (`--keep`): its sidecar would hold
+        // the network, and its agent (on no network) goes by the bottle id.
+        let docker = |args: &[&str]| {
+            Command::new("docker")
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        let on_network = format!("network={}", self.network);
+        let bottles = docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &on_network,
+            "--format",
+            "{{.Label \"bot-bottle.id\"}}",
+        ]);
+        let mut doomed = vec![self.container.clone()];
+        for id in bottles.split_whitespace() {
+            let of_bottle = format!("label=bot-bottle.id={id}");
+            doomed.extend(
+                docker(&["ps", "-aq", "--filter", &of_bottle])
+                    .split_whitespace()
+                    .map(String::from),
+            );
+        }
         let _ = Command::new("docker")
-            .args(["rm", "-f", &self.container])
+            .args(["rm", "-f", "-v"])
+            .args(&doomed)
             .output();
         let _ = Command::new("docker")
             .args(["network", "rm", &self.network])
