@@ -42,7 +42,7 @@
 //! gate is freestanding: no std, no libc, raw Linux syscalls, linked static
 //! (`plugins/docker/build.rs` compiles it with plain `rustc`). x86_64 and
 //! aarch64 Linux only (`build.rs` says what happens elsewhere); the aarch64
-//! build is run under qemu-user by `tests/gate_aarch64.rs`.
+//! build is run under qemu-user by `tests/gate_namespace.rs`.
 
 #![no_std]
 #![no_main]
@@ -492,7 +492,7 @@ unsafe extern "C" fn main(stack: *const usize) -> ! {
         ]);
         exit(125);
     };
-    require_loopback_only();
+    require_loopback_routes_only();
     // Before the wait, so that a port in use fails at once.
     let listener = match listen_loopback(port) {
         Ok(fd) => fd,
@@ -528,20 +528,38 @@ unsafe extern "C" fn main(stack: *const usize) -> ! {
     unsafe { exec(argv.add(5), envp) }
 }
 
-/// Exits unless loopback is the only network interface there is: the
-/// proxy's socket must be the agent's only way out. (The backend asks
-/// Docker for a container without networking, which runc gives a network
-/// namespace of its own with loopback only; this makes sure of it.) Fail
-/// closed: more interfaces, or a table that cannot be read, and the agent
-/// never runs.
-fn require_loopback_only() {
+/// Exits unless every route goes through loopback: the proxy's socket
+/// must be the agent's only way out. (The backend asks Docker for a
+/// container without networking, which runc gives a network namespace of
+/// its own with loopback only; this makes sure of it.) Routes, not
+/// interfaces: a kernel with tunnel modules loaded puts their fallback
+/// devices (`tunl0`, `sit0`, …), down and without addresses, in every new
+/// namespace, as Docker's `--network none` has them too. Fail closed: a
+/// route through anything else, or a table that cannot be read, and the
+/// agent never runs.
+fn require_loopback_routes_only() {
+    // IPv4: a header, then `IFACE\tDESTINATION…` per route of the main
+    // table (loopback's own are in the local table, not listed).
+    routes_through(b"/proc/net/route\0", true, |line| {
+        line.split(|b| *b == b'\t').next()
+    });
+    // IPv6 (absent when the kernel has it off): the device is last.
+    routes_through(b"/proc/net/ipv6_route\0", false, |line| {
+        line.split(|b| *b == b' ').filter(|f| !f.is_empty()).next_back()
+    });
+}
+
+/// Reads the route table at `path` (NUL-terminated) and exits 125 if a
+/// route's device, as `device` finds it in a line, is not `lo`. A missing
+/// table is none (`/proc/net/ipv6_route` without IPv6).
+fn routes_through(path: &[u8], header: bool, device: impl Fn(&[u8]) -> Option<&[u8]>) {
+    let name = &path[..path.len() - 1];
     let refuse = |what: &[&[u8]]| -> ! {
         write_err(&[b"bot-bottle gate: "]);
         write_err(what);
         write_err(&[b"; not starting the agent\n"]);
         exit(125)
     };
-    let path = b"/proc/net/dev\0";
     // SAFETY: a NUL-terminated path.
     let fd = unsafe {
         syscall(
@@ -553,10 +571,14 @@ fn require_loopback_only() {
             0,
         )
     };
-    if fd < 0 {
-        refuse(&[b"cannot read /proc/net/dev (", errno_text(fd, &mut [0; 32]), b")"]);
+    if fd == -ENOENT && !header {
+        return;
     }
-    // A table with loopback alone is about 450 bytes.
+    if fd < 0 {
+        refuse(&[b"cannot read ", name, b" (", errno_text(fd, &mut [0; 32]), b")"]);
+    }
+    // Loopback's lines are a few hundred bytes; a full buffer is a table
+    // with routes through something else.
     let mut buf = [0u8; 4096];
     let mut len = 0;
     while len < buf.len() {
@@ -574,38 +596,26 @@ fn require_loopback_only() {
         match n {
             0 => break,
             n if n == -EINTR => continue,
-            n if n < 0 => refuse(&[b"cannot read /proc/net/dev (", errno_text(n, &mut [0; 32]), b")"]),
+            n if n < 0 => refuse(&[b"cannot read ", name, b" (", errno_text(n, &mut [0; 32]), b")"]),
             n => len += n as usize,
         }
     }
     close(fd as usize);
     if len == buf.len() {
-        refuse(&[b"the agent's network namespace has more interfaces than loopback"]);
+        refuse(&[b"the agent's network namespace has routes beyond loopback (", name, b")"]);
     }
-    // Two header lines, then `NAME: counters…` per interface.
-    for line in buf[..len].split(|b| *b == b'\n').skip(2) {
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
-            continue;
-        };
-        let name = trim_spaces(&line[..colon]);
-        if name != b"lo" {
-            refuse(&[
-                b"the agent's network namespace has an interface besides loopback (",
-                name,
-                b")",
-            ]);
+    let lines = buf[..len].split(|b| *b == b'\n').skip(header as usize);
+    for line in lines.filter(|l| !l.is_empty()) {
+        match device(line) {
+            Some(b"lo") => {}
+            Some(dev) => refuse(&[
+                b"the agent's network namespace has a route through ",
+                dev,
+                b", not only loopback",
+            ]),
+            None => refuse(&[b"cannot read ", name, b" (a line without a device)"]),
         }
     }
-}
-
-fn trim_spaces(mut s: &[u8]) -> &[u8] {
-    while let [b' ', rest @ ..] = s {
-        s = rest;
-    }
-    while let [rest @ .., b' '] = s {
-        s = rest;
-    }
-    s
 }
 
 /// Whether the file at the C string `path` exists.

@@ -1,6 +1,7 @@
 // How the launch gate is compiled with plain `rustc`: shared, through
-// `include!`, by `build.rs` and by the test that builds the gate for the
-// other architecture (`tests/gate_aarch64.rs`).
+// `include!`, by `build.rs` and by the test that builds the gate for this
+// host and for aarch64 and runs it in namespaces of its own
+// (`tests/gate_namespace.rs`).
 
 /// Flags for every target: a static, freestanding, small executable.
 const GATE_RUSTC_FLAGS: [&str; 7] = [
