@@ -538,82 +538,125 @@ unsafe extern "C" fn main(stack: *const usize) -> ! {
 /// route through anything else, or a table that cannot be read, and the
 /// agent never runs.
 fn require_loopback_routes_only() {
-    // IPv4: a header, then `IFACE\tDESTINATION…` per route of the main
-    // table (loopback's own are in the local table, not listed).
-    routes_through(b"/proc/net/route\0", true, |line| {
-        line.split(|b| *b == b'\t').next()
-    });
-    // IPv6 (absent when the kernel has it off): the device is last.
-    routes_through(b"/proc/net/ipv6_route\0", false, |line| {
-        line.split(|b| *b == b' ').filter(|f| !f.is_empty()).next_back()
-    });
+    for table in ROUTE_TABLES {
+        table.require_loopback_only();
+    }
 }
 
-/// Reads the route table at `path` (NUL-terminated) and exits 125 if a
-/// route's device, as `device` finds it in a line, is not `lo`. A missing
-/// table is none (`/proc/net/ipv6_route` without IPv6).
-fn routes_through(path: &[u8], header: bool, device: impl Fn(&[u8]) -> Option<&[u8]>) {
-    let name = &path[..path.len() - 1];
-    let refuse = |what: &[&[u8]]| -> ! {
-        write_err(&[b"bot-bottle gate: "]);
-        write_err(what);
-        write_err(&[b"; not starting the agent\n"]);
-        exit(125)
-    };
-    // SAFETY: a NUL-terminated path.
-    let fd = unsafe {
-        syscall(
-            nr::OPENAT,
-            AT_FDCWD as usize,
-            path.as_ptr() as usize,
-            O_RDONLY | O_CLOEXEC,
-            0,
-            0,
-        )
-    };
-    if fd == -ENOENT && !header {
-        return;
-    }
-    if fd < 0 {
-        refuse(&[b"cannot read ", name, b" (", errno_text(fd, &mut [0; 32]), b")"]);
-    }
-    // Loopback's lines are a few hundred bytes; a full buffer is a table
-    // with routes through something else.
-    let mut buf = [0u8; 4096];
-    let mut len = 0;
-    while len < buf.len() {
-        // SAFETY: writes at most the rest of `buf`.
-        let n = unsafe {
+/// A kernel route table in `/proc`, and where a line names its device.
+struct RouteTable {
+    /// NUL-terminated.
+    path: &'static [u8],
+    header_lines: usize,
+    /// Absent is empty (IPv6 when the kernel has it off).
+    optional: bool,
+    device: fn(&[u8]) -> Option<&[u8]>,
+}
+
+const ROUTE_TABLES: [RouteTable; 2] = [
+    // `IFACE\tDESTINATION…` per route of the main table (loopback's own
+    // are in the local table, not listed).
+    RouteTable {
+        path: b"/proc/net/route\0",
+        header_lines: 1,
+        optional: false,
+        device: |line| line.split(|b| *b == b'\t').next(),
+    },
+    // The device is the last, space-padded field.
+    RouteTable {
+        path: b"/proc/net/ipv6_route\0",
+        header_lines: 0,
+        optional: true,
+        device: |line| {
+            line.split(|b| *b == b' ')
+                .filter(|f| !f.is_empty())
+                .next_back()
+        },
+    },
+];
+
+impl RouteTable {
+    /// Exits 125 if a route's device is not `lo`, or the table cannot be
+    /// read.
+    fn require_loopback_only(&self) {
+        let name = &self.path[..self.path.len() - 1];
+        let refuse = |what: &[&[u8]]| -> ! {
+            write_err(&[b"bot-bottle gate: "]);
+            write_err(what);
+            write_err(&[b"; not starting the agent\n"]);
+            exit(125)
+        };
+        // SAFETY: a NUL-terminated path.
+        let fd = unsafe {
             syscall(
-                nr::READ,
-                fd as usize,
-                buf.as_mut_ptr() as usize + len,
-                buf.len() - len,
+                nr::OPENAT,
+                AT_FDCWD as usize,
+                self.path.as_ptr() as usize,
+                O_RDONLY | O_CLOEXEC,
                 0,
                 0,
             )
         };
-        match n {
-            0 => break,
-            n if n == -EINTR => continue,
-            n if n < 0 => refuse(&[b"cannot read ", name, b" (", errno_text(n, &mut [0; 32]), b")"]),
-            n => len += n as usize,
+        if fd == -ENOENT && self.optional {
+            return;
         }
-    }
-    close(fd as usize);
-    if len == buf.len() {
-        refuse(&[b"the agent's network namespace has routes beyond loopback (", name, b")"]);
-    }
-    let lines = buf[..len].split(|b| *b == b'\n').skip(header as usize);
-    for line in lines.filter(|l| !l.is_empty()) {
-        match device(line) {
-            Some(b"lo") => {}
-            Some(dev) => refuse(&[
-                b"the agent's network namespace has a route through ",
-                dev,
-                b", not only loopback",
-            ]),
-            None => refuse(&[b"cannot read ", name, b" (a line without a device)"]),
+        if fd < 0 {
+            refuse(&[
+                b"cannot read ",
+                name,
+                b" (",
+                errno_text(fd, &mut [0; 32]),
+                b")",
+            ]);
+        }
+        // Loopback's lines are a few hundred bytes; a full buffer is a
+        // table with routes through something else.
+        let mut buf = [0u8; 4096];
+        let mut len = 0;
+        while len < buf.len() {
+            // SAFETY: writes at most the rest of `buf`.
+            let n = unsafe {
+                syscall(
+                    nr::READ,
+                    fd as usize,
+                    buf.as_mut_ptr() as usize + len,
+                    buf.len() - len,
+                    0,
+                    0,
+                )
+            };
+            match n {
+                0 => break,
+                n if n == -EINTR => continue,
+                n if n < 0 => refuse(&[
+                    b"cannot read ",
+                    name,
+                    b" (",
+                    errno_text(n, &mut [0; 32]),
+                    b")",
+                ]),
+                n => len += n as usize,
+            }
+        }
+        close(fd as usize);
+        if len == buf.len() {
+            refuse(&[
+                b"the agent's network namespace has routes beyond loopback (",
+                name,
+                b")",
+            ]);
+        }
+        let lines = buf[..len].split(|b| *b == b'\n').skip(self.header_lines);
+        for line in lines.filter(|l| !l.is_empty()) {
+            match (self.device)(line) {
+                Some(b"lo") => {}
+                Some(dev) => refuse(&[
+                    b"the agent's network namespace has a route through ",
+                    dev,
+                    b", not only loopback",
+                ]),
+                None => refuse(&[b"cannot read ", name, b" (a line without a device)"]),
+            }
         }
     }
 }
