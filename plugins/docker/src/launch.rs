@@ -861,44 +861,7 @@ fn socket_volume() -> DockerMount {
     }
 }
 
-/// Writes the proxy config (real tokens and the CA key) into the sidecar's
-/// own file system, readable by the proxy's user alone: at launch, and again
-/// for a live update. Never an env var, a label, a command line or a bind
-/// mount of a host file.
-pub(crate) async fn put_egress_config(
-    client: &Client,
-    docker: &Docker,
-    sidecar: &str,
-    config: &[u8],
-) -> Result<(), PluginError> {
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_size(config.len() as u64);
-    header.set_mode(0o400);
-    header.set_uid(EGRESS_UID.into());
-    header.set_gid(EGRESS_UID.into());
-    let mut builder = tar::Builder::new(Vec::with_capacity(config.len() + 2048));
-    builder
-        .append_data(
-            &mut header,
-            EGRESS_CONFIG_PATH.trim_start_matches('/'),
-            config,
-        )
-        .map_err(|e| PluginError::internal(format!("packing the egress config: {e}")))?;
-    let archive = builder
-        .into_inner()
-        .map_err(|e| PluginError::internal(format!("packing the egress config: {e}")))?;
-    upload(
-        client,
-        docker,
-        sidecar,
-        archive,
-        "placing the egress config in the sidecar",
-    )
-    .await
-}
-
-async fn upload(
+pub(crate) async fn upload(
     client: &Client,
     docker: &Docker,
     container: &str,

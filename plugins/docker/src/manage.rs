@@ -17,8 +17,8 @@ use futures_util::StreamExt;
 
 use crate::client::{is_not_found, is_not_modified, Client};
 use crate::names::{
-    label_filter, LABEL_ID, LABEL_NAME, LABEL_ROLE, ROLE_AGENT, ROLE_EGRESS, ROLE_EGRESS_IMAGE,
-    ROLE_EGRESS_NETWORK, ROLE_GATE,
+    label_filter, EGRESS_CONFIG_PATH, EGRESS_UID, LABEL_ID, LABEL_NAME, LABEL_ROLE, ROLE_AGENT,
+    ROLE_EGRESS, ROLE_EGRESS_IMAGE, ROLE_EGRESS_NETWORK, ROLE_GATE,
 };
 use crate::options::DockerOptions;
 
@@ -502,7 +502,7 @@ pub fn update_egress(client: &Client, bottle_id: &str, config: &[u8]) -> Result<
             .find(|c| label(&c.labels, LABEL_ROLE) == Some(ROLE_EGRESS))
             .map(container_name)
             .ok_or_else(|| not_found(bottle_id))?;
-        crate::launch::put_egress_config(client, &docker, &sidecar, config).await?;
+        put_egress_config(client, &docker, &sidecar, config).await?;
         docker
             .kill_container(
                 &sidecar,
@@ -513,6 +513,43 @@ pub fn update_egress(client: &Client, bottle_id: &str, config: &[u8]) -> Result<
             .await
             .map_err(|e| client.api("signalling the egress proxy to reload", e))
     })
+}
+
+/// Writes a rotated proxy config (real tokens and the CA key) into the
+/// sidecar's own file system, readable by the proxy's user alone (its first
+/// config came on stdin, `launch::start_egress`). Never an env var, a
+/// label, a command line or a bind mount of a host file.
+async fn put_egress_config(
+    client: &Client,
+    docker: &Docker,
+    sidecar: &str,
+    config: &[u8],
+) -> Result<(), PluginError> {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(config.len() as u64);
+    header.set_mode(0o400);
+    header.set_uid(EGRESS_UID.into());
+    header.set_gid(EGRESS_UID.into());
+    let mut builder = tar::Builder::new(Vec::with_capacity(config.len() + 2048));
+    builder
+        .append_data(
+            &mut header,
+            EGRESS_CONFIG_PATH.trim_start_matches('/'),
+            config,
+        )
+        .map_err(|e| PluginError::internal(format!("packing the egress config: {e}")))?;
+    let archive = builder
+        .into_inner()
+        .map_err(|e| PluginError::internal(format!("packing the egress config: {e}")))?;
+    crate::launch::upload(
+        client,
+        docker,
+        sidecar,
+        archive,
+        "placing the egress config in the sidecar",
+    )
+    .await
 }
 
 pub fn not_found(bottle_id: &str) -> PluginError {

@@ -42,7 +42,8 @@ pub const EGRESS_IMAGE_REPO: &str = "bot-bottle-egress";
 pub const SHARED_EGRESS_NET: &str = "bot-bottle-egress";
 /// The sidecar's name on the internal network; the agent's proxy URL uses it.
 pub const EGRESS_ALIAS: &str = "bot-bottle-egress";
-/// Where the sidecar reads its config.
+/// Where a credential rotation writes the sidecar's next config, and the
+/// proxy reloads it from on SIGHUP (its first config comes on stdin).
 pub const EGRESS_CONFIG_PATH: &str = "/etc/bot-bottle/egress.json";
 /// Where the egress program sits in the sidecar image.
 pub const EGRESS_PROGRAM_PATH: &str = "/usr/local/bin/bottle";
