@@ -319,8 +319,6 @@ fn exit_codes_propagate_and_nothing_remains_after_success_failure_or_a_bad_launc
     assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
 }
 
-/// `bottle run -f manifest` in the background (output captured), returned
-/// once the bottle's agent container is running.
 /// `bottle run` attaches to the agent before it starts: an agent that
 /// prints a lot at once, at its very start, loses nothing. (Attached after
 /// the start, with Docker replaying what came before, up to two thirds of
@@ -366,6 +364,8 @@ fn every_line_the_agent_prints_reaches_the_terminal() {
     }
 }
 
+/// `bottle run -f manifest` in the background (output captured), returned
+/// once the bottle's agent container is running.
 fn run_in_background(data: &Path, manifest: &Path, token: &str, name: &str) -> std::process::Child {
     let child = bottle(data)
         .env("API_TOKEN", token)
