@@ -43,6 +43,11 @@
 //! (`plugins/docker/build.rs` compiles it with plain `rustc`). x86_64 and
 //! aarch64 Linux only (`build.rs` says what happens elsewhere); the aarch64
 //! build is run under qemu-user by `tests/gate_namespace.rs`.
+//!
+//! `gate --hold` is the same program's other job: the process of the
+//! container that holds the network namespace every egress sidecar of one
+//! egress network joins (`src/egress_ns.rs`). It does nothing but wait for
+//! a stop signal (SIGTERM, SIGINT or SIGHUP), and then exits 0.
 
 #![no_std]
 #![no_main]
@@ -103,6 +108,7 @@ mod nr {
     pub const RT_SIGACTION: usize = 13;
     pub const RT_SIGPROCMASK: usize = 14;
     pub const RT_SIGPENDING: usize = 127;
+    pub const RT_SIGTIMEDWAIT: usize = 128;
     pub const NANOSLEEP: usize = 35;
     pub const GETPID: usize = 39;
     pub const SOCKET: usize = 41;
@@ -134,6 +140,7 @@ mod nr {
     pub const RT_SIGACTION: usize = 134;
     pub const RT_SIGPROCMASK: usize = 135;
     pub const RT_SIGPENDING: usize = 136;
+    pub const RT_SIGTIMEDWAIT: usize = 137;
     pub const NANOSLEEP: usize = 101;
     pub const GETPID: usize = 172;
     pub const SOCKET: usize = 198;
@@ -473,9 +480,12 @@ unsafe extern "C" fn main(stack: *const usize) -> ! {
     };
     // SAFETY: argv holds argc strings.
     let arg = |i: usize| unsafe { cstr(*argv.add(i)) };
+    if argc == 2 && arg(1) == b"--hold" {
+        hold();
+    }
     if argc < 6 || arg(4) != b"--" || !arg(1).starts_with(b"/") {
         write_err(&[
-            b"bot-bottle gate: usage: gate SOCKET PORT MARKER -- PROGRAM [ARGS...] (SOCKET an absolute path)\n",
+            b"bot-bottle gate: usage: gate SOCKET PORT MARKER -- PROGRAM [ARGS...] (SOCKET an absolute path), or gate --hold\n",
         ]);
         exit(125);
     }
@@ -526,6 +536,29 @@ unsafe extern "C" fn main(stack: *const usize) -> ! {
     }
     // SAFETY: argv[5..] and envp are the kernel's NULL-terminated arrays.
     unsafe { exec(argv.add(5), envp) }
+}
+
+/// `gate --hold`: waits, asleep, for one of [`STOP_SIGNALS`] and exits 0.
+/// Blocked and taken with sigtimedwait (no timeout), as the pid
+/// namespace's init ignores signals it has no handler for.
+fn hold() -> ! {
+    sigmask(SIG_BLOCK, STOP_SIGNALS);
+    loop {
+        // SAFETY: a live 8-byte sigset; no siginfo or timeout wanted.
+        let got = unsafe {
+            syscall(
+                nr::RT_SIGTIMEDWAIT,
+                &STOP_SIGNALS as *const u64 as usize,
+                0,
+                0,
+                8,
+                0,
+            )
+        };
+        if got > 0 {
+            exit(0);
+        }
+    }
 }
 
 /// Exits unless every route goes through loopback: the proxy's socket

@@ -3,7 +3,7 @@
 //! under qemu-user. The gate is raw syscalls with a number table per
 //! architecture, and no aarch64 machine runs these tests: this is where the
 //! aarch64 table is exercised for real (build, route tables, socket, bind,
-//! fork, exec, signals). Needs `unshare`, `ip` (or busybox's), `python3`
+//! fork, exec, signals, and the `--hold` mode). Needs `unshare`, `ip` (or busybox's), `python3`
 //! and root for a network namespace and, for aarch64, the
 //! `aarch64-unknown-linux-gnu` Rust target and `qemu-aarch64` (Debian
 //! `qemu-user`); `.ci/run` installs them. Without one a test prints why and
@@ -123,6 +123,18 @@ print(c.recv(4096).decode().strip())
     let out = text(&o);
     assert!(out.contains("rc=143"), "{out}");
     assert!(!out.contains("the-agent-ran"), "{out}");
+
+    // `--hold` (the shared egress namespace's process) stays until a stop
+    // signal, then exits 0; a stray argument is the usage error instead.
+    let o = sh(&format!(
+        "{g} --hold & h=$!; sleep 0.5; kill -0 $h && echo alive; \
+         kill -TERM $h; wait $h; echo rc=$?"
+    ));
+    let out = text(&o);
+    assert!(out.contains("alive\nrc=0"), "{out}");
+    let o = sh(&format!("{g} --hold extra"));
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+    assert!(text(&o).contains("or gate --hold"), "{}", text(&o));
 }
 
 fn works(cmd: &mut Command) -> bool {
