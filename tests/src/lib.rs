@@ -245,9 +245,11 @@ impl Upstream {
 
 impl Drop for Upstream {
     fn drop(&mut self) {
-        // Everything still on the network goes with it: the upstream, and
-        // the bottle a failed test kept (`--keep`): its sidecar would hold
-        // the network, and its agent (on no network) goes by the bottle id.
+        // Everything still on the network goes with it: the upstream, the
+        // holder of the namespace the sidecars on it share, and the bottle
+        // a failed test kept (`--keep`): its sidecar (in the holder's
+        // namespace, or on the network) and its agent (on no network) go
+        // by the bottle id.
         let docker = |args: &[&str]| {
             Command::new("docker")
                 .args(args)
@@ -264,8 +266,35 @@ impl Drop for Upstream {
             "--format",
             "{{.Label \"bot-bottle.id\"}}",
         ]);
+        let holders = docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &on_network,
+            "--filter",
+            "label=bot-bottle.role=egress-namespace",
+            "--format",
+            "{{.Names}}",
+        ]);
+        let mut bottles: Vec<String> = bottles.split_whitespace().map(String::from).collect();
+        for holder in holders.split_whitespace() {
+            let naming = format!("label=bot-bottle.egress-ns={holder}");
+            bottles.extend(
+                docker(&[
+                    "ps",
+                    "-a",
+                    "--filter",
+                    &naming,
+                    "--format",
+                    "{{.Label \"bot-bottle.id\"}}",
+                ])
+                .split_whitespace()
+                .map(String::from),
+            );
+        }
         let mut doomed = vec![self.container.clone()];
-        for id in bottles.split_whitespace() {
+        doomed.extend(holders.split_whitespace().map(String::from));
+        for id in &bottles {
             let of_bottle = format!("label=bot-bottle.id={id}");
             doomed.extend(
                 docker(&["ps", "-aq", "--filter", &of_bottle])

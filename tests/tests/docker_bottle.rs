@@ -528,7 +528,20 @@ fn the_proxy_serves_only_the_bottle_and_not_its_egress_side_neighbours() {
         "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
         up.network
     );
-    let sidecar_ip = docker(&["inspect", "-f", &format, sidecar.trim()])
+    // Its address on the egress network: that of the namespace it shares
+    // with the other sidecars there (its holder's, decision 0003).
+    let mode = docker(&[
+        "inspect",
+        "-f",
+        "{{.HostConfig.NetworkMode}}",
+        sidecar.trim(),
+    ]);
+    let owner = mode
+        .trim()
+        .strip_prefix("container:")
+        .unwrap_or(sidecar.trim())
+        .to_string();
+    let sidecar_ip = docker(&["inspect", "-f", &format, &owner])
         .trim()
         .to_string();
     assert!(!sidecar_ip.is_empty());

@@ -70,8 +70,9 @@ pub fn enabled(options: &DockerOptions) -> bool {
 }
 
 /// `bot-bottle-gate:<first 16 hex of the gate's SHA-256>`: a new gate gets
-/// a new image and carrier, the same one is reused.
-fn tag() -> Option<String> {
+/// a new image and carrier, the same one is reused. The egress namespace's
+/// holder runs this image too (`gate --hold`), once [`ensure`] has made it.
+pub fn image_tag() -> Option<String> {
     let sha = hex::encode(Sha256::digest(binary()?));
     Some(format!("{GATE_REPO}:{}", &sha[..16]))
 }
@@ -122,7 +123,7 @@ pub fn argv(
 /// Makes sure the gate's image and carrier container exist; returns the
 /// `VolumesFrom` entry that gives an agent the gate, read-only.
 pub async fn ensure(client: &Client, docker: &Docker) -> Result<String, PluginError> {
-    let (Some(program), Some(tag)) = (binary(), tag()) else {
+    let (Some(program), Some(tag)) = (binary(), image_tag()) else {
         return Err(PluginError::internal("no launch gate in this build"));
     };
     let carrier = carrier_name(&tag);
@@ -290,7 +291,7 @@ mod tests {
         )) {
             let gate = binary().expect("build.rs built no gate");
             assert_eq!(&gate[..4], b"\x7fELF");
-            assert!(tag().unwrap().starts_with("bot-bottle-gate:"));
+            assert!(image_tag().unwrap().starts_with("bot-bottle-gate:"));
         }
     }
 }

@@ -23,6 +23,7 @@ use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
 
 use crate::client::{is_not_found, Client};
+use crate::egress_ns;
 use crate::files::{self, AgentUser, Placed};
 use crate::gate;
 use crate::image_facts::ImageFacts;
@@ -227,8 +228,10 @@ async fn bring_up(
                     match &options.egress_network {
                         Some(existing) => find_egress_network(client, docker, existing)
                             .await
-                            .map(|()| existing.clone()),
-                        None => shared_egress_network(client, docker).await,
+                            .map(|id| (existing.clone(), id)),
+                        None => shared_egress_network(client, docker)
+                            .await
+                            .map(|id| (id.clone(), id)),
                     }
                 },
                 async {
@@ -238,11 +241,19 @@ async fn bring_up(
                     }
                 },
             );
-            a.and(Ok((b?, c?)))
+            a?;
+            let ((network, network_id), gate_volume) = (b?, c?);
+            // After the gate's image exists: the holder runs it.
+            let holder = match egress_ns::wanted(options, gated, &network) {
+                true => Some(egress_ns::ensure(client, docker, &network, &network_id).await?),
+                false => None,
+            };
+            Ok::<_, PluginError>((network, gate_volume, holder))
         },
     );
     let ((agent_image, probed, facts), egress_image) = images?;
-    let (egress_net, gate_volume) = networks?;
+    let (egress_net, gate_volume, holder) = networks?;
+    let holder = holder.as_deref();
     names.egress_net = egress_net;
     tracing::debug!(elapsed = ?started.elapsed(), "images and networks ready");
 
@@ -283,13 +294,23 @@ async fn bring_up(
     let (listening_tx, listening) = tokio::sync::oneshot::channel::<()>();
     let (egress, agent) = tokio::join!(
         async {
-            create_egress(client, docker, spec, options, &names, &egress_image, gated).await?;
+            create_egress(
+                client,
+                docker,
+                spec,
+                options,
+                &names,
+                &egress_image,
+                gated,
+                holder,
+            )
+            .await?;
             tracing::debug!(elapsed = ?started.elapsed(), "sidecar created");
             let _ = sidecar_made_tx.send(());
             if agent_made.await.is_err() {
                 return Ok(());
             }
-            start_egress(client, docker, spec, &names).await?;
+            start_egress(client, docker, spec, &names, holder).await?;
             tracing::debug!(elapsed = ?started.elapsed(), "egress proxy listening");
             let _ = listening_tx.send(());
             Ok::<_, PluginError>(())
@@ -346,6 +367,7 @@ async fn bring_up(
             "internal_network": (!gated).then_some(&names.internal_net),
             "egress_socket": gated.then_some(EGRESS_SOCKET_PATH),
             "egress_network": options.egress_network.as_deref().unwrap_or(&names.egress_net),
+            "egress_namespace": holder,
             "agent_image": agent_image.reference,
             "egress_image": egress_image,
             "proxy_url": proxy_url(spec, gated),
@@ -520,16 +542,16 @@ async fn load_archive(
 
 /// A network the user made for egress (a mirror, a test upstream): it must
 /// exist, and it is theirs, so it carries no bottle label and teardown
-/// leaves it alone.
+/// leaves it alone. Returns its id.
 async fn find_egress_network(
     client: &Client,
     docker: &Docker,
     existing: &str,
-) -> Result<(), PluginError> {
+) -> Result<String, PluginError> {
     docker
         .inspect_network(existing, None::<bollard::query_parameters::InspectNetworkOptions>)
         .await
-        .map(|_| ())
+        .map(|n| n.id.unwrap_or_else(|| existing.to_string()))
         .map_err(|e| {
             let mut err = client.api(&format!("finding egress_network `{existing}`"), e);
             err.hint = Some(format!(
@@ -686,10 +708,13 @@ async fn create_named(
     Ok(())
 }
 
-/// Creates the sidecar. Behind the gate it is on its egress network only
-/// and serves a Unix socket in a volume of its own, which the agent (no
-/// network at all) mounts read-only; otherwise it serves TCP on the
-/// bottle's internal network too, to that network's clients only.
+/// Creates the sidecar. Behind the gate it serves a Unix socket in a
+/// volume of its own, which the agent (no network at all) mounts
+/// read-only, and reaches the world through its egress network: in the
+/// namespace of that network's `holder` (`egress_ns.rs`), or on the
+/// network itself. Otherwise it serves TCP on the bottle's internal
+/// network too, to that network's clients only.
+#[allow(clippy::too_many_arguments)]
 async fn create_egress(
     client: &Client,
     docker: &Docker,
@@ -698,6 +723,7 @@ async fn create_egress(
     names: &BottleNames,
     image: &str,
     gated: bool,
+    holder: Option<&str>,
 ) -> Result<(), PluginError> {
     let body = |network: &str, listen: Vec<String>| {
         // The config comes on stdin (see `start_egress`); the file is
@@ -746,7 +772,21 @@ async fn create_egress(
     if gated {
         let listen = vec!["--listen-unix".into(), EGRESS_SOCKET_PATH.into()];
         let create = |network: &str| {
-            let body = body(network, listen.clone());
+            let mut body = body(network, listen.clone());
+            if let Some(holder) = holder {
+                // Its holder's namespace, and so its network; its own
+                // file system, mounts, pids and user.
+                body.networking_config = None;
+                if let Some(h) = body.host_config.as_mut() {
+                    h.network_mode = Some(format!("container:{holder}"));
+                }
+                if let Some(labels) = body.labels.as_mut() {
+                    labels.extend(egress_ns::sidecar_labels(
+                        holder,
+                        options.egress_network.is_none(),
+                    ));
+                }
+            }
             docker.create_container(
                 Some(CreateContainerOptions {
                     name: Some(names.egress.clone()),
@@ -758,7 +798,7 @@ async fn create_egress(
         return match create(&names.egress_net).await {
             Ok(_) => Ok(()),
             // `bottle gc` removed the unused shared network a moment ago.
-            Err(e) if is_not_found(&e) && options.egress_network.is_none() => {
+            Err(e) if is_not_found(&e) && options.egress_network.is_none() && holder.is_none() => {
                 let network = shared_egress_network(client, docker).await?;
                 create(&network)
                     .await
@@ -1329,6 +1369,7 @@ async fn start_egress(
     docker: &Docker,
     spec: &LaunchSpec,
     names: &BottleNames,
+    holder: Option<&str>,
 ) -> Result<(), PluginError> {
     let attached = docker
         .attach_container(
@@ -1349,10 +1390,15 @@ async fn start_egress(
         mut output,
         mut input,
     } = attached;
-    docker
+    if let Err(e) = docker
         .start_container(&names.egress, None::<StartContainerOptions>)
         .await
-        .map_err(|e| client.api("starting the egress sidecar", e))?;
+    {
+        return Err(match holder {
+            Some(holder) if !egress_ns::is_running(docker, holder).await => egress_ns::gone(holder),
+            _ => client.api("starting the egress sidecar", e),
+        });
+    }
     let since = Instant::now();
     let mut seen = Vec::new();
     let heard = tokio::time::timeout(EGRESS_READY_TIMEOUT, async {

@@ -1,13 +1,15 @@
 //! The Docker backend of bot-bottle.
 //!
 //! A bottle on Docker is two containers, labelled with the bottle id, plus
-//! one egress network every bottle's sidecar shares:
+//! what every bottle shares: one egress network, and one network namespace
+//! on it that the sidecars join, kept by a small holder container:
 //!
 //! ```text
 //!   <id>-agent (no network)                                   <id>-egress
 //!     gate: 127.0.0.1:<port> ─▶ /.bot-bottle-egress/proxy.sock ◀─ proxy
 //!                                                                   │
-//!                 (bot-bottle-egress-<hex>: ordinary bridge, shared, no ICC)
+//!               (namespace of bot-bottle-egress-ns-<hex>, on the network
+//!                bot-bottle-egress-<hex>: ordinary bridge, no ICC)
 //!                                                                   │
 //!                                                               the world
 //! ```
@@ -15,22 +17,23 @@
 //! The agent container has no network at all: no route, no DNS, no address
 //! of the host. Its launch gate (`gate.rs`) forwards its proxy variables'
 //! `127.0.0.1:<port>` to the proxy's Unix socket, in a volume of the
-//! sidecar the agent mounts read-only; the sidecar alone joins an ordinary
-//! bridge network, shared by the sidecars of all bottles, with traffic
-//! between its containers turned off (decision record 0002). Under
+//! sidecar the agent mounts read-only (decision record 0002). The sidecar
+//! reaches the world from the network namespace its egress network's
+//! holder keeps (`egress_ns.rs`, decision record 0003). Under
 //! `runtime = "runsc"` the two share a per-bottle internal network instead.
 //! The sidecar runs the host's own `bottle`
 //! binary (`bottle egress serve`) from an image built locally: `FROM
 //! scratch`, the binary and the libraries `ldd` lists, cached by the
-//! binary's SHA-256. The proxy config (real tokens, the CA key) is copied
-//! into the sidecar with the archive API before it starts; it never appears
-//! in an env, a label, a command line or the agent's filesystem.
+//! binary's SHA-256. The proxy config (real tokens, the CA key) reaches
+//! the sidecar on its stdin when it starts; it never appears in an env, a
+//! label, a command line or the agent's filesystem.
 //!
 //! See `docs/backends/docker.md` for the user's view.
 
 mod attach;
 mod client;
 mod egress_image;
+mod egress_ns;
 mod files;
 mod gate;
 mod image_facts;

@@ -17,8 +17,9 @@ use futures_util::StreamExt;
 
 use crate::client::{is_not_found, is_not_modified, Client};
 use crate::names::{
-    label_filter, EGRESS_CONFIG_PATH, EGRESS_UID, LABEL_ID, LABEL_NAME, LABEL_ROLE, ROLE_AGENT,
-    ROLE_EGRESS, ROLE_EGRESS_IMAGE, ROLE_EGRESS_NETWORK, ROLE_GATE,
+    label_filter, EGRESS_CONFIG_PATH, EGRESS_UID, LABEL_EGRESS_NS,
+    LABEL_EGRESS_NS_REMOVE_WITH_LAST, LABEL_ID, LABEL_NAME, LABEL_ROLE, ROLE_AGENT, ROLE_EGRESS,
+    ROLE_EGRESS_IMAGE, ROLE_EGRESS_NAMESPACE, ROLE_EGRESS_NETWORK, ROLE_GATE,
 };
 use crate::options::DockerOptions;
 
@@ -179,13 +180,46 @@ async fn remove_resources(
         futures_util::future::try_join_all(containers),
         futures_util::future::try_join_all(networks),
     );
-    let removed = containers?.into_iter().chain(networks?).flatten().collect();
+    let mut removed: Vec<String> = containers?.into_iter().chain(networks?).flatten().collect();
     tracing::debug!(elapsed = ?since.elapsed(), "containers and networks removed");
+    // A holder on a network the manifest named goes with its last sidecar.
+    let holders: std::collections::BTreeSet<&str> = resources
+        .containers
+        .iter()
+        .filter(|c| label(&c.labels, LABEL_EGRESS_NS_REMOVE_WITH_LAST) == Some("true"))
+        .filter_map(|c| label(&c.labels, LABEL_EGRESS_NS))
+        .collect();
+    for holder in holders {
+        removed.extend(crate::egress_ns::remove_if_unnamed(client, docker, holder).await?);
+    }
     Ok(removed)
 }
 
-/// The shared egress network(s), when no sidecar is on them. A launch that
-/// found one a moment before it is removed makes it again.
+/// The holders of shared egress namespaces (`egress_ns.rs`) that no
+/// sidecar names, running or not.
+async fn remove_unused_egress_namespaces(
+    client: &Client,
+    docker: &Docker,
+) -> Result<Vec<String>, PluginError> {
+    let holders = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(label_filter(&[(LABEL_ROLE, Some(ROLE_EGRESS_NAMESPACE))])),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| client.api("listing bot-bottle containers", e))?;
+    let mut removed = Vec::new();
+    for holder in &holders {
+        let name = container_name(holder);
+        removed.extend(crate::egress_ns::remove_if_unnamed(client, docker, &name).await?);
+    }
+    Ok(removed)
+}
+
+/// The shared egress network(s), when nothing is on them (a holder of
+/// their namespace counts). A launch that found one a moment before it is
+/// removed makes it again.
 async fn remove_unused_egress_networks(
     client: &Client,
     docker: &Docker,
@@ -241,6 +275,7 @@ pub fn remove(client: &Client, request: &RemoveRequest) -> Result<RemoveReport, 
                 tracing::debug!(bottle = %id, "removing leftovers");
                 removed.extend(remove_resources(client, &docker, resources).await?);
             }
+            removed.extend(remove_unused_egress_namespaces(client, &docker).await?);
             removed.extend(remove_unused_egress_networks(client, &docker).await?);
         }
         if request.images {

@@ -29,6 +29,18 @@ pub const ROLE_EGRESS_NETWORK: &str = "egress-network";
 pub const ROLE_PROBE: &str = "probe";
 /// The cached sidecar image.
 pub const ROLE_EGRESS_IMAGE: &str = "egress-image";
+/// The container that holds the network namespace the sidecars of one
+/// egress network share (`egress_ns.rs`); it has no bottle id.
+pub const ROLE_EGRESS_NAMESPACE: &str = "egress-namespace";
+/// On a sidecar that joins a shared namespace: the holder's name. `bottle
+/// gc` keeps a holder while any sidecar names it.
+pub const LABEL_EGRESS_NS: &str = "bot-bottle.egress-ns";
+/// On a sidecar whose holder is on a network the manifest named (not
+/// ours): `true`, and the holder goes with the last sidecar that names it,
+/// so that the user's network is free again once their bottles are gone.
+pub const LABEL_EGRESS_NS_REMOVE_WITH_LAST: &str = "bot-bottle.egress-ns-remove-with-last";
+/// On a holder: the id of the egress network it joined.
+pub const LABEL_EGRESS_NETWORK: &str = "bot-bottle.egress-network";
 /// The launch gate's image, and the never-started container that carries
 /// the gate's volume for every agent (see `gate.rs`); neither has a bottle id.
 pub const ROLE_GATE: &str = "gate";

@@ -18,11 +18,26 @@ pub struct DockerOptions {
     /// Pull the agent image when it is not present locally (default true).
     #[serde(default)]
     pub pull: Option<bool>,
-    /// Join this existing Docker network for egress instead of creating a
-    /// per-bottle one: where an internal mirror or a test upstream lives.
-    /// Only the sidecar joins it; the agent stays on the internal network.
+    /// The existing Docker network the sidecar reaches the world through,
+    /// instead of the egress network every bottle shares: where an
+    /// internal mirror or a test upstream lives. Only the sidecar joins
+    /// it; the agent has no network.
     #[serde(default)]
     pub egress_network: Option<String>,
+    /// Whether the sidecar joins the network namespace the sidecars of its
+    /// egress network share (`"shared"`, the default: a faster launch) or
+    /// gets one of its own (`"own"`). See decision record 0003.
+    #[serde(default)]
+    pub egress_namespace: Option<EgressNamespace>,
+}
+
+/// `egress_namespace`'s values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EgressNamespace {
+    #[default]
+    Shared,
+    Own,
 }
 
 impl DockerOptions {
@@ -33,7 +48,7 @@ impl DockerOptions {
         }
         serde_json::from_value(value.clone()).map_err(|e| {
             PluginError::invalid(format!("[backend] options for docker: {e}")).with_hint(
-                "the docker backend reads `user`, `runtime` (e.g. \"runsc\"), `pull` (true/false) and `egress_network`",
+                "the docker backend reads `user`, `runtime` (e.g. \"runsc\"), `pull` (true/false), `egress_network` and `egress_namespace` (\"shared\" or \"own\")",
             )
         })
     }
@@ -60,6 +75,16 @@ mod tests {
         let err = DockerOptions::from_json(&serde_json::json!({"runtim": "runsc"})).unwrap_err();
         assert!(err.message.contains("runtim"), "{}", err.message);
         assert!(err.hint.is_some());
+    }
+
+    #[test]
+    fn egress_namespace_is_shared_or_own() {
+        let o = DockerOptions::from_json(&serde_json::json!({"egress_namespace": "own"})).unwrap();
+        assert_eq!(o.egress_namespace, Some(EgressNamespace::Own));
+        let err =
+            DockerOptions::from_json(&serde_json::json!({"egress_namespace": "mine"})).unwrap_err();
+        assert!(err.message.contains("`shared`"), "{}", err.message);
+        assert!(err.message.contains("`own`"), "{}", err.message);
     }
 
     #[test]

@@ -413,10 +413,27 @@ fn force_remove_container(docker: &Docker, name: &str) {
     });
 }
 
-/// The shared egress network `sidecar` joined: its one network that is not
-/// its bottle's internal one.
-fn shared_egress_network(docker: &Docker, sidecar: &str) -> String {
+/// The container whose network namespace `sidecar` uses: the holder of
+/// the namespace it shares (`--network container:<holder>`), or itself.
+fn network_owner(docker: &Docker, sidecar: &str) -> String {
     let json = inspect_json(docker, sidecar);
+    match json["HostConfig"]["NetworkMode"]
+        .as_str()
+        .and_then(|m| m.strip_prefix("container:"))
+    {
+        Some(holder) => inspect_json(docker, holder)["Name"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches('/')
+            .to_string(),
+        None => sidecar.to_string(),
+    }
+}
+
+/// The shared egress network `sidecar` reaches the world through: the one
+/// network of its namespace that is not its bottle's internal one.
+fn shared_egress_network(docker: &Docker, sidecar: &str) -> String {
+    let json = inspect_json(docker, &network_owner(docker, sidecar));
     let nets: Vec<String> = json["NetworkSettings"]["Networks"]
         .as_object()
         .unwrap()
@@ -450,6 +467,48 @@ fn container_logs(docker: &Docker, container: &str) -> String {
             .await
             .concat()
     })
+}
+
+/// An HTTP server on all of this host's addresses that answers every
+/// request with `upstream-ok`; returns its port.
+fn host_upstream() -> u16 {
+    let upstream = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in upstream.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                // The whole request head before the answer: closing with
+                // unread bytes sends a reset, which can reach the proxy
+                // before the answer does.
+                let (mut head, mut buf) = (Vec::new(), [0u8; 4096]);
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ =
+                    conn.write_all(b"HTTP/1.0 200 OK\r\ncontent-length: 12\r\n\r\nupstream-ok\n");
+            });
+        }
+    });
+    port
+}
+
+/// The gateway address of `network`: the host, seen from it.
+fn gateway_of(docker: &Docker, network: &str) -> String {
+    rt().block_on(docker.inspect_network(
+        network,
+        None::<bollard::query_parameters::InspectNetworkOptions>,
+    ))
+    .unwrap()
+    .ipam
+    .and_then(|i| i.config)
+    .and_then(|c| c.into_iter().next())
+    .and_then(|c| c.gateway)
+    .unwrap()
 }
 
 fn ip_on(docker: &Docker, container: &str, network: &str) -> String {
@@ -503,44 +562,11 @@ fn agent_reaches_only_the_proxy() {
     let egress = format!("{id}-egress");
     // Every bottle's sidecar shares this one.
     let egress_net = shared_egress_network(&docker, &egress);
-    let gateway = |net: &str| {
-        rt().block_on(docker.inspect_network(
-            net,
-            None::<bollard::query_parameters::InspectNetworkOptions>,
-        ))
-        .unwrap()
-        .ipam
-        .and_then(|i| i.config)
-        .and_then(|c| c.into_iter().next())
-        .and_then(|c| c.gateway)
-        .unwrap()
-    };
-    let egress_gw = gateway(&egress_net);
+    let egress_gw = gateway_of(&docker, &egress_net);
 
     // The upstream is on the host, which the egress side reaches through
     // the shared network's gateway.
-    let upstream = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
-    let upstream_port = upstream.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in upstream.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                use std::io::{Read, Write};
-                // The whole request head before the answer: closing with
-                // unread bytes sends a reset, which can reach the proxy
-                // before the answer does.
-                let (mut head, mut buf) = (Vec::new(), [0u8; 4096]);
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ =
-                    conn.write_all(b"HTTP/1.0 200 OK\r\ncontent-length: 12\r\n\r\nupstream-ok\n");
-            });
-        }
-    });
+    let upstream_port = host_upstream();
     let upstream_ip = egress_gw.clone();
     // A bystander on the egress side, to prove what "reachable" looks like.
     let bystander = helper_container(
@@ -626,18 +652,48 @@ fn agent_reaches_only_the_proxy() {
     assert_eq!(code, 125, "{logs}");
     assert!(logs.contains("a route through eth0"), "{logs}");
     assert!(!logs.contains("the-agent-ran"), "{logs}");
+    // The sidecar joins the namespace every sidecar on its egress network
+    // shares, which a small unprivileged holder keeps (decision 0003); the
+    // holder is on that network only, and runs nothing but `gate --hold`.
     let egress_json = inspect_json(&docker, &egress);
-    let egress_nets: Vec<&String> = egress_json["NetworkSettings"]["Networks"]
+    let holder = network_owner(&docker, &egress);
+    assert!(
+        holder.starts_with("bot-bottle-egress-ns-"),
+        "{holder}: {}",
+        egress_json["HostConfig"]["NetworkMode"]
+    );
+    assert_eq!(
+        egress_json["Config"]["Labels"]["bot-bottle.egress-ns"], holder,
+        "the sidecar names its holder"
+    );
+    let holder_json = inspect_json(&docker, &holder);
+    let holder_nets: Vec<&String> = holder_json["NetworkSettings"]["Networks"]
         .as_object()
         .unwrap()
         .keys()
         .collect();
     assert_eq!(
-        egress_nets,
+        holder_nets,
         [&egress_net],
-        "the sidecar: its egress network only"
+        "the holder: the egress network only"
     );
     assert!(egress_net.starts_with("bot-bottle-egress-"), "{egress_net}");
+    assert_eq!(holder_json["State"]["Running"], true);
+    assert_eq!(holder_json["Config"]["User"], "65534:65534");
+    assert_eq!(
+        holder_json["Config"]["Entrypoint"],
+        serde_json::json!(["/.bot-bottle/gate", "--hold"])
+    );
+    assert_eq!(
+        holder_json["HostConfig"]["CapDrop"],
+        serde_json::json!(["ALL"])
+    );
+    assert_eq!(holder_json["HostConfig"]["ReadonlyRootfs"], true);
+    assert_eq!(
+        holder_json["HostConfig"]["SecurityOpt"],
+        serde_json::json!(["no-new-privileges"])
+    );
+    assert!(holder_json["Config"]["Labels"]["bot-bottle.id"].is_null());
     let socket_mount = |json: &serde_json::Value| {
         json["Mounts"]
             .as_array()
@@ -688,7 +744,7 @@ fn agent_reaches_only_the_proxy() {
 
     // Neighbours on the shared egress network cannot even reach a sidecar
     // (no inter-container traffic on it); the proxy would refuse them too.
-    let sidecar_ip = ip_on(&docker, &egress, &egress_net);
+    let sidecar_ip = ip_on(&docker, &holder, &egress_net);
     let (code, out) = run_in(
         &docker,
         &bystander,
@@ -736,6 +792,8 @@ fn agent_reaches_only_the_proxy() {
     assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
     let gone = rt().block_on(docker.inspect_volume(&socket_volume));
     assert!(gone.is_err(), "the socket volume {socket_volume} remains");
+    // Teardown leaves the holder, as it leaves the shared network.
+    assert_eq!(inspect_json(&docker, &holder)["State"]["Running"], true);
 }
 
 #[test]
@@ -1415,8 +1473,13 @@ fn gc_removes_leftovers_and_images() {
         2,
         "a running bottle is not garbage"
     );
-    // The shared egress network is in use by the live bottle and stays.
-    let shared_net = shared_egress_network(&docker, &format!("{live_id}-egress"));
+    // The shared egress network, and the holder of its namespace, are in
+    // use by the live bottle and stay.
+    let live_egress = format!("{live_id}-egress");
+    let holder = network_owner(&docker, &live_egress);
+    assert_ne!(holder, live_egress, "the sidecar shares a namespace");
+    assert_eq!(inspect_json(&docker, &holder)["State"]["Running"], true);
+    let shared_net = shared_egress_network(&docker, &live_egress);
     let shared = || {
         rt().block_on(docker.inspect_network(
             &shared_net,
@@ -1438,6 +1501,22 @@ fn gc_removes_leftovers_and_images() {
             images: false,
         })
         .unwrap();
+    let naming_holder = || {
+        let filter = format!("bot-bottle.egress-ns={holder}");
+        rt().block_on(docker.list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([("label".to_string(), vec![filter])])),
+            ..Default::default()
+        })))
+        .unwrap()
+    };
+    let holder_left = rt()
+        .block_on(docker.inspect_container(&holder, None::<InspectContainerOptions>))
+        .is_ok();
+    assert!(
+        !holder_left || !naming_holder().is_empty(),
+        "gc left the unused holder {holder} behind"
+    );
     if let Ok(n) = shared() {
         assert!(
             n.containers.is_some_and(|c| !c.is_empty()),
@@ -1458,6 +1537,155 @@ fn gc_removes_leftovers_and_images() {
         report.removed
     );
     assert!(rt().block_on(docker.inspect_image(&live_image)).is_err());
+}
+
+#[test]
+fn sidecars_share_a_namespace_unless_asked_and_a_stopped_holder_starts_again() {
+    let docker = docker_or_skip!();
+    // Stops the holder every other bottle's sidecar uses.
+    let _g = GLOBAL.write().unwrap_or_else(|e| e.into_inner());
+    let backend = DockerBackend::new();
+    let a = spec(&docker, "nsa", &["sleep", "300"]);
+    let b = spec(&docker, "nsb", &["sleep", "300"]);
+    let mut own = spec(&docker, "nsown", &["sleep", "300"]);
+    own.backend_options = serde_json::json!({"egress_namespace": "own"});
+    let later = spec(&docker, "nslater", &["sleep", "300"]);
+    let ids: Vec<String> = [&a, &b, &own, &later]
+        .iter()
+        .map(|s| s.bottle_id.clone())
+        .collect();
+    let _cleanup = Cleanup::new(&ids.iter().map(String::as_str).collect::<Vec<_>>());
+    for s in [a, b, own] {
+        backend.launch(s).unwrap();
+    }
+    let egress = |i: usize| format!("{}-egress", ids[i]);
+    let agent = |i: usize| format!("{}-agent", ids[i]);
+    let holder = network_owner(&docker, &egress(0));
+    assert!(holder.starts_with("bot-bottle-egress-ns-"), "{holder}");
+    assert_eq!(network_owner(&docker, &egress(1)), holder);
+    // Asked for its own: the sidecar is on the network itself, with an
+    // address of its own.
+    assert_eq!(network_owner(&docker, &egress(2)), egress(2));
+    let net = shared_egress_network(&docker, &egress(2));
+    assert_eq!(net, shared_egress_network(&docker, &egress(0)));
+    let own_ip = ip_on(&docker, &egress(2), &net);
+    assert!(!own_ip.is_empty());
+    assert_ne!(own_ip, ip_on(&docker, &holder, &net));
+
+    // Every agent reaches the host's upstream through its own proxy.
+    let url = format!(
+        "http://{}:{}/hello.txt",
+        gateway_of(&docker, &net),
+        host_upstream()
+    );
+    let fetch = |i: usize| {
+        run_in(
+            &docker,
+            &agent(i),
+            &["timeout", "5", "wget", "-q", "-O", "-", &url],
+        )
+    };
+    for i in 0..3 {
+        let (code, out) = fetch(i);
+        assert_eq!((code, out.trim()), (0, "upstream-ok"), "agent {i}");
+    }
+
+    // A stopped holder: it exits at once on SIGTERM, and the sidecars in
+    // its namespace lose the way out (fail closed); the next launch starts
+    // it again.
+    rt().block_on(docker.stop_container(
+        &holder,
+        Some(bollard::query_parameters::StopContainerOptions {
+            t: Some(30),
+            ..Default::default()
+        }),
+    ))
+    .unwrap();
+    let stopped = inspect_json(&docker, &holder);
+    assert_eq!(stopped["State"]["ExitCode"], 0, "{}", stopped["State"]);
+    let (code, out) = fetch(0);
+    assert_ne!((code, out.trim()), (0, "upstream-ok"), "no way out now");
+    backend.launch(later).unwrap();
+    assert_eq!(network_owner(&docker, &egress(3)), holder);
+    assert_eq!(inspect_json(&docker, &holder)["State"]["Running"], true);
+    let (code, out) = fetch(3);
+    assert_eq!((code, out.trim()), (0, "upstream-ok"), "after the restart");
+    for id in &ids {
+        remove(&backend, id);
+        assert_eq!(leftovers(&docker, id), Vec::<String>::new());
+    }
+}
+
+#[test]
+fn a_holder_on_a_named_network_goes_with_its_last_sidecar() {
+    let docker = docker_or_skip!();
+    let _g = GLOBAL.read().unwrap_or_else(|e| e.into_inner());
+    let backend = DockerBackend::new();
+    let net = format!("bbtest-named-{}", unique_id("n"));
+    rt().block_on(
+        docker.create_network(bollard::models::NetworkCreateRequest {
+            name: net.clone(),
+            labels: Some(HashMap::from([(TEST_LABEL.to_string(), "1".to_string())])),
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    struct Net(String);
+    impl Drop for Net {
+        fn drop(&mut self) {
+            let _ = Command::new("docker")
+                .args(["network", "rm", &self.0])
+                .output();
+        }
+    }
+    let _net = Net(net.clone());
+    let mut specs = [
+        spec(&docker, "named1", &["sleep", "300"]),
+        spec(&docker, "named2", &["sleep", "300"]),
+    ];
+    for s in &mut specs {
+        s.backend_options = serde_json::json!({"egress_network": net});
+    }
+    let ids: Vec<String> = specs.iter().map(|s| s.bottle_id.clone()).collect();
+    let _cleanup = Cleanup::new(&[&ids[0], &ids[1]]);
+    for s in specs {
+        backend.launch(s).unwrap();
+    }
+    let holder = network_owner(&docker, &format!("{}-egress", ids[0]));
+    assert_eq!(
+        network_owner(&docker, &format!("{}-egress", ids[1])),
+        holder
+    );
+    assert_eq!(
+        shared_egress_network(&docker, &format!("{}-egress", ids[0])),
+        net
+    );
+    let holder_exists = || {
+        rt().block_on(docker.inspect_container(&holder, None::<InspectContainerOptions>))
+            .is_ok()
+    };
+    // The first bottle's teardown leaves it for the second…
+    remove(&backend, &ids[0]);
+    assert!(holder_exists(), "{holder} went while a sidecar named it");
+    let url = format!("http://{}:{}/", gateway_of(&docker, &net), host_upstream());
+    let (code, out) = run_in(
+        &docker,
+        &format!("{}-agent", ids[1]),
+        &["timeout", "5", "wget", "-q", "-O", "-", &url],
+    );
+    assert_eq!(
+        (code, out.trim()),
+        (0, "upstream-ok"),
+        "the second bottle's way out"
+    );
+    // …and the last one's removes it: the user's network is free again.
+    remove(&backend, &ids[1]);
+    assert!(!holder_exists(), "{holder} outlived its last sidecar");
+    let removed = rt().block_on(docker.remove_network(&net));
+    assert!(
+        removed.is_ok(),
+        "the named network is still in use: {removed:?}"
+    );
 }
 
 #[test]
