@@ -34,8 +34,8 @@ use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptions, InspectContainerOptions, ListContainersOptions, RemoveContainerOptions,
-    StartContainerOptions,
+    CreateContainerOptions, InspectContainerOptions, InspectNetworkOptions, ListContainersOptions,
+    RemoveContainerOptions, StartContainerOptions,
 };
 use bollard::Docker;
 use bot_bottle_plugin_api::PluginError;
@@ -84,6 +84,24 @@ pub fn sidecar_labels(holder: &str, ours: bool) -> HashMap<String, String> {
         );
     }
     labels
+}
+
+/// Removes the holder on `network` (a name or id) if it exists and no
+/// container names it.
+pub async fn remove_unnamed_on(
+    client: &Client,
+    docker: &Docker,
+    network: &str,
+) -> Result<Option<String>, PluginError> {
+    let id = match docker
+        .inspect_network(network, None::<InspectNetworkOptions>)
+        .await
+    {
+        Ok(n) => n.id.unwrap_or_else(|| network.to_string()),
+        Err(e) if is_not_found(&e) => return Ok(None),
+        Err(e) => return Err(client.api(&format!("inspecting network {network}"), e)),
+    };
+    remove_if_unnamed(client, docker, &holder_name(&id)).await
 }
 
 /// Removes `holder` if no container (running or not) names it. A launch

@@ -69,6 +69,16 @@ pub fn launch(client: &Client, spec: LaunchSpec) -> Result<BottleHandle, PluginE
                     "cleaning up after a failed launch: {e}; run `bottle gc`"
                 );
             }
+            // A holder this launch made on the user's network before it
+            // failed: no sidecar of its names it, so the removal above did
+            // not see it.
+            if let Some(network) = options.egress_network.as_deref() {
+                if egress_ns::wanted(&options, gate::enabled(&options), network) {
+                    if let Err(e) = egress_ns::remove_unnamed_on(client, &docker, network).await {
+                        tracing::error!("cleaning up after a failed launch: {e}; run `bottle gc`");
+                    }
+                }
+            }
         }
         match outcome {
             Ok(result) => result,

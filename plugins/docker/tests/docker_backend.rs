@@ -1632,13 +1632,43 @@ fn a_holder_on_a_named_network_goes_with_its_last_sidecar() {
     .unwrap();
     struct Net(String);
     impl Drop for Net {
+        // A failed test may leave the holder, which would keep the network.
         fn drop(&mut self) {
+            let on = format!("network={}", self.0);
+            let holders = Command::new("docker")
+                .args(["ps", "-aq", "--filter", &on])
+                .args(["--filter", "label=bot-bottle.role=egress-namespace"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            for holder in holders.split_whitespace() {
+                let _ = Command::new("docker").args(["rm", "-f", holder]).output();
+            }
             let _ = Command::new("docker")
                 .args(["network", "rm", &self.0])
                 .output();
         }
     }
     let _net = Net(net.clone());
+    let on_net = || {
+        rt().block_on(docker.list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([("network".to_string(), vec![net.clone()])])),
+            ..Default::default()
+        })))
+        .unwrap()
+        .into_iter()
+        .filter_map(|c| c.names.and_then(|n| n.first().cloned()))
+        .collect::<Vec<_>>()
+    };
+    // A launch that fails after its holder was made leaves it neither.
+    let mut failing = spec(&docker, "namedfail", &["true"]);
+    failing.agent.image = "bot-bottle-test/not-here:1".into();
+    failing.backend_options = serde_json::json!({"egress_network": net, "pull": false});
+    let failing_id = failing.bottle_id.clone();
+    assert!(backend.launch(failing).is_err());
+    assert_eq!(leftovers(&docker, &failing_id), Vec::<String>::new());
+    assert_eq!(on_net(), Vec::<String>::new(), "left on {net}");
     let mut specs = [
         spec(&docker, "named1", &["sleep", "300"]),
         spec(&docker, "named2", &["sleep", "300"]),
