@@ -1678,9 +1678,17 @@ fn a_holder_on_a_named_network_goes_with_its_last_sidecar() {
     }
     let ids: Vec<String> = specs.iter().map(|s| s.bottle_id.clone()).collect();
     let _cleanup = Cleanup::new(&[&ids[0], &ids[1]]);
-    for s in specs {
-        backend.launch(s).unwrap();
-    }
+    // Both at once, with no holder yet: they race to make it, and Docker
+    // gives its name to one; the other waits for that one.
+    std::thread::scope(|scope| {
+        let launches: Vec<_> = specs
+            .into_iter()
+            .map(|s| scope.spawn(|| DockerBackend::new().launch(s)))
+            .collect();
+        for l in launches {
+            l.join().unwrap().unwrap();
+        }
+    });
     let holder = network_owner(&docker, &format!("{}-egress", ids[0]));
     assert_eq!(
         network_owner(&docker, &format!("{}-egress", ids[1])),
