@@ -545,6 +545,27 @@ fn the_proxy_serves_only_the_bottle_and_not_its_egress_side_neighbours() {
         .trim()
         .to_string();
     assert!(!sidecar_ip.is_empty());
+    // In that namespace nothing listens on TCP but Docker's own DNS
+    // resolver (127.0.0.11): the proxy serves its socket file only, so
+    // another bottle's sidecar there has nothing to connect to.
+    let owner_ns = format!("container:{owner}");
+    let tables = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        &owner_ns,
+        "--label",
+        "bot-bottle-test=1",
+        AGENT_IMAGE,
+        "cat",
+        "/proc/net/tcp",
+        "/proc/net/tcp6",
+    ]);
+    let listening = listening_sockets(&tables);
+    assert!(
+        listening.iter().all(|a| a.starts_with("0B00007F:")),
+        "a listener in the sidecars' namespace besides Docker's DNS: {listening:?}\n{tables}"
+    );
     // A neighbour on the shared egress network asks the sidecar to proxy an
     // allowed, credential-carrying route.
     let proxy = format!("http://{sidecar_ip}:3128");
@@ -579,6 +600,31 @@ fn the_proxy_serves_only_the_bottle_and_not_its_egress_side_neighbours() {
     unsafe { libc_kill(child.id() as i32, 15) };
     assert_eq!(wait_exit(&mut child), 130);
     assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
+}
+
+/// The local addresses (kernel hex, `ADDR:PORT`) of the listening sockets
+/// in `/proc/net/tcp`-style tables.
+fn listening_sockets(tables: &str) -> Vec<String> {
+    tables
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // sl, local_address, rem_address, st (0A: LISTEN), …
+            (f.len() > 3 && f[3] == "0A").then(|| f[1].to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn listening_sockets_are_found_in_proc_net_tables() {
+    let tables = "  sl  local_address rem_address   st tx_queue rx_queue\n\
+   0: 0B00007F:A1B2 00000000:0000 0A 00000000:00000000\n\
+   1: 00000000:0C38 00000000:0000 0A 00000000:00000000\n\
+   2: 0200A8C0:D2F0 0100A8C0:01BB 01 00000000:00000000\n";
+    assert_eq!(
+        listening_sockets(tables),
+        ["0B00007F:A1B2", "00000000:0C38"]
+    );
 }
 
 /// Lines of `reader`, one by one, on a channel (so a test can wait for one
