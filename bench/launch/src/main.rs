@@ -33,6 +33,20 @@ fn sh(args: &[&str]) {
     assert!(status.success(), "{args:?} failed");
 }
 
+/// Removes a network when dropped: at the end, and when a failed step
+/// panics, so that no run leaves one behind.
+struct RemoveNetwork(String);
+
+impl Drop for RemoveNetwork {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 fn time(f: &mut dyn FnMut()) -> Duration {
     let t = Instant::now();
     f();
@@ -71,6 +85,7 @@ fn main() {
         "com.docker.network.bridge.enable_icc=false",
         &egr,
     ]);
+    let _egr_removed = RemoveNetwork(egr.clone());
     let mut topo_n = 0u32;
     let mut topology = || {
         topo_n += 1;
@@ -147,7 +162,6 @@ fn main() {
     if bottle_b.is_none() {
         results.pop();
     }
-    sh(&["docker", "network", "rm", &egr]);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!("launch latency of `true`, {runs} runs each, interleaved\n");
     println!("{:<18} {:>10} {:>10}", "", "median ms", "p90 ms");
