@@ -183,6 +183,8 @@ async fn remove_resources(
     let mut removed: Vec<String> = containers?.into_iter().chain(networks?).flatten().collect();
     tracing::debug!(elapsed = ?since.elapsed(), "containers and networks removed");
     // A holder on a network the manifest named goes with its last sidecar.
+    // The bottle is gone either way: a holder that stays is said, not an
+    // error of the removal.
     let holders: std::collections::BTreeSet<&str> = resources
         .containers
         .iter()
@@ -190,7 +192,12 @@ async fn remove_resources(
         .filter_map(|c| label(&c.labels, LABEL_EGRESS_NS))
         .collect();
     for holder in holders {
-        removed.extend(crate::egress_ns::remove_if_unnamed(client, docker, holder).await?);
+        match crate::egress_ns::remove_if_unnamed(client, docker, holder).await {
+            Ok(gone) => removed.extend(gone),
+            Err(e) => tracing::warn!(
+                "{holder} stays on its network: {e}; `bottle gc` removes it once unused"
+            ),
+        }
     }
     Ok(removed)
 }
