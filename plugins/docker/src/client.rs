@@ -175,3 +175,33 @@ pub fn is_not_modified(e: &DockerError) -> bool {
         }
     )
 }
+
+/// Waits until the container `name`, which another launch is creating
+/// (Docker answered our create with 409: the name is taken before the
+/// container can be found), can be found. `what` names it in errors.
+pub async fn appeared(
+    client: &Client,
+    docker: &Docker,
+    name: &str,
+    what: &str,
+) -> Result<(), PluginError> {
+    for _ in 0..100 {
+        match docker
+            .inspect_container(
+                name,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(client.api(&format!("finding {what}"), e)),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(PluginError::unavailable(format!(
+        "{what} {name} is being made by another launch and did not appear"
+    ))
+    .with_hint("try again")
+    .retryable())
+}

@@ -30,12 +30,11 @@
 //! `[backend]` table gives a bottle's sidecar a namespace of its own again.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptions, InspectContainerOptions, InspectNetworkOptions, ListContainersOptions,
-    RemoveContainerOptions, StartContainerOptions,
+    CreateContainerOptions, InspectContainerOptions, InspectNetworkOptions, RemoveContainerOptions,
+    StartContainerOptions,
 };
 use bollard::Docker;
 use bot_bottle_plugin_api::PluginError;
@@ -43,8 +42,8 @@ use bot_bottle_plugin_api::PluginError;
 use crate::client::{is_not_found, is_not_modified, Client};
 use crate::gate;
 use crate::names::{
-    label_filter, EGRESS_UID, LABEL_EGRESS_NETWORK, LABEL_EGRESS_NS,
-    LABEL_EGRESS_NS_REMOVE_WITH_LAST, LABEL_ROLE, ROLE_EGRESS_NAMESPACE,
+    EGRESS_UID, LABEL_EGRESS_NETWORK, LABEL_EGRESS_NS, LABEL_EGRESS_NS_REMOVE_WITH_LAST,
+    LABEL_ROLE, ROLE_EGRESS_NAMESPACE,
 };
 use crate::options::{DockerOptions, EgressNamespace};
 
@@ -112,14 +111,8 @@ pub async fn remove_if_unnamed(
     docker: &Docker,
     holder: &str,
 ) -> Result<Option<String>, PluginError> {
-    let naming = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(label_filter(&[(LABEL_EGRESS_NS, Some(holder))])),
-            ..Default::default()
-        }))
-        .await
-        .map_err(|e| client.api("listing bot-bottle containers", e))?;
+    let naming =
+        crate::manage::containers_labelled(client, docker, (LABEL_EGRESS_NS, Some(holder))).await?;
     if !naming.is_empty() {
         return Ok(None);
     }
@@ -192,7 +185,9 @@ pub async fn ensure(
         // before the container can be found, so wait for it to appear.
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 409, ..
-        }) => appeared(client, docker, &name).await?,
+        }) => {
+            crate::client::appeared(client, docker, &name, "the egress namespace's holder").await?
+        }
         Err(e) => return Err(client.api("making the egress namespace's holder", e)),
     }
     start(client, docker, &name).await.map(|()| name)
@@ -221,22 +216,6 @@ async fn start(client: &Client, docker: &Docker, name: &str) -> Result<(), Plugi
         Err(e) if is_not_modified(&e) => Ok(()),
         Err(e) => Err(client.api("starting the egress namespace's holder", e)),
     }
-}
-
-async fn appeared(client: &Client, docker: &Docker, name: &str) -> Result<(), PluginError> {
-    for _ in 0..100 {
-        match running(docker, name).await {
-            Ok(_) => return Ok(()),
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(client.api("finding the egress namespace's holder", e)),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Err(PluginError::unavailable(format!(
-        "the egress namespace's holder {name} is being made by another launch and did not appear"
-    ))
-    .with_hint("try again")
-    .retryable())
 }
 
 /// The error for a sidecar that could not join its holder's namespace at

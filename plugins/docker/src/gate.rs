@@ -189,31 +189,12 @@ pub async fn ensure(client: &Client, docker: &Docker) -> Result<String, PluginEr
         .await;
     match created {
         Ok(_) => Ok(volumes_from),
-        // Another launch made it a moment ago; wait until Docker has
-        // finished creating it (a name is taken before the container
-        // can be found).
+        // Another launch made it a moment ago.
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 409, ..
-        }) => {
-            for _ in 0..100 {
-                if docker
-                    .inspect_container(
-                        &carrier,
-                        None::<bollard::query_parameters::InspectContainerOptions>,
-                    )
-                    .await
-                    .is_ok()
-                {
-                    return Ok(volumes_from);
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            Err(PluginError::unavailable(format!(
-                "the launch gate's container {carrier} is being made by another launch and did not appear"
-            ))
-            .with_hint("try again")
-            .retryable())
-        }
+        }) => crate::client::appeared(client, docker, &carrier, "the launch gate's container")
+            .await
+            .map(|()| volumes_from),
         Err(e) => Err(client.api("creating the launch gate's container", e)),
     }
 }

@@ -208,14 +208,8 @@ async fn remove_unused_egress_namespaces(
     client: &Client,
     docker: &Docker,
 ) -> Result<Vec<String>, PluginError> {
-    let holders = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(label_filter(&[(LABEL_ROLE, Some(ROLE_EGRESS_NAMESPACE))])),
-            ..Default::default()
-        }))
-        .await
-        .map_err(|e| client.api("listing bot-bottle containers", e))?;
+    let holders =
+        containers_labelled(client, docker, (LABEL_ROLE, Some(ROLE_EGRESS_NAMESPACE))).await?;
     let mut removed = Vec::new();
     for holder in &holders {
         let name = container_name(holder);
@@ -394,6 +388,22 @@ async fn remove_images(client: &Client, docker: &Docker) -> Result<Vec<String>, 
     Ok(removed)
 }
 
+/// Every container (running or not) with this label (and value).
+pub(crate) async fn containers_labelled(
+    client: &Client,
+    docker: &Docker,
+    label: (&str, Option<&str>),
+) -> Result<Vec<ContainerSummary>, PluginError> {
+    docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(label_filter(&[label])),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| client.api("listing bot-bottle containers", e))
+}
+
 /// The launch gate's carrier containers (see `gate.rs`), when no agent
 /// container exists to use their volume: removing one under a live agent
 /// would strand its volume. The next launch makes the carrier again.
@@ -401,16 +411,9 @@ async fn remove_gate_carriers(
     client: &Client,
     docker: &Docker,
 ) -> Result<Vec<String>, PluginError> {
-    let list = |role: &'static str| {
-        docker.list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(label_filter(&[(LABEL_ROLE, Some(role))])),
-            ..Default::default()
-        }))
-    };
+    let list = |role| containers_labelled(client, docker, (LABEL_ROLE, Some(role)));
     let (agents, carriers) = tokio::join!(list(ROLE_AGENT), list(ROLE_GATE));
-    let agents = agents.map_err(|e| client.api("listing bot-bottle containers", e))?;
-    let carriers = carriers.map_err(|e| client.api("listing bot-bottle containers", e))?;
+    let (agents, carriers) = (agents?, carriers?);
     let mut removed = Vec::new();
     if !agents.is_empty() {
         return Ok(removed);
