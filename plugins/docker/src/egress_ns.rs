@@ -27,7 +27,8 @@
 //! sidecars of different bottles see each other's sockets in
 //! `/proc/net/*` and share one address and its ephemeral ports; none of
 //! them listens on any port. `egress_namespace = "own"` in the manifest's
-//! `[backend]` table gives a bottle's sidecar a namespace of its own again.
+//! `[backends.docker]` table gives a bottle's sidecar a namespace of its
+//! own again.
 
 use std::collections::HashMap;
 
@@ -63,8 +64,8 @@ pub fn wanted(options: &DockerOptions, gated: bool, egress_network: &str) -> boo
         && egress_network != "host"
 }
 
-/// The holder's name for a network id (or, before Docker has given one, a
-/// name): one holder per egress network.
+/// The holder's name for a network's id (or its name, should Docker not
+/// say its id): one holder per egress network.
 pub fn holder_name(network_id: &str) -> String {
     let short: String = network_id.chars().take(12).collect();
     format!("{HOLDER_PREFIX}-{short}")
