@@ -148,13 +148,19 @@ async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport
     let since = std::time::Instant::now();
     let docker = client.docker_long().await?;
     let names = BottleNames::new(&request.bottle_id);
-    let agent = match docker
-        .inspect_container(
-            &names.agent,
+    let inspect = |name| {
+        docker.inspect_container(
+            name,
             None::<bollard::query_parameters::InspectContainerOptions>,
         )
-        .await
-    {
+    };
+    let (agent, sidecar) = tokio::join!(inspect(&names.agent), inspect(&names.egress));
+    // The holder of the network namespace the sidecar joined, if it shares
+    // one (`egress_ns.rs`): the proxy's way out lives as long as it runs.
+    let holder = sidecar
+        .ok()
+        .and_then(|c| c.config?.labels?.get(names::LABEL_EGRESS_NS).cloned());
+    let agent = match agent {
         Ok(a) => a,
         Err(e) if is_not_found(&e) => return Err(crate::manage::not_found(&request.bottle_id)),
         Err(e) => return Err(client.api("inspecting the agent container", e)),
@@ -218,19 +224,38 @@ async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport
 
     let agent_exit = wait_not_running(&docker, &names.agent);
     let egress_exit = wait_not_running(&docker, &names.egress);
-    tokio::pin!(agent_exit, egress_exit);
+    let holder_exit = async {
+        match &holder {
+            Some(h) => wait_not_running(&docker, h).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(agent_exit, egress_exit, holder_exit);
     let mut egress_died = None;
+    let mut network_lost = false;
+    // Fail closed: without its proxy, or without the proxy's network, the
+    // agent has no way out; stop it rather than let it run on unsupervised.
+    let stop_agent = || async {
+        let _ = docker
+            .kill_container(
+                &names.agent,
+                Some(KillContainerOptions {
+                    signal: "KILL".into(),
+                }),
+            )
+            .await;
+    };
     tokio::select! {
         biased;
         _ = &mut agent_exit => {}
         _ = &mut egress_exit => {
-            // Fail closed: without its proxy the agent has no way out; stop
-            // it rather than let it run on unsupervised.
-            let code = exit_code(&docker, &names.egress).await;
-            egress_died = Some(code);
-            let _ = docker
-                .kill_container(&names.agent, Some(KillContainerOptions { signal: "KILL".into() }))
-                .await;
+            egress_died = Some(exit_code(&docker, &names.egress).await);
+            stop_agent().await;
+            agent_exit.await;
+        }
+        _ = &mut holder_exit => {
+            network_lost = true;
+            stop_agent().await;
             agent_exit.await;
         }
     }
@@ -279,6 +304,15 @@ async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport
     };
     let state = inspect.state.unwrap_or_default();
     let code = state.exit_code.unwrap_or(-1) as i32;
+    if let (true, Some(holder)) = (network_lost, &holder) {
+        return Ok(ExitReport {
+            exit_code: if code == 0 { 125 } else { code },
+            reason: Some(format!(
+                "the egress proxy lost its network: {holder}, which holds the network namespace it shares, stopped; \
+                 the agent was stopped because it had no way out (fail closed). The next launch starts {holder} again"
+            )),
+        });
+    }
     if let Some(egress_code) = egress_died {
         return Ok(ExitReport {
             exit_code: if code == 0 { 125 } else { code },

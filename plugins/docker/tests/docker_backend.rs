@@ -1591,8 +1591,23 @@ fn sidecars_share_a_namespace_unless_asked_and_a_stopped_holder_starts_again() {
     }
 
     // A stopped holder: it exits at once on SIGTERM, and the sidecars in
-    // its namespace lose the way out (fail closed); the next launch starts
-    // it again.
+    // its namespace lose the way out (fail closed); a `wait` on their
+    // bottle stops the agent and says why; the next launch starts the
+    // holder again.
+    let (waited_tx, waited) = std::sync::mpsc::channel();
+    std::thread::spawn({
+        let id = ids[0].clone();
+        move || {
+            let _ = waited_tx.send(DockerBackend::new().wait(WaitRequest {
+                schema: 1,
+                bottle_id: id,
+                attach: false,
+            }));
+        }
+    });
+    // The wait is watching before the holder stops (its inspects are
+    // done in far less).
+    std::thread::sleep(Duration::from_millis(500));
     rt().block_on(docker.stop_container(
         &holder,
         Some(bollard::query_parameters::StopContainerOptions {
@@ -1603,8 +1618,19 @@ fn sidecars_share_a_namespace_unless_asked_and_a_stopped_holder_starts_again() {
     .unwrap();
     let stopped = inspect_json(&docker, &holder);
     assert_eq!(stopped["State"]["ExitCode"], 0, "{}", stopped["State"]);
-    let (code, out) = fetch(0);
+    let (code, out) = fetch(1);
     assert_ne!((code, out.trim()), (0, "upstream-ok"), "no way out now");
+    let report = waited
+        .recv_timeout(Duration::from_secs(30))
+        .expect("`wait` went on after the proxy's network was gone")
+        .unwrap();
+    let reason = report.reason.unwrap_or_default();
+    assert!(
+        reason.contains("lost its network") && reason.contains(&holder),
+        "{reason}"
+    );
+    assert_ne!(report.exit_code, 0);
+    assert_eq!(inspect_json(&docker, &agent(0))["State"]["Running"], false);
     backend.launch(later).unwrap();
     assert_eq!(network_owner(&docker, &egress(3)), holder);
     assert_eq!(inspect_json(&docker, &holder)["State"]["Running"], true);
