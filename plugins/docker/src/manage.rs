@@ -437,12 +437,25 @@ async fn remove_gate_carriers(
 pub fn list(client: &Client) -> Result<Vec<BottleStatus>, PluginError> {
     bot_bottle_plugin_api::runtime().block_on(async {
         let docker = client.docker().await?;
-        let all = bottle_resources(client, &docker, None).await?;
-        Ok(statuses(all))
+        let (all, holders) = tokio::join!(
+            bottle_resources(client, &docker, None),
+            containers_labelled(client, &docker, (LABEL_ROLE, Some(ROLE_EGRESS_NAMESPACE))),
+        );
+        let running_holders = holders?
+            .iter()
+            .filter(|h| h.state == Some(ContainerSummaryStateEnum::RUNNING))
+            .map(container_name)
+            .collect();
+        Ok(statuses(all?, &running_holders))
     })
 }
 
-fn statuses(all: Resources) -> Vec<BottleStatus> {
+/// One status per bottle. `running_holders`: the holders of shared egress
+/// namespaces that run; a sidecar that names another has no network.
+fn statuses(
+    all: Resources,
+    running_holders: &std::collections::HashSet<String>,
+) -> Vec<BottleStatus> {
     let mut by_id: BTreeMap<String, Vec<ContainerSummary>> = BTreeMap::new();
     for c in all.containers {
         if let Some(id) = label(&c.labels, LABEL_ID) {
@@ -466,7 +479,11 @@ fn statuses(all: Resources) -> Vec<BottleStatus> {
             let egress = find(ROLE_EGRESS);
             let agent_state = agent.map(|c| state_name(c.state));
             let egress_state = egress.map(|c| state_name(c.state));
+            let holder = egress.and_then(|c| label(&c.labels, LABEL_EGRESS_NS));
+            let network_lost = holder.is_some_and(|h| !running_holders.contains(h));
             let state = match (agent_state.as_deref(), egress_state.as_deref()) {
+                // Its proxy runs, but the namespace it shares is gone.
+                (Some("running"), Some("running")) if network_lost => "broken".to_string(),
                 (Some("running"), Some("running")) => "running".to_string(),
                 // The agent starts while its sidecar does (its program waits
                 // in the launch gate): a launch under way.
@@ -496,6 +513,8 @@ fn statuses(all: Resources) -> Vec<BottleStatus> {
                     "agent_status": agent.and_then(|c| c.status.clone()),
                     "egress_container": egress.map(container_name),
                     "egress_state": egress_state,
+                    "egress_namespace": holder,
+                    "egress_namespace_running": holder.map(|_| !network_lost),
                 }),
             }
         })
@@ -744,6 +763,13 @@ mod tests {
         }
     }
 
+    fn in_namespace(mut c: ContainerSummary, holder: &str) -> ContainerSummary {
+        if let Some(labels) = c.labels.as_mut() {
+            labels.insert(LABEL_EGRESS_NS.to_string(), holder.to_string());
+        }
+        c
+    }
+
     fn network(id: &str, created: &str) -> Network {
         Network {
             name: Some(format!("{id}-internal")),
@@ -801,13 +827,20 @@ mod tests {
                 container("b", ROLE_EGRESS, RUNNING, 0),
                 container("c", ROLE_AGENT, RUNNING, 0),
                 container("c", ROLE_EGRESS, CREATED, 0),
+                container("d", ROLE_AGENT, RUNNING, 0),
+                in_namespace(container("d", ROLE_EGRESS, RUNNING, 0), "holder-down"),
+                container("e", ROLE_AGENT, RUNNING, 0),
+                in_namespace(container("e", ROLE_EGRESS, RUNNING, 0), "holder-up"),
             ],
             networks: vec![],
         };
-        let s = statuses(all);
+        let s = statuses(all, &["holder-up".to_string()].into());
         assert_eq!(s[0].state, "broken");
         assert_eq!(s[1].state, "exited");
         assert_eq!(s[2].state, "starting");
+        assert_eq!(s[3].state, "broken", "its proxy's namespace is gone");
+        assert_eq!(s[3].details["egress_namespace_running"], false);
+        assert_eq!(s[4].state, "running");
         assert_eq!(s[0].name, "demo");
     }
 

@@ -1620,6 +1620,20 @@ fn sidecars_share_a_namespace_unless_asked_and_a_stopped_holder_starts_again() {
     assert_eq!(stopped["State"]["ExitCode"], 0, "{}", stopped["State"]);
     let (code, out) = fetch(1);
     assert_ne!((code, out.trim()), (0, "upstream-ok"), "no way out now");
+    let state = |id: &str| {
+        backend
+            .list(ListRequest::default())
+            .unwrap()
+            .into_iter()
+            .find(|b| b.bottle_id == id)
+            .map(|b| b.state)
+    };
+    assert_eq!(state(&ids[1]).as_deref(), Some("broken"), "`bottle ls`");
+    assert_eq!(
+        state(&ids[2]).as_deref(),
+        Some("running"),
+        "its own namespace"
+    );
     let report = waited
         .recv_timeout(Duration::from_secs(30))
         .expect("`wait` went on after the proxy's network was gone")
