@@ -231,8 +231,8 @@ async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport
         }
     };
     tokio::pin!(agent_exit, egress_exit, holder_exit);
-    let mut egress_died = None;
-    let mut network_lost = false;
+    // Why the agent was stopped, when it did not end by itself.
+    let mut stopped_because = None;
     // Fail closed: without its proxy, or without the proxy's network, the
     // agent has no way out; stop it rather than let it run on unsupervised.
     let stop_agent = || async {
@@ -249,12 +249,12 @@ async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport
         biased;
         _ = &mut agent_exit => {}
         _ = &mut egress_exit => {
-            egress_died = Some(exit_code(&docker, &names.egress).await);
+            stopped_because = Some(Stopped::ProxyDied(exit_code(&docker, &names.egress).await));
             stop_agent().await;
             agent_exit.await;
         }
         _ = &mut holder_exit => {
-            network_lost = true;
+            stopped_because = holder.clone().map(Stopped::NetworkLost);
             stop_agent().await;
             agent_exit.await;
         }
@@ -304,23 +304,21 @@ async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport
     };
     let state = inspect.state.unwrap_or_default();
     let code = state.exit_code.unwrap_or(-1) as i32;
-    if let (true, Some(holder)) = (network_lost, &holder) {
-        return Ok(ExitReport {
-            exit_code: if code == 0 { 125 } else { code },
-            reason: Some(format!(
-                "the egress proxy lost its network: {holder}, which holds the network namespace it shares, stopped; \
-                 the agent was stopped because it had no way out (fail closed). The next launch starts {holder} again"
-            )),
-        });
-    }
-    if let Some(egress_code) = egress_died {
-        return Ok(ExitReport {
-            exit_code: if code == 0 { 125 } else { code },
-            reason: Some(format!(
+    if let Some(why) = stopped_because {
+        let reason = match why {
+            Stopped::ProxyDied(egress_code) => format!(
                 "egress proxy died (exit code {egress_code}); the agent was stopped because it had no network (fail closed). \
                  `bottle logs --egress {}` shows why",
                 request.bottle_id
-            )),
+            ),
+            Stopped::NetworkLost(holder) => format!(
+                "the egress proxy lost its network: {holder}, which holds the network namespace it shares, stopped; \
+                 the agent was stopped because it had no way out (fail closed). The next launch starts {holder} again"
+            ),
+        };
+        return Ok(ExitReport {
+            exit_code: if code == 0 { 125 } else { code },
+            reason: Some(reason),
         });
     }
     let reason = state
@@ -331,6 +329,14 @@ async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport
         exit_code: code,
         reason,
     })
+}
+
+/// Why `wait` stopped an agent that was still running (fail closed).
+enum Stopped {
+    /// The sidecar ended, with this exit code.
+    ProxyDied(i64),
+    /// The holder of the namespace the sidecar shares (named) stopped.
+    NetworkLost(String),
 }
 
 /// Resolves when `container` is not running (or does not exist).
