@@ -572,26 +572,35 @@ async fn find_egress_network(
 }
 
 /// The egress network the sidecars share (unless the manifest names one),
-/// found by its label, made on first use and kept; returns its id. Two
-/// launches racing here may each make one (under its own name): both work,
-/// later launches take the lowest id, and `bottle gc` removes the unused
-/// one. Inter-container traffic on it is off
-/// (`enable_icc=false`): a sidecar reaches the world and the host, never
-/// another bottle's sidecar.
+/// found by its label, made on first use and kept; returns its id.
+/// Inter-container traffic on it is off (`enable_icc=false`): a sidecar
+/// reaches the world and the host, never another bottle's sidecar.
+///
+/// Launches racing here on a fresh machine may each make one (Docker has no
+/// atomic "create unless a network with this label exists"). They agree
+/// afterwards without a lock: every launch takes the *earliest made* of the
+/// labelled networks it sees, and a launch lists only after its own network
+/// exists, so it sees every network made before its own and picks the same
+/// one as everybody else. A launch whose network lost removes it at once
+/// (nothing has joined it yet). Choosing the lowest id instead, as before,
+/// let the first launch settle on its own network before the second one's
+/// appeared, and the second keep its own when its id was lower.
 pub(crate) async fn shared_egress_network(
     client: &Client,
     docker: &Docker,
 ) -> Result<String, PluginError> {
-    let found = docker
-        .list_networks(Some(ListNetworksOptions {
-            filters: Some(names::label_filter(&[(
-                LABEL_ROLE,
-                Some(ROLE_EGRESS_NETWORK),
-            )])),
-        }))
-        .await
-        .map_err(|e| client.api("finding the shared egress network", e))?;
-    if let Some(id) = found.iter().filter_map(|n| n.id.clone()).min() {
+    let list = || async {
+        docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(names::label_filter(&[(
+                    LABEL_ROLE,
+                    Some(ROLE_EGRESS_NETWORK),
+                )])),
+            }))
+            .await
+            .map_err(|e| client.api("finding the shared egress network", e))
+    };
+    if let Some(id) = earliest(&list().await?) {
         return Ok(id);
     }
     // A unique name: Docker resolves a container's networks by name when it
@@ -614,11 +623,37 @@ pub(crate) async fn shared_egress_network(
         ..Default::default()
     };
     tracing::info!(network = %name, "creating the shared egress network");
-    let created = docker
+    let ours = docker
         .create_network(request)
         .await
-        .map_err(|e| client.api(&format!("creating network {name}"), e))?;
-    Ok(created.id)
+        .map_err(|e| client.api(&format!("creating network {name}"), e))?
+        .id;
+    let chosen = earliest(&list().await?).unwrap_or_else(|| ours.clone());
+    if chosen != ours {
+        tracing::info!(network = %name, "another launch made the shared egress network first; removing ours");
+        if let Err(e) = docker.remove_network(&ours).await {
+            // Harmless: unused, and `bottle gc` removes it.
+            tracing::warn!(network = %name, error = %e, "could not remove an unused egress network");
+        }
+    }
+    Ok(chosen)
+}
+
+/// The id of the network made first (by Docker's creation time, then id);
+/// `None` for an empty list. A network whose time cannot be read sorts last.
+fn earliest(networks: &[bollard::models::Network]) -> Option<String> {
+    use time::format_description::well_known::Rfc3339;
+    networks
+        .iter()
+        .filter_map(|n| {
+            let made = n
+                .created
+                .as_deref()
+                .and_then(|c| time::OffsetDateTime::parse(c, &Rfc3339).ok());
+            Some((made.is_none(), made, n.id.clone()?))
+        })
+        .min()
+        .map(|(_, _, id)| id)
 }
 
 /// A random number from the standard library's hasher seed, the time and
@@ -1597,6 +1632,35 @@ mod tests {
             backend_options: serde_json::Value::Null,
             labels: Default::default(),
         }
+    }
+
+    fn net(id: &str, created: Option<&str>) -> bollard::models::Network {
+        bollard::models::Network {
+            id: Some(id.into()),
+            created: created.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn racing_launches_agree_on_the_earliest_network() {
+        // Docker trims trailing zeros of the fraction, so the text order is
+        // not the time order: ".1Z" sorts before "Z" as text.
+        let nets = [
+            net("aaa", Some("2026-12-01T11:30:00.1Z")),
+            net("zzz", Some("2026-12-01T11:30:00Z")),
+            net("000", None),
+        ];
+        assert_eq!(earliest(&nets).as_deref(), Some("zzz"));
+        // Same time: the id decides, the same way for everybody.
+        let tie = [
+            net("b", Some("2026-12-01T11:30:00Z")),
+            net("a", Some("2026-12-01T11:30:00Z")),
+        ];
+        assert_eq!(earliest(&tie).as_deref(), Some("a"));
+        // Unreadable times sort last, but still give an answer.
+        assert_eq!(earliest(&[net("x", Some("soon"))]).as_deref(), Some("x"));
+        assert_eq!(earliest(&[]), None);
     }
 
     #[test]

@@ -1767,6 +1767,73 @@ fn a_holder_on_a_named_network_goes_with_its_last_sidecar() {
 }
 
 #[test]
+fn first_launches_racing_for_the_shared_network_end_up_on_one() {
+    let docker = docker_or_skip!();
+    // Needs a machine with no shared egress network yet: no other test of
+    // this binary may launch meanwhile, and gc removes an unused one.
+    let _g = GLOBAL.write().unwrap_or_else(|e| e.into_inner());
+    let backend = DockerBackend::new();
+    let shared_networks = || {
+        rt().block_on(docker.list_networks(Some(ListNetworksOptions {
+            filters: Some(HashMap::from([(
+                "label".to_string(),
+                vec!["bot-bottle.role=egress-network".to_string()],
+            )])),
+        })))
+        .unwrap()
+        .into_iter()
+        .filter_map(|n| n.name)
+        .collect::<Vec<_>>()
+    };
+    backend
+        .remove(RemoveRequest {
+            schema: 1,
+            bottle_id: None,
+            garbage: true,
+            images: false,
+        })
+        .unwrap();
+    let before = shared_networks();
+    if !before.is_empty() {
+        let why =
+            format!("a shared egress network in use by a bottle outside this test: {before:?}");
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("CI=true but {why}");
+        }
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let specs: Vec<LaunchSpec> = (0..4)
+        .map(|i| spec(&docker, &format!("netrace{i}"), &["sleep", "300"]))
+        .collect();
+    let ids: Vec<String> = specs.iter().map(|s| s.bottle_id.clone()).collect();
+    let _cleanup = Cleanup::new(&ids.iter().map(String::as_str).collect::<Vec<_>>());
+    // All at once: each finds no network and makes one.
+    std::thread::scope(|scope| {
+        let launches: Vec<_> = specs
+            .into_iter()
+            .map(|s| scope.spawn(|| DockerBackend::new().launch(s)))
+            .collect();
+        for l in launches {
+            l.join().unwrap().unwrap();
+        }
+    });
+    let used: std::collections::BTreeSet<String> = ids
+        .iter()
+        .map(|id| shared_egress_network(&docker, &format!("{id}-egress")))
+        .collect();
+    assert_eq!(used.len(), 1, "the racing bottles use {used:?}");
+    assert_eq!(
+        shared_networks(),
+        used.into_iter().collect::<Vec<_>>(),
+        "the losers' networks were not removed"
+    );
+    for id in &ids {
+        remove(&backend, id);
+    }
+}
+
+#[test]
 fn tty_bottles_from_a_saved_image_archive() {
     let docker = docker_or_skip!();
     let _g = GLOBAL.read().unwrap_or_else(|e| e.into_inner());
