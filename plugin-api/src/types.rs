@@ -493,7 +493,7 @@ pub struct LaunchSpec {
     pub agent: AgentLaunch,
     /// The egress proxy.
     pub egress: EgressLaunch,
-    /// The `[backend]` table of the manifest except `name`, as JSON.
+    /// The manifest's `[backends.NAME]` table for the chosen backend, as JSON.
     #[serde(default)]
     pub backend_options: serde_json::Value,
     /// Labels to put on every resource (in addition to the bottle id).

@@ -95,7 +95,7 @@ fn validate(client: &Client, spec: &LaunchSpec) -> Result<(), PluginError> {
     }
     if spec.agent.image.trim().is_empty() {
         return Err(PluginError::invalid("the agent image is empty")
-            .with_hint("set `image` in the manifest's [agent] or [backend] table"));
+            .with_hint("set `image` in the manifest's [agent] table"));
     }
     for file in &spec.agent.files {
         files::relative_path(&file.path)?;
@@ -275,7 +275,7 @@ async fn bring_up(
                 let mut err = client.api("starting the agent container", e);
                 if options.runtime.is_some() {
                     err.hint = Some(
-                        "check that the runtime named in [backend] runtime works (`docker info`)"
+                        "check that the runtime named in [backends.docker] runtime works (`docker info`)"
                             .into(),
                     );
                 }
@@ -1064,7 +1064,7 @@ async fn create_agent(
                 tracing::warn!(
                     image = %image.reference,
                     "the agent image has no non-root user; the agent runs as root (all capabilities dropped). \
-                     Add a user to the image or set [backend] user"
+                     Add a user to the image or set [backends.docker] user"
                 );
                 Ok(PendingUser::Known(AgentUser::root()))
             }

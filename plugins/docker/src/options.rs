@@ -1,9 +1,9 @@
-//! The `[backend]` options the Docker backend reads from a manifest.
+//! The `[backends.docker]` options the Docker backend reads from a manifest.
 
 use bot_bottle_plugin_api::PluginError;
 use serde::{Deserialize, Serialize};
 
-/// `[backend]` keys for `name = "docker"`.
+/// `[backends.docker]` keys (used when `backend = "docker"`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DockerOptions {
@@ -47,7 +47,7 @@ impl DockerOptions {
             return Ok(Self::default());
         }
         serde_json::from_value(value.clone()).map_err(|e| {
-            PluginError::invalid(format!("[backend] options for docker: {e}")).with_hint(
+            PluginError::invalid(format!("[backends.docker] in the manifest: {e}")).with_hint(
                 "the docker backend reads `user`, `runtime` (e.g. \"runsc\"), `pull` (true/false), `egress_network` and `egress_namespace` (\"shared\" or \"own\")",
             )
         })
