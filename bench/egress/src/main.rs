@@ -618,23 +618,44 @@ fn children(pid: u32) -> Vec<u32> {
 
 /// CPU seconds (user + system) of the process tree.
 fn cpu_secs(pid: u32) -> f64 {
+    children(pid).into_iter().map(process_cpu_secs).sum()
+}
+
+/// CPU seconds (user + system, every thread) of one process, without its
+/// children.
+fn process_cpu_secs(pid: u32) -> f64 {
     let tick = 100.0; // USER_HZ on Linux
-    children(pid)
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
-        .map(|s| {
-            let f: Vec<&str> = s
-                .rsplit_once(')')
-                .map(|x| x.1)
-                .unwrap_or("")
-                .split_whitespace()
-                .collect();
-            // fields after ')' start at index 0 = state (field 3); utime = 14, stime = 15
-            let u: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0);
-            let st: f64 = f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
-            (u + st) / tick
-        })
-        .sum()
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = s
+        .rsplit_once(')')
+        .map(|x| x.1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    // fields after ')' start at index 0 = state (field 3); utime = 14, stime = 15
+    let u: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    let st: f64 = f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    (u + st) / tick
+}
+
+/// The whole machine's CPU seconds since boot: (busy, idle), from the first
+/// line of `/proc/stat` (all cores together).
+fn machine_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    let total: f64 = v.iter().take(8).sum();
+    ((total - idle) / 100.0, idle / 100.0)
 }
 
 /// RSS of the process tree, MiB.
@@ -668,6 +689,14 @@ struct Row {
     /// handshake, one request): the handshake's cost, which the rate alone
     /// hides behind the client's and upstream's share of two cores.
     conn_cpu_us: f64,
+    /// CPU per keep-alive request of this program (the load generator and
+    /// the upstream, in one process): the two ends every peer shares.
+    ends_us: f64,
+    /// The whole machine's busy CPU per keep-alive request (ends, proxy,
+    /// and anything else running).
+    all_us: f64,
+    /// Share of the machine's CPU idle during the keep-alive phase.
+    idle_pct: f64,
     rss16: f64,
     rss256: f64,
     errors: u64,
@@ -687,8 +716,10 @@ async fn measure(peer: &Peer, up: SocketAddr, dur: Duration) -> Res<Row> {
     load(&c, 16, Duration::from_millis(500), true).await;
 
     let cpu0 = pid.map(cpu_secs);
+    let (ends0, m0) = (process_cpu_secs(std::process::id()), machine_cpu());
     let ka = load(&c, 16, dur, true).await;
     let cpu1 = pid.map(cpu_secs);
+    let (ends1, m1) = (process_cpu_secs(std::process::id()), machine_cpu());
     let rss16 = pid.map(rss_mib).unwrap_or(f64::NAN);
     let nc = load(&c, 4, dur, false).await;
     let cpu2 = pid.map(cpu_secs);
@@ -707,6 +738,13 @@ async fn measure(peer: &Peer, up: SocketAddr, dur: Duration) -> Res<Row> {
         (Some(a), Some(b)) if ka.n > 0 => (b - a) * 1e6 / ka.n as f64,
         _ => f64::NAN,
     };
+    let per_req = |secs: f64| match ka.n {
+        0 => f64::NAN,
+        n => secs * 1e6 / n as f64,
+    };
+    let ends_us = per_req(ends1 - ends0);
+    let all_us = per_req(m1.0 - m0.0);
+    let idle_pct = 100.0 * (m1.1 - m0.1) / ((m1.0 - m0.0) + (m1.1 - m0.1)).max(1e-9);
     let conn_cpu_us = match (cpu1, cpu2) {
         (Some(a), Some(b)) if nc.n > 0 => (b - a) * 1e6 / nc.n as f64,
         _ => f64::NAN,
@@ -721,6 +759,9 @@ async fn measure(peer: &Peer, up: SocketAddr, dur: Duration) -> Res<Row> {
         sse_warm,
         cpu_us,
         conn_cpu_us,
+        ends_us,
+        all_us,
+        idle_pct,
         rss16,
         rss256,
         errors: ka.errors + nc.errors,
@@ -757,6 +798,9 @@ fn median_row(rounds: &[Row]) -> Row {
         sse_warm: med(|r| r.sse_warm),
         cpu_us: med(|r| r.cpu_us),
         conn_cpu_us: med(|r| r.conn_cpu_us),
+        ends_us: med(|r| r.ends_us),
+        all_us: med(|r| r.all_us),
+        idle_pct: med(|r| r.idle_pct),
         rss16: med(|r| r.rss16),
         rss256: med(|r| r.rss256),
         errors: rounds.iter().map(|r| r.errors).sum(),
@@ -838,7 +882,7 @@ fn print_table(rows: &[Row], dur: Duration) {
         dur.as_secs_f64()
     );
     println!(
-        "{:<11} {:>10} {:>8} {:>8} {:>11} {:>10} {:>10} {:>10} {:>11} {:>9} {:>10} {:>7} {:>6}",
+        "{:<11} {:>10} {:>8} {:>8} {:>11} {:>10} {:>10} {:>10} {:>11} {:>11} {:>10} {:>6} {:>9} {:>10} {:>7} {:>6}",
         "peer",
         "ka req/s",
         "p50 ms",
@@ -848,6 +892,9 @@ fn print_table(rows: &[Row], dur: Duration) {
         "sse warm",
         "cpu us/req",
         "cpu us/conn",
+        "ends us/req",
+        "all us/req",
+        "idle %",
         "rss c16",
         "rss c256",
         "errors",
@@ -859,7 +906,7 @@ fn print_table(rows: &[Row], dur: Duration) {
             continue;
         }
         println!(
-            "{:<11} {:>10} {:>8} {:>8} {:>11} {:>10} {:>10} {:>10} {:>11} {:>9} {:>10} {:>7} {:>6}",
+            "{:<11} {:>10} {:>8} {:>8} {:>11} {:>10} {:>10} {:>10} {:>11} {:>11} {:>10} {:>6} {:>9} {:>10} {:>7} {:>6}",
             r.name,
             f(r.ka_rps, 0),
             f(r.p50, 3),
@@ -869,6 +916,9 @@ fn print_table(rows: &[Row], dur: Duration) {
             f(r.sse_warm, 3),
             f(r.cpu_us, 1),
             f(r.conn_cpu_us, 1),
+            f(r.ends_us, 1),
+            f(r.all_us, 1),
+            f(r.idle_pct, 0),
             f(r.rss16, 1),
             f(r.rss256, 1),
             r.errors,
@@ -898,6 +948,17 @@ fn print_table(rows: &[Row], dur: Duration) {
             "  added p99                 {:>6.3} ms (goal <= 1 ms) {}",
             dp,
             goal(dp <= 1.0)
+        );
+        // Both ends of every row are this one process, so what the proxy
+        // costs the machine per request shows here, scheduling included.
+        println!(
+            "  CPU per ka request, whole machine: direct {:.1} us, bot-bottle {:.1} us \
+             (ends {:.1} + proxy {:.1} + rest); direct / bot-bottle {:.2}x",
+            d.all_us,
+            bb.all_us,
+            bb.ends_us,
+            bb.cpu_us,
+            d.all_us / bb.all_us
         );
         let ds = bb.sse_warm - d.sse_warm;
         println!(

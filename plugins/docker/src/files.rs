@@ -100,7 +100,9 @@ pub fn resolve_user(
             return Err(PluginError::invalid(format!(
                 "user `{user}` does not exist in the agent image's /etc/passwd"
             ))
-            .with_hint("set [backends.docker] user to a user of the image, or to a numeric uid:gid"))
+            .with_hint(
+                "set [backends.docker] user to a user of the image, or to a numeric uid:gid",
+            ))
         }
     };
     let gid = match group {
@@ -114,7 +116,9 @@ pub fn resolve_user(
                     PluginError::invalid(format!(
                         "group `{g}` does not exist in the agent image's /etc/group"
                     ))
-                    .with_hint("set [backends.docker] user to user:group of the image, or numeric uid:gid")
+                    .with_hint(
+                        "set [backends.docker] user to user:group of the image, or numeric uid:gid",
+                    )
                 })?,
         },
         None => entry.map(|e| e.gid).unwrap_or(uid),
