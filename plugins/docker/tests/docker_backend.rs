@@ -315,6 +315,32 @@ fn remove(backend: &DockerBackend, id: &str) {
 }
 
 /// Runs `cmd` in `container`; exit code and combined output.
+/// Launches every spec at the same moment, each on a thread and a backend
+/// of its own, as separate `bottle run`s would; panics if one fails.
+fn launch_all_at_once(specs: impl IntoIterator<Item = LaunchSpec>) {
+    std::thread::scope(|scope| {
+        let launches: Vec<_> = specs
+            .into_iter()
+            .map(|s| scope.spawn(|| DockerBackend::new().launch(s)))
+            .collect();
+        for l in launches {
+            l.join().unwrap().unwrap();
+        }
+    });
+}
+
+/// `bottle gc` (with `--images` when `images`).
+fn gc(backend: &DockerBackend, images: bool) -> bot_bottle_plugin_api::RemoveReport {
+    backend
+        .remove(RemoveRequest {
+            schema: 1,
+            bottle_id: None,
+            garbage: true,
+            images,
+        })
+        .unwrap()
+}
+
 fn run_in(docker: &Docker, container: &str, cmd: &[&str]) -> (i64, String) {
     rt().block_on(async {
         let exec = docker
@@ -1453,14 +1479,7 @@ fn gc_removes_leftovers_and_images() {
     backend.launch(orphan).unwrap();
     force_remove_container(&docker, &format!("{orphan_id}-agent"));
 
-    let report = backend
-        .remove(RemoveRequest {
-            schema: 1,
-            bottle_id: None,
-            garbage: true,
-            images: true,
-        })
-        .unwrap();
+    let report = gc(&backend, true);
     assert!(
         report.removed.iter().any(|r| r.contains(&done_id)),
         "{:?}",
@@ -1493,14 +1512,7 @@ fn gc_removes_leftovers_and_images() {
     remove(&backend, &live_id);
     // Unused now, gc removes it (unless a bottle of another test process
     // or user joined it meanwhile).
-    backend
-        .remove(RemoveRequest {
-            schema: 1,
-            bottle_id: None,
-            garbage: true,
-            images: false,
-        })
-        .unwrap();
+    gc(&backend, false);
     let naming_holder = || {
         let filter = format!("bot-bottle.egress-ns={holder}");
         rt().block_on(docker.list_containers(Some(ListContainersOptions {
@@ -1720,15 +1732,7 @@ fn a_holder_on_a_named_network_goes_with_its_last_sidecar() {
     let _cleanup = Cleanup::new(&[&ids[0], &ids[1]]);
     // Both at once, with no holder yet: they race to make it, and Docker
     // gives its name to one; the other waits for that one.
-    std::thread::scope(|scope| {
-        let launches: Vec<_> = specs
-            .into_iter()
-            .map(|s| scope.spawn(|| DockerBackend::new().launch(s)))
-            .collect();
-        for l in launches {
-            l.join().unwrap().unwrap();
-        }
-    });
+    launch_all_at_once(specs);
     let holder = network_owner(&docker, &format!("{}-egress", ids[0]));
     assert_eq!(
         network_owner(&docker, &format!("{}-egress", ids[1])),
@@ -1785,14 +1789,7 @@ fn first_launches_racing_for_the_shared_network_end_up_on_one() {
         .filter_map(|n| n.name)
         .collect::<Vec<_>>()
     };
-    backend
-        .remove(RemoveRequest {
-            schema: 1,
-            bottle_id: None,
-            garbage: true,
-            images: false,
-        })
-        .unwrap();
+    gc(&backend, false);
     let before = shared_networks();
     if !before.is_empty() {
         let why =
@@ -1809,15 +1806,7 @@ fn first_launches_racing_for_the_shared_network_end_up_on_one() {
     let ids: Vec<String> = specs.iter().map(|s| s.bottle_id.clone()).collect();
     let _cleanup = Cleanup::new(&ids.iter().map(String::as_str).collect::<Vec<_>>());
     // All at once: each finds no network and makes one.
-    std::thread::scope(|scope| {
-        let launches: Vec<_> = specs
-            .into_iter()
-            .map(|s| scope.spawn(|| DockerBackend::new().launch(s)))
-            .collect();
-        for l in launches {
-            l.join().unwrap().unwrap();
-        }
-    });
+    launch_all_at_once(specs);
     let used: std::collections::BTreeSet<String> = ids
         .iter()
         .map(|id| shared_egress_network(&docker, &format!("{id}-egress")))
