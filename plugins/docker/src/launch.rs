@@ -581,10 +581,15 @@ async fn find_egress_network(
 /// afterwards without a lock: every launch takes the *earliest made* of the
 /// labelled networks it sees, and a launch lists only after its own network
 /// exists, so it sees every network made before its own and picks the same
-/// one as everybody else. A launch whose network lost removes it at once
-/// (nothing has joined it yet). Choosing the lowest id instead, as before,
-/// let the first launch settle on its own network before the second one's
-/// appeared, and the second keep its own when its id was lower.
+/// one as everybody else. (Choosing the lowest id instead, as before, let
+/// the first launch settle on its own network before the second one's
+/// appeared, and the second keep its own when its id was lower.)
+///
+/// The networks that lost stay, unused, until `bottle gc`: a loser cannot
+/// know that no third launch picked its network in the meantime (Docker
+/// stamps a network's time when its creation starts but lists it only
+/// when it ends, so one made earlier can appear later), and removing it
+/// under that launch would fail it.
 pub(crate) async fn shared_egress_network(
     client: &Client,
     docker: &Docker,
@@ -630,11 +635,7 @@ pub(crate) async fn shared_egress_network(
         .id;
     let chosen = earliest(&list().await?).unwrap_or_else(|| ours.clone());
     if chosen != ours {
-        tracing::info!(network = %name, "another launch made the shared egress network first; removing ours");
-        if let Err(e) = docker.remove_network(&ours).await {
-            // Harmless: unused, and `bottle gc` removes it.
-            tracing::warn!(network = %name, error = %e, "could not remove an unused egress network");
-        }
+        tracing::info!(network = %name, "another launch made the shared egress network first; using that one (`bottle gc` removes ours)");
     }
     Ok(chosen)
 }

@@ -1805,17 +1805,20 @@ fn first_launches_racing_for_the_shared_network_end_up_on_one() {
         .collect();
     let ids: Vec<String> = specs.iter().map(|s| s.bottle_id.clone()).collect();
     let _cleanup = Cleanup::new(&ids.iter().map(String::as_str).collect::<Vec<_>>());
-    // All at once: each finds no network and makes one.
+    // All at once: each finds no network and makes one, and all then use
+    // the same one.
     launch_all_at_once(specs);
     let used: std::collections::BTreeSet<String> = ids
         .iter()
         .map(|id| shared_egress_network(&docker, &format!("{id}-egress")))
         .collect();
     assert_eq!(used.len(), 1, "the racing bottles use {used:?}");
+    // The losers' networks are unused, so gc takes them and keeps the one.
+    gc(&backend, false);
     assert_eq!(
         shared_networks(),
         used.into_iter().collect::<Vec<_>>(),
-        "the losers' networks were not removed"
+        "gc after the race"
     );
     for id in &ids {
         remove(&backend, id);
