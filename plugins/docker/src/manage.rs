@@ -674,10 +674,12 @@ pub fn check(client: &Client, request: CheckRequest) -> Result<CheckReport, Plug
             Ok(info) => {
                 let runtimes = info.runtimes.unwrap_or_default();
                 let wanted = options.runtime.as_deref();
-                if runtimes.contains_key("runsc") {
+                let gvisor = gvisor_runtimes(&runtimes);
+                if let Some(first) = gvisor.first() {
+                    let names = gvisor.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
                     findings.push(Finding::ok(
                         "gvisor",
-                        "runtime `runsc` is registered; `runtime = \"runsc\"` gives the agent a user-space kernel",
+                        format!("gVisor is registered as {names}; `runtime = \"{first}\"` in [backends.docker] gives the agent a user-space kernel"),
                     ));
                 } else {
                     let msg = "runtime `runsc` (gVisor) is not registered with the daemon";
@@ -688,7 +690,9 @@ pub fn check(client: &Client, request: CheckRequest) -> Result<CheckReport, Plug
                         findings.push(Finding::warn("gvisor", msg, hint));
                     }
                 }
-                if let Some(w) = wanted.filter(|w| *w != "runsc" && !runtimes.contains_key(*w)) {
+                // (`runsc` missing with no gVisor at all is the error above.)
+                let reported = |w: &str| w == "runsc" && gvisor.is_empty();
+                if let Some(w) = wanted.filter(|w| !runtimes.contains_key(*w) && !reported(w)) {
                     findings.push(Finding::error(
                         "docker runtime",
                         format!("runtime `{w}` asked for by the manifest is not registered"),
@@ -740,9 +744,47 @@ fn format_rfc3339(secs: i64) -> String {
         .unwrap_or_default()
 }
 
+/// The daemon's runtimes that are gVisor: named `runsc`, or any name whose
+/// program is a `runsc` (a second registration with other flags, such as
+/// `runsc-hostnet` with `--network=host`). Sorted, `runsc` first.
+fn gvisor_runtimes(runtimes: &HashMap<String, bollard::models::Runtime>) -> Vec<String> {
+    let mut names: Vec<String> = runtimes
+        .iter()
+        .filter(|(name, r)| {
+            *name == "runsc"
+                || r.path.as_deref().is_some_and(|p| {
+                    std::path::Path::new(p).file_name() == Some(std::ffi::OsStr::new("runsc"))
+                })
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    names.sort_by_key(|n| (n != "runsc", n.clone()));
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gvisor_is_found_under_any_name_that_runs_runsc() {
+        let rt = |path: &str| bollard::models::Runtime {
+            path: Some(path.into()),
+            ..Default::default()
+        };
+        let runtimes = HashMap::from([
+            ("runc".to_string(), rt("runc")),
+            ("runsc-hostnet".to_string(), rt("/usr/bin/runsc")),
+            ("kata".to_string(), rt("/opt/kata/bin/kata-runtime")),
+        ]);
+        assert_eq!(gvisor_runtimes(&runtimes), ["runsc-hostnet"]);
+        let mut both = runtimes.clone();
+        both.insert("runsc".into(), rt("runsc"));
+        assert_eq!(gvisor_runtimes(&both), ["runsc", "runsc-hostnet"]);
+        // A program that only ends in "runsc" is something else.
+        let other = HashMap::from([("x".to_string(), rt("/usr/bin/not-runsc"))]);
+        assert!(gvisor_runtimes(&other).is_empty());
+    }
 
     fn container(
         id: &str,
