@@ -88,6 +88,11 @@ pub struct UpstreamConfig {
     /// An HTTP proxy to chain to (`http://host:port`), reached with CONNECT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<String>,
+    /// The token (by ref, in `tokens`) holding `user:password` for the
+    /// chained proxy: sent as `Proxy-Authorization: Basic …` on each
+    /// CONNECT to it, and never anywhere else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_auth_ref: Option<String>,
     /// Host -> address override (air-gapped mirrors, tests). The port of the
     /// address is used, not the port the client asked for.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -297,6 +302,23 @@ impl ProxyConfig {
         if let Some(p) = &self.upstream.proxy {
             crate::upstream::parse_proxy_url(p).map_err(|m| bad(format!("upstream.proxy: {m}")))?;
         }
+        if let Some(r) = &self.upstream.proxy_auth_ref {
+            if self.upstream.proxy.is_none() {
+                return Err(bad(format!(
+                    "upstream.proxy_auth_ref {r} is set but there is no upstream.proxy to send it to"
+                )));
+            }
+            let value = self.tokens.get(r).ok_or_else(|| {
+                bad(format!(
+                    "upstream.proxy_auth_ref needs token ref {r} but the config has no value for it"
+                ))
+            })?;
+            if !value.expose().contains(':') {
+                return Err(bad(format!(
+                    "upstream.proxy_auth_ref {r}: the value must be `user:password` (value not shown)"
+                )));
+            }
+        }
         if self.limits.max_connections == 0 {
             return Err(bad("limits.max_connections must be at least 1".into()));
         }
@@ -334,6 +356,49 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn upstream_proxy_credentials_are_checked_without_showing_them() {
+        let err = |upstream: serde_json::Value, tokens: serde_json::Value| {
+            let mut v = minimal();
+            v["upstream"] = upstream;
+            v["tokens"] = tokens;
+            ProxyConfig::from_json(&v.to_string())
+                .err()
+                .map(|e| e.to_string())
+        };
+        let t = serde_json::json!({"T": "x", "P": "me:canary-pw"});
+        assert_eq!(
+            err(
+                serde_json::json!({"proxy": "http://p:3128", "proxy_auth_ref": "P"}),
+                t.clone()
+            ),
+            None
+        );
+        let e = err(serde_json::json!({"proxy_auth_ref": "P"}), t.clone()).unwrap();
+        assert!(e.contains("no upstream.proxy"), "{e}");
+        let e = err(
+            serde_json::json!({"proxy": "http://p:3128", "proxy_auth_ref": "Q"}),
+            t.clone(),
+        )
+        .unwrap();
+        assert!(e.contains("token ref Q"), "{e}");
+        let e = err(
+            serde_json::json!({"proxy": "http://p:3128", "proxy_auth_ref": "P"}),
+            serde_json::json!({"T": "x", "P": "canary-no-colon"}),
+        )
+        .unwrap();
+        assert!(e.contains("user:password") && !e.contains("canary"), "{e}");
+        let e = err(
+            serde_json::json!({"proxy": "http://me:canary-pw@p:3128"}),
+            t,
+        )
+        .unwrap();
+        assert!(
+            e.contains("credentials in the proxy URL") && !e.contains("canary"),
+            "{e}"
+        );
     }
 
     #[test]

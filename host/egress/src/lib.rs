@@ -179,6 +179,13 @@ pub fn validate(config: &ProxyConfig) -> Result<(), EgressError> {
     proxy::Shared::new(config.clone()).map(|_| ())
 }
 
+/// Checks an upstream proxy URL as the proxy will read it (`http://host:port`,
+/// no path, no credentials); the error says what is wrong without echoing
+/// a credential. For the host, which checks manifests before launching.
+pub fn check_upstream_proxy_url(url: &str) -> Result<(), String> {
+    upstream::parse_proxy_url(url).map(|_| ())
+}
+
 /// [`serve_on`] with a std listener, one worker thread per core; blocks.
 pub fn serve_with_listener(
     config: ProxyConfig,

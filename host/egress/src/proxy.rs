@@ -68,7 +68,7 @@ impl Shared {
     pub(crate) fn new(cfg: ProxyConfig) -> Result<Arc<Self>, EgressError> {
         cfg.validate()?;
         let minter = LeafMinter::new(&cfg.ca.cert_pem, &cfg.ca.key_pem)?;
-        let dialer = Dialer::new(&cfg.upstream)?;
+        let dialer = Dialer::new(&cfg.upstream, &cfg.tokens)?;
         let clients = (0..workers::count())
             .map(|_| upstream::client(dialer.clone()))
             .collect();

@@ -23,6 +23,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use bot_bottle_plugin_api::Secret;
+
 use crate::config::UpstreamConfig;
 use crate::error::EgressError;
 
@@ -38,6 +40,11 @@ pub(crate) fn parse_proxy_url(s: &str) -> Result<(String, u16), String> {
         return Err(format!(
             "{s:?}: only http:// proxies are supported (reached with CONNECT)"
         ));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        // The URL lands in configs, plans and error messages; a password
+        // in it would too. (The URL is not echoed here for that reason.)
+        return Err("credentials in the proxy URL are refused: put `user:password` in an environment variable and name it in upstream_proxy_auth_ref".into());
     }
     let host = uri.host().ok_or_else(|| format!("{s:?} has no host"))?;
     if uri.path() != "/" && !uri.path().is_empty() {
@@ -88,19 +95,33 @@ struct DialerInner {
     tls_any: TlsConnector,
     tls_h1: TlsConnector,
     resolve: BTreeMap<String, SocketAddr>,
-    proxy: Option<(String, u16)>,
+    proxy: Option<ChainedProxy>,
+}
+
+/// The HTTP proxy upstream connections are chained through.
+struct ChainedProxy {
+    host: String,
+    port: u16,
+    /// `Basic …` for `Proxy-Authorization`, when the proxy wants one.
+    auth: Option<Secret>,
 }
 
 impl std::fmt::Debug for Dialer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let proxy = self.inner.proxy.as_ref().map(|p| (&p.host, p.port));
         f.debug_struct("Dialer")
-            .field("proxy", &self.inner.proxy)
+            .field("proxy", &proxy)
             .finish_non_exhaustive()
     }
 }
 
 impl Dialer {
-    pub(crate) fn new(cfg: &UpstreamConfig) -> Result<Self, EgressError> {
+    /// `tokens` are the config's resolved values: the chained proxy's
+    /// credentials come from there.
+    pub(crate) fn new(
+        cfg: &UpstreamConfig,
+        tokens: &BTreeMap<String, Secret>,
+    ) -> Result<Self, EgressError> {
         let roots = Arc::new(root_store(cfg.extra_ca_pem.as_deref())?);
         let mk = |alpn: Vec<Vec<u8>>| {
             // Offers AES-128-GCM first (crate::tls); servers that honour
@@ -114,7 +135,25 @@ impl Dialer {
             Ok::<_, EgressError>(TlsConnector::from(Arc::new(c)))
         };
         let proxy = match &cfg.proxy {
-            Some(p) => Some(parse_proxy_url(p).map_err(EgressError::Trust)?),
+            Some(p) => {
+                let (host, port) = parse_proxy_url(p).map_err(EgressError::Trust)?;
+                let auth = match &cfg.proxy_auth_ref {
+                    Some(r) => {
+                        let userpass = tokens.get(r).ok_or_else(|| EgressError::ConfigInvalid {
+                            message: format!(
+                                "upstream.proxy_auth_ref needs token ref {r}, which has no value"
+                            ),
+                        })?;
+                        let b64 = base64::Engine::encode(
+                            &base64::engine::general_purpose::STANDARD,
+                            userpass.expose(),
+                        );
+                        Some(Secret::new(format!("Basic {b64}")))
+                    }
+                    None => None,
+                };
+                Some(ChainedProxy { host, port, auth })
+            }
             None => None,
         };
         Ok(Self {
@@ -138,15 +177,15 @@ impl Dialer {
     async fn tcp_inner(&self, host: &str, port: u16) -> io::Result<TcpStream> {
         let target = self.inner.resolve.get(host).copied();
         let s = match &self.inner.proxy {
-            Some((ph, pp)) => {
-                let s = TcpStream::connect((ph.as_str(), *pp)).await?;
+            Some(p) => {
+                let s = TcpStream::connect((p.host.as_str(), p.port)).await?;
                 s.set_nodelay(true)?;
                 let authority = match target {
                     Some(a) => a.to_string(),
                     None if host.contains(':') => format!("[{host}]:{port}"),
                     None => format!("{host}:{port}"),
                 };
-                connect_via_proxy(s, &authority).await?
+                connect_via_proxy(s, &authority, p.auth.as_ref()).await?
             }
             None => match target {
                 Some(a) => TcpStream::connect(a).await?,
@@ -181,9 +220,22 @@ impl Dialer {
     }
 }
 
-/// Sends CONNECT on `s` and reads the proxy's answer.
-async fn connect_via_proxy(mut s: TcpStream, authority: &str) -> io::Result<TcpStream> {
-    let req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+/// Sends CONNECT on `s` (with `Proxy-Authorization: auth` when given) and
+/// reads the proxy's answer.
+async fn connect_via_proxy(
+    mut s: TcpStream,
+    authority: &str,
+    auth: Option<&Secret>,
+) -> io::Result<TcpStream> {
+    let mut req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
+    if let Some(a) = auth {
+        req.push_str("Proxy-Authorization: ");
+        req.push_str(a.expose());
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    // The request holds the credential: it is written, never logged or put
+    // in an error.
     s.write_all(req.as_bytes()).await?;
     let mut head = Vec::with_capacity(256);
     let mut b = [0u8; 1];
@@ -203,8 +255,13 @@ async fn connect_via_proxy(mut s: TcpStream, authority: &str) -> io::Result<TcpS
         .is_some_and(|code| code.starts_with(b"2"));
     if !ok {
         let line = String::from_utf8_lossy(line).trim().to_owned();
+        let hint = match (line.split(' ').nth(1), auth) {
+            (Some("407"), None) => " (it wants credentials: set upstream_proxy_auth_ref to an env var holding user:password)",
+            (Some("407"), Some(_)) => " (it did not accept the credentials of upstream_proxy_auth_ref)",
+            _ => "",
+        };
         return Err(io::Error::other(format!(
-            "upstream proxy refused CONNECT: {line}"
+            "upstream proxy refused CONNECT: {line}{hint}"
         )));
     }
     Ok(s)

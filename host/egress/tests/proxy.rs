@@ -529,22 +529,51 @@ async fn passthrough_is_a_plain_tunnel() {
 
 /// A minimal CONNECT proxy standing in for a corporate proxy or pipelock.
 async fn chain_proxy() -> (SocketAddr, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
+    let (addr, n, targets, _) = chain_proxy_wanting(None).await;
+    (addr, n, targets)
+}
+
+/// [`chain_proxy`], answering 407 unless a CONNECT carries
+/// `Proxy-Authorization: want` (when `want` is given). Also returns every
+/// `Proxy-Authorization` value it was sent (`None` for a CONNECT without).
+#[allow(clippy::type_complexity)]
+async fn chain_proxy_wanting(
+    want: Option<String>,
+) -> (
+    SocketAddr,
+    Arc<AtomicUsize>,
+    Arc<Mutex<Vec<String>>>,
+    Arc<Mutex<Vec<Option<String>>>>,
+) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let n = Arc::new(AtomicUsize::new(0));
     let targets = Arc::new(Mutex::new(Vec::new()));
-    let (n2, t2) = (n.clone(), targets.clone());
+    let auths = Arc::new(Mutex::new(Vec::new()));
+    let (n2, t2, a2) = (n.clone(), targets.clone(), auths.clone());
     tokio::spawn(async move {
         loop {
             let Ok((mut s, _)) = l.accept().await else {
                 return;
             };
-            let (n, targets) = (n2.clone(), t2.clone());
+            let (n, targets, auths, want) = (n2.clone(), t2.clone(), a2.clone(), want.clone());
             tokio::spawn(async move {
                 let head = read_head(&mut s).await;
                 let target = head.split(' ').nth(1).unwrap_or("").to_string();
+                let auth = head.lines().find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("proxy-authorization")
+                        .then(|| v.trim().to_string())
+                });
                 n.fetch_add(1, Ordering::SeqCst);
                 targets.lock().unwrap().push(target.clone());
+                auths.lock().unwrap().push(auth.clone());
+                if want.is_some() && auth != want {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"corp\"\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                    return;
+                }
                 let Ok(mut up) = TcpStream::connect(target.as_str()).await else {
                     return;
                 };
@@ -555,7 +584,61 @@ async fn chain_proxy() -> (SocketAddr, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>
             });
         }
     });
-    (addr, n, targets)
+    (addr, n, targets, auths)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_proxy_that_wants_credentials_gets_them_on_connect_only() {
+    // The password is the canary: it must reach the chained proxy and
+    // nothing else (not the upstream, not the audit log, not the agent).
+    let userpass = format!("corp-user:{CANARY}");
+    let want = format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &userpass)
+    );
+    let (chain, _, _, auths) = chain_proxy_wanting(Some(want.clone())).await;
+    let fx = fx_with(|c| {
+        c.upstream.proxy = Some(format!("http://{chain}"));
+        c.upstream.proxy_auth_ref = Some("CORP_PROXY_AUTH".into());
+        c.tokens.insert(
+            "CORP_PROXY_AUTH".into(),
+            bot_bottle_plugin_api::Secret::new(userpass.clone()),
+        );
+    })
+    .await;
+    let got = send(
+        fx.proxy,
+        "chain.test:443",
+        "chain.test",
+        &fx.bottle_ca,
+        true,
+        get("https://chain.test/c", "", true),
+    )
+    .await;
+    assert_eq!(got.status, 200, "{got:?}");
+    assert_eq!(*auths.lock().unwrap(), [Some(want)]);
+    let seen = fx.up.seen().pop().unwrap();
+    assert!(seen.header_all("proxy-authorization").is_empty());
+    assert!(!format!("{seen:?}").contains("corp-user"), "{seen:?}");
+    no_canary_anywhere(&fx);
+
+    // Without the credential: the agent gets a 502 that says why and what
+    // to set, and the proxy chained to never sees a guess.
+    let (chain, _, _, auths) = chain_proxy_wanting(Some("Basic x".into())).await;
+    let fx = fx_with(|c| c.upstream.proxy = Some(format!("http://{chain}"))).await;
+    let got = send(
+        fx.proxy,
+        "chain.test:443",
+        "chain.test",
+        &fx.bottle_ca,
+        false,
+        get("https://chain.test/c", "chain.test", false),
+    )
+    .await;
+    assert_eq!(got.status, 502, "{got:?}");
+    assert!(got.body.contains("407"), "{}", got.body);
+    assert!(got.body.contains("upstream_proxy_auth_ref"), "{}", got.body);
+    assert_eq!(*auths.lock().unwrap(), [None]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

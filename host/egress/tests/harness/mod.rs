@@ -341,6 +341,7 @@ pub fn config(pki: &TestPki, up: SocketAddr, audit: &std::path::Path) -> ProxyCo
         upstream: UpstreamConfig {
             extra_ca_pem: Some(pki.ca_pem.clone()),
             proxy: None,
+            proxy_auth_ref: None,
             resolve,
         },
         dlp: DlpConfig::default(),
