@@ -26,7 +26,7 @@ fn missing_message(missing: &[String]) -> String {
         .join(", ");
     let s = if missing.len() == 1 { "" } else { "s" };
     format!(
-        "egress token ref{s} {list} not set: export {} on the host (or fix `token_ref` in the manifest's [[egress.route]])",
+        "egress token ref{s} {list} not set: export {} on the host (or fix the manifest's `token_ref` in [[egress.route]], or `upstream_proxy_auth_ref`)",
         if missing.len() == 1 { "it" } else { "them" }
     )
 }
@@ -131,10 +131,12 @@ impl EgressPlan {
     }
 }
 
-/// Builds the egress plan: merge routes, merge env, resolve once.
+/// Builds the egress plan: merge routes, merge env, resolve once. The
+/// upstream proxy's credential ref, if any, resolves with the routes' refs.
 pub fn build(
     manifest_routes: &[EgressRoute],
     manifest_passthrough: &[String],
+    upstream_proxy_auth_ref: Option<&str>,
     provider_name: &str,
     provision: &AgentProvisionPlan,
     host_env: &BTreeMap<String, Secret>,
@@ -154,7 +156,11 @@ pub fn build(
         }
     }
 
-    let refs: BTreeSet<&str> = routes.iter().flat_map(EgressRoute::token_refs).collect();
+    let refs: BTreeSet<&str> = routes
+        .iter()
+        .flat_map(EgressRoute::token_refs)
+        .chain(upstream_proxy_auth_ref)
+        .collect();
     let env = effective_env(host_env, &provision.provisioned_env);
     let tokens = refs
         .iter()
@@ -267,6 +273,7 @@ mod tests {
         let plan = build(
             &manifest,
             &[],
+            None,
             "codex",
             &provision,
             &env(&[("HOST_REF", "from-host"), ("SHADOW", "host-loses")]),
@@ -295,6 +302,39 @@ mod tests {
     }
 
     #[test]
+    fn the_upstream_proxy_credential_resolves_like_a_route_token() {
+        let provision = AgentProvisionPlan::default();
+        let routes = [route("api.example", "R")];
+        let plan = build(
+            &routes,
+            &[],
+            Some("CORP_PROXY_AUTH"),
+            "p",
+            &provision,
+            &env(&[("R", "v"), ("CORP_PROXY_AUTH", "user:canary-pass")]),
+        );
+        assert!(plan.missing.is_none());
+        assert_eq!(
+            plan.token_values["CORP_PROXY_AUTH"].expose(),
+            "user:canary-pass"
+        );
+        let plan = build(
+            &routes,
+            &[],
+            Some("CORP_PROXY_AUTH"),
+            "p",
+            &provision,
+            &env(&[("R", "v")]),
+        );
+        let missing = plan.missing.unwrap();
+        assert_eq!(missing.missing, ["CORP_PROXY_AUTH"]);
+        assert!(
+            missing.to_string().contains("upstream_proxy_auth_ref"),
+            "{missing}"
+        );
+    }
+
+    #[test]
     fn hosts_cover_routes_passthrough_and_local_responses() {
         let mut provision = AgentProvisionPlan::default();
         provision.tls_passthrough.push("pass.example".into());
@@ -309,6 +349,7 @@ mod tests {
         let plan = build(
             &[route("api.example", "R")],
             &[],
+            None,
             "p",
             &provision,
             &env(&[("R", "v")]),

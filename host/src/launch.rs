@@ -116,6 +116,7 @@ pub fn proxy_config(
         upstream: UpstreamConfig {
             extra_ca_pem,
             proxy: m.upstream_proxy.clone(),
+            proxy_auth_ref: m.upstream_proxy_auth_ref.clone(),
             resolve: m.resolve.clone(),
         },
         dlp: DlpConfig {

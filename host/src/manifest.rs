@@ -113,6 +113,8 @@ struct RawEgress {
     #[serde(default)]
     upstream_proxy: Option<String>,
     #[serde(default)]
+    upstream_proxy_auth_ref: Option<String>,
+    #[serde(default)]
     upstream_ca: Option<PathBuf>,
     #[serde(default)]
     resolve: BTreeMap<String, String>,
@@ -192,6 +194,8 @@ pub struct Manifest {
     pub dlp: DlpMode,
     /// Upstream proxy to chain to.
     pub upstream_proxy: Option<String>,
+    /// Env name holding `user:password` for the upstream proxy.
+    pub upstream_proxy_auth_ref: Option<String>,
     /// Extra CA bundle the proxy trusts upstream (absolute host path).
     pub upstream_ca: Option<PathBuf>,
     /// Host → address overrides for the proxy's upstream dials.
@@ -290,6 +294,14 @@ fn offset_of_key(text: &str, key: &str, nth: usize) -> usize {
         offset += line.len();
     }
     0
+}
+
+/// `…://user:pass@host…` → `…://***@host…`, for quoting a line.
+fn hide_userinfo(line: &str) -> String {
+    match (line.find("://"), line.rfind('@')) {
+        (Some(s), Some(at)) if s + 3 <= at => format!("{}***{}", &line[..s + 3], &line[at..]),
+        _ => line.to_string(),
+    }
 }
 
 fn is_env_name(s: &str) -> bool {
@@ -451,6 +463,36 @@ fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<Manifest, Manif
             ));
         }
     }
+    if let Some(url) = &raw.egress.upstream_proxy {
+        bot_bottle_egress::check_upstream_proxy_url(url).map_err(|m| {
+            let mut e = err("upstream_proxy", 0, format!("invalid upstream_proxy: {m}"));
+            // The quoted line would show the password the message refuses.
+            if let ManifestError::Invalid { snippet, .. } = &mut e {
+                *snippet = hide_userinfo(snippet);
+            }
+            e
+        })?;
+    }
+    match (
+        &raw.egress.upstream_proxy_auth_ref,
+        &raw.egress.upstream_proxy,
+    ) {
+        (Some(r), _) if !is_env_name(r) => {
+            return Err(err(
+                "upstream_proxy_auth_ref",
+                0,
+                format!("invalid upstream_proxy_auth_ref {r:?}: expected an env variable name like `CORP_PROXY_AUTH`"),
+            ));
+        }
+        (Some(_), None) => {
+            return Err(err(
+                "upstream_proxy_auth_ref",
+                0,
+                "upstream_proxy_auth_ref is set but upstream_proxy is not: set the proxy it authenticates to".into(),
+            ));
+        }
+        _ => {}
+    }
     let mut resolve = BTreeMap::new();
     for (host, addr) in &raw.egress.resolve {
         let parsed = addr.parse().map_err(|_| {
@@ -543,6 +585,7 @@ fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<Manifest, Manif
             .collect(),
         dlp: raw.egress.dlp.unwrap_or_default(),
         upstream_proxy: raw.egress.upstream_proxy,
+        upstream_proxy_auth_ref: raw.egress.upstream_proxy_auth_ref,
         upstream_ca: raw.egress.upstream_ca.map(|p| absolute(&p)),
         resolve,
     })
@@ -646,6 +689,45 @@ runtime = "runsc"
             .unwrap_err()
             .to_string()
             .contains("no `{token}` placeholder"));
+    }
+
+    #[test]
+    fn the_upstream_proxy_takes_its_credential_by_ref_only() {
+        let with = |egress: &str| {
+            GOOD.replace(
+                "[[egress.route]]",
+                &format!("[egress]\n{egress}\n\n[[egress.route]]"),
+            )
+        };
+        let m = parse(&with(
+            "upstream_proxy = \"http://proxy.corp:8080\"\nupstream_proxy_auth_ref = \"CORP_PROXY_AUTH\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            m.upstream_proxy_auth_ref.as_deref(),
+            Some("CORP_PROXY_AUTH")
+        );
+        // A password in the URL is refused, and not echoed.
+        let e = parse(&with(
+            "upstream_proxy = \"http://me:canary-pw@proxy.corp:8080\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(":18:1: invalid upstream_proxy: credentials in the proxy URL"),
+            "{e}"
+        );
+        assert!(!e.contains("canary-pw"), "{e}");
+        let e = parse(&with("upstream_proxy_auth_ref = \"CORP_PROXY_AUTH\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream_proxy is not"), "{e}");
+        let e = parse(&with(
+            "upstream_proxy = \"http://proxy.corp:8080\"\nupstream_proxy_auth_ref = \"not a name\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(":19:1: invalid upstream_proxy_auth_ref"), "{e}");
     }
 
     #[test]

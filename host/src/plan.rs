@@ -114,6 +114,7 @@ pub fn plan(
     let egress = egress_plan::build(
         &manifest.routes,
         &manifest.tls_passthrough,
+        manifest.upstream_proxy_auth_ref.as_deref(),
         &provider.plugin.info.name,
         &provision,
         host_env,
@@ -215,6 +216,8 @@ impl BottlePlan {
             resources: &self.manifest.resources,
             routes: &self.egress.routes,
             tls_passthrough: &self.egress.tls_passthrough,
+            upstream_proxy: self.manifest.upstream_proxy.as_deref(),
+            upstream_proxy_auth_ref: self.manifest.upstream_proxy_auth_ref.as_deref(),
             tokens: &self.egress.tokens,
             provisioned_env: self
                 .provision
@@ -277,6 +280,12 @@ pub struct PlanView<'a> {
     pub routes: &'a [bot_bottle_plugin_api::EgressRoute],
     /// Passthrough hosts.
     pub tls_passthrough: &'a [String],
+    /// The HTTP proxy every upstream connection is chained through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_proxy: Option<&'a str>,
+    /// The env name (only) of its `user:password`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_proxy_auth_ref: Option<&'a str>,
     /// Token refs and where they resolve from.
     pub tokens: &'a [egress_plan::TokenStatus],
     /// Names (only) of what the provider provisioned.

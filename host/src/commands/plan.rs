@@ -101,6 +101,14 @@ fn print_human(plan: &BottlePlan) {
     for l in &v.local_responses {
         println!("  {l} (answered by the proxy itself with dummies; never forwarded)");
     }
+    if let Some(p) = v.upstream_proxy {
+        match v.upstream_proxy_auth_ref {
+            Some(r) => {
+                println!("  every upstream connection via {p} (Proxy-Authorization: Basic ${r})")
+            }
+            None => println!("  every upstream connection via {p}"),
+        }
+    }
     if !v.credential_sources.is_empty() {
         println!("\ncredential sources (watched while the bottle runs; changes are pushed to the proxy):");
         for p in v.credential_sources {
