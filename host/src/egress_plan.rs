@@ -303,29 +303,23 @@ mod tests {
 
     #[test]
     fn the_upstream_proxy_credential_resolves_like_a_route_token() {
-        let provision = AgentProvisionPlan::default();
-        let routes = [route("api.example", "R")];
-        let plan = build(
-            &routes,
-            &[],
-            Some("CORP_PROXY_AUTH"),
-            "p",
-            &provision,
-            &env(&[("R", "v"), ("CORP_PROXY_AUTH", "user:canary-pass")]),
-        );
+        let with_proxy_auth = |host_env: &[(&str, &str)]| {
+            build(
+                &[route("api.example", "R")],
+                &[],
+                Some("CORP_PROXY_AUTH"),
+                "p",
+                &AgentProvisionPlan::default(),
+                &env(host_env),
+            )
+        };
+        let plan = with_proxy_auth(&[("R", "v"), ("CORP_PROXY_AUTH", "user:canary-pass")]);
         assert!(plan.missing.is_none());
         assert_eq!(
             plan.token_values["CORP_PROXY_AUTH"].expose(),
             "user:canary-pass"
         );
-        let plan = build(
-            &routes,
-            &[],
-            Some("CORP_PROXY_AUTH"),
-            "p",
-            &provision,
-            &env(&[("R", "v")]),
-        );
+        let plan = with_proxy_auth(&[("R", "v")]);
         let missing = plan.missing.unwrap();
         assert_eq!(missing.missing, ["CORP_PROXY_AUTH"]);
         assert!(

@@ -587,6 +587,20 @@ async fn chain_proxy_wanting(
     (addr, n, targets, auths)
 }
 
+/// `GET https://chain.test/c` through the proxy of `fx`.
+async fn get_chain_test(fx: &Fx, h2: bool) -> Got {
+    let host = if h2 { "" } else { "chain.test" };
+    send(
+        fx.proxy,
+        "chain.test:443",
+        "chain.test",
+        &fx.bottle_ca,
+        h2,
+        get("https://chain.test/c", host, h2),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_proxy_that_wants_credentials_gets_them_on_connect_only() {
     // The password is the canary: it must reach the chained proxy and
@@ -606,15 +620,7 @@ async fn an_upstream_proxy_that_wants_credentials_gets_them_on_connect_only() {
         );
     })
     .await;
-    let got = send(
-        fx.proxy,
-        "chain.test:443",
-        "chain.test",
-        &fx.bottle_ca,
-        true,
-        get("https://chain.test/c", "", true),
-    )
-    .await;
+    let got = get_chain_test(&fx, true).await;
     assert_eq!(got.status, 200, "{got:?}");
     assert_eq!(*auths.lock().unwrap(), [Some(want)]);
     let seen = fx.up.seen().pop().unwrap();
@@ -626,15 +632,7 @@ async fn an_upstream_proxy_that_wants_credentials_gets_them_on_connect_only() {
     // to set, and the proxy chained to never sees a guess.
     let (chain, _, _, auths) = chain_proxy_wanting(Some("Basic x".into())).await;
     let fx = fx_with(|c| c.upstream.proxy = Some(format!("http://{chain}"))).await;
-    let got = send(
-        fx.proxy,
-        "chain.test:443",
-        "chain.test",
-        &fx.bottle_ca,
-        false,
-        get("https://chain.test/c", "chain.test", false),
-    )
-    .await;
+    let got = get_chain_test(&fx, false).await;
     assert_eq!(got.status, 502, "{got:?}");
     assert!(got.body.contains("407"), "{}", got.body);
     assert!(got.body.contains("upstream_proxy_auth_ref"), "{}", got.body);
@@ -645,15 +643,7 @@ async fn an_upstream_proxy_that_wants_credentials_gets_them_on_connect_only() {
 async fn chains_through_an_upstream_proxy() {
     let (chain, n, targets) = chain_proxy().await;
     let fx = fx_with(|c| c.upstream.proxy = Some(format!("http://{chain}"))).await;
-    let got = send(
-        fx.proxy,
-        "chain.test:443",
-        "chain.test",
-        &fx.bottle_ca,
-        true,
-        get("https://chain.test/c", "", true),
-    )
-    .await;
+    let got = get_chain_test(&fx, true).await;
     assert_eq!(got.status, 200, "{got:?}");
     assert!(n.load(Ordering::SeqCst) >= 1);
     assert_eq!(targets.lock().unwrap()[0], fx.up.addr.to_string());
