@@ -539,19 +539,33 @@ async fn intercept(
         let t = target.clone();
         async move { Ok::<_, Infallible>(handle(s, req, t).await) }
     });
-    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(shared.header_timeout())
-        .max_buf_size(shared.max_buf());
-    b.http2()
-        .timer(TokioTimer::new())
-        .enable_connect_protocol()
-        .max_concurrent_streams(MAX_STREAMS)
-        .max_header_list_size(shared.cfg.limits.max_header_bytes.min(u32::MAX as usize) as u32);
+    let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
     let (io, dog) = watch(tls, shared.idle());
+    let io = TokioIo::new(io);
+    // ALPN chose the protocol: HTTP/2 over TLS exists only through ALPN
+    // (RFC 9113, 3.3), so a client without it speaks HTTP/1.1. (hyper-util's
+    // `auto` builder, used before, read the first bytes to guess instead,
+    // and then put every read of the connection through a rewind buffer.)
+    let served = async {
+        if alpn.as_deref() == Some(b"h2") {
+            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .enable_connect_protocol()
+                .max_concurrent_streams(MAX_STREAMS)
+                .max_header_list_size(
+                    shared.cfg.limits.max_header_bytes.min(u32::MAX as usize) as u32
+                );
+            b.serve_connection(io, svc).await
+        } else {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(shared.header_timeout())
+                .max_buf_size(shared.max_buf());
+            b.serve_connection(io, svc).with_upgrades().await
+        }
+    };
     tokio::select! {
-        r = b.serve_connection_with_upgrades(TokioIo::new(io), svc) => {
+        r = served => {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "intercepted connection ended");
             }

@@ -74,6 +74,33 @@ async fn read_body_after_head(s: &mut TcpStream, head: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_alpn_is_served_http_1_1() {
+    // Node's https module offers no ALPN by default; HTTP/2 over TLS exists
+    // only through ALPN, so such a client gets HTTP/1.1.
+    let fx = fx().await;
+    let (st, head, tcp) = connect(fx.proxy, "api.test:443").await;
+    assert_eq!(st, 200, "{head}");
+    let t = tls(tcp, "api.test", &fx.bottle_ca, &[])
+        .await
+        .expect("TLS without ALPN");
+    assert_eq!(t.get_ref().1.alpn_protocol(), None);
+    let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(t))
+        .await
+        .unwrap();
+    tokio::spawn(c);
+    let resp = s
+        .send_request(get("https://api.test/v1/x", "api.test", false))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = fx.up.seen().pop().unwrap();
+    assert_eq!(
+        seen.header_all("authorization"),
+        vec![format!("Bearer {CANARY}")]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injects_over_http1_and_http2_and_strips_hop_by_hop() {
     let fx = fx().await;
     for h2 in [false, true] {
