@@ -35,16 +35,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `http://host:port` -> (host, port).
 pub(crate) fn parse_proxy_url(s: &str) -> Result<(String, u16), String> {
+    if s.contains('@') {
+        // Userinfo. The URL lands in configs, plans and error messages; a
+        // password in it would too, so it is refused before any message
+        // below could quote it.
+        return Err("credentials in the proxy URL are refused: put `user:password` in an environment variable and name it in upstream_proxy_auth_ref".into());
+    }
     let uri: Uri = s.parse().map_err(|_| format!("{s:?} is not a URL"))?;
     if uri.scheme_str() != Some("http") {
         return Err(format!(
             "{s:?}: only http:// proxies are supported (reached with CONNECT)"
         ));
-    }
-    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        // The URL lands in configs, plans and error messages; a password
-        // in it would too. (The URL is not echoed here for that reason.)
-        return Err("credentials in the proxy URL are refused: put `user:password` in an environment variable and name it in upstream_proxy_auth_ref".into());
     }
     let host = uri.host().ok_or_else(|| format!("{s:?} has no host"))?;
     if uri.path() != "/" && !uri.path().is_empty() {
