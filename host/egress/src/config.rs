@@ -392,13 +392,20 @@ mod tests {
         assert!(e.contains("user:password") && !e.contains("canary"), "{e}");
         let e = err(
             serde_json::json!({"proxy": "http://me:canary-pw@p:3128"}),
-            t,
+            t.clone(),
         )
         .unwrap();
         assert!(
             e.contains("credentials in the proxy URL") && !e.contains("canary"),
             "{e}"
         );
+        // Not even a valid URL: still not quoted.
+        let e = err(
+            serde_json::json!({"proxy": "http://me:canary pw@p:3128"}),
+            t,
+        )
+        .unwrap();
+        assert!(!e.contains("canary"), "{e}");
     }
 
     #[test]
