@@ -22,6 +22,18 @@ fn manifest(
     up: &Upstream,
     extra_env: &[(&str, &str)],
 ) -> std::path::PathBuf {
+    manifest_with(dir, name, script, up, extra_env, "")
+}
+
+/// [`manifest`] with more `[egress]` keys.
+fn manifest_with(
+    dir: &Path,
+    name: &str,
+    script: &str,
+    up: &Upstream,
+    extra_env: &[(&str, &str)],
+    egress: &str,
+) -> std::path::PathBuf {
     let env: String = extra_env
         .iter()
         .map(|(k, v)| format!("{k} = \"{v}\"\n"))
@@ -50,6 +62,7 @@ pids = 128
 
 [egress]
 upstream_ca = "{ca}"
+{egress}
 
 [[egress.route]]
 host = "{HOST}"
@@ -105,6 +118,122 @@ fn allowed_route_gets_the_real_token_while_the_agent_holds_a_dummy() {
         hello["headers"]["authorization"],
         format!("Bearer {token}"),
         "the upstream must receive the real token, replacing the dummy"
+    );
+    assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
+}
+
+#[test]
+fn a_corporate_proxy_in_the_way_gets_its_credential_and_the_agent_never_does() {
+    let test = "a_corporate_proxy_in_the_way_gets_its_credential_and_the_agent_never_does";
+    if !docker_available(test) {
+        return;
+    }
+    let up = Upstream::start("corp", HOST);
+    // The corporate proxy, on the upstream's network: the sidecar must go
+    // through it, with the password only the host knows.
+    let password = canary();
+    let auth_dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        auth_dir.path().join("proxy-auth"),
+        format!("corp:{password}"),
+    )
+    .unwrap();
+    let corp = format!("{}-corp-proxy", up.container);
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+        }
+    }
+    let _corp = Gone(corp.clone());
+    let mount = format!("{}:/certs:ro", auth_dir.path().display());
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &corp,
+        "--label",
+        "bot-bottle-test=1",
+        "--network",
+        &up.network,
+        "--network-alias",
+        "corp-proxy.test",
+        "-v",
+        &mount,
+        UPSTREAM_IMAGE,
+        "/bin/demo-upstream",
+        "proxy",
+        "--dir",
+        "/certs",
+        "--listen",
+        "0.0.0.0:3128",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let name = unique("corp");
+    let token = canary();
+    let script = r#"env; curl -sS --fail-with-body https://api.bottle.test/v1/hello"#;
+    let m = manifest_with(
+        dir.path(),
+        &name,
+        script,
+        &up,
+        &[],
+        "upstream_proxy = \"http://corp-proxy.test:3128\"\nupstream_proxy_auth_ref = \"CORP_PROXY_AUTH\"",
+    );
+    // Without the credential on the host: refused before anything starts.
+    let (code, out, err) = output(
+        bottle(data.path())
+            .env("API_TOKEN", &token)
+            .env_remove("CORP_PROXY_AUTH")
+            .args(["run", "-f"])
+            .arg(&m),
+    );
+    assert_ne!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.contains("`CORP_PROXY_AUTH`"), "{err}");
+    assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
+
+    let (code, out, err) = output(
+        bottle(data.path())
+            .env("API_TOKEN", &token)
+            .env("CORP_PROXY_AUTH", format!("corp:{password}"))
+            .args(["run", "-f"])
+            .arg(&m),
+    );
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("\"authorization_present\":true"), "{out}");
+    // The agent printed its whole env: neither secret is in it, nor
+    // anywhere else bottle printed.
+    for secret in [&password, &token] {
+        assert!(
+            !out.contains(secret.as_str()) && !err.contains(secret.as_str()),
+            "a secret reached the agent or bottle's output"
+        );
+    }
+    let (_, proxy_log, _) = output(Command::new("docker").args(["logs", &corp]));
+    let connects: Vec<serde_json::Value> = proxy_log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        connects
+            .iter()
+            .any(|c| c["connect"] == format!("{HOST}:443") && c["proxy_auth"] == "ok"),
+        "the corporate proxy saw: {connects:?}"
+    );
+    assert!(
+        connects.iter().all(|c| c["proxy_auth"] == "ok"),
+        "a CONNECT without the credential: {connects:?}"
+    );
+    let reqs = up.requests();
+    let hello = reqs
+        .iter()
+        .find(|r| r["path"] == "/v1/hello")
+        .unwrap_or_else(|| panic!("upstream saw no request: {reqs:?}"));
+    assert_eq!(hello["headers"]["authorization"], format!("Bearer {token}"));
+    assert!(
+        hello["headers"].get("proxy-authorization").is_none(),
+        "{hello}"
     );
     assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
 }

@@ -11,6 +11,12 @@
 //!   `POST …/codex/responses` and `POST /v1/messages` answer like the
 //!   OpenAI Responses and Anthropic Messages APIs (SSE), so the real Codex
 //!   and Claude Code CLIs complete a turn against it.
+//! * `demo-upstream proxy --dir DIR [--listen ADDR]` is a corporate HTTP
+//!   proxy instead: it tunnels CONNECT, and when `DIR/proxy-auth` holds
+//!   `user:password` it answers `407` to a CONNECT without the matching
+//!   `Proxy-Authorization: Basic`. Each CONNECT is one JSON line on stdout:
+//!   the target and whether the credential was `ok`, `missing` or `wrong`
+//!   (never its value).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,7 +30,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio_rustls::TlsAcceptor;
 
 fn usage() -> ! {
-    eprintln!("usage: demo-upstream certs --dir DIR --host NAME...\n       demo-upstream serve --dir DIR [--listen ADDR]");
+    eprintln!("usage: demo-upstream certs --dir DIR --host NAME...\n       demo-upstream serve --dir DIR [--listen ADDR]\n       demo-upstream proxy --dir DIR [--listen ADDR]");
     std::process::exit(2)
 }
 
@@ -51,6 +57,7 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("certs") if !hosts.is_empty() => certs(&dir, &hosts),
         Some("serve") => serve(&dir, listen),
+        Some("proxy") => proxy(&dir, listen),
         _ => usage(),
     }
 }
@@ -226,6 +233,76 @@ fn serve(dir: &Path, listen: SocketAddr) {
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), hyper::service::service_fn(handle))
                     .await;
+            });
+        }
+    });
+}
+
+fn proxy(dir: &Path, listen: SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let want = std::fs::read_to_string(dir.join("proxy-auth"))
+        .ok()
+        .map(|up| {
+            let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, up.trim());
+            format!("Basic {b64}")
+        });
+    let want = Arc::new(want);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .expect("binding");
+        eprintln!("demo-upstream proxy listening on {}", listener.local_addr().unwrap());
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                continue;
+            };
+            let want = want.clone();
+            tokio::spawn(async move {
+                // The head, byte by byte: nothing of the tunnel is read.
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match client.read(&mut b).await {
+                        Ok(1) => head.push(b[0]),
+                        _ => return,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let target = head.split(' ').nth(1).unwrap_or_default().to_string();
+                let sent = head.lines().find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("proxy-authorization")
+                        .then(|| v.trim().to_string())
+                });
+                let auth = match (&*want, &sent) {
+                    (None, _) => "not-required",
+                    (Some(_), None) => "missing",
+                    (Some(w), Some(s)) if w == s => "ok",
+                    (Some(_), Some(_)) => "wrong",
+                };
+                println!("{}", serde_json::json!({"connect": target, "proxy_auth": auth}));
+                if auth == "missing" || auth == "wrong" {
+                    let _ = client
+                        .write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"demo\"\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let Ok(mut up) = tokio::net::TcpStream::connect(target.as_str()).await else {
+                    let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n").await;
+                    return;
+                };
+                if client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .is_ok()
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                }
             });
         }
     });
