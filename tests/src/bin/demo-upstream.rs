@@ -207,19 +207,8 @@ fn serve(dir: &Path, listen: SocketAddr) {
     .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(config));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .expect("binding");
-        eprintln!(
-            "demo-upstream listening on {}",
-            listener.local_addr().unwrap()
-        );
+    runtime().block_on(async move {
+        let listener = bind(listen, "demo-upstream").await;
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
@@ -238,6 +227,23 @@ fn serve(dir: &Path, listen: SocketAddr) {
     });
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Binds `listen` and says so on stderr.
+async fn bind(listen: SocketAddr, what: &str) -> tokio::net::TcpListener {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .expect("binding");
+    eprintln!("{what} listening on {}", listener.local_addr().unwrap());
+    listener
+}
+
 fn proxy(dir: &Path, listen: SocketAddr) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let want = std::fs::read_to_string(dir.join("proxy-auth"))
@@ -247,16 +253,8 @@ fn proxy(dir: &Path, listen: SocketAddr) {
             format!("Basic {b64}")
         });
     let want = Arc::new(want);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .expect("binding");
-        eprintln!("demo-upstream proxy listening on {}", listener.local_addr().unwrap());
+    runtime().block_on(async move {
+        let listener = bind(listen, "demo-upstream proxy").await;
         loop {
             let Ok((mut client, _)) = listener.accept().await else {
                 continue;
