@@ -257,6 +257,13 @@ async fn start_bot_bottle(a: &Args, pki: &Pki, up: SocketAddr) -> Res<Peer> {
         "upstream": {"extra_ca_pem": pki.ca_pem, "resolve": {"localhost": up.to_string()}},
         "audit": {"path": a.work.join("egress-audit.jsonl")}, "dlp": {"mode": a.dlp},
     });
+    // The proxy appends to its audit log; a run of the bench writes about
+    // half a GiB of it, so each start begins a fresh one (runs used to pile
+    // up gigabytes in the work directory).
+    match std::fs::remove_file(a.work.join("egress-audit.jsonl")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
     let path = a.work.join("egress.json");
     std::fs::write(&path, cfg.to_string())?;
     let port = free_port();
