@@ -176,6 +176,29 @@ pub fn is_not_modified(e: &DockerError) -> bool {
     )
 }
 
+/// Creates a container under `name`, shared by every launch: if another
+/// launch takes the name first (Docker answers 409), waits until that one
+/// can be found ([`appeared`]). `what` names it in errors.
+pub async fn create_shared(
+    client: &Client,
+    docker: &Docker,
+    name: &str,
+    body: bollard::models::ContainerCreateBody,
+    what: &str,
+) -> Result<(), PluginError> {
+    let options = bollard::query_parameters::CreateContainerOptions {
+        name: Some(name.to_string()),
+        ..Default::default()
+    };
+    match docker.create_container(Some(options), body).await {
+        Ok(_) => Ok(()),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 409, ..
+        }) => appeared(client, docker, name, what).await,
+        Err(e) => Err(client.api(&format!("creating {what}"), e)),
+    }
+}
+
 /// Waits until the container `name`, which another launch is creating
 /// (Docker answered our create with 409: the name is taken before the
 /// container can be found), can be found. `what` names it in errors.

@@ -34,8 +34,7 @@ use std::collections::HashMap;
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptions, InspectContainerOptions, InspectNetworkOptions, RemoveContainerOptions,
-    StartContainerOptions,
+    InspectContainerOptions, InspectNetworkOptions, RemoveContainerOptions, StartContainerOptions,
 };
 use bollard::Docker;
 use bot_bottle_plugin_api::PluginError;
@@ -171,26 +170,8 @@ pub async fn ensure(
         }),
         ..Default::default()
     };
-    let created = docker
-        .create_container(
-            Some(CreateContainerOptions {
-                name: Some(name.clone()),
-                ..Default::default()
-            }),
-            body,
-        )
-        .await;
-    match created {
-        Ok(_) => {}
-        // Another launch took the name a moment ago; Docker takes a name
-        // before the container can be found, so wait for it to appear.
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 409, ..
-        }) => {
-            crate::client::appeared(client, docker, &name, "the egress namespace's holder").await?
-        }
-        Err(e) => return Err(client.api("making the egress namespace's holder", e)),
-    }
+    crate::client::create_shared(client, docker, &name, body, "the egress namespace's holder")
+        .await?;
     start(client, docker, &name).await.map(|()| name)
 }
 

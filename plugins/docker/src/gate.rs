@@ -27,7 +27,7 @@
 //! `VolumesFrom`.
 
 use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{CreateContainerOptions, CreateImageOptions};
+use bollard::query_parameters::CreateImageOptions;
 use bollard::Docker;
 use bot_bottle_plugin_api::PluginError;
 use futures_util::TryStreamExt;
@@ -178,25 +178,16 @@ pub async fn ensure(client: &Client, docker: &Docker) -> Result<String, PluginEr
         }),
         ..Default::default()
     };
-    let created = docker
-        .create_container(
-            Some(CreateContainerOptions {
-                name: Some(carrier.clone()),
-                ..Default::default()
-            }),
-            body,
-        )
-        .await;
-    match created {
-        Ok(_) => Ok(volumes_from),
-        // Another launch made it a moment ago.
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 409, ..
-        }) => crate::client::appeared(client, docker, &carrier, "the launch gate's container")
-            .await
-            .map(|()| volumes_from),
-        Err(e) => Err(client.api("creating the launch gate's container", e)),
-    }
+    // Another launch may be making it at the same moment.
+    crate::client::create_shared(
+        client,
+        docker,
+        &carrier,
+        body,
+        "the launch gate's container",
+    )
+    .await
+    .map(|()| volumes_from)
 }
 
 /// A tar of the gate directory and the gate (root, 0755): the gate image's
