@@ -594,17 +594,7 @@ pub(crate) async fn shared_egress_network(
     client: &Client,
     docker: &Docker,
 ) -> Result<String, PluginError> {
-    let list = || async {
-        docker
-            .list_networks(Some(ListNetworksOptions {
-                filters: Some(names::label_filter(&[(
-                    LABEL_ROLE,
-                    Some(ROLE_EGRESS_NETWORK),
-                )])),
-            }))
-            .await
-            .map_err(|e| client.api("finding the shared egress network", e))
-    };
+    let list = || shared_egress_networks(client, docker);
     if let Some(id) = earliest(&list().await?) {
         return Ok(id);
     }
@@ -638,6 +628,23 @@ pub(crate) async fn shared_egress_network(
         tracing::info!(network = %name, "another launch made the shared egress network first; using that one (`bottle gc` removes ours)");
     }
     Ok(chosen)
+}
+
+/// Every shared egress network there is (normally one; see
+/// [`shared_egress_network`] for when there are more).
+pub(crate) async fn shared_egress_networks(
+    client: &Client,
+    docker: &Docker,
+) -> Result<Vec<bollard::models::Network>, PluginError> {
+    docker
+        .list_networks(Some(ListNetworksOptions {
+            filters: Some(names::label_filter(&[(
+                LABEL_ROLE,
+                Some(ROLE_EGRESS_NETWORK),
+            )])),
+        }))
+        .await
+        .map_err(|e| client.api("listing the shared egress networks", e))
 }
 
 /// The id of the network made first (by Docker's creation time, then id);

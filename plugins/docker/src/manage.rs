@@ -19,7 +19,7 @@ use crate::client::{is_not_found, is_not_modified, Client};
 use crate::names::{
     label_filter, EGRESS_CONFIG_PATH, EGRESS_UID, LABEL_EGRESS_NS,
     LABEL_EGRESS_NS_REMOVE_WITH_LAST, LABEL_ID, LABEL_NAME, LABEL_ROLE, ROLE_AGENT, ROLE_EGRESS,
-    ROLE_EGRESS_IMAGE, ROLE_EGRESS_NAMESPACE, ROLE_EGRESS_NETWORK, ROLE_GATE,
+    ROLE_EGRESS_IMAGE, ROLE_EGRESS_NAMESPACE, ROLE_GATE,
 };
 use crate::options::DockerOptions;
 
@@ -225,12 +225,7 @@ async fn remove_unused_egress_networks(
     client: &Client,
     docker: &Docker,
 ) -> Result<Vec<String>, PluginError> {
-    let networks = docker
-        .list_networks(Some(ListNetworksOptions {
-            filters: Some(label_filter(&[(LABEL_ROLE, Some(ROLE_EGRESS_NETWORK))])),
-        }))
-        .await
-        .map_err(|e| client.api("listing bot-bottle networks", e))?;
+    let networks = crate::launch::shared_egress_networks(client, docker).await?;
     let mut removed = Vec::new();
     for n in networks {
         let name = n.name.clone().unwrap_or_default();
