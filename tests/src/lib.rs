@@ -234,6 +234,16 @@ impl Upstream {
         }
     }
 
+    /// The first request it received for `path`; panics, listing what it
+    /// did receive, when there is none.
+    pub fn request_to(&self, path: &str) -> serde_json::Value {
+        let reqs = self.requests();
+        reqs.iter()
+            .find(|r| r["path"] == path)
+            .cloned()
+            .unwrap_or_else(|| panic!("upstream saw no request for {path}: {reqs:?}"))
+    }
+
     /// Every request it received, one JSON value each.
     pub fn requests(&self) -> Vec<serde_json::Value> {
         let (_, out, _) = output(Command::new("docker").args(["logs", &self.container]));

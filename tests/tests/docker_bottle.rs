@@ -109,11 +109,7 @@ fn allowed_route_gets_the_real_token_while_the_agent_holds_a_dummy() {
         !out.contains(&token) && !err.contains(&token),
         "the real token reached bottle's output"
     );
-    let reqs = up.requests();
-    let hello = reqs
-        .iter()
-        .find(|r| r["path"] == "/v1/hello")
-        .unwrap_or_else(|| panic!("upstream saw no request: {reqs:?}"));
+    let hello = up.request_to("/v1/hello");
     assert_eq!(
         hello["headers"]["authorization"],
         format!("Bearer {token}"),
@@ -225,11 +221,7 @@ fn a_corporate_proxy_in_the_way_gets_its_credential_and_the_agent_never_does() {
         connects.iter().all(|c| c["proxy_auth"] == "ok"),
         "a CONNECT without the credential: {connects:?}"
     );
-    let reqs = up.requests();
-    let hello = reqs
-        .iter()
-        .find(|r| r["path"] == "/v1/hello")
-        .unwrap_or_else(|| panic!("upstream saw no request: {reqs:?}"));
+    let hello = up.request_to("/v1/hello");
     assert_eq!(hello["headers"]["authorization"], format!("Bearer {token}"));
     assert!(
         hello["headers"].get("proxy-authorization").is_none(),

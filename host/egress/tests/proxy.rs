@@ -84,14 +84,7 @@ async fn a_client_without_alpn_is_served_http_1_1() {
         .await
         .expect("TLS without ALPN");
     assert_eq!(t.get_ref().1.alpn_protocol(), None);
-    let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(t))
-        .await
-        .unwrap();
-    tokio::spawn(c);
-    let resp = s
-        .send_request(get("https://api.test/v1/x", "api.test", false))
-        .await
-        .unwrap();
+    let resp = h1_send(t, get("https://api.test/v1/x", "api.test", false)).await;
     assert_eq!(resp.status(), 200);
     let seen = fx.up.seen().pop().unwrap();
     assert_eq!(
@@ -382,11 +375,7 @@ async fn sse_first_event_arrives_before_upstream_finishes() {
             tokio::spawn(c);
             s.send_request(req).await.unwrap()
         } else {
-            let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(t))
-                .await
-                .unwrap();
-            tokio::spawn(c);
-            s.send_request(req).await.unwrap()
+            h1_send(t, req).await
         };
         assert_eq!(resp.status(), 200);
         let mut body = resp.into_body();
@@ -502,16 +491,11 @@ async fn passthrough_is_a_plain_tunnel() {
     let t = tls(tcp, "pass.test", &fx.pki.ca_pem, &[b"http/1.1"])
         .await
         .expect("end-to-end TLS");
-    let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(t))
-        .await
-        .unwrap();
-    tokio::spawn(c);
     let mut req = get("https://pass.test/p", "pass.test", false);
     req.headers_mut()
         .insert("authorization", "Bearer dummy".parse().unwrap());
-    let r = s.send_request(req).await.unwrap();
+    let r = h1_send(t, req).await;
     assert_eq!(r.status(), 200);
-    drop(s);
     let seen = fx.up.seen().pop().unwrap();
     assert_eq!(
         seen.header_all("authorization"),
@@ -1564,14 +1548,7 @@ async fn serves_a_unix_socket_client() {
     let t = tls(s, "api.test", &bottle_ca, &[b"http/1.1"])
         .await
         .expect("TLS through the proxy's Unix socket");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(t))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let resp = sender
-        .send_request(get("https://api.test/v1/unix", "api.test", false))
-        .await
-        .unwrap();
+    let resp = h1_send(t, get("https://api.test/v1/unix", "api.test", false)).await;
     assert_eq!(resp.status(), 200);
     let seen = up.seen().pop().unwrap();
     assert_eq!(

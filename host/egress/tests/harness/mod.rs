@@ -425,6 +425,18 @@ pub struct Got {
     pub body: String,
 }
 
+/// One HTTP/1.1 request on `io` (a TLS stream through the proxy, say).
+pub async fn h1_send<S>(io: S, req: Request<Full<Bytes>>) -> http::Response<hyper::body::Incoming>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(c);
+    s.send_request(req).await.unwrap()
+}
+
 /// One request through the proxy with the Rust client. `h2` picks the ALPN.
 pub async fn send(
     proxy: SocketAddr,
@@ -449,11 +461,7 @@ pub async fn send(
         tokio::spawn(c);
         s.send_request(req).await.unwrap()
     } else {
-        let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(t))
-            .await
-            .unwrap();
-        tokio::spawn(c);
-        s.send_request(req).await.unwrap()
+        h1_send(t, req).await
     };
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
