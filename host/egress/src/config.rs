@@ -142,7 +142,8 @@ impl Default for DlpConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    /// Concurrent client connections; more wait in the accept queue.
+    /// Concurrent client connections, each counted until the last tunnel or
+    /// WebSocket it opened closes; more wait in the accept queue.
     #[serde(default = "d_max_conn")]
     pub max_connections: usize,
     /// Largest request head (request line + headers) accepted.

@@ -20,7 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::audit::{now_rfc3339, Audit, AuditRecord};
 use crate::ca::LeafMinter;
@@ -226,11 +226,15 @@ pub(crate) async fn run(live: Arc<Live>, listener: AsyncListener) -> Result<(), 
 
 /// Serves one client connection: HTTP/1.1 with upgrades (CONNECT,
 /// WebSocket), until it closes or idles out.
-async fn serve_client<T>(live: Arc<Live>, permit: tokio::sync::OwnedSemaphorePermit, io: T)
+async fn serve_client<T>(live: Arc<Live>, permit: OwnedSemaphorePermit, io: T)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let _permit = permit;
+    // The connection's slot of `limits.max_connections`. A CONNECT hands
+    // the connection over to a tunnel task and this function returns, so
+    // the tunnel holds a share of the slot too: it is freed when the last
+    // of them ends, and tunnels count against the limit like any client.
+    let permit = Arc::new(permit);
     let shared = live.get();
     let mut b = hyper::server::conn::http1::Builder::new();
     b.timer(TokioTimer::new())
@@ -239,7 +243,8 @@ where
         .keep_alive(true);
     let svc = service_fn(move |req| {
         let l = live.clone();
-        async move { Ok::<_, Infallible>(outer(l, req).await) }
+        let p = permit.clone();
+        async move { Ok::<_, Infallible>(outer(l, p, req).await) }
     });
     let (io, dog) = watch(io, shared.idle());
     tokio::select! {
@@ -270,8 +275,13 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
     r
 }
 
-/// The agent-facing proxy leg.
-async fn outer(live: Arc<Live>, req: Request<Incoming>) -> Response<Body> {
+/// The agent-facing proxy leg. `permit` is the connection's slot, moved
+/// into any tunnel the request opens.
+async fn outer(
+    live: Arc<Live>,
+    permit: Arc<OwnedSemaphorePermit>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let shared = live.get();
     let start = Instant::now();
     if req.method() == Method::CONNECT {
@@ -291,6 +301,7 @@ async fn outer(live: Arc<Live>, req: Request<Incoming>) -> Response<Body> {
                     rec.status = 200;
                     let s = shared.clone();
                     tokio::spawn(async move {
+                        let _slot = permit;
                         match hyper::upgrade::on(req).await {
                             Ok(c) => {
                                 let mut c = TokioIo::new(c);
@@ -338,9 +349,10 @@ async fn outer(live: Arc<Live>, req: Request<Incoming>) -> Response<Body> {
                 .any(|l| route::host_matches(&l.host, &host))
         {
             let s = shared.clone();
+            // The tunnel task takes a share of the connection's slot.
             tokio::spawn(async move {
                 match hyper::upgrade::on(req).await {
-                    Ok(c) => intercept(live, s, c, host, port).await,
+                    Ok(c) => intercept(live, s, c, host, port, permit).await,
                     Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
                 }
             });
@@ -360,7 +372,7 @@ async fn outer(live: Arc<Live>, req: Request<Incoming>) -> Response<Body> {
         (Some("http"), Some(a)) => {
             let host = canon_host(a.host());
             let port = a.port_u16().unwrap_or(80);
-            handle(shared, req, Target::new(false, host, port)).await
+            handle(shared, req, Target::new(false, host, port, permit)).await
         }
         (Some(_), Some(_)) => text(
             StatusCode::BAD_REQUEST,
@@ -428,10 +440,14 @@ struct Target {
     /// connection rather than formatted and parsed again per request.
     /// `None` when the pair is not a valid authority (requests then get 400).
     authority: Option<http::uri::Authority>,
+    /// The client connection's slot of `limits.max_connections`. A
+    /// WebSocket outlives the connection task that upgraded it; holding the
+    /// target holds the slot.
+    _slot: Arc<OwnedSemaphorePermit>,
 }
 
 impl Target {
-    fn new(tls: bool, host: String, port: u16) -> Arc<Self> {
+    fn new(tls: bool, host: String, port: u16, slot: Arc<OwnedSemaphorePermit>) -> Arc<Self> {
         let default_port = if tls { 443 } else { 80 };
         let h = if host.contains(':') {
             format!("[{host}]")
@@ -449,6 +465,7 @@ impl Target {
             host,
             port,
             authority,
+            _slot: slot,
         })
     }
 }
@@ -460,6 +477,7 @@ async fn intercept(
     upgraded: hyper::upgrade::Upgraded,
     host: String,
     port: u16,
+    slot: Arc<OwnedSemaphorePermit>,
 ) {
     let start = Instant::now();
     let acceptor = tokio_rustls::LazyConfigAcceptor::new(
@@ -533,7 +551,7 @@ async fn intercept(
             return;
         }
     };
-    let target = Target::new(true, host, port);
+    let target = Target::new(true, host, port, slot);
     let svc = service_fn(move |req| {
         let s = live.get();
         let t = target.clone();
@@ -1278,6 +1296,8 @@ async fn websocket(
     rec.decision = "allow".into();
     let s = shared.clone();
     tokio::spawn(async move {
+        // The client connection's slot stays taken while the socket lives.
+        let _target = t;
         match tokio::try_join!(on_client, on_up) {
             Ok((c, u)) => {
                 if s.dlp.mode == DlpMode::Off {
