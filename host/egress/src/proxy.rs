@@ -240,6 +240,9 @@ where
     b.timer(TokioTimer::new())
         .header_read_timeout(shared.header_timeout())
         .max_buf_size(shared.max_buf())
+        // A client may shut its write side once the request is sent and
+        // still wait for the answer (see half_close below).
+        .half_close(true)
         .keep_alive(true);
     let svc = service_fn(move |req| {
         let l = live.clone();
@@ -578,7 +581,12 @@ async fn intercept(
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
                 .header_read_timeout(shared.header_timeout())
-                .max_buf_size(shared.max_buf());
+                .max_buf_size(shared.max_buf())
+                // hyper's default drops the request of a client that shuts
+                // its write side after sending it (`curl` does not, shell
+                // pipes and some libraries do): nothing went upstream and
+                // no audit line was written.
+                .half_close(true);
             b.serve_connection(io, svc).with_upgrades().await
         }
     };

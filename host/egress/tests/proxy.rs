@@ -755,6 +755,50 @@ async fn dlp_block_mode_refuses_before_injection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
+    let fx = fx().await;
+    // Intercepted: TLS close_notify and FIN right after the request.
+    let (st, head, tcp) = connect(fx.proxy, "api.test:443").await;
+    assert_eq!(st, 200, "{head}");
+    let mut t = tls(tcp, "api.test", &fx.bottle_ca, &[b"http/1.1"])
+        .await
+        .unwrap();
+    t.write_all(b"GET /v1/half HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        .await
+        .unwrap();
+    t.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(HANG, t.read_to_end(&mut got))
+        .await
+        .expect("no answer after the half-close");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(fx.up.seen().iter().any(|s| s.path == "/v1/half"));
+    // Plain HTTP to the proxy itself: a denied request, FIN right after.
+    let mut s = TcpStream::connect(fx.proxy).await.unwrap();
+    s.write_all(b"GET http://nope.test/x HTTP/1.1\r\nHost: nope.test\r\n\r\n")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(HANG, s.read_to_end(&mut got))
+        .await
+        .expect("no answer after the half-close");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 403"), "{got}");
+    tokio::time::timeout(HANG, async {
+        while !audit_lines(&fx.audit)
+            .iter()
+            .any(|l| l["path"] == "/v1/half" && l["status"] == 200)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no audit line for the half-closed request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_tunnels_count_against_max_connections() {
     let fx = fx_with(|c| c.limits.max_connections = 2).await;
     // Two intercepted tunnels, each with a request served and kept open.
