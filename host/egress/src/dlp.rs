@@ -62,10 +62,17 @@ const RULES: &[(&str, &str)] = &[
     ("digitalocean-pat", r"\bdop_v1_[a-f0-9]{64}\b"),
 ];
 
+/// Overlap of a stream scan at least: the longest minimal match of the
+/// rules above (the private-key header, up to ~130 bytes), with room.
+const MIN_OVERLAP: usize = 256;
+
 /// The compiled rule set.
 pub(crate) struct Dlp {
     pub(crate) mode: DlpMode,
     pub(crate) max_body: usize,
+    /// Bytes kept between the pieces of a stream scan: longer than any
+    /// rule's shortest match and than every configured token.
+    pub(crate) overlap: usize,
     set: RegexSet,
     names: Vec<String>,
 }
@@ -103,15 +110,21 @@ impl Dlp {
                     e.to_string().lines().next().unwrap_or_default()
                 ),
             })?;
+        let overlap = cfg
+            .tokens
+            .values()
+            .map(|v| v.expose().len() + 1)
+            .fold(MIN_OVERLAP, usize::max);
         Ok(Self {
             mode,
             max_body: max_body_bytes,
+            overlap,
             set,
             names,
         })
     }
 
-    fn scan_into(&self, data: &[u8], out: &mut Vec<String>) {
+    pub(crate) fn scan_into(&self, data: &[u8], out: &mut Vec<String>) {
         for i in self.set.matches(data).iter() {
             if !out.contains(&self.names[i]) {
                 out.push(self.names[i].clone());
@@ -134,47 +147,151 @@ impl Dlp {
         self.scan_into(&head, out);
     }
 
-    /// Rule ids found in (the first `max_body` bytes of) a body, decoded
-    /// per `content-encoding` when it is gzip, deflate or zstd.
-    pub(crate) fn scan_body(&self, body: &[u8], encoding: Option<&str>, out: &mut Vec<String>) {
+    /// Rule ids found in a body: its bytes as sent, and, when its
+    /// `content-encoding` is gzip, deflate or zstd, what they decode to —
+    /// in chunks with an overlap, so no decoded copy is kept, up to
+    /// [`DECODED_PER_BODY_BYTE`] times `max_body` decoded bytes.
+    pub(crate) fn scan_body(
+        &self,
+        body: &[u8],
+        encoding: Option<&str>,
+        out: &mut Vec<String>,
+    ) -> Decoded {
+        self.scan_into(body, out);
         let enc = encoding.map(|e| e.trim().to_ascii_lowercase());
-        let decoded = match enc.as_deref() {
-            Some("gzip") | Some("x-gzip") => {
-                read_capped(flate2::read::GzDecoder::new(body), self.max_body)
-            }
+        let ceiling = self.max_body.saturating_mul(DECODED_PER_BODY_BYTE);
+        let mut scan = StreamScan::new(self);
+        match enc.as_deref() {
+            None | Some("") | Some("identity") => Decoded::NotEncoded,
+            // Several gzip members concatenated are one body to a server.
+            Some("gzip") | Some("x-gzip") => decode_into(
+                flate2::read::MultiGzDecoder::new(body),
+                ceiling,
+                &mut scan,
+                out,
+            ),
             Some("deflate") => {
-                let z = read_capped(flate2::read::ZlibDecoder::new(body), self.max_body);
-                if z.is_empty() {
-                    read_capped(flate2::read::DeflateDecoder::new(body), self.max_body)
-                } else {
-                    z
+                // Servers take both zlib-wrapped and raw deflate here.
+                let mut zlib = StreamScan::new(self);
+                let mut found = Vec::new();
+                match decode_into(
+                    flate2::read::ZlibDecoder::new(body),
+                    ceiling,
+                    &mut zlib,
+                    &mut found,
+                ) {
+                    Decoded::Failed if zlib.seen == 0 => decode_into(
+                        flate2::read::DeflateDecoder::new(body),
+                        ceiling,
+                        &mut scan,
+                        out,
+                    ),
+                    d => {
+                        merge(out, found);
+                        d
+                    }
                 }
             }
-            Some("zstd") => match ruzstd::decoding::StreamingDecoder::new(body) {
-                Ok(d) => read_capped(d, self.max_body),
-                Err(_) => Vec::new(),
-            },
-            _ => Vec::new(),
-        };
-        self.scan_into(&body[..body.len().min(self.max_body)], out);
-        if !decoded.is_empty() {
-            self.scan_into(&decoded, out);
+            Some("zstd") => decode_zstd(body, ceiling, &mut scan, out),
+            Some(_) => Decoded::Unknown,
         }
     }
 }
 
-/// Reads up to `cap` bytes, keeping what was decoded before any error (a
-/// truncated prefix of a compressed body still yields its start).
-fn read_capped(mut r: impl Read, cap: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    while out.len() < cap {
-        match r.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n.min(cap - out.len())]),
+/// Decoded bytes scanned per body byte at most: a bound on the work a
+/// compression bomb can cause (zstd reaches ratios in the thousands).
+pub(crate) const DECODED_PER_BODY_BYTE: usize = 64;
+
+/// What decoding a body for the scan came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decoded {
+    /// No content-encoding: the bytes themselves were scanned.
+    NotEncoded,
+    /// Decoded to the end, all of it scanned.
+    Whole,
+    /// The decoded size passed the ceiling; the rest was not scanned.
+    OverCeiling,
+    /// Not a valid stream of its encoding (or cut short: a prefix).
+    Failed,
+    /// An encoding the scanner does not know (br, compress, ...).
+    Unknown,
+}
+
+/// Scans a stream of bytes in pieces, keeping the last [`Dlp::overlap`]
+/// bytes of each piece so a value split across two is still found.
+pub(crate) struct StreamScan<'a> {
+    dlp: &'a Dlp,
+    window: Vec<u8>,
+    /// Bytes fed so far.
+    pub(crate) seen: u64,
+}
+
+impl<'a> StreamScan<'a> {
+    pub(crate) fn new(dlp: &'a Dlp) -> Self {
+        Self {
+            dlp,
+            window: Vec::new(),
+            seen: 0,
         }
     }
-    out
+
+    pub(crate) fn feed(&mut self, data: &[u8], out: &mut Vec<String>) {
+        self.seen += data.len() as u64;
+        self.window.extend_from_slice(data);
+        self.dlp.scan_into(&self.window, out);
+        let keep = self.window.len().min(self.dlp.overlap);
+        self.window.drain(..self.window.len() - keep);
+    }
+}
+
+fn merge(out: &mut Vec<String>, found: Vec<String>) {
+    for f in found {
+        if !out.contains(&f) {
+            out.push(f);
+        }
+    }
+}
+
+/// Reads `r` to its end in chunks, scanning each, up to `ceiling` bytes.
+fn decode_into(
+    mut r: impl Read,
+    ceiling: usize,
+    scan: &mut StreamScan<'_>,
+    out: &mut Vec<String>,
+) -> Decoded {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if scan.seen >= ceiling as u64 {
+            return Decoded::OverCeiling;
+        }
+        match r.read(&mut buf) {
+            Ok(0) => return Decoded::Whole,
+            Ok(n) => scan.feed(&buf[..n], out),
+            Err(_) => return Decoded::Failed,
+        }
+    }
+}
+
+/// zstd: every frame of the body (a server decodes them all, one after the
+/// other), scanned as one stream.
+fn decode_zstd(
+    body: &[u8],
+    ceiling: usize,
+    scan: &mut StreamScan<'_>,
+    out: &mut Vec<String>,
+) -> Decoded {
+    let mut rest = body;
+    while !rest.is_empty() {
+        let frame = match ruzstd::decoding::StreamingDecoder::new(&mut rest) {
+            Ok(d) => d,
+            Err(_) => return Decoded::Failed,
+        };
+        match decode_into(frame, ceiling, scan, out) {
+            Decoded::Whole => {}
+            other => return other,
+        }
+    }
+    Decoded::Whole
 }
 
 #[cfg(test)]
@@ -219,5 +336,56 @@ mod tests {
         let mut out = vec![];
         d.scan_body(&gz, Some("gzip"), &mut out);
         assert_eq!(out, vec!["bottle-token:REAL".to_string()]);
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn every_gzip_member_is_scanned() {
+        // `gzip` bodies may hold several members; servers decode them all.
+        let d = dlp();
+        let mut body = gzip(b"harmless");
+        body.extend(gzip(b"x ghp_abcdefghijklmnopqrstuvwxyz0123456789 y"));
+        let mut out = vec![];
+        assert_eq!(d.scan_body(&body, Some("gzip"), &mut out), Decoded::Whole);
+        assert_eq!(out, vec!["github-pat".to_string()]);
+    }
+
+    #[test]
+    fn decoded_bytes_past_the_cap_are_scanned_up_to_the_ceiling() {
+        let d = dlp(); // max_body 1 MiB
+                       // A few KiB on the wire, 3 MiB decoded, the value at the end, split
+                       // across the scanner's read chunks somewhere in between.
+        let mut plain = vec![b' '; 3 * 1024 * 1024];
+        plain.extend_from_slice(b"AKIAIOSFODNN7EXAMPLE ");
+        let mut out = vec![];
+        assert_eq!(
+            d.scan_body(&gzip(&plain), Some("gzip"), &mut out),
+            Decoded::Whole
+        );
+        assert_eq!(out, vec!["aws-access-token".to_string()]);
+        // Past the ceiling, the scan stops and says so.
+        let bomb = gzip(&vec![b' '; 65 * 1024 * 1024]);
+        let mut out = vec![];
+        assert_eq!(
+            d.scan_body(&bomb, Some("gzip"), &mut out),
+            Decoded::OverCeiling
+        );
+    }
+
+    #[test]
+    fn a_stream_scan_finds_a_value_split_across_pieces() {
+        let d = dlp();
+        let mut scan = StreamScan::new(&d);
+        let mut out = vec![];
+        scan.feed(&[b'.'; 5000], &mut out);
+        scan.feed(b"key=AKIAIOSF", &mut out);
+        assert!(out.is_empty());
+        scan.feed(b"ODNN7EXAMPLE end", &mut out);
+        assert_eq!(out, vec!["aws-access-token".to_string()]);
     }
 }

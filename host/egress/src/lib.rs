@@ -10,6 +10,7 @@ pub mod audit;
 pub mod ca;
 pub mod config;
 mod dlp;
+mod dlp_body;
 pub mod error;
 mod listener;
 mod proxy;

@@ -2,7 +2,6 @@
 //! `http://`), TLS interception with per-host leaf certificates, identity
 //! checks, route matching, DLP, injection and forwarding.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
@@ -25,15 +24,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::audit::{now_rfc3339, Audit, AuditRecord};
 use crate::ca::LeafMinter;
 use crate::config::{DlpMode, ProxyConfig};
-use crate::dlp::Dlp;
+use crate::dlp::{self, Decoded, Dlp};
+use crate::dlp_body::{self, HoldError, PrefixBody, ScannedBody};
 use crate::error::EgressError;
 use crate::listener::{Accepted, AsyncListener};
 use crate::route::{self, canon_host, match_route, normalise_path, RouteMatch};
 use crate::upstream::{self, Body, BoxError, Dialer};
 use crate::workers;
 
-/// Concurrent DLP body buffers (each at most `dlp.max_body_bytes`).
-const DLP_SLOTS: usize = 32;
 /// HTTP/2 streams per client connection.
 const MAX_STREAMS: u32 = 128;
 /// Most of a request body read before a local response answers it.
@@ -49,9 +47,8 @@ pub(crate) struct Shared {
     clients: Vec<Client<Dialer, Body>>,
     dlp: Arc<Dlp>,
     audit: Audit,
-    /// Bounds the memory held by DLP body buffers: at most this many
-    /// requests buffer a body for scanning at once; others wait.
-    dlp_slots: Semaphore,
+    /// Bytes of request bodies held for the DLP scan, across requests.
+    dlp_budget: Arc<Semaphore>,
     /// Per route: the headers it sets, values marked sensitive.
     inject: Vec<Vec<(HeaderName, HeaderValue)>>,
 }
@@ -73,6 +70,7 @@ impl Shared {
             .map(|_| upstream::client(dialer.clone()))
             .collect();
         let dlp = Arc::new(Dlp::new(&cfg)?);
+        let cfg_max_body = cfg.dlp.max_body_bytes;
         let audit = Audit::open(&cfg.audit)?;
         let mut inject = Vec::with_capacity(cfg.routes.len());
         for (i, r) in cfg.routes.iter().enumerate() {
@@ -116,7 +114,7 @@ impl Shared {
             dlp,
             audit,
             inject,
-            dlp_slots: Semaphore::new(DLP_SLOTS),
+            dlp_budget: dlp_body::budget(cfg_max_body),
         }))
     }
 
@@ -858,6 +856,8 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
         n: req_bytes.clone(),
     }
     .boxed_unsync();
+    // Rule ids found in a body streamed past the cap (`block` mode).
+    let streamed_block: dlp_body::Blocked = Default::default();
     if shared.dlp.mode != DlpMode::Off {
         let mut findings = Vec::new();
         let pq = parts
@@ -867,12 +867,42 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
             .unwrap_or("/");
         shared.dlp.scan_head(pq, &parts.headers, &mut findings);
         if !body.is_end_stream() {
-            let slot = shared.dlp_slots.acquire().await;
-            let buffered = buffer_prefix(&mut body, shared.dlp.max_body).await;
-            drop(slot);
-            let (frames, scanned, ended) = match buffered {
-                Ok(x) => x,
-                Err(e) => {
+            let enc = parts
+                .headers
+                .get(header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok());
+            let compressed = enc.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+            let block = shared.dlp.mode == DlpMode::Block;
+            let cap = shared.dlp.max_body;
+            // `block` cannot stream-scan a compressed body against what it
+            // sends, so it holds one whole (up to a larger limit).
+            let limit = if block && compressed {
+                cap.saturating_mul(dlp_body::COMPRESSED_HOLD_FACTOR)
+            } else {
+                cap
+            };
+            let held = dlp_body::buffer_prefix(
+                &mut body,
+                limit,
+                &shared.dlp_budget,
+                shared.header_timeout(),
+            )
+            .await;
+            let prefix = match held {
+                Ok(p) => p,
+                Err(HoldError::Stalled) => {
+                    return done(
+                        rec,
+                        StatusCode::REQUEST_TIMEOUT,
+                        "error",
+                        "request body stalled".into(),
+                        format!(
+                            "bot-bottle egress: the request body stopped arriving for {} ms; nothing was sent\n",
+                            shared.cfg.limits.header_read_timeout_ms
+                        ),
+                    )
+                }
+                Err(HoldError::Body(e)) => {
                     return done(
                         rec,
                         StatusCode::BAD_REQUEST,
@@ -882,19 +912,55 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
                     )
                 }
             };
-            let enc = parts
-                .headers
-                .get(header::CONTENT_ENCODING)
-                .and_then(|v| v.to_str().ok());
-            shared.dlp.scan_body(&scanned, enc, &mut findings);
-            if !ended {
-                rec.note = format!("dlp scanned the first {} body bytes", scanned.len());
+            let decoded = shared.dlp.scan_body(&prefix.seen, enc, &mut findings);
+            let whole = prefix.ended && matches!(decoded, Decoded::NotEncoded | Decoded::Whole);
+            if block && compressed && !whole && findings.is_empty() {
+                let why = match (prefix.ended, decoded) {
+                    (false, _) => format!("a compressed body over {limit} bytes"),
+                    (_, Decoded::OverCeiling) => format!(
+                        "a body that decompresses past {} bytes",
+                        cap.saturating_mul(dlp::DECODED_PER_BODY_BYTE)
+                    ),
+                    (_, Decoded::Unknown) => format!("content-encoding {:?}", enc.unwrap_or("")),
+                    _ => "a body that does not decode as its content-encoding says".into(),
+                };
+                let status = match decoded {
+                    Decoded::Unknown | Decoded::Failed if prefix.ended => {
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE
+                    }
+                    _ => StatusCode::PAYLOAD_TOO_LARGE,
+                };
+                return done(
+                    rec,
+                    status,
+                    "dlp_block",
+                    format!("cannot scan {why}"),
+                    format!(
+                        "bot-bottle egress: DLP (block) cannot scan {why} to {}; it was not sent (send it uncompressed, or set dlp = \"log\" in [egress])\n",
+                        t.host
+                    ),
+                );
             }
-            body = PrefixBody {
-                frames,
-                rest: (!ended).then_some(body),
+            if !prefix.ended {
+                rec.note = if block {
+                    format!(
+                        "dlp scanned the first {} body bytes, then the rest as it streamed",
+                        prefix.seen.len()
+                    )
+                } else {
+                    format!("dlp scanned the first {} body bytes", prefix.seen.len())
+                };
+            } else if !whole {
+                rec.note = format!(
+                    "dlp could not decode the body ({decoded:?}); its bytes were scanned as sent"
+                );
             }
-            .boxed_unsync();
+            let ended = prefix.ended;
+            body = PrefixBody::new(prefix, body).boxed_unsync();
+            if block && !ended {
+                body = ScannedBody::new(body, shared.dlp.clone(), streamed_block.clone())
+                    .boxed_unsync();
+            }
         }
         if !findings.is_empty() {
             tracing::warn!(host = %t.host, rules = ?findings, "DLP findings in an outbound request");
@@ -975,6 +1041,22 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
             Response::from_parts(p, body.boxed_unsync())
         }
         Err(e) => {
+            let stopped =
+                std::mem::take(&mut *streamed_block.lock().unwrap_or_else(|p| p.into_inner()));
+            if !stopped.is_empty() {
+                rec.dlp = stopped.clone();
+                return done(
+                    rec,
+                    StatusCode::FORBIDDEN,
+                    "dlp_block",
+                    "found while the body streamed; the request was abandoned before those bytes".into(),
+                    format!(
+                        "bot-bottle egress: request to {} blocked by DLP rule(s) {}; it was not completed\n",
+                        t.host,
+                        stopped.join(", ")
+                    ),
+                );
+            }
             let why = error_chain(&e);
             tracing::debug!(host = %t.host, error = %why, "upstream request failed");
             done(
@@ -997,56 +1079,6 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
-}
-
-/// Reads frames until `cap` data bytes or the end. Returns the frames, the
-/// data seen (for scanning) and whether the body ended.
-async fn buffer_prefix(
-    body: &mut Body,
-    cap: usize,
-) -> Result<(VecDeque<Frame<Bytes>>, Vec<u8>, bool), BoxError> {
-    let mut frames = VecDeque::new();
-    let mut seen = Vec::new();
-    while seen.len() < cap {
-        match body.frame().await {
-            None => return Ok((frames, seen, true)),
-            Some(Err(e)) => return Err(e),
-            Some(Ok(f)) => {
-                if let Some(d) = f.data_ref() {
-                    seen.extend_from_slice(&d[..d.len().min(cap - seen.len())]);
-                }
-                frames.push_back(f);
-            }
-        }
-    }
-    let ended = body.is_end_stream();
-    Ok((frames, seen, ended))
-}
-
-/// Buffered frames, then the rest of the body.
-struct PrefixBody {
-    frames: VecDeque<Frame<Bytes>>,
-    rest: Option<Body>,
-}
-
-impl hyper::body::Body for PrefixBody {
-    type Data = Bytes;
-    type Error = BoxError;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(f) = self.frames.pop_front() {
-            return Poll::Ready(Some(Ok(f)));
-        }
-        match self.rest.as_mut() {
-            Some(r) => Pin::new(r).poll_frame(cx),
-            None => Poll::Ready(None),
-        }
-    }
-    fn is_end_stream(&self) -> bool {
-        self.frames.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
-    }
 }
 
 /// Counts the data bytes of a request body.

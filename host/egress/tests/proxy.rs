@@ -695,6 +695,187 @@ async fn compressed_bodies_pass_intact_and_are_scanned() {
     assert_eq!(last["bytes_out"], zst.len());
 }
 
+/// Bytes that do not compress (xorshift), as text.
+fn noise(n: usize, mut x: u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b'a' + (x % 26) as u8
+        })
+        .collect()
+}
+
+/// A POST whose body goes out as the given frames (each a chunk on
+/// HTTP/1.1, DATA frames on HTTP/2).
+async fn post_frames(fx: &Fx, h2: bool, headers: &[(&str, &str)], frames: Vec<Vec<u8>>) -> Got {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let (st, head, tcp) = connect(fx.proxy, "api.test:443").await;
+    assert_eq!(st, 200, "{head}");
+    let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+    let t = tls(tcp, "api.test", &fx.bottle_ca, alpn).await.unwrap();
+    let frames = frames
+        .into_iter()
+        .map(|f| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(f))));
+    let body = StreamBody::new(futures_util::stream::iter(frames));
+    let mut b = Request::post(if h2 {
+        "https://api.test/v1/big"
+    } else {
+        "/v1/big"
+    });
+    if !h2 {
+        b = b.header("host", "api.test");
+    }
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(body).unwrap();
+    let resp = if h2 {
+        let (mut s, c) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
+                .await
+                .unwrap();
+        tokio::spawn(c);
+        s.send_request(req).await.unwrap()
+    } else {
+        let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(t))
+            .await
+            .unwrap();
+        tokio::spawn(c);
+        s.send_request(req).await.unwrap()
+    };
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Got {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_mode_scans_a_body_past_the_cap_as_it_streams() {
+    const CAP: usize = 64 * 1024;
+    let fx = fx_with(|c| {
+        c.dlp.mode = DlpMode::Block;
+        c.dlp.max_body_bytes = CAP;
+    })
+    .await;
+    for h2 in [false, true] {
+        // A clean body five caps long arrives whole and unchanged.
+        let clean = noise(5 * CAP, 7);
+        let parts: Vec<Vec<u8>> = clean.chunks(20_000).map(<[u8]>::to_vec).collect();
+        let got = post_frames(&fx, h2, &[], parts).await;
+        assert_eq!(got.status, 200, "{got:?}");
+        assert_eq!(fx.up.seen().pop().unwrap().body, clean, "body altered");
+        // A secret three caps in, split across two pieces: refused, and
+        // upstream never gets any of it.
+        let mut first = noise(3 * CAP, 9);
+        first.extend_from_slice(b" ghp_abcdefghijklmno");
+        let mut second = b"pqrstuvwxyz0123456789 ".to_vec();
+        second.extend(noise(CAP, 11));
+        let before = fx.up.seen().len();
+        let sent = first.len() + second.len();
+        let got = post_frames(&fx, h2, &[], vec![first, second]).await;
+        assert_eq!(got.status, 403, "{got:?}");
+        assert!(got.body.contains("github-pat"), "{}", got.body);
+        // Upstream saw, at most, a request that broke off (its recorder
+        // keeps an empty body then), never the secret.
+        for s in &fx.up.seen()[before..] {
+            assert!(s.body.len() < sent, "upstream got the whole body");
+            assert!(
+                !s.body.windows(4).any(|w| w == b"ghp_"),
+                "upstream got the secret"
+            );
+        }
+    }
+    let lines = audit_lines(&fx.audit);
+    let blocked: Vec<_> = lines
+        .iter()
+        .filter(|l| l["decision"] == "dlp_block")
+        .collect();
+    assert_eq!(blocked.len(), 2, "{lines:?}");
+    assert_eq!(blocked[0]["dlp"], serde_json::json!(["github-pat"]));
+    // Compressed: a secret in a second zstd frame (servers decode every
+    // frame) is found; a compressed body too large to hold whole is refused.
+    let z = |b: &[u8]| {
+        ruzstd::encoding::compress_to_vec(b, ruzstd::encoding::CompressionLevel::Fastest)
+    };
+    let mut two = z(b"{\"a\":\"harmless\"}");
+    two.extend(z(b"{\"b\":\"ghp_abcdefghijklmnopqrstuvwxyz0123456789\"}"));
+    let got = post_frames(&fx, false, &[("content-encoding", "zstd")], vec![two]).await;
+    assert_eq!(got.status, 403, "{got:?}");
+    assert!(got.body.contains("github-pat"), "{}", got.body);
+    let huge = z(&noise(16 * CAP, 3));
+    assert!(huge.len() > 8 * CAP, "noise compressed to {}", huge.len());
+    let got = post_frames(&fx, true, &[("content-encoding", "zstd")], vec![huge]).await;
+    assert_eq!(got.status, 413, "{got:?}");
+    assert!(got.body.contains("not sent"), "{}", got.body);
+    assert!(!fx
+        .up
+        .seen()
+        .iter()
+        .any(|s| s.path == "/v1/big" && s.body.windows(4).any(|w| w == b"ghp_")));
+    no_canary_anywhere(&fx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_bodies_do_not_hold_up_other_requests() {
+    let fx = fx_with(|c| c.limits.header_read_timeout_ms = 60_000).await;
+    // Forty uploads that announce a body and then send none of it.
+    let mut stuck = Vec::new();
+    for _ in 0..40 {
+        let (st, head, tcp) = connect(fx.proxy, "api.test:443").await;
+        assert_eq!(st, 200, "{head}");
+        let mut t = tls(tcp, "api.test", &fx.bottle_ca, &[b"http/1.1"])
+            .await
+            .unwrap();
+        t.write_all(
+            b"POST /v1/stuck HTTP/1.1\r\nHost: api.test\r\nContent-Length: 100\r\n\r\n0123",
+        )
+        .await
+        .unwrap();
+        stuck.push(t);
+    }
+    // Another POST goes straight through.
+    let mut req = get("https://api.test/v1/x", "api.test", false);
+    *req.method_mut() = http::Method::POST;
+    *req.body_mut() = Full::new(Bytes::from_static(b"{\"ok\":true}"));
+    let got = tokio::time::timeout(
+        HANG,
+        send(
+            fx.proxy,
+            "api.test:443",
+            "api.test",
+            &fx.bottle_ca,
+            false,
+            req,
+        ),
+    )
+    .await
+    .expect("a POST waited behind stalled uploads");
+    assert_eq!(got.status, 200, "{got:?}");
+    drop(stuck);
+
+    // A body that stops arriving gets 408 once the read timeout passes.
+    let fx = fx_with(|c| c.limits.header_read_timeout_ms = 300).await;
+    let (_, _, tcp) = connect(fx.proxy, "api.test:443").await;
+    let mut t = tls(tcp, "api.test", &fx.bottle_ca, &[b"http/1.1"])
+        .await
+        .unwrap();
+    t.write_all(b"POST /v1/stuck HTTP/1.1\r\nHost: api.test\r\nContent-Length: 100\r\n\r\n0123")
+        .await
+        .unwrap();
+    let head = tokio::time::timeout(HANG, read_head(&mut t))
+        .await
+        .expect("a stalled body was never answered");
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(!fx.up.seen().iter().any(|s| s.path == "/v1/stuck"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlp_block_mode_refuses_before_injection() {
     let fx = fx_with(|c| c.dlp.mode = DlpMode::Block).await;

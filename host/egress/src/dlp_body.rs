@@ -1,0 +1,255 @@
+//! Request bodies on their way through the DLP stage.
+//!
+//! The start of a body (up to `dlp.max_body_bytes`) is held and scanned
+//! before anything is sent ([`buffer_prefix`]). What follows depends on the
+//! mode: `log` lets the rest stream unscanned; `block` scans the rest as it
+//! streams and holds back the last few hundred bytes of each piece until
+//! the next one has been scanned with them ([`ScannedBody`]), so a value
+//! split across two pieces is found before any of it is sent. A compressed
+//! body cannot be checked piece by piece against what was sent, so `block`
+//! holds it whole, up to [`COMPRESSED_HOLD_FACTOR`] times the cap.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::dlp::Dlp;
+use crate::upstream::{Body, BoxError};
+
+/// Requests whose prefix may be held at once, at the cap each: the byte
+/// budget for held prefixes is this many caps.
+pub(crate) const HELD_CAPS: usize = 32;
+
+/// In `block` mode a compressed body is held whole, up to this many times
+/// `dlp.max_body_bytes` (a larger one is refused with 413).
+pub(crate) const COMPRESSED_HOLD_FACTOR: usize = 8;
+
+/// The byte budget of held prefixes, shared by every request.
+pub(crate) fn budget(max_body: usize) -> Arc<Semaphore> {
+    let bytes = max_body
+        .saturating_mul(HELD_CAPS)
+        .clamp(1, Semaphore::MAX_PERMITS);
+    Arc::new(Semaphore::new(bytes))
+}
+
+/// The held start of a body.
+pub(crate) struct Prefix {
+    pub(crate) frames: VecDeque<Frame<Bytes>>,
+    /// The data of `frames`, for the scan.
+    pub(crate) seen: Vec<u8>,
+    /// Whether the body ended within the prefix.
+    pub(crate) ended: bool,
+    /// Its share of the budget, returned once the frames are sent.
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Why a prefix could not be held.
+#[derive(Debug)]
+pub(crate) enum HoldError {
+    /// No body bytes for `stall` (or no budget for them in that time).
+    Stalled,
+    /// The client's body failed (reset, bad chunking).
+    Body(BoxError),
+}
+
+/// Reads frames until `limit` data bytes or the end of the body. The bytes
+/// are taken from `budget` first, as much as the body announces it will
+/// send (its length, else the limit), in one piece: a request never waits
+/// for budget while holding some. A client that sends nothing for `stall`
+/// gets [`HoldError::Stalled`] and gives its budget back, so stuck uploads
+/// cannot hold up everyone else's requests for long.
+pub(crate) async fn buffer_prefix(
+    body: &mut Body,
+    limit: usize,
+    budget: &Arc<Semaphore>,
+    stall: Duration,
+) -> Result<Prefix, HoldError> {
+    let announced = body.size_hint().upper().unwrap_or(u64::MAX);
+    let want = usize::try_from(announced)
+        .unwrap_or(usize::MAX)
+        .min(limit)
+        .clamp(1, u32::MAX as usize) as u32;
+    let permit = tokio::time::timeout(stall, budget.clone().acquire_many_owned(want))
+        .await
+        .map_err(|_| HoldError::Stalled)?
+        .ok();
+    let mut frames = VecDeque::new();
+    let mut seen = Vec::new();
+    while seen.len() < limit {
+        match tokio::time::timeout(stall, body.frame()).await {
+            Err(_) => return Err(HoldError::Stalled),
+            Ok(None) => {
+                return Ok(Prefix {
+                    frames,
+                    seen,
+                    ended: true,
+                    permit,
+                })
+            }
+            Ok(Some(Err(e))) => return Err(HoldError::Body(e)),
+            Ok(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    seen.extend_from_slice(&d[..d.len().min(limit - seen.len())]);
+                }
+                frames.push_back(f);
+            }
+        }
+    }
+    let ended = body.is_end_stream();
+    Ok(Prefix {
+        frames,
+        seen,
+        ended,
+        permit,
+    })
+}
+
+/// Held frames, then the rest of the body.
+pub(crate) struct PrefixBody {
+    frames: VecDeque<Frame<Bytes>>,
+    rest: Option<Body>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl PrefixBody {
+    pub(crate) fn new(prefix: Prefix, rest: Body) -> Self {
+        Self {
+            frames: prefix.frames,
+            rest: (!prefix.ended).then_some(rest),
+            permit: prefix.permit,
+        }
+    }
+}
+
+impl hyper::body::Body for PrefixBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(f) = self.frames.pop_front() {
+            return Poll::Ready(Some(Ok(f)));
+        }
+        // Every held frame is on its way: the budget is free again.
+        self.permit = None;
+        match self.rest.as_mut() {
+            Some(r) => Pin::new(r).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+}
+
+/// The rule ids that stopped a body mid-stream, shared with the request
+/// handler (which turns the failed upstream request into a 403).
+pub(crate) type Blocked = Arc<Mutex<Vec<String>>>;
+
+/// The error a [`ScannedBody`] ends with when a rule matched: the upstream
+/// request is abandoned before the matching bytes are sent.
+#[derive(Debug)]
+pub(crate) struct DlpBlocked;
+
+impl std::fmt::Display for DlpBlocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("blocked by DLP in the request body")
+    }
+}
+
+impl std::error::Error for DlpBlocked {}
+
+/// A body scanned as it streams (`block` mode past the cap): each piece is
+/// scanned together with the bytes held back from the one before, and the
+/// last [`Dlp::overlap`] bytes are held back in turn until the next piece
+/// (or the end) comes.
+pub(crate) struct ScannedBody {
+    inner: Body,
+    dlp: Arc<Dlp>,
+    held: BytesMut,
+    /// Trailers that arrived while bytes were still held.
+    trailers: Option<Frame<Bytes>>,
+    blocked: Blocked,
+    ended: bool,
+}
+
+impl ScannedBody {
+    pub(crate) fn new(inner: Body, dlp: Arc<Dlp>, blocked: Blocked) -> Self {
+        Self {
+            inner,
+            dlp,
+            held: BytesMut::new(),
+            trailers: None,
+            blocked,
+            ended: false,
+        }
+    }
+}
+
+impl hyper::body::Body for ScannedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.ended {
+                if !this.held.is_empty() {
+                    let rest = this.held.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(rest))));
+                }
+                return Poll::Ready(this.trailers.take().map(Ok));
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => this.ended = true,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        this.held.extend_from_slice(&data);
+                        let mut found = Vec::new();
+                        this.dlp.scan_into(&this.held, &mut found);
+                        if !found.is_empty() {
+                            tracing::warn!(rules = ?found, "DLP findings in a streamed request body; not sent");
+                            *this.blocked.lock().unwrap_or_else(|p| p.into_inner()) = found;
+                            return Poll::Ready(Some(Err(Box::new(DlpBlocked))));
+                        }
+                        let keep = this.held.len().min(this.dlp.overlap);
+                        let send = this.held.split_to(this.held.len() - keep);
+                        if !send.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(send.freeze()))));
+                        }
+                    }
+                    Err(trailers) => {
+                        this.trailers = Some(trailers);
+                        this.ended = true;
+                    }
+                },
+            }
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.ended && self.held.is_empty() && self.trailers.is_none()
+    }
+    fn size_hint(&self) -> SizeHint {
+        // The same bytes go out, only regrouped.
+        let inner = self.inner.size_hint();
+        let held = self.held.len() as u64;
+        let mut h = SizeHint::new();
+        h.set_lower(inner.lower() + held);
+        if let Some(u) = inner.upper() {
+            h.set_upper(u + held);
+        }
+        h
+    }
+}
