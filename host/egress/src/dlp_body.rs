@@ -76,16 +76,31 @@ pub(crate) async fn buffer_prefix(
         .unwrap_or(usize::MAX)
         .min(limit)
         .clamp(1, u32::MAX as usize) as u32;
-    let permit = tokio::time::timeout(stall, budget.clone().acquire_many_owned(want))
-        .await
-        .map_err(|_| HoldError::Stalled)?
-        .ok();
+    // Timers only when something has to wait: on the usual path the budget
+    // is free and a small body has already arrived with its head.
+    let permit = match budget.clone().try_acquire_many_owned(want) {
+        Ok(p) => Some(p),
+        Err(_) => tokio::time::timeout(stall, budget.clone().acquire_many_owned(want))
+            .await
+            .map_err(|_| HoldError::Stalled)?
+            .ok(),
+    };
     let mut frames = VecDeque::new();
     let mut seen = Vec::new();
     while seen.len() < limit {
-        match tokio::time::timeout(stall, body.frame()).await {
-            Err(_) => return Err(HoldError::Stalled),
-            Ok(None) => {
+        let ready = std::future::poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Ready(f) => Poll::Ready(Some(f)),
+            Poll::Pending => Poll::Ready(None),
+        })
+        .await;
+        let next = match ready {
+            Some(f) => f,
+            None => tokio::time::timeout(stall, body.frame())
+                .await
+                .map_err(|_| HoldError::Stalled)?,
+        };
+        match next {
+            None => {
                 return Ok(Prefix {
                     frames,
                     seen,
@@ -93,8 +108,8 @@ pub(crate) async fn buffer_prefix(
                     permit,
                 })
             }
-            Ok(Some(Err(e))) => return Err(HoldError::Body(e)),
-            Ok(Some(Ok(f))) => {
+            Some(Err(e)) => return Err(HoldError::Body(e)),
+            Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {
                     seen.extend_from_slice(&d[..d.len().min(limit - seen.len())]);
                 }
