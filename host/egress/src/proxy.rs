@@ -775,8 +775,10 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
             "bot-bottle egress: TRACE is refused\n".into(),
         );
     }
+    // Inside TLS only, as `check` says and the CONNECT gate admits them.
     if let Some(lr) = shared.cfg.local_responses.iter().find(|l| {
-        route::host_matches(&l.host, &t.host)
+        t.tls
+            && route::host_matches(&l.host, &t.host)
             && normalise_path(&l.path) == path
             && l.method.eq_ignore_ascii_case(method.as_str())
     }) {
@@ -810,7 +812,14 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
         );
     }
     let match_method = if ws_h2 { "GET" } else { method.as_str() };
-    let (idx, r) = match match_route(&shared.cfg.routes, &t.host, &path, match_method) {
+    let param_free = route::param_free_path(req.uri().path());
+    let (idx, r) = match match_route(
+        &shared.cfg.routes,
+        &t.host,
+        &path,
+        param_free.as_deref(),
+        match_method,
+    ) {
         RouteMatch::Allowed(i, r) => (i, r),
         RouteMatch::HostOnly => {
             let why = "no [[egress.route]] for this host allows this path and method";

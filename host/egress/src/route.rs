@@ -111,6 +111,23 @@ pub fn normalise_path(raw: &str) -> String {
     p
 }
 
+/// The path as a server that strips `;parameters` from each segment sees
+/// it (Tomcat and Spring do, so `/open/..;/admin` is `/admin` there), when
+/// the raw path has any; `None` otherwise. A route's path prefix must hold
+/// for this view as well as for [`normalise_path`]'s, which keeps them (as
+/// most servers do, where `/open;x/` is not under `/open/`).
+pub(crate) fn param_free_path(raw: &str) -> Option<String> {
+    let raw = raw.split(['?', '#']).next().unwrap_or("");
+    if !raw.contains(';') {
+        return None;
+    }
+    let stripped: Vec<&str> = raw
+        .split('/')
+        .map(|seg| seg.split(';').next().unwrap_or(""))
+        .collect();
+    Some(normalise_path(&stripped.join("/")))
+}
+
 fn prefix_matches(prefix: &str, path: &str) -> bool {
     let prefix = normalise_path(prefix);
     if prefix == "/" || prefix.ends_with('/') {
@@ -130,10 +147,13 @@ pub(crate) enum RouteMatch<'a> {
     NoHost,
 }
 
+/// `norm_path` is [`normalise_path`]'s view of the request path and
+/// `param_free` [`param_free_path`]'s: a path prefix must hold for both.
 pub(crate) fn match_route<'a>(
     routes: &'a [EgressRoute],
     host: &str,
     norm_path: &str,
+    param_free: Option<&str>,
     method: &str,
 ) -> RouteMatch<'a> {
     let mut host_seen = false;
@@ -143,7 +163,7 @@ pub(crate) fn match_route<'a>(
         }
         host_seen = true;
         if let Some(p) = &r.path_prefix {
-            if !prefix_matches(p, norm_path) {
+            if !prefix_matches(p, norm_path) || param_free.is_some_and(|a| !prefix_matches(p, a)) {
                 continue;
             }
         }
@@ -316,7 +336,14 @@ pub fn check(config: &ProxyConfig, method: &str, url: &str) -> Decision {
             return d;
         }
     }
-    match match_route(&config.routes, &d.host, &d.path, &method) {
+    let param_free = param_free_path(uri.path());
+    match match_route(
+        &config.routes,
+        &d.host,
+        &d.path,
+        param_free.as_deref(),
+        &method,
+    ) {
         RouteMatch::NoHost => d.reason = "no [[egress.route]] names this host".into(),
         RouteMatch::HostOnly => {
             d.reason = "a route names this host but none allows this path and method".into()
@@ -365,6 +392,30 @@ mod tests {
         assert!(!prefix_matches("/v1", "/v1beta"));
         assert!(prefix_matches("/v1/", "/v1/x"));
         assert!(prefix_matches("/", "/anything"));
+    }
+
+    #[test]
+    fn a_prefix_must_hold_with_and_without_path_parameters() {
+        let mut r = EgressRoute::allow("h.test");
+        r.path_prefix = Some("/open".into());
+        let routes = [r];
+        let allowed = |raw: &str| {
+            let p = normalise_path(raw);
+            let alt = param_free_path(raw);
+            matches!(
+                match_route(&routes, "h.test", &p, alt.as_deref(), "GET"),
+                RouteMatch::Allowed(..)
+            )
+        };
+        assert!(allowed("/open/x"));
+        assert!(allowed("/open/x;v=1"));
+        assert!(!allowed("/open/..;/admin"), "Tomcat reads /admin");
+        assert!(
+            !allowed("/open;x/a"),
+            "most servers read a segment `open;x`"
+        );
+        assert!(!allowed("/open/x/..;/..;/admin"));
+        assert_eq!(param_free_path("/a/b"), None);
     }
 
     #[test]
