@@ -257,48 +257,70 @@ mod tests {
         assert_eq!(missing.missing, ["CODEX_HOST_CREDENTIAL_TOKEN_REF"]);
     }
 
+    fn sources(plan: &EgressPlan) -> BTreeMap<&str, TokenSource> {
+        plan.tokens
+            .iter()
+            .map(|t| (t.token_ref.as_str(), t.source.clone()))
+            .collect()
+    }
+
     #[test]
     fn plan_reports_sources_and_resolves_once() {
+        let codex = || TokenSource::Provider {
+            provider: "codex".into(),
+        };
         let mut provision = AgentProvisionPlan::default();
         provision
             .egress_routes
             .push(route("chatgpt.com", "PROV_REF"));
+        // SHADOW is defined by both sides and used by a provider route and a
+        // manifest route: the provisioned value must be the one resolved.
+        provision
+            .egress_routes
+            .push(route("auth.openai.com", "SHADOW"));
         provision.provisioned_env =
             env(&[("PROV_REF", "from-provider"), ("SHADOW", "provider-wins")]);
-        let manifest = [
+        let host_env = env(&[("HOST_REF", "from-host"), ("SHADOW", "host-loses")]);
+        let mut manifest = vec![
             route("api.example.test", "HOST_REF"),
             route("x.example.test", "SHADOW"),
-            route("y.example.test", "NOPE"),
         ];
-        let plan = build(
-            &manifest,
-            &[],
-            None,
-            "codex",
-            &provision,
-            &env(&[("HOST_REF", "from-host"), ("SHADOW", "host-loses")]),
-        );
-        let src: BTreeMap<_, _> = plan
-            .tokens
+        let plan = build(&manifest, &[], None, "codex", &provision, &host_env);
+
+        assert!(plan.missing.is_none(), "{:?}", plan.missing);
+        let values: BTreeMap<&str, &str> = plan
+            .token_values
             .iter()
-            .map(|t| (t.token_ref.as_str(), t.source.clone()))
+            .map(|(k, v)| (k.as_str(), v.expose()))
             .collect();
         assert_eq!(
-            src["PROV_REF"],
-            TokenSource::Provider {
-                provider: "codex".into()
-            }
+            values,
+            BTreeMap::from([
+                ("HOST_REF", "from-host"),
+                ("PROV_REF", "from-provider"),
+                ("SHADOW", "provider-wins"),
+            ])
         );
-        assert_eq!(src["HOST_REF"], TokenSource::HostEnv);
         assert_eq!(
-            src["SHADOW"],
-            TokenSource::Provider {
-                provider: "codex".into()
-            }
+            sources(&plan),
+            BTreeMap::from([
+                ("HOST_REF", TokenSource::HostEnv),
+                ("PROV_REF", codex()),
+                ("SHADOW", codex()),
+            ])
         );
+        assert_eq!(plan.routes[2].source, "provider:codex");
+
+        // One ref nowhere: it is named and labelled missing, the others keep
+        // their labels, and no value at all is handed on.
+        manifest.push(route("y.example.test", "NOPE"));
+        let plan = build(&manifest, &[], None, "codex", &provision, &host_env);
+        assert_eq!(plan.missing.as_ref().unwrap().missing, ["NOPE"]);
+        assert!(plan.token_values.is_empty());
+        let src = sources(&plan);
         assert_eq!(src["NOPE"], TokenSource::Missing);
-        assert_eq!(plan.missing.unwrap().missing, ["NOPE"]);
-        assert_eq!(plan.routes[3].source, "provider:codex");
+        assert_eq!(src["HOST_REF"], TokenSource::HostEnv);
+        assert_eq!(src["SHADOW"], codex());
     }
 
     #[test]
