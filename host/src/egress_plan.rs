@@ -1,9 +1,10 @@
 //! Stage 4 of the one flow: the host's egress plan.
 //!
 //! The host, and only the host, merges `effective_env = host env ∪
-//! provisioned_env` (provisioned values win) and resolves every route's token
-//! ref from it with one generic function. No provider and no backend does
-//! this; backends receive resolved values in the proxy's config.
+//! provisioned_env` (provisioned values win; empty ones count as unset) and
+//! resolves every route's token ref from it with one generic function. No
+//! provider and no backend does this; backends receive resolved values in
+//! the proxy's config.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -61,14 +62,46 @@ pub fn egress_resolve_token_values<'a>(
     }
 }
 
-/// `host env ∪ provisioned_env`, provisioned values winning.
+/// Which side of the merge a value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Provisioned,
+    Host,
+}
+
+/// The one merge, remembering where each value came from, so that what
+/// `bottle plan` labels a ref and what it resolves to cannot disagree.
+///
+/// Empty values are left out on both sides. Empty already means "not set"
+/// to [`egress_resolve_token_values`]; were an empty provisioned value kept,
+/// it would override a real host value and the ref would turn up missing
+/// although the user exported it. Skipping it gives the same result as a
+/// provider that did not provision the ref at all, which already falls
+/// back to the host env, so it lets nothing through that was not allowed.
+fn merge_env(
+    host_env: &BTreeMap<String, Secret>,
+    provisioned: &BTreeMap<String, Secret>,
+) -> BTreeMap<String, (Secret, Origin)> {
+    let mut env = BTreeMap::new();
+    // Host first, so that provisioned values replace it.
+    for (side, origin) in [(host_env, Origin::Host), (provisioned, Origin::Provisioned)] {
+        for (k, v) in side.iter().filter(|(_, v)| !v.is_empty()) {
+            env.insert(k.clone(), (v.clone(), origin));
+        }
+    }
+    env
+}
+
+/// `host env ∪ provisioned_env`, provisioned values winning; empty values
+/// count as unset on either side (see [`merge_env`]).
 pub fn effective_env(
     host_env: &BTreeMap<String, Secret>,
     provisioned: &BTreeMap<String, Secret>,
 ) -> BTreeMap<String, Secret> {
-    let mut env = host_env.clone();
-    env.extend(provisioned.iter().map(|(k, v)| (k.clone(), v.clone())));
-    env
+    merge_env(host_env, provisioned)
+        .into_iter()
+        .map(|(k, (v, _))| (k, v))
+        .collect()
 }
 
 /// Where a token ref's value comes from, for `bottle plan`.
@@ -161,30 +194,36 @@ pub fn build(
         .flat_map(EgressRoute::token_refs)
         .chain(upstream_proxy_auth_ref)
         .collect();
-    let env = effective_env(host_env, &provision.provisioned_env);
-    let tokens = refs
+    let merged = merge_env(host_env, &provision.provisioned_env);
+    let env = merged
         .iter()
-        .map(|r| TokenStatus {
-            token_ref: r.to_string(),
-            source: if provision
-                .provisioned_env
-                .get(*r)
-                .is_some_and(|v| !v.is_empty())
-            {
-                TokenSource::Provider {
-                    provider: provider_name.to_string(),
-                }
-            } else if host_env.get(*r).is_some_and(|v| !v.is_empty()) {
-                TokenSource::HostEnv
-            } else {
-                TokenSource::Missing
-            },
-        })
+        .map(|(k, (v, _))| (k.clone(), v.clone()))
         .collect();
     let (token_values, missing) = match egress_resolve_token_values(refs.iter().copied(), &env) {
         Ok(v) => (v, None),
         Err(e) => (BTreeMap::new(), Some(e)),
     };
+    // Labels follow the resolution: missing exactly when it said so,
+    // otherwise from the side of the merge the value came from.
+    let tokens = refs
+        .iter()
+        .map(|r| {
+            let unresolved = missing
+                .as_ref()
+                .is_some_and(|m| m.missing.iter().any(|x| x == r));
+            let source = match merged.get(*r) {
+                Some((_, Origin::Provisioned)) if !unresolved => TokenSource::Provider {
+                    provider: provider_name.to_string(),
+                },
+                Some((_, Origin::Host)) if !unresolved => TokenSource::HostEnv,
+                _ => TokenSource::Missing,
+            };
+            TokenStatus {
+                token_ref: r.to_string(),
+                source,
+            }
+        })
+        .collect();
     EgressPlan {
         routes,
         tls_passthrough,
@@ -221,9 +260,10 @@ mod tests {
     fn provisioned_values_win_over_host_env() {
         let merged = effective_env(
             &env(&[("A", "host"), ("B", "host-b")]),
-            &env(&[("A", "provisioned")]),
+            &env(&[("A", "provisioned"), ("B", "")]),
         );
         assert_eq!(merged["A"].expose(), "provisioned");
+        // An empty provisioned value is no value: it does not hide the host's.
         assert_eq!(merged["B"].expose(), "host-b");
     }
 
@@ -321,6 +361,23 @@ mod tests {
         assert_eq!(src["NOPE"], TokenSource::Missing);
         assert_eq!(src["HOST_REF"], TokenSource::HostEnv);
         assert_eq!(src["SHADOW"], codex());
+    }
+
+    #[test]
+    fn an_empty_provisioned_value_does_not_hide_the_host_value() {
+        // The provider claims the ref but read nothing; the user exported it.
+        let mut provision = AgentProvisionPlan::default();
+        provision.egress_routes.push(route("api.example", "R"));
+        provision.provisioned_env = env(&[("R", "")]);
+        let plan = build(&[], &[], None, "p", &provision, &env(&[("R", "from-host")]));
+        assert!(plan.missing.is_none(), "{:?}", plan.missing);
+        assert_eq!(plan.token_values["R"].expose(), "from-host");
+        assert_eq!(sources(&plan)["R"], TokenSource::HostEnv);
+
+        // Empty on both sides: missing, and labelled so.
+        let plan = build(&[], &[], None, "p", &provision, &env(&[("R", "")]));
+        assert_eq!(plan.missing.as_ref().unwrap().missing, ["R"]);
+        assert_eq!(sources(&plan)["R"], TokenSource::Missing);
     }
 
     #[test]
