@@ -1,9 +1,10 @@
 //! Stage 4 of the one flow: the host's egress plan.
 //!
 //! The host, and only the host, merges `effective_env = host env ∪
-//! provisioned_env` (provisioned values win) and resolves every route's token
-//! ref from it with one generic function. No provider and no backend does
-//! this; backends receive resolved values in the proxy's config.
+//! provisioned_env` (provisioned values win; empty ones count as unset) and
+//! resolves every route's token ref from it with one generic function. No
+//! provider and no backend does this; backends receive resolved values in
+//! the proxy's config.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -61,14 +62,46 @@ pub fn egress_resolve_token_values<'a>(
     }
 }
 
-/// `host env ∪ provisioned_env`, provisioned values winning.
+/// Which side of the merge a value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Provisioned,
+    Host,
+}
+
+/// The one merge, remembering where each value came from, so that what
+/// `bottle plan` labels a ref and what it resolves to cannot disagree.
+///
+/// Empty values are left out on both sides. Empty already means "not set"
+/// to [`egress_resolve_token_values`]; were an empty provisioned value kept,
+/// it would override a real host value and the ref would turn up missing
+/// although the user exported it. Skipping it gives the same result as a
+/// provider that did not provision the ref at all, which already falls
+/// back to the host env, so it lets nothing through that was not allowed.
+fn merge_env(
+    host_env: &BTreeMap<String, Secret>,
+    provisioned: &BTreeMap<String, Secret>,
+) -> BTreeMap<String, (Secret, Origin)> {
+    let mut env = BTreeMap::new();
+    // Host first, so that provisioned values replace it.
+    for (side, origin) in [(host_env, Origin::Host), (provisioned, Origin::Provisioned)] {
+        for (k, v) in side.iter().filter(|(_, v)| !v.is_empty()) {
+            env.insert(k.clone(), (v.clone(), origin));
+        }
+    }
+    env
+}
+
+/// `host env ∪ provisioned_env`, provisioned values winning; empty values
+/// count as unset on either side (see [`merge_env`]).
 pub fn effective_env(
     host_env: &BTreeMap<String, Secret>,
     provisioned: &BTreeMap<String, Secret>,
 ) -> BTreeMap<String, Secret> {
-    let mut env = host_env.clone();
-    env.extend(provisioned.iter().map(|(k, v)| (k.clone(), v.clone())));
-    env
+    merge_env(host_env, provisioned)
+        .into_iter()
+        .map(|(k, (v, _))| (k, v))
+        .collect()
 }
 
 /// Where a token ref's value comes from, for `bottle plan`.
@@ -161,30 +194,36 @@ pub fn build(
         .flat_map(EgressRoute::token_refs)
         .chain(upstream_proxy_auth_ref)
         .collect();
-    let env = effective_env(host_env, &provision.provisioned_env);
-    let tokens = refs
+    let merged = merge_env(host_env, &provision.provisioned_env);
+    let env = merged
         .iter()
-        .map(|r| TokenStatus {
-            token_ref: r.to_string(),
-            source: if provision
-                .provisioned_env
-                .get(*r)
-                .is_some_and(|v| !v.is_empty())
-            {
-                TokenSource::Provider {
-                    provider: provider_name.to_string(),
-                }
-            } else if host_env.get(*r).is_some_and(|v| !v.is_empty()) {
-                TokenSource::HostEnv
-            } else {
-                TokenSource::Missing
-            },
-        })
+        .map(|(k, (v, _))| (k.clone(), v.clone()))
         .collect();
     let (token_values, missing) = match egress_resolve_token_values(refs.iter().copied(), &env) {
         Ok(v) => (v, None),
         Err(e) => (BTreeMap::new(), Some(e)),
     };
+    // Labels follow the resolution: missing exactly when it said so,
+    // otherwise from the side of the merge the value came from.
+    let tokens = refs
+        .iter()
+        .map(|r| {
+            let unresolved = missing
+                .as_ref()
+                .is_some_and(|m| m.missing.iter().any(|x| x == r));
+            let source = match merged.get(*r) {
+                Some((_, Origin::Provisioned)) if !unresolved => TokenSource::Provider {
+                    provider: provider_name.to_string(),
+                },
+                Some((_, Origin::Host)) if !unresolved => TokenSource::HostEnv,
+                _ => TokenSource::Missing,
+            };
+            TokenStatus {
+                token_ref: r.to_string(),
+                source,
+            }
+        })
+        .collect();
     EgressPlan {
         routes,
         tls_passthrough,
@@ -221,9 +260,10 @@ mod tests {
     fn provisioned_values_win_over_host_env() {
         let merged = effective_env(
             &env(&[("A", "host"), ("B", "host-b")]),
-            &env(&[("A", "provisioned")]),
+            &env(&[("A", "provisioned"), ("B", "")]),
         );
         assert_eq!(merged["A"].expose(), "provisioned");
+        // An empty provisioned value is no value: it does not hide the host's.
         assert_eq!(merged["B"].expose(), "host-b");
     }
 
@@ -257,48 +297,87 @@ mod tests {
         assert_eq!(missing.missing, ["CODEX_HOST_CREDENTIAL_TOKEN_REF"]);
     }
 
+    fn sources(plan: &EgressPlan) -> BTreeMap<&str, TokenSource> {
+        plan.tokens
+            .iter()
+            .map(|t| (t.token_ref.as_str(), t.source.clone()))
+            .collect()
+    }
+
     #[test]
     fn plan_reports_sources_and_resolves_once() {
+        let codex = || TokenSource::Provider {
+            provider: "codex".into(),
+        };
         let mut provision = AgentProvisionPlan::default();
         provision
             .egress_routes
             .push(route("chatgpt.com", "PROV_REF"));
+        // SHADOW is defined by both sides and used by a provider route and a
+        // manifest route: the provisioned value must be the one resolved.
+        provision
+            .egress_routes
+            .push(route("auth.openai.com", "SHADOW"));
         provision.provisioned_env =
             env(&[("PROV_REF", "from-provider"), ("SHADOW", "provider-wins")]);
-        let manifest = [
+        let host_env = env(&[("HOST_REF", "from-host"), ("SHADOW", "host-loses")]);
+        let mut manifest = vec![
             route("api.example.test", "HOST_REF"),
             route("x.example.test", "SHADOW"),
-            route("y.example.test", "NOPE"),
         ];
-        let plan = build(
-            &manifest,
-            &[],
-            None,
-            "codex",
-            &provision,
-            &env(&[("HOST_REF", "from-host"), ("SHADOW", "host-loses")]),
-        );
-        let src: BTreeMap<_, _> = plan
-            .tokens
+        let plan = build(&manifest, &[], None, "codex", &provision, &host_env);
+
+        assert!(plan.missing.is_none(), "{:?}", plan.missing);
+        let values: BTreeMap<&str, &str> = plan
+            .token_values
             .iter()
-            .map(|t| (t.token_ref.as_str(), t.source.clone()))
+            .map(|(k, v)| (k.as_str(), v.expose()))
             .collect();
         assert_eq!(
-            src["PROV_REF"],
-            TokenSource::Provider {
-                provider: "codex".into()
-            }
+            values,
+            BTreeMap::from([
+                ("HOST_REF", "from-host"),
+                ("PROV_REF", "from-provider"),
+                ("SHADOW", "provider-wins"),
+            ])
         );
-        assert_eq!(src["HOST_REF"], TokenSource::HostEnv);
         assert_eq!(
-            src["SHADOW"],
-            TokenSource::Provider {
-                provider: "codex".into()
-            }
+            sources(&plan),
+            BTreeMap::from([
+                ("HOST_REF", TokenSource::HostEnv),
+                ("PROV_REF", codex()),
+                ("SHADOW", codex()),
+            ])
         );
+        assert_eq!(plan.routes[2].source, "provider:codex");
+
+        // One ref nowhere: it is named and labelled missing, the others keep
+        // their labels, and no value at all is handed on.
+        manifest.push(route("y.example.test", "NOPE"));
+        let plan = build(&manifest, &[], None, "codex", &provision, &host_env);
+        assert_eq!(plan.missing.as_ref().unwrap().missing, ["NOPE"]);
+        assert!(plan.token_values.is_empty());
+        let src = sources(&plan);
         assert_eq!(src["NOPE"], TokenSource::Missing);
-        assert_eq!(plan.missing.unwrap().missing, ["NOPE"]);
-        assert_eq!(plan.routes[3].source, "provider:codex");
+        assert_eq!(src["HOST_REF"], TokenSource::HostEnv);
+        assert_eq!(src["SHADOW"], codex());
+    }
+
+    #[test]
+    fn an_empty_provisioned_value_does_not_hide_the_host_value() {
+        // The provider claims the ref but read nothing; the user exported it.
+        let mut provision = AgentProvisionPlan::default();
+        provision.egress_routes.push(route("api.example", "R"));
+        provision.provisioned_env = env(&[("R", "")]);
+        let plan = build(&[], &[], None, "p", &provision, &env(&[("R", "from-host")]));
+        assert!(plan.missing.is_none(), "{:?}", plan.missing);
+        assert_eq!(plan.token_values["R"].expose(), "from-host");
+        assert_eq!(sources(&plan)["R"], TokenSource::HostEnv);
+
+        // Empty on both sides: missing, and labelled so.
+        let plan = build(&[], &[], None, "p", &provision, &env(&[("R", "")]));
+        assert_eq!(plan.missing.as_ref().unwrap().missing, ["R"]);
+        assert_eq!(sources(&plan)["R"], TokenSource::Missing);
     }
 
     #[test]

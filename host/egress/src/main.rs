@@ -1,6 +1,7 @@
 //! `bot-bottle-egress --config FILE [--listen ADDR]`: the proxy as its own
-//! program (tests, the smolmachines adapter). `bottle egress serve` calls the
-//! same library function.
+//! program, for the proxy's tests and the benchmark, which want it without
+//! the host. No backend runs it: the Docker sidecar runs `bottle egress
+//! serve`, and the smolmachines gate links the library and serves in-process.
 
 use std::process::ExitCode;
 
