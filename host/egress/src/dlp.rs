@@ -235,6 +235,12 @@ impl<'a> StreamScan<'a> {
         }
     }
 
+    /// The last bytes fed (at most the overlap), as context for a scan of
+    /// what follows.
+    pub(crate) fn into_tail(self) -> Vec<u8> {
+        self.window
+    }
+
     pub(crate) fn feed(&mut self, data: &[u8], out: &mut Vec<String>) {
         self.seen += data.len() as u64;
         self.window.extend_from_slice(data);

@@ -1370,11 +1370,6 @@ async fn websocket(
                     if w.blocked {
                         rec.decision = "dlp_block".into();
                         rec.note = "WebSocket closed (1008) before the frame was sent".into();
-                    } else if w.unscanned_frames > 0 {
-                        rec.note = format!(
-                            "{} WebSocket frames over dlp.max_body_bytes passed unscanned",
-                            w.unscanned_frames
-                        );
                     }
                 }
             }

@@ -10,11 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::DlpMode;
-use crate::dlp::Dlp;
-
-/// Unmasked bytes of the previous data frame kept to catch a secret split
-/// across two frames.
-const OVERLAP: usize = 256;
+use crate::dlp::{Dlp, StreamScan};
 
 /// What the scan saw.
 #[derive(Debug, Default)]
@@ -23,7 +19,18 @@ pub(crate) struct WsOutcome {
     pub(crate) bytes_in: u64,
     pub(crate) findings: Vec<String>,
     pub(crate) blocked: bool,
-    pub(crate) unscanned_frames: u64,
+}
+
+/// A data frame larger than `dlp.max_body_bytes`, on its way through.
+struct BigFrame<'a> {
+    /// Payload bytes not read yet.
+    unscanned: u64,
+    /// Bytes at the start of the pending buffer scanned but not yet sent.
+    ahead: usize,
+    /// Payload bytes scanned so far (the mask's phase).
+    fed: u64,
+    mask: Option<[u8; 4]>,
+    scan: StreamScan<'a>,
 }
 
 /// Parsed frame header: (header length, payload length, mask key, opcode).
@@ -87,7 +94,7 @@ where
     let up = async {
         let mut pending: Vec<u8> = Vec::with_capacity(16 * 1024);
         let mut prev: Vec<u8> = Vec::new();
-        let mut passthrough_left: u64 = 0;
+        let mut big: Option<BigFrame<'_>> = None;
         let mut buf = vec![0u8; 16 * 1024];
         'outer: loop {
             let n = match cr.read(&mut buf).await {
@@ -97,28 +104,76 @@ where
             state.lock().unwrap_or_else(|p| p.into_inner()).bytes_out += n as u64;
             pending.extend_from_slice(&buf[..n]);
             loop {
-                if passthrough_left > 0 {
-                    let k = (passthrough_left as usize).min(pending.len());
-                    if uw.write_all(&pending[..k]).await.is_err() {
-                        break 'outer;
+                if let Some(b) = big.as_mut() {
+                    // A frame too large to hold: its payload is unmasked and
+                    // scanned as it arrives; in `block` mode the last
+                    // overlap of scanned bytes stays back until the next
+                    // piece (or the frame's end) has been scanned with it.
+                    let new = (b.unscanned as usize).min(pending.len() - b.ahead);
+                    let mut piece = pending[b.ahead..b.ahead + new].to_vec();
+                    if let Some(m) = b.mask {
+                        for (i, x) in piece.iter_mut().enumerate() {
+                            *x ^= m[((b.fed + i as u64) % 4) as usize];
+                        }
                     }
-                    pending.drain(..k);
-                    passthrough_left -= k as u64;
-                    if pending.is_empty() {
-                        break;
+                    let mut found = Vec::new();
+                    b.scan.feed(&piece, &mut found);
+                    b.fed += new as u64;
+                    b.unscanned -= new as u64;
+                    b.ahead += new;
+                    if !found.is_empty() {
+                        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                        for f in found {
+                            if !st.findings.contains(&f) {
+                                st.findings.push(f);
+                            }
+                        }
+                        if dlp.mode == DlpMode::Block {
+                            st.blocked = true;
+                            break 'outer;
+                        }
                     }
-                    continue;
+                    let send = if b.unscanned == 0 || dlp.mode != DlpMode::Block {
+                        b.ahead
+                    } else {
+                        b.ahead.saturating_sub(dlp.overlap)
+                    };
+                    if send > 0 {
+                        if uw.write_all(&pending[..send]).await.is_err() {
+                            break 'outer;
+                        }
+                        pending.drain(..send);
+                        b.ahead -= send;
+                    }
+                    if b.unscanned == 0 && b.ahead == 0 {
+                        if let Some(b) = big.take() {
+                            prev = b.scan.into_tail();
+                        }
+                        continue;
+                    }
+                    break;
                 }
                 let Some((hl, len, mask, opcode)) = header(&pending) else {
                     break;
                 };
-                if len > dlp.max_body as u64 {
-                    // Too large to hold: forwarded unscanned, and counted.
-                    state
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .unscanned_frames += 1;
-                    passthrough_left = hl as u64 + len;
+                if len > dlp.max_body as u64 && opcode <= 2 {
+                    // Too large to hold whole: the header goes now, the
+                    // payload through the stream scan above.
+                    if uw.write_all(&pending[..hl]).await.is_err() {
+                        break 'outer;
+                    }
+                    pending.drain(..hl);
+                    let mut scan = StreamScan::new(&dlp);
+                    // Already scanned clean: context for a value split
+                    // across the two frames.
+                    scan.feed(&prev, &mut Vec::new());
+                    big = Some(BigFrame {
+                        unscanned: len,
+                        ahead: 0,
+                        fed: 0,
+                        mask,
+                        scan,
+                    });
                     continue;
                 }
                 let total = hl + len as usize;
@@ -149,7 +204,7 @@ where
                             break 'outer;
                         }
                     }
-                    let keep = payload.len().min(OVERLAP);
+                    let keep = payload.len().min(dlp.overlap);
                     prev = payload[payload.len() - keep..].to_vec();
                 }
                 if uw.write_all(&pending[..total]).await.is_err() {

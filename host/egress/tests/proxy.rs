@@ -1717,6 +1717,63 @@ async fn websocket_frames_with_secrets_are_blocked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_frames_too_large_to_hold_are_scanned_as_they_stream() {
+    const CAP: usize = 64 * 1024;
+    let fx = fx_with(|c| {
+        c.dlp.mode = DlpMode::Block;
+        c.dlp.max_body_bytes = CAP;
+    })
+    .await;
+    let (mut ws, st) = ws_through(&fx).await;
+    assert_eq!(st, 101);
+    // Four caps of clean text in one frame: through and echoed whole.
+    let clean = String::from_utf8(noise(4 * CAP, 5)).unwrap();
+    ws.send(Message::text(clean.clone())).await.unwrap();
+    let echo = tokio::time::timeout(HANG, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echo.into_text().unwrap().as_str(), clean);
+    // A secret three caps into such a frame: the socket is closed and
+    // upstream never gets the frame.
+    let mut leak = String::from_utf8(noise(3 * CAP, 6)).unwrap();
+    leak.push_str(&format!(" {GH} "));
+    leak.push_str(&String::from_utf8(noise(CAP, 8)).unwrap());
+    ws.send(Message::text(leak)).await.unwrap();
+    let next = tokio::time::timeout(HANG, ws.next())
+        .await
+        .expect("no close after a blocked frame");
+    match next {
+        Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1008),
+        Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {}
+        Some(Ok(m)) => panic!("the blocked frame came back: {} bytes", m.len()),
+    }
+    let ws_msgs: Vec<usize> = fx
+        .up
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "WS")
+        .map(|s| s.body.len())
+        .collect();
+    assert_eq!(
+        ws_msgs,
+        vec![clean.len()],
+        "the blocked frame reached upstream"
+    );
+    tokio::time::timeout(HANG, async {
+        while !audit_lines(&fx.audit)
+            .iter()
+            .any(|l| l["decision"] == "dlp_block" && l["dlp"] == serde_json::json!(["github-pat"]))
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no dlp_block audit line");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_the_agent_abandons_is_still_audited() {
     let fx = fx().await;
     let (st, _, tcp) = connect(fx.proxy, "api.test:443").await;
