@@ -294,4 +294,64 @@ mod tests {
         assert!(!Arc::ptr_eq(&first, &renewed), "minted again past it");
         assert!(LEAF_REFRESH < LEAF_VALIDITY - BACKDATE);
     }
+
+    /// What a client trusting only the bottle CA says of `leaf` for `name`.
+    fn client_accepts(
+        ca_pem: &str,
+        leaf: &rustls::pki_types::CertificateDer<'static>,
+        name: &str,
+    ) -> Result<(), rustls::Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            crate::tls::provider(),
+        )
+        .build()
+        .unwrap();
+        use rustls::client::danger::ServerCertVerifier;
+        let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+        verifier
+            .verify_server_cert(leaf, &[], &name, &[], rustls::pki_types::UnixTime::now())
+            .map(|_| ())
+    }
+
+    #[test]
+    fn clients_refuse_a_leaf_for_a_name_outside_the_constraints() {
+        // Should the CA key leak out of the proxy, it still vouches only
+        // for the bottle's hosts: a leaf it signs for another name is
+        // refused by an ordinary client (webpki) for the name constraints.
+        let ca = BottleCa::generate("bb-x", &["api.test".into(), "*.wild.test".into()]).unwrap();
+        let m = LeafMinter::new(&ca.cert_pem, &ca.key_pem).unwrap();
+        let sign = |host: &str| {
+            let mut p = CertificateParams::new(vec![host.to_owned()]).unwrap();
+            p.not_before = OffsetDateTime::now_utc() - BACKDATE;
+            p.not_after = OffsetDateTime::now_utc() + LEAF_VALIDITY;
+            p.signed_by(&m.leaf_key, &m.ca_cert, &m.ca_key)
+                .unwrap()
+                .der()
+                .clone()
+        };
+        client_accepts(&ca.cert_pem, &sign("api.test"), "api.test").unwrap();
+        client_accepts(&ca.cert_pem, &sign("a.wild.test"), "a.wild.test").unwrap();
+        for outside in ["evil.test", "api.test.evil.test", "wild.test.evil"] {
+            let e = client_accepts(&ca.cert_pem, &sign(outside), outside).unwrap_err();
+            assert!(
+                format!("{e:?}").contains("NameConstraint"),
+                "{outside}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_leaf_cache_stays_bounded() {
+        let ca = BottleCa::generate("bb-x", &["*.many.test".into()]).unwrap();
+        let m = LeafMinter::new(&ca.cert_pem, &ca.key_pem).unwrap();
+        for i in 0..LEAF_CACHE + 5 {
+            m.server_config(&format!("h{i}.many.test")).unwrap();
+            assert!(m.cache.lock().unwrap().len() <= LEAF_CACHE);
+        }
+    }
 }

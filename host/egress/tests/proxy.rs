@@ -984,6 +984,55 @@ async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_with_several_headers_sets_each_once() {
+    let fx = fx_with(|c| {
+        c.routes[0].inject = vec![
+            inject("Authorization", "Bearer {token}"),
+            inject("x-api-key", "{token}"),
+            bot_bottle_plugin_api::HeaderInjection {
+                header: "anthropic-version".into(),
+                value: "2023-06-01".into(),
+                token_ref: None,
+            },
+        ];
+    })
+    .await;
+    for h2 in [false, true] {
+        let mut req = get("https://api.test/v1/messages", "api.test", h2);
+        let h = req.headers_mut();
+        h.insert("authorization", "Bearer dummy".parse().unwrap());
+        h.append("X-Api-Key", "dummy-1".parse().unwrap());
+        h.append("x-api-key", "dummy-2".parse().unwrap());
+        h.insert("anthropic-version", "1999-01-01".parse().unwrap());
+        let got = send(fx.proxy, "api.test:443", "api.test", &fx.bottle_ca, h2, req).await;
+        assert_eq!(got.status, 200, "{got:?}");
+        let seen = fx.up.seen().pop().unwrap();
+        assert_eq!(
+            seen.header_all("authorization"),
+            vec![format!("Bearer {CANARY}")]
+        );
+        assert_eq!(seen.header_all("x-api-key"), vec![CANARY.to_string()]);
+        assert_eq!(
+            seen.header_all("anthropic-version"),
+            vec!["2023-06-01".to_string()]
+        );
+    }
+    let want = serde_json::json!(["Authorization", "x-api-key", "anthropic-version"]);
+    tokio::time::timeout(HANG, async {
+        while audit_lines(&fx.audit)
+            .iter()
+            .filter(|l| l["injected_headers"] == want)
+            .count()
+            < 2
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no audit lines naming the three headers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_tunnels_count_against_max_connections() {
     let fx = fx_with(|c| c.limits.max_connections = 2).await;
     // Two intercepted tunnels, each with a request served and kept open.
