@@ -160,9 +160,13 @@ pub enum EgressCommand {
     },
     /// Print what the proxy would do with a request (header names only).
     Check {
-        /// The proxy config (JSON).
-        #[arg(long)]
-        config: PathBuf,
+        /// The manifest whose egress plan (its routes and the provider's)
+        /// decides. Needs no credential: only names are shown.
+        #[arg(short = 'f', long = "file", default_value = "bottle.toml")]
+        file: PathBuf,
+        /// A proxy config (JSON) to check against instead of a manifest.
+        #[arg(long, conflicts_with = "file")]
+        config: Option<PathBuf>,
         /// HTTP method.
         method: String,
         /// Full URL.

@@ -105,34 +105,50 @@ pub fn proxy_config(
         }
         None => None,
     };
-    Ok(ProxyConfig {
+    let mut cfg = policy_config(plan);
+    cfg.bottle_id = bottle_id.to_string();
+    cfg.tokens = plan.egress.token_values.clone();
+    cfg.ca = ca.clone();
+    cfg.upstream.extra_ca_pem = extra_ca_pem;
+    cfg.upstream.proxy_auth_ref = m.upstream_proxy_auth_ref.clone();
+    cfg.dlp.mode = match m.dlp {
+        DlpMode::Off => egress_config::DlpMode::Off,
+        DlpMode::Log => egress_config::DlpMode::Log,
+        DlpMode::Block => egress_config::DlpMode::Block,
+    };
+    // The backend narrows `allowed_clients` to the bottle's own network
+    // when it knows it.
+    Ok(cfg)
+}
+
+/// The policy half of a plan's proxy config — routes, passthrough hosts,
+/// local responses, DLP mode — with no token values and no CA, for
+/// `bottle egress check`, which decides with names only.
+pub fn policy_config(plan: &BottlePlan) -> ProxyConfig {
+    let m = &plan.manifest;
+    ProxyConfig {
         schema: egress_config::SCHEMA,
-        bottle_id: bottle_id.to_string(),
+        bottle_id: String::new(),
         listen: std::net::SocketAddr::from(([0, 0, 0, 0], EGRESS_PORT)),
         routes: plan.egress.routes.clone(),
         tls_passthrough: plan.egress.tls_passthrough.clone(),
-        tokens: plan.egress.token_values.clone(),
-        ca: ca.clone(),
+        tokens: Default::default(),
+        ca: CaMaterial {
+            cert_pem: String::new(),
+            key_pem: Secret::new(""),
+        },
         upstream: UpstreamConfig {
-            extra_ca_pem,
+            extra_ca_pem: None,
             proxy: m.upstream_proxy.clone(),
-            proxy_auth_ref: m.upstream_proxy_auth_ref.clone(),
+            proxy_auth_ref: None,
             resolve: m.resolve.clone(),
         },
-        dlp: DlpConfig {
-            mode: match m.dlp {
-                DlpMode::Off => egress_config::DlpMode::Off,
-                DlpMode::Log => egress_config::DlpMode::Log,
-                DlpMode::Block => egress_config::DlpMode::Block,
-            },
-            ..Default::default()
-        },
+        dlp: DlpConfig::default(),
         local_responses: plan.egress.local_responses.clone(),
         limits: Default::default(),
         audit: Default::default(),
-        // The backend narrows this to the bottle's own network when it knows it.
         allowed_clients: Vec::new(),
-    })
+    }
 }
 
 /// Encodes a proxy config as the secret the backend carries.

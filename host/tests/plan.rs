@@ -205,3 +205,38 @@ fn the_out_of_tree_provider_drives_a_plan() {
     // The plugin's tracing event crossed the boundary into the host's log.
     assert!(err.contains("preparing hello agent"), "{err}");
 }
+
+#[test]
+fn egress_check_decides_from_the_manifest_without_its_tokens() {
+    let data = tempfile::tempdir().unwrap();
+    // No token set: a check needs none, and prints only header names.
+    let (code, out, err) = run(bottle(data.path())
+        .env_remove("QUICKSTART_API_TOKEN")
+        .args(["egress", "check", "-f"])
+        .arg(quickstart())
+        .args(["GET", "https://api.quickstart.test/v1/hello"]));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("decision: allow"), "{out}");
+    assert!(out.contains("inject: Authorization"), "{out}");
+    // With the token set, its value still never shows.
+    let (code, out, err) = run(bottle(data.path())
+        .env("QUICKSTART_API_TOKEN", CANARY)
+        .args(["egress", "check", "--json", "-f"])
+        .arg(quickstart())
+        .args(["POST", "https://example.com/"]));
+    assert_eq!(code, 1, "a denied request exits 1: {out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["action"], "deny");
+    assert!(!out.contains(CANARY) && !err.contains(CANARY));
+    // A manifest that is not there is named.
+    let (code, _, err) = run(bottle(data.path()).args([
+        "egress",
+        "check",
+        "-f",
+        "/nonexistent/bottle.toml",
+        "GET",
+        "https://a.test/",
+    ]));
+    assert_ne!(code, 0);
+    assert!(err.contains("/nonexistent/bottle.toml"), "{err}");
+}

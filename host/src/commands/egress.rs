@@ -6,10 +6,12 @@ use anyhow::Context;
 
 use bot_bottle_egress::{Action, Listener, ProxyConfig};
 
-use crate::cli::EgressCommand;
+use crate::cli::{Cli, EgressCommand};
+use crate::manifest::Manifest;
 use crate::output::print_json;
+use crate::plan;
 
-pub(super) fn run(cmd: &EgressCommand) -> anyhow::Result<ExitCode> {
+pub(super) fn run(cli: &Cli, cmd: &EgressCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         EgressCommand::Serve {
             config,
@@ -42,12 +44,25 @@ pub(super) fn run(cmd: &EgressCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         EgressCommand::Check {
+            file,
             config,
             method,
             url,
             json,
         } => {
-            let cfg = ProxyConfig::from_file(config)?;
+            let cfg = match config {
+                Some(path) => ProxyConfig::from_file(path)?,
+                None => {
+                    // The same plan `bottle plan` and `bottle run` make,
+                    // provider routes included; unresolved tokens do not
+                    // matter here, as no value is ever shown.
+                    let manifest = Manifest::load(file)?;
+                    let plugins = super::load_plugins(cli);
+                    super::warn_load_errors(&plugins);
+                    let plan = plan::plan(manifest, &plugins, &plan::host_env())?;
+                    crate::launch::policy_config(&plan)
+                }
+            };
             let decision = bot_bottle_egress::check(&cfg, method, url);
             if *json {
                 print_json(&decision)?;
