@@ -14,7 +14,7 @@
 //! `peers/openssl-aes128.cnf`, which puts it first on their other leg): the
 //! handshakes compare like with like. The TLS each peer negotiated, whether
 //! new connections resumed a session, and how each row reached the upstream
-//! are printed after the table.
+//! are printed after the table, and what stays unequal in its footnote.
 //!
 //! Peer configs: `bench/egress/peers/` (its README says how to install the
 //! peers). Usage (see docs/benchmarks.md):
@@ -1065,12 +1065,12 @@ fn main() -> Res<()> {
         if a.rounds > 1 {
             println!("median of {} interleaved rounds per peer", a.rounds);
         }
-        print_table(&rows, a.duration);
+        print_table(&rows, a.duration, &a.dlp);
         Ok(())
     })
 }
 
-fn print_table(rows: &[Row], dur: Duration) {
+fn print_table(rows: &[Row], dur: Duration, dlp: &str) {
     println!(
         "egress benchmark, loopback, {} s per load phase, HTTP/1.1 client, 1 KiB responses",
         dur.as_secs_f64()
@@ -1210,5 +1210,15 @@ fn print_table(rows: &[Row], dur: Duration) {
     println!(
         "  RSS at c=256              {:>6.1} MiB (bounded)",
         bb.rss256
+    );
+    println!();
+    println!(
+        "not the same for every row (docs/benchmarks.md, \"Method and fairness notes\"):\n\
+         - upstream: bot-bottle pools its connections and speaks HTTP/2 to the upstream; direct,\n  \
+         squid and mitmproxy speak HTTP/1.1 on a connection per client connection (tls lines);\n\
+         - logging: bot-bottle writes an audit line per request, DLP in {dlp} mode; squid has\n  \
+         access_log none; mitmproxy runs quiet (-q);\n\
+         - resumption: squid 5.7 sends session tickets on bumped connections but resumes none,\n  \
+         so its new connections are full handshakes where the others resume."
     );
 }
