@@ -7,10 +7,21 @@
 //! RSS at c=16 and c=256. Prints the table and the ratios against direct and
 //! squid measured in the same run. A program, never a timed test.
 //!
-//! Usage (see docs/benchmarks.md):
+//! Every intercepting peer presents ECDSA P-256 leaves (bot-bottle mints
+//! them; squid and mitmproxy get a P-256 CA from this program, whose key
+//! they reuse for their leaves), and the client offers AES-128-GCM first,
+//! the suite bot-bottle picks (squid and mitmproxy also run with
+//! `peers/openssl-aes128.cnf`, which puts it first on their other leg): the
+//! handshakes compare like with like. The TLS each peer negotiated, whether
+//! new connections resumed a session, and how each row reached the upstream
+//! are printed after the table, and what stays unequal in its footnote.
+//!
+//! Peer configs: `bench/egress/peers/` (its README says how to install the
+//! peers). Usage (see docs/benchmarks.md):
 //!   cargo build --release -p bot-bottle-egress -p bot-bottle-bench-egress
 //!   target/release/bot-bottle-bench-egress [--duration SECS] [--peers direct,bot-bottle,squid,mitmproxy]
 //!       [--egress-bin PATH] [--work DIR] [--mitmdump PATH] [--peer-dir DIR] [--dlp off|log|block]
+//!       [--rounds N]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -35,6 +46,12 @@ const TOKEN: &str = "REAL-SECRET-TOKEN";
 /// proxy must do the same job for the figures to compare.
 static SEEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static INJECTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// TLS connections the upstream accepted, and how many of them spoke h2:
+/// how each row reaches the upstream (pooled or not, HTTP/2 or 1.1).
+static UP_CONNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static UP_H2: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Version and suite of the first upstream connection since the last reset.
+static UP_TLS: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
 
 struct Args {
     duration: Duration,
@@ -65,7 +82,8 @@ fn args() -> Args {
         egress_bin: exe_dir.join("bot-bottle-egress"),
         work: PathBuf::from("/tmp/bb-bench"),
         mitmdump: PathBuf::from("/tmp/bb-bench/venv/bin/mitmdump"),
-        peer_dir: PathBuf::from("/work/shared/bench-peers"),
+        // The peers' configs live beside this program's source.
+        peer_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/peers")),
         dlp: "log".into(),
         rounds: 1,
     };
@@ -151,6 +169,18 @@ async fn upstream(pki: &Pki) -> SocketAddr {
                 let Ok(tls) = acc.accept(tcp).await else {
                     return;
                 };
+                {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    UP_CONNS.fetch_add(1, Relaxed);
+                    let c = tls.get_ref().1;
+                    if c.alpn_protocol() == Some(b"h2") {
+                        UP_H2.fetch_add(1, Relaxed);
+                    }
+                    let mut first = UP_TLS.lock().unwrap_or_else(|p| p.into_inner());
+                    if first.is_empty() {
+                        *first = tls_name(c.protocol_version(), c.negotiated_cipher_suite());
+                    }
+                }
                 let svc =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let kib = kib.clone();
@@ -291,38 +321,62 @@ async fn start_bot_bottle(a: &Args, pki: &Pki, up: SocketAddr) -> Res<Peer> {
     })
 }
 
+/// A CA for an intercepting peer, ECDSA P-256 like bot-bottle's (rcgen's
+/// default key): (certificate PEM, PKCS#8 key PEM). squid and mitmproxy
+/// sign their leaves with it and give them its key pair, so their leaves
+/// are P-256 too, and their handshakes cost what bot-bottle's do.
+fn peer_ca(name: &str) -> Res<(String, String)> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut p = rcgen::CertificateParams::new(vec![])?;
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, format!("bench {name} CA"));
+    let cert = p.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// The peer's config from `--peer-dir`, its `@NAME@` placeholders filled in.
+fn peer_conf(a: &Args, file: &str, vars: &[(&str, String)]) -> Res<String> {
+    let path = a.peer_dir.join(file);
+    let mut conf =
+        std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    for (k, v) in vars {
+        conf = conf.replace(&format!("@{k}@"), v);
+    }
+    // An @NAME@ left over is a placeholder this program does not know.
+    let left = conf.match_indices('@').find_map(|(i, _)| {
+        let rest = &conf[i + 1..];
+        let n = rest.find(|c: char| !(c.is_ascii_uppercase() || c == '_'))?;
+        (n > 0 && rest[n..].starts_with('@')).then(|| rest[..n].to_owned())
+    });
+    if let Some(name) = left {
+        return Err(format!("{}: unknown placeholder @{name}@", path.display()).into());
+    }
+    Ok(conf)
+}
+
+/// The OpenSSL config squid and mitmproxy run with: TLS 1.3 suites in
+/// bot-bottle's order (see the file).
+fn openssl_conf(a: &Args) -> Res<PathBuf> {
+    let path = a.peer_dir.join("openssl-aes128.cnf");
+    if !path.is_file() {
+        return Err(format!("{} is missing", path.display()).into());
+    }
+    Ok(std::path::absolute(path)?)
+}
+
 async fn start_squid(a: &Args, pki_ca: &Path) -> Res<Peer> {
     let dir = a.work.join("squid");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let st = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=bench squid CA",
-        ])
-        .args([
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ])
-        .arg("-keyout")
-        .arg(dir.join("mitm-ca.key"))
-        .arg("-out")
-        .arg(dir.join("mitm-ca.pem"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?;
-    if !st.success() {
-        return Err("openssl could not make the squid CA".into());
-    }
+    let (ca_pem, ca_key) = peer_ca("squid")?;
+    std::fs::write(dir.join("ca.pem"), &ca_pem)?;
+    std::fs::write(dir.join("ca.key"), ca_key)?;
     let st = Command::new("/usr/lib/squid/security_file_certgen")
         .args(["-c", "-s"])
         .arg(dir.join("ssl_db"))
@@ -333,13 +387,16 @@ async fn start_squid(a: &Args, pki_ca: &Path) -> Res<Peer> {
         return Err("security_file_certgen -c failed".into());
     }
     let port = free_port();
-    let conf = std::fs::read_to_string(a.peer_dir.join("squid-ssl-bump.conf"))?
-        .replace("SQUID_DIR", &dir.display().to_string())
-        .replace("WORK_DIR", &a.work.display().to_string())
-        .replace("UPSTREAM_CA", &pki_ca.display().to_string())
-        .replace("127.0.0.1:3128", &format!("127.0.0.1:{port}"))
-        .replace("REAL-SECRET-TOKEN", TOKEN);
-    std::fs::create_dir_all(a.work.join("squid"))?;
+    let conf = peer_conf(
+        a,
+        "squid-ssl-bump.conf",
+        &[
+            ("PORT", port.to_string()),
+            ("SQUID_DIR", dir.display().to_string()),
+            ("UPSTREAM_CA", pki_ca.display().to_string()),
+            ("TOKEN", TOKEN.to_string()),
+        ],
+    )?;
     let conf_path = dir.join("squid.conf");
     std::fs::write(&conf_path, conf)?;
     let _ = Command::new("chown")
@@ -350,6 +407,7 @@ async fn start_squid(a: &Args, pki_ca: &Path) -> Res<Peer> {
         .arg("-N")
         .arg("-f")
         .arg(&conf_path)
+        .env("OPENSSL_CONF", openssl_conf(a)?)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
@@ -358,14 +416,19 @@ async fn start_squid(a: &Args, pki_ca: &Path) -> Res<Peer> {
     Ok(Peer {
         name: "squid".into(),
         proxy: Some(addr),
-        trust_pem: std::fs::read_to_string(dir.join("mitm-ca.pem"))?,
+        trust_pem: ca_pem,
         child: Some(child),
     })
 }
 
 async fn start_mitmproxy(a: &Args, pki_ca: &Path) -> Res<Peer> {
+    // A fresh confdir holding our CA: mitmproxy makes an RSA-2048 one only
+    // when `mitmproxy-ca.pem` (key and certificate) is missing.
     let conf = a.work.join("mitmconf");
+    let _ = std::fs::remove_dir_all(&conf);
     std::fs::create_dir_all(&conf)?;
+    let (ca_pem, ca_key) = peer_ca("mitmproxy")?;
+    std::fs::write(conf.join("mitmproxy-ca.pem"), format!("{ca_key}{ca_pem}"))?;
     let port = free_port();
     let mut child = Command::new(&a.mitmdump)
         .args([
@@ -384,13 +447,14 @@ async fn start_mitmproxy(a: &Args, pki_ca: &Path) -> Res<Peer> {
         ))
         .arg("-s")
         .arg(a.peer_dir.join("mitmproxy_inject.py"))
-        .env("STREAM", "1")
+        .env("BENCH_TOKEN", TOKEN)
+        .env("OPENSSL_CONF", openssl_conf(a)?)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| {
             format!(
-                "{}: {e} (python3 -m venv v && v/bin/pip install mitmproxy)",
+                "{}: {e} (see bench/egress/peers/README.md)",
                 a.mitmdump.display()
             )
         })?;
@@ -399,7 +463,7 @@ async fn start_mitmproxy(a: &Args, pki_ca: &Path) -> Res<Peer> {
     Ok(Peer {
         name: "mitmproxy".into(),
         proxy: Some(addr),
-        trust_pem: std::fs::read_to_string(conf.join("mitmproxy-ca-cert.pem"))?,
+        trust_pem: ca_pem,
         child: Some(child),
     })
 }
@@ -412,6 +476,77 @@ struct Client {
     up: SocketAddr,
     authority: String,
     tls: tokio_rustls::TlsConnector,
+    seen: Arc<TlsSeen>,
+}
+
+/// What the client's TLS handshakes with one peer came to.
+#[derive(Default)]
+struct TlsSeen {
+    handshakes: std::sync::atomic::AtomicU64,
+    resumed: std::sync::atomic::AtomicU64,
+    /// Version, suite, key exchange group and leaf key of the first
+    /// handshake (a full one: the session cache starts empty).
+    first: std::sync::OnceLock<String>,
+}
+
+impl TlsSeen {
+    fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.handshakes.load(Relaxed), self.resumed.load(Relaxed))
+    }
+
+    fn note(&self, c: &rustls::ClientConnection) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.handshakes.fetch_add(1, Relaxed);
+        if c.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            self.resumed.fetch_add(1, Relaxed);
+        }
+        self.first.get_or_init(|| {
+            let name = |x: Option<String>| x.unwrap_or_else(|| "?".into());
+            let version_suite = tls_name(c.protocol_version(), c.negotiated_cipher_suite());
+            let group = name(
+                c.negotiated_key_exchange_group()
+                    .map(|g| format!("{:?}", g.name())),
+            );
+            let leaf = c
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .map_or("?", |der| leaf_key_kind(der.as_ref()));
+            format!("{version_suite} {group}, leaf {leaf}")
+        });
+    }
+}
+
+/// "TLS1.3 AES_128_GCM_SHA256", say.
+fn tls_name(
+    version: Option<rustls::ProtocolVersion>,
+    suite: Option<rustls::SupportedCipherSuite>,
+) -> String {
+    let version = match version {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLS1.3".into(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLS1.2".into(),
+        v => format!("{v:?}"),
+    };
+    let suite = suite.map_or("?".into(), |s| {
+        let s = format!("{:?}", s.suite());
+        s.strip_prefix("TLS13_").unwrap_or(&s).to_owned()
+    });
+    format!("{version} {suite}")
+}
+
+/// The key type of a certificate, by the algorithm identifiers in its DER
+/// (enough for the keys the peers use; no X.509 parser needed).
+fn leaf_key_kind(der: &[u8]) -> &'static str {
+    const EC_PUBLIC_KEY: &[u8] = &[6, 7, 0x2a, 0x86, 0x48, 0xce, 0x3d, 2, 1];
+    const P256: &[u8] = &[6, 8, 0x2a, 0x86, 0x48, 0xce, 0x3d, 3, 1, 7];
+    const RSA: &[u8] = &[6, 9, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 1, 1];
+    let has = |oid: &[u8]| der.windows(oid.len()).any(|w| w == oid);
+    match (has(EC_PUBLIC_KEY), has(P256), has(RSA)) {
+        (true, true, _) => "ECDSA P-256",
+        (true, false, _) => "ECDSA (not P-256)",
+        (false, _, true) => "RSA",
+        _ => "other",
+    }
 }
 
 impl Client {
@@ -420,7 +555,17 @@ impl Client {
         for c in rustls_pemfile::certs(&mut peer.trust_pem.as_bytes()) {
             roots.add(c.unwrap()).unwrap();
         }
-        let mut cfg = rustls::ClientConfig::builder()
+        // AES-128-GCM offered first, the suite bot-bottle's proxy picks
+        // whatever the client offers: squid, mitmproxy and the upstream
+        // (for direct) follow the client's order, so every row runs the
+        // same suite (rustls' default order puts AES-256-GCM-SHA384 first).
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider
+            .cipher_suites
+            .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -429,6 +574,7 @@ impl Client {
             up,
             authority: format!("localhost:{}", up.port()),
             tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
+            seen: Arc::default(),
         }
     }
 
@@ -461,6 +607,7 @@ impl Client {
             .tls
             .connect(ServerName::try_from("localhost")?, tcp)
             .await?;
+        self.seen.note(tls.get_ref().1);
         let (s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(c);
         Ok(s)
@@ -708,6 +855,19 @@ struct Row {
     rss256: f64,
     errors: u64,
     injected_pct: f64,
+    /// The client's TLS with this peer: version, suite, group, leaf key.
+    tls: String,
+    /// Share of the new-connection phase's handshakes that resumed a
+    /// session.
+    resumed_pct: f64,
+    /// Upstream TLS connections opened during the keep-alive phase (c=16),
+    /// and per client connection in the new-connection phase.
+    up_conns_ka: f64,
+    up_conns_per_new: f64,
+    /// Share of the upstream connections (whole measure) that spoke h2.
+    up_h2_pct: f64,
+    /// Version and suite of the first upstream connection.
+    up_tls: String,
     note: String,
 }
 
@@ -716,6 +876,10 @@ async fn measure(peer: &Peer, up: SocketAddr, dur: Duration) -> Res<Row> {
     let pid = peer.child.as_ref().map(|c| c.id());
     SEEN.store(0, std::sync::atomic::Ordering::Relaxed);
     INJECTED.store(0, std::sync::atomic::Ordering::Relaxed);
+    let up_conns = || UP_CONNS.load(std::sync::atomic::Ordering::Relaxed);
+    let up_h2 = || UP_H2.load(std::sync::atomic::Ordering::Relaxed);
+    let (up_start, h2_start) = (up_conns(), up_h2());
+    UP_TLS.lock().unwrap_or_else(|p| p.into_inner()).clear();
     // Sanity and warm-up: one request must pass (and be injected).
     let mut s = c.open().await?;
     get_full(&mut s, c.req("/1k")).await?;
@@ -724,12 +888,15 @@ async fn measure(peer: &Peer, up: SocketAddr, dur: Duration) -> Res<Row> {
 
     let cpu0 = pid.map(cpu_secs);
     let (ends0, m0) = (process_cpu_secs(std::process::id()), machine_cpu());
+    let up0 = up_conns();
     let ka = load(&c, 16, dur, true).await;
     let cpu1 = pid.map(cpu_secs);
     let (ends1, m1) = (process_cpu_secs(std::process::id()), machine_cpu());
     let rss16 = pid.map(rss_mib).unwrap_or(f64::NAN);
+    let (up1, tls1) = (up_conns(), c.seen.counts());
     let nc = load(&c, 4, dur, false).await;
     let cpu2 = pid.map(cpu_secs);
+    let (up2, tls2) = (up_conns(), c.seen.counts());
     let sse_cold = sse(&c, true, 20).await?;
     let sse_warm = sse(&c, false, 50).await?;
     // c=256 for a short while: RSS must stay bounded.
@@ -774,6 +941,12 @@ async fn measure(peer: &Peer, up: SocketAddr, dur: Duration) -> Res<Row> {
         errors: ka.errors + nc.errors,
         injected_pct: 100.0 * INJECTED.load(std::sync::atomic::Ordering::Relaxed) as f64
             / SEEN.load(std::sync::atomic::Ordering::Relaxed).max(1) as f64,
+        tls: c.seen.first.get().cloned().unwrap_or_default(),
+        resumed_pct: 100.0 * (tls2.1 - tls1.1) as f64 / (tls2.0 - tls1.0).max(1) as f64,
+        up_conns_ka: (up1 - up0) as f64,
+        up_conns_per_new: (up2 - up1) as f64 / (tls2.0 - tls1.0).max(1) as f64,
+        up_h2_pct: 100.0 * (up_h2() - h2_start) as f64 / (up_conns() - up_start).max(1) as f64,
+        up_tls: UP_TLS.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         note: String::new(),
     })
 }
@@ -812,6 +985,20 @@ fn median_row(rounds: &[Row]) -> Row {
         rss256: med(|r| r.rss256),
         errors: rounds.iter().map(|r| r.errors).sum(),
         injected_pct: ok.iter().map(|r| r.injected_pct).fold(f64::NAN, f64::min),
+        tls: rounds
+            .iter()
+            .map(|r| r.tls.clone())
+            .find(|t| !t.is_empty())
+            .unwrap_or_default(),
+        resumed_pct: med(|r| r.resumed_pct),
+        up_conns_ka: med(|r| r.up_conns_ka),
+        up_conns_per_new: med(|r| r.up_conns_per_new),
+        up_h2_pct: med(|r| r.up_h2_pct),
+        up_tls: rounds
+            .iter()
+            .map(|r| r.up_tls.clone())
+            .find(|t| !t.is_empty())
+            .unwrap_or_default(),
         note: rounds
             .iter()
             .map(|r| r.note.clone())
@@ -878,12 +1065,12 @@ fn main() -> Res<()> {
         if a.rounds > 1 {
             println!("median of {} interleaved rounds per peer", a.rounds);
         }
-        print_table(&rows, a.duration);
+        print_table(&rows, a.duration, &a.dlp);
         Ok(())
     })
 }
 
-fn print_table(rows: &[Row], dur: Duration) {
+fn print_table(rows: &[Row], dur: Duration, dlp: &str) {
     println!(
         "egress benchmark, loopback, {} s per load phase, HTTP/1.1 client, 1 KiB responses",
         dur.as_secs_f64()
@@ -930,6 +1117,26 @@ fn print_table(rows: &[Row], dur: Duration) {
             f(r.rss256, 1),
             r.errors,
             f(r.injected_pct, 0)
+        );
+    }
+    // What the handshakes were (so that unequal TLS shows) and how each row
+    // reached the upstream (so that pooling and HTTP/2 show).
+    println!();
+    for r in rows.iter().filter(|r| r.ka_rps > 0.0) {
+        let proto = match r.up_h2_pct {
+            p if p >= 99.5 => "h2",
+            p if p <= 0.5 => "http/1.1",
+            _ => "h2 and http/1.1",
+        };
+        println!(
+            "tls: {:<10} {}, resumed {}% of new connections; upstream {proto} {}, \
+             {} connections in keep-alive, {} per new connection",
+            r.name,
+            r.tls,
+            f(r.resumed_pct, 0),
+            r.up_tls,
+            f(r.up_conns_ka, 0),
+            f(r.up_conns_per_new, 2),
         );
     }
     let get = |n: &str| rows.iter().find(|r| r.name == n && r.ka_rps > 0.0);
@@ -1003,5 +1210,15 @@ fn print_table(rows: &[Row], dur: Duration) {
     println!(
         "  RSS at c=256              {:>6.1} MiB (bounded)",
         bb.rss256
+    );
+    println!();
+    println!(
+        "not the same for every row (docs/benchmarks.md, \"Method and fairness notes\"):\n\
+         - upstream: bot-bottle pools its connections and speaks HTTP/2 to the upstream; direct,\n  \
+         squid and mitmproxy speak HTTP/1.1 on a connection per client connection (tls lines);\n\
+         - logging: bot-bottle writes an audit line per request, DLP in {dlp} mode; squid has\n  \
+         access_log none; mitmproxy runs quiet (-q);\n\
+         - resumption: squid 5.7 sends session tickets on bumped connections but resumes none,\n  \
+         so its new connections are full handshakes where the others resume."
     );
 }

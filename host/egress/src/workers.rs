@@ -8,7 +8,8 @@
 //! one futex call per request). Here a connection, and every task it
 //! spawns, stays on the thread that accepted it, and each worker has its
 //! own upstream client and pool ([`index`] picks it), so a request never
-//! wakes another thread. See docs/benchmarks.md for what it measured.
+//! wakes another thread. See docs/benchmarks-history.md (egress proxy,
+//! 2026-11-30) for what it measured.
 
 use std::cell::Cell;
 use std::future::Future;

@@ -6,9 +6,10 @@
 //! a user-defined bridge is most of what a bottle's launch costs beyond a
 //! plain `docker run`: dockerd re-executes itself to set up IPv6, the
 //! endpoint's key and the embedded DNS resolver, and makes eleven
-//! `iptables` calls, then undoes it all at removal (docs/benchmarks.md,
-//! issue 4). Joining an existing namespace (`--network container:X`) costs
-//! none of that: ~145 ms against ~350 for a `docker run` of `true` here.
+//! `iptables` calls, then undoes it all at removal
+//! (docs/benchmarks-history.md, Docker launch latency, fourth session).
+//! Joining an existing namespace (`--network container:X`) costs none of
+//! that: ~145 ms against ~350 for a `docker run` of `true` here.
 //!
 //! So one small container per egress network holds the namespace: the
 //! *holder*, `bot-bottle-egress-ns-<12 hex of the network's id>`. It runs
