@@ -250,7 +250,8 @@ impl<'a> StreamScan<'a> {
     }
 }
 
-fn merge(out: &mut Vec<String>, found: Vec<String>) {
+/// Adds the rule ids of `found` not yet in `out`.
+pub(crate) fn merge(out: &mut Vec<String>, found: Vec<String>) {
     for f in found {
         if !out.contains(&f) {
             out.push(f);

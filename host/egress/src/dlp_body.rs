@@ -16,11 +16,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::dlp::Dlp;
+use crate::config::DlpMode;
+use crate::dlp::{Decoded, Dlp, DECODED_PER_BODY_BYTE};
 use crate::upstream::{Body, BoxError};
 
 /// Requests whose prefix may be held at once, at the cap each: the byte
@@ -39,8 +41,87 @@ pub(crate) fn budget(max_body: usize) -> Arc<Semaphore> {
     Arc::new(Semaphore::new(bytes))
 }
 
+/// Why a request with a body is not sent.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// No body bytes for the stall time (`408`).
+    Stalled,
+    /// The client's body failed (`400`).
+    Unreadable(BoxError),
+    /// `block` mode cannot scan this body whole (`413`/`415`): `why` says
+    /// what it is, for the agent.
+    Unscannable { status: StatusCode, why: String },
+}
+
+/// The DLP stage of a request body: holds and scans its start (rule ids go
+/// to `findings`), then returns the body to send — the held frames and the
+/// rest, which `block` mode scans as it streams (a match there lands in
+/// `blocked`) — and, for the audit line, a note of what was scanned.
+pub(crate) async fn hold_and_scan(
+    mut body: Body,
+    encoding: Option<&str>,
+    dlp: &Arc<Dlp>,
+    budget: &Arc<Semaphore>,
+    stall: Duration,
+    findings: &mut Vec<String>,
+    blocked: &Blocked,
+) -> Result<(Body, Option<String>), Refused> {
+    let compressed = encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+    let block = dlp.mode == DlpMode::Block;
+    let cap = dlp.max_body;
+    // `block` cannot stream-scan a compressed body against what it sends,
+    // so it holds one whole (up to a larger limit).
+    let limit = if block && compressed {
+        cap.saturating_mul(COMPRESSED_HOLD_FACTOR)
+    } else {
+        cap
+    };
+    let prefix = match buffer_prefix(&mut body, limit, budget, stall).await {
+        Ok(p) => p,
+        Err(HoldError::Stalled) => return Err(Refused::Stalled),
+        Err(HoldError::Body(e)) => return Err(Refused::Unreadable(e)),
+    };
+    let decoded = dlp.scan_body(&prefix.seen, encoding, findings);
+    let whole = prefix.ended && matches!(decoded, Decoded::NotEncoded | Decoded::Whole);
+    if block && compressed && !whole && findings.is_empty() {
+        let why = match (prefix.ended, decoded) {
+            (false, _) => format!("a compressed body over {limit} bytes"),
+            (_, Decoded::OverCeiling) => format!(
+                "a body that decompresses past {} bytes",
+                cap.saturating_mul(DECODED_PER_BODY_BYTE)
+            ),
+            (_, Decoded::Unknown) => format!("content-encoding {:?}", encoding.unwrap_or("")),
+            _ => "a body that does not decode as its content-encoding says".into(),
+        };
+        let status = match decoded {
+            Decoded::Unknown | Decoded::Failed if prefix.ended => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            _ => StatusCode::PAYLOAD_TOO_LARGE,
+        };
+        return Err(Refused::Unscannable { status, why });
+    }
+    let scanned = prefix.seen.len();
+    let note = match (prefix.ended, block) {
+        (false, true) => Some(format!(
+            "dlp scanned the first {scanned} body bytes, then the rest as it streamed"
+        )),
+        (false, false) => Some(format!("dlp scanned the first {scanned} body bytes")),
+        (true, _) if !whole => Some(format!(
+            "dlp could not decode the body ({decoded:?}); its bytes were scanned as sent"
+        )),
+        (true, _) => None,
+    };
+    let ended = prefix.ended;
+    let mut body = PrefixBody::new(prefix, body).boxed_unsync();
+    if block && !ended {
+        body = ScannedBody::new(body, dlp.clone(), blocked.clone()).boxed_unsync();
+    }
+    Ok((body, note))
+}
+
 /// The held start of a body.
-pub(crate) struct Prefix {
+struct Prefix {
     pub(crate) frames: VecDeque<Frame<Bytes>>,
     /// The data of `frames`, for the scan.
     pub(crate) seen: Vec<u8>,
@@ -52,7 +133,7 @@ pub(crate) struct Prefix {
 
 /// Why a prefix could not be held.
 #[derive(Debug)]
-pub(crate) enum HoldError {
+enum HoldError {
     /// No body bytes for `stall` (or no budget for them in that time).
     Stalled,
     /// The client's body failed (reset, bad chunking).
@@ -65,7 +146,7 @@ pub(crate) enum HoldError {
 /// for budget while holding some. A client that sends nothing for `stall`
 /// gets [`HoldError::Stalled`] and gives its budget back, so stuck uploads
 /// cannot hold up everyone else's requests for long.
-pub(crate) async fn buffer_prefix(
+async fn buffer_prefix(
     body: &mut Body,
     limit: usize,
     budget: &Arc<Semaphore>,
@@ -127,14 +208,14 @@ pub(crate) async fn buffer_prefix(
 }
 
 /// Held frames, then the rest of the body.
-pub(crate) struct PrefixBody {
+struct PrefixBody {
     frames: VecDeque<Frame<Bytes>>,
     rest: Option<Body>,
     permit: Option<OwnedSemaphorePermit>,
 }
 
 impl PrefixBody {
-    pub(crate) fn new(prefix: Prefix, rest: Body) -> Self {
+    fn new(prefix: Prefix, rest: Body) -> Self {
         Self {
             frames: prefix.frames,
             rest: (!prefix.ended).then_some(rest),
@@ -186,7 +267,7 @@ impl std::error::Error for DlpBlocked {}
 /// scanned together with the bytes held back from the one before, and the
 /// last [`Dlp::overlap`] bytes are held back in turn until the next piece
 /// (or the end) comes.
-pub(crate) struct ScannedBody {
+struct ScannedBody {
     inner: Body,
     dlp: Arc<Dlp>,
     held: BytesMut,
@@ -197,7 +278,7 @@ pub(crate) struct ScannedBody {
 }
 
 impl ScannedBody {
-    pub(crate) fn new(inner: Body, dlp: Arc<Dlp>, blocked: Blocked) -> Self {
+    fn new(inner: Body, dlp: Arc<Dlp>, blocked: Blocked) -> Self {
         Self {
             inner,
             dlp,

@@ -24,8 +24,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::audit::{now_rfc3339, Audit, AuditRecord};
 use crate::ca::LeafMinter;
 use crate::config::{DlpMode, ProxyConfig};
-use crate::dlp::{self, Decoded, Dlp};
-use crate::dlp_body::{self, HoldError, PrefixBody, ScannedBody};
+use crate::dlp::Dlp;
+use crate::dlp_body::{self, Refused};
 use crate::error::EgressError;
 use crate::listener::{Accepted, AsyncListener};
 use crate::route::{self, canon_host, match_route, normalise_path, RouteMatch};
@@ -880,26 +880,24 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
                 .headers
                 .get(header::CONTENT_ENCODING)
                 .and_then(|v| v.to_str().ok());
-            let compressed = enc.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
-            let block = shared.dlp.mode == DlpMode::Block;
-            let cap = shared.dlp.max_body;
-            // `block` cannot stream-scan a compressed body against what it
-            // sends, so it holds one whole (up to a larger limit).
-            let limit = if block && compressed {
-                cap.saturating_mul(dlp_body::COMPRESSED_HOLD_FACTOR)
-            } else {
-                cap
-            };
-            let held = dlp_body::buffer_prefix(
-                &mut body,
-                limit,
+            let held = dlp_body::hold_and_scan(
+                body,
+                enc,
+                &shared.dlp,
                 &shared.dlp_budget,
                 shared.header_timeout(),
+                &mut findings,
+                &streamed_block,
             )
             .await;
-            let prefix = match held {
-                Ok(p) => p,
-                Err(HoldError::Stalled) => {
+            match held {
+                Ok((b, note)) => {
+                    body = b;
+                    if let Some(note) = note {
+                        rec.note = note;
+                    }
+                }
+                Err(Refused::Stalled) => {
                     return done(
                         rec,
                         StatusCode::REQUEST_TIMEOUT,
@@ -911,7 +909,7 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
                         ),
                     )
                 }
-                Err(HoldError::Body(e)) => {
+                Err(Refused::Unreadable(e)) => {
                     return done(
                         rec,
                         StatusCode::BAD_REQUEST,
@@ -920,55 +918,18 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
                         "bot-bottle egress: the request body could not be read\n".into(),
                     )
                 }
-            };
-            let decoded = shared.dlp.scan_body(&prefix.seen, enc, &mut findings);
-            let whole = prefix.ended && matches!(decoded, Decoded::NotEncoded | Decoded::Whole);
-            if block && compressed && !whole && findings.is_empty() {
-                let why = match (prefix.ended, decoded) {
-                    (false, _) => format!("a compressed body over {limit} bytes"),
-                    (_, Decoded::OverCeiling) => format!(
-                        "a body that decompresses past {} bytes",
-                        cap.saturating_mul(dlp::DECODED_PER_BODY_BYTE)
-                    ),
-                    (_, Decoded::Unknown) => format!("content-encoding {:?}", enc.unwrap_or("")),
-                    _ => "a body that does not decode as its content-encoding says".into(),
-                };
-                let status = match decoded {
-                    Decoded::Unknown | Decoded::Failed if prefix.ended => {
-                        StatusCode::UNSUPPORTED_MEDIA_TYPE
-                    }
-                    _ => StatusCode::PAYLOAD_TOO_LARGE,
-                };
-                return done(
-                    rec,
-                    status,
-                    "dlp_block",
-                    format!("cannot scan {why}"),
-                    format!(
-                        "bot-bottle egress: DLP (block) cannot scan {why} to {}; it was not sent (send it uncompressed, or set dlp = \"log\" in [egress])\n",
-                        t.host
-                    ),
-                );
-            }
-            if !prefix.ended {
-                rec.note = if block {
-                    format!(
-                        "dlp scanned the first {} body bytes, then the rest as it streamed",
-                        prefix.seen.len()
-                    )
-                } else {
-                    format!("dlp scanned the first {} body bytes", prefix.seen.len())
-                };
-            } else if !whole {
-                rec.note = format!(
-                    "dlp could not decode the body ({decoded:?}); its bytes were scanned as sent"
-                );
-            }
-            let ended = prefix.ended;
-            body = PrefixBody::new(prefix, body).boxed_unsync();
-            if block && !ended {
-                body = ScannedBody::new(body, shared.dlp.clone(), streamed_block.clone())
-                    .boxed_unsync();
+                Err(Refused::Unscannable { status, why }) => {
+                    return done(
+                        rec,
+                        status,
+                        "dlp_block",
+                        format!("cannot scan {why}"),
+                        format!(
+                            "bot-bottle egress: DLP (block) cannot scan {why} to {}; it was not sent (send it uncompressed, or set dlp = \"log\" in [egress])\n",
+                            t.host
+                        ),
+                    );
+                }
             }
         }
         if !findings.is_empty() {

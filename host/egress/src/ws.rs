@@ -91,6 +91,17 @@ where
         let _ = cw.shutdown().await;
         n
     };
+    // Records rule ids found in the agent's frames; true when `block` mode
+    // must stop the socket before the frame goes.
+    let stops = |found: Vec<String>| {
+        if found.is_empty() {
+            return false;
+        }
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        crate::dlp::merge(&mut st.findings, found);
+        st.blocked = dlp.mode == DlpMode::Block;
+        st.blocked
+    };
     let up = async {
         let mut pending: Vec<u8> = Vec::with_capacity(16 * 1024);
         let mut prev: Vec<u8> = Vec::new();
@@ -121,17 +132,8 @@ where
                     b.fed += new as u64;
                     b.unscanned -= new as u64;
                     b.ahead += new;
-                    if !found.is_empty() {
-                        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-                        for f in found {
-                            if !st.findings.contains(&f) {
-                                st.findings.push(f);
-                            }
-                        }
-                        if dlp.mode == DlpMode::Block {
-                            st.blocked = true;
-                            break 'outer;
-                        }
+                    if stops(found) {
+                        break 'outer;
                     }
                     let send = if b.unscanned == 0 || dlp.mode != DlpMode::Block {
                         b.ahead
@@ -192,17 +194,8 @@ where
                     scan.extend_from_slice(&payload);
                     let mut found = Vec::new();
                     dlp.scan_body(&scan, None, &mut found);
-                    if !found.is_empty() {
-                        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-                        for f in found {
-                            if !st.findings.contains(&f) {
-                                st.findings.push(f);
-                            }
-                        }
-                        if dlp.mode == DlpMode::Block {
-                            st.blocked = true;
-                            break 'outer;
-                        }
+                    if stops(found) {
+                        break 'outer;
                     }
                     let keep = payload.len().min(dlp.overlap);
                     prev = payload[payload.len() - keep..].to_vec();
