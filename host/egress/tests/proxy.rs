@@ -716,10 +716,6 @@ fn noise(n: usize, mut x: u64) -> Vec<u8> {
 async fn post_frames(fx: &Fx, h2: bool, headers: &[(&str, &str)], frames: Vec<Vec<u8>>) -> Got {
     use http_body_util::StreamBody;
     use hyper::body::Frame;
-    let (st, head, tcp) = connect(fx.proxy, "api.test:443").await;
-    assert_eq!(st, 200, "{head}");
-    let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
-    let t = tls(tcp, "api.test", &fx.bottle_ca, alpn).await.unwrap();
     let frames = frames
         .into_iter()
         .map(|f| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(f))));
@@ -736,28 +732,7 @@ async fn post_frames(fx: &Fx, h2: bool, headers: &[(&str, &str)], frames: Vec<Ve
         b = b.header(*k, *v);
     }
     let req = b.body(body).unwrap();
-    let resp = if h2 {
-        let (mut s, c) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
-                .await
-                .unwrap();
-        tokio::spawn(c);
-        s.send_request(req).await.unwrap()
-    } else {
-        let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(t))
-            .await
-            .unwrap();
-        tokio::spawn(c);
-        s.send_request(req).await.unwrap()
-    };
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    Got {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    send(fx.proxy, "api.test:443", "api.test", &fx.bottle_ca, h2, req).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -939,37 +914,39 @@ async fn dlp_block_mode_refuses_before_injection() {
     no_canary_anywhere(&fx);
 }
 
+/// Sends `request`, shuts the write side at once, and reads the answer.
+async fn answer_after_half_close<S>(mut s: S, request: &[u8]) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    s.write_all(request).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(HANG, s.read_to_end(&mut got))
+        .await
+        .expect("no answer after the half-close");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
     let fx = fx().await;
     // Intercepted: TLS close_notify and FIN right after the request.
     let (st, head, tcp) = connect(fx.proxy, "api.test:443").await;
     assert_eq!(st, 200, "{head}");
-    let mut t = tls(tcp, "api.test", &fx.bottle_ca, &[b"http/1.1"])
+    let t = tls(tcp, "api.test", &fx.bottle_ca, &[b"http/1.1"])
         .await
         .unwrap();
-    t.write_all(b"GET /v1/half HTTP/1.1\r\nHost: api.test\r\n\r\n")
-        .await
-        .unwrap();
-    t.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    let _ = tokio::time::timeout(HANG, t.read_to_end(&mut got))
-        .await
-        .expect("no answer after the half-close");
-    let got = String::from_utf8_lossy(&got);
+    let got = answer_after_half_close(t, b"GET /v1/half HTTP/1.1\r\nHost: api.test\r\n\r\n").await;
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     assert!(fx.up.seen().iter().any(|s| s.path == "/v1/half"));
     // Plain HTTP to the proxy itself: a denied request, FIN right after.
-    let mut s = TcpStream::connect(fx.proxy).await.unwrap();
-    s.write_all(b"GET http://nope.test/x HTTP/1.1\r\nHost: nope.test\r\n\r\n")
-        .await
-        .unwrap();
-    s.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    let _ = tokio::time::timeout(HANG, s.read_to_end(&mut got))
-        .await
-        .expect("no answer after the half-close");
-    let got = String::from_utf8_lossy(&got);
+    let s = TcpStream::connect(fx.proxy).await.unwrap();
+    let got = answer_after_half_close(
+        s,
+        b"GET http://nope.test/x HTTP/1.1\r\nHost: nope.test\r\n\r\n",
+    )
+    .await;
     assert!(got.starts_with("HTTP/1.1 403"), "{got}");
     tokio::time::timeout(HANG, async {
         while !audit_lines(&fx.audit)

@@ -426,9 +426,11 @@ pub struct Got {
 }
 
 /// One HTTP/1.1 request on `io` (a TLS stream through the proxy, say).
-pub async fn h1_send<S>(io: S, req: Request<Full<Bytes>>) -> http::Response<hyper::body::Incoming>
+pub async fn h1_send<S, B>(io: S, req: Request<B>) -> http::Response<hyper::body::Incoming>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
@@ -438,14 +440,18 @@ where
 }
 
 /// One request through the proxy with the Rust client. `h2` picks the ALPN.
-pub async fn send(
+pub async fn send<B>(
     proxy: SocketAddr,
     connect_to: &str,
     sni: &str,
     trust_pem: &str,
     h2: bool,
-    req: Request<Full<Bytes>>,
-) -> Got {
+    req: Request<B>,
+) -> Got
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (st, head, tcp) = connect(proxy, connect_to).await;
     assert_eq!(st, 200, "CONNECT {connect_to}: {head}");
     let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
