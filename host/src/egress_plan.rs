@@ -203,25 +203,20 @@ pub fn build(
         Ok(v) => (v, None),
         Err(e) => (BTreeMap::new(), Some(e)),
     };
-    // Labels follow the resolution: missing exactly when it said so,
-    // otherwise from the side of the merge the value came from.
+    // Labels come from the same merge the resolution read: the merge holds
+    // no empty values, so a ref is absent from it exactly when resolution
+    // reported it missing.
     let tokens = refs
         .iter()
-        .map(|r| {
-            let unresolved = missing
-                .as_ref()
-                .is_some_and(|m| m.missing.iter().any(|x| x == r));
-            let source = match merged.get(*r) {
-                Some((_, Origin::Provisioned)) if !unresolved => TokenSource::Provider {
+        .map(|r| TokenStatus {
+            token_ref: r.to_string(),
+            source: match merged.get(*r) {
+                Some((_, Origin::Provisioned)) => TokenSource::Provider {
                     provider: provider_name.to_string(),
                 },
-                Some((_, Origin::Host)) if !unresolved => TokenSource::HostEnv,
-                _ => TokenSource::Missing,
-            };
-            TokenStatus {
-                token_ref: r.to_string(),
-                source,
-            }
+                Some((_, Origin::Host)) => TokenSource::HostEnv,
+                None => TokenSource::Missing,
+            },
         })
         .collect();
     EgressPlan {
