@@ -21,7 +21,7 @@
 //!   cargo build --release -p bot-bottle-egress -p bot-bottle-bench-egress
 //!   target/release/bot-bottle-bench-egress [--duration SECS] [--peers direct,bot-bottle,squid,mitmproxy]
 //!       [--egress-bin PATH] [--work DIR] [--mitmdump PATH] [--peer-dir DIR] [--dlp off|log|block]
-//!       [--rounds N]
+//!       [--rounds N] [--ends split|shared] [--load own|oha] [--oha PATH]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -38,6 +38,9 @@ use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+mod ends;
+mod oha;
+
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const TOKEN: &str = "REAL-SECRET-TOKEN";
@@ -50,6 +53,9 @@ static INJECTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::ne
 /// how each row reaches the upstream (pooled or not, HTTP/2 or 1.1).
 static UP_CONNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static UP_H2: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Of those, how many resumed a TLS session: for direct, whether the load
+/// generator resumes (oha's own handshakes are not seen otherwise).
+static UP_RESUMED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// Version and suite of the first upstream connection since the last reset.
 static UP_TLS: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
 
@@ -64,6 +70,12 @@ struct Args {
     /// Every peer is measured this many times, interleaved; the table shows
     /// each figure's median (a shared machine moves single runs a lot).
     rounds: usize,
+    /// The upstream in a process of its own (the default) or in this one,
+    /// beside the load generator: see `ends.rs`.
+    split_ends: bool,
+    /// `--load oha`: `oha` drives the keep-alive and new-connection phases
+    /// (see `oha.rs`); None: this program's own client.
+    oha: Option<PathBuf>,
 }
 
 fn args() -> Args {
@@ -86,9 +98,12 @@ fn args() -> Args {
         peer_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/peers")),
         dlp: "log".into(),
         rounds: 1,
+        split_ends: true,
+        oha: None,
     };
     const USAGE: &str = "usage: bot-bottle-bench-egress [--duration SECS] [--peers direct,bot-bottle,squid,mitmproxy] \
-[--egress-bin PATH] [--work DIR] [--mitmdump PATH] [--peer-dir DIR] [--dlp off|log|block] [--rounds N]";
+[--egress-bin PATH] [--work DIR] [--mitmdump PATH] [--peer-dir DIR] [--dlp off|log|block] [--rounds N] \
+[--ends split|shared] [--load own|oha] [--oha PATH]";
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         if k == "--help" || k == "-h" {
@@ -107,6 +122,26 @@ fn args() -> Args {
             "--peer-dir" => a.peer_dir = v.into(),
             "--dlp" => a.dlp = v,
             "--rounds" => a.rounds = v.parse().unwrap_or(0).max(1),
+            "--load" => match v.as_str() {
+                "own" => a.oha = None,
+                "oha" => a.oha = Some(a.oha.take().unwrap_or_else(|| "oha".into())),
+                _ => {
+                    eprintln!("--load takes own or oha\n{USAGE}");
+                    std::process::exit(2);
+                }
+            },
+            // Implies --load oha.
+            "--oha" => a.oha = Some(v.into()),
+            "--ends" => {
+                a.split_ends = match v.as_str() {
+                    "split" => true,
+                    "shared" => false,
+                    _ => {
+                        eprintln!("--ends takes split or shared\n{USAGE}");
+                        std::process::exit(2);
+                    }
+                }
+            }
             _ => {
                 eprintln!("unknown argument {k}\n{USAGE}");
                 std::process::exit(2);
@@ -172,6 +207,9 @@ async fn upstream(pki: &Pki) -> SocketAddr {
                 {
                     use std::sync::atomic::Ordering::Relaxed;
                     UP_CONNS.fetch_add(1, Relaxed);
+                    if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                        UP_RESUMED.fetch_add(1, Relaxed);
+                    }
                     let c = tls.get_ref().1;
                     if c.alpn_protocol() == Some(b"h2") {
                         UP_H2.fetch_add(1, Relaxed);
@@ -636,11 +674,14 @@ async fn get_full(
     Ok(())
 }
 
+/// What one load phase came to: requests answered 200, failures, its
+/// length, and the latency's p50 and p99 (ms).
 struct Load {
     n: u64,
     errors: u64,
-    lat_us: Vec<u32>,
     secs: f64,
+    p50: f64,
+    p99: f64,
 }
 
 /// `conc` tasks, each on one kept-alive connection (or a new one per
@@ -684,21 +725,21 @@ async fn load(c: &Client, conc: usize, dur: Duration, keepalive: bool) -> Load {
             (n, errors, lat)
         }));
     }
-    let mut out = Load {
-        n: 0,
-        errors: 0,
-        lat_us: Vec::new(),
-        secs: 0.0,
-    };
+    let (mut n, mut errors, mut lat_us) = (0, 0, Vec::new());
     for t in tasks {
-        let (n, e, l) = t.await.unwrap();
-        out.n += n;
-        out.errors += e;
-        out.lat_us.extend(l);
+        let (tn, te, tl) = t.await.unwrap();
+        n += tn;
+        errors += te;
+        lat_us.extend(tl);
     }
-    out.secs = start.elapsed().as_secs_f64();
-    out.lat_us.sort_unstable();
-    out
+    lat_us.sort_unstable();
+    Load {
+        n,
+        errors,
+        secs: start.elapsed().as_secs_f64(),
+        p50: pct(&lat_us, 0.5),
+        p99: pct(&lat_us, 0.99),
+    }
 }
 
 fn pct(v: &[u32], p: f64) -> f64 {
@@ -794,6 +835,22 @@ fn process_cpu_secs(pid: u32) -> f64 {
     (u + st) / tick
 }
 
+/// CPU seconds (user + system) of this process and of its children it has
+/// waited for (`oha`, once a phase is over).
+fn self_and_waited_cpu_secs() -> f64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let rest = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    // utime, stime, cutime, cstime: fields 14 to 17, 11 to 14 after ')'.
+    rest.split_whitespace()
+        .skip(11)
+        .take(4)
+        .filter_map(|x| x.parse::<f64>().ok())
+        .sum::<f64>()
+        / 100.0
+}
+
 /// The whole machine's CPU seconds since boot: (busy, idle), from the first
 /// line of `/proc/stat` (all cores together).
 fn machine_cpu() -> (f64, f64) {
@@ -843,8 +900,9 @@ struct Row {
     /// handshake, one request): the handshake's cost, which the rate alone
     /// hides behind the client's and upstream's share of two cores.
     conn_cpu_us: f64,
-    /// CPU per keep-alive request of this program (the load generator and
-    /// the upstream, in one process): the two ends every peer shares.
+    /// CPU per keep-alive request of the load generator and the upstream
+    /// (this process, and the upstream's if it has its own): the two ends
+    /// every peer shares.
     ends_us: f64,
     /// The whole machine's busy CPU per keep-alive request (ends, proxy,
     /// and anything else running).
@@ -864,6 +922,9 @@ struct Row {
     /// and per client connection in the new-connection phase.
     up_conns_ka: f64,
     up_conns_per_new: f64,
+    /// Share of the upstream connections of the new-connection phase that
+    /// resumed a session (for direct: the load generator's resumption).
+    up_resumed_pct: f64,
     /// Share of the upstream connections (whole measure) that spoke h2.
     up_h2_pct: f64,
     /// Version and suite of the first upstream connection.
@@ -871,15 +932,31 @@ struct Row {
     note: String,
 }
 
-async fn measure(peer: &Peer, up: SocketAddr, dur: Duration) -> Res<Row> {
-    let c = Client::new(peer, up);
+async fn measure(a: &Args, peer: &Peer, up: &mut ends::Upstream) -> Res<Row> {
+    let dur = a.duration;
+    let c = Client::new(peer, up.addr());
     let pid = peer.child.as_ref().map(|c| c.id());
-    SEEN.store(0, std::sync::atomic::Ordering::Relaxed);
-    INJECTED.store(0, std::sync::atomic::Ordering::Relaxed);
-    let up_conns = || UP_CONNS.load(std::sync::atomic::Ordering::Relaxed);
-    let up_h2 = || UP_H2.load(std::sync::atomic::Ordering::Relaxed);
-    let (up_start, h2_start) = (up_conns(), up_h2());
-    UP_TLS.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    up.reset().await?;
+    let start = up.stats().await?;
+    // The ends: this process (the load generator, and the upstream unless
+    // it has its own process), `oha` if it drives the load (a waited-for
+    // child), and the upstream's process.
+    let up_pid = up.pid();
+    let ends_cpu = || self_and_waited_cpu_secs() + up_pid.map_or(0.0, process_cpu_secs);
+    // The keep-alive and new-connection phases: this program's client, or
+    // oha trusting what the client trusts.
+    let trust = a.work.join("oha-trust.pem");
+    std::fs::write(&trust, &peer.trust_pem)?;
+    let url = format!("https://{}/1k", c.authority);
+    let phase = |conc: usize, keepalive: bool| {
+        let (c, trust, url) = (&c, &trust, &url);
+        async move {
+            match &a.oha {
+                None => Ok(load(c, conc, dur, keepalive).await),
+                Some(oha) => oha::load(oha, trust, c.proxy, url, conc, dur, keepalive).await,
+            }
+        }
+    };
     // Sanity and warm-up: one request must pass (and be injected).
     let mut s = c.open().await?;
     get_full(&mut s, c.req("/1k")).await?;
@@ -887,16 +964,16 @@ async fn measure(peer: &Peer, up: SocketAddr, dur: Duration) -> Res<Row> {
     load(&c, 16, Duration::from_millis(500), true).await;
 
     let cpu0 = pid.map(cpu_secs);
-    let (ends0, m0) = (process_cpu_secs(std::process::id()), machine_cpu());
-    let up0 = up_conns();
-    let ka = load(&c, 16, dur, true).await;
+    let (ends0, m0) = (ends_cpu(), machine_cpu());
+    let up0 = up.stats().await?.conns;
+    let ka: Load = phase(16, true).await?;
     let cpu1 = pid.map(cpu_secs);
-    let (ends1, m1) = (process_cpu_secs(std::process::id()), machine_cpu());
+    let (ends1, m1) = (ends_cpu(), machine_cpu());
     let rss16 = pid.map(rss_mib).unwrap_or(f64::NAN);
-    let (up1, tls1) = (up_conns(), c.seen.counts());
-    let nc = load(&c, 4, dur, false).await;
+    let (up1, tls1) = (up.stats().await?, c.seen.counts());
+    let nc: Load = phase(4, false).await?;
     let cpu2 = pid.map(cpu_secs);
-    let (up2, tls2) = (up_conns(), c.seen.counts());
+    let (up2, tls2) = (up.stats().await?, c.seen.counts());
     let sse_cold = sse(&c, true, 20).await?;
     let sse_warm = sse(&c, false, 50).await?;
     // c=256 for a short while: RSS must stay bounded.
@@ -908,6 +985,7 @@ async fn measure(peer: &Peer, up: SocketAddr, dur: Duration) -> Res<Row> {
         rss256 = rss_mib(pid);
         let _ = h.await;
     }
+    let end = up.stats().await?;
     let cpu_us = match (cpu0, cpu1) {
         (Some(a), Some(b)) if ka.n > 0 => (b - a) * 1e6 / ka.n as f64,
         _ => f64::NAN,
@@ -926,8 +1004,8 @@ async fn measure(peer: &Peer, up: SocketAddr, dur: Duration) -> Res<Row> {
     Ok(Row {
         name: peer.name.clone(),
         ka_rps: ka.n as f64 / ka.secs,
-        p50: pct(&ka.lat_us, 0.5),
-        p99: pct(&ka.lat_us, 0.99),
+        p50: ka.p50,
+        p99: ka.p99,
         new_rate: nc.n as f64 / nc.secs,
         sse_cold,
         sse_warm,
@@ -939,14 +1017,21 @@ async fn measure(peer: &Peer, up: SocketAddr, dur: Duration) -> Res<Row> {
         rss16,
         rss256,
         errors: ka.errors + nc.errors,
-        injected_pct: 100.0 * INJECTED.load(std::sync::atomic::Ordering::Relaxed) as f64
-            / SEEN.load(std::sync::atomic::Ordering::Relaxed).max(1) as f64,
+        injected_pct: 100.0 * end.injected as f64 / end.seen.max(1) as f64,
         tls: c.seen.first.get().cloned().unwrap_or_default(),
-        resumed_pct: 100.0 * (tls2.1 - tls1.1) as f64 / (tls2.0 - tls1.0).max(1) as f64,
-        up_conns_ka: (up1 - up0) as f64,
-        up_conns_per_new: (up2 - up1) as f64 / (tls2.0 - tls1.0).max(1) as f64,
-        up_h2_pct: 100.0 * (up_h2() - h2_start) as f64 / (up_conns() - up_start).max(1) as f64,
-        up_tls: UP_TLS.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        // oha's handshakes are not seen (NaN prints "-").
+        resumed_pct: match tls2.0 - tls1.0 {
+            0 => f64::NAN,
+            n => 100.0 * (tls2.1 - tls1.1) as f64 / n as f64,
+        },
+        up_conns_ka: (up1.conns - up0) as f64,
+        up_conns_per_new: (up2.conns - up1.conns) as f64 / nc.n.max(1) as f64,
+        up_resumed_pct: match up2.conns - up1.conns {
+            0 => f64::NAN,
+            n => 100.0 * (up2.resumed - up1.resumed) as f64 / n as f64,
+        },
+        up_h2_pct: 100.0 * (end.h2 - start.h2) as f64 / (end.conns - start.conns).max(1) as f64,
+        up_tls: end.tls,
         note: String::new(),
     })
 }
@@ -993,6 +1078,7 @@ fn median_row(rounds: &[Row]) -> Row {
         resumed_pct: med(|r| r.resumed_pct),
         up_conns_ka: med(|r| r.up_conns_ka),
         up_conns_per_new: med(|r| r.up_conns_per_new),
+        up_resumed_pct: med(|r| r.up_resumed_pct),
         up_h2_pct: med(|r| r.up_h2_pct),
         up_tls: rounds
             .iter()
@@ -1016,6 +1102,11 @@ fn f(x: f64, prec: usize) -> String {
 }
 
 fn main() -> Res<()> {
+    let mut argv = std::env::args().skip(1);
+    if argv.next().as_deref() == Some("--serve-upstream") {
+        let dir = argv.next().ok_or("--serve-upstream DIR")?;
+        return ends::serve_upstream(Path::new(&dir));
+    }
     let a = args();
     std::fs::create_dir_all(&a.work)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -1023,7 +1114,8 @@ fn main() -> Res<()> {
         .build()?;
     rt.block_on(async move {
         let pki = pki();
-        let up = upstream(&pki).await;
+        let mut up = ends::Upstream::start(a.split_ends, &pki, &a.work).await?;
+        let up_addr = up.addr();
         let up_ca = a.work.join("upstream-ca.pem");
         std::fs::write(&up_ca, &pki.ca_pem)?;
         let mut runs: Vec<Vec<Row>> = vec![Vec::new(); a.peers.len()];
@@ -1037,13 +1129,13 @@ fn main() -> Res<()> {
                         trust_pem: pki.ca_pem.clone(),
                         child: None,
                     }),
-                    "bot-bottle" => start_bot_bottle(&a, &pki, up).await,
+                    "bot-bottle" => start_bot_bottle(&a, &pki, up_addr).await,
                     "squid" => start_squid(&a, &up_ca).await,
                     "mitmproxy" => start_mitmproxy(&a, &up_ca).await,
                     other => Err(format!("unknown peer {other}").into()),
                 };
                 let row = match peer {
-                    Ok(p) => match measure(&p, up, a.duration).await {
+                    Ok(p) => match measure(&a, &p, &mut up).await {
                         Ok(r) => r,
                         Err(e) => Row {
                             name: name.clone(),
@@ -1065,15 +1157,26 @@ fn main() -> Res<()> {
         if a.rounds > 1 {
             println!("median of {} interleaved rounds per peer", a.rounds);
         }
-        print_table(&rows, a.duration, &a.dlp);
+        print_table(&rows, &a);
         Ok(())
     })
 }
 
-fn print_table(rows: &[Row], dur: Duration, dlp: &str) {
+fn print_table(rows: &[Row], a: &Args) {
+    let dlp = &a.dlp;
     println!(
-        "egress benchmark, loopback, {} s per load phase, HTTP/1.1 client, 1 KiB responses",
-        dur.as_secs_f64()
+        "egress benchmark, loopback, {} s per load phase, HTTP/1.1 client ({}), 1 KiB responses, {}",
+        a.duration.as_secs_f64(),
+        if a.oha.is_some() {
+            "oha for keep-alive and new connections, this program's for SSE and c=256"
+        } else {
+            "this program's"
+        },
+        if a.split_ends {
+            "the upstream in its own process (--ends split)"
+        } else {
+            "the upstream in the load generator's process (--ends shared)"
+        }
     );
     println!(
         "{:<11} {:>10} {:>8} {:>8} {:>11} {:>10} {:>10} {:>10} {:>11} {:>11} {:>10} {:>6} {:>9} {:>10} {:>7} {:>6}",
@@ -1128,15 +1231,23 @@ fn print_table(rows: &[Row], dur: Duration, dlp: &str) {
             p if p <= 0.5 => "http/1.1",
             _ => "h2 and http/1.1",
         };
+        let pct = |p: f64| {
+            if p.is_nan() {
+                "not seen (oha)".to_owned()
+            } else {
+                format!("{p:.0}%")
+            }
+        };
         println!(
-            "tls: {:<10} {}, resumed {}% of new connections; upstream {proto} {}, \
-             {} connections in keep-alive, {} per new connection",
+            "tls: {:<10} {}, resumed {} of new connections; upstream {proto} {}, \
+             {} connections in keep-alive, {} per new connection, resumed {}",
             r.name,
             r.tls,
-            f(r.resumed_pct, 0),
+            pct(r.resumed_pct),
             r.up_tls,
             f(r.up_conns_ka, 0),
             f(r.up_conns_per_new, 2),
+            pct(r.up_resumed_pct),
         );
     }
     let get = |n: &str| rows.iter().find(|r| r.name == n && r.ka_rps > 0.0);
@@ -1163,8 +1274,9 @@ fn print_table(rows: &[Row], dur: Duration, dlp: &str) {
             dp,
             goal(dp <= 1.0)
         );
-        // Both ends of every row are this one process, so what the proxy
-        // costs the machine per request shows here, scheduling included.
+        // The ends (load generator and upstream) are the same programs in
+        // every row, so what the proxy costs the machine per request shows
+        // here, scheduling included.
         println!(
             "  CPU per ka request, whole machine: direct {:.1} us, bot-bottle {:.1} us \
              (ends {:.1} + proxy {:.1} + rest); direct / bot-bottle {:.2}x",
