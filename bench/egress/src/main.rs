@@ -1231,9 +1231,9 @@ fn print_table(rows: &[Row], a: &Args) {
             p if p <= 0.5 => "http/1.1",
             _ => "h2 and http/1.1",
         };
-        let pct = |p: f64| {
+        let pct = |p: f64, nan: &str| {
             if p.is_nan() {
-                "not seen (oha)".to_owned()
+                nan.to_owned()
             } else {
                 format!("{p:.0}%")
             }
@@ -1243,11 +1243,11 @@ fn print_table(rows: &[Row], a: &Args) {
              {} connections in keep-alive, {} per new connection, resumed {}",
             r.name,
             r.tls,
-            pct(r.resumed_pct),
+            pct(r.resumed_pct, "not seen (oha)"),
             r.up_tls,
             f(r.up_conns_ka, 0),
             f(r.up_conns_per_new, 2),
-            pct(r.up_resumed_pct),
+            pct(r.up_resumed_pct, "-"),
         );
     }
     let get = |n: &str| rows.iter().find(|r| r.name == n && r.ka_rps > 0.0);
