@@ -148,7 +148,7 @@ impl Dlp {
     }
 
     /// Rule ids found in a body: its bytes as sent, and, when its
-    /// `content-encoding` is gzip, deflate or zstd, what they decode to —
+    /// `content-encoding` is gzip, deflate, zstd or br, what they decode to —
     /// in chunks with an overlap, so no decoded copy is kept, up to
     /// [`DECODED_PER_BODY_BYTE`] times `max_body` decoded bytes.
     pub(crate) fn scan_body(
@@ -193,6 +193,13 @@ impl Dlp {
                 }
             }
             Some("zstd") => decode_zstd(body, ceiling, &mut scan, out),
+            Some("br") => decode_into(
+                brotli_decompressor::Decompressor::new(body, 64 * 1024),
+                ceiling,
+                &mut scan,
+                out,
+            ),
+            // Stacked encodings (`gzip, br`) and the rare rest (compress).
             Some(_) => Decoded::Unknown,
         }
     }
@@ -213,7 +220,7 @@ pub(crate) enum Decoded {
     OverCeiling,
     /// Not a valid stream of its encoding (or cut short: a prefix).
     Failed,
-    /// An encoding the scanner does not know (br, compress, ...).
+    /// An encoding the scanner does not know (compress, stacked ones, ...).
     Unknown,
 }
 
@@ -381,6 +388,43 @@ mod tests {
         assert_eq!(
             d.scan_body(&bomb, Some("gzip"), &mut out),
             Decoded::OverCeiling
+        );
+    }
+
+    fn brotli(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+        w.write_all(data).unwrap();
+        drop(w);
+        out
+    }
+
+    #[test]
+    fn brotli_bodies_are_decoded_and_scanned() {
+        let d = dlp();
+        let mut plain = vec![b' '; 200 * 1024];
+        plain.extend_from_slice(b"x ghp_abcdefghijklmnopqrstuvwxyz0123456789 y");
+        let br = brotli(&plain);
+        assert!(br.len() < 1024, "brotli made {} bytes", br.len());
+        let mut out = vec![];
+        assert_eq!(d.scan_body(&br, Some("br"), &mut out), Decoded::Whole);
+        assert_eq!(out, vec!["github-pat".to_string()]);
+        // A body that is not brotli fails to decode (block mode refuses it),
+        // and the ceiling holds for brotli too.
+        let mut out = vec![];
+        assert_eq!(
+            d.scan_body(b"not brotli at all", Some("br"), &mut out),
+            Decoded::Failed
+        );
+        let bomb = brotli(&vec![b' '; 65 * 1024 * 1024]);
+        assert_eq!(
+            d.scan_body(&bomb, Some("br"), &mut out),
+            Decoded::OverCeiling
+        );
+        // Stacked encodings stay unknown.
+        assert_eq!(
+            d.scan_body(&br, Some("gzip, br"), &mut out),
+            Decoded::Unknown
         );
     }
 

@@ -788,6 +788,30 @@ async fn block_mode_scans_a_body_past_the_cap_as_it_streams() {
     let got = post_frames(&fx, false, &[("content-encoding", "zstd")], vec![two]).await;
     assert_eq!(got.status, 403, "{got:?}");
     assert!(got.body.contains("github-pat"), "{}", got.body);
+    // brotli (browsers' and Node's favourite): a clean body passes intact,
+    // one with a secret far past the cap once decoded is refused.
+    let br = |b: &[u8]| {
+        let mut out = Vec::new();
+        let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+        std::io::Write::write_all(&mut w, b).unwrap();
+        drop(w);
+        out
+    };
+    let clean = br(&b"{\"a\":\"harmless\"}".repeat(20_000));
+    let got = post_frames(
+        &fx,
+        true,
+        &[("content-encoding", "br")],
+        vec![clean.clone()],
+    )
+    .await;
+    assert_eq!(got.status, 200, "{got:?}");
+    assert_eq!(fx.up.seen().pop().unwrap().body, clean, "body altered");
+    let mut plain = vec![b' '; 10 * CAP];
+    plain.extend_from_slice(b"{\"b\":\"ghp_abcdefghijklmnopqrstuvwxyz0123456789\"}");
+    let got = post_frames(&fx, false, &[("content-encoding", "br")], vec![br(&plain)]).await;
+    assert_eq!(got.status, 403, "{got:?}");
+    assert!(got.body.contains("github-pat"), "{}", got.body);
     let huge = z(&noise(16 * CAP, 3));
     assert!(huge.len() > 8 * CAP, "noise compressed to {}", huge.len());
     let got = post_frames(&fx, true, &[("content-encoding", "zstd")], vec![huge]).await;
