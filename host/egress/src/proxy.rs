@@ -1000,6 +1000,10 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
             p.version = client_version;
             rec.status = p.status.as_u16();
             rec.decision = "allow".into();
+            // `block` mode may still stop the request body after this
+            // answer (an upstream that answers before it reads the whole
+            // upload): the audit line, written when the answer ends, says so.
+            let blocked = (shared.dlp.mode == DlpMode::Block).then_some(streamed_block);
             let body = AuditBody {
                 inner: b,
                 n: 0,
@@ -1007,6 +1011,7 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
                 shared: shared.clone(),
                 start,
                 req_bytes,
+                blocked,
             };
             Response::from_parts(p, body.boxed_unsync())
         }
@@ -1093,6 +1098,9 @@ struct AuditBody {
     shared: Arc<Shared>,
     start: Instant,
     req_bytes: Arc<AtomicU64>,
+    /// Rule ids that stopped the request body as it streamed (`block`
+    /// mode only).
+    blocked: Option<dlp_body::Blocked>,
 }
 
 impl AuditBody {
@@ -1101,11 +1109,26 @@ impl AuditBody {
             rec.bytes_in = self.n;
             rec.bytes_out = self.req_bytes.load(Ordering::Relaxed);
             rec.duration_ms = ms(self.start);
-            if let Some(n) = note {
+            let mut add_note = |n: &str| {
                 if !rec.note.is_empty() {
                     rec.note.push_str("; ");
                 }
-                rec.note.push_str(&n);
+                rec.note.push_str(n);
+            };
+            if let Some(n) = note {
+                add_note(&n);
+            }
+            let stopped = self
+                .blocked
+                .as_ref()
+                .map(|b| std::mem::take(&mut *b.lock().unwrap_or_else(|p| p.into_inner())));
+            if let Some(found) = stopped.filter(|f| !f.is_empty()) {
+                add_note(
+                    "found in the request body after the upstream answered; \
+                     the body was cut off before those bytes",
+                );
+                rec.decision = "dlp_block".into();
+                rec.dlp = found;
             }
             self.shared.audit.write(&rec);
         }
@@ -1277,6 +1300,7 @@ async fn websocket(
             shared: shared.clone(),
             start,
             req_bytes: Arc::new(AtomicU64::new(0)),
+            blocked: None,
         };
         return Response::from_parts(p, body.boxed_unsync());
     }

@@ -825,6 +825,95 @@ async fn block_mode_scans_a_body_past_the_cap_as_it_streams() {
     no_canary_anywhere(&fx);
 }
 
+/// An upstream that answers before it has read the whole upload: a secret
+/// that turns up in the body afterwards still stops the body before it is
+/// sent, and the request's audit line says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_after_the_upstream_answered_is_on_the_audit_line() {
+    const CAP: usize = 64 * 1024;
+    let fx = fx_with(|c| {
+        c.dlp.mode = DlpMode::Block;
+        c.dlp.max_body_bytes = CAP;
+    })
+    .await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let pieces = futures_util::stream::unfold(rx, |mut rx| async move {
+        let piece = rx.recv().await?;
+        Some((
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(piece))),
+            rx,
+        ))
+    });
+    let req = Request::post("https://api.test/early")
+        .body(http_body_util::StreamBody::new(Box::pin(pieces)))
+        .unwrap();
+    let (st, head, tcp) = connect(fx.proxy, "api.test:443").await;
+    assert_eq!(st, 200, "{head}");
+    let t = tls(tcp, "api.test", &fx.bottle_ca, &[b"h2"]).await.unwrap();
+    let (mut s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
+        .await
+        .unwrap();
+    tokio::spawn(c);
+    // Past the cap, clean: the request goes upstream and the rest streams.
+    tx.send(noise(2 * CAP, 5)).await.unwrap();
+    let resp = tokio::time::timeout(HANG, s.send_request(req))
+        .await
+        .expect("an answer while the body is still open")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut answer = resp.into_body();
+    let first = tokio::time::timeout(HANG, answer.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.data_ref().map(|d| &d[..]),
+        Some(&b"data: early\n\n"[..])
+    );
+    // Now the secret, after the answer began.
+    let mut secret = b" ghp_abcdefghijklmnopqrstuvwxyz0123456789 ".to_vec();
+    secret.extend(noise(CAP, 6));
+    tx.send(secret).await.unwrap();
+    drop(tx);
+    let _ = tokio::time::timeout(HANG, answer.collect()).await;
+    let line = tokio::time::timeout(HANG, async {
+        loop {
+            let lines = audit_lines(&fx.audit);
+            if let Some(l) = lines.into_iter().find(|l| l["path"] == "/early") {
+                return l;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("an audit line for /early");
+    assert_eq!(line["decision"], "dlp_block", "{line}");
+    assert_eq!(line["dlp"], serde_json::json!(["github-pat"]), "{line}");
+    assert!(
+        line["note"]
+            .as_str()
+            .unwrap()
+            .contains("after the upstream answered"),
+        "{line}"
+    );
+    let seen = tokio::time::timeout(HANG, async {
+        loop {
+            if let Some(s) = fx.up.seen().into_iter().find(|s| s.path == "/early") {
+                return s;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the upstream recorded /early");
+    assert!(
+        !seen.body.windows(4).any(|w| w == b"ghp_"),
+        "upstream got the secret"
+    );
+    no_canary_anywhere(&fx);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_request_bodies_do_not_hold_up_other_requests() {
     let fx = fx_with(|c| c.limits.header_read_timeout_ms = 60_000).await;

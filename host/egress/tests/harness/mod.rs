@@ -221,6 +221,44 @@ async fn upstream_handle(
             .body(full(""))
             .unwrap());
     }
+    if path.starts_with("/early") {
+        // Answers before reading the request body (a streaming-duplex
+        // API): one event now, the second once the body has ended or
+        // failed; the body is recorded as far as it came.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        let mut body = req.into_body();
+        tokio::spawn(async move {
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(b"data: early\n\n"))))
+                .await;
+            let mut got = Vec::new();
+            while let Some(Ok(f)) = body.frame().await {
+                if let Some(d) = f.data_ref() {
+                    got.extend_from_slice(d);
+                }
+            }
+            seen.lock().unwrap().push(Seen {
+                method,
+                path,
+                version,
+                headers,
+                body: got,
+                sni,
+            });
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(b"data: done\n\n"))))
+                .await;
+        });
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
+            );
+        return Ok(Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(BodyExt::boxed(StreamBody::new(stream)))
+            .unwrap());
+    }
     let is_h1 = req_is_h1(&headers);
     let body = req
         .into_body()
