@@ -74,8 +74,9 @@ pub enum Command {
     /// Inspect installed plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
-    /// Check every installed backend and provider on this host.
-    Doctor(JsonFlag),
+    /// Check every installed backend and provider on this host (with a
+    /// manifest: with its options, as `bottle run` would use them).
+    Doctor(DoctorArgs),
     /// The egress proxy (what a bottle's sidecar runs).
     #[command(subcommand)]
     Egress(EgressCommand),
@@ -107,6 +108,18 @@ pub struct RunArgs {
     /// Arguments appended to the agent command.
     #[arg(last = true)]
     pub args: Vec<String>,
+}
+
+/// `bottle doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// A manifest: its backend and provider are checked with its options
+    /// (`[backends.NAME]`, `[agent.options]`), as `bottle run` would pass them.
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// A lone `--json` flag.

@@ -595,6 +595,44 @@ extern "C" {
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
+/// `bottle doctor -f`: the manifest's `runtime` is checked against the
+/// daemon's, and the exit status is about this manifest only (the
+/// smolmachines backend, unused here, fails its own check on this host).
+#[test]
+fn doctor_checks_the_manifests_runtime_against_the_daemon() {
+    if !docker_available("doctor_checks_the_manifests_runtime_against_the_daemon") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bottle.toml");
+    let base = format!(
+        "name = \"doctor\"\nbackend = \"docker\"\n[agent]\nprovider = \"generic\"\nimage = \"{AGENT_IMAGE}\"\n"
+    );
+    let doctor = |text: &str| {
+        std::fs::write(&p, text).unwrap();
+        let (code, out, err) = output(bottle(data.path()).args(["doctor", "-f"]).arg(&p));
+        (code, format!("{out}\n{err}"))
+    };
+    let (code, text) = doctor(&format!(
+        "{base}[backends.docker]\nruntime = \"no-such-runtime\"\n"
+    ));
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ERROR backend docker: docker runtime")
+                && l.contains("`no-such-runtime` asked for by the manifest is not registered")),
+        "{text}"
+    );
+    let (code, text) = doctor(&base);
+    assert_eq!(code, 0, "{text}");
+    assert!(!text.contains("no-such-runtime"), "{text}");
+    assert!(
+        text.contains("ok    backend docker: docker daemon"),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_dead_docker_daemon_is_one_clear_error() {
     if !docker_available("a_dead_docker_daemon_is_one_clear_error") {

@@ -1,11 +1,16 @@
 //! `bottle doctor`: every backend's and provider's check, one line each.
+//! With `-f MANIFEST`, the manifest's backend and provider are checked with
+//! the manifest's options for them (a `runtime` the daemon lacks, say), and
+//! a backend or provider the manifest names but nobody installed is an
+//! error.
 
 use std::process::ExitCode;
 
 use bot_bottle_plugin_api::{CheckRequest, Finding, Severity};
 use serde::Serialize;
 
-use crate::cli::Cli;
+use crate::cli::{Cli, DoctorArgs};
+use crate::manifest::Manifest;
 use crate::output::print_json;
 
 #[derive(Serialize)]
@@ -16,7 +21,9 @@ struct Line {
     finding: Finding,
 }
 
-pub(super) fn run(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
+pub(super) fn run(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
+    // A bad manifest is the error it is for `bottle plan`, before any check.
+    let manifest = args.file.as_deref().map(Manifest::load).transpose()?;
     let plugins = super::load_plugins(cli);
     let mut lines = Vec::new();
     for e in &plugins.errors {
@@ -26,10 +33,43 @@ pub(super) fn run(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
             finding: Finding::error("plugin load", e.to_string(), "see the message"),
         });
     }
-    let request = CheckRequest {
-        host_env: crate::plan::host_env(),
-        ..Default::default()
+    let host_env = crate::plan::host_env();
+    // The options a plugin is checked with: the manifest's for the backend
+    // and provider it names, none otherwise.
+    let request = |kind: &str, name: &str| {
+        let options = match &manifest {
+            Some(m) if kind == "backend" && m.backend == name => m.backend_options.clone(),
+            Some(m) if kind == "provider" && m.provider == name => m.provider_options.clone(),
+            _ => serde_json::Value::Null,
+        };
+        CheckRequest {
+            host_env: host_env.clone(),
+            options,
+            ..Default::default()
+        }
     };
+    if let Some(m) = &manifest {
+        let installed = |kind: &str, name: &str| match kind {
+            "backend" => plugins.backends().any(|b| b.plugin.info.name == name),
+            _ => plugins.providers().any(|p| p.plugin.info.name == name),
+        };
+        for (kind, name) in [("backend", &m.backend), ("provider", &m.provider)] {
+            if !installed(kind, name) {
+                lines.push(Line {
+                    plugin: name.clone(),
+                    kind: kind.into(),
+                    finding: Finding::error(
+                        "manifest",
+                        format!(
+                            "{} names {kind} `{name}`, which is not installed",
+                            m.path.display()
+                        ),
+                        "`bottle plugins list` shows what is installed",
+                    ),
+                });
+            }
+        }
+    }
     let mut record = |name: &str,
                       kind: &str,
                       result: Result<
@@ -48,13 +88,26 @@ pub(super) fn run(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
         }),
     };
     for b in plugins.backends() {
-        record(&b.plugin.info.name, "backend", b.check(&request));
+        let name = &b.plugin.info.name;
+        record(name, "backend", b.check(&request("backend", name)));
     }
     for p in plugins.providers() {
-        record(&p.plugin.info.name, "provider", p.check(&request));
+        let name = &p.plugin.info.name;
+        record(name, "provider", p.check(&request("provider", name)));
     }
-    let failed = lines.iter().any(|l| l.finding.severity == Severity::Error);
-    if json {
+    // With a manifest, the answer is whether *it* can run: errors of the
+    // plugins it does not use are shown but do not fail the command.
+    let counts = |l: &Line| match &manifest {
+        None => true,
+        Some(m) => {
+            (l.kind == "backend" && l.plugin == m.backend)
+                || (l.kind == "provider" && l.plugin == m.provider)
+        }
+    };
+    let failed = lines
+        .iter()
+        .any(|l| l.finding.severity == Severity::Error && counts(l));
+    if args.json {
         print_json(&lines)?;
     } else {
         for l in &lines {

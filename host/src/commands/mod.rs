@@ -17,7 +17,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Plan(args) => plan::run(cli, args),
         Command::Plugins(cmd) => plugins::run(cli, cmd),
-        Command::Doctor(args) => doctor::run(cli, args.json),
+        Command::Doctor(args) => doctor::run(cli, args),
         Command::Egress(cmd) => egress::run(cli, cmd),
         Command::Run(args) => run::run(cli, args),
         Command::Ls(args) => bottles::ls(cli, args.json),

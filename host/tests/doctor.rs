@@ -1,0 +1,96 @@
+//! `bottle doctor -f MANIFEST` through the real binary and plugins: the
+//! manifest's options reach its backend's check, a plugin it names but
+//! nobody installed is an error, and a bad file is the error `plan` gives.
+//! (The Docker half, a `runtime` the daemon lacks, is in
+//! tests/tests/docker_bottle.rs.)
+
+mod support;
+
+use support::*;
+
+/// `bottle doctor --json -f` on `text`: (exit code, findings, stderr).
+fn doctor(text: &str) -> (i32, Vec<serde_json::Value>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bottle.toml");
+    std::fs::write(&p, text).unwrap();
+    let (code, out, err) = run(bottle(data.path())
+        // No daemon: the test must not depend on one (its finding is an
+        // error of its own, beside the ones checked here).
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .args(["doctor", "--json", "-f"])
+        .arg(&p));
+    let lines = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    (code, lines, err)
+}
+
+const BASE: &str = r#"
+name = "doctor"
+backend = "docker"
+
+[agent]
+provider = "generic"
+image = "debian:12"
+"#;
+
+fn finding<'a>(
+    lines: &'a [serde_json::Value],
+    plugin: &str,
+    subject: &str,
+) -> Option<&'a serde_json::Value> {
+    lines
+        .iter()
+        .find(|l| l["plugin"] == plugin && l["subject"] == subject)
+}
+
+#[test]
+fn the_manifests_backend_options_reach_its_check() {
+    // Without a manifest the docker check sees no options.
+    let data = tempfile::tempdir().unwrap();
+    let (_, out, err) = run(bottle(data.path())
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .args(["doctor", "--json"]));
+    let plain: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert!(
+        finding(&plain, "docker", "docker options").is_none(),
+        "{out}\n{err}"
+    );
+    // With one, a key the backend does not know is its finding.
+    let (code, lines, err) = doctor(&format!("{BASE}\n[backends.docker]\nruntme = \"runsc\"\n"));
+    assert_eq!(code, 1, "{lines:?}\n{err}");
+    let f = finding(&lines, "docker", "docker options").unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(f["severity"], "error");
+    assert!(f["message"].as_str().unwrap().contains("runtme"), "{f}");
+}
+
+#[test]
+fn a_backend_the_manifest_names_but_nobody_installed_is_an_error() {
+    let (code, lines, err) = doctor(&BASE.replace("backend = \"docker\"", "backend = \"nosuch\""));
+    assert_eq!(code, 1, "{lines:?}\n{err}");
+    let f = finding(&lines, "nosuch", "manifest").unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(f["severity"], "error");
+    assert_eq!(f["kind"], "backend");
+    assert!(
+        f["message"].as_str().unwrap().contains("not installed"),
+        "{f}"
+    );
+}
+
+#[test]
+fn a_missing_or_broken_manifest_is_the_error_plan_gives() {
+    let data = tempfile::tempdir().unwrap();
+    let (code, out, err) =
+        run(bottle(data.path()).args(["doctor", "-f", "/nonexistent/bottle.toml"]));
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.is_empty(), "no checks ran: {out}");
+    assert!(
+        err.contains("cannot read manifest /nonexistent/bottle.toml"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bottle.toml");
+    std::fs::write(&p, "name = \"x\"\nbackend = \n").unwrap();
+    let (code, out, err) = run(bottle(data.path()).args(["doctor", "-f"]).arg(&p));
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("bottle.toml"), "{err}");
+}
