@@ -713,6 +713,33 @@ fn noise(n: usize, mut x: u64) -> Vec<u8> {
 
 /// A POST whose body goes out as the given frames (each a chunk on
 /// HTTP/1.1, DATA frames on HTTP/2).
+/// `dlp.max_body_bytes` of [`block_fx`]: small, so tests go past it cheaply.
+const BLOCK_CAP: usize = 64 * 1024;
+
+/// The standard fixture with DLP in `block` mode and a [`BLOCK_CAP`] cap.
+async fn block_fx() -> Fx {
+    fx_with(|c| {
+        c.dlp.mode = DlpMode::Block;
+        c.dlp.max_body_bytes = BLOCK_CAP;
+    })
+    .await
+}
+
+/// Polls `f` every 20 ms until it gives a value; panics with `what` after
+/// [`HANG`] (a hang guard, never a timing).
+async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    tokio::time::timeout(HANG, async {
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}"))
+}
+
 async fn post_frames(fx: &Fx, h2: bool, headers: &[(&str, &str)], frames: Vec<Vec<u8>>) -> Got {
     use http_body_util::StreamBody;
     use hyper::body::Frame;
@@ -737,12 +764,8 @@ async fn post_frames(fx: &Fx, h2: bool, headers: &[(&str, &str)], frames: Vec<Ve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_mode_scans_a_body_past_the_cap_as_it_streams() {
-    const CAP: usize = 64 * 1024;
-    let fx = fx_with(|c| {
-        c.dlp.mode = DlpMode::Block;
-        c.dlp.max_body_bytes = CAP;
-    })
-    .await;
+    const CAP: usize = BLOCK_CAP;
+    let fx = block_fx().await;
     for h2 in [false, true] {
         // A clean body five caps long arrives whole and unchanged.
         let clean = noise(5 * CAP, 7);
@@ -830,12 +853,8 @@ async fn block_mode_scans_a_body_past_the_cap_as_it_streams() {
 /// sent, and the request's audit line says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_after_the_upstream_answered_is_on_the_audit_line() {
-    const CAP: usize = 64 * 1024;
-    let fx = fx_with(|c| {
-        c.dlp.mode = DlpMode::Block;
-        c.dlp.max_body_bytes = CAP;
-    })
-    .await;
+    const CAP: usize = BLOCK_CAP;
+    let fx = block_fx().await;
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let pieces = futures_util::stream::unfold(rx, |mut rx| async move {
         let piece = rx.recv().await?;
@@ -877,17 +896,12 @@ async fn a_block_after_the_upstream_answered_is_on_the_audit_line() {
     tx.send(secret).await.unwrap();
     drop(tx);
     let _ = tokio::time::timeout(HANG, answer.collect()).await;
-    let line = tokio::time::timeout(HANG, async {
-        loop {
-            let lines = audit_lines(&fx.audit);
-            if let Some(l) = lines.into_iter().find(|l| l["path"] == "/early") {
-                return l;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+    let line = eventually("no audit line for /early", || {
+        audit_lines(&fx.audit)
+            .into_iter()
+            .find(|l| l["path"] == "/early")
     })
-    .await
-    .expect("an audit line for /early");
+    .await;
     assert_eq!(line["decision"], "dlp_block", "{line}");
     assert_eq!(line["dlp"], serde_json::json!(["github-pat"]), "{line}");
     assert!(
@@ -897,16 +911,10 @@ async fn a_block_after_the_upstream_answered_is_on_the_audit_line() {
             .contains("after the upstream answered"),
         "{line}"
     );
-    let seen = tokio::time::timeout(HANG, async {
-        loop {
-            if let Some(s) = fx.up.seen().into_iter().find(|s| s.path == "/early") {
-                return s;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+    let seen = eventually("the upstream recorded no /early", || {
+        fx.up.seen().into_iter().find(|s| s.path == "/early")
     })
-    .await
-    .expect("the upstream recorded /early");
+    .await;
     assert!(
         !seen.body.windows(4).any(|w| w == b"ghp_"),
         "upstream got the secret"
@@ -1843,26 +1851,19 @@ async fn websocket_frames_with_secrets_are_blocked() {
         vec![b"harmless".to_vec()],
         "the blocked frame reached upstream"
     );
-    tokio::time::timeout(HANG, async {
-        while !audit_lines(&fx.audit)
+    eventually("no dlp_block audit line", || {
+        audit_lines(&fx.audit)
             .iter()
             .any(|l| l["decision"] == "dlp_block")
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+            .then_some(())
     })
-    .await
-    .expect("no dlp_block audit line");
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_frames_too_large_to_hold_are_scanned_as_they_stream() {
-    const CAP: usize = 64 * 1024;
-    let fx = fx_with(|c| {
-        c.dlp.mode = DlpMode::Block;
-        c.dlp.max_body_bytes = CAP;
-    })
-    .await;
+    const CAP: usize = BLOCK_CAP;
+    let fx = block_fx().await;
     let (mut ws, st) = ws_through(&fx).await;
     assert_eq!(st, 101);
     // Four caps of clean text in one frame: through and echoed whole.

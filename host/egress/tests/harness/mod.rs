@@ -249,15 +249,7 @@ async fn upstream_handle(
                 .send(Ok(Frame::data(Bytes::from_static(b"data: done\n\n"))))
                 .await;
         });
-        let stream =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
-            );
-        return Ok(Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(BodyExt::boxed(StreamBody::new(stream)))
-            .unwrap());
+        return Ok(event_stream(rx));
     }
     let is_h1 = req_is_h1(&headers);
     let body = req
@@ -285,16 +277,7 @@ async fn upstream_handle(
                 .send(Ok(Frame::data(Bytes::from_static(b"data: second\n\n"))))
                 .await;
         });
-        let stream =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
-            );
-        return Ok(Response::builder()
-            .header("content-type", "text/event-stream")
-            .header("cache-control", "no-cache")
-            .body(BodyExt::boxed(StreamBody::new(stream)))
-            .unwrap());
+        return Ok(event_stream(rx));
     }
     if path.starts_with("/hold") {
         release.notified().await;
@@ -311,6 +294,20 @@ async fn upstream_handle(
         b = b.header("keep-alive", "timeout=5");
     }
     Ok(b.body(full(format!("ok {path}"))).unwrap())
+}
+
+/// A `text/event-stream` answer whose events are what `rx` receives, each
+/// sent as it comes (never buffered).
+fn event_stream(
+    rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>,
+) -> Response<Body> {
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap()
 }
 
 fn req_is_h1(h: &[(String, String)]) -> bool {
