@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The egress path of a gated Docker bottle, measured without Docker: oha in a
+# loopback-only network namespace (as the agent has: `--network none`),
+# behind the launch gate's forwarder, which relays each connection to the
+# proxy's Unix socket, as in a bottle. Interleaved with oha direct and oha to
+# the proxy over TCP (what bench/egress measures), on the same upstream.
+#
+#   scripts/bench-egress-gate.sh [ROUNDS] [SECS]     (default 3 rounds of 5 s)
+#
+# Needs root (`unshare -n`), `ip`, python3, oha (`OHA=PATH`, default `oha` on
+# PATH; bench/egress/peers/README.md says how to install it) and release
+# builds: cargo build --release -p bot-bottle -p bot-bottle-egress \
+#   -p bot-bottle-bench-egress -p bot-bottle-plugin-docker
+# (the last builds the gate). Prints each run, then the medians.
+set -euo pipefail
+
+rounds=${1:-3}
+secs=${2:-5}
+root=$(cd "$(dirname "$0")/.." && pwd)
+rel=${CARGO_TARGET_DIR:-$root/target}/release
+oha=${OHA:-oha}
+gate=$(ls -t "$rel"/build/bot-bottle-plugin-docker-*/out/gate 2>/dev/null | head -1 || true)
+for f in "$rel/bottle" "$rel/bot-bottle-egress" "$rel/bot-bottle-bench-egress" "$gate"; do
+    if [ ! -x "$f" ]; then
+        echo "missing ${f:-the gate}: cargo build --release -p bot-bottle -p bot-bottle-egress -p bot-bottle-bench-egress -p bot-bottle-plugin-docker" >&2
+        exit 2
+    fi
+done
+command -v "$oha" >/dev/null || { echo "no oha (set OHA=PATH; see bench/egress/peers/README.md)" >&2; exit 2; }
+
+work=$(mktemp -d /tmp/bb-gate-bench.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The bench makes what a run needs (the upstream's PKI, a proxy config that
+# injects on `localhost`) in its work directory; a short run of its
+# bot-bottle row is the way to get them.
+"$rel/bot-bottle-bench-egress" --duration 0.3 --peers bot-bottle --work "$work/bench" >/dev/null 2>&1
+# The upstream in its own process, as the bench runs it (`--ends split`); it
+# lives as long as its stdin, a FIFO whose writing end this script holds
+# (fd 3), so it ends with the script whatever happens.
+mkfifo "$work/up.in"
+"$rel/bot-bottle-bench-egress" --serve-upstream "$work/bench/upstream" <"$work/up.in" >"$work/up.out" &
+pids+=($!)
+exec 3>"$work/up.in"
+for _ in $(seq 50); do [ -s "$work/up.out" ] && break; sleep 0.1; done
+up=$(sed -n 's/^listening //p' "$work/up.out")
+port=${up##*:}
+python3 - "$work" "$up" <<'PY'
+import json, sys
+work, up = sys.argv[1], sys.argv[2]
+c = json.load(open(f"{work}/bench/egress.json"))
+c["upstream"]["resolve"] = {"localhost": up}
+c["audit"]["path"] = f"{work}/audit.jsonl"
+json.dump(c, open(f"{work}/egress.json", "w"))
+open(f"{work}/bundle.pem", "w").write(open(f"{work}/bench/upstream-ca.pem").read() + c["ca"]["cert_pem"])
+PY
+"$rel/bot-bottle-egress" --config "$work/egress.json" --listen 127.0.0.1:0 2>"$work/tcp.err" &
+tcp_pid=$!
+pids+=($tcp_pid)
+"$rel/bottle" egress serve --config "$work/egress.json" --listen-unix "$work/egress.sock" 2>/dev/null &
+unix_pid=$!
+pids+=($unix_pid)
+for _ in $(seq 50); do grep -q "listening on" "$work/tcp.err" 2>/dev/null && [ -S "$work/egress.sock" ] && break; sleep 0.1; done
+tcp=$(sed -n 's/^listening on //p' "$work/tcp.err")
+
+cpu() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
+# One oha run: prints `req/s p50_ms p99_ms errors` (deadline cut-offs are
+# oha's way of stopping, not errors).
+summary() {
+    python3 -c '
+import json, sys
+d = json.load(sys.stdin); s = d["summary"]; p = d["latencyPercentiles"]
+e = sum(v for k, v in d["errorDistribution"].items() if "deadline" not in k)
+print("%.0f %.3f %.3f %d" % (s["requestsPerSec"], p["p50"] * 1e3, p["p99"] * 1e3, e))'
+}
+load() { echo "-z ${secs}s $1 --no-tui --output-format json --cacert $work/bundle.pem https://localhost:$port/1k"; }
+
+results=$work/results
+for phase in "-c 16" "-c 4 --disable-keepalive"; do
+    for r in $(seq "$rounds"); do
+        for row in direct proxy-tcp gate-unix; do
+            case $row in
+            direct) out=$($oha $(load "$phase") | summary); cpu_s=- ;;
+            proxy-tcp)
+                c0=$(cpu $tcp_pid)
+                out=$($oha $(load "$phase") -x "http://$tcp" | summary)
+                cpu_s=$(python3 -c "print($(cpu $tcp_pid) - $c0)") ;;
+            gate-unix)
+                c0=$(cpu $unix_pid)
+                # The gate waits for the socket, forks its forwarder on
+                # 127.0.0.1:3128 and execs oha in its place.
+                out=$(unshare -n sh -c "ip link set lo up; exec $gate $work/egress.sock 3128 - -- $oha $(load "$phase") -x http://127.0.0.1:3128" | summary)
+                cpu_s=$(python3 -c "print($(cpu $unix_pid) - $c0)") ;;
+            esac
+            echo "$phase|$row|$out|$cpu_s" | tee -a "$results"
+        done
+    done
+done
+
+python3 - "$results" "$secs" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    phase, row, out, cpu = line.strip().split("|")
+    rps, p50, p99, err = out.split()
+    us = (float(cpu) * 1e6 / (float(rps) * float(sys.argv[2]))) if cpu != "-" else None
+    rows.setdefault((phase, row), []).append((float(rps), float(p50), float(p99), int(err), us))
+print("\nmedians                                  req/s   p50 ms   p99 ms  errors  proxy us/req")
+for (phase, row), v in rows.items():
+    med = lambda i: statistics.median(x[i] for x in v)
+    us = "-" if v[0][4] is None else "%.1f" % med(4)
+    print("%-27s %-10s %8.0f %8.3f %8.3f %7d %13s" % (phase, row, med(0), med(1), med(2), sum(x[3] for x in v), us))
+PY
