@@ -27,7 +27,9 @@
 //! Per connection the forwarder forks a handler, and the handler forks a
 //! copier: one process per direction, each with plain blocking reads and
 //! writes, so a busy direction never stalls the other (a WebSocket sends
-//! both ways at once) and no poll loop is needed. The end of one side
+//! both ways at once) and no poll loop is needed. The agent's side has
+//! TCP_NODELAY (no ~40 ms wait for a delayed ACK when a response comes in
+//! two pieces). The end of one side
 //! passes on as a shutdown of the other's write side (a half-close); an
 //! error shuts both sockets down, which ends the other copier too. The
 //! forwarder calls setsid(), so that a Ctrl-C on the agent's terminal
@@ -78,6 +80,8 @@ const SOCK_NONBLOCK: usize = 0o4000;
 const SOCK_CLOEXEC: usize = 0o2000000;
 const SOL_SOCKET: usize = 1;
 const SO_REUSEADDR: usize = 2;
+const IPPROTO_TCP: usize = 6;
+const TCP_NODELAY: usize = 1;
 const SHUT_WR: usize = 1;
 const SHUT_RDWR: usize = 2;
 const SIGHUP: usize = 1;
@@ -803,6 +807,23 @@ fn forward(listener: usize, proxy: &SockAddrUn, gate: isize) -> ! {
 /// until both directions are done; the client's connection is closed if
 /// the proxy cannot be reached.
 fn handle(client: usize, proxy: &SockAddrUn) -> ! {
+    // Each piece the proxy sends goes to the agent at once: with Nagle's
+    // algorithm on, a response that arrives in two pieces (an SSE event
+    // after its headers, a TLS record split across reads) waits for the
+    // agent's delayed ACK, ~40 ms on Linux. Best effort: without it the
+    // bytes still flow, only later.
+    let one: i32 = 1;
+    // SAFETY: a live int, of the size given.
+    unsafe {
+        syscall(
+            nr::SETSOCKOPT,
+            client,
+            IPPROTO_TCP,
+            TCP_NODELAY,
+            &one as *const i32 as usize,
+            4,
+        )
+    };
     // Blocking: a proxy with a full backlog is waited for, as a TCP
     // connect would wait.
     let Ok(upstream) = connect_unix(proxy, 0) else {

@@ -100,10 +100,44 @@ while True:
     std::fs::write(
         dir.join("agent.py"),
         r#"
-import socket
+import ctypes, os, socket
 c = socket.create_connection(("127.0.0.1", 3128))
 c.sendall(b"hello\n")
 print(c.recv(4096).decode().strip())
+# The forwarder's end of this connection, taken from whichever process holds
+# it (the handler and its copier share it; pidfd_getfd, x86_64 numbers):
+# the values of its TCP_NODELAY.
+me = c.getsockname()
+libc = ctypes.CDLL(None, use_errno=True)
+found = []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    if int(pid) == os.getpid():
+        continue
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        continue
+    pidfd = libc.syscall(434, int(pid), 0)
+    if pidfd < 0:
+        continue
+    for fd in fds:
+        got = libc.syscall(438, pidfd, int(fd), 0)
+        if got < 0:
+            continue
+        try:
+            s = socket.socket(fileno=got)
+        except OSError:
+            os.close(got)
+            continue
+        try:
+            if s.family == socket.AF_INET and s.getpeername() == me:
+                found.append(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        except OSError:
+            pass
+        finally:
+            s.close()
+    os.close(pidfd)
+print("nodelay", sorted(set(found)))
 "#,
     )
     .unwrap();
@@ -113,7 +147,7 @@ print(c.recv(4096).decode().strip())
          {g} {d}/p.sock 3128 - -- python3 {d}/agent.py; echo rc=$?; kill $proxy'"
     ));
     let out = text(&o);
-    assert!(out.contains("proxy got hello\nrc=0"), "{out}");
+    assert!(out.contains("proxy got hello\nnodelay [1]\nrc=0"), "{out}");
 
     // SIGTERM while it waits: 128 + 15, and the program never runs.
     let o = sh(&format!(
