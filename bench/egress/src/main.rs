@@ -207,10 +207,10 @@ async fn upstream(pki: &Pki) -> SocketAddr {
                 {
                     use std::sync::atomic::Ordering::Relaxed;
                     UP_CONNS.fetch_add(1, Relaxed);
-                    if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    let c = tls.get_ref().1;
+                    if c.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
                         UP_RESUMED.fetch_add(1, Relaxed);
                     }
-                    let c = tls.get_ref().1;
                     if c.alpn_protocol() == Some(b"h2") {
                         UP_H2.fetch_add(1, Relaxed);
                     }
@@ -819,36 +819,30 @@ fn cpu_secs(pid: u32) -> f64 {
 /// CPU seconds (user + system, every thread) of one process, without its
 /// children.
 fn process_cpu_secs(pid: u32) -> f64 {
-    let tick = 100.0; // USER_HZ on Linux
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let f: Vec<&str> = s
-        .rsplit_once(')')
-        .map(|x| x.1)
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    // fields after ')' start at index 0 = state (field 3); utime = 14, stime = 15
-    let u: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0);
-    let st: f64 = f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
-    (u + st) / tick
+    stat_cpu_secs(&format!("/proc/{pid}/stat"), 2)
 }
 
 /// CPU seconds (user + system) of this process and of its children it has
 /// waited for (`oha`, once a phase is over).
 fn self_and_waited_cpu_secs() -> f64 {
-    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else {
+    stat_cpu_secs("/proc/self/stat", 4)
+}
+
+/// The sum of the first `fields` CPU times of a `/proc/PID/stat` file, in
+/// seconds: utime, stime, cutime, cstime (fields 14 to 17; 11 to 14 after
+/// the `)` that ends the command name, which may hold spaces).
+fn stat_cpu_secs(path: &str, fields: usize) -> f64 {
+    let tick = 100.0; // USER_HZ on Linux
+    let Ok(s) = std::fs::read_to_string(path) else {
         return 0.0;
     };
     let rest = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    // utime, stime, cutime, cstime: fields 14 to 17, 11 to 14 after ')'.
     rest.split_whitespace()
         .skip(11)
-        .take(4)
+        .take(fields)
         .filter_map(|x| x.parse::<f64>().ok())
         .sum::<f64>()
-        / 100.0
+        / tick
 }
 
 /// The whole machine's CPU seconds since boot: (busy, idle), from the first
