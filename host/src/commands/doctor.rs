@@ -21,6 +21,16 @@ struct Line {
     finding: Finding,
 }
 
+/// The manifest's options for the plugin `name` of `kind` ("backend" or
+/// "provider"), when the manifest uses it; None when it does not.
+fn options_if_used<'m>(m: &'m Manifest, kind: &str, name: &str) -> Option<&'m serde_json::Value> {
+    match kind {
+        "backend" if m.backend == name => Some(&m.backend_options),
+        "provider" if m.provider == name => Some(&m.provider_options),
+        _ => None,
+    }
+}
+
 pub(super) fn run(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
     // A bad manifest is the error it is for `bottle plan`, before any check.
     let manifest = args.file.as_deref().map(Manifest::load).transpose()?;
@@ -37,11 +47,11 @@ pub(super) fn run(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
     // The options a plugin is checked with: the manifest's for the backend
     // and provider it names, none otherwise.
     let request = |kind: &str, name: &str| {
-        let options = match &manifest {
-            Some(m) if kind == "backend" && m.backend == name => m.backend_options.clone(),
-            Some(m) if kind == "provider" && m.provider == name => m.provider_options.clone(),
-            _ => serde_json::Value::Null,
-        };
+        let options = manifest
+            .as_ref()
+            .and_then(|m| options_if_used(m, kind, name))
+            .cloned()
+            .unwrap_or_default();
         CheckRequest {
             host_env: host_env.clone(),
             options,
@@ -99,10 +109,7 @@ pub(super) fn run(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
     // plugins it does not use are shown but do not fail the command.
     let counts = |l: &Line| match &manifest {
         None => true,
-        Some(m) => {
-            (l.kind == "backend" && l.plugin == m.backend)
-                || (l.kind == "provider" && l.plugin == m.provider)
-        }
+        Some(m) => options_if_used(m, &l.kind, &l.plugin).is_some(),
     };
     let failed = lines
         .iter()
