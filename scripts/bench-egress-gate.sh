@@ -12,6 +12,8 @@
 # builds: cargo build --release -p bot-bottle -p bot-bottle-egress \
 #   -p bot-bottle-bench-egress -p bot-bottle-plugin-docker
 # (the last builds the gate). Prints each run, then the medians.
+# GATE=PATH runs another gate binary instead of the build's; GATE_B=PATH adds
+# a row `gate-b` through that one too (an A/B of two gates in one run).
 set -euo pipefail
 
 rounds=${1:-3}
@@ -19,7 +21,9 @@ secs=${2:-5}
 root=$(cd "$(dirname "$0")/.." && pwd)
 rel=${CARGO_TARGET_DIR:-$root/target}/release
 oha=${OHA:-oha}
-gate=$(ls -t "$rel"/build/bot-bottle-plugin-docker-*/out/gate 2>/dev/null | head -1 || true)
+gate=${GATE:-$(ls -t "$rel"/build/bot-bottle-plugin-docker-*/out/gate 2>/dev/null | head -1 || true)}
+gate_b=${GATE_B:-}
+rows="direct proxy-tcp gate-unix${gate_b:+ gate-b}"
 for f in "$rel/bottle" "$rel/bot-bottle-egress" "$rel/bot-bottle-bench-egress" "$gate"; do
     if [ ! -x "$f" ]; then
         echo "missing ${f:-the gate}: cargo build --release -p bot-bottle -p bot-bottle-egress -p bot-bottle-bench-egress -p bot-bottle-plugin-docker" >&2
@@ -83,18 +87,20 @@ load() { echo "-z ${secs}s $1 --no-tui --output-format json --cacert $work/bundl
 results=$work/results
 for phase in "-c 16" "-c 4 --disable-keepalive"; do
     for r in $(seq "$rounds"); do
-        for row in direct proxy-tcp gate-unix; do
+        for row in $rows; do
             case $row in
             direct) out=$($oha $(load "$phase") | summary); cpu_s=- ;;
             proxy-tcp)
                 c0=$(cpu $tcp_pid)
                 out=$($oha $(load "$phase") -x "http://$tcp" | summary)
                 cpu_s=$(python3 -c "print($(cpu $tcp_pid) - $c0)") ;;
-            gate-unix)
+            gate-unix | gate-b)
+                g=$gate
+                [ "$row" = gate-b ] && g=$gate_b
                 c0=$(cpu $unix_pid)
                 # The gate waits for the socket, forks its forwarder on
                 # 127.0.0.1:3128 and execs oha in its place.
-                out=$(unshare -n sh -c "ip link set lo up; exec $gate $work/egress.sock 3128 - -- $oha $(load "$phase") -x http://127.0.0.1:3128" | summary)
+                out=$(unshare -n sh -c "ip link set lo up; exec $g $work/egress.sock 3128 - -- $oha $(load "$phase") -x http://127.0.0.1:3128" | summary)
                 cpu_s=$(python3 -c "print($(cpu $unix_pid) - $c0)") ;;
             esac
             echo "$phase|$row|$out|$cpu_s" | tee -a "$results"
