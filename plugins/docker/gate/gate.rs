@@ -24,21 +24,21 @@
 //! runs, so the agent's first connection is never refused, and it is
 //! close-on-exec, so PROGRAM does not inherit it.
 //!
-//! Per connection the forwarder forks a handler, and the handler forks a
-//! copier: one process per direction, each with plain blocking reads and
-//! writes, so a busy direction never stalls the other (a WebSocket sends
-//! both ways at once) and no poll loop is needed. The agent's side has
-//! TCP_NODELAY (no ~40 ms wait for a delayed ACK when a response comes in
-//! two pieces). The end of one side
-//! passes on as a shutdown of the other's write side (a half-close); an
-//! error shuts both sockets down, which ends the other copier too. The
-//! forwarder calls setsid(), so that a Ctrl-C on the agent's terminal
-//! (sent to its foreground process group) does not kill it, and ignores
-//! SIGCHLD, so that the kernel reaps its ended handlers (it never waits
-//! for them): no zombies pile up in the agent's pid namespace. Each
-//! handler waits for its copier, so nothing is reparented to PROGRAM, the
-//! namespace's init, which need not reap what it did not start. The
-//! forwarder ends with PROGRAM (a parent-death signal).
+//! One process relays every connection: each socket is non-blocking and
+//! watched, edge-triggered, by one epoll instance; a connection has a
+//! buffer per direction, so a busy direction never stalls the other (a
+//! WebSocket sends both ways at once), and a side that takes no more bytes
+//! stops only its own direction, never another connection. (It used to
+//! fork two blocking copiers per connection: a fork per connection, two
+//! processes of the agent's `pids` each, and a sleep and wake-up in
+//! another process for every piece; measured in `docs/benchmarks.md`.)
+//! The agent's side has TCP_NODELAY (no ~40 ms wait for a delayed ACK
+//! when a response comes in two pieces). The end of one side passes on as
+//! a shutdown of the other's write side (a half-close); an error on
+//! either closes both. The forwarder calls setsid(), so that a Ctrl-C on
+//! the agent's terminal (sent to its foreground process group) does not
+//! kill it; it has no children. The forwarder ends with PROGRAM (a
+//! parent-death signal).
 //!
 //! Agent images are arbitrary (no shell, no libc we could rely on), so the
 //! gate is freestanding: no std, no libc, raw Linux syscalls, linked static
@@ -83,7 +83,6 @@ const SO_REUSEADDR: usize = 2;
 const IPPROTO_TCP: usize = 6;
 const TCP_NODELAY: usize = 1;
 const SHUT_WR: usize = 1;
-const SHUT_RDWR: usize = 2;
 const SIGHUP: usize = 1;
 const SIGINT: usize = 2;
 const SIGKILL: usize = 9;
@@ -92,16 +91,20 @@ const SIG_BLOCK: usize = 0;
 const SIG_SETMASK: usize = 2;
 const SIGPIPE: usize = 13;
 const SIGCHLD: usize = 17;
-const SIG_DFL: usize = 0;
 const SIG_IGN: usize = 1;
 const PR_SET_PDEATHSIG: usize = 1;
 const ENOENT: isize = 2;
 const EINTR: isize = 4;
 const EAGAIN: isize = 11;
+const ENOMEM: isize = 12;
 const EACCES: isize = 13;
 const ENOTDIR: isize = 20;
+const ENFILE: isize = 23;
+const EMFILE: isize = 24;
 const EADDRINUSE: isize = 98;
 const EADDRNOTAVAIL: isize = 99;
+const ECONNABORTED: isize = 103;
+const ENOBUFS: isize = 105;
 const ECONNREFUSED: isize = 111;
 
 #[cfg(target_arch = "x86_64")]
@@ -123,7 +126,11 @@ mod nr {
     pub const SETSOCKOPT: usize = 54;
     pub const CLONE: usize = 56;
     pub const EXECVE: usize = 59;
-    pub const WAIT4: usize = 61;
+    pub const MMAP: usize = 9;
+    pub const MUNMAP: usize = 11;
+    pub const EPOLL_CTL: usize = 233;
+    pub const EPOLL_PWAIT: usize = 281;
+    pub const EPOLL_CREATE1: usize = 291;
     pub const GETPPID: usize = 110;
     pub const SETSID: usize = 112;
     pub const PRCTL: usize = 157;
@@ -155,7 +162,11 @@ mod nr {
     pub const SETSOCKOPT: usize = 208;
     pub const CLONE: usize = 220;
     pub const EXECVE: usize = 221;
-    pub const WAIT4: usize = 260;
+    pub const MMAP: usize = 222;
+    pub const MUNMAP: usize = 215;
+    pub const EPOLL_CTL: usize = 21;
+    pub const EPOLL_PWAIT: usize = 22;
+    pub const EPOLL_CREATE1: usize = 20;
     pub const GETPPID: usize = 173;
     pub const SETSID: usize = 157;
     pub const PRCTL: usize = 167;
@@ -172,32 +183,43 @@ mod nr {
 /// # Safety
 /// The arguments must be valid for syscall `n` (pointers to live memory of
 /// the size the call expects).
-#[cfg(target_arch = "x86_64")]
 unsafe fn syscall(n: usize, a: usize, b: usize, c: usize, d: usize, e: usize) -> isize {
+    // SAFETY: the caller's promise; a sixth argument of 0 where the call
+    // takes one (so never a stale register).
+    unsafe { syscall6(n, a, b, c, d, e, 0) }
+}
+
+/// A raw Linux syscall with six arguments (`mmap`, `epoll_pwait`); returns
+/// -errno on error.
+///
+/// # Safety
+/// As for [`syscall`].
+#[cfg(target_arch = "x86_64")]
+unsafe fn syscall6(n: usize, a: usize, b: usize, c: usize, d: usize, e: usize, f: usize) -> isize {
     let ret: isize;
     // SAFETY: the x86_64 Linux syscall ABI; validity of the arguments is
     // the caller's promise.
     unsafe {
         core::arch::asm!("syscall", inlateout("rax") n as isize => ret,
-            in("rdi") a, in("rsi") b, in("rdx") c, in("r10") d, in("r8") e,
+            in("rdi") a, in("rsi") b, in("rdx") c, in("r10") d, in("r8") e, in("r9") f,
             lateout("rcx") _, lateout("r11") _, options(nostack));
     }
     ret
 }
 
-/// A raw Linux syscall with up to five arguments; returns -errno on error.
+/// A raw Linux syscall with six arguments (`mmap`, `epoll_pwait`); returns
+/// -errno on error.
 ///
 /// # Safety
-/// The arguments must be valid for syscall `n` (pointers to live memory of
-/// the size the call expects).
+/// As for [`syscall`].
 #[cfg(target_arch = "aarch64")]
-unsafe fn syscall(n: usize, a: usize, b: usize, c: usize, d: usize, e: usize) -> isize {
+unsafe fn syscall6(n: usize, a: usize, b: usize, c: usize, d: usize, e: usize, f: usize) -> isize {
     let ret: isize;
     // SAFETY: the aarch64 Linux syscall ABI; validity of the arguments is
     // the caller's promise.
     unsafe {
         core::arch::asm!("svc 0", in("x8") n, inlateout("x0") a as isize => ret,
-            in("x1") b, in("x2") c, in("x3") d, in("x4") e, options(nostack));
+            in("x1") b, in("x2") c, in("x3") d, in("x4") e, in("x5") f, options(nostack));
     }
     ret
 }
@@ -244,7 +266,7 @@ fn fork() -> isize {
     unsafe { syscall(nr::CLONE, SIGCHLD, 0, 0, 0, 0) }
 }
 
-/// Sets the disposition of signal `sig` to [`SIG_IGN`] or [`SIG_DFL`].
+/// Sets the disposition of signal `sig` (to [`SIG_IGN`]).
 fn set_signal(sig: usize, disposition: usize) {
     // The kernel's struct sigaction: handler, flags, restorer, mask (both
     // architectures); no flags and an empty mask.
@@ -315,7 +337,17 @@ struct SockAddrIn {
 fn listen_loopback(port: u16) -> Result<usize, isize> {
     let ok = |r: isize| if r < 0 { Err(-r) } else { Ok(r as usize) };
     // SAFETY: plain integers.
-    let fd = ok(unsafe { syscall(nr::SOCKET, AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0, 0, 0) })?;
+    // Non-blocking: the forwarder accepts until the backlog is empty.
+    let fd = ok(unsafe {
+        syscall(
+            nr::SOCKET,
+            AF_INET,
+            SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+            0,
+            0,
+            0,
+        )
+    })?;
     let one: i32 = 1;
     let addr = SockAddrIn {
         family: AF_INET as u16,
@@ -521,17 +553,28 @@ unsafe extern "C" fn main(stack: *const usize) -> ! {
             exit(125);
         }
     };
+    let relay = match Relay::new(listener, proxy) {
+        Ok(relay) => relay,
+        Err(e) => {
+            write_err(&[
+                b"bot-bottle gate: cannot set up the forwarder (",
+                errno_text(e, &mut [0; 32]),
+                b"); not starting the agent\n",
+            ]);
+            exit(125);
+        }
+    };
     // Blocked while the gate waits, and looked for between two checks:
     // no handler is needed, and none is left for PROGRAM to inherit. A
     // signal that comes after the last look reaches the gate with the mask
     // restored, and is ignored as before.
     let mask = sigmask(SIG_BLOCK, STOP_SIGNALS);
-    wait_for(&proxy, path, Some(arg(3)).filter(|m| *m != b"-"));
+    wait_for(&relay.proxy, path, Some(arg(3)).filter(|m| *m != b"-"));
     sigmask(SIG_SETMASK, mask);
     // SAFETY: plain syscall.
     let gate = unsafe { syscall(nr::GETPID, 0, 0, 0, 0, 0) };
     match fork() {
-        0 => forward(listener, &proxy, gate),
+        0 => forward(relay, gate),
         pid if pid < 0 => {
             write_err(&[b"bot-bottle gate: cannot start the forwarder; not starting the agent\n"]);
             exit(125);
@@ -751,9 +794,9 @@ fn wait_for(proxy: &SockAddrUn, path: &[u8], marker: Option<&[u8]>) {
     exit(125);
 }
 
-/// The forwarder (see the module's doc): serves `listener` until the gate's
+/// The forwarder (see the module's doc): serves `relay` until the gate's
 /// process, pid `gate` (by then PROGRAM), ends.
-fn forward(listener: usize, proxy: &SockAddrUn, gate: isize) -> ! {
+fn forward(mut relay: Relay, gate: isize) -> ! {
     // SAFETY: plain integers.
     unsafe {
         // Ended with PROGRAM also where PROGRAM is not the pid namespace's
@@ -766,9 +809,8 @@ fn forward(listener: usize, proxy: &SockAddrUn, gate: isize) -> ! {
         }
         syscall(nr::SETSID, 0, 0, 0, 0, 0);
     }
-    set_signal(SIGCHLD, SIG_IGN);
     // A write to a connection its peer has closed is an error to handle
-    // (EPIPE), not the end of the copier.
+    // (EPIPE), not the end of the forwarder.
     set_signal(SIGPIPE, SIG_IGN);
     // Nothing to read, and nothing to say: a message on PROGRAM's terminal
     // from a process in the background would garble the agent's screen,
@@ -776,112 +818,476 @@ fn forward(listener: usize, proxy: &SockAddrUn, gate: isize) -> ! {
     // stdin, stdout and stderr are closed (nor does the terminal stay open
     // on the forwarder's account), and so is anything else the gate was
     // started with (Docker gives it nothing else; on Linux before 5.9,
-    // without close_range, such extras would stay open). The listener got
-    // the lowest free descriptor: those below it are all inherited, and few.
-    for fd in 0..listener {
+    // without close_range, such extras would stay open). The listener and
+    // the epoll instance got the lowest free descriptors: those below them
+    // are all inherited, and few.
+    let top = relay.listener.max(relay.ep);
+    for fd in (0..top).filter(|&fd| fd != relay.listener && fd != relay.ep) {
         close(fd);
     }
     // SAFETY: plain integers.
-    unsafe { syscall(nr::CLOSE_RANGE, listener + 1, u32::MAX as usize, 0, 0, 0) };
+    unsafe { syscall(nr::CLOSE_RANGE, top + 1, u32::MAX as usize, 0, 0, 0) };
+    relay.listen(EPOLL_CTL_ADD);
+    let mut events = [EpollEvent { events: 0, data: 0 }; 64];
     loop {
-        // SAFETY: no peer address wanted.
-        let client = unsafe { syscall(nr::ACCEPT4, listener, 0, 0, SOCK_CLOEXEC, 0) };
-        if client < 0 {
-            // A client gone before its accept, or no file descriptor or
-            // memory for now: never a reason to stop serving.
-            sleep_ns(RETRY_NS);
-            continue;
+        // Something to retry (see `Relay::retry`): look again soon.
+        let timeout = if relay.paused || relay.waiting > 0 {
+            (RETRY_NS / 1_000_000) as usize
+        } else {
+            usize::MAX // -1: no timeout
+        };
+        // SAFETY: a live array of `events.len()` epoll_events to fill; no
+        // signal mask.
+        let n = unsafe {
+            syscall(
+                nr::EPOLL_PWAIT,
+                relay.ep,
+                events.as_mut_ptr() as usize,
+                events.len(),
+                timeout,
+                0,
+            )
+        };
+        for ev in &events[..n.max(0) as usize] {
+            let (flags, token) = (ev.events, ev.data);
+            if token == LISTENER {
+                relay.accept();
+            } else {
+                relay.ready(token, flags);
+            }
         }
-        let client = client as usize;
-        if fork() == 0 {
-            close(listener);
-            handle(client, proxy);
-        }
-        // The handler has its own copy; if the fork failed, the client's
-        // connection is closed: fail closed.
-        close(client);
+        relay.retry();
     }
 }
 
-/// A handler: relays `client` to a new connection to the proxy, both ways,
-/// until both directions are done; the client's connection is closed if
-/// the proxy cannot be reached.
-fn handle(client: usize, proxy: &SockAddrUn) -> ! {
-    // Each piece the proxy sends goes to the agent at once: with Nagle's
-    // algorithm on, a response that arrives in two pieces (an SSE event
-    // after its headers, a TLS record split across reads) waits for the
-    // agent's delayed ACK, ~40 ms on Linux. Best effort: without it the
-    // bytes still flow, only later.
+/// Connections the forwarder relays at once; more wait in the listener's
+/// backlog until one ends.
+const MAX_CONNS: usize = 4096;
+
+/// A [`Conn`]'s proxy side while the proxy's backlog is full.
+const WAITING: usize = usize::MAX;
+
+/// The epoll token of the listener; a connection's sides are `2 * slot`
+/// (the agent's) and `2 * slot + 1` (the proxy's).
+const LISTENER: u64 = u64::MAX;
+
+const EPOLLIN: u32 = 0x1;
+const EPOLLOUT: u32 = 0x4;
+const EPOLLERR: u32 = 0x8;
+const EPOLLHUP: u32 = 0x10;
+const EPOLLRDHUP: u32 = 0x2000;
+const EPOLLET: u32 = 1 << 31;
+/// What a connection's sides are watched for (and, while bytes for it
+/// wait, room: `EPOLLOUT`). Edge-triggered: an event per change, not one
+/// per turn of the loop while it holds.
+const SIDE_EVENTS: u32 = EPOLLIN | EPOLLRDHUP | EPOLLET;
+const EPOLL_CTL_ADD: usize = 1;
+const EPOLL_CTL_MOD: usize = 3;
+const PROT_READ_WRITE: usize = 0x3;
+const MAP_PRIVATE_ANONYMOUS: usize = 0x22;
+
+/// The kernel's `struct epoll_event`: packed on x86_64, not on aarch64.
+#[cfg_attr(target_arch = "x86_64", repr(C, packed))]
+#[cfg_attr(not(target_arch = "x86_64"), repr(C))]
+#[derive(Clone, Copy)]
+struct EpollEvent {
+    events: u32,
+    data: u64,
+}
+
+/// One direction of a relayed connection. Bytes read from its source and
+/// not yet written to its destination are `buf[start..end]` (the source is
+/// read only when they are all written: one buffer, no copy within it).
+/// The sockets are non-blocking and watched edge-triggered, so the two
+/// flags remember what the last event said until a call says otherwise.
+#[derive(Clone, Copy)]
+struct Half {
+    start: usize,
+    end: usize,
+    /// The source may have bytes (or its end) to read.
+    readable: bool,
+    /// An event said the source's peer has shut down its writing (or the
+    /// socket hung up or failed): read until a read says so, whatever the
+    /// length of the reads before.
+    closing: bool,
+    /// The destination may take bytes.
+    writable: bool,
+    /// The destination is watched for room (see [`Relay::ready`]).
+    watched: bool,
+    /// The source has ended, and the destination's write side is shut down
+    /// (a half-close passed on).
+    ended: bool,
+}
+
+impl Half {
+    const NEW: Half = Half {
+        start: 0,
+        end: 0,
+        readable: true,
+        writable: true,
+        watched: false,
+        closing: false,
+        ended: false,
+    };
+
+    /// Moves bytes from `src` to `dst` through `buf` until the source has
+    /// no more for now or the destination takes no more for now; `false`
+    /// on an error of either socket.
+    fn relay(&mut self, src: usize, dst: usize, buf: &mut [u8]) -> bool {
+        loop {
+            if self.start < self.end {
+                if !self.writable {
+                    return true;
+                }
+                let pending = &buf[self.start..self.end];
+                // SAFETY: a live slice.
+                let n = unsafe {
+                    syscall(
+                        nr::WRITE,
+                        dst,
+                        pending.as_ptr() as usize,
+                        pending.len(),
+                        0,
+                        0,
+                    )
+                };
+                match n {
+                    _ if n == -EAGAIN => self.writable = false,
+                    _ if n == -EINTR => {}
+                    _ if n <= 0 => return false,
+                    // A short write: the destination is full for now (an
+                    // edge comes when it drains).
+                    _ if (n as usize) < pending.len() => {
+                        self.start += n as usize;
+                        self.writable = false;
+                    }
+                    _ => (self.start, self.end) = (0, 0),
+                }
+                continue;
+            }
+            if self.ended || !self.readable {
+                return true;
+            }
+            // SAFETY: a live buffer of its own length.
+            let n = unsafe { syscall(nr::READ, src, buf.as_mut_ptr() as usize, buf.len(), 0, 0) };
+            match n {
+                _ if n == -EAGAIN => self.readable = false,
+                _ if n == -EINTR => {}
+                _ if n < 0 => return false,
+                0 => {
+                    self.ended = true;
+                    shutdown(dst, SHUT_WR);
+                }
+                _ => {
+                    self.end = n as usize;
+                    // A short read of a stream socket took all the bytes
+                    // there were (epoll(7)): an edge comes with more. Saves
+                    // a read that would say EAGAIN, per message. But the
+                    // peer's end may wait behind those bytes (its event
+                    // came before this read), so not once an event said
+                    // it has come.
+                    self.readable = self.end == buf.len() || self.closing;
+                }
+            }
+        }
+    }
+}
+
+/// A relayed connection: the agent's side, the proxy's side, and a buffer
+/// per direction (mapped when it opens, unmapped when it ends). Zeroed
+/// (a null `buf`) is a free slot.
+struct Conn {
+    client: usize,
+    proxy: usize,
+    buf: *mut u8,
+    /// The agent to the proxy.
+    up: Half,
+    /// The proxy to the agent.
+    down: Half,
+}
+
+/// The forwarder's table: every slot and a stack of the free ones.
+struct Table {
+    conns: [Conn; MAX_CONNS],
+    free: [u16; MAX_CONNS],
+    nfree: usize,
+}
+
+/// The forwarder's state: one process relays every connection, each
+/// socket non-blocking and watched by one epoll instance.
+struct Relay {
+    ep: usize,
+    listener: usize,
+    proxy: SockAddrUn,
+    table: &'static mut Table,
+    /// Accepting is paused (no free slot, or no descriptor or memory for
+    /// now): the listener is not watched until [`Relay::retry`].
+    paused: bool,
+    /// Connections whose proxy side waits for room in the proxy's backlog.
+    waiting: usize,
+}
+
+/// `len` bytes of fresh zeroed memory, or the errno.
+fn map(len: usize) -> Result<*mut u8, isize> {
+    // SAFETY: an anonymous private mapping anywhere; no pointer passed in.
+    let p = unsafe {
+        syscall6(
+            nr::MMAP,
+            0,
+            len,
+            PROT_READ_WRITE,
+            MAP_PRIVATE_ANONYMOUS,
+            usize::MAX, // fd -1
+            0,
+        )
+    };
+    // The kernel's error values are the last page of the address space.
+    if (-4095..0).contains(&p) {
+        Err(-p)
+    } else {
+        Ok(p as *mut u8)
+    }
+}
+
+impl Relay {
+    /// The epoll instance and the table, made by the gate before it forks
+    /// the forwarder, so that a failure stops the launch with a message.
+    fn new(listener: usize, proxy: SockAddrUn) -> Result<Relay, isize> {
+        // SAFETY: plain integers.
+        let ep = unsafe { syscall(nr::EPOLL_CREATE1, O_CLOEXEC, 0, 0, 0, 0) };
+        if ep < 0 {
+            return Err(-ep);
+        }
+        let table = map(core::mem::size_of::<Table>())? as *mut Table;
+        // SAFETY: a fresh mapping of the table's size, page-aligned, and
+        // zeroed, which is a valid table (every slot free, an empty stack)
+        // to fill in; it is never unmapped.
+        let table = unsafe { &mut *table };
+        for (i, slot) in table.free.iter_mut().enumerate() {
+            *slot = (MAX_CONNS - 1 - i) as u16;
+        }
+        table.nfree = MAX_CONNS;
+        Ok(Relay {
+            ep: ep as usize,
+            listener,
+            proxy,
+            table,
+            paused: false,
+            waiting: 0,
+        })
+    }
+
+    /// `epoll_ctl(op)` for `fd` with `events` and `token`.
+    fn watch(&self, op: usize, fd: usize, events: u32, token: u64) -> bool {
+        let ev = EpollEvent {
+            events,
+            data: token,
+        };
+        // SAFETY: a live epoll_event.
+        unsafe { syscall(nr::EPOLL_CTL, self.ep, op, fd, &ev as *const _ as usize, 0) >= 0 }
+    }
+
+    /// Watches the listener (level-triggered: a connection left in the
+    /// backlog is reported again).
+    fn listen(&mut self, op: usize) {
+        self.watch(op, self.listener, EPOLLIN, LISTENER);
+        self.paused = false;
+    }
+
+    /// Stops watching the listener until [`Relay::retry`].
+    fn pause(&mut self) {
+        self.watch(EPOLL_CTL_MOD, self.listener, 0, LISTENER);
+        self.paused = true;
+    }
+
+    /// Accepts every waiting connection, each into a free slot.
+    fn accept(&mut self) {
+        loop {
+            let Some(&slot) = self.table.free[..self.table.nfree].last() else {
+                return self.pause();
+            };
+            // SAFETY: no peer address wanted.
+            let client = unsafe {
+                syscall(
+                    nr::ACCEPT4,
+                    self.listener,
+                    0,
+                    0,
+                    SOCK_NONBLOCK | SOCK_CLOEXEC,
+                    0,
+                )
+            };
+            match client {
+                _ if client == -EAGAIN => return,
+                // A client gone before its accept.
+                _ if client == -ECONNABORTED || client == -EINTR => continue,
+                // No descriptor or memory for now: never a reason to stop
+                // serving, nor to turn a client away.
+                _ if client < 0 => return self.pause(),
+                _ => {}
+            }
+            let client = client as usize;
+            let Ok(buf) = map(2 * COPY_BUF) else {
+                close(client);
+                return self.pause();
+            };
+            nodelay(client);
+            self.table.nfree -= 1;
+            let slot = slot as usize;
+            self.table.conns[slot] = Conn {
+                client,
+                proxy: WAITING,
+                buf,
+                up: Half::NEW,
+                down: Half::NEW,
+            };
+            self.waiting += 1;
+            self.connect(slot);
+        }
+    }
+
+    /// Connects the waiting slot `slot` to the proxy and watches both
+    /// sides; a full backlog leaves it waiting; a proxy gone closes the
+    /// agent's connection (fail closed).
+    fn connect(&mut self, slot: usize) {
+        let proxy = match connect_unix(&self.proxy, SOCK_NONBLOCK) {
+            // The proxy's backlog is full, or there is no descriptor or
+            // memory for a socket for now: the proxy is there, so wait.
+            Err(EAGAIN | EMFILE | ENFILE | ENOBUFS | ENOMEM) => return,
+            Err(_) => return self.end(slot),
+            Ok(fd) => fd,
+        };
+        self.waiting -= 1;
+        let conn = &mut self.table.conns[slot];
+        conn.proxy = proxy;
+        let (client, token) = (conn.client, 2 * slot as u64);
+        if !self.watch(EPOLL_CTL_ADD, client, SIDE_EVENTS, token)
+            || !self.watch(EPOLL_CTL_ADD, proxy, SIDE_EVENTS, token + 1)
+        {
+            self.end(slot);
+        }
+    }
+
+    /// Takes `flags` of an event on a connection's side `token`, and moves
+    /// what can move.
+    fn ready(&mut self, token: u64, flags: u32) {
+        let slot = (token / 2) as usize;
+        let conn = &mut self.table.conns[slot];
+        // A slot ended by an earlier event of the same batch.
+        if conn.buf.is_null() || conn.proxy == WAITING {
+            return;
+        }
+        // An error or hang-up: the next read or write says which.
+        let hup = flags & (EPOLLERR | EPOLLHUP) != 0;
+        let closing = hup || flags & EPOLLRDHUP != 0;
+        let (readable, writable) = (flags & EPOLLIN != 0 || hup, flags & EPOLLOUT != 0 || hup);
+        let (from, to) = if token % 2 == 0 {
+            (&mut conn.up, &mut conn.down)
+        } else {
+            (&mut conn.down, &mut conn.up)
+        };
+        from.readable |= readable;
+        from.closing |= closing;
+        to.writable |= writable;
+        // SAFETY: the slot's mapping: two buffers of COPY_BUF bytes, this
+        // connection's only.
+        let (up_buf, down_buf) = unsafe {
+            (
+                core::slice::from_raw_parts_mut(conn.buf, COPY_BUF),
+                core::slice::from_raw_parts_mut(conn.buf.add(COPY_BUF), COPY_BUF),
+            )
+        };
+        let ok = conn.up.relay(conn.client, conn.proxy, up_buf)
+            && conn.down.relay(conn.proxy, conn.client, down_buf);
+        // An error on either side ends both (closed with bytes unread, a
+        // socket resets: the other end learns at once); so do both
+        // directions' ends.
+        if !ok || (conn.up.ended && conn.down.ended) {
+            return self.end(slot);
+        }
+        // A side watched for room (EPOLLOUT) exactly while bytes for it
+        // wait: room is reported on every piece a Unix socket's reader
+        // takes, so always watching would wake the forwarder once more per
+        // piece sent to the proxy, for nothing.
+        let (client, proxy, token) = (conn.client, conn.proxy, 2 * slot as u64);
+        for (half, fd, token) in [
+            (&mut conn.up, proxy, token + 1),
+            (&mut conn.down, client, token),
+        ] {
+            let held = half.start < half.end;
+            if held != half.watched {
+                half.watched = held;
+                let ev = EpollEvent {
+                    events: SIDE_EVENTS | if held { EPOLLOUT } else { 0 },
+                    data: token,
+                };
+                // SAFETY: a live epoll_event.
+                unsafe {
+                    syscall(
+                        nr::EPOLL_CTL,
+                        self.ep,
+                        EPOLL_CTL_MOD,
+                        fd,
+                        &ev as *const _ as usize,
+                        0,
+                    )
+                };
+            }
+        }
+    }
+
+    /// Closes slot `slot`'s sockets (which also unwatches them) and frees it.
+    fn end(&mut self, slot: usize) {
+        let conn = &mut self.table.conns[slot];
+        close(conn.client);
+        if conn.proxy == WAITING {
+            self.waiting -= 1;
+        } else {
+            close(conn.proxy);
+        }
+        // SAFETY: this slot's mapping, unused from here on.
+        unsafe { syscall(nr::MUNMAP, conn.buf as usize, 2 * COPY_BUF, 0, 0, 0) };
+        conn.buf = core::ptr::null_mut();
+        self.table.free[self.table.nfree] = slot as u16;
+        self.table.nfree += 1;
+    }
+
+    /// Once per turn of the loop: connections waiting for the proxy's
+    /// backlog try again, and a paused listener is watched again (and, if
+    /// still nothing can be taken, paused again by the next accept).
+    fn retry(&mut self) {
+        if self.waiting > 0 {
+            for slot in 0..MAX_CONNS {
+                let conn = &self.table.conns[slot];
+                if !conn.buf.is_null() && conn.proxy == WAITING {
+                    self.connect(slot);
+                }
+            }
+        }
+        if self.paused {
+            self.listen(EPOLL_CTL_MOD);
+        }
+    }
+}
+
+/// Sets TCP_NODELAY on `fd`: each piece the proxy sends goes to the agent
+/// at once. With Nagle's algorithm on, a response that arrives in two
+/// pieces (an SSE event after its headers, a TLS record split across
+/// reads) waits for the agent's delayed ACK, ~40 ms on Linux. Best
+/// effort: without it the bytes still flow, only later.
+fn nodelay(fd: usize) {
     let one: i32 = 1;
     // SAFETY: a live int, of the size given.
     unsafe {
         syscall(
             nr::SETSOCKOPT,
-            client,
+            fd,
             IPPROTO_TCP,
             TCP_NODELAY,
             &one as *const i32 as usize,
             4,
         )
     };
-    // Blocking: a proxy with a full backlog is waited for, as a TCP
-    // connect would wait.
-    let Ok(upstream) = connect_unix(proxy, 0) else {
-        exit(0);
-    };
-    // Wait for the copier below as usual (ignored SIGCHLD is inherited).
-    set_signal(SIGCHLD, SIG_DFL);
-    let pid = fork();
-    if pid == 0 {
-        copy(client, upstream);
-        exit(0);
-    }
-    if pid > 0 {
-        copy(upstream, client);
-        // SAFETY: no status or resource usage wanted.
-        while unsafe { syscall(nr::WAIT4, pid as usize, 0, 0, 0, 0) } == -EINTR {}
-    }
-    exit(0)
-}
-
-/// Copies from `src` to `dst` until `src` ends, then shuts down `dst`'s
-/// write side (a half-close passes on); on an error on either, shuts both
-/// down entirely, which also ends the copier of the other direction (it
-/// shares these sockets, blocked in a read or write on them).
-fn copy(src: usize, dst: usize) {
-    let mut buf = [0u8; COPY_BUF];
-    loop {
-        // SAFETY: a live buffer of its own length.
-        let n = unsafe { syscall(nr::READ, src, buf.as_mut_ptr() as usize, buf.len(), 0, 0) };
-        if n == -EINTR {
-            continue;
-        }
-        if n == 0 {
-            shutdown(dst, SHUT_WR);
-            return;
-        }
-        if n < 0 || !write_all(dst, &buf[..n as usize]) {
-            shutdown(src, SHUT_RDWR);
-            shutdown(dst, SHUT_RDWR);
-            return;
-        }
-    }
-}
-
-/// Writes all of `data` to `fd`; `false` on an error.
-fn write_all(fd: usize, mut data: &[u8]) -> bool {
-    while !data.is_empty() {
-        // SAFETY: a live slice.
-        let n = unsafe { syscall(nr::WRITE, fd, data.as_ptr() as usize, data.len(), 0, 0) };
-        if n == -EINTR {
-            continue;
-        }
-        if n <= 0 {
-            return false;
-        }
-        data = &data[n as usize..];
-    }
-    true
 }
 
 /// Execs `args[0]` with `args` and `envp`, looked up in PATH as runc does

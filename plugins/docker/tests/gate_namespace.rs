@@ -149,6 +149,8 @@ print("nodelay", sorted(set(found)))
     let out = text(&o);
     assert!(out.contains("proxy got hello\nnodelay [1]\nrc=0"), "{out}");
 
+    check_relay(dir, g);
+
     // SIGTERM while it waits: 128 + 15, and the program never runs.
     let o = sh(&format!(
         "unshare -n sh -c '{ip} link set lo up; {g} {d}/none.sock 3128 - -- /bin/echo the-agent-ran & \
@@ -169,6 +171,43 @@ print("nodelay", sorted(set(found)))
     let o = sh(&format!("{g} --hold extra"));
     assert_eq!(o.status.code(), Some(125), "{}", text(&o));
     assert!(text(&o).contains("or gate --hold"), "{}", text(&o));
+}
+
+/// The forwarder under load, with `tests/gate_relay/`'s proxy and agent
+/// (see there): many connections both ways at once with one stalled, one
+/// process for all, fail closed once the proxy is gone; and, with fewer
+/// descriptors than connections, each served in turn.
+fn check_relay(dir: &Path, g: &str) {
+    let (d, ip) = (dir.display(), ip_command().unwrap());
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gate_relay");
+    let (proxy, agent) = (scripts.join("proxy.py"), scripts.join("agent.py"));
+    let (proxy, agent) = (proxy.display(), agent.display());
+    let gate = g.split(' ').next_back().unwrap();
+    let o = sh(&format!(
+        "unshare -n sh -c '{ip} link set lo up; \
+         python3 {proxy} {d}/r.sock & proxy=$!; \
+         {g} {d}/r.sock 3128 - -- python3 {agent} relay {gate}; echo rc=$?; kill $proxy'"
+    ));
+    let out = text(&o);
+    for line in [
+        "echoed 64 connections at once, one stalled",
+        "the stalled connection got all 8 MiB",
+        "one forwarder process for 50 connections",
+        "closed once the proxy is gone",
+        "rc=0",
+    ] {
+        assert!(out.contains(line), "no `{line}`:\n{out}");
+    }
+
+    // A soft limit of 40 descriptors for the gate (the agent raises its
+    // own): 30 connections are more than the forwarder can hold at once.
+    let o = sh(&format!(
+        "unshare -n sh -c '{ip} link set lo up; \
+         python3 {proxy} {d}/f.sock & proxy=$!; \
+         ulimit -Sn 40; {g} {d}/f.sock 3128 - -- python3 {agent} few-fds 30; echo rc=$?; kill $proxy'"
+    ));
+    let out = text(&o);
+    assert!(out.contains("served 30 connections in turn\nrc=0"), "{out}");
 }
 
 fn works(cmd: &mut Command) -> bool {
