@@ -830,8 +830,11 @@ fn forward(mut relay: Relay, gate: isize) -> ! {
     relay.listen(EPOLL_CTL_ADD);
     let mut events = [EpollEvent { events: 0, data: 0 }; 64];
     loop {
-        // Something to retry (see `Relay::retry`): look again soon.
-        let timeout = if relay.paused || relay.waiting > 0 {
+        // Connections to come back to: only look for events. Something
+        // to retry (see `Relay::retry`): look again soon.
+        let timeout = if relay.table.nagain > 0 {
+            0
+        } else if relay.paused || relay.waiting > 0 {
             (RETRY_NS / 1_000_000) as usize
         } else {
             usize::MAX // -1: no timeout
@@ -856,6 +859,7 @@ fn forward(mut relay: Relay, gate: isize) -> ! {
                 relay.ready(token, flags);
             }
         }
+        relay.revisit();
         relay.retry();
     }
 }
@@ -931,13 +935,14 @@ impl Half {
     };
 
     /// Moves bytes from `src` to `dst` through `buf` until the source has
-    /// no more for now or the destination takes no more for now; `false`
-    /// on an error of either socket.
-    fn relay(&mut self, src: usize, dst: usize, buf: &mut [u8]) -> bool {
+    /// no more for now, the destination takes no more for now, or
+    /// [`READS_PER_TURN`] reads are done.
+    fn relay(&mut self, src: usize, dst: usize, buf: &mut [u8]) -> Moved {
+        let mut reads = 0;
         loop {
             if self.start < self.end {
                 if !self.writable {
-                    return true;
+                    return Moved::Idle;
                 }
                 let pending = &buf[self.start..self.end];
                 // SAFETY: a live slice.
@@ -954,7 +959,7 @@ impl Half {
                 match n {
                     _ if n == -EAGAIN => self.writable = false,
                     _ if n == -EINTR => {}
-                    _ if n <= 0 => return false,
+                    _ if n <= 0 => return Moved::Failed,
                     // A short write: the destination is full for now (an
                     // edge comes when it drains).
                     _ if (n as usize) < pending.len() => {
@@ -966,14 +971,18 @@ impl Half {
                 continue;
             }
             if self.ended || !self.readable {
-                return true;
+                return Moved::Idle;
             }
+            if reads == READS_PER_TURN {
+                return Moved::Busy;
+            }
+            reads += 1;
             // SAFETY: a live buffer of its own length.
             let n = unsafe { syscall(nr::READ, src, buf.as_mut_ptr() as usize, buf.len(), 0, 0) };
             match n {
                 _ if n == -EAGAIN => self.readable = false,
                 _ if n == -EINTR => {}
-                _ if n < 0 => return false,
+                _ if n < 0 => return Moved::Failed,
                 0 => {
                     self.ended = true;
                     shutdown(dst, SHUT_WR);
@@ -993,6 +1002,22 @@ impl Half {
     }
 }
 
+/// Reads per direction per turn of the loop (16 KiB each): a connection
+/// whose ends both keep up could otherwise keep the loop to itself.
+const READS_PER_TURN: usize = 16;
+
+/// What [`Half::relay`] left.
+#[derive(Clone, Copy, PartialEq)]
+enum Moved {
+    /// Nothing to do until an event says so.
+    Idle,
+    /// Its turn ended with bytes maybe left to read: no event will say so
+    /// (edge-triggered), so the loop comes back to it.
+    Busy,
+    /// An error on either socket.
+    Failed,
+}
+
 /// A relayed connection: the agent's side, the proxy's side, and a buffer
 /// per direction (mapped when it opens, unmapped when it ends). Zeroed
 /// (a null `buf`) is a free slot.
@@ -1004,13 +1029,18 @@ struct Conn {
     up: Half,
     /// The proxy to the agent.
     down: Half,
+    /// On the list of connections the loop comes back to ([`Moved::Busy`]).
+    queued: bool,
 }
 
-/// The forwarder's table: every slot and a stack of the free ones.
+/// The forwarder's table: every slot, a stack of the free ones, and the
+/// list of those to come back to.
 struct Table {
     conns: [Conn; MAX_CONNS],
     free: [u16; MAX_CONNS],
     nfree: usize,
+    again: [u16; MAX_CONNS],
+    nagain: usize,
 }
 
 /// The forwarder's state: one process relays every connection, each
@@ -1140,6 +1170,7 @@ impl Relay {
                 buf,
                 up: Half::NEW,
                 down: Half::NEW,
+                queued: false,
             };
             self.waiting += 1;
             self.connect(slot);
@@ -1189,6 +1220,17 @@ impl Relay {
         from.readable |= readable;
         from.closing |= closing;
         to.writable |= writable;
+        self.pump(slot);
+    }
+
+    /// Moves what can move on slot `slot`, both ways, and ends it when
+    /// both directions have ended or either side failed.
+    fn pump(&mut self, slot: usize) {
+        let conn = &mut self.table.conns[slot];
+        // Ended since it was put on the list of those to come back to.
+        if conn.buf.is_null() || conn.proxy == WAITING {
+            return;
+        }
         // SAFETY: the slot's mapping: two buffers of COPY_BUF bytes, this
         // connection's only.
         let (up_buf, down_buf) = unsafe {
@@ -1197,13 +1239,21 @@ impl Relay {
                 core::slice::from_raw_parts_mut(conn.buf.add(COPY_BUF), COPY_BUF),
             )
         };
-        let ok = conn.up.relay(conn.client, conn.proxy, up_buf)
-            && conn.down.relay(conn.proxy, conn.client, down_buf);
+        let up = conn.up.relay(conn.client, conn.proxy, up_buf);
+        let down = match up {
+            Moved::Failed => Moved::Failed,
+            _ => conn.down.relay(conn.proxy, conn.client, down_buf),
+        };
         // An error on either side ends both (closed with bytes unread, a
         // socket resets: the other end learns at once); so do both
         // directions' ends.
-        if !ok || (conn.up.ended && conn.down.ended) {
+        if down == Moved::Failed || (conn.up.ended && conn.down.ended) {
             return self.end(slot);
+        }
+        if (up == Moved::Busy || down == Moved::Busy) && !conn.queued {
+            conn.queued = true;
+            self.table.again[self.table.nagain] = slot as u16;
+            self.table.nagain += 1;
         }
         // A side watched for room (EPOLLOUT) exactly while bytes for it
         // wait: room is reported on every piece a Unix socket's reader
@@ -1236,8 +1286,28 @@ impl Relay {
         }
     }
 
+    /// Gives each connection whose turn ended busy another turn.
+    fn revisit(&mut self) {
+        // A copy: a turn may put its connection on the list again.
+        let n = self.table.nagain;
+        let mut list = [0u16; MAX_CONNS];
+        list[..n].copy_from_slice(&self.table.again[..n]);
+        self.table.nagain = 0;
+        for &slot in &list[..n] {
+            self.table.conns[slot as usize].queued = false;
+            self.pump(slot as usize);
+        }
+    }
+
     /// Closes slot `slot`'s sockets (which also unwatches them) and frees it.
     fn end(&mut self, slot: usize) {
+        let t = &mut *self.table;
+        if t.conns[slot].queued {
+            if let Some(i) = t.again[..t.nagain].iter().position(|&s| s as usize == slot) {
+                t.nagain -= 1;
+                t.again[i] = t.again[t.nagain];
+            }
+        }
         let conn = &mut self.table.conns[slot];
         close(conn.client);
         if conn.proxy == WAITING {
