@@ -67,7 +67,7 @@ const RETRY_NS: i64 = 2_000_000;
 const GIVE_UP_SECS: i64 = 45;
 /// Connections the kernel queues for the forwarder (as the proxy's own).
 const BACKLOG: usize = 128;
-/// Bytes one copier moves per read and write.
+/// Bytes one direction of a connection moves per read and write (its buffer).
 const COPY_BUF: usize = 16 * 1024;
 
 const AT_FDCWD: isize = -100;

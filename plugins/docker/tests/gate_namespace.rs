@@ -105,8 +105,7 @@ c = socket.create_connection(("127.0.0.1", 3128))
 c.sendall(b"hello\n")
 print(c.recv(4096).decode().strip())
 # The forwarder's end of this connection, taken from whichever process holds
-# it (the handler and its copier share it; pidfd_getfd, x86_64 numbers):
-# the values of its TCP_NODELAY.
+# it (pidfd_getfd, x86_64 numbers): the values of its TCP_NODELAY.
 me = c.getsockname()
 libc = ctypes.CDLL(None, use_errno=True)
 found = []
