@@ -93,14 +93,13 @@ const SIGPIPE: usize = 13;
 const SIGCHLD: usize = 17;
 const SIG_IGN: usize = 1;
 const PR_SET_PDEATHSIG: usize = 1;
+const RLIMIT_NOFILE: usize = 7;
 const ENOENT: isize = 2;
 const EINTR: isize = 4;
 const EAGAIN: isize = 11;
 const ENOMEM: isize = 12;
 const EACCES: isize = 13;
 const ENOTDIR: isize = 20;
-const ENFILE: isize = 23;
-const EMFILE: isize = 24;
 const EADDRINUSE: isize = 98;
 const EADDRNOTAVAIL: isize = 99;
 const ECONNABORTED: isize = 103;
@@ -140,6 +139,7 @@ mod nr {
     pub const OPENAT: usize = 257;
     pub const ACCEPT4: usize = 288;
     pub const CLOSE_RANGE: usize = 436;
+    pub const PRLIMIT64: usize = 302;
 }
 
 // The asm-generic numbers (include/uapi/asm-generic/unistd.h).
@@ -176,6 +176,7 @@ mod nr {
     pub const OPENAT: usize = 56;
     pub const ACCEPT4: usize = 242;
     pub const CLOSE_RANGE: usize = 436;
+    pub const PRLIMIT64: usize = 261;
 }
 
 /// A raw Linux syscall with up to five arguments; returns -errno on error.
@@ -250,6 +251,14 @@ fn now_secs() -> i64 {
     // SAFETY: a live timespec for CLOCK_MONOTONIC (1) to fill.
     unsafe { syscall(nr::CLOCK_GETTIME, 1, ts.as_mut_ptr() as usize, 0, 0, 0) };
     ts[0]
+}
+
+/// Nanoseconds on the monotonic clock.
+fn now_ns() -> i64 {
+    let mut ts = [0i64; 2];
+    // SAFETY: a live timespec for CLOCK_MONOTONIC (1) to fill.
+    unsafe { syscall(nr::CLOCK_GETTIME, 1, ts.as_mut_ptr() as usize, 0, 0, 0) };
+    ts[0] * 1_000_000_000 + ts[1]
 }
 
 fn close(fd: usize) {
@@ -403,10 +412,8 @@ fn sockaddr_un(path: &[u8]) -> Option<SockAddrUn> {
     Some(addr)
 }
 
-/// A new stream socket connected to the Unix socket `to`, or the errno.
-/// With `SOCK_NONBLOCK` in `flags` the connect fails with `EAGAIN` rather
-/// than waiting while the listener's backlog is full.
-fn connect_unix(to: &SockAddrUn, flags: usize) -> Result<usize, isize> {
+/// A new Unix stream socket (close-on-exec, and `flags`), or the errno.
+fn unix_socket(flags: usize) -> Result<usize, isize> {
     // SAFETY: plain integers.
     let fd = unsafe {
         syscall(
@@ -419,15 +426,33 @@ fn connect_unix(to: &SockAddrUn, flags: usize) -> Result<usize, isize> {
         )
     };
     if fd < 0 {
-        return Err(-fd);
+        Err(-fd)
+    } else {
+        Ok(fd as usize)
     }
-    let fd = fd as usize;
+}
+
+/// Connects the Unix socket `fd` to `to`, or says the errno. A
+/// non-blocking socket fails with `EAGAIN` rather than waiting while the
+/// listener's backlog is full, and stays unconnected: it can try again.
+fn connect(fd: usize, to: &SockAddrUn) -> Result<(), isize> {
     let size = core::mem::size_of::<SockAddrUn>();
     // SAFETY: a live sockaddr_un of the size given.
     let r = unsafe { syscall(nr::CONNECT, fd, to as *const _ as usize, size, 0, 0) };
     if r < 0 {
+        Err(-r)
+    } else {
+        Ok(())
+    }
+}
+
+/// A new stream socket connected to the Unix socket `to`, or the errno
+/// (see [`connect`] for `SOCK_NONBLOCK` in `flags`).
+fn connect_unix(to: &SockAddrUn, flags: usize) -> Result<usize, isize> {
+    let fd = unix_socket(flags)?;
+    if let Err(e) = connect(fd, to) {
         close(fd);
-        return Err(-r);
+        return Err(e);
     }
     Ok(fd)
 }
@@ -827,12 +852,43 @@ fn forward(mut relay: Relay, gate: isize) -> ! {
     }
     // SAFETY: plain integers.
     unsafe { syscall(nr::CLOSE_RANGE, top + 1, u32::MAX as usize, 0, 0, 0) };
-    relay.listen(EPOLL_CTL_ADD);
+    // One process holds every connection's two sockets: up to the hard
+    // limit on descriptors, not the soft one (often 1024), which was made
+    // for processes that hold few. Best effort: without it, connections
+    // beyond the soft limit wait in the backlog for earlier ones to end.
+    let mut limit = [0u64; 2];
+    // SAFETY: a live struct rlimit (soft, hard) to fill, then to set.
+    unsafe {
+        if syscall(
+            nr::PRLIMIT64,
+            0,
+            RLIMIT_NOFILE,
+            0,
+            limit.as_mut_ptr() as usize,
+            0,
+        ) == 0
+        {
+            limit[0] = limit[1];
+            syscall(
+                nr::PRLIMIT64,
+                0,
+                RLIMIT_NOFILE,
+                limit.as_ptr() as usize,
+                0,
+                0,
+            );
+        }
+    }
+    // Unwatched, the listener's connections would wait forever: exiting
+    // closes it, and they are refused instead (fail closed).
+    if !relay.listen(EPOLL_CTL_ADD) {
+        exit(0);
+    }
     let mut events = [EpollEvent { events: 0, data: 0 }; 64];
     loop {
         // Connections to come back to: only look for events. Something
         // to retry (see `Relay::retry`): look again soon.
-        let timeout = if relay.table.nagain > 0 {
+        let timeout = if relay.table.nagain[relay.table.filling] > 0 {
             0
         } else if relay.paused || relay.waiting > 0 {
             (RETRY_NS / 1_000_000) as usize
@@ -868,14 +924,12 @@ fn forward(mut relay: Relay, gate: isize) -> ! {
 /// backlog until one ends.
 const MAX_CONNS: usize = 4096;
 
-/// A [`Conn`]'s proxy side while the proxy's backlog is full.
-const WAITING: usize = usize::MAX;
-
 /// The epoll token of the listener; a connection's sides are `2 * slot`
 /// (the agent's) and `2 * slot + 1` (the proxy's).
 const LISTENER: u64 = u64::MAX;
 
 const EPOLLIN: u32 = 0x1;
+const EPOLLPRI: u32 = 0x2;
 const EPOLLOUT: u32 = 0x4;
 const EPOLLERR: u32 = 0x8;
 const EPOLLHUP: u32 = 0x10;
@@ -884,7 +938,7 @@ const EPOLLET: u32 = 1 << 31;
 /// What a connection's sides are watched for (and, while bytes for it
 /// wait, room: `EPOLLOUT`). Edge-triggered: an event per change, not one
 /// per turn of the loop while it holds.
-const SIDE_EVENTS: u32 = EPOLLIN | EPOLLRDHUP | EPOLLET;
+const SIDE_EVENTS: u32 = EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLET;
 const EPOLL_CTL_ADD: usize = 1;
 const EPOLL_CTL_MOD: usize = 3;
 const PROT_READ_WRITE: usize = 0x3;
@@ -910,10 +964,11 @@ struct Half {
     end: usize,
     /// The source may have bytes (or its end) to read.
     readable: bool,
-    /// An event said the source's peer has shut down its writing (or the
-    /// socket hung up or failed): read until a read says so, whatever the
-    /// length of the reads before.
-    closing: bool,
+    /// Read until a read says EAGAIN or the end, whatever the length of
+    /// the reads before: an event said the source's peer has shut down its
+    /// writing, or the socket hung up or failed, or urgent (TCP
+    /// out-of-band) data came, at which a read stops short.
+    drain: bool,
     /// The destination may take bytes.
     writable: bool,
     /// The destination is watched for room (see [`Relay::ready`]).
@@ -930,7 +985,7 @@ impl Half {
         readable: true,
         writable: true,
         watched: false,
-        closing: false,
+        drain: false,
         ended: false,
     };
 
@@ -993,9 +1048,9 @@ impl Half {
                     // there were (epoll(7)): an edge comes with more. Saves
                     // a read that would say EAGAIN, per message. But the
                     // peer's end may wait behind those bytes (its event
-                    // came before this read), so not once an event said
-                    // it has come.
-                    self.readable = self.end == buf.len() || self.closing;
+                    // came before this read), and a read stops short at
+                    // urgent data: not once an event said either came.
+                    self.readable = self.end == buf.len() || self.drain;
                 }
             }
         }
@@ -1024,6 +1079,9 @@ enum Moved {
 struct Conn {
     client: usize,
     proxy: usize,
+    /// The proxy side is connected; until then it waits for room in the
+    /// proxy's backlog (and is not watched).
+    connected: bool,
     buf: *mut u8,
     /// The agent to the proxy.
     up: Half,
@@ -1033,14 +1091,17 @@ struct Conn {
     queued: bool,
 }
 
-/// The forwarder's table: every slot, a stack of the free ones, and the
-/// list of those to come back to.
+/// The forwarder's table: every slot, a stack of the free ones, and two
+/// lists of those to come back to ([`Moved::Busy`]): one filling while the
+/// other is gone through.
 struct Table {
     conns: [Conn; MAX_CONNS],
     free: [u16; MAX_CONNS],
     nfree: usize,
-    again: [u16; MAX_CONNS],
-    nagain: usize,
+    again: [[u16; MAX_CONNS]; 2],
+    nagain: [usize; 2],
+    /// Which of `again` fills.
+    filling: usize,
 }
 
 /// The forwarder's state: one process relays every connection, each
@@ -1050,9 +1111,16 @@ struct Relay {
     listener: usize,
     proxy: SockAddrUn,
     table: &'static mut Table,
+    /// What the next connection will take, made before it is accepted (so
+    /// that a connection, once accepted, lacks nothing): its proxy side (a
+    /// socket, not connected yet) and its buffers.
+    spare_socket: Option<usize>,
+    spare_buf: Option<*mut u8>,
     /// Accepting is paused (no free slot, or no descriptor or memory for
-    /// now): the listener is not watched until [`Relay::retry`].
+    /// now): the listener is not watched until a connection ends or, at
+    /// the latest, the monotonic time `resume_at` (ns).
     paused: bool,
+    resume_at: i64,
     /// Connections whose proxy side waits for room in the proxy's backlog.
     waiting: usize,
 }
@@ -1090,7 +1158,7 @@ impl Relay {
         }
         let table = map(core::mem::size_of::<Table>())? as *mut Table;
         // SAFETY: a fresh mapping of the table's size, page-aligned, and
-        // zeroed, which is a valid table (every slot free, an empty stack)
+        // zeroed, which is a valid table (every slot free, empty lists)
         // to fill in; it is never unmapped.
         let table = unsafe { &mut *table };
         for (i, slot) in table.free.iter_mut().enumerate() {
@@ -1102,7 +1170,10 @@ impl Relay {
             listener,
             proxy,
             table,
+            spare_socket: None,
+            spare_buf: None,
             paused: false,
+            resume_at: 0,
             waiting: 0,
         })
     }
@@ -1119,23 +1190,40 @@ impl Relay {
 
     /// Watches the listener (level-triggered: a connection left in the
     /// backlog is reported again).
-    fn listen(&mut self, op: usize) {
-        self.watch(op, self.listener, EPOLLIN, LISTENER);
+    fn listen(&mut self, op: usize) -> bool {
         self.paused = false;
+        self.watch(op, self.listener, EPOLLIN, LISTENER)
     }
 
-    /// Stops watching the listener until [`Relay::retry`].
+    /// Stops watching the listener until a connection ends, or for
+    /// [`RETRY_NS`]: not a turn of the loop per try while nothing can be
+    /// taken.
     fn pause(&mut self) {
         self.watch(EPOLL_CTL_MOD, self.listener, 0, LISTENER);
         self.paused = true;
+        self.resume_at = now_ns() + RETRY_NS;
+    }
+
+    /// Makes what the next connection will take; `false` if something
+    /// cannot be made for now.
+    fn prepare(&mut self) -> bool {
+        if self.spare_socket.is_none() {
+            self.spare_socket = unix_socket(SOCK_NONBLOCK).ok();
+        }
+        if self.spare_buf.is_none() {
+            self.spare_buf = map(2 * COPY_BUF).ok();
+        }
+        self.spare_socket.is_some() && self.spare_buf.is_some() && self.table.nfree > 0
     }
 
     /// Accepts every waiting connection, each into a free slot.
     fn accept(&mut self) {
         loop {
-            let Some(&slot) = self.table.free[..self.table.nfree].last() else {
+            // No slot, descriptor or memory for one more: it waits in the
+            // backlog (never turned away).
+            if !self.prepare() {
                 return self.pause();
-            };
+            }
             // SAFETY: no peer address wanted.
             let client = unsafe {
                 syscall(
@@ -1151,22 +1239,21 @@ impl Relay {
                 _ if client == -EAGAIN => return,
                 // A client gone before its accept.
                 _ if client == -ECONNABORTED || client == -EINTR => continue,
-                // No descriptor or memory for now: never a reason to stop
-                // serving, nor to turn a client away.
+                // No descriptor or memory for now.
                 _ if client < 0 => return self.pause(),
                 _ => {}
             }
-            let client = client as usize;
-            let Ok(buf) = map(2 * COPY_BUF) else {
-                close(client);
-                return self.pause();
+            let (Some(proxy), Some(buf)) = (self.spare_socket.take(), self.spare_buf.take()) else {
+                unreachable!("prepared above");
             };
+            let client = client as usize;
             nodelay(client);
             self.table.nfree -= 1;
-            let slot = slot as usize;
+            let slot = self.table.free[self.table.nfree] as usize;
             self.table.conns[slot] = Conn {
                 client,
-                proxy: WAITING,
+                proxy,
+                connected: false,
                 buf,
                 up: Half::NEW,
                 down: Half::NEW,
@@ -1177,21 +1264,20 @@ impl Relay {
         }
     }
 
-    /// Connects the waiting slot `slot` to the proxy and watches both
-    /// sides; a full backlog leaves it waiting; a proxy gone closes the
-    /// agent's connection (fail closed).
+    /// Connects the waiting slot `slot`'s proxy side and watches both
+    /// sides; a full backlog leaves it waiting (with both its sockets: it
+    /// needs nothing more to go on); a proxy gone closes the agent's
+    /// connection (fail closed).
     fn connect(&mut self, slot: usize) {
-        let proxy = match connect_unix(&self.proxy, SOCK_NONBLOCK) {
-            // The proxy's backlog is full, or there is no descriptor or
-            // memory for a socket for now: the proxy is there, so wait.
-            Err(EAGAIN | EMFILE | ENFILE | ENOBUFS | ENOMEM) => return,
-            Err(_) => return self.end(slot),
-            Ok(fd) => fd,
-        };
-        self.waiting -= 1;
         let conn = &mut self.table.conns[slot];
-        conn.proxy = proxy;
-        let (client, token) = (conn.client, 2 * slot as u64);
+        match connect(conn.proxy, &self.proxy) {
+            Err(EAGAIN | ENOBUFS | ENOMEM) => return,
+            Err(_) => return self.end(slot),
+            Ok(()) => {}
+        }
+        conn.connected = true;
+        self.waiting -= 1;
+        let (client, proxy, token) = (conn.client, conn.proxy, 2 * slot as u64);
         if !self.watch(EPOLL_CTL_ADD, client, SIDE_EVENTS, token)
             || !self.watch(EPOLL_CTL_ADD, proxy, SIDE_EVENTS, token + 1)
         {
@@ -1205,20 +1291,26 @@ impl Relay {
         let slot = (token / 2) as usize;
         let conn = &mut self.table.conns[slot];
         // A slot ended by an earlier event of the same batch.
-        if conn.buf.is_null() || conn.proxy == WAITING {
+        if conn.buf.is_null() || !conn.connected {
             return;
         }
         // An error or hang-up: the next read or write says which.
         let hup = flags & (EPOLLERR | EPOLLHUP) != 0;
-        let closing = hup || flags & EPOLLRDHUP != 0;
+        let drain = hup || flags & (EPOLLRDHUP | EPOLLPRI) != 0;
         let (readable, writable) = (flags & EPOLLIN != 0 || hup, flags & EPOLLOUT != 0 || hup);
         let (from, to) = if token % 2 == 0 {
             (&mut conn.up, &mut conn.down)
         } else {
             (&mut conn.down, &mut conn.up)
         };
+        // An error on a side no longer read (its peer's end came before,
+        // say a reset after a half-close) would never be seen by a read:
+        // it ends the connection, as a read's error would.
+        if flags & EPOLLERR != 0 && from.ended {
+            return self.end(slot);
+        }
         from.readable |= readable;
-        from.closing |= closing;
+        from.drain |= drain;
         to.writable |= writable;
         self.pump(slot);
     }
@@ -1226,9 +1318,10 @@ impl Relay {
     /// Moves what can move on slot `slot`, both ways, and ends it when
     /// both directions have ended or either side failed.
     fn pump(&mut self, slot: usize) {
-        let conn = &mut self.table.conns[slot];
+        let t = &mut *self.table;
+        let conn = &mut t.conns[slot];
         // Ended since it was put on the list of those to come back to.
-        if conn.buf.is_null() || conn.proxy == WAITING {
+        if conn.buf.is_null() || !conn.connected {
             return;
         }
         // SAFETY: the slot's mapping: two buffers of COPY_BUF bytes, this
@@ -1239,21 +1332,22 @@ impl Relay {
                 core::slice::from_raw_parts_mut(conn.buf.add(COPY_BUF), COPY_BUF),
             )
         };
+        // Both ways even when the first fails: a proxy that answers and
+        // closes (say a refusal of an upload) fails the upload's writes,
+        // and its answer still goes to the agent, as far as it can now.
         let up = conn.up.relay(conn.client, conn.proxy, up_buf);
-        let down = match up {
-            Moved::Failed => Moved::Failed,
-            _ => conn.down.relay(conn.proxy, conn.client, down_buf),
-        };
+        let down = conn.down.relay(conn.proxy, conn.client, down_buf);
         // An error on either side ends both (closed with bytes unread, a
         // socket resets: the other end learns at once); so do both
         // directions' ends.
-        if down == Moved::Failed || (conn.up.ended && conn.down.ended) {
+        if up == Moved::Failed || down == Moved::Failed || (conn.up.ended && conn.down.ended) {
             return self.end(slot);
         }
         if (up == Moved::Busy || down == Moved::Busy) && !conn.queued {
             conn.queued = true;
-            self.table.again[self.table.nagain] = slot as u16;
-            self.table.nagain += 1;
+            let f = t.filling;
+            t.again[f][t.nagain[f]] = slot as u16;
+            t.nagain[f] += 1;
         }
         // A side watched for room (EPOLLOUT) exactly while bytes for it
         // wait: room is reported on every piece a Unix socket's reader
@@ -1286,55 +1380,68 @@ impl Relay {
         }
     }
 
-    /// Gives each connection whose turn ended busy another turn.
+    /// Gives each connection whose turn ended busy another turn. Those
+    /// busy again go on the other list, for the next turn of the loop.
     fn revisit(&mut self) {
-        // A copy: a turn may put its connection on the list again.
-        let n = self.table.nagain;
-        let mut list = [0u16; MAX_CONNS];
-        list[..n].copy_from_slice(&self.table.again[..n]);
-        self.table.nagain = 0;
-        for &slot in &list[..n] {
-            self.table.conns[slot as usize].queued = false;
-            self.pump(slot as usize);
+        let list = self.table.filling;
+        let n = self.table.nagain[list];
+        if n == 0 {
+            return;
         }
+        self.table.filling ^= 1;
+        for i in 0..n {
+            let slot = self.table.again[list][i] as usize;
+            self.table.conns[slot].queued = false;
+            self.pump(slot);
+        }
+        self.table.nagain[list] = 0;
     }
 
-    /// Closes slot `slot`'s sockets (which also unwatches them) and frees it.
+    /// Closes slot `slot`'s sockets (which also unwatches them) and frees
+    /// it; a paused listener is watched again (a slot and descriptors are
+    /// free now).
     fn end(&mut self, slot: usize) {
         let t = &mut *self.table;
+        // On the filling list (the other one is gone through only by
+        // `revisit`, which ends no connection but the one it is on, and
+        // takes that one off its list first).
         if t.conns[slot].queued {
-            if let Some(i) = t.again[..t.nagain].iter().position(|&s| s as usize == slot) {
-                t.nagain -= 1;
-                t.again[i] = t.again[t.nagain];
+            let (list, n) = (&mut t.again[t.filling], &mut t.nagain[t.filling]);
+            if let Some(i) = list[..*n].iter().position(|&s| s as usize == slot) {
+                *n -= 1;
+                list[i] = list[*n];
             }
         }
-        let conn = &mut self.table.conns[slot];
-        close(conn.client);
-        if conn.proxy == WAITING {
+        let conn = &mut t.conns[slot];
+        if !conn.connected {
             self.waiting -= 1;
-        } else {
-            close(conn.proxy);
         }
+        close(conn.client);
+        close(conn.proxy);
         // SAFETY: this slot's mapping, unused from here on.
         unsafe { syscall(nr::MUNMAP, conn.buf as usize, 2 * COPY_BUF, 0, 0, 0) };
         conn.buf = core::ptr::null_mut();
-        self.table.free[self.table.nfree] = slot as u16;
-        self.table.nfree += 1;
+        t.free[t.nfree] = slot as u16;
+        t.nfree += 1;
+        if self.paused {
+            self.listen(EPOLL_CTL_MOD);
+        }
     }
 
     /// Once per turn of the loop: connections waiting for the proxy's
-    /// backlog try again, and a paused listener is watched again (and, if
-    /// still nothing can be taken, paused again by the next accept).
+    /// backlog try again, and a paused listener is watched again once its
+    /// pause is over (if still nothing can be taken, the next accept
+    /// pauses it again).
     fn retry(&mut self) {
         if self.waiting > 0 {
             for slot in 0..MAX_CONNS {
                 let conn = &self.table.conns[slot];
-                if !conn.buf.is_null() && conn.proxy == WAITING {
+                if !conn.buf.is_null() && !conn.connected {
                     self.connect(slot);
                 }
             }
         }
-        if self.paused {
+        if self.paused && now_ns() >= self.resume_at {
             self.listen(EPOLL_CTL_MOD);
         }
     }

@@ -174,8 +174,9 @@ print("nodelay", sorted(set(found)))
 
 /// The forwarder under load, with `tests/gate_relay/`'s proxy and agent
 /// (see there): many connections both ways at once with one stalled, one
-/// process for all, fail closed once the proxy is gone; and, with fewer
-/// descriptors than connections, each served in turn.
+/// process for all, urgent data, fail closed once the proxy is gone; with
+/// fewer descriptors than connections, each served in turn; and a burst
+/// while the proxy's backlog is full.
 fn check_relay(dir: &Path, g: &str) {
     let (d, ip) = (dir.display(), ip_command().unwrap());
     let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gate_relay");
@@ -192,21 +193,37 @@ fn check_relay(dir: &Path, g: &str) {
         "echoed 64 connections at once, one stalled",
         "the stalled connection got all 8 MiB",
         "one forwarder process for 50 connections",
+        "bytes after urgent data came through",
         "closed once the proxy is gone",
         "rc=0",
     ] {
         assert!(out.contains(line), "no `{line}`:\n{out}");
     }
 
-    // A soft limit of 40 descriptors for the gate (the agent raises its
-    // own): 30 connections are more than the forwarder can hold at once.
-    let o = sh(&format!(
-        "unshare -n sh -c '{ip} link set lo up; \
-         python3 {proxy} {d}/f.sock & proxy=$!; \
-         ulimit -Sn 40; {g} {d}/f.sock 3128 - -- python3 {agent} few-fds 30; echo rc=$?; kill $proxy'"
-    ));
-    let out = text(&o);
-    assert!(out.contains("served 30 connections in turn\nrc=0"), "{out}");
+    // The forwarder out of descriptors (the agent lowers its limit):
+    // connections wait, without a spinning forwarder, and are served in
+    // turn; and a burst while the proxy's backlog is full (a backlog of 0,
+    // nothing accepted for 2 s) is served once the proxy catches up.
+    for (mode, proxy_args, line) in [
+        (
+            "limits",
+            "",
+            "served 30 connections in turn, idle while they waited",
+        ),
+        (
+            "burst",
+            " 0 2",
+            "served a burst while the proxy's backlog was full, and one later",
+        ),
+    ] {
+        let o = sh(&format!(
+            "unshare -n sh -c '{ip} link set lo up; rm -f {d}/l.sock; \
+             python3 {proxy} {d}/l.sock{proxy_args} & proxy=$!; \
+             {g} {d}/l.sock 3128 - -- python3 {agent} {mode} {gate}; echo rc=$?; kill $proxy'"
+        ));
+        let out = text(&o);
+        assert!(out.contains(&format!("{line}\nrc=0")), "{out}");
+    }
 }
 
 fn works(cmd: &mut Command) -> bool {

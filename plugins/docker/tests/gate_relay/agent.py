@@ -5,9 +5,12 @@
 #   agent.py relay GATE     many connections at once, both ways at once,
 #                           one stalled, half-closes, one forwarder process,
 #                           and fail closed once the proxy is gone
-#   agent.py few-fds N      N connections open at once, more than the
-#                           forwarder's descriptor limit allows: each is
-#                           served in turn as others end
+#   agent.py limits GATE    with the forwarder's descriptors limited to 15,
+#                           30 connections open at once: it waits without
+#                           spinning, then serves each in turn as others end
+#   agent.py burst GATE     14 connections at once, the forwarder limited to
+#                           14 descriptors, and a proxy whose backlog is full
+#                           for 2 s: all served, and a later one too
 import hashlib, os, resource, socket, sys, threading, time
 
 PORT = 3128
@@ -40,17 +43,33 @@ def echo(data):
     return got == data
 
 
-def processes_running(gate):
+def gate_processes(gate):
     """Processes whose program (or qemu's program) is the gate."""
-    n = 0
+    pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
         except OSError:
             continue
         if gate.encode() in argv[:2] and int(pid) != os.getpid():
-            n += 1
-    return n
+            pids.append(int(pid))
+    return pids
+
+
+def limit_forwarder(gate, n):
+    """Limits the forwarder (the one process running the gate) to n
+    descriptors, soft and hard: it raises its soft limit to the hard one
+    when it starts. This process may use more."""
+    [pid] = gate_processes(gate)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (n, n))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return pid
+
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def relay(gate):
@@ -85,11 +104,29 @@ def relay(gate):
     for c in idle:
         c.sendall(b"x")
         assert c.recv(1) == b"x"
-    n = processes_running(gate)
+    n = len(gate_processes(gate))
     assert n == 1, f"{n} processes run the gate with 50 connections open"
     print("one forwarder process for 50 connections")
     for c in idle:
         c.close()
+
+    # Urgent (TCP out-of-band) data stops a read short of what is queued:
+    # the bytes after it still come (the urgent byte itself is not relayed).
+    # Read before the half-close: the end would make the forwarder read on.
+    c = connect(b"echo")
+    c.sendall(b"AAAA")
+    c.send(b"X", socket.MSG_OOB)
+    c.sendall(b"BBBB")
+    c.settimeout(5)
+    got = b""
+    try:
+        while len(got) < 8:
+            got += c.recv(100)
+    except socket.timeout:
+        pass
+    assert got == b"AAAABBBB", got
+    c.close()
+    print("bytes after urgent data came through")
 
     # The proxy gone: a new connection is closed (fail closed), not held.
     q = connect(b"quit")
@@ -103,24 +140,54 @@ def relay(gate):
     print("closed once the proxy is gone")
 
 
-def few_fds(n):
-    # The forwarder's descriptors run out before these are all relayed:
-    # the rest wait (in the listener's backlog, or for a socket to the
-    # proxy) and are served as earlier ones end. This process may use more
-    # than the forwarder: its soft limit was lowered for the gate only.
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    conns = [connect(b"echo") for _ in range(n)]
+def echo_in_turn(conns):
     for i, c in enumerate(conns):
         msg = b"hello %d" % i
         c.sendall(msg)
         c.shutdown(socket.SHUT_WR)
         assert read_to_end(c) == msg, i
         c.close()
-    print(f"served {n} connections in turn")
 
 
-if sys.argv[1] == "relay":
-    relay(sys.argv[2])
-else:
-    few_fds(int(sys.argv[2]))
+def limits(gate):
+    # 15 descriptors: room for 6 connections and a spare socket. The rest
+    # wait in the backlog, and the forwarder waits for a slot without
+    # spinning (before, it spent the whole second in accept4's EMFILE).
+    pid = limit_forwarder(gate, 15)
+    conns = [connect(b"echo") for _ in range(30)]
+    time.sleep(0.2)
+    before = cpu_seconds(pid)
+    time.sleep(1)
+    spent = cpu_seconds(pid) - before
+    assert spent < 0.3, f"the forwarder spent {spent:.2f} s of CPU in 1 s, waiting"
+    echo_in_turn(conns)
+    print("served 30 connections in turn, idle while they waited")
+
+
+def burst(gate):
+    # Every descriptor taken by connections whose proxy side waits for the
+    # proxy's backlog: each already holds both its sockets, so none is
+    # stuck when the proxy catches up (before, all 14 were).
+    limit_forwarder(gate, 14)
+    conns = [None] * 14
+    def open_one(i):
+        conns[i] = socket.create_connection(("127.0.0.1", PORT), timeout=20)
+    threads = [threading.Thread(target=open_one, args=(i,)) for i in range(14)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, c in enumerate(conns):
+        c.sendall(b"echo\nhello %d" % i)
+        c.shutdown(socket.SHUT_WR)
+    for i, c in enumerate(conns):
+        assert read_to_end(c) == b"hello %d" % i, i
+        c.close()
+    c = connect(b"echo")
+    c.sendall(b"later")
+    c.shutdown(socket.SHUT_WR)
+    assert read_to_end(c) == b"later"
+    print("served a burst while the proxy's backlog was full, and one later")
+
+
+{"relay": relay, "limits": limits, "burst": burst}[sys.argv[1]](sys.argv[2])

@@ -3,15 +3,21 @@
 # what to do:
 #   echo        send back every byte until the client's end, then close
 #   flood N     send N bytes (the byte i is i % 251), then close
-#   quit        close the listener, remove the socket, answer "bye", exit
+#   quit        remove the socket, answer "bye", exit
 # A connection that ends before its first line (the gate's probe) is closed.
+#
+#   proxy.py PATH [BACKLOG ACCEPT_AFTER]   a listen backlog of BACKLOG
+#                                          (default 64), and nothing accepted
+#                                          for ACCEPT_AFTER seconds (a proxy
+#                                          whose backlog fills)
 import os, socket, sys, threading, time
 
 path = sys.argv[1]
-time.sleep(float(sys.argv[2]) if len(sys.argv) > 2 else 0)
+backlog, accept_after = (int(sys.argv[2]), float(sys.argv[3])) if len(sys.argv) > 3 else (64, 0)
 listener = socket.socket(socket.AF_UNIX)
 listener.bind(path)
-listener.listen(64)
+listener.listen(backlog)
+time.sleep(accept_after)
 PATTERN = bytes(i % 251 for i in range(251 * 64))
 
 
@@ -41,7 +47,8 @@ def serve(c):
                 c.sendall(PATTERN[:n])
                 left -= n
         elif cmd == ["quit"]:
-            listener.close()
+            # The socket file goes, then the process (and the listener with
+            # it); the main thread's accept is never interrupted.
             os.unlink(path)
             c.sendall(b"bye\n")
             c.close()
