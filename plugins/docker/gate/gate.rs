@@ -61,6 +61,10 @@ const DEFAULT_PATH: &[u8] = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:
 /// Pause between two checks of the marker and the proxy's socket (and
 /// after a failed accept, so that a lack of resources is no busy loop).
 const RETRY_NS: i64 = 2_000_000;
+/// How long the forwarder stops accepting when it cannot take a
+/// connection for want of memory or of the system's descriptors (the end
+/// of a connection, which frees its own, resumes it at once).
+const PAUSE_NS: i64 = 50_000_000;
 /// The host declares a proxy dead after 30 s and then kills this
 /// container; if the host itself died meanwhile, give up (fail closed)
 /// rather than wait forever.
@@ -890,8 +894,10 @@ fn forward(mut relay: Relay, gate: isize) -> ! {
         // to retry (see `Relay::retry`): look again soon.
         let timeout = if relay.table.nagain[relay.table.filling] > 0 {
             0
-        } else if relay.paused || relay.waiting > 0 {
+        } else if relay.table.nwait > 0 {
             (RETRY_NS / 1_000_000) as usize
+        } else if relay.paused {
+            (PAUSE_NS / 1_000_000) as usize
         } else {
             usize::MAX // -1: no timeout
         };
@@ -976,6 +982,9 @@ struct Half {
     /// The source has ended, and the destination's write side is shut down
     /// (a half-close passed on).
     ended: bool,
+    /// The destination failed (see [`Relay::pump`]): the source is still
+    /// read, to its end, and what it sends is dropped.
+    discarding: bool,
 }
 
 impl Half {
@@ -987,6 +996,7 @@ impl Half {
         watched: false,
         drain: false,
         ended: false,
+        discarding: false,
     };
 
     /// Moves bytes from `src` to `dst` through `buf` until the source has
@@ -995,6 +1005,9 @@ impl Half {
     fn relay(&mut self, src: usize, dst: usize, buf: &mut [u8]) -> Moved {
         let mut reads = 0;
         loop {
+            if self.start < self.end && self.discarding {
+                (self.start, self.end) = (0, 0);
+            }
             if self.start < self.end {
                 if !self.writable {
                     return Moved::Idle;
@@ -1014,7 +1027,7 @@ impl Half {
                 match n {
                     _ if n == -EAGAIN => self.writable = false,
                     _ if n == -EINTR => {}
-                    _ if n <= 0 => return Moved::Failed,
+                    _ if n <= 0 => return Moved::Refused,
                     // A short write: the destination is full for now (an
                     // edge comes when it drains).
                     _ if (n as usize) < pending.len() => {
@@ -1069,7 +1082,9 @@ enum Moved {
     /// Its turn ended with bytes maybe left to read: no event will say so
     /// (edge-triggered), so the loop comes back to it.
     Busy,
-    /// An error on either socket.
+    /// A write to the destination failed.
+    Refused,
+    /// A read of the source failed.
     Failed,
 }
 
@@ -1102,6 +1117,11 @@ struct Table {
     nagain: [usize; 2],
     /// Which of `again` fills.
     filling: usize,
+    /// Connections waiting for room in the proxy's backlog, oldest first
+    /// (a ring: `nwait` of them from `wait_head`).
+    wait: [u16; MAX_CONNS],
+    wait_head: usize,
+    nwait: usize,
 }
 
 /// The forwarder's state: one process relays every connection, each
@@ -1121,8 +1141,21 @@ struct Relay {
     /// the latest, the monotonic time `resume_at` (ns).
     paused: bool,
     resume_at: i64,
-    /// Connections whose proxy side waits for room in the proxy's backlog.
-    waiting: usize,
+    /// When the oldest connection waiting for the proxy's backlog tries
+    /// again (monotonic ns).
+    retry_at: i64,
+}
+
+/// What [`Relay::connect`] did.
+#[derive(PartialEq)]
+enum Connect {
+    /// Connected, and both sides watched.
+    Done,
+    /// The proxy's backlog is full (or the kernel short of memory): the
+    /// connection waits.
+    Full,
+    /// Failed (a proxy gone): the connection has ended (fail closed).
+    Ended,
 }
 
 /// `len` bytes of fresh zeroed memory, or the errno.
@@ -1174,7 +1207,7 @@ impl Relay {
             spare_buf: None,
             paused: false,
             resume_at: 0,
-            waiting: 0,
+            retry_at: 0,
         })
     }
 
@@ -1191,17 +1224,20 @@ impl Relay {
     /// Watches the listener (level-triggered: a connection left in the
     /// backlog is reported again).
     fn listen(&mut self, op: usize) -> bool {
-        self.paused = false;
-        self.watch(op, self.listener, EPOLLIN, LISTENER)
+        let watched = self.watch(op, self.listener, EPOLLIN, LISTENER);
+        // If not, it stays paused, and is tried again.
+        self.paused = !watched;
+        watched
     }
 
-    /// Stops watching the listener until a connection ends, or for
-    /// [`RETRY_NS`]: not a turn of the loop per try while nothing can be
-    /// taken.
+    /// Stops watching the listener until a connection ends (which frees a
+    /// slot and descriptors), or for [`PAUSE_NS`] (memory, or the whole
+    /// system's descriptors): not a turn of the loop per try while nothing
+    /// can be taken.
     fn pause(&mut self) {
         self.watch(EPOLL_CTL_MOD, self.listener, 0, LISTENER);
         self.paused = true;
-        self.resume_at = now_ns() + RETRY_NS;
+        self.resume_at = now_ns() + PAUSE_NS;
     }
 
     /// Makes what the next connection will take; `false` if something
@@ -1259,30 +1295,37 @@ impl Relay {
                 down: Half::NEW,
                 queued: false,
             };
-            self.waiting += 1;
-            self.connect(slot);
+            // Behind those already waiting, if any.
+            if self.table.nwait > 0 || self.connect(slot) == Connect::Full {
+                let t = &mut *self.table;
+                t.wait[(t.wait_head + t.nwait) % MAX_CONNS] = slot as u16;
+                t.nwait += 1;
+            }
         }
     }
 
-    /// Connects the waiting slot `slot`'s proxy side and watches both
-    /// sides; a full backlog leaves it waiting (with both its sockets: it
-    /// needs nothing more to go on); a proxy gone closes the agent's
-    /// connection (fail closed).
-    fn connect(&mut self, slot: usize) {
+    /// Connects slot `slot`'s proxy side and watches both sides. A full
+    /// backlog leaves it waiting, with both its sockets (it needs nothing
+    /// more to go on); a proxy gone ends it (fail closed).
+    fn connect(&mut self, slot: usize) -> Connect {
         let conn = &mut self.table.conns[slot];
         match connect(conn.proxy, &self.proxy) {
-            Err(EAGAIN | ENOBUFS | ENOMEM) => return,
-            Err(_) => return self.end(slot),
+            Err(EAGAIN | ENOBUFS | ENOMEM) => return Connect::Full,
+            Err(_) => {
+                self.end(slot);
+                return Connect::Ended;
+            }
             Ok(()) => {}
         }
         conn.connected = true;
-        self.waiting -= 1;
         let (client, proxy, token) = (conn.client, conn.proxy, 2 * slot as u64);
         if !self.watch(EPOLL_CTL_ADD, client, SIDE_EVENTS, token)
             || !self.watch(EPOLL_CTL_ADD, proxy, SIDE_EVENTS, token + 1)
         {
             self.end(slot);
+            return Connect::Ended;
         }
+        Connect::Done
     }
 
     /// Takes `flags` of an event on a connection's side `token`, and moves
@@ -1332,15 +1375,30 @@ impl Relay {
                 core::slice::from_raw_parts_mut(conn.buf.add(COPY_BUF), COPY_BUF),
             )
         };
-        // Both ways even when the first fails: a proxy that answers and
-        // closes (say a refusal of an upload) fails the upload's writes,
-        // and its answer still goes to the agent, as far as it can now.
-        let up = conn.up.relay(conn.client, conn.proxy, up_buf);
-        let down = conn.down.relay(conn.proxy, conn.client, down_buf);
-        // An error on either side ends both (closed with bytes unread, a
-        // socket resets: the other end learns at once); so do both
-        // directions' ends.
-        if up == Moved::Failed || down == Moved::Failed || (conn.up.ended && conn.down.ended) {
+        let mut up = conn.up.relay(conn.client, conn.proxy, up_buf);
+        let mut down = conn.down.relay(conn.proxy, conn.client, down_buf);
+        if down == Moved::Failed {
+            // The proxy's side failed as it was read: a Unix socket whose
+            // peer closed with bytes unread (a refused upload) says so
+            // after the last bytes the peer sent. That is the end of the
+            // proxy's answer, and it goes to the agent as one: ending here
+            // would reset the agent's connection, and with it the answer
+            // it has not read yet.
+            conn.down.ended = true;
+            shutdown(conn.client, SHUT_WR);
+            down = Moved::Idle;
+            up = Moved::Refused;
+        }
+        if up == Moved::Refused {
+            // The proxy is gone, or answered and closed, while the agent
+            // still sends: what the agent sends is dropped, to its end.
+            conn.up.discarding = true;
+            up = conn.up.relay(conn.client, conn.proxy, up_buf);
+        }
+        if up == Moved::Failed
+            || matches!(down, Moved::Failed | Moved::Refused)
+            || (conn.up.ended && conn.down.ended)
+        {
             return self.end(slot);
         }
         if (up == Moved::Busy || down == Moved::Busy) && !conn.queued {
@@ -1412,10 +1470,9 @@ impl Relay {
                 list[i] = list[*n];
             }
         }
+        // (A connection waiting for the proxy's backlog ends only as its
+        // connect fails, taken off the waiting list by the caller.)
         let conn = &mut t.conns[slot];
-        if !conn.connected {
-            self.waiting -= 1;
-        }
         close(conn.client);
         close(conn.proxy);
         // SAFETY: this slot's mapping, unused from here on.
@@ -1428,17 +1485,22 @@ impl Relay {
         }
     }
 
-    /// Once per turn of the loop: connections waiting for the proxy's
-    /// backlog try again, and a paused listener is watched again once its
-    /// pause is over (if still nothing can be taken, the next accept
-    /// pauses it again).
+    /// Once per turn of the loop: every [`RETRY_NS`], connections waiting
+    /// for the proxy's backlog try again, oldest first, until one finds it
+    /// full still (the rest would too); and a paused listener is watched
+    /// again once its pause is over (if still nothing can be taken, the
+    /// next accept pauses it again).
     fn retry(&mut self) {
-        if self.waiting > 0 {
-            for slot in 0..MAX_CONNS {
-                let conn = &self.table.conns[slot];
-                if !conn.buf.is_null() && !conn.connected {
-                    self.connect(slot);
+        if self.table.nwait > 0 && now_ns() >= self.retry_at {
+            while self.table.nwait > 0 {
+                let slot = self.table.wait[self.table.wait_head] as usize;
+                if self.connect(slot) == Connect::Full {
+                    self.retry_at = now_ns() + RETRY_NS;
+                    break;
                 }
+                let t = &mut *self.table;
+                t.wait_head = (t.wait_head + 1) % MAX_CONNS;
+                t.nwait -= 1;
             }
         }
         if self.paused && now_ns() >= self.resume_at {

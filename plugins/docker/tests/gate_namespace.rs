@@ -194,6 +194,7 @@ fn check_relay(dir: &Path, g: &str) {
         "the stalled connection got all 8 MiB",
         "one forwarder process for 50 connections",
         "bytes after urgent data came through",
+        "the answer to a refused upload came whole",
         "closed once the proxy is gone",
         "rc=0",
     ] {
@@ -202,8 +203,9 @@ fn check_relay(dir: &Path, g: &str) {
 
     // The forwarder out of descriptors (the agent lowers its limit):
     // connections wait, without a spinning forwarder, and are served in
-    // turn; and a burst while the proxy's backlog is full (a backlog of 0,
-    // nothing accepted for 2 s) is served once the proxy catches up.
+    // turn; and a burst, and many connections, while the proxy's backlog is
+    // full (a backlog of 0, nothing accepted for 2 s) are served once the
+    // proxy catches up.
     for (mode, proxy_args, line) in [
         (
             "limits",
@@ -214,6 +216,11 @@ fn check_relay(dir: &Path, g: &str) {
             "burst",
             " 0 2",
             "served a burst while the proxy's backlog was full, and one later",
+        ),
+        (
+            "waiting",
+            " 0 2",
+            "200 connections waited for the proxy's backlog, idle, then were served",
         ),
     ] {
         let o = sh(&format!(

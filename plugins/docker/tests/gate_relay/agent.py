@@ -11,6 +11,9 @@
 #   agent.py burst GATE     14 connections at once, the forwarder limited to
 #                           14 descriptors, and a proxy whose backlog is full
 #                           for 2 s: all served, and a later one too
+#   agent.py waiting GATE   200 connections waiting for a proxy whose backlog
+#                           is full for 2 s: the forwarder idles meanwhile,
+#                           then all are served
 import hashlib, os, resource, socket, sys, threading, time
 
 PORT = 3128
@@ -128,6 +131,21 @@ def relay(gate):
     c.close()
     print("bytes after urgent data came through")
 
+    # A proxy that answers and closes while the agent still uploads (a
+    # refused upload): the whole answer reaches the agent, which reads it
+    # once its upload is done (or failed), as HTTP clients do.
+    c = connect(b"refuse %d" % (3 << 20))
+    try:
+        for _ in range(200):
+            c.sendall(b"u" * (256 << 10))
+    except OSError:
+        pass
+    got = read_to_end(c)
+    want = bytes(i % 251 for i in range(3 << 20))
+    assert got == want, f"{len(got)} of {len(want)} bytes"
+    c.close()
+    print("the answer to a refused upload came whole")
+
     # The proxy gone: a new connection is closed (fail closed), not held.
     q = connect(b"quit")
     assert read_to_end(q) == b"bye\n"
@@ -190,4 +208,21 @@ def burst(gate):
     print("served a burst while the proxy's backlog was full, and one later")
 
 
-{"relay": relay, "limits": limits, "burst": burst}[sys.argv[1]](sys.argv[2])
+def waiting(gate):
+    # Each waiting connection retried every turn of the loop made the
+    # forwarder busy (0.27 s of CPU per second with 200 waiting); now only
+    # the oldest tries, every 2 ms.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    [pid] = gate_processes(gate)
+    conns = [connect(b"echo") for _ in range(200)]
+    time.sleep(0.2)
+    before = cpu_seconds(pid)
+    time.sleep(1)
+    spent = cpu_seconds(pid) - before
+    assert spent < 0.1, f"the forwarder spent {spent:.2f} s of CPU in 1 s, waiting"
+    echo_in_turn(conns)
+    print("200 connections waited for the proxy's backlog, idle, then were served")
+
+
+{"relay": relay, "limits": limits, "burst": burst, "waiting": waiting}[sys.argv[1]](sys.argv[2])

@@ -3,6 +3,8 @@
 # what to do:
 #   echo        send back every byte until the client's end, then close
 #   flood N     send N bytes (the byte i is i % 251), then close
+#   refuse N    the same, without reading what the client sends (a proxy
+#               that refuses an upload: the client's writes then fail)
 #   quit        remove the socket, answer "bye", exit
 # A connection that ends before its first line (the gate's probe) is closed.
 #
@@ -40,7 +42,7 @@ def serve(c):
                 if not b:
                     break
                 c.sendall(b)
-        elif cmd and cmd[0] == "flood":
+        elif cmd and cmd[0] in ("flood", "refuse"):
             left = int(cmd[1])
             while left:
                 n = min(left, len(PATTERN))
