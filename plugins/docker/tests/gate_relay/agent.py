@@ -65,14 +65,31 @@ def limit_forwarder(gate, n):
     when it starts. This process may use more."""
     [pid] = gate_processes(gate)
     resource.prlimit(pid, resource.RLIMIT_NOFILE, (n, n))
+    raise_own_limit()
+    return pid
+
+
+def raise_own_limit():
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return pid
 
 
 def cpu_seconds(pid):
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def open_waiting(pid, n, most):
+    """Opens n echo connections that must wait, and checks that the
+    forwarder (pid) spends less than `most` seconds of CPU in a second
+    of their waiting."""
+    conns = [connect(b"echo") for _ in range(n)]
+    time.sleep(0.2)
+    before = cpu_seconds(pid)
+    time.sleep(1)
+    spent = cpu_seconds(pid) - before
+    assert spent < most, f"the forwarder spent {spent:.2f} s of CPU in 1 s, waiting"
+    return conns
 
 
 def relay(gate):
@@ -171,14 +188,7 @@ def limits(gate):
     # 15 descriptors: room for 6 connections and a spare socket. The rest
     # wait in the backlog, and the forwarder waits for a slot without
     # spinning (before, it spent the whole second in accept4's EMFILE).
-    pid = limit_forwarder(gate, 15)
-    conns = [connect(b"echo") for _ in range(30)]
-    time.sleep(0.2)
-    before = cpu_seconds(pid)
-    time.sleep(1)
-    spent = cpu_seconds(pid) - before
-    assert spent < 0.3, f"the forwarder spent {spent:.2f} s of CPU in 1 s, waiting"
-    echo_in_turn(conns)
+    echo_in_turn(open_waiting(limit_forwarder(gate, 15), 30, 0.3))
     print("served 30 connections in turn, idle while they waited")
 
 
@@ -212,16 +222,9 @@ def waiting(gate):
     # Each waiting connection retried every turn of the loop made the
     # forwarder busy (0.27 s of CPU per second with 200 waiting); now only
     # the oldest tries, every 2 ms.
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_own_limit()
     [pid] = gate_processes(gate)
-    conns = [connect(b"echo") for _ in range(200)]
-    time.sleep(0.2)
-    before = cpu_seconds(pid)
-    time.sleep(1)
-    spent = cpu_seconds(pid) - before
-    assert spent < 0.1, f"the forwarder spent {spent:.2f} s of CPU in 1 s, waiting"
-    echo_in_turn(conns)
+    echo_in_turn(open_waiting(pid, 200, 0.1))
     print("200 connections waited for the proxy's backlog, idle, then were served")
 
 
