@@ -856,33 +856,7 @@ fn forward(mut relay: Relay, gate: isize) -> ! {
     }
     // SAFETY: plain integers.
     unsafe { syscall(nr::CLOSE_RANGE, top + 1, u32::MAX as usize, 0, 0, 0) };
-    // One process holds every connection's two sockets: up to the hard
-    // limit on descriptors, not the soft one (often 1024), which was made
-    // for processes that hold few. Best effort: without it, connections
-    // beyond the soft limit wait in the backlog for earlier ones to end.
-    let mut limit = [0u64; 2];
-    // SAFETY: a live struct rlimit (soft, hard) to fill, then to set.
-    unsafe {
-        if syscall(
-            nr::PRLIMIT64,
-            0,
-            RLIMIT_NOFILE,
-            0,
-            limit.as_mut_ptr() as usize,
-            0,
-        ) == 0
-        {
-            limit[0] = limit[1];
-            syscall(
-                nr::PRLIMIT64,
-                0,
-                RLIMIT_NOFILE,
-                limit.as_ptr() as usize,
-                0,
-                0,
-            );
-        }
-    }
+    raise_nofile_limit();
     // Unwatched, the listener's connections would wait forever: exiting
     // closes it, and they are refused instead (fail closed).
     if !relay.listen(EPOLL_CTL_ADD) {
@@ -923,6 +897,37 @@ fn forward(mut relay: Relay, gate: isize) -> ! {
         }
         relay.revisit();
         relay.retry();
+    }
+}
+
+/// Raises this process's soft limit on descriptors to the hard one. The
+/// forwarder holds every connection's two sockets: up to the hard limit,
+/// not the soft one (often 1024), which was made for processes that hold
+/// few. Best effort: without it, connections beyond the soft limit wait in
+/// the backlog for earlier ones to end.
+fn raise_nofile_limit() {
+    let mut limit = [0u64; 2];
+    // SAFETY: a live struct rlimit (soft, hard) to fill, then to set.
+    unsafe {
+        if syscall(
+            nr::PRLIMIT64,
+            0,
+            RLIMIT_NOFILE,
+            0,
+            limit.as_mut_ptr() as usize,
+            0,
+        ) == 0
+        {
+            limit[0] = limit[1];
+            syscall(
+                nr::PRLIMIT64,
+                0,
+                RLIMIT_NOFILE,
+                limit.as_ptr() as usize,
+                0,
+                0,
+            );
+        }
     }
 }
 
