@@ -11,7 +11,9 @@
 # PATH; bench/egress/peers/README.md says how to install it) and release
 # builds: cargo build --release -p bot-bottle -p bot-bottle-egress \
 #   -p bot-bottle-bench-egress -p bot-bottle-plugin-docker
-# (the last builds the gate). Prints each run, then the medians.
+# (the last builds the gate). Prints each run, then the medians: oha's
+# keep-alive (c=16) and new-connection (c=4) phases, then SSE time to the
+# first event on a warm connection (a Python client, 50 events a run).
 # GATE=PATH runs another gate binary instead of the build's; GATE_B=PATH adds
 # a row `gate-b` through that one too (an A/B of two gates in one run).
 set -euo pipefail
@@ -108,7 +110,53 @@ for phase in "-c 16" "-c 4 --disable-keepalive"; do
     done
 done
 
-python3 - "$results" "$secs" <<'PY'
+# SSE: one keep-alive connection (through the proxy if given: CONNECT, then
+# TLS), 50 requests for /sse after a first; the median time from sending a
+# request to its first event, in ms.
+cat >"$work/sse.py" <<'PY'
+import socket, ssl, statistics, sys, time
+proxy, port, bundle, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+host, hport = proxy.rsplit(":", 1) if proxy != "-" else ("127.0.0.1", port)
+s = socket.create_connection((host, int(hport)))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+if proxy != "-":
+    s.sendall(f"CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(4096)
+    assert head.startswith(b"HTTP/1.1 200"), head
+ctx = ssl.create_default_context(cafile=bundle)
+ctx.set_alpn_protocols(["http/1.1"])
+t = ctx.wrap_socket(s, server_hostname="localhost")
+lat = []
+for i in range(n + 1):
+    t0 = time.perf_counter()
+    t.sendall(f"GET /sse HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode())
+    buf = b""
+    while b"data: first" not in buf:
+        buf += t.recv(65536)
+    if i:
+        lat.append((time.perf_counter() - t0) * 1e3)
+    while not buf.endswith(b"0\r\n\r\n"):
+        buf += t.recv(65536)
+print("%.3f" % statistics.median(lat))
+PY
+sse_results=$work/sse-results
+for r in $(seq "$rounds"); do
+    for row in $rows; do
+        case $row in
+        direct) ms=$(python3 "$work/sse.py" - "$port" "$work/bundle.pem" 50) ;;
+        proxy-tcp) ms=$(python3 "$work/sse.py" "$tcp" "$port" "$work/bundle.pem" 50) ;;
+        gate-unix | gate-b)
+            g=$gate
+            [ "$row" = gate-b ] && g=$gate_b
+            ms=$(unshare -n sh -c "ip link set lo up; exec $g $work/egress.sock 3128 - -- python3 $work/sse.py 127.0.0.1:3128 $port $work/bundle.pem 50") ;;
+        esac
+        echo "sse warm first event|$row|$ms ms" | tee -a "$sse_results"
+    done
+done
+
+python3 - "$results" "$secs" "$sse_results" <<'PY'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
@@ -121,4 +169,11 @@ for (phase, row), v in rows.items():
     med = lambda i: statistics.median(x[i] for x in v)
     us = "-" if v[0][4] is None else "%.1f" % med(4)
     print("%-27s %-10s %8.0f %8.3f %8.3f %7d %13s" % (phase, row, med(0), med(1), med(2), sum(x[3] for x in v), us))
+sse = {}
+for line in open(sys.argv[3]):
+    _, row, ms = line.strip().split("|")
+    sse.setdefault(row, []).append(float(ms.split()[0]))
+print("\nmedians                  sse warm first event ms")
+for row, v in sse.items():
+    print("%-27s %-10s %8.3f" % ("sse", row, statistics.median(v)))
 PY
