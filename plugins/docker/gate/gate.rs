@@ -864,17 +864,7 @@ fn forward(mut relay: Relay, gate: isize) -> ! {
     }
     let mut events = [EpollEvent { events: 0, data: 0 }; 64];
     loop {
-        // Connections to come back to: only look for events. Something
-        // to retry (see `Relay::retry`): look again soon.
-        let timeout = if relay.table.nagain[relay.table.filling] > 0 {
-            0
-        } else if relay.table.nwait > 0 {
-            (RETRY_NS / 1_000_000) as usize
-        } else if relay.paused {
-            (PAUSE_NS / 1_000_000) as usize
-        } else {
-            usize::MAX // -1: no timeout
-        };
+        let timeout = relay.timeout_ms();
         // SAFETY: a live array of `events.len()` epoll_events to fill; no
         // signal mask.
         let n = unsafe {
@@ -982,7 +972,7 @@ struct Half {
     drain: bool,
     /// The destination may take bytes.
     writable: bool,
-    /// The destination is watched for room (see [`Relay::ready`]).
+    /// The destination is watched for room (see [`Relay::pump`]).
     watched: bool,
     /// The source has ended, and the destination's write side is shut down
     /// (a half-close passed on).
@@ -1163,6 +1153,17 @@ enum Connect {
     Ended,
 }
 
+/// `epoll_ctl(ep, op)` for `fd` with `events` and `token`; `false` on an
+/// error.
+fn epoll_watch(ep: usize, op: usize, fd: usize, events: u32, token: u64) -> bool {
+    let ev = EpollEvent {
+        events,
+        data: token,
+    };
+    // SAFETY: a live epoll_event.
+    unsafe { syscall(nr::EPOLL_CTL, ep, op, fd, &ev as *const _ as usize, 0) >= 0 }
+}
+
 /// `len` bytes of fresh zeroed memory, or the errno.
 fn map(len: usize) -> Result<*mut u8, isize> {
     // SAFETY: an anonymous private mapping anywhere; no pointer passed in.
@@ -1216,14 +1217,25 @@ impl Relay {
         })
     }
 
-    /// `epoll_ctl(op)` for `fd` with `events` and `token`.
+    /// [`epoll_watch`] on this relay's epoll instance.
     fn watch(&self, op: usize, fd: usize, events: u32, token: u64) -> bool {
-        let ev = EpollEvent {
-            events,
-            data: token,
-        };
-        // SAFETY: a live epoll_event.
-        unsafe { syscall(nr::EPOLL_CTL, self.ep, op, fd, &ev as *const _ as usize, 0) >= 0 }
+        epoll_watch(self.ep, op, fd, events, token)
+    }
+
+    /// How long the loop may wait for events (ms; `usize::MAX` is -1,
+    /// no limit): not at all while connections wait for another turn,
+    /// until the next try while some wait for the proxy's backlog or the
+    /// listener is paused.
+    fn timeout_ms(&self) -> usize {
+        if self.table.nagain[self.table.filling] > 0 {
+            0
+        } else if self.table.nwait > 0 {
+            (RETRY_NS / 1_000_000) as usize
+        } else if self.paused {
+            (PAUSE_NS / 1_000_000) as usize
+        } else {
+            usize::MAX
+        }
     }
 
     /// Watches the listener (level-triggered: a connection left in the
@@ -1424,21 +1436,8 @@ impl Relay {
             let held = half.start < half.end;
             if held != half.watched {
                 half.watched = held;
-                let ev = EpollEvent {
-                    events: SIDE_EVENTS | if held { EPOLLOUT } else { 0 },
-                    data: token,
-                };
-                // SAFETY: a live epoll_event.
-                unsafe {
-                    syscall(
-                        nr::EPOLL_CTL,
-                        self.ep,
-                        EPOLL_CTL_MOD,
-                        fd,
-                        &ev as *const _ as usize,
-                        0,
-                    )
-                };
+                let events = SIDE_EVENTS | if held { EPOLLOUT } else { 0 };
+                epoll_watch(self.ep, EPOLL_CTL_MOD, fd, events, token);
             }
         }
     }
