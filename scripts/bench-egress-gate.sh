@@ -86,6 +86,17 @@ print("%.0f %.3f %.3f %d" % (s["requestsPerSec"], p["p50"] * 1e3, p["p99"] * 1e3
 }
 load() { echo "-z ${secs}s $1 --no-tui --output-format json --cacert $work/bundle.pem https://localhost:$port/1k"; }
 
+# behind_gate ROW CMD...: CMD in a loopback-only network namespace, behind
+# ROW's gate (gate-unix: GATE or the build's; gate-b: GATE_B), which waits
+# for the proxy's socket, forks its forwarder on 127.0.0.1:3128 and execs
+# CMD in its place.
+behind_gate() {
+    local g=$gate
+    [ "$1" = gate-b ] && g=$gate_b
+    shift
+    unshare -n sh -c "ip link set lo up; exec $g $work/egress.sock 3128 - -- $*"
+}
+
 results=$work/results
 for phase in "-c 16" "-c 4 --disable-keepalive"; do
     for r in $(seq "$rounds"); do
@@ -97,12 +108,8 @@ for phase in "-c 16" "-c 4 --disable-keepalive"; do
                 out=$($oha $(load "$phase") -x "http://$tcp" | summary)
                 cpu_s=$(python3 -c "print($(cpu $tcp_pid) - $c0)") ;;
             gate-unix | gate-b)
-                g=$gate
-                [ "$row" = gate-b ] && g=$gate_b
                 c0=$(cpu $unix_pid)
-                # The gate waits for the socket, forks its forwarder on
-                # 127.0.0.1:3128 and execs oha in its place.
-                out=$(unshare -n sh -c "ip link set lo up; exec $g $work/egress.sock 3128 - -- $oha $(load "$phase") -x http://127.0.0.1:3128" | summary)
+                out=$(behind_gate "$row" "$oha" $(load "$phase") -x http://127.0.0.1:3128 | summary)
                 cpu_s=$(python3 -c "print($(cpu $unix_pid) - $c0)") ;;
             esac
             echo "$phase|$row|$out|$cpu_s" | tee -a "$results"
@@ -148,9 +155,7 @@ for r in $(seq "$rounds"); do
         direct) ms=$(python3 "$work/sse.py" - "$port" "$work/bundle.pem" 50) ;;
         proxy-tcp) ms=$(python3 "$work/sse.py" "$tcp" "$port" "$work/bundle.pem" 50) ;;
         gate-unix | gate-b)
-            g=$gate
-            [ "$row" = gate-b ] && g=$gate_b
-            ms=$(unshare -n sh -c "ip link set lo up; exec $g $work/egress.sock 3128 - -- python3 $work/sse.py 127.0.0.1:3128 $port $work/bundle.pem 50") ;;
+            ms=$(behind_gate "$row" python3 "$work/sse.py" 127.0.0.1:3128 "$port" "$work/bundle.pem" 50) ;;
         esac
         echo "sse warm first event|$row|$ms ms" | tee -a "$sse_results"
     done
