@@ -724,15 +724,27 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Whether header `name` lists `tok` (comma-separated, without case).
+fn lists(h: &HeaderMap, name: HeaderName, tok: &str) -> bool {
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(tok))
+}
+
 fn is_ws_upgrade(h: &HeaderMap) -> bool {
-    let has = |name: HeaderName, tok: &str| {
-        h.get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(tok))
-    };
-    has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
+    lists(h, header::UPGRADE, "websocket") && lists(h, header::CONNECTION, "upgrade")
+}
+
+/// Whether an upstream's 101 switched to WebSocket: `Upgrade: websocket`
+/// and nothing else (RFC 6455 §4.1).
+fn is_ws_switch(h: &HeaderMap) -> bool {
+    let mut ups = h.get_all(header::UPGRADE).iter();
+    matches!(
+        (ups.next(), ups.next()),
+        (Some(v), None) if v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket")
+    )
 }
 
 /// One request inside an intercepted tunnel (or a plain `http://` one).
@@ -766,13 +778,14 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
             format!("bot-bottle egress: refused, nothing injected: {why}\n"),
         );
     }
-    if method == Method::TRACE {
+    if route::always_refused(method.as_str()) {
+        let m = method.as_str().to_ascii_uppercase();
         return done(
             rec,
             StatusCode::METHOD_NOT_ALLOWED,
             "deny",
-            "TRACE is refused".into(),
-            "bot-bottle egress: TRACE is refused\n".into(),
+            format!("{m} is refused"),
+            format!("bot-bottle egress: {m} is refused\n"),
         );
     }
     // Inside TLS only, as `check` says and the CONNECT gate admits them.
@@ -802,7 +815,7 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         return r;
     }
-    if method == Method::CONNECT && !ws_h2 {
+    if method.as_str().eq_ignore_ascii_case("CONNECT") && !ws_h2 {
         return done(
             rec,
             StatusCode::METHOD_NOT_ALLOWED,
@@ -812,12 +825,11 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
         );
     }
     let match_method = if ws_h2 { "GET" } else { method.as_str() };
-    let param_free = route::param_free_path(req.uri().path());
     let (idx, r) = match match_route(
         &shared.cfg.routes,
         &t.host,
+        req.uri().path(),
         &path,
-        param_free.as_deref(),
         match_method,
     ) {
         RouteMatch::Allowed(i, r) => (i, r),
@@ -1056,7 +1068,11 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-/// Counts the data bytes of a request body.
+/// Counts the data bytes of a request body, and drops its trailers: they
+/// would reach an HTTP/2 upstream past the injection (a client's copy of an
+/// injected header beside ours) and past the DLP scan of the head. Agents'
+/// requests do not use them (gRPC's trailers are the response's), and an
+/// HTTP/1.1 upstream never got them (hyper does not send request trailers).
 struct CountedBody {
     inner: Incoming,
     n: Arc<AtomicU64>,
@@ -1070,12 +1086,14 @@ impl hyper::body::Body for CountedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(f))) => {
-                if let Some(d) = f.data_ref() {
+            Poll::Ready(Some(Ok(f))) => match f.data_ref() {
+                Some(d) => {
                     self.n.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    Poll::Ready(Some(Ok(f)))
                 }
-                Poll::Ready(Some(Ok(f)))
-            }
+                // Trailers are the last frame a body has.
+                None => Poll::Ready(None),
+            },
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
@@ -1247,14 +1265,17 @@ async fn websocket(
         // No permessage-deflate while DLP is on: frames stay scannable.
         parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     }
+    // WebSocket and nothing else: an agent's `Upgrade: h2c, websocket` must
+    // not let the upstream switch to a protocol whose requests the routes
+    // would never see.
+    parts
+        .headers
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     if from_h2 {
         parts.method = Method::GET;
-        parts
-            .headers
-            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         let key: [u8; 16] = rand::random();
         let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key);
         if let Ok(v) = HeaderValue::from_str(&key) {
@@ -1303,6 +1324,12 @@ async fn websocket(
             blocked: None,
         };
         return Response::from_parts(p, body.boxed_unsync());
+    }
+    if !is_ws_switch(resp.headers()) {
+        return fail(
+            rec,
+            "the upstream's 101 switched to a protocol other than WebSocket".into(),
+        );
     }
     let on_up = hyper::upgrade::on(&mut resp);
     let mut out = Response::new(empty());

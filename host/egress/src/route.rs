@@ -64,35 +64,26 @@ pub(crate) fn host_allowed(routes: &[EgressRoute], host: &str) -> bool {
     routes.iter().any(|r| host_matches(&r.host, host))
 }
 
-/// The path as the allow-list sees it: percent-encoded dots, slashes and
-/// backslashes decoded, `.` and `..` resolved, doubled slashes collapsed, no
-/// query. Stricter than most servers, so a path that escapes a prefix here
-/// escapes it there too.
+/// The path as the allow-list sees it: percent-encoded dots, slashes,
+/// backslashes and percent signs decoded (again and again, as a server that
+/// decodes twice would: `%252e` is `.`), `.` and `..` resolved, doubled
+/// slashes collapsed, no query. Stricter than most servers, so a path that
+/// escapes a prefix here escapes it there too. The other way round — a path
+/// this view moves *into* a prefix, such as `/admin/../v1` — is why a prefix
+/// must also hold for the path as sent ([`match_route`]).
 pub fn normalise_path(raw: &str) -> String {
     let raw = raw.split(['?', '#']).next().unwrap_or("");
-    let mut decoded = String::with_capacity(raw.len());
-    let b = raw.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = raw.get(i + 1..i + 3).unwrap_or("").to_ascii_lowercase();
-            match hex.as_str() {
-                "2e" => {
-                    decoded.push('.');
-                    i += 3;
-                    continue;
-                }
-                "2f" | "5c" => {
-                    decoded.push('/');
-                    i += 3;
-                    continue;
-                }
-                _ => {}
-            }
+    let mut decoded = decode_separators(raw.as_bytes());
+    // Each pass that changes something makes the path shorter: this ends.
+    while decoded.contains(&b'%') {
+        let again = decode_separators(&decoded);
+        if again.len() == decoded.len() {
+            break;
         }
-        decoded.push(if b[i] == b'\\' { '/' } else { b[i] as char });
-        i += 1;
+        decoded = again;
     }
+    // Only ASCII was replaced, by ASCII: still the UTF-8 it came as.
+    let decoded = String::from_utf8_lossy(&decoded);
     let mut out: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
         match seg {
@@ -109,6 +100,31 @@ pub fn normalise_path(raw: &str) -> String {
         p.push('/');
     }
     p
+}
+
+/// One pass of decoding what moves a path's segments: `%2e` to `.`, `%2f`,
+/// `%5c` and `\` to `/`, `%25` to `%`. Other escapes stay as they are.
+fn decode_separators(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let decoded = match [b[i + 1].to_ascii_lowercase(), b[i + 2].to_ascii_lowercase()] {
+                [b'2', b'e'] => Some(b'.'),
+                [b'2', b'f'] | [b'5', b'c'] => Some(b'/'),
+                [b'2', b'5'] => Some(b'%'),
+                _ => None,
+            };
+            if let Some(c) = decoded {
+                out.push(c);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'\\' { b'/' } else { b[i] });
+        i += 1;
+    }
+    out
 }
 
 /// The path as a server that strips `;parameters` from each segment sees
@@ -128,12 +144,30 @@ pub(crate) fn param_free_path(raw: &str) -> Option<String> {
     Some(normalise_path(&stripped.join("/")))
 }
 
+/// Whether `prefix` holds for each reading of the path ([`match_route`]).
+fn prefix_holds(prefix: &str, raw_path: &str, norm_path: &str) -> bool {
+    let raw_path = raw_path.split(['?', '#']).next().unwrap_or("");
+    prefix_matches(prefix, raw_path)
+        && prefix_matches(prefix, norm_path)
+        && param_free_path(raw_path).is_none_or(|p| prefix_matches(prefix, &p))
+}
+
 fn prefix_matches(prefix: &str, path: &str) -> bool {
     let prefix = normalise_path(prefix);
     if prefix == "/" || prefix.ends_with('/') {
         return path.starts_with(&prefix);
     }
     path == prefix || (path.starts_with(&prefix) && path.as_bytes()[prefix.len()] == b'/')
+}
+
+/// Whether `method` is refused whatever the routes say: TRACE echoes the
+/// request, injected credential included, back to the agent, and IIS's TRACK
+/// does the same. Without regard to case, as some servers read methods (and
+/// as a route's `methods` are matched).
+pub(crate) fn always_refused(method: &str) -> bool {
+    ["TRACE", "TRACK"]
+        .iter()
+        .any(|m| m.eq_ignore_ascii_case(method))
 }
 
 /// The outcome of matching one request against the routes.
@@ -147,13 +181,17 @@ pub(crate) enum RouteMatch<'a> {
     NoHost,
 }
 
-/// `norm_path` is [`normalise_path`]'s view of the request path and
-/// `param_free` [`param_free_path`]'s: a path prefix must hold for both.
+/// `raw_path` is the request's path as sent (it goes upstream unchanged)
+/// and `norm_path` [`normalise_path`]'s view of it. A path prefix must hold
+/// for every reading a server might take: the path as sent (a router that
+/// neither decodes nor resolves dot segments, as Express's, routes
+/// `/admin/../v1` to `/admin`), the normalised one (`/v1/../admin` is
+/// `/admin` to most servers), and [`param_free_path`]'s.
 pub(crate) fn match_route<'a>(
     routes: &'a [EgressRoute],
     host: &str,
+    raw_path: &str,
     norm_path: &str,
-    param_free: Option<&str>,
     method: &str,
 ) -> RouteMatch<'a> {
     let mut host_seen = false;
@@ -163,7 +201,7 @@ pub(crate) fn match_route<'a>(
         }
         host_seen = true;
         if let Some(p) = &r.path_prefix {
-            if !prefix_matches(p, norm_path) || param_free.is_some_and(|a| !prefix_matches(p, a)) {
+            if !prefix_holds(p, raw_path, norm_path) {
                 continue;
             }
         }
@@ -303,8 +341,8 @@ pub fn check(config: &ProxyConfig, method: &str, url: &str) -> Decision {
     d.host = canon_host(host);
     d.port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     d.path = normalise_path(uri.path());
-    if method == "TRACE" {
-        d.reason = "TRACE is always refused".into();
+    if always_refused(&method) {
+        d.reason = format!("{method} is always refused");
         return d;
     }
     if tls {
@@ -336,14 +374,7 @@ pub fn check(config: &ProxyConfig, method: &str, url: &str) -> Decision {
             return d;
         }
     }
-    let param_free = param_free_path(uri.path());
-    match match_route(
-        &config.routes,
-        &d.host,
-        &d.path,
-        param_free.as_deref(),
-        &method,
-    ) {
+    match match_route(&config.routes, &d.host, uri.path(), &d.path, &method) {
         RouteMatch::NoHost => d.reason = "no [[egress.route]] names this host".into(),
         RouteMatch::HostOnly => {
             d.reason = "a route names this host but none allows this path and method".into()
@@ -383,6 +414,12 @@ mod tests {
         assert_eq!(normalise_path("/a%"), "/a%");
         assert_eq!(normalise_path("/a%2"), "/a%2");
         assert_eq!(normalise_path("/a\\..\\b"), "/b");
+        // Decoded as often as a server might: `%25` is `%`.
+        assert_eq!(normalise_path("/v1/%252e%252e/admin"), "/admin");
+        assert_eq!(normalise_path("/v1/%25252e%25252E/admin"), "/admin");
+        assert_eq!(normalise_path("/a/100%25"), "/a/100%");
+        // Other escapes and non-ASCII stay as they came.
+        assert_eq!(normalise_path("/a%41/é"), "/a%41/é");
     }
 
     #[test]
@@ -395,15 +432,14 @@ mod tests {
     }
 
     #[test]
-    fn a_prefix_must_hold_with_and_without_path_parameters() {
+    fn a_prefix_must_hold_for_every_reading_of_the_path() {
         let mut r = EgressRoute::allow("h.test");
         r.path_prefix = Some("/open".into());
         let routes = [r];
         let allowed = |raw: &str| {
             let p = normalise_path(raw);
-            let alt = param_free_path(raw);
             matches!(
-                match_route(&routes, "h.test", &p, alt.as_deref(), "GET"),
+                match_route(&routes, "h.test", raw, &p, "GET"),
                 RouteMatch::Allowed(..)
             )
         };
@@ -415,6 +451,16 @@ mod tests {
             "most servers read a segment `open;x`"
         );
         assert!(!allowed("/open/x/..;/..;/admin"));
+        // Into the prefix only once normalised: the path as sent is outside.
+        assert!(!allowed("/admin/../open/x"));
+        assert!(!allowed("/admin/%2e%2e/open/x"));
+        assert!(!allowed("/admin%2f..%2fopen/x"));
+        assert!(!allowed("/admin\\..\\open"));
+        assert!(!allowed("//open/x"));
+        assert!(!allowed("/open/%252e%252e/admin"));
+        // An encoded slash inside a segment (GitLab's project paths) is fine.
+        assert!(allowed("/open/group%2Fproject/x"));
+        assert!(allowed("/open/x?next=/../admin"));
         assert_eq!(param_free_path("/a/b"), None);
     }
 

@@ -253,12 +253,20 @@ async fn deny_by_default() {
     // Path prefix, on the normalised path.
     for (path, want) in [
         ("/open/x", 200),
-        ("//open//x", 200),
+        ("/open//x", 200),
         ("/closed", 403),
         ("/open/../closed", 403),
         ("/open/%2e%2e/closed", 403),
         ("/open/%2E%2E%2Fclosed", 403),
+        ("/open/%252e%252e/closed", 403),
         ("/openly", 403),
+        // The path goes upstream as sent: a server that resolves no dot
+        // segments and decodes nothing (Express) routes these to /closed.
+        ("/closed/../open/x", 403),
+        ("/closed/%2e%2e/open/x", 403),
+        ("/closed%2f..%2fopen/x", 403),
+        ("/closed/x/..%2f..%2fopen", 403),
+        ("//open//x", 403),
         // `;parameters`: Tomcat and Spring strip them, most servers do not.
         ("/open/..;/closed", 403),
         ("/open;jsessionid=1/x", 403),
@@ -293,6 +301,15 @@ async fn deny_by_default() {
     )
     .await;
     assert_eq!(got.status, 405);
+    // Whatever its case (some servers read methods so), and IIS's TRACK.
+    for m in ["trace", "Trace", "TRACK"] {
+        let h2 = m == "Trace";
+        let mut req = get("https://api.test/t", "api.test", h2);
+        *req.method_mut() = http::Method::from_bytes(m.as_bytes()).unwrap();
+        let got = send(fx.proxy, "api.test:443", "api.test", &fx.bottle_ca, h2, req).await;
+        assert_eq!(got.status, 405, "{m}: {got:?}");
+    }
+    assert!(fx.up.seen().iter().all(|s| s.path != "/t"));
     // Methods on a wildcard route.
     let mut req = get("https://a.wild.test/x", "a.wild.test", true);
     *req.method_mut() = http::Method::POST;
@@ -2028,4 +2045,107 @@ async fn serves_a_unix_socket_client() {
         vec![format!("Bearer {CANARY}")]
     );
     assert!(!audit_text(&audit).contains(CANARY));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_trailers_are_not_forwarded() {
+    // Over HTTP/2 upstream they would pass beside the injected header, and
+    // past the DLP scan of the head.
+    let fx = fx().await;
+    for h2 in [true, false] {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("authorization", "Bearer agent-chosen".parse().unwrap());
+        trailers.insert("x-note", "after the body".parse().unwrap());
+        let frames = vec![
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from_static(
+                b"the body",
+            ))),
+            Ok(hyper::body::Frame::trailers(trailers)),
+        ];
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        let path = format!("/trailers-{h2}");
+        let mut b = Request::builder().method("POST");
+        b = if h2 {
+            b.uri(format!("https://api.test{path}"))
+        } else {
+            b.uri(&path)
+                .header("host", "api.test")
+                .header("transfer-encoding", "chunked")
+                .header("te", "trailers")
+        };
+        let got = send(
+            fx.proxy,
+            "api.test:443",
+            "api.test",
+            &fx.bottle_ca,
+            h2,
+            b.body(body).unwrap(),
+        )
+        .await;
+        assert_eq!(got.status, 200, "{got:?}");
+        let seen = fx.up.seen();
+        let s = seen.iter().find(|s| s.path == path).unwrap();
+        assert_eq!(s.body, b"the body");
+        assert_eq!(
+            s.header_all("authorization"),
+            vec![format!("Bearer {CANARY}")]
+        );
+        assert!(
+            s.headers.iter().all(|(n, _)| !n.starts_with("trailer:")),
+            "h2 {h2}: trailers reached the upstream: {:?}",
+            s.headers
+        );
+    }
+}
+
+/// A plain-HTTP upstream that answers any request with a 101 to `h2c` (a
+/// fake: it shows a switch the proxy must not splice, which no WebSocket
+/// server makes), and keeps the request head it got.
+async fn switching_upstream() -> (SocketAddr, Arc<Mutex<String>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let head = Arc::new(Mutex::new(String::new()));
+    let h2 = head.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = l.accept().await {
+            let h = read_head(&mut tcp).await;
+            *h2.lock().unwrap() = h;
+            let _ = tcp
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
+                .await;
+            let mut sink = Vec::new();
+            let _ = tokio::time::timeout(HANG, tcp.read_to_end(&mut sink)).await;
+        }
+    });
+    (addr, head)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upgrade_switches_to_websocket_or_not_at_all() {
+    let (up, head) = switching_upstream().await;
+    let fx = fx_with(|c| {
+        let mut r = bot_bottle_plugin_api::EgressRoute::allow("switch.test");
+        r.plain_http = true;
+        r.inject = vec![inject("Authorization", "Bearer {token}")];
+        c.routes.push(r);
+        c.upstream.resolve.insert("switch.test".into(), up);
+    })
+    .await;
+    let mut s = TcpStream::connect(fx.proxy).await.unwrap();
+    s.write_all(
+        b"GET http://switch.test/ws HTTP/1.1\r\nHost: switch.test\r\n\
+          Upgrade: h2c, websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let got = read_head(&mut s).await;
+    assert!(got.starts_with("HTTP/1.1 502"), "{got}");
+    let sent = head.lock().unwrap().to_ascii_lowercase();
+    assert!(
+        sent.contains("\r\nupgrade: websocket\r\n") && !sent.contains("h2c"),
+        "{sent}"
+    );
+    let audit = audit_text(&fx.audit);
+    assert!(audit.contains("other than WebSocket"), "{audit}");
 }

@@ -159,7 +159,7 @@ async fn upstream_handle(
     release: Arc<Notify>,
     sni: Option<String>,
 ) -> Result<Response<Body>, Infallible> {
-    let headers: Vec<(String, String)> = req
+    let mut headers: Vec<(String, String)> = req
         .headers()
         .iter()
         .map(|(n, v)| {
@@ -252,12 +252,20 @@ async fn upstream_handle(
         return Ok(event_stream(rx));
     }
     let is_h1 = req_is_h1(&headers);
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes().to_vec())
-        .unwrap_or_default();
+    let (body, trailers) = match req.into_body().collect().await {
+        Ok(b) => {
+            let trailers = b.trailers().cloned().unwrap_or_default();
+            (b.to_bytes().to_vec(), trailers)
+        }
+        Err(_) => Default::default(),
+    };
+    // Trailers, if any came, are recorded with the headers as `trailer:NAME`.
+    headers.extend(trailers.iter().map(|(n, v)| {
+        (
+            format!("trailer:{n}"),
+            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        )
+    }));
     seen.lock().unwrap().push(Seen {
         method,
         path: path.clone(),
