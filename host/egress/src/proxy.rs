@@ -1382,6 +1382,8 @@ async fn websocket(
                     if w.blocked {
                         rec.decision = "dlp_block".into();
                         rec.note = "WebSocket closed (1008) before the frame was sent".into();
+                    } else if let Some(why) = w.protocol_error {
+                        rec.note = format!("WebSocket closed (1002) before {why} was sent");
                     }
                 }
             }

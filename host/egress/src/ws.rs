@@ -19,6 +19,16 @@ pub(crate) struct WsOutcome {
     pub(crate) bytes_in: u64,
     pub(crate) findings: Vec<String>,
     pub(crate) blocked: bool,
+    /// A frame of the agent's that breaks RFC 6455 (why): the socket was
+    /// closed with 1002 before it went.
+    pub(crate) protocol_error: Option<&'static str>,
+}
+
+impl WsOutcome {
+    /// Whether the proxy stopped the socket (DLP block, protocol error).
+    fn stopped(&self) -> bool {
+        self.blocked || self.protocol_error.is_some()
+    }
 }
 
 /// A data frame larger than `dlp.max_body_bytes`, on its way through.
@@ -33,14 +43,54 @@ struct BigFrame<'a> {
     scan: StreamScan<'a>,
 }
 
-/// Parsed frame header: (header length, payload length, mask key, opcode).
-fn header(b: &[u8]) -> Option<(usize, u64, Option<[u8; 4]>, u8)> {
+/// A frame header as the agent sent it.
+#[derive(Debug)]
+struct Head {
+    /// Bytes of the header itself (with the mask key).
+    len: usize,
+    payload: u64,
+    mask: Option<[u8; 4]>,
+    opcode: u8,
+    fin: bool,
+    /// RSV1-3: meaningful only with an extension, and none is negotiated
+    /// while DLP is on.
+    rsv: u8,
+}
+
+impl Head {
+    /// Continuation, text or binary.
+    fn is_data(&self) -> bool {
+        self.opcode <= 2
+    }
+
+    /// Why the frame breaks RFC 6455 (§5.2, §5.5), if it does. Checked
+    /// before anything of it is held or sent: a control frame may carry
+    /// at most 125 bytes, so one announcing 2^40 would otherwise be
+    /// buffered whole, and its payload would pass unscanned.
+    fn violation(&self) -> Option<&'static str> {
+        if self.rsv != 0 {
+            Some("a frame with RSV bits set, no extension negotiated")
+        } else if !matches!(self.opcode, 0..=2 | 8..=10) {
+            Some("a frame with a reserved opcode")
+        } else if self.mask.is_none() {
+            Some("an unmasked frame from the client")
+        } else if !self.is_data() && (self.payload > 125 || !self.fin) {
+            Some("a control frame longer than 125 bytes or fragmented")
+        } else if self.payload >> 63 != 0 {
+            Some("a frame length with its top bit set")
+        } else {
+            None
+        }
+    }
+}
+
+/// Parses a frame header, `None` until all of it has arrived.
+fn header(b: &[u8]) -> Option<Head> {
     if b.len() < 2 {
         return None;
     }
-    let opcode = b[0] & 0x0f;
     let masked = b[1] & 0x80 != 0;
-    let (mut hl, len) = match b[1] & 0x7f {
+    let (mut hl, payload) = match b[1] & 0x7f {
         126 => {
             if b.len() < 4 {
                 return None;
@@ -67,7 +117,22 @@ fn header(b: &[u8]) -> Option<(usize, u64, Option<[u8; 4]>, u8)> {
     } else {
         None
     };
-    Some((hl, len, mask, opcode))
+    Some(Head {
+        len: hl,
+        payload,
+        mask,
+        opcode: b[0] & 0x0f,
+        fin: b[0] & 0x80 != 0,
+        rsv: (b[0] >> 4) & 0x7,
+    })
+}
+
+fn unmask(payload: &mut [u8], mask: Option<[u8; 4]>, phase: u64) {
+    if let Some(m) = mask {
+        for (i, x) in payload.iter_mut().enumerate() {
+            *x ^= m[((phase + i as u64) % 4) as usize];
+        }
+    }
 }
 
 /// Splices an upgraded WebSocket, scanning the client's frames.
@@ -102,6 +167,7 @@ where
         st.blocked = dlp.mode == DlpMode::Block;
         st.blocked
     };
+    // The agent's frames, parsed, unmasked and scanned before they go.
     let up = async {
         let mut pending: Vec<u8> = Vec::with_capacity(16 * 1024);
         let mut prev: Vec<u8> = Vec::new();
@@ -122,11 +188,7 @@ where
                     // piece (or the frame's end) has been scanned with it.
                     let new = (b.unscanned as usize).min(pending.len() - b.ahead);
                     let mut piece = pending[b.ahead..b.ahead + new].to_vec();
-                    if let Some(m) = b.mask {
-                        for (i, x) in piece.iter_mut().enumerate() {
-                            *x ^= m[((b.fed + i as u64) % 4) as usize];
-                        }
-                    }
+                    unmask(&mut piece, b.mask, b.fed);
                     let mut found = Vec::new();
                     b.scan.feed(&piece, &mut found);
                     b.fed += new as u64;
@@ -155,50 +217,59 @@ where
                     }
                     break;
                 }
-                let Some((hl, len, mask, opcode)) = header(&pending) else {
+                let Some(h) = header(&pending) else {
                     break;
                 };
-                if len > dlp.max_body as u64 && opcode <= 2 {
-                    // Too large to hold whole: the header goes now, the
+                if let Some(why) = h.violation() {
+                    state
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .protocol_error = Some(why);
+                    break 'outer;
+                }
+                if h.payload > dlp.max_body as u64 {
+                    // Too large to hold whole (a data frame: a control
+                    // frame is at most 125 bytes): the header goes now, the
                     // payload through the stream scan above.
-                    if uw.write_all(&pending[..hl]).await.is_err() {
+                    if uw.write_all(&pending[..h.len]).await.is_err() {
                         break 'outer;
                     }
-                    pending.drain(..hl);
+                    pending.drain(..h.len);
                     let mut scan = StreamScan::new(&dlp);
                     // Already scanned clean: context for a value split
                     // across the two frames.
                     scan.feed(&prev, &mut Vec::new());
                     big = Some(BigFrame {
-                        unscanned: len,
+                        unscanned: h.payload,
                         ahead: 0,
                         fed: 0,
-                        mask,
+                        mask: h.mask,
                         scan,
                     });
                     continue;
                 }
-                let total = hl + len as usize;
+                // At most max_body bytes: no overflow.
+                let total = h.len + h.payload as usize;
                 if pending.len() < total {
                     break;
                 }
-                let data_frame = opcode <= 2;
-                if data_frame {
-                    let mut payload = pending[hl..total].to_vec();
-                    if let Some(m) = mask {
-                        for (i, b) in payload.iter_mut().enumerate() {
-                            *b ^= m[i % 4];
-                        }
-                    }
+                let mut payload = pending[h.len..total].to_vec();
+                unmask(&mut payload, h.mask, 0);
+                let mut found = Vec::new();
+                if h.is_data() {
                     let mut scan = std::mem::take(&mut prev);
                     scan.extend_from_slice(&payload);
-                    let mut found = Vec::new();
                     dlp.scan_body(&scan, None, &mut found);
-                    if stops(found) {
-                        break 'outer;
-                    }
                     let keep = payload.len().min(dlp.overlap);
                     prev = payload[payload.len() - keep..].to_vec();
+                } else {
+                    // A ping's or close's few bytes, on their own: they may
+                    // come between two pieces of a message, whose context
+                    // `prev` keeps.
+                    dlp.scan_body(&payload, None, &mut found);
+                }
+                if stops(found) {
+                    break 'outer;
                 }
                 if uw.write_all(&pending[..total]).await.is_err() {
                     break 'outer;
@@ -206,8 +277,7 @@ where
                 pending.drain(..total);
             }
         }
-        let blocked = state.lock().unwrap_or_else(|p| p.into_inner()).blocked;
-        if !blocked {
+        if !state.lock().unwrap_or_else(|p| p.into_inner()).stopped() {
             let _ = uw.shutdown().await;
         }
     };
@@ -215,10 +285,10 @@ where
         tokio::pin!(up);
         tokio::pin!(down);
         tokio::select! {
-            // The agent closed (or was blocked): let the upstream finish
-            // unless the frame was blocked.
+            // The agent closed (or was stopped): let the upstream finish
+            // unless the proxy stopped the socket.
             _ = &mut up => {
-                if !state.lock().unwrap_or_else(|p| p.into_inner()).blocked {
+                if !state.lock().unwrap_or_else(|p| p.into_inner()).stopped() {
                     let i = down.await;
                     state.lock().unwrap_or_else(|p| p.into_inner()).bytes_in = i;
                 }
@@ -233,10 +303,18 @@ where
         _ = dog2 => {}
     }
     let out = state.into_inner().unwrap_or_else(|p| p.into_inner());
-    if out.blocked {
-        // Close frame to the agent: 1008 policy violation.
-        let reason = b"blocked by bot-bottle egress DLP";
-        let mut f = vec![0x88, (2 + reason.len()) as u8, 0x03, 0xf0];
+    let close: Option<(u16, &[u8])> = if out.blocked {
+        Some((1008, b"blocked by bot-bottle egress DLP"))
+    } else if out.protocol_error.is_some() {
+        Some((1002, b"protocol error (bot-bottle egress)"))
+    } else {
+        None
+    };
+    if let Some((code, reason)) = close {
+        // A close frame to the agent: 1008 policy violation, 1002 protocol
+        // error.
+        let mut f = vec![0x88, (2 + reason.len()) as u8];
+        f.extend_from_slice(&code.to_be_bytes());
         f.extend_from_slice(reason);
         let _ = cw.write_all(&f).await;
         let _ = cw.shutdown().await;

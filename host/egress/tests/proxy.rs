@@ -2149,3 +2149,73 @@ async fn a_websocket_upgrade_switches_to_websocket_or_not_at_all() {
     let audit = audit_text(&fx.audit);
     assert!(audit.contains("other than WebSocket"), "{audit}");
 }
+
+/// The close code the proxy sends next on `ws` (`None`: closed without one,
+/// or nothing within 10 s).
+async fn close_code<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Option<u16>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(f))))) => return Some(u16::from(f.code)),
+            Ok(Some(Ok(Message::Pong(_)))) => continue,
+            Ok(Some(Ok(m))) => panic!("a frame instead of a close: {m:?}"),
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_frames_that_break_the_protocol_close_the_socket() {
+    let fx = fx_with(|c| c.dlp.mode = DlpMode::Block).await;
+    // A ping's payload is scanned too (it went unscanned).
+    let (mut ws, st) = ws_through(&fx).await;
+    assert_eq!(st, 101);
+    ws.send(Message::Ping(format!("leak {GH}").into_bytes().into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        close_code(&mut ws).await,
+        Some(1008),
+        "a ping with a secret"
+    );
+    // Written past tungstenite, which would not send them. The first was
+    // held whole: the proxy's memory grew with every byte that followed.
+    let m = [1u8, 2, 3, 4];
+    let frames: [(&str, Vec<u8>); 4] = [
+        (
+            "a ping announcing 2^40 bytes",
+            [&[0x89, 0xff, 0, 0, 1, 0, 0, 0, 0, 0][..], &m].concat(),
+        ),
+        (
+            "reserved opcode 3",
+            [&[0x83, 0x85][..], &m, b"hello"].concat(),
+        ),
+        ("RSV1 set", [&[0xc1, 0x85][..], &m, b"hello"].concat()),
+        ("unmasked", [&[0x81, 0x05][..], b"hello"].concat()),
+    ];
+    for (what, frame) in frames {
+        let (mut ws, st) = ws_through(&fx).await;
+        assert_eq!(st, 101);
+        let raw = ws.get_mut();
+        raw.write_all(&frame).await.unwrap();
+        raw.write_all(&vec![0u8; 64 * 1024]).await.unwrap();
+        raw.flush().await.unwrap();
+        assert_eq!(close_code(&mut ws).await, Some(1002), "{what}");
+    }
+    let ws_msgs = fx
+        .up
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "WS")
+        .count();
+    assert_eq!(ws_msgs, 0, "a frame reached upstream");
+    eventually("no 1002 audit line", || {
+        audit_lines(&fx.audit)
+            .iter()
+            .any(|l| l["note"].as_str().unwrap_or("").contains("reserved opcode"))
+            .then_some(())
+    })
+    .await;
+}
