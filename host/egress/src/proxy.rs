@@ -888,13 +888,12 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
             .unwrap_or("/");
         shared.dlp.scan_head(pq, &parts.headers, &mut findings);
         if !body.is_end_stream() {
-            let enc = parts
-                .headers
-                .get(header::CONTENT_ENCODING)
-                .and_then(|v| v.to_str().ok());
+            // Every line, as a server reads them: `identity` and `gzip` on
+            // two lines are `identity, gzip` (stacked: not decodable here).
+            let enc = content_encoding(&parts.headers);
             let held = dlp_body::hold_and_scan(
                 body,
-                enc,
+                enc.as_deref(),
                 &shared.dlp,
                 &shared.dlp_budget,
                 shared.header_timeout(),
@@ -1066,6 +1065,17 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
+}
+
+/// The request's `content-encoding`, all its lines joined (`None` without
+/// one).
+fn content_encoding(h: &HeaderMap) -> Option<String> {
+    let lines: Vec<_> = h
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        .collect();
+    (!lines.is_empty()).then(|| lines.join(", "))
 }
 
 /// Counts the data bytes of a request body, and drops its trailers: they

@@ -2219,3 +2219,38 @@ async fn websocket_frames_that_break_the_protocol_close_the_socket() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_encoding_lines_are_read_together() {
+    // `identity` and `gzip` on two lines are `identity, gzip` to a server
+    // that decodes: the scan read only the first line, saw no encoding, and
+    // let a compressed secret through in block mode.
+    let fx = block_fx().await;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let plain = format!("{} {GH} y", "compressible ".repeat(500));
+    std::io::Write::write_all(&mut gz, plain.as_bytes()).unwrap();
+    let gzip = gz.finish().unwrap();
+    assert!(!String::from_utf8_lossy(&gzip).contains("ghp_"));
+    for h2 in [false, true] {
+        let got = post_frames(
+            &fx,
+            h2,
+            &[
+                ("content-encoding", "identity"),
+                ("content-encoding", "gzip"),
+            ],
+            vec![gzip.clone()],
+        )
+        .await;
+        assert!(
+            got.status == 415 || got.status == 403,
+            "h2 {h2}: {} {}",
+            got.status,
+            got.body
+        );
+    }
+    assert!(
+        fx.up.seen().iter().all(|s| s.path != "/v1/big"),
+        "the body reached the upstream"
+    );
+}
