@@ -13,12 +13,12 @@
 use std::io::Read;
 
 use http::HeaderMap;
-use regex::bytes::{RegexSet, RegexSetBuilder};
+use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 
 use crate::config::{DlpConfig, DlpMode, ProxyConfig};
 
 /// `(rule id, pattern)`, after gitleaks' ids.
-const RULES: &[(&str, &str)] = &[
+pub(crate) const RULES: &[(&str, &str)] = &[
     (
         "aws-access-token",
         r"\b(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}\b",
@@ -53,7 +53,10 @@ const RULES: &[(&str, &str)] = &[
     ("gcp-api-key", r"\bAIza[\w-]{35}\b"),
     (
         "private-key",
-        r"-----BEGIN[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----",
+        // gitleaks bounds the label at 100; unbounded it is the same
+        // rule for real keys, and text full of `-----BEGIN` no longer
+        // costs a state per start (2.6 against 400 MB/s).
+        r"-----BEGIN[ A-Z0-9_-]*PRIVATE KEY(?: BLOCK)?-----",
     ),
     ("huggingface-access-token", r"\bhf_[a-zA-Z]{34}\b"),
     ("npm-access-token", r"\bnpm_[a-zA-Z0-9]{36}\b"),
@@ -63,16 +66,32 @@ const RULES: &[(&str, &str)] = &[
 ];
 
 /// Overlap of a stream scan at least: the longest minimal match of the
-/// rules above (the private-key header, up to ~130 bytes), with room.
+/// rules above (a fine-grained GitHub token, 93 bytes; a private-key header
+/// with a label as long as gitleaks allows, ~130), with room.
 const MIN_OVERLAP: usize = 256;
 
-/// The compiled rule set.
+/// Inputs up to this size are scanned by the one `RegexSet`, larger ones
+/// rule by rule ([`Dlp::scan_into`]).
+const SET_MAX: usize = 4 * 1024;
+
+/// The compiled rules, twice. Each rule as its own regex, searched on its
+/// own: one `RegexSet` for all (one pass) runs at ~550 MB/s on ordinary
+/// text but at 5–8 MB/s on text an agent can craft, where a rule's prefix
+/// recurs inside the counted class after it (`github_pat_` inside
+/// `\w{82}`): the set's lazy DFA tracks every start at once and thrashes
+/// its cache. A single regex with a literal prefix finds candidates with a
+/// prefilter and checks each from its start: 250 MB/s or more on every
+/// such text tried, and faster on ordinary text (`bot-bottle-bench-dlp`).
+/// The set is kept for small inputs (a request head, a WebSocket frame):
+/// there one pass beats twenty calls (~3.7k instructions a request), and
+/// 4 KiB costs it under a millisecond even at its slowest.
 pub(crate) struct Dlp {
     pub(crate) mode: DlpMode,
     pub(crate) max_body: usize,
     /// Bytes kept between the pieces of a stream scan: longer than any
     /// rule's shortest match and than every configured token.
     pub(crate) overlap: usize,
+    rules: Vec<Regex>,
     set: RegexSet,
     names: Vec<String>,
 }
@@ -100,16 +119,27 @@ impl Dlp {
                 names.push(format!("bottle-token:{r}"));
             }
         }
+        let invalid = |e: regex::Error| crate::error::EgressError::ConfigInvalid {
+            message: format!(
+                "DLP rules do not compile: {}",
+                e.to_string().lines().next().unwrap_or_default()
+            ),
+        };
+        let rules = pats
+            .iter()
+            .map(|p| {
+                RegexBuilder::new(p)
+                    .unicode(false)
+                    .size_limit(64 << 20)
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
         let set = RegexSetBuilder::new(&pats)
             .unicode(false)
             .size_limit(64 << 20)
             .build()
-            .map_err(|e| crate::error::EgressError::ConfigInvalid {
-                message: format!(
-                    "DLP rules do not compile: {}",
-                    e.to_string().lines().next().unwrap_or_default()
-                ),
-            })?;
+            .map_err(invalid)?;
         let overlap = cfg
             .tokens
             .values()
@@ -119,16 +149,24 @@ impl Dlp {
             mode,
             max_body: max_body_bytes,
             overlap,
+            rules,
             set,
             names,
         })
     }
 
     pub(crate) fn scan_into(&self, data: &[u8], out: &mut Vec<String>) {
-        for i in self.set.matches(data).iter() {
+        let found = |i: usize| {
             if !out.contains(&self.names[i]) {
                 out.push(self.names[i].clone());
             }
+        };
+        if data.len() <= SET_MAX {
+            self.set.matches(data).iter().for_each(found);
+        } else {
+            (0..self.rules.len())
+                .filter(|&i| self.rules[i].is_match(data))
+                .for_each(found);
         }
     }
 
@@ -356,6 +394,29 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(data).unwrap();
         gz.finish().unwrap()
+    }
+
+    #[test]
+    fn a_value_among_recurring_prefixes_is_found() {
+        // Text made to slow a regex engine (the prefix recurring inside the
+        // class after it) still yields the one real value, and only it.
+        let d = dlp();
+        let mut text = "github_pat_abc".repeat(2000);
+        text.push_str(" github_pat_");
+        text.push_str(&"A".repeat(82));
+        let mut out = vec![];
+        d.scan_body(text.as_bytes(), None, &mut out);
+        assert_eq!(out, vec!["github-fine-grained-pat".to_string()]);
+        let mut out = vec![];
+        d.scan_body("-----BEGIN ".repeat(3000).as_bytes(), None, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        let mut out = vec![];
+        let key = format!(
+            "{}-----BEGIN EC PRIVATE KEY-----",
+            "-----BEGIN ".repeat(3000)
+        );
+        d.scan_body(key.as_bytes(), None, &mut out);
+        assert_eq!(out, vec!["private-key".to_string()]);
     }
 
     #[test]

@@ -20,6 +20,51 @@ mod upstream;
 mod workers;
 mod ws;
 
+/// The DLP stage's rules and its scan, for the `bot-bottle-bench-dlp`
+/// benchmark (bench/egress) only: not an API.
+#[doc(hidden)]
+pub mod dlp_bench {
+    /// The rules' patterns, as the scanner compiles them.
+    pub fn patterns() -> Vec<&'static str> {
+        crate::dlp::RULES.iter().map(|(_, p)| *p).collect()
+    }
+
+    /// The rules' ids, in the order of [`patterns`].
+    pub fn names() -> Vec<String> {
+        crate::dlp::RULES
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect()
+    }
+
+    /// The scanner with the built-in rules and no bottle tokens.
+    #[derive(Debug)]
+    pub struct Scanner(crate::dlp::Dlp);
+
+    impl Scanner {
+        pub fn new() -> Result<Self, crate::EgressError> {
+            let cfg: crate::ProxyConfig = serde_json::from_value(serde_json::json!({
+                "schema": 1, "bottle_id": "bench", "ca": {"cert_pem": "", "key_pem": ""}
+            }))
+            .map_err(|e| crate::EgressError::ConfigInvalid {
+                message: e.to_string(),
+            })?;
+            Ok(Self(crate::dlp::Dlp::new(&cfg)?))
+        }
+
+        /// Rule ids found in `data`, fed in 64 KiB pieces as a decoded body
+        /// is.
+        pub fn scan(&self, data: &[u8]) -> Vec<String> {
+            let mut scan = crate::dlp::StreamScan::new(&self.0);
+            let mut out = Vec::new();
+            for piece in data.chunks(64 * 1024) {
+                scan.feed(piece, &mut out);
+            }
+            out
+        }
+    }
+}
+
 pub use audit::AuditRecord;
 pub use ca::{BottleCa, CaError};
 pub use config::ProxyConfig;
