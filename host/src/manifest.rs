@@ -131,6 +131,8 @@ struct RawRoute {
     #[serde(default)]
     plain_http: bool,
     #[serde(default)]
+    ports: Vec<u16>,
+    #[serde(default)]
     inject: Vec<RawInject>,
 }
 
@@ -390,6 +392,13 @@ fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<Manifest, Manif
                 ));
             }
         }
+        if r.ports.contains(&0) {
+            return Err(err(
+                "ports",
+                0,
+                "invalid port 0: ports are 1 to 65535".into(),
+            ));
+        }
         let mut methods = Vec::new();
         for m in &r.methods {
             let up = m.to_ascii_uppercase();
@@ -451,6 +460,7 @@ fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<Manifest, Manif
             methods,
             inject,
             plain_http: r.plain_http,
+            ports: r.ports.clone(),
             source: "manifest".into(),
         });
     }
@@ -689,6 +699,18 @@ runtime = "runsc"
             .unwrap_err()
             .to_string()
             .contains("no `{token}` placeholder"));
+    }
+
+    #[test]
+    fn a_route_names_its_ports() {
+        assert!(parse(GOOD).unwrap().routes[0].ports.is_empty());
+        let text = GOOD.replace("path_prefix = \"/v1/\"", "ports = [443, 8443]");
+        assert_eq!(parse(&text).unwrap().routes[0].ports, [443, 8443]);
+        let text = GOOD.replace("path_prefix = \"/v1/\"", "ports = [0]");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains(":19:1: invalid port 0"), "{e}");
+        let text = GOOD.replace("path_prefix = \"/v1/\"", "ports = [70000]");
+        assert!(parse(&text).is_err());
     }
 
     #[test]

@@ -283,6 +283,11 @@ pub struct EgressRoute {
     /// only when this is set).
     #[serde(default)]
     pub plain_http: bool,
+    /// Ports this route allows; empty means the scheme's own: 443 for
+    /// HTTPS, 80 for plain HTTP. (A route's credential goes to the ports it
+    /// names only, never to whatever service listens elsewhere on the host.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
     /// Who asked for the route (`manifest`, `provider:codex`), for `bottle plan`.
     #[serde(default)]
     pub source: String,
@@ -297,6 +302,7 @@ impl EgressRoute {
             methods: vec![],
             inject: vec![],
             plain_http: false,
+            ports: vec![],
             source: String::new(),
         }
     }

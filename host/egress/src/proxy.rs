@@ -342,12 +342,13 @@ async fn outer(
                 }
             };
         }
-        if route::host_allowed(&shared.cfg.routes, &host)
-            || shared
-                .cfg
-                .local_responses
-                .iter()
-                .any(|l| route::host_matches(&l.host, &host))
+        if route::connect_allowed(&shared.cfg.routes, &host, port)
+            || (port == 443
+                && shared
+                    .cfg
+                    .local_responses
+                    .iter()
+                    .any(|l| route::host_matches(&l.host, &host)))
         {
             let s = shared.clone();
             // The tunnel task takes a share of the connection's slot.
@@ -359,15 +360,26 @@ async fn outer(
             });
             return Response::new(empty());
         }
+        let (why, body) = if route::host_allowed(&shared.cfg.routes, &host) {
+            // The credential of a route for api.example.com is for its
+            // HTTPS port, not for whatever else listens on the host.
+            let why = format!("no [[egress.route]] for this host allows port {port}");
+            let body = format!(
+                "bot-bottle egress: CONNECT {host}:{port} refused: {why} (a route allows 443 \
+                 unless it names its ports).\nTo allow it, name the port in the route in \
+                 bottle.toml:\n  [[egress.route]]\n  host = \"{host}\"\n  ports = [{port}]\n"
+            );
+            (why, body)
+        } else {
+            let why = "no [[egress.route]] names this host";
+            (why.to_string(), route::deny_body(&host, "CONNECT", "", why))
+        };
         rec.decision = "deny".into();
         rec.status = 403;
-        rec.note = "no route or tls_passthrough names the host".into();
+        rec.note = why;
         rec.duration_ms = ms(start);
         shared.audit.write(&rec);
-        return text(
-            StatusCode::FORBIDDEN,
-            route::deny_body(&host, "CONNECT", "", "no [[egress.route]] names this host"),
-        );
+        return text(StatusCode::FORBIDDEN, body);
     }
     match (req.uri().scheme_str(), req.uri().authority()) {
         (Some("http"), Some(a)) => {
@@ -827,14 +839,14 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
     let match_method = if ws_h2 { "GET" } else { method.as_str() };
     let (idx, r) = match match_route(
         &shared.cfg.routes,
-        &t.host,
+        (&t.host, t.port, t.tls),
         req.uri().path(),
         &path,
         match_method,
     ) {
         RouteMatch::Allowed(i, r) => (i, r),
         RouteMatch::HostOnly => {
-            let why = "no [[egress.route]] for this host allows this path and method";
+            let why = "no [[egress.route]] for this host allows this port, path and method";
             return done(
                 rec,
                 StatusCode::FORBIDDEN,

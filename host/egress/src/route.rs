@@ -64,6 +64,24 @@ pub(crate) fn host_allowed(routes: &[EgressRoute], host: &str) -> bool {
     routes.iter().any(|r| host_matches(&r.host, host))
 }
 
+/// Whether `r` allows `port`: the ports it names, else the scheme's own
+/// (443 for HTTPS, 80 for plain HTTP).
+pub(crate) fn port_allowed(r: &EgressRoute, port: u16, tls: bool) -> bool {
+    if r.ports.is_empty() {
+        port == if tls { 443 } else { 80 }
+    } else {
+        r.ports.contains(&port)
+    }
+}
+
+/// Whether a CONNECT to `host:port` may be intercepted: some route names
+/// the host and allows the port over HTTPS.
+pub(crate) fn connect_allowed(routes: &[EgressRoute], host: &str, port: u16) -> bool {
+    routes
+        .iter()
+        .any(|r| host_matches(&r.host, host) && port_allowed(r, port, true))
+}
+
 /// The path as the allow-list sees it: percent-encoded dots, slashes,
 /// backslashes and percent signs decoded (again and again, as a server that
 /// decodes twice would: `%252e` is `.`), `.` and `..` resolved, doubled
@@ -187,9 +205,12 @@ pub(crate) enum RouteMatch<'a> {
 /// neither decodes nor resolves dot segments, as Express's, routes
 /// `/admin/../v1` to `/admin`), the normalised one (`/v1/../admin` is
 /// `/admin` to most servers), and [`param_free_path`]'s.
+///
+/// `port` and `tls` say where the request goes: a route allows the ports it
+/// names, else the scheme's own ([`port_allowed`]).
 pub(crate) fn match_route<'a>(
     routes: &'a [EgressRoute],
-    host: &str,
+    (host, port, tls): (&str, u16, bool),
     raw_path: &str,
     norm_path: &str,
     method: &str,
@@ -200,6 +221,9 @@ pub(crate) fn match_route<'a>(
             continue;
         }
         host_seen = true;
+        if !port_allowed(r, port, tls) {
+            continue;
+        }
         if let Some(p) = &r.path_prefix {
             if !prefix_holds(p, raw_path, norm_path) {
                 continue;
@@ -374,10 +398,16 @@ pub fn check(config: &ProxyConfig, method: &str, url: &str) -> Decision {
             return d;
         }
     }
-    match match_route(&config.routes, &d.host, uri.path(), &d.path, &method) {
+    match match_route(
+        &config.routes,
+        (&d.host, d.port, tls),
+        uri.path(),
+        &d.path,
+        &method,
+    ) {
         RouteMatch::NoHost => d.reason = "no [[egress.route]] names this host".into(),
         RouteMatch::HostOnly => {
-            d.reason = "a route names this host but none allows this path and method".into()
+            d.reason = "a route names this host but none allows this port, path and method".into()
         }
         RouteMatch::Allowed(i, r) => {
             d.route_index = Some(i);
@@ -439,7 +469,7 @@ mod tests {
         let allowed = |raw: &str| {
             let p = normalise_path(raw);
             matches!(
-                match_route(&routes, "h.test", raw, &p, "GET"),
+                match_route(&routes, ("h.test", 443, true), raw, &p, "GET"),
                 RouteMatch::Allowed(..)
             )
         };
@@ -462,6 +492,23 @@ mod tests {
         assert!(allowed("/open/group%2Fproject/x"));
         assert!(allowed("/open/x?next=/../admin"));
         assert_eq!(param_free_path("/a/b"), None);
+    }
+
+    #[test]
+    fn a_route_allows_its_schemes_port_unless_it_names_ports() {
+        let mut r = EgressRoute::allow("h.test");
+        assert!(port_allowed(&r, 443, true) && !port_allowed(&r, 8443, true));
+        assert!(port_allowed(&r, 80, false) && !port_allowed(&r, 443, false));
+        r.ports = vec![8443];
+        assert!(port_allowed(&r, 8443, true) && !port_allowed(&r, 443, true));
+        assert!(port_allowed(&r, 8443, false));
+        let routes = [EgressRoute::allow("h.test"), r];
+        assert!(connect_allowed(&routes, "h.test", 8443));
+        assert!(!connect_allowed(&routes, "h.test", 22));
+        assert!(matches!(
+            match_route(&routes, ("h.test", 22, true), "/", "/", "GET"),
+            RouteMatch::HostOnly
+        ));
     }
 
     #[test]

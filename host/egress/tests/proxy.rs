@@ -2254,3 +2254,59 @@ async fn content_encoding_lines_are_read_together() {
         "the body reached the upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_allow_their_ports_only() {
+    // A route's credential is for its HTTPS port (or the ports it names),
+    // not for whatever else listens on the host.
+    let fx = fx().await;
+    let (st, head, mut s) = connect(fx.proxy, "api.test:8443").await;
+    assert_eq!(st, 403, "{head}");
+    let body = read_body_after_head(&mut s, &head).await;
+    assert!(body.contains("ports = [8443]"), "{body}");
+    let fx = fx_with(|c| {
+        c.routes[0].ports = vec![8443];
+        let mut plain = bot_bottle_plugin_api::EgressRoute::allow("plain.test");
+        plain.plain_http = true;
+        plain.inject = vec![inject("Authorization", "Bearer {token}")];
+        c.routes.push(plain);
+    })
+    .await;
+    let (st, _, _) = connect(fx.proxy, "api.test:443").await;
+    assert_eq!(st, 403, "443 is not among the route's ports");
+    for h2 in [false, true] {
+        let got = send(
+            fx.proxy,
+            "api.test:8443",
+            "api.test",
+            &fx.bottle_ca,
+            h2,
+            get("https://api.test:8443/ported", "api.test:8443", h2),
+        )
+        .await;
+        assert_eq!(got.status, 200, "{got:?}");
+    }
+    let seen = fx.up.seen();
+    let s = seen.iter().find(|s| s.path == "/ported").unwrap();
+    assert_eq!(
+        s.header_all("authorization"),
+        vec![format!("Bearer {CANARY}")]
+    );
+    // Plain HTTP: port 80 unless the route names others.
+    let mut s = TcpStream::connect(fx.proxy).await.unwrap();
+    s.write_all(b"GET http://plain.test:8080/x HTTP/1.1\r\nHost: plain.test:8080\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    let d = bot_bottle_egress::check(
+        &{
+            let mut c = config(&fx.pki, fx.up.addr, &fx.audit);
+            c.routes[0].ports = vec![8443];
+            c
+        },
+        "GET",
+        "https://api.test/x",
+    );
+    assert!(!d.allowed, "{d}");
+}

@@ -75,7 +75,17 @@ fn print_human(plan: &BottlePlan) {
         println!("  (no routes: the agent can reach nothing)");
     }
     for r in v.routes {
-        let mut line = format!("  {}{}", r.host, r.path_prefix.as_deref().unwrap_or(""));
+        let ports: Vec<String> = r.ports.iter().map(u16::to_string).collect();
+        let port = match ports.len() {
+            0 => String::new(),
+            1 => format!(":{}", ports[0]),
+            _ => format!(":{{{}}}", ports.join(",")),
+        };
+        let mut line = format!(
+            "  {}{port}{}",
+            r.host,
+            r.path_prefix.as_deref().unwrap_or("")
+        );
         if !r.methods.is_empty() {
             line.push_str(&format!(" [{}]", r.methods.join(",")));
         }
