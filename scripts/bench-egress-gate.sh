@@ -61,6 +61,9 @@ import json, sys
 work, up = sys.argv[1], sys.argv[2]
 c = json.load(open(f"{work}/bench/egress.json"))
 c["upstream"]["resolve"] = {"localhost": up}
+# The route names the upstream's port (routes allow 443 unless they do).
+for r in c["routes"]:
+    r["ports"] = [int(up.rsplit(":", 1)[1])]
 c["audit"]["path"] = f"{work}/audit.jsonl"
 json.dump(c, open(f"{work}/egress.json", "w"))
 open(f"{work}/bundle.pem", "w").write(open(f"{work}/bench/upstream-ca.pem").read() + c["ca"]["cert_pem"])

@@ -319,7 +319,8 @@ async fn start_bot_bottle(a: &Args, pki: &Pki, up: SocketAddr) -> Res<Peer> {
         "schema": 1,
         "bottle_id": "bench",
         "listen": "127.0.0.1:0",
-        "routes": [{"host": "localhost", "inject": [{"header": "Authorization", "value": "Bearer {token}", "token_ref": "BENCH_TOKEN"}]}],
+        // The upstream listens on a port of its own, which the route names.
+        "routes": [{"host": "localhost", "ports": [up.port()], "inject": [{"header": "Authorization", "value": "Bearer {token}", "token_ref": "BENCH_TOKEN"}]}],
         "tokens": {"BENCH_TOKEN": TOKEN},
         "ca": {"cert_pem": ca.cert_pem, "key_pem": ca.key_pem.expose()},
         "upstream": {"extra_ca_pem": pki.ca_pem, "resolve": {"localhost": up.to_string()}},
