@@ -1685,6 +1685,16 @@ async fn sighup_reloads_rotated_tokens_on_open_connections() {
     child.wait().unwrap();
 }
 
+/// Adds a plain-HTTP route for `host`, reached at `up`, that injects the
+/// Bearer token.
+fn plain_route(c: &mut ProxyConfig, host: &str, up: SocketAddr) {
+    let mut r = bot_bottle_plugin_api::EgressRoute::allow(host);
+    r.plain_http = true;
+    r.inject = vec![inject("Authorization", "Bearer {token}")];
+    c.routes.push(r);
+    c.upstream.resolve.insert(host.into(), up);
+}
+
 /// A plain-HTTP upstream that records the Authorization it receives.
 async fn plain_upstream() -> (SocketAddr, Arc<Mutex<Vec<Vec<String>>>>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1725,14 +1735,7 @@ async fn plain_upstream() -> (SocketAddr, Arc<Mutex<Vec<Vec<String>>>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_only_where_the_route_says_so() {
     let (plain, seen) = plain_upstream().await;
-    let fx = fx_with(|c| {
-        let mut r = bot_bottle_plugin_api::EgressRoute::allow("plain.test");
-        r.plain_http = true;
-        r.inject = vec![inject("Authorization", "Bearer {token}")];
-        c.routes.push(r);
-        c.upstream.resolve.insert("plain.test".into(), plain);
-    })
-    .await;
+    let fx = fx_with(|c| plain_route(c, "plain.test", plain)).await;
     let mut s = TcpStream::connect(fx.proxy).await.unwrap();
     s.write_all(b"GET http://plain.test/x HTTP/1.1\r\nHost: plain.test\r\nAuthorization: Bearer dummy\r\nProxy-Authorization: Basic leak\r\n\r\n")
         .await
@@ -2123,14 +2126,7 @@ async fn switching_upstream() -> (SocketAddr, Arc<Mutex<String>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_upgrade_switches_to_websocket_or_not_at_all() {
     let (up, head) = switching_upstream().await;
-    let fx = fx_with(|c| {
-        let mut r = bot_bottle_plugin_api::EgressRoute::allow("switch.test");
-        r.plain_http = true;
-        r.inject = vec![inject("Authorization", "Bearer {token}")];
-        c.routes.push(r);
-        c.upstream.resolve.insert("switch.test".into(), up);
-    })
-    .await;
+    let fx = fx_with(|c| plain_route(c, "switch.test", up)).await;
     let mut s = TcpStream::connect(fx.proxy).await.unwrap();
     s.write_all(
         b"GET http://switch.test/ws HTTP/1.1\r\nHost: switch.test\r\n\
@@ -2266,10 +2262,8 @@ async fn routes_allow_their_ports_only() {
     assert!(body.contains("ports = [8443]"), "{body}");
     let fx = fx_with(|c| {
         c.routes[0].ports = vec![8443];
-        let mut plain = bot_bottle_plugin_api::EgressRoute::allow("plain.test");
-        plain.plain_http = true;
-        plain.inject = vec![inject("Authorization", "Bearer {token}")];
-        c.routes.push(plain);
+        // Never dialled: the port is refused first.
+        plain_route(c, "plain.test", "127.0.0.1:9".parse().unwrap());
     })
     .await;
     let (st, _, _) = connect(fx.proxy, "api.test:443").await;
