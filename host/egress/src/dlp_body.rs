@@ -143,9 +143,13 @@ enum HoldError {
 /// Reads frames until `limit` data bytes or the end of the body. The bytes
 /// are taken from `budget` first, as much as the body announces it will
 /// send (its length, else the limit), in one piece: a request never waits
-/// for budget while holding some. A client that sends nothing for `stall`
-/// gets [`HoldError::Stalled`] and gives its budget back, so stuck uploads
-/// cannot hold up everyone else's requests for long.
+/// for budget while holding some. A client that has not sent the prefix
+/// `stall` after it got the budget gets [`HoldError::Stalled`] and gives
+/// the budget back, so stuck uploads cannot hold up everyone else's
+/// requests for long — trickling ones neither (a byte a second used to
+/// restart the wait each time, and 32 of them held the budget for as long
+/// as they liked). The agent's link to the proxy is local: a prefix of
+/// `dlp.max_body_bytes` takes it far less.
 async fn buffer_prefix(
     body: &mut Body,
     limit: usize,
@@ -166,6 +170,8 @@ async fn buffer_prefix(
             .map_err(|_| HoldError::Stalled)?
             .ok(),
     };
+    // Set at the first wait (no clock read when the body has come whole).
+    let mut deadline = None;
     let mut frames = VecDeque::new();
     let mut seen = Vec::new();
     while seen.len() < limit {
@@ -176,9 +182,12 @@ async fn buffer_prefix(
         .await;
         let next = match ready {
             Some(f) => f,
-            None => tokio::time::timeout(stall, body.frame())
-                .await
-                .map_err(|_| HoldError::Stalled)?,
+            None => {
+                let d = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + stall);
+                tokio::time::timeout_at(d, body.frame())
+                    .await
+                    .map_err(|_| HoldError::Stalled)?
+            }
         };
         match next {
             None => {

@@ -991,6 +991,32 @@ async fn stalled_request_bodies_do_not_hold_up_other_requests() {
         .expect("a stalled body was never answered");
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
     assert!(!fx.up.seen().iter().any(|s| s.path == "/v1/stuck"));
+
+    // So does one that trickles, a byte each 100 ms: the wait for the held
+    // prefix is one, not one per byte (it took the body's whole 9.6 s).
+    let (_, _, tcp) = connect(fx.proxy, "api.test:443").await;
+    let t = tls(tcp, "api.test", &fx.bottle_ca, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let (mut r, mut w) = tokio::io::split(t);
+    let trickle = tokio::spawn(async move {
+        w.write_all(
+            b"POST /v1/trickle HTTP/1.1\r\nHost: api.test\r\nContent-Length: 100\r\n\r\n0123",
+        )
+        .await?;
+        for _ in 0..96 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            w.write_all(b"x").await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let head = tokio::time::timeout(HANG, read_head(&mut r))
+        .await
+        .expect("a trickling body was never answered");
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(!trickle.is_finished(), "answered only after the whole body");
+    trickle.abort();
+    assert!(!fx.up.seen().iter().any(|s| s.path == "/v1/trickle"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
