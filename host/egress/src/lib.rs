@@ -12,6 +12,7 @@ pub mod config;
 mod dlp;
 mod dlp_body;
 pub mod error;
+mod in_flight;
 mod listener;
 mod proxy;
 pub mod route;

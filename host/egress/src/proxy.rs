@@ -27,6 +27,7 @@ use crate::config::{DlpMode, ProxyConfig};
 use crate::dlp::Dlp;
 use crate::dlp_body::{self, Refused};
 use crate::error::EgressError;
+use crate::in_flight::InFlight;
 use crate::listener::{Accepted, AsyncListener};
 use crate::route::{self, canon_host, match_route, normalise_path, RouteMatch};
 use crate::upstream::{self, Body, BoxError, Dialer};
@@ -565,12 +566,20 @@ async fn intercept(
         }
     };
     let target = Target::new(true, host, port, slot);
+    let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    // HTTP/2 only: hyper closes idle HTTP/1.1 connections itself.
+    let in_flight = (alpn.as_deref() == Some(b"h2")).then(|| Arc::new(InFlight::default()));
+    let flight = in_flight.clone();
     let svc = service_fn(move |req| {
         let s = live.get();
         let t = target.clone();
-        async move { Ok::<_, Infallible>(handle(s, req, t).await) }
+        let guard = flight.as_ref().map(|f| f.enter());
+        async move {
+            let r = handle(s, req, t).await;
+            drop(guard);
+            Ok::<_, Infallible>(r)
+        }
     });
-    let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
     let (io, dog) = watch(tls, shared.idle());
     let io = TokioIo::new(io);
     // ALPN chose the protocol: HTTP/2 over TLS exists only through ALPN
@@ -578,7 +587,7 @@ async fn intercept(
     // `auto` builder, used before, read the first bytes to guess instead,
     // and then put every read of the connection through a rewind buffer.)
     let served = async {
-        if alpn.as_deref() == Some(b"h2") {
+        if let Some(in_flight) = in_flight {
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             b.timer(TokioTimer::new())
                 .enable_connect_protocol()
@@ -586,7 +595,17 @@ async fn intercept(
                 .max_header_list_size(
                     shared.cfg.limits.max_header_bytes.min(u32::MAX as usize) as u32
                 );
-            b.serve_connection(io, svc).await
+            let conn = b.serve_connection(io, svc);
+            tokio::pin!(conn);
+            // No request for as long as a request head may take: GOAWAY,
+            // and the connection ends once its open streams have.
+            tokio::select! {
+                r = conn.as_mut() => return r,
+                _ = in_flight.idle_for(shared.header_timeout()) => {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            conn.await
         } else {
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())

@@ -2330,3 +2330,63 @@ async fn routes_allow_their_ports_only() {
     );
     assert!(!d.allowed, "{d}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed_and_frees_its_slot() {
+    // hyper closes idle HTTP/1.1 connections after the header timeout; an
+    // HTTP/2 one held its slot for the 10-minute idle timeout.
+    let fx = fx_with(|c| {
+        c.limits.header_read_timeout_ms = 300;
+        c.limits.max_connections = 1;
+    })
+    .await;
+    let (st, _, tcp) = connect(fx.proxy, "api.test:443").await;
+    assert_eq!(st, 200);
+    let t = tls(tcp, "api.test", &fx.bottle_ca, &[b"h2"]).await.unwrap();
+    let (mut s, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    // A stream that outlasts the timeout is not cut: closing is graceful.
+    let resp = s
+        .send_request(get("https://api.test/sse", "api.test", true))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(HANG, body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.data_ref().unwrap().as_ref(), b"data: first\n\n");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    fx.up.release.notify_one();
+    let rest = tokio::time::timeout(HANG, body.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    assert_eq!(rest.as_ref(), b"data: second\n\n");
+    // Then idle: the proxy ends the connection, and its slot is free.
+    tokio::time::timeout(std::time::Duration::from_secs(10), conn)
+        .await
+        .expect("an idle HTTP/2 connection stayed open")
+        .unwrap()
+        .unwrap();
+    let got = tokio::time::timeout(
+        HANG,
+        send(
+            fx.proxy,
+            "api.test:443",
+            "api.test",
+            &fx.bottle_ca,
+            true,
+            get("https://api.test/after", "api.test", true),
+        ),
+    )
+    .await
+    .expect("the idle connection's slot was not freed");
+    assert_eq!(got.status, 200);
+}
