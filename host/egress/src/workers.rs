@@ -62,6 +62,7 @@ where
         source,
     };
     listener.set_nonblocking().map_err(listen_err)?;
+    raise_nofile_limit();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     for i in 0..count() {
         let l = listener.try_clone().map_err(listen_err)?;
@@ -103,4 +104,27 @@ where
             "egress workers ended without a result",
         )))
     })
+}
+
+/// Raises this process's soft limit on open descriptors to its hard limit.
+/// Each client connection, tunnel and upstream connection is a descriptor
+/// (an HTTP/2 client's 128 streams to an HTTP/1.1 upstream are 128), and a
+/// soft limit of 1024, the usual default, is below what `limits.
+/// max_connections` alone allows; at the limit `accept` fails and requests
+/// get 502. The hard limit stays whatever the sidecar was given.
+fn raise_nofile_limit() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write the one struct they are
+    // given, which lives for the calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                tracing::debug!("could not raise the open-files limit");
+            }
+        }
+    }
 }

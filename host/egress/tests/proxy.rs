@@ -2390,3 +2390,71 @@ async fn an_idle_http2_connection_is_closed_and_frees_its_slot() {
     .expect("the idle connection's slot was not freed");
     assert_eq!(got.status, 200);
 }
+
+#[test]
+fn the_proxy_raises_its_open_files_limit_to_the_hard_one() {
+    // Every connection and upstream socket is a descriptor; a soft limit of
+    // 1024 ran out under one client's 128 streams to HTTP/1.1 upstreams.
+    let pki = test_pki();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        &pki,
+        "127.0.0.1:9".parse().unwrap(),
+        &dir.path().join("audit.jsonl"),
+    );
+    let path = dir.path().join("egress.json");
+    std::fs::write(&path, serde_json::to_string(&cfg).unwrap()).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bot-bottle-egress"));
+    cmd.arg("--config")
+        .arg(&path)
+        .args(["--listen", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    // SAFETY: setrlimit is async-signal-safe, and the struct lives for the
+    // call.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let r = libc::rlimit {
+                rlim_cur: 256,
+                rlim_max: 2048,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("listening on ") {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0);
+    }
+    // `listening on` comes once the socket is bound, a moment before the
+    // workers start (and raise the limit).
+    let open_files = || {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap()
+            .to_string();
+        line
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut seen = open_files();
+    while !seen
+        .split_whitespace()
+        .eq(["Max", "open", "files", "2048", "2048", "files"])
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        seen = open_files();
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let fields: Vec<&str> = seen.split_whitespace().collect();
+    assert_eq!(&fields[3..5], ["2048", "2048"], "{seen}");
+}
