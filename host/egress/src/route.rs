@@ -82,25 +82,27 @@ pub(crate) fn connect_allowed(routes: &[EgressRoute], host: &str, port: u16) -> 
         .any(|r| host_matches(&r.host, host) && port_allowed(r, port, true))
 }
 
-/// The path as the allow-list sees it: percent-encoded dots, slashes,
-/// backslashes and percent signs decoded (again and again, as a server that
-/// decodes twice would: `%252e` is `.`), `.` and `..` resolved, doubled
-/// slashes collapsed, no query. Stricter than most servers, so a path that
-/// escapes a prefix here escapes it there too. The other way round — a path
-/// this view moves *into* a prefix, such as `/admin/../v1` — is why a prefix
-/// must also hold for the path as sent ([`match_route`]).
+/// The path as the allow-list sees it: percent-escapes decoded, again and
+/// again until none is left that decodes (as a server that decodes twice
+/// would: `%252e` and `%25%32%65` are `.`), `\` as `/`, `.` and `..`
+/// resolved, doubled slashes collapsed, no query. Stricter than most
+/// servers, so a path that escapes a prefix here escapes it there too. The
+/// other way round — a path this view moves *into* a prefix, such as
+/// `/admin/../v1` — is why a prefix must also hold for the path as sent
+/// ([`match_route`]).
 pub fn normalise_path(raw: &str) -> String {
     let raw = raw.split(['?', '#']).next().unwrap_or("");
-    let mut decoded = decode_separators(raw.as_bytes());
+    let mut decoded = decode_once(raw.as_bytes());
     // Each pass that changes something makes the path shorter: this ends.
     while decoded.contains(&b'%') {
-        let again = decode_separators(&decoded);
+        let again = decode_once(&decoded);
         if again.len() == decoded.len() {
             break;
         }
         decoded = again;
     }
-    // Only ASCII was replaced, by ASCII: still the UTF-8 it came as.
+    // A decoded byte that is not UTF-8 reads as U+FFFD, the same way on the
+    // prefix's side.
     let decoded = String::from_utf8_lossy(&decoded);
     let mut out: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
@@ -120,21 +122,18 @@ pub fn normalise_path(raw: &str) -> String {
     p
 }
 
-/// One pass of decoding what moves a path's segments: `%2e` to `.`, `%2f`,
-/// `%5c` and `\` to `/`, `%25` to `%`. Other escapes stay as they are.
-fn decode_separators(b: &[u8]) -> Vec<u8> {
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// One pass of percent-decoding, with `\` as `/`.
+fn decode_once(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            let decoded = match [b[i + 1].to_ascii_lowercase(), b[i + 2].to_ascii_lowercase()] {
-                [b'2', b'e'] => Some(b'.'),
-                [b'2', b'f'] | [b'5', b'c'] => Some(b'/'),
-                [b'2', b'5'] => Some(b'%'),
-                _ => None,
-            };
-            if let Some(c) = decoded {
-                out.push(c);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(h << 4 | l);
                 i += 3;
                 continue;
             }
@@ -143,6 +142,23 @@ fn decode_separators(b: &[u8]) -> Vec<u8> {
         i += 1;
     }
     out
+}
+
+/// `s` with the hex digits of its escapes in upper case: `%2f` and `%2F`
+/// are the same byte.
+fn upper_escapes(s: &str) -> String {
+    let mut out = s.as_bytes().to_vec();
+    let mut i = 0;
+    while i + 2 < out.len() {
+        if out[i] == b'%' && hex(out[i + 1]).is_some() && hex(out[i + 2]).is_some() {
+            out[i + 1].make_ascii_uppercase();
+            out[i + 2].make_ascii_uppercase();
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The path as a server that strips `;parameters` from each segment sees
@@ -163,19 +179,29 @@ pub(crate) fn param_free_path(raw: &str) -> Option<String> {
 }
 
 /// Whether `prefix` holds for each reading of the path ([`match_route`]).
+/// The path as sent is compared with the prefix as written (`group%2Fproject`
+/// is how GitLab's API names a project), the other readings with the prefix
+/// read the same way.
 fn prefix_holds(prefix: &str, raw_path: &str, norm_path: &str) -> bool {
     let raw_path = raw_path.split(['?', '#']).next().unwrap_or("");
-    prefix_matches(prefix, raw_path)
-        && prefix_matches(prefix, norm_path)
-        && param_free_path(raw_path).is_none_or(|p| prefix_matches(prefix, &p))
+    let norm_prefix = normalise_path(prefix);
+    segment_prefix(&upper_escapes(prefix), &upper_escapes(raw_path))
+        && segment_prefix(&norm_prefix, norm_path)
+        && param_free_path(raw_path).is_none_or(|p| segment_prefix(&norm_prefix, &p))
 }
 
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    let prefix = normalise_path(prefix);
+/// Whether `path` starts with `prefix` at a segment boundary (`/v1` holds
+/// for `/v1` and `/v1/x`, not `/v1beta`; `/v1/` for what is below it).
+fn segment_prefix(prefix: &str, path: &str) -> bool {
     if prefix == "/" || prefix.ends_with('/') {
-        return path.starts_with(&prefix);
+        return path.starts_with(prefix);
     }
-    path == prefix || (path.starts_with(&prefix) && path.as_bytes()[prefix.len()] == b'/')
+    path == prefix || (path.starts_with(prefix) && path.as_bytes()[prefix.len()] == b'/')
+}
+
+#[cfg(test)]
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    segment_prefix(&normalise_path(prefix), path)
 }
 
 /// Whether `method` is refused whatever the routes say: TRACE echoes the
@@ -383,8 +409,10 @@ pub fn check(config: &ProxyConfig, method: &str, url: &str) -> Decision {
         }
     }
     if tls {
+        // On 443 only, as the proxy admits a CONNECT for them.
         if let Some(l) = config.local_responses.iter().find(|l| {
-            host_matches(&l.host, &d.host)
+            d.port == 443
+                && host_matches(&l.host, &d.host)
                 && normalise_path(&l.path) == d.path
                 && l.method.eq_ignore_ascii_case(&method)
         }) {
@@ -448,8 +476,10 @@ mod tests {
         assert_eq!(normalise_path("/v1/%252e%252e/admin"), "/admin");
         assert_eq!(normalise_path("/v1/%25252e%25252E/admin"), "/admin");
         assert_eq!(normalise_path("/a/100%25"), "/a/100%");
-        // Other escapes and non-ASCII stay as they came.
-        assert_eq!(normalise_path("/a%41/é"), "/a%41/é");
+        // Every escape, as a server that decodes twice reads it.
+        assert_eq!(normalise_path("/v1/%25%32%65%25%32%65/admin"), "/admin");
+        assert_eq!(normalise_path("/v1/%252%65%252%65/admin"), "/admin");
+        assert_eq!(normalise_path("/a%41/é/%C3%A9"), "/aA/é/é");
     }
 
     #[test]
@@ -509,6 +539,34 @@ mod tests {
             match_route(&routes, ("h.test", 22, true), "/", "/", "GET"),
             RouteMatch::HostOnly
         ));
+    }
+
+    #[test]
+    fn a_prefix_with_an_escape_holds_for_its_own_urls() {
+        // GitLab names a project `group%2Fproject`; npm a scoped package
+        // `@org%2fpkg`. Hex digits' case does not matter.
+        let mut r = EgressRoute::allow("h.test");
+        r.path_prefix = Some("/api/v4/projects/group%2Fproject".into());
+        let routes = [r];
+        let allowed = |raw: &str| {
+            matches!(
+                match_route(
+                    &routes,
+                    ("h.test", 443, true),
+                    raw,
+                    &normalise_path(raw),
+                    "GET"
+                ),
+                RouteMatch::Allowed(..)
+            )
+        };
+        assert!(allowed("/api/v4/projects/group%2Fproject/merge_requests"));
+        assert!(allowed("/api/v4/projects/group%2fproject"));
+        assert!(
+            !allowed("/api/v4/projects/group/project/x"),
+            "another path as sent"
+        );
+        assert!(!allowed("/api/v4/projects/other%2Fproject"));
     }
 
     #[test]

@@ -259,6 +259,7 @@ async fn deny_by_default() {
         ("/open/%2e%2e/closed", 403),
         ("/open/%2E%2E%2Fclosed", 403),
         ("/open/%252e%252e/closed", 403),
+        ("/open/%25%32%65%25%32%65/closed", 403),
         ("/openly", 403),
         // The path goes upstream as sent: a server that resolves no dot
         // segments and decodes nothing (Express) routes these to /closed.
@@ -1557,6 +1558,9 @@ async fn local_response_on_an_allowed_host_never_reaches_upstream() {
         d.to_string().contains("route: local_responses (auth.test)"),
         "{d}"
     );
+    // On 443 only, as the proxy admits a CONNECT for it.
+    let d = bot_bottle_egress::check(&cfg, "POST", "https://auth.test:8443/oauth/token");
+    assert!(!d.allowed, "{d}");
 }
 
 /// curl over HTTP/2 posting a body to a local response: the proxy reads the
