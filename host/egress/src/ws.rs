@@ -260,8 +260,12 @@ where
                     let mut scan = std::mem::take(&mut prev);
                     scan.extend_from_slice(&payload);
                     dlp.scan_body(&scan, None, &mut found);
-                    let keep = payload.len().min(dlp.overlap);
-                    prev = payload[payload.len() - keep..].to_vec();
+                    // The tail of what was scanned, not of this payload
+                    // alone: a value spread over three frames, the middle
+                    // one short, kept only the short one's bytes.
+                    let keep = scan.len().min(dlp.overlap);
+                    scan.drain(..scan.len() - keep);
+                    prev = scan;
                 } else {
                     // A ping's or close's few bytes, on their own: they may
                     // come between two pieces of a message, whose context

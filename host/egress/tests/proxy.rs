@@ -2193,7 +2193,7 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_frames_that_break_the_protocol_close_the_socket() {
+async fn websocket_frames_that_break_the_protocol_or_split_a_secret_close_the_socket() {
     let fx = fx_with(|c| c.dlp.mode = DlpMode::Block).await;
     // A ping's payload is scanned too (it went unscanned).
     let (mut ws, st) = ws_through(&fx).await;
@@ -2230,6 +2230,25 @@ async fn websocket_frames_that_break_the_protocol_close_the_socket() {
         raw.flush().await.unwrap();
         assert_eq!(close_code(&mut ws).await, Some(1002), "{what}");
     }
+    // A secret spread over three frames of one message, the middle one a
+    // byte long (the context kept was the last frame's bytes only).
+    let (mut ws, _) = ws_through(&fx).await;
+    let secret = format!("leak {GH}");
+    let (a, rest) = secret.as_bytes().split_at(10);
+    let (b, c) = rest.split_at(1);
+    let raw = ws.get_mut();
+    for (first_byte, part) in [(0x01u8, a), (0x00, b), (0x80, c)] {
+        let mut f = vec![first_byte, 0x80 | part.len() as u8];
+        f.extend_from_slice(&m);
+        f.extend(part.iter().enumerate().map(|(i, x)| x ^ m[i % 4]));
+        raw.write_all(&f).await.unwrap();
+    }
+    raw.flush().await.unwrap();
+    assert_eq!(
+        close_code(&mut ws).await,
+        Some(1008),
+        "a secret in 3 frames"
+    );
     let ws_msgs = fx
         .up
         .seen()
