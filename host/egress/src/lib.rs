@@ -11,6 +11,7 @@ pub mod ca;
 pub mod config;
 mod dlp;
 mod dlp_body;
+mod dlp_prefilter;
 pub mod error;
 mod in_flight;
 mod listener;
@@ -51,6 +52,14 @@ pub mod dlp_bench {
                 message: e.to_string(),
             })?;
             Ok(Self(crate::dlp::Dlp::new(&cfg)?))
+        }
+
+        /// Rule ids found in `data` scanned whole, as a request head or a
+        /// WebSocket frame is.
+        pub fn scan_whole(&self, data: &[u8]) -> Vec<String> {
+            let mut out = Vec::new();
+            self.0.scan_into(data, &mut out);
+            out
         }
 
         /// Rule ids found in `data`, fed in 64 KiB pieces as a decoded body

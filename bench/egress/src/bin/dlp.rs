@@ -6,17 +6,20 @@
 //! Two scanners over the same rules, in one run: the proxy's (for inputs
 //! over 4 KiB, as these are, each rule its own regex: a prefilter finds a
 //! literal prefix, the rest is checked from there) and one `RegexSet` of all
-//! rules (one pass; what the proxy used for every input before, and still
-//! uses for small ones, whose lazy DFA tracks every start at once). Both get the text in
+//! rules (one pass; what the proxy used for every input before, whose lazy
+//! DFA tracks every start at once). Both get the text in
 //! 64 KiB pieces, as a decoded body is scanned. Prints MB/s, the ratio of
 //! the two, and the proxy's slowest text against ordinary text: the bound
-//! on what a crafted body costs per byte. Every text is made here, from a
+//! on what a crafted body costs per byte. Then the same for small inputs
+//! scanned whole (4 KiB, 256 bytes: a request head, a WebSocket frame),
+//! which the proxy sends through a prefilter of the rules' literal
+//! prefixes first: microseconds per scan. Every text is made here, from a
 //! fixed seed; nothing is read from disk.
 
 use std::time::{Duration, Instant};
 
 use bot_bottle_egress::dlp_bench::{patterns, Scanner};
-use regex::bytes::RegexSetBuilder;
+use regex::bytes::{RegexSet, RegexSetBuilder};
 
 const SIZE: usize = 4 << 20;
 
@@ -73,6 +76,24 @@ fn ordinary() -> Vec<u8> {
     out
 }
 
+/// What the proxy did before: one `RegexSet`, fed 64 KiB pieces with the
+/// same overlap.
+fn set_scan(set: &RegexSet, names: &[String], data: &[u8]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut w: Vec<u8> = Vec::new();
+    for piece in data.chunks(64 * 1024) {
+        w.extend_from_slice(piece);
+        for i in set.matches(&w).iter() {
+            if !out.contains(&names[i]) {
+                out.push(names[i].clone());
+            }
+        }
+        let keep = w.len().min(256);
+        w.drain(..w.len() - keep);
+    }
+    out
+}
+
 /// MB/s of `f` over `data`: as many passes as fit in `secs` (at least one).
 fn rate(data: &[u8], secs: f64, mut f: impl FnMut(&[u8]) -> Vec<String>) -> (f64, Vec<String>) {
     let start = Instant::now();
@@ -102,13 +123,19 @@ fn main() {
             }
         }
     }
-    let scanner = Scanner::new().expect("the DLP rules compile");
     let pats = patterns();
-    let set = RegexSetBuilder::new(&pats)
-        .unicode(false)
-        .size_limit(64 << 20)
-        .build()
-        .expect("the DLP rules compile as a set");
+    // Fresh scanners for every row: a regex's lazy DFA keeps its cache
+    // between searches, so a row after a crafted text would measure what
+    // that text left behind.
+    let fresh = || {
+        let scanner = Scanner::new().expect("the DLP rules compile");
+        let set = RegexSetBuilder::new(&pats)
+            .unicode(false)
+            .size_limit(64 << 20)
+            .build()
+            .expect("the DLP rules compile as a set");
+        (scanner, set)
+    };
     let names: Vec<String> = bot_bottle_egress::dlp_bench::names();
 
     let word = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_";
@@ -183,22 +210,9 @@ fn main() {
     let mut base = None;
     let mut worst: Option<(f64, &str)> = None;
     for (name, data) in &texts {
+        let (scanner, set) = fresh();
         let (ours, found) = rate(data, secs, |d| scanner.scan(d));
-        let (theirs, found_set) = rate(data, secs, |d| {
-            let mut out: Vec<String> = Vec::new();
-            let mut w: Vec<u8> = Vec::new();
-            for piece in d.chunks(64 * 1024) {
-                w.extend_from_slice(piece);
-                for i in set.matches(&w).iter() {
-                    if !out.contains(&names[i]) {
-                        out.push(names[i].clone());
-                    }
-                }
-                let keep = w.len().min(256);
-                w.drain(..w.len() - keep);
-            }
-            out
-        });
+        let (theirs, found_set) = rate(data, secs, |d| set_scan(&set, &names, d));
         let same = if found == found_set {
             ""
         } else {
@@ -219,10 +233,53 @@ fn main() {
             worst = Some((ours, name));
         }
     }
+    // A lazy DFA keeps its cache from one search to the next: what a
+    // crafted text leaves there slows the searches after it.
+    let (scanner, set) = fresh();
+    for (_, data) in &texts[2..] {
+        scanner.scan(data);
+        set_scan(&set, &names, data);
+    }
+    let ordinary = &texts[0].1;
+    let (ours, _) = rate(ordinary, secs, |d| scanner.scan(d));
+    let (theirs, _) = rate(ordinary, secs, |d| set_scan(&set, &names, d));
+    println!(
+        "{:<30} {ours:>14.1} {theirs:>14.1} {:>7.1}x",
+        "ordinary, after the crafted",
+        ours / theirs
+    );
     if let (Some(base), Some((w, name))) = (base, worst) {
         println!(
             "\nthe proxy's slowest text ({name}) against ordinary text: {:.2}x",
             w / base
         );
+    }
+
+    // Small inputs, scanned whole: a request head (HPACK resends a large
+    // header for a byte or two), a WebSocket frame with its context.
+    for size in [4096, 256] {
+        println!(
+            "\n{size}-byte inputs scanned whole, us per scan\n{:<30} {:>14} {:>14} {:>8}",
+            "text", "proxy", "RegexSet", "ratio"
+        );
+        for (name, data) in &texts {
+            let (scanner, set) = fresh();
+            let piece = &data[..size];
+            let per = |f: &dyn Fn(&[u8]) -> usize| {
+                let start = Instant::now();
+                let mut n = 0u32;
+                while start.elapsed() < Duration::from_secs_f64(secs / 4.0) {
+                    std::hint::black_box(f(piece));
+                    n += 1;
+                }
+                start.elapsed().as_secs_f64() * 1e6 / n as f64
+            };
+            let ours = per(&|d| scanner.scan_whole(d).len());
+            let theirs = per(&|d| set.matches(d).iter().count());
+            println!(
+                "{name:<30} {ours:>14.2} {theirs:>14.2} {:>7.1}x",
+                theirs / ours
+            );
+        }
     }
 }
