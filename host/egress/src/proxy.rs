@@ -886,6 +886,26 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
         }
     };
     rec.route = Some(idx);
+    if let Some(m) = route::method_override(req.headers())
+        .find(|m| route::always_refused(m) || !route::method_allowed(r, m))
+    {
+        // The agent's text: shown only if it looks like a method.
+        let m = if m.len() <= 16 && m.bytes().all(|b| b.is_ascii_alphabetic()) {
+            m
+        } else {
+            "(not a method)"
+        };
+        let why = format!(
+            "the request asks for method {m} (a method-override header), which the route does not allow"
+        );
+        return done(
+            rec,
+            StatusCode::FORBIDDEN,
+            "deny",
+            why.clone(),
+            route::deny_body(&t.host, method.as_str(), &path, &why),
+        );
+    }
     if !t.tls && !r.plain_http {
         let why = "plain HTTP is refused unless the route sets plain_http = true";
         return done(

@@ -214,6 +214,26 @@ pub(crate) fn always_refused(method: &str) -> bool {
         .any(|m| m.eq_ignore_ascii_case(method))
 }
 
+/// Whether `r`'s `methods` (empty: any) allow `method`.
+pub(crate) fn method_allowed(r: &EgressRoute, method: &str) -> bool {
+    r.methods.is_empty() || r.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+}
+
+/// The methods a request asks for besides its own, in the headers many
+/// frameworks honour (Rails, Express's method-override, Google's APIs): a
+/// `POST` with `X-HTTP-Method-Override: DELETE` is a `DELETE` to them, so
+/// a route that allows `POST` only must refuse it.
+pub(crate) fn method_override(h: &http::HeaderMap) -> impl Iterator<Item = &str> {
+    [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ]
+    .into_iter()
+    .flat_map(|n| h.get_all(n))
+    .map(|v| v.to_str().unwrap_or("(not text)").trim())
+}
+
 /// The outcome of matching one request against the routes.
 #[derive(Debug)]
 pub(crate) enum RouteMatch<'a> {
@@ -255,7 +275,7 @@ pub(crate) fn match_route<'a>(
                 continue;
             }
         }
-        if !r.methods.is_empty() && !r.methods.iter().any(|m| m.eq_ignore_ascii_case(method)) {
+        if !method_allowed(r, method) {
             continue;
         }
         return RouteMatch::Allowed(i, r);

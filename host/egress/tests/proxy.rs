@@ -338,6 +338,34 @@ async fn deny_by_default() {
         fx.up.seen().pop().unwrap().header_all("x-api-key"),
         vec![CANARY.to_string()]
     );
+    // A method-override header asks for another method: it must be allowed
+    // too (a GET-only route), and never TRACE.
+    for (host, name, value, want) in [
+        ("a.wild.test", "x-http-method-override", "DELETE", 403),
+        ("a.wild.test", "x-http-method", "get", 200),
+        ("api.test", "x-method-override", "TRACE", 403),
+    ] {
+        let mut req = get(&format!("https://{host}/override"), "", true);
+        req.headers_mut().insert(name, value.parse().unwrap());
+        let got = send(
+            fx.proxy,
+            &format!("{host}:443"),
+            host,
+            &fx.bottle_ca,
+            true,
+            req,
+        )
+        .await;
+        assert_eq!(got.status, want, "{host} {name}: {value}: {got:?}");
+    }
+    assert_eq!(
+        fx.up
+            .seen()
+            .iter()
+            .filter(|s| s.path == "/override")
+            .count(),
+        1
+    );
     // Plain HTTP to a route without plain_http; a request to the proxy itself.
     for (raw, want) in [
         (
