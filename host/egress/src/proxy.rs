@@ -886,7 +886,7 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
         }
     };
     rec.route = Some(idx);
-    if let Some(m) = route::method_override(req.headers())
+    if let Some(m) = route::method_override(req.headers(), req.uri().query())
         .find(|m| route::always_refused(m) || !route::method_allowed(r, m))
     {
         // The agent's text: shown only if it looks like a method.

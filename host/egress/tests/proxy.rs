@@ -260,6 +260,7 @@ async fn deny_by_default() {
         ("/open/%2E%2E%2Fclosed", 403),
         ("/open/%252e%252e/closed", 403),
         ("/open/%25%32%65%25%32%65/closed", 403),
+        ("/open/..%5cclosed", 403),
         ("/openly", 403),
         // The path goes upstream as sent: a server that resolves no dot
         // segments and decodes nothing (Express) routes these to /closed.
@@ -340,12 +341,14 @@ async fn deny_by_default() {
     );
     // A method-override header asks for another method: it must be allowed
     // too (a GET-only route), and never TRACE.
-    for (host, name, value, want) in [
-        ("a.wild.test", "x-http-method-override", "DELETE", 403),
-        ("a.wild.test", "x-http-method", "get", 200),
-        ("api.test", "x-method-override", "TRACE", 403),
+    for (host, query, name, value, want) in [
+        ("a.wild.test", "", "x-http-method-override", "DELETE", 403),
+        ("a.wild.test", "", "x-http-method", "get", 200),
+        ("a.wild.test", "", "x-http-method", "GET, DELETE", 403),
+        ("a.wild.test", "?a=1&_method=DELETE", "x-none", "", 403),
+        ("api.test", "", "x-method-override", "TRACE", 403),
     ] {
-        let mut req = get(&format!("https://{host}/override"), "", true);
+        let mut req = get(&format!("https://{host}/override{query}"), "", true);
         req.headers_mut().insert(name, value.parse().unwrap());
         let got = send(
             fx.proxy,
