@@ -542,18 +542,25 @@ mod tests {
         assert!(prefix_matches("/", "/anything"));
     }
 
+    /// Whether a GET of `raw` on h.test:443 passes a route with `prefix`.
+    fn prefix_route_allows(prefix: &str, raw: &str) -> bool {
+        let mut r = EgressRoute::allow("h.test");
+        r.path_prefix = Some(prefix.into());
+        matches!(
+            match_route(
+                &[r],
+                ("h.test", 443, true),
+                raw,
+                &normalise_path(raw),
+                "GET"
+            ),
+            RouteMatch::Allowed(..)
+        )
+    }
+
     #[test]
     fn a_prefix_must_hold_for_every_reading_of_the_path() {
-        let mut r = EgressRoute::allow("h.test");
-        r.path_prefix = Some("/open".into());
-        let routes = [r];
-        let allowed = |raw: &str| {
-            let p = normalise_path(raw);
-            matches!(
-                match_route(&routes, ("h.test", 443, true), raw, &p, "GET"),
-                RouteMatch::Allowed(..)
-            )
-        };
+        let allowed = |raw: &str| prefix_route_allows("/open", raw);
         assert!(allowed("/open/x"));
         assert!(allowed("/open/x;v=1"));
         assert!(!allowed("/open/..;/admin"), "Tomcat reads /admin");
@@ -596,21 +603,7 @@ mod tests {
     fn a_prefix_with_an_escape_holds_for_its_own_urls() {
         // GitLab names a project `group%2Fproject`; npm a scoped package
         // `@org%2fpkg`. Hex digits' case does not matter.
-        let mut r = EgressRoute::allow("h.test");
-        r.path_prefix = Some("/api/v4/projects/group%2Fproject".into());
-        let routes = [r];
-        let allowed = |raw: &str| {
-            matches!(
-                match_route(
-                    &routes,
-                    ("h.test", 443, true),
-                    raw,
-                    &normalise_path(raw),
-                    "GET"
-                ),
-                RouteMatch::Allowed(..)
-            )
-        };
+        let allowed = |raw: &str| prefix_route_allows("/api/v4/projects/group%2Fproject", raw);
         assert!(allowed("/api/v4/projects/group%2Fproject/merge_requests"));
         assert!(allowed("/api/v4/projects/group%2fproject"));
         assert!(
