@@ -896,7 +896,7 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
             "(not a method)"
         };
         let why = format!(
-            "the request asks for method {m} (a method-override header), which the route does not allow"
+            "the request asks for method {m} (a method override), which the route does not allow"
         );
         return done(
             rec,
