@@ -11,7 +11,6 @@ pub mod ca;
 pub mod config;
 mod dlp;
 mod dlp_body;
-mod dlp_prefilter;
 pub mod error;
 mod in_flight;
 mod listener;

@@ -3,17 +3,15 @@
 //! regex engine down (a rule's literal prefix recurring inside the counted
 //! class that follows it: `github_pat_` inside `\w{82}`).
 //!
-//! Two scanners over the same rules, in one run: the proxy's (for inputs
-//! over 4 KiB, as these are, each rule its own regex: a prefilter finds a
-//! literal prefix, the rest is checked from there) and one `RegexSet` of all
-//! rules (one pass; what the proxy used for every input before, whose lazy
-//! DFA tracks every start at once). Both get the text in
+//! Two scanners over the same rules, in one run: the proxy's (each rule its
+//! own regex: a prefilter finds a literal prefix, the rest is checked from
+//! there) and one `RegexSet` of all rules (one pass; what the proxy used
+//! before, whose lazy DFA tracks every start at once). Both get the text in
 //! 64 KiB pieces, as a decoded body is scanned. Prints MB/s, the ratio of
 //! the two, and the proxy's slowest text against ordinary text: the bound
 //! on what a crafted body costs per byte. Then the same for small inputs
-//! scanned whole (4 KiB, 256 bytes: a request head, a WebSocket frame),
-//! which the proxy sends through a prefilter of the rules' literal
-//! prefixes first: microseconds per scan. Every text is made here, from a
+//! scanned whole (4 KiB, 256 bytes: a request head, a WebSocket frame):
+//! microseconds per scan. Every text is made here, from a
 //! fixed seed; nothing is read from disk.
 
 use std::time::{Duration, Instant};
