@@ -365,11 +365,7 @@ async fn outer(
             // The credential of a route for api.example.com is for its
             // HTTPS port, not for whatever else listens on the host.
             let why = format!("no [[egress.route]] for this host allows port {port}");
-            let body = format!(
-                "bot-bottle egress: CONNECT {host}:{port} refused: {why} (a route allows 443 \
-                 unless it names its ports).\nTo allow it, name the port in the route in \
-                 bottle.toml:\n  [[egress.route]]\n  host = \"{host}\"\n  ports = [{port}]\n"
-            );
+            let body = route::deny_port_body(&host, port, &why);
             (why, body)
         } else {
             let why = "no [[egress.route]] names this host";

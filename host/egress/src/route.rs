@@ -83,8 +83,8 @@ pub(crate) fn connect_allowed(routes: &[EgressRoute], host: &str, port: u16) -> 
 }
 
 /// The path as the allow-list sees it: percent-escapes decoded, again and
-/// again until none is left that decodes (as a server that decodes twice
-/// would: `%252e` and `%25%32%65` are `.`), `\` as `/`, `.` and `..`
+/// again until none is left that decodes, up to nine passes (as a server
+/// that decodes twice would: `%252e` and `%25%32%65` are `.`), `\` as `/`, `.` and `..`
 /// resolved, doubled slashes collapsed, no query. Stricter than most
 /// servers, so a path that escapes a prefix here escapes it there too. The
 /// other way round — a path this view moves *into* a prefix, such as
@@ -317,6 +317,16 @@ pub(crate) fn deny_body(host: &str, method: &str, path: &str, why: &str) -> Stri
     format!(
         "bot-bottle egress: {method} {host}{path} refused: {why}.\n\
          To allow it, add a route to bottle.toml:\n  [[egress.route]]\n  host = \"{host}\"\n"
+    )
+}
+
+/// The plain-text body of a 403 for a CONNECT to a port no route of the
+/// host allows.
+pub(crate) fn deny_port_body(host: &str, port: u16, why: &str) -> String {
+    format!(
+        "bot-bottle egress: CONNECT {host}:{port} refused: {why} (a route allows 443 \
+         unless it names its ports).\nTo allow it, name the port in the route in \
+         bottle.toml:\n  [[egress.route]]\n  host = \"{host}\"\n  ports = [{port}]\n"
     )
 }
 
