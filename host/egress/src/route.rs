@@ -5,6 +5,7 @@ use std::fmt;
 
 use bot_bottle_plugin_api::EgressRoute;
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
 
 use crate::config::ProxyConfig;
 
@@ -91,8 +92,29 @@ pub(crate) fn connect_allowed(routes: &[EgressRoute], host: &str, port: u16) -> 
 /// `/admin/../v1` — is why a prefix must also hold for the path as sent
 /// ([`match_route`]).
 pub fn normalise_path(raw: &str) -> String {
+    read_path(raw, false)
+}
+
+/// The path as a server that also decodes what is not a percent-escape
+/// reads it, when the path has any escape; `None` otherwise (a path as
+/// sent is ASCII). It decodes IIS's `%u002e`, folds overlong UTF-8
+/// (`%c0%ae` is `.` to a lenient decoder), and applies NFKC (`%ef%bc%8e`,
+/// a full-width dot, is `.` to a server that normalises Unicode) and the
+/// best-fit mappings of Windows' code pages (`¥` and `₩` are `\` under
+/// the Japanese and Korean ones). A route's path prefix must hold for this
+/// reading too. It is a reading of its own, not a stricter
+/// [`normalise_path`]: a look-alike read as a separator splits a segment in
+/// two, and a `..` after it then climbs less far than on a server that
+/// reads no separator there.
+pub(crate) fn lenient_path(raw: &str) -> Option<String> {
     let raw = raw.split(['?', '#']).next().unwrap_or("");
-    let mut decoded = decode_once(raw.as_bytes());
+    (raw.contains('%') || !raw.is_ascii()).then(|| read_path(raw, true))
+}
+
+/// [`normalise_path`], or with `lenient` [`lenient_path`]'s reading.
+fn read_path(raw: &str, lenient: bool) -> String {
+    let raw = raw.split(['?', '#']).next().unwrap_or("");
+    let mut decoded = decode_once(raw.as_bytes(), lenient);
     // Each pass that changes something makes the path shorter, but a chain
     // `%252525…` loses one level a pass: without a bound, 64 KiB of it took
     // 3.5 s. No server decodes a path more than a few times.
@@ -100,15 +122,25 @@ pub fn normalise_path(raw: &str) -> String {
         if !decoded.contains(&b'%') {
             break;
         }
-        let again = decode_once(&decoded);
+        let again = decode_once(&decoded, lenient);
         if again.len() == decoded.len() {
             break;
         }
         decoded = again;
     }
+    if lenient {
+        decoded = fold_overlong(&decoded);
+    }
     // A decoded byte that is not UTF-8 reads as U+FFFD, the same way on the
     // prefix's side.
-    let decoded = String::from_utf8_lossy(&decoded);
+    let mut decoded = String::from_utf8_lossy(&decoded).into_owned();
+    if lenient && !decoded.is_ascii() {
+        decoded = decoded
+            .nfkc()
+            .map(best_fit)
+            .collect::<String>()
+            .replace('\\', "/");
+    }
     let mut out: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
         match seg {
@@ -127,6 +159,47 @@ pub fn normalise_path(raw: &str) -> String {
     p
 }
 
+/// Overlong UTF-8 forms of ASCII characters (`C0 AE` for `.`, `E0 80 AF`
+/// for `/`) as the character: strict decoders reject them, lenient ones
+/// (the cause of many a path traversal) read them so. Other bytes are kept.
+fn fold_overlong(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let n = b[i].leading_ones() as usize;
+        let tail = b.get(i + 1..i + n.max(1));
+        if (2..=6).contains(&n) {
+            if let Some(tail) = tail.filter(|t| t.iter().all(|c| c & 0xC0 == 0x80)) {
+                let cp = tail.iter().fold(u32::from(b[i] & (0x7F >> n)), |cp, c| {
+                    cp << 6 | u32::from(c & 0x3F)
+                });
+                if cp < 0x80 {
+                    out.push(if cp == u32::from(b'\\') {
+                        b'/'
+                    } else {
+                        cp as u8
+                    });
+                    i += n;
+                    continue;
+                }
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Characters the best-fit tables of Windows' ANSI code pages turn into a
+/// separator, which NFKC leaves alone: the yen and won signs (`\` under the
+/// Japanese and Korean code pages) and the division slash and set minus.
+fn best_fit(c: char) -> char {
+    match c {
+        '\u{a5}' | '\u{20a9}' | '\u{2215}' | '\u{2216}' => '/',
+        c => c,
+    }
+}
+
 fn hex(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
@@ -135,8 +208,8 @@ fn hex(b: u8) -> Option<u8> {
 const MAX_DECODES: usize = 8;
 
 /// One pass of percent-decoding, with `\` as `/` (IIS and ASP.NET read
-/// `%5c` and `\` as a separator).
-fn decode_once(b: &[u8]) -> Vec<u8> {
+/// `%5c` and `\` as a separator). With `lenient`, IIS's `%uXXXX` too.
+fn decode_once(b: &[u8], lenient: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -147,11 +220,30 @@ fn decode_once(b: &[u8]) -> Vec<u8> {
                 i += 3;
                 continue;
             }
+            if let Some(c) = lenient.then(|| iis_escape(&b[i + 1..])).flatten() {
+                let c = if c == '\\' { '/' } else { c };
+                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                i += 6;
+                continue;
+            }
         }
         out.push(if b[i] == b'\\' { b'/' } else { b[i] });
         i += 1;
     }
     out
+}
+
+/// The character of IIS's `%uXXXX` escape (`rest` follows the `%`): a
+/// UTF-16 unit, a lone surrogate read as U+FFFD.
+fn iis_escape(rest: &[u8]) -> Option<char> {
+    let (u, digits) = (rest.first()?, rest.get(1..5)?);
+    if !u.eq_ignore_ascii_case(&b'u') {
+        return None;
+    }
+    let unit = digits
+        .iter()
+        .try_fold(0u32, |v, &d| Some(v << 4 | u32::from(hex(d)?)))?;
+    Some(char::from_u32(unit).unwrap_or(char::REPLACEMENT_CHARACTER))
 }
 
 /// `s` with the hex digits of its escapes in upper case: `%2f` and `%2F`
@@ -188,7 +280,9 @@ pub(crate) fn param_free_path(raw: &str) -> Option<String> {
     Some(normalise_path(&stripped.join("/")))
 }
 
-/// Whether `prefix` holds for each reading of the path ([`match_route`]).
+/// Whether `prefix` holds for each reading of the path ([`match_route`]):
+/// as sent, [`normalise_path`]'s, [`param_free_path`]'s and
+/// [`lenient_path`]'s.
 /// The path as sent is compared with the prefix as written (`group%2Fproject`
 /// is how GitLab's API names a project), the other readings with the prefix
 /// read the same way.
@@ -198,6 +292,10 @@ fn prefix_holds(prefix: &str, raw_path: &str, norm_path: &str) -> bool {
     segment_prefix(&upper_escapes(prefix), &upper_escapes(raw_path))
         && segment_prefix(&norm_prefix, norm_path)
         && param_free_path(raw_path).is_none_or(|p| segment_prefix(&norm_prefix, &p))
+        && lenient_path(raw_path).is_none_or(|p| {
+            let lenient_prefix = lenient_path(prefix).unwrap_or_else(|| norm_prefix.clone());
+            segment_prefix(&lenient_prefix, &p)
+        })
 }
 
 /// Whether `path` starts with `prefix` at a segment boundary (`/v1` holds
@@ -275,7 +373,7 @@ pub(crate) enum RouteMatch<'a> {
 /// for every reading a server might take: the path as sent (a router that
 /// neither decodes nor resolves dot segments, as Express's, routes
 /// `/admin/../v1` to `/admin`), the normalised one (`/v1/../admin` is
-/// `/admin` to most servers), and [`param_free_path`]'s.
+/// `/admin` to most servers), [`param_free_path`]'s and [`lenient_path`]'s.
 ///
 /// `port` and `tls` say where the request goes: a route allows the ports it
 /// names, else the scheme's own ([`port_allowed`]).
@@ -590,6 +688,47 @@ mod tests {
         assert!(allowed("/open/group%2Fproject/x"));
         assert!(allowed("/open/x?next=/../admin"));
         assert_eq!(param_free_path("/a/b"), None);
+    }
+
+    #[test]
+    fn lenient_decoders_readings_are_checked_too() {
+        assert_eq!(lenient_path("/v1/x"), None);
+        let reads = |raw: &str| lenient_path(raw).unwrap();
+        assert_eq!(reads("/v1/%c0%ae%c0%ae/admin"), "/admin");
+        assert_eq!(reads("/v1/..%c0%afadmin"), "/admin");
+        assert_eq!(reads("/v1/..%c1%9cadmin"), "/admin", "overlong backslash");
+        assert_eq!(reads("/v1/%e0%80%ae%e0%80%ae/admin"), "/admin");
+        assert_eq!(reads("/v1/%f0%80%80%ae./admin"), "/admin");
+        assert_eq!(reads("/v1/%u002e%u002E/admin"), "/admin");
+        assert_eq!(reads("/v1/..%u005cadmin"), "/admin");
+        assert_eq!(reads("/v1/%25u002e%25u002e/admin"), "/admin");
+        assert_eq!(
+            reads("/v1/%ef%bc%8e%ef%bc%8e/admin"),
+            "/admin",
+            "full-width dots"
+        );
+        assert_eq!(reads("/v1/..%ef%bc%8fadmin"), "/admin", "full-width slash");
+        assert_eq!(reads("/v1/%e2%80%a5/admin"), "/admin", "two-dot leader");
+        assert_eq!(reads("/v1/..%c2%a5admin"), "/admin", "yen sign");
+        // Text that is only text stays as it is.
+        assert_eq!(reads("/v1/caf%C3%A9/%e2%80%a6"), "/v1/café/...");
+        assert_eq!(reads("/v1/%ud800x"), "/v1/\u{fffd}x");
+        assert_eq!(reads("/v1/%u00"), "/v1/%u00");
+
+        let allowed = |raw: &str| prefix_route_allows("/v1", raw);
+        assert!(allowed("/v1/caf%C3%A9"));
+        assert!(allowed("/v1/a%ef%bc%8fb/c"));
+        for raw in [
+            "/v1/%c0%ae%c0%ae/admin",
+            "/v1/%u002e%u002e/admin",
+            "/v1/%ef%bc%8e%ef%bc%8e/admin",
+            "/v1/..%c2%a5admin",
+        ] {
+            assert!(!allowed(raw), "{raw}");
+        }
+        // A look-alike separator splits a segment: the `..`s then climb
+        // less far in this reading, but the others still see the escape.
+        assert!(!allowed("/v1/a%ef%bc%8fb/../../admin"));
     }
 
     #[test]

@@ -273,6 +273,11 @@ async fn deny_by_default() {
         ("/open/..;/closed", 403),
         ("/open;jsessionid=1/x", 403),
         ("/open/x;v=1", 200),
+        // What lenient decoders read as dots and separators.
+        ("/open/%c0%ae%c0%ae/closed", 403),
+        ("/open/%u002e%u002e/closed", 403),
+        ("/open/%ef%bc%8e%ef%bc%8e/closed", 403),
+        ("/open/caf%C3%A9", 200),
     ] {
         let req = get(&format!("https://other.test{path}"), "other.test", false);
         let got = send(
