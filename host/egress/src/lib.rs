@@ -79,7 +79,7 @@ pub use ca::{BottleCa, CaError};
 pub use config::ProxyConfig;
 pub use error::EgressError;
 pub use listener::Listener;
-pub use route::{check, host_admitted, Action, Decision};
+pub use route::{check, host_admitted, port_admitted, Action, Decision};
 
 /// Serves on `config.listen` until the process ends.
 pub async fn serve(config: ProxyConfig) -> Result<(), EgressError> {

@@ -60,6 +60,15 @@ pub fn host_admitted(cfg: &ProxyConfig, host: &str) -> bool {
     host_allowed(&cfg.routes, &host) || is_passthrough(cfg, &host)
 }
 
+/// Whether a direct connection to `port` may leave at all, before its name
+/// is known: the schemes' own ports (443, 80), or a port some route names.
+/// The smolmachines interceptor must answer the guest's `connect()` from
+/// the port alone; the name and the port are then checked together by the
+/// proxy, as for a CONNECT.
+pub fn port_admitted(cfg: &ProxyConfig, port: u16) -> bool {
+    matches!(port, 443 | 80) || cfg.routes.iter().any(|r| r.ports.contains(&port))
+}
+
 /// Whether any route names `host` (the gate for minting a certificate).
 pub(crate) fn host_allowed(routes: &[EgressRoute], host: &str) -> bool {
     routes.iter().any(|r| host_matches(&r.host, host))

@@ -15,8 +15,8 @@
 //! * splices flows addressed to the proxy alias (what the guest's
 //!   `HTTPS_PROXY` names) to the bottle's egress proxy on host loopback;
 //! * for a direct flow (a client that ignored the proxy variables) answers
-//!   the verdict from the destination port alone (only 443 and 80 may go
-//!   on), then reads the first bytes: the TLS SNI or the HTTP `Host`. The
+//!   the verdict from the destination port alone (443, 80 and the ports
+//!   routes name may go on), then reads the first bytes: the TLS SNI or the HTTP `Host`. The
 //!   name is checked against the same routes as the proxy's; an allowed TLS
 //!   flow becomes a `CONNECT name:port` to the proxy, an allowed plain-HTTP
 //!   request is re-sent to the proxy in absolute form, so injection, identity
@@ -156,13 +156,16 @@ impl Adapter {
             return Outcome::Proxied(None);
         }
 
-        if dst.ip() == self.proxy_alias.ip() || !matches!(dst.port(), 443 | 80) {
+        if dst.ip() == self.proxy_alias.ip()
+            || !bot_bottle_egress::port_admitted(&self.config(), dst.port())
+        {
             let _ = guest.write_all(&[VERDICT_REFUSED]).await;
             self.audit_deny(
                 &dst.ip().to_string(),
                 dst.port(),
                 "",
-                "direct connection refused: only ports 443 and 80 may leave, and only by name",
+                "direct connection refused: only ports 443, 80 and those a route names \
+                 may leave, and only by name",
             );
             return Outcome::Refused(VERDICT_REFUSED);
         }

@@ -285,3 +285,51 @@ async fn a_direct_plain_http_request_on_a_plain_http_route_goes_through_the_prox
     assert_eq!(status, 403);
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_port_a_route_names_is_admitted_for_direct_flows() {
+    let up = Upstream::start(&[HOST]).await;
+    let token = canary();
+    let (config, ca_pem) = proxy_config("bb-port-0001", &up, &token);
+    let mut cfg: serde_json::Value = serde_json::from_str(&config).unwrap();
+    cfg["routes"][0]["ports"] = serde_json::json!([8443]);
+    let itoken = gate::new_token();
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("egress.log");
+    let eg = gate::start_egress(
+        &setup("bb-port-0001", cfg.to_string()),
+        gate::parse_token(&itoken).unwrap(),
+        Some(&audit),
+    )
+    .await
+    .unwrap();
+    let engine = EngineSide {
+        adapter: eg.bound.adapter,
+        token: gate::parse_token(&itoken).unwrap(),
+    };
+    let (s, verdict) = engine.connect("203.0.113.7:8443").await;
+    assert_eq!(verdict, Some(0), "the route names 8443");
+    let mut t = tls(s, HOST, &ca_pem).await.unwrap();
+    // A Host without a port would name 443, and the proxy would refuse it.
+    let host_port = format!("{HOST}:8443");
+    let (status, body) = request(&mut t, "GET", &host_port, "/v1/port", "Bearer d").await;
+    assert_eq!(status, 200, "{body}");
+    let reqs = up.requests();
+    assert_eq!(reqs[0]["path"], "/v1/port");
+    assert_eq!(
+        reqs[0]["headers"]["authorization"],
+        format!("Bearer {token}")
+    );
+
+    let (_, verdict) = engine.connect("203.0.113.7:8444").await;
+    assert_eq!(verdict, Some(111), "no route names 8444");
+    // 443 is admitted at connect time, but this route names 8443 only, so
+    // the proxy refuses the name on 443: nothing more reaches the upstream.
+    let (s, verdict) = engine.connect("203.0.113.7:443").await;
+    assert_eq!(verdict, Some(0));
+    assert!(tls(s, HOST, &ca_pem).await.is_err());
+    assert_eq!(up.requests().len(), 1);
+    let log = std::fs::read_to_string(&audit).unwrap();
+    assert!(log.contains("\"port\":8444"), "{log}");
+    assert!(!log.contains(&token));
+}
