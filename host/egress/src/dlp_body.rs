@@ -76,12 +76,13 @@ pub(crate) async fn hold_and_scan(
     } else {
         cap
     };
-    let prefix = match buffer_prefix(&mut body, limit, budget, stall).await {
+    let mut prefix = match buffer_prefix(&mut body, limit, budget, stall).await {
         Ok(p) => p,
         Err(HoldError::Stalled) => return Err(Refused::Stalled),
         Err(HoldError::Body(e)) => return Err(Refused::Unreadable(e)),
     };
-    let decoded = dlp.scan_body(&prefix.seen, encoding, findings);
+    let scanned = prefix.seen.len();
+    let decoded = scan_prefix(dlp, std::mem::take(&mut prefix.seen), encoding, findings).await;
     let whole = prefix.ended && matches!(decoded, Decoded::NotEncoded | Decoded::Whole);
     if block && compressed && !whole && findings.is_empty() {
         let why = match (prefix.ended, decoded) {
@@ -101,7 +102,6 @@ pub(crate) async fn hold_and_scan(
         };
         return Err(Refused::Unscannable { status, why });
     }
-    let scanned = prefix.seen.len();
     let note = match (prefix.ended, block) {
         (false, true) => Some(format!(
             "dlp scanned the first {scanned} body bytes, then the rest as it streamed"
@@ -118,6 +118,48 @@ pub(crate) async fn hold_and_scan(
         body = ScannedBody::new(body, dlp.clone(), blocked.clone()).boxed_unsync();
     }
     Ok((body, note))
+}
+
+/// Held bytes whose scan may cost more than this many bytes of scanning
+/// (a compressed body counts as what it may decode to) are scanned on
+/// tokio's blocking pool, not on the worker thread: a body made to be slow
+/// to scan (~0.25 s for the worst measured, `bot-bottle-bench-dlp`) would
+/// otherwise stall every other connection of that worker. Below it the
+/// scan costs less than the hand-off (tens of µs).
+const INLINE_SCAN_BYTES: usize = 64 * 1024;
+
+/// [`Dlp::scan_body`] of the held bytes, off the worker thread when it may
+/// be long ([`INLINE_SCAN_BYTES`]).
+async fn scan_prefix(
+    dlp: &Arc<Dlp>,
+    seen: Vec<u8>,
+    encoding: Option<&str>,
+    findings: &mut Vec<String>,
+) -> Decoded {
+    let compressed = encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+    let work = if compressed {
+        seen.len().saturating_mul(DECODED_PER_BODY_BYTE + 1)
+    } else {
+        seen.len()
+    };
+    if work <= INLINE_SCAN_BYTES {
+        return dlp.scan_body(&seen, encoding, findings);
+    }
+    let (dlp, enc) = (dlp.clone(), encoding.map(str::to_owned));
+    let scan = tokio::task::spawn_blocking(move || {
+        let mut found = Vec::new();
+        let decoded = dlp.scan_body(&seen, enc.as_deref(), &mut found);
+        (decoded, found)
+    });
+    match scan.await {
+        Ok((decoded, found)) => {
+            crate::dlp::merge(findings, found);
+            decoded
+        }
+        // A panic in the scan ends this request's task as it would have
+        // on the worker.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }
 
 /// The held start of a body.

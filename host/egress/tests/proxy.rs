@@ -2517,3 +2517,88 @@ fn the_proxy_raises_its_open_files_limit_to_the_hard_one() {
     let fields: Vec<&str> = seen.split_whitespace().collect();
     assert_eq!(&fields[3..5], ["2048", "2048"], "{seen}");
 }
+
+/// A body made to be slow to scan — gzip of text full of a DLP rule's
+/// prefix, 64 MiB once decoded — is scanned off the worker thread that
+/// serves it: another request on the same HTTP/2 connection (so on the
+/// same worker) goes through while four of them are still being scanned.
+/// Scanned on the worker, each one held that worker, and every connection
+/// it serves, until it was done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_slow_to_scan_does_not_hold_up_other_requests() {
+    use std::io::Write as _;
+    let fx = fx().await;
+    // `AIza[\w-]{35}` starts at every `AIza` and fails 30 bytes on.
+    let unit = [b"AIza".as_slice(), &[b'a'; 30], b"."].concat();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&unit.repeat((64 << 20) / unit.len())).unwrap();
+    let bomb = Bytes::from(gz.finish().unwrap());
+    assert!(bomb.len() < 1 << 20, "held whole: {}", bomb.len());
+
+    let (st, head, tcp) = connect(fx.proxy, "api.test:443").await;
+    assert_eq!(st, 200, "{head}");
+    let t = tls(tcp, "api.test", &fx.bottle_ca, &[b"h2"]).await.unwrap();
+    let (s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
+        .await
+        .unwrap();
+    tokio::spawn(c);
+    let mut bombs = Vec::new();
+    let mut sent = Vec::new();
+    for _ in 0..4 {
+        // In 16 KiB frames; the last is taken once HTTP/2 flow control let
+        // the ones before it go, so the proxy then holds nearly all of it.
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let frames: Vec<_> = bomb.chunks(16 << 10).map(Bytes::copy_from_slice).collect();
+        let body = futures_util::stream::iter(frames)
+            .map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b)))
+            .chain(futures_util::stream::once(async move {
+                let _ = tx.send(());
+                Ok(hyper::body::Frame::data(Bytes::new()))
+            }));
+        let req = Request::post("https://api.test/v1/bomb")
+            .header("content-encoding", "gzip")
+            .body(BodyExt::boxed(http_body_util::StreamBody::new(Box::pin(
+                body,
+            ))))
+            .unwrap();
+        let mut s = s.clone();
+        bombs.push(tokio::spawn(async move {
+            s.send_request(req).await.unwrap().status()
+        }));
+        sent.push(rx);
+    }
+    for rx in sent {
+        tokio::time::timeout(HANG, rx).await.unwrap().unwrap();
+    }
+    // Not a timing assertion: the pause lets each bomb's end of stream,
+    // sent after its last frame was taken, reach the proxy first.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let small = futures_util::stream::once(async {
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from_static(b"{}")))
+    });
+    let req = Request::post("https://api.test/v1/small")
+        .body(BodyExt::boxed(http_body_util::StreamBody::new(Box::pin(
+            small,
+        ))))
+        .unwrap();
+    let resp = tokio::time::timeout(HANG, s.clone().send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // The upstream gets each bomb once its scan is done: the small request
+    // must reach it first.
+    let order: Vec<String> = fx.up.seen().iter().map(|s| s.path.clone()).collect();
+    assert_eq!(
+        order.first().map(String::as_str),
+        Some("/v1/small"),
+        "the small request waited for a bomb's scan: {order:?}"
+    );
+    for b in bombs {
+        assert_eq!(tokio::time::timeout(HANG, b).await.unwrap().unwrap(), 200);
+    }
+    assert_eq!(
+        fx.up.seen().iter().filter(|s| s.path == "/v1/bomb").count(),
+        4
+    );
+}
