@@ -2,7 +2,7 @@
 //! egress plan. `bottle plan` prints the result; `bottle run` launches it.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bot_bottle_plugin_api::{
     AgentProvisionPlan, Mount, PluginInfo, PrepareRequest, Resources, SandboxFile, SandboxLayout,
@@ -29,6 +29,20 @@ pub enum PlanError {
         token_ref: String,
         /// Where (`env FOO`, `file /x`).
         place: String,
+    },
+    /// A mount would show the agent a host file it must not change or read.
+    #[error("{manifest}: {mount} contains {file}, {why}; {fix}")]
+    ExposedHostFile {
+        /// The manifest.
+        manifest: PathBuf,
+        /// Which mount (`the writable workspace /p`, `mount /p`).
+        mount: String,
+        /// The host file inside it.
+        file: PathBuf,
+        /// What the agent could do with it.
+        why: String,
+        /// What to change.
+        fix: &'static str,
     },
     /// No command in the manifest and none from the provider.
     #[error(
@@ -152,6 +166,7 @@ pub fn plan(
         egress,
     };
     plan.refuse_leaks()?;
+    plan.refuse_exposed_host_files()?;
     Ok(plan)
 }
 
@@ -182,6 +197,68 @@ impl BottlePlan {
             }
             if self.command.iter().any(|a| a.contains(v)) {
                 return Err(leak("command".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// No mount may let the agent change what the host reads at the next
+    /// launch — the manifest and its `upstream_ca`: rewritten by the agent,
+    /// the next run would follow its routes, with any host env var as a
+    /// token — or read a file the provider takes a real credential from.
+    /// Checked on every backend, on the paths with symlinks resolved.
+    fn refuse_exposed_host_files(&self) -> Result<(), PlanError> {
+        let m = &self.manifest;
+        let mounts = m
+            .workspace
+            .iter()
+            .map(|w| (w, true, format!("the writable workspace {}", w.display())))
+            .chain(m.mounts.iter().map(|x| {
+                let how = if x.writable {
+                    "writable mount"
+                } else {
+                    "mount"
+                };
+                (&x.host, x.writable, format!("{how} {}", x.host.display()))
+            }));
+        const KEEP_OUT: &str = "keep it outside every writable mount: for example, put \
+            bottle.toml in the directory above the project and set [workspace] path to the \
+            project, or give the workspace a subdirectory of its own";
+        const NO_SOURCE: &str =
+            "mount a directory that does not contain it (the proxy injects the credential; \
+             the agent never needs the file)";
+        let provider = &self.provider.name;
+        let mut policy = vec![(&m.path, "the manifest".to_string())];
+        if let Some(ca) = &m.upstream_ca {
+            policy.push((ca, "the egress.upstream_ca the proxy trusts".into()));
+        }
+        for (host, writable, mount) in mounts {
+            let inside = |file: &PathBuf| canonical(file).starts_with(canonical(host));
+            if writable {
+                if let Some((file, what)) = policy.iter().find(|(f, _)| inside(f)) {
+                    return Err(PlanError::ExposedHostFile {
+                        manifest: m.path.clone(),
+                        mount,
+                        file: file.to_path_buf(),
+                        why: format!(
+                            "{what}: the agent could rewrite it, and the next run would \
+                             follow what it wrote"
+                        ),
+                        fix: KEEP_OUT,
+                    });
+                }
+            }
+            if let Some(file) = self.provision.credential_sources.iter().find(|f| inside(f)) {
+                return Err(PlanError::ExposedHostFile {
+                    manifest: m.path.clone(),
+                    mount,
+                    file: file.clone(),
+                    why: format!(
+                        "the file provider `{provider}` reads the real credential from: the \
+                         agent could read it"
+                    ),
+                    fix: NO_SOURCE,
+                });
             }
         }
         Ok(())
@@ -298,4 +375,9 @@ pub struct PlanView<'a> {
     pub notes: &'a [String],
     /// Whether every token ref resolved.
     pub ready: bool,
+}
+
+/// `p` with symlinks resolved, or as it is when it does not exist (yet).
+fn canonical(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }

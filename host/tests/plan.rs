@@ -240,3 +240,95 @@ fn egress_check_decides_from_the_manifest_without_its_tokens() {
     assert_ne!(code, 0);
     assert!(err.contains("/nonexistent/bottle.toml"), "{err}");
 }
+
+/// A mount may not let the agent rewrite what the next launch reads (the
+/// manifest, its upstream_ca), nor read a file a real credential comes
+/// from; `bottle plan` says which mount, which file and what to change.
+#[test]
+fn mounts_that_expose_the_manifest_or_a_credential_source_are_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("ws/certs")).unwrap();
+    std::fs::write(dir.path().join("ws/certs/ca.pem"), "").unwrap();
+    let base = "name = \"exposed\"\nbackend = \"docker\"\n[agent]\nprovider = \"generic\"\n\
+                image = \"x\"\ncommand = [\"true\"]\n";
+    let plan = |text: &str, home: &Path| {
+        let m = write_manifest(dir.path(), text);
+        let (code, out, err) = run(bottle(data.path())
+            .env("HOME", home)
+            .env_remove("CODEX_HOME")
+            .args(["plan", "-f"])
+            .arg(&m));
+        (code, format!("{out}\n{err}"))
+    };
+    let home = dir.path().join("home");
+
+    // The workspace holds the manifest.
+    let (code, text) = plan(&format!("{base}[workspace]\npath = \".\"\n"), &home);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("the writable workspace")
+            && text.contains("bottle.toml, the manifest: the agent could rewrite it")
+            && text.contains("keep it outside every writable mount"),
+        "{text}"
+    );
+    // A writable mount holds upstream_ca.
+    let (code, text) = plan(
+        &format!(
+            "{base}[egress]\nupstream_ca = \"ws/certs/ca.pem\"\n\
+             [[mounts]]\nhost = \"ws\"\npath = \"/data\"\nwritable = true\n"
+        ),
+        &home,
+    );
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("writable mount") && text.contains("egress.upstream_ca"),
+        "{text}"
+    );
+    // Read-only, or a workspace of its own: fine.
+    let (code, text) = plan(
+        &format!("{base}[workspace]\npath = \"ws\"\n[[mounts]]\nhost = \".\"\npath = \"/cfg\"\n"),
+        &home,
+    );
+    assert_eq!(code, 0, "{text}");
+
+    // A mount, even read-only, that holds the file the codex provider
+    // reads the real credential from.
+    let codex = home.join(".codex");
+    std::fs::create_dir_all(&codex).unwrap();
+    let auth = serde_json::json!({
+        "OPENAI_API_KEY": null,
+        "tokens": {
+            "id_token": "eyJhbGciOiJSUzI1NiJ9.eyJlbWFpbCI6ImRldkBleGFtcGxlLmNvbSIsImh0dHBzOi8vYXBpLm9wZW5haS5jb20vYXV0aCI6eyJjaGF0Z3B0X2FjY291bnRfaWQiOiJhY2N0LTEiLCJjaGF0Z3B0X3BsYW5fdHlwZSI6InBybyJ9fQ.sig",
+            "access_token": "eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjQxMDI0NDQ4MDAsImlhdCI6MTc2NDYzMzYwMH0.sig",
+            "refresh_token": CANARY,
+            "account_id": "acct-1"
+        },
+        "last_refresh": "2026-11-20T10:00:00Z"
+    });
+    std::fs::write(codex.join("auth.json"), auth.to_string()).unwrap();
+    let codex_base = base.replace("\"generic\"", "\"codex\"");
+    let (code, text) = plan(
+        &format!(
+            "{codex_base}[agent.options]\nforward_host_credentials = true\n\
+             [workspace]\npath = \"ws\"\n[[mounts]]\nhost = \"home\"\npath = \"/home/me\"\n"
+        ),
+        &home,
+    );
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("auth.json, the file provider `codex` reads the real credential from")
+            && text.contains("mount a directory that does not contain it"),
+        "{text}"
+    );
+    assert!(!text.contains(CANARY), "{text}");
+    // Without that mount the same bottle plans.
+    let (code, text) = plan(
+        &format!(
+            "{codex_base}[agent.options]\nforward_host_credentials = true\n\
+             [workspace]\npath = \"ws\"\n"
+        ),
+        &home,
+    );
+    assert_eq!(code, 0, "{text}");
+}

@@ -52,7 +52,7 @@ command = ["sh", "-c", '''{script}''']
 dummy_env = ["API_TOKEN"]
 
 [workspace]
-path = "."
+path = "ws"
 
 [env]
 {env}
@@ -75,6 +75,12 @@ egress_network = "{net}"
         ca = up.ca_pem.display(),
         net = up.network,
     );
+    // The workspace is a directory of its own: bottle refuses a writable
+    // mount that holds the manifest.
+    use std::os::unix::fs::PermissionsExt;
+    let ws = dir.join("ws");
+    std::fs::create_dir_all(&ws).unwrap();
+    std::fs::set_permissions(&ws, std::fs::Permissions::from_mode(0o755)).unwrap();
     let p = dir.join("bottle.toml");
     std::fs::write(&p, text).unwrap();
     p
@@ -859,7 +865,7 @@ fn logs_follow_streams_new_output_until_the_agent_ends() {
         logs.try_wait().unwrap().is_none(),
         "`bottle logs -f` returned while the agent was still running"
     );
-    std::fs::write(dir.path().join("go"), "").unwrap();
+    std::fs::write(dir.path().join("ws/go"), "").unwrap();
     expect_line(&lines, "second-line");
     // The stream ends with the agent, and so does `logs -f`.
     assert_eq!(wait_exit(&mut logs), 0, "bottle logs -f");
@@ -953,7 +959,7 @@ fn a_terminal_resize_reaches_the_agent() {
     assert_eq!(rc, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
     expect_line(&lines, "size=40 132");
 
-    std::fs::write(dir.path().join("stop"), "").unwrap();
+    std::fs::write(dir.path().join("ws/stop"), "").unwrap();
     assert_eq!(wait_exit(&mut child), 0, "bottle run in a terminal");
     drop(master);
     assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
