@@ -916,6 +916,7 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
     let on_client = (ws_h1 || ws_h2).then(|| hyper::upgrade::on(&mut req));
     let client_version = req.version();
     let (mut parts, body) = req.into_parts();
+    let has_body = !body.is_end_stream();
 
     // DLP, before anything is injected.
     let req_bytes = Arc::new(AtomicU64::new(0));
@@ -1012,6 +1013,22 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
     // Injection: replace, never merge.
     strip_hop_by_hop(&mut parts.headers, ws_h1);
     parts.headers.remove(header::HOST);
+    // The agent's `Expect: 100-continue` was for the proxy, which answered
+    // it when it read the body. Passed on, it lets a server answer 417 and
+    // leave the body unread on the connection.
+    parts.headers.remove(header::EXPECT);
+    if has_body && on_client.is_none() {
+        // An HTTP/1.1 upstream connection that carried a body is closed
+        // after it, not pooled: a server that leaves a body unread (a GET's,
+        // or one it answered early) reads what is left as the start of the
+        // next request on that connection, which carries the injected
+        // credential — the agent's body could swallow it, or be a request
+        // of its own that the credential completes. HTTP/2 frames each
+        // stream, and hyper drops this header there.
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let inject = &shared.inject[idx];
     for (n, _) in inject {
         parts.headers.remove(n);
@@ -1322,6 +1339,9 @@ async fn websocket(
         // No permessage-deflate while DLP is on: frames stay scannable.
         parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     }
+    // The upgrade goes with no body: a length the agent sent would say
+    // otherwise.
+    parts.headers.remove(header::CONTENT_LENGTH);
     // WebSocket and nothing else: an agent's `Upgrade: h2c, websocket` must
     // not let the upstream switch to a protocol whose requests the routes
     // would never see.

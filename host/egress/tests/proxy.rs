@@ -2602,3 +2602,98 @@ async fn a_body_slow_to_scan_does_not_hold_up_other_requests() {
         4
     );
 }
+
+/// A plain-HTTP upstream that reads no body of a GET (its `Content-Length`
+/// is ignored, so what follows is read as the next request on the
+/// connection — a CL.0 desync), answers `ok` and keeps the connection open
+/// unless asked to close. Records every request head it parses. A fake
+/// server on purpose: hyper frames bodies correctly and cannot show this.
+async fn desync_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let h2 = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = l.accept().await {
+            let heads = h2.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    buf.drain(..end + 4);
+                    let lower = head.to_ascii_lowercase();
+                    let close = lower.contains("\r\nconnection: close");
+                    heads.lock().unwrap().push(head);
+                    if tcp
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .is_err()
+                        || close
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// The agent's body must not become part of another request on a pooled
+/// HTTP/1.1 upstream connection, where the next request carries the token:
+/// a connection that carried a body is closed after it, and the agent's
+/// `Expect` does not go upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_the_upstream_leaves_unread_never_meets_the_token() {
+    let (naive, heads) = desync_upstream().await;
+    let fx = fx_with(|c| plain_route(c, "naive.test", naive)).await;
+    let mut s = TcpStream::connect(fx.proxy).await.unwrap();
+    // A GET whose body is the start of a request that would swallow the
+    // next one's head, the injected Authorization with it.
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: naive.test\r\nX-Swallow: ";
+    s.write_all(
+        format!(
+            "GET http://naive.test/first HTTP/1.1\r\nHost: naive.test\r\n\
+             Expect: 100-continue\r\nContent-Length: {}\r\n\r\n{smuggled}",
+            smuggled.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = read_head(&mut s).await;
+    if head.starts_with("HTTP/1.1 100") {
+        head = read_head(&mut s).await;
+    }
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(read_body_after_head(&mut s, &head).await, "ok");
+    // The next request through the proxy, with the token injected.
+    s.write_all(b"GET http://naive.test/second HTTP/1.1\r\nHost: naive.test\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(read_body_after_head(&mut s, &head).await, "ok");
+
+    let heads = heads.lock().unwrap().clone();
+    let second = heads
+        .iter()
+        .find(|h| h.starts_with("GET /second"))
+        .unwrap_or_else(|| panic!("the second request never arrived on its own: {heads:?}"));
+    assert!(second.contains(&format!("Bearer {CANARY}")), "{second}");
+    for h in &heads {
+        assert!(
+            !(h.starts_with("GET /smuggled") && h.contains(CANARY)),
+            "the agent's body took the next request's token: {h:?}"
+        );
+        assert!(!h.to_ascii_lowercase().contains("expect:"), "{h:?}");
+    }
+}
