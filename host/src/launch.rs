@@ -27,6 +27,14 @@ pub enum LaunchError {
     /// Token refs did not resolve; nothing was launched.
     #[error(transparent)]
     MissingTokens(#[from] crate::egress_plan::MissingTokenRefs),
+    /// The proxy config would not start a proxy.
+    #[error("{manifest}: the egress proxy would refuse this bottle's config: {message}")]
+    ProxyConfig {
+        /// The manifest.
+        manifest: PathBuf,
+        /// Why (names and refs only, never a value).
+        message: String,
+    },
     /// The CA could not be generated.
     #[error("cannot generate the bottle CA: {0}")]
     Ca(String),
@@ -116,6 +124,13 @@ pub fn proxy_config(
         DlpMode::Log => egress_config::DlpMode::Log,
         DlpMode::Block => egress_config::DlpMode::Block,
     };
+    // What the proxy would refuse at start, refused before anything is
+    // created: the agent starts while its proxy comes up, so a config the
+    // proxy rejects would otherwise leave it running against no proxy.
+    cfg.validate().map_err(|e| LaunchError::ProxyConfig {
+        manifest: m.path.clone(),
+        message: e.to_string(),
+    })?;
     // The backend narrows `allowed_clients` to the bottle's own network
     // when it knows it.
     Ok(cfg)

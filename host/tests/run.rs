@@ -89,3 +89,30 @@ fn a_missing_token_ref_stops_run_before_the_backend_is_reached() {
     assert!(connections.load(Ordering::SeqCst) > 0, "{err}");
     assert!(!err.contains(CANARY), "{err}");
 }
+
+/// A token value the proxy would refuse (a newline cannot be in a header)
+/// stops `bottle run` before the backend is reached, with the route and
+/// the ref named and the value not shown. The agent starts while its proxy
+/// comes up, so found by the proxy it let the agent run against no proxy.
+#[test]
+fn a_token_the_proxy_would_refuse_stops_run_before_the_backend_is_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("bottle.toml");
+    std::fs::write(&manifest, MANIFEST).unwrap();
+    let (docker_host, connections) = fake_daemon(dir.path());
+    let (code, out, err) = run(bottle(data.path())
+        .env("DOCKER_HOST", &docker_host)
+        .env("RUN_TEST_API_TOKEN", format!("{CANARY}\n"))
+        .args(["run", "-f"])
+        .arg(&manifest));
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("the egress proxy would refuse")
+            && err.contains("token ref RUN_TEST_API_TOKEN")
+            && err.contains("value not shown"),
+        "{err}"
+    );
+    assert!(!out.contains(CANARY) && !err.contains(CANARY), "{err}");
+    assert_eq!(connections.load(Ordering::SeqCst), 0, "{err}");
+}

@@ -271,10 +271,21 @@ impl ProxyConfig {
                     ))
                 })?;
                 if let Some(tr) = &h.token_ref {
-                    if !self.tokens.contains_key(tr) {
+                    let Some(tok) = self.tokens.get(tr) else {
                         return Err(bad(format!(
                             "routes[{i}] ({}) needs token ref {tr} but the config has no value for it",
                             r.host
+                        )));
+                    };
+                    // A value with a newline or another control character
+                    // cannot be a header: said here, before any launch.
+                    let filled = h.value.replace("{token}", tok.expose());
+                    if http::HeaderValue::from_str(&filled).is_err() {
+                        return Err(bad(format!(
+                            "routes[{i}] ({}) header {}: the value of token ref {tr} holds a \
+                             character a header cannot carry, such as a newline (value not \
+                             shown); check how {tr} is set",
+                            r.host, h.header
                         )));
                     }
                 }

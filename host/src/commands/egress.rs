@@ -29,6 +29,8 @@ pub(super) fn run(cli: &Cli, cmd: &EgressCommand) -> anyhow::Result<ExitCode> {
                 false => ProxyConfig::from_file(config)?,
             };
             let first = overrides.apply(first);
+            // Refused before "listening", which backends take as ready.
+            first.validate()?;
             let listener = match listen_unix {
                 Some(path) => Listener::bind_unix(path)
                     .with_context(|| format!("cannot listen on unix:{}", path.display()))?,
