@@ -240,12 +240,7 @@ fn invalid_at(path: &Path, text: &str, offset: usize, message: String) -> Manife
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
     let column = before[line_start..].chars().count() + 1;
-    let snippet = text[line_start..]
-        .lines()
-        .next()
-        .unwrap_or("")
-        .trim_end()
-        .to_string();
+    let snippet = hide_userinfo(text[line_start..].lines().next().unwrap_or("").trim_end());
     let key = key_path(text, line_start, &snippet);
     let key_note = key.map(|k| format!(" (key `{k}`)")).unwrap_or_default();
     ManifestError::Invalid {
@@ -298,10 +293,23 @@ fn offset_of_key(text: &str, key: &str, nth: usize) -> usize {
     0
 }
 
-/// `…://user:pass@host…` → `…://***@host…`, for quoting a line.
+/// A line with what may be a URL's userinfo (`user:pass@`) shown as `***`,
+/// for quoting it in an error: `…://user:pass@host…` → `…://***@host…`,
+/// and without a scheme `key = "user:pass@host"` → `key = "***@host"`.
+/// Every quoted line goes through it, whatever the error (a syntax error or
+/// a wrong type on a proxy's line must not print its password).
 fn hide_userinfo(line: &str) -> String {
-    match (line.find("://"), line.rfind('@')) {
-        (Some(s), Some(at)) if s + 3 <= at => format!("{}***{}", &line[..s + 3], &line[at..]),
+    let Some(at) = line.rfind('@') else {
+        return line.to_string();
+    };
+    let start = line.find("://").map(|s| s + 3).or_else(|| {
+        line.find('=').map(|eq| {
+            let value = &line[eq + 1..];
+            eq + 1 + value.len() - value.trim_start_matches([' ', '"', '\'', '[']).len()
+        })
+    });
+    match start {
+        Some(start) if start < at => format!("{}***{}", &line[..start], &line[at..]),
         _ => line.to_string(),
     }
 }
@@ -474,14 +482,9 @@ fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<Manifest, Manif
         }
     }
     if let Some(url) = &raw.egress.upstream_proxy {
-        bot_bottle_egress::check_upstream_proxy_url(url).map_err(|m| {
-            let mut e = err("upstream_proxy", 0, format!("invalid upstream_proxy: {m}"));
-            // The quoted line would show the password the message refuses.
-            if let ManifestError::Invalid { snippet, .. } = &mut e {
-                *snippet = hide_userinfo(snippet);
-            }
-            e
-        })?;
+        // The quoted line hides the password the message refuses.
+        bot_bottle_egress::check_upstream_proxy_url(url)
+            .map_err(|m| err("upstream_proxy", 0, format!("invalid upstream_proxy: {m}")))?;
     }
     match (
         &raw.egress.upstream_proxy_auth_ref,
@@ -740,6 +743,19 @@ runtime = "runsc"
             "{e}"
         );
         assert!(!e.contains("canary-pw"), "{e}");
+        // Nor whatever else is wrong with the line: no scheme, a wrong
+        // type, a syntax error.
+        for line in [
+            "upstream_proxy = \"me:canary-pw@proxy.corp:8080\"",
+            "upstream_proxy = [\"http://me:canary-pw@proxy.corp:8080\"]",
+            "upstream_proxy = \"http://me:canary-pw@proxy.corp:8080",
+        ] {
+            let e = parse(&with(line)).unwrap_err().to_string();
+            assert!(
+                !e.contains("canary-pw") && e.contains("***@proxy.corp"),
+                "{e}"
+            );
+        }
         let e = parse(&with("upstream_proxy_auth_ref = \"CORP_PROXY_AUTH\""))
             .unwrap_err()
             .to_string();

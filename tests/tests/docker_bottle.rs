@@ -555,18 +555,20 @@ fn sigint_and_a_dead_sidecar_both_leave_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
 
-    // Ctrl-C (SIGINT to bottle) while the agent runs.
-    let name = unique("sigint");
-    let m = manifest(dir.path(), &name, "sleep 120", &up, &[]);
-    let mut child = run_in_background(data.path(), &m, "t0ken-value", &name);
-    // SAFETY: kill(2) on a child we spawned and have not reaped.
-    unsafe { libc_kill(child.id() as i32, 2) };
-    assert_eq!(wait_exit(&mut child), 130);
-    assert!(
-        leftovers(&name).is_empty(),
-        "after SIGINT: {:?}",
-        leftovers(&name)
-    );
+    // Ctrl-C (SIGINT to bottle), and Ctrl-\ (SIGQUIT), while the agent runs.
+    for (sig, what) in [(2, "sigint"), (3, "sigquit")] {
+        let name = unique(what);
+        let m = manifest(dir.path(), &name, "sleep 120", &up, &[]);
+        let mut child = run_in_background(data.path(), &m, "t0ken-value", &name);
+        // SAFETY: kill(2) on a child we spawned and have not reaped.
+        unsafe { libc_kill(child.id() as i32, sig) };
+        assert_eq!(wait_exit(&mut child), 130, "{what}");
+        assert!(
+            leftovers(&name).is_empty(),
+            "after {what}: {:?}",
+            leftovers(&name)
+        );
+    }
 
     // The sidecar dies: the agent has no network any more (fail closed);
     // bottle says so, exits non-zero and removes the bottle.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use bot_bottle_plugin_api::{RemoveRequest, WaitRequest};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::cli::{Cli, RunArgs};
@@ -55,9 +55,10 @@ pub(super) fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let (spec, ca) = launch::launch_spec(&plan, &bottle_id, &options)?;
 
     // Signals are caught before launch so that Ctrl-C during a slow launch
-    // still removes whatever was created.
+    // still removes whatever was created. SIGQUIT (Ctrl-\) too: its default
+    // action would end bottle and leave the sidecar, real tokens and all.
     let mut signals =
-        Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
+        Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT]).context("installing signal handlers")?;
     let signal_handle = signals.handle();
     let interrupted = AtomicBool::new(false);
     let stop_watch = AtomicBool::new(false);
