@@ -30,6 +30,16 @@ pub enum PlanError {
         /// Where (`env FOO`, `file /x`).
         place: String,
     },
+    /// The manifest's `[env]` holds a real credential.
+    #[error("{manifest}: [env] {key} holds the value of egress token ref `{token_ref}`, which the agent would see; remove it from [env] (the proxy injects the credential, and the agent gets a dummy)")]
+    SecretInManifestEnv {
+        /// The manifest.
+        manifest: PathBuf,
+        /// The env key.
+        key: String,
+        /// Which ref's value it holds.
+        token_ref: String,
+    },
     /// A mount would show the agent a host file it must not change or read.
     #[error("{manifest}: {mount} contains {file}, {why}; {fix}")]
     ExposedHostFile {
@@ -190,6 +200,14 @@ impl BottlePlan {
                 place,
             };
             if let Some((k, _)) = self.agent_env.iter().find(|(_, val)| val.contains(v)) {
+                // The user's own [env], not the provider, put it there.
+                if self.manifest.env.get(k).is_some_and(|mv| mv.contains(v)) {
+                    return Err(PlanError::SecretInManifestEnv {
+                        manifest: self.manifest.path.clone(),
+                        key: k.clone(),
+                        token_ref: token_ref.clone(),
+                    });
+                }
                 return Err(leak(format!("env {k}")));
             }
             if let Some(f) = self.agent_files.iter().find(|f| f.contents.contains(v)) {

@@ -332,3 +332,34 @@ fn mounts_that_expose_the_manifest_or_a_credential_source_are_refused() {
     );
     assert_eq!(code, 0, "{text}");
 }
+
+/// A real credential the user put in `[env]` is refused as the user's
+/// mistake, naming the key and the ref, never the value.
+#[test]
+fn a_credential_in_the_manifests_env_is_refused_as_the_manifests() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_manifest(
+        dir.path(),
+        &format!(
+            "name = \"envleak\"\nbackend = \"docker\"\n[agent]\nprovider = \"generic\"\n\
+             image = \"x\"\ncommand = [\"true\"]\n[env]\nLEAKED = \"{CANARY}\"\n\
+             [[egress.route]]\nhost = \"api.example.test\"\n\
+             inject = [{{ header = \"Authorization\", value = \"Bearer {{token}}\", token_ref = \"PLAN_TEST_TOKEN\" }}]\n"
+        ),
+    );
+    let (code, out, err) = run(bottle(data.path())
+        .env("PLAN_TEST_TOKEN", CANARY)
+        .args(["plan", "-f"])
+        .arg(&m));
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("[env] LEAKED holds the value of egress token ref `PLAN_TEST_TOKEN`")
+            && !err.contains("bug in the provider"),
+        "{err}"
+    );
+    assert!(
+        !out.contains(CANARY) && !err.contains(CANARY),
+        "{out}\n{err}"
+    );
+}
