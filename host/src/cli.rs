@@ -171,6 +171,14 @@ pub enum EgressCommand {
         #[arg(long = "allow-client", value_name = "CIDR")]
         allow_clients: Vec<ipnet::IpNet>,
     },
+    /// Replace a proxy config file with one read from standard input, checked
+    /// first (mode 0400, swapped whole). How a credential rotation reaches a
+    /// running Docker sidecar: run there, into its tmpfs, then SIGHUP.
+    #[command(hide = true)]
+    PutConfig {
+        /// The config file to replace.
+        path: PathBuf,
+    },
     /// Print what the proxy would do with a request (header names only).
     Check {
         /// The manifest whose egress plan (its routes and the provider's)

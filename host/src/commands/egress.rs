@@ -45,6 +45,10 @@ pub(super) fn run(cli: &Cli, cmd: &EgressCommand) -> anyhow::Result<ExitCode> {
             bot_bottle_egress::serve_reloadable(first, config, &overrides, listener)?;
             Ok(ExitCode::SUCCESS)
         }
+        EgressCommand::PutConfig { path } => {
+            put_config(path)?;
+            Ok(ExitCode::SUCCESS)
+        }
         EgressCommand::Check {
             file,
             config,
@@ -78,4 +82,30 @@ pub(super) fn run(cli: &Cli, cmd: &EgressCommand) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// Reads a proxy config from standard input, checks it as the proxy will at
+/// its reload, and puts it at `path` readable by this user alone: written
+/// beside it, then renamed over it, so a reload never reads half a file.
+fn put_config(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)
+        .context("reading the config from standard input")?;
+    // Parsed and checked: names and positions in its errors, never a value.
+    ProxyConfig::from_json(&text)?;
+    let tmp = path.with_extension("json.new");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
 }

@@ -193,6 +193,9 @@ fn codex_bottle_forwards_the_host_login_and_only_the_proxy_holds_it() {
     }
     std::fs::write(&auth_path, host_auth(&second, 10 * 24 * 3600)).unwrap();
     std::thread::sleep(Duration::from_secs(5)); // the host polls every 500 ms
+                                                // The rotated config is in the sidecar's tmpfs, not in its writable
+                                                // layer on this host's disk.
+    let on_disk = sidecar_layer_holds(&name, &second);
     std::fs::write(dir.path().join("ws/rotated"), "").unwrap();
 
     let out = child.wait_with_output().unwrap();
@@ -247,6 +250,11 @@ fn codex_bottle_forwards_the_host_login_and_only_the_proxy_holds_it() {
 
     // The rest is collected, so one run reports every gap at once.
     let mut gaps = Vec::new();
+    match on_disk {
+        Ok(false) => {}
+        Ok(true) => gaps.push("the rotated token is in the sidecar's writable layer on disk"),
+        Err(e) => panic!("could not look into the sidecar's layer: {e}"),
+    }
     // The proxy answered the refresh itself, with dummies.
     if !(stdout.contains("refresh-exit=0")
         && stdout.contains(r#""refresh_token":"bot-bottle-dummy-refresh-token""#))
@@ -263,4 +271,36 @@ fn codex_bottle_forwards_the_host_login_and_only_the_proxy_holds_it() {
     assert!(gaps.is_empty(), "{gaps:#?}\n{all}\nupstream: {reqs:?}");
 
     assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
+}
+
+/// Whether any file in the writable layer of bottle `name`'s egress sidecar
+/// (on this host's disk, under Docker's data root) contains `needle`.
+fn sidecar_layer_holds(name: &str, needle: &str) -> Result<bool, String> {
+    let ps = Command::new("docker")
+        .args(["ps", "-q", "--filter"])
+        .arg(format!("label=bot-bottle.name={name}"))
+        .args(["--filter", "label=bot-bottle.role=egress"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let id = String::from_utf8_lossy(&ps.stdout).trim().to_string();
+    if id.is_empty() {
+        return Err(format!("no egress sidecar for {name}"));
+    }
+    let upper = Command::new("docker")
+        .args(["inspect", "-f", "{{.GraphDriver.Data.UpperDir}}", &id])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let upper = String::from_utf8_lossy(&upper.stdout).trim().to_string();
+    if upper.is_empty() || upper == "<no value>" {
+        return Err(format!("sidecar {id} has no upper dir (storage driver?)"));
+    }
+    let grep = Command::new("grep")
+        .args(["-rlF", needle, &upper])
+        .output()
+        .map_err(|e| e.to_string())?;
+    match grep.status.code() {
+        Some(0) => Ok(true),
+        Some(1) => Ok(false),
+        _ => Err(String::from_utf8_lossy(&grep.stderr).into_owned()),
+    }
 }

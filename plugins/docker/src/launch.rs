@@ -806,6 +806,7 @@ async fn create_egress(
             host_config: Some(HostConfig {
                 pids_limit: Some(EGRESS_PIDS),
                 mounts: gated.then(|| vec![socket_volume()]),
+                tmpfs: Some(config_tmpfs()),
                 ..hardened_host_config(network)
             }),
             // The agent finds its proxy by this name on the internal
@@ -926,6 +927,21 @@ async fn create_egress(
         }
         Err(e) => Err(client.api("connecting the egress sidecar to its egress network", e)),
     }
+}
+
+/// The sidecar's config directory: a tmpfs of the proxy's user alone, where
+/// a credential rotation puts the next config (`manage::put_egress_config`),
+/// so real tokens and the CA key never reach the host's disk. A tmpfs, not
+/// a volume: the agent gets the sidecar's volumes through `VolumesFrom`.
+fn config_tmpfs() -> HashMap<String, String> {
+    let dir = EGRESS_CONFIG_PATH
+        .rsplit_once('/')
+        .map_or("/", |(dir, _)| dir)
+        .to_string();
+    HashMap::from([(
+        dir,
+        format!("uid={EGRESS_UID},gid={EGRESS_UID},mode=0700,size=16m"),
+    )])
 }
 
 /// The sidecar's socket volume: anonymous (removed with the sidecar), a

@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 
 use crate::client::{is_not_found, is_not_modified, Client};
 use crate::names::{
-    label_filter, EGRESS_CONFIG_PATH, EGRESS_UID, LABEL_EGRESS_NS,
+    label_filter, EGRESS_CONFIG_PATH, EGRESS_PROGRAM_PATH, EGRESS_UID, LABEL_EGRESS_NS,
     LABEL_EGRESS_NS_REMOVE_WITH_LAST, LABEL_ID, LABEL_NAME, LABEL_ROLE, ROLE_AGENT, ROLE_EGRESS,
     ROLE_EGRESS_IMAGE, ROLE_EGRESS_NAMESPACE, ROLE_GATE,
 };
@@ -574,41 +574,80 @@ pub fn update_egress(client: &Client, bottle_id: &str, config: &[u8]) -> Result<
     })
 }
 
-/// Writes a rotated proxy config (real tokens and the CA key) into the
-/// sidecar's own file system, readable by the proxy's user alone (its first
-/// config came on stdin, `launch::start_egress`). Never an env var, a
-/// label, a command line or a bind mount of a host file.
+/// Puts a rotated proxy config (real tokens and the CA key) in the
+/// sidecar's config directory, a tmpfs readable by the proxy's user alone
+/// (`launch::config_tmpfs`), so it never reaches a disk: the sidecar's own
+/// `bottle egress put-config` reads it from an exec's standard input, checks
+/// it and swaps it in whole. (An archive upload would land in the
+/// container's writable layer on the host's disk, and cannot reach a
+/// tmpfs.) Never an env var, a label, a command line or a host file. The
+/// first config came on the sidecar's stdin (`launch::start_egress`).
 async fn put_egress_config(
     client: &Client,
     docker: &Docker,
     sidecar: &str,
     config: &[u8],
 ) -> Result<(), PluginError> {
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_size(config.len() as u64);
-    header.set_mode(0o400);
-    header.set_uid(EGRESS_UID.into());
-    header.set_gid(EGRESS_UID.into());
-    let mut builder = tar::Builder::new(Vec::with_capacity(config.len() + 2048));
-    builder
-        .append_data(
-            &mut header,
-            EGRESS_CONFIG_PATH.trim_start_matches('/'),
-            config,
+    use bollard::exec::{CreateExecOptions, StartExecResults};
+    use tokio::io::AsyncWriteExt;
+    let doing = "placing the egress config in the sidecar";
+    let exec = docker
+        .create_exec(
+            sidecar,
+            CreateExecOptions {
+                cmd: Some(vec![
+                    EGRESS_PROGRAM_PATH.to_string(),
+                    "egress".into(),
+                    "put-config".into(),
+                    EGRESS_CONFIG_PATH.into(),
+                ]),
+                user: Some(format!("{EGRESS_UID}:{EGRESS_UID}")),
+                attach_stdin: Some(true),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
         )
-        .map_err(|e| PluginError::internal(format!("packing the egress config: {e}")))?;
-    let archive = builder
-        .into_inner()
-        .map_err(|e| PluginError::internal(format!("packing the egress config: {e}")))?;
-    crate::launch::upload(
-        client,
-        docker,
-        sidecar,
-        archive,
-        "placing the egress config in the sidecar",
-    )
-    .await
+        .await
+        .map_err(|e| client.api(doing, e))?;
+    let mut said = Vec::new();
+    match docker
+        .start_exec(&exec.id, None)
+        .await
+        .map_err(|e| client.api(doing, e))?
+    {
+        StartExecResults::Attached {
+            mut output,
+            mut input,
+        } => {
+            let sent = async {
+                input.write_all(config).await?;
+                input.shutdown().await
+            };
+            sent.await
+                .map_err(|e| PluginError::internal(format!("{doing}: {e}")))?;
+            while let Some(Ok(chunk)) = output.next().await {
+                said.extend_from_slice(&chunk.into_bytes());
+            }
+        }
+        StartExecResults::Detached => {
+            return Err(PluginError::internal(format!(
+                "{doing}: the exec did not attach"
+            )))
+        }
+    }
+    let done = docker
+        .inspect_exec(&exec.id)
+        .await
+        .map_err(|e| client.api(doing, e))?;
+    match done.exit_code {
+        Some(0) => Ok(()),
+        code => Err(PluginError::internal(format!(
+            "{doing}: the sidecar refused it (exit {}): {}",
+            code.unwrap_or(-1),
+            String::from_utf8_lossy(&said).trim()
+        ))),
+    }
 }
 
 pub fn not_found(bottle_id: &str) -> PluginError {
