@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod commands;
 pub mod egress_plan;
+pub mod exposure;
 pub mod launch;
 pub mod manifest;
 pub mod output;

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::egress_plan::{self, EgressPlan};
 use crate::manifest::Manifest;
+use crate::plugins::discovery::SearchDir;
 use crate::plugins::{PluginCallError, PluginSet};
 
 /// Why a plan could not be made.
@@ -176,7 +177,7 @@ pub fn plan(
         egress,
     };
     plan.refuse_leaks()?;
-    plan.refuse_exposed_host_files()?;
+    plan.refuse_exposed_host_files(&plugins.searched)?;
     Ok(plan)
 }
 
@@ -220,66 +221,105 @@ impl BottlePlan {
         Ok(())
     }
 
-    /// No mount may let the agent change what the host reads at the next
-    /// launch — the manifest and its `upstream_ca`: rewritten by the agent,
-    /// the next run would follow its routes, with any host env var as a
-    /// token — or read a file the provider takes a real credential from.
-    /// Checked on every backend, on the paths with symlinks resolved.
-    fn refuse_exposed_host_files(&self) -> Result<(), PlanError> {
+    /// No mount may let the agent change what the next `bottle` run reads
+    /// and follows, or read a file a real credential comes from
+    /// ([`crate::exposure`]).
+    fn refuse_exposed_host_files(&self, searched: &[SearchDir]) -> Result<(), PlanError> {
+        use crate::exposure::{first_exposure, Kind, MountView, Protected};
         let m = &self.manifest;
-        let mounts = m
+        let mut mounts: Vec<MountView> = m
             .workspace
             .iter()
-            .map(|w| (w, true, format!("the writable workspace {}", w.display())))
-            .chain(m.mounts.iter().map(|x| {
-                let how = if x.writable {
+            .map(|w| MountView {
+                host: w.clone(),
+                writable: true,
+                describe: format!("the writable workspace {}", w.display()),
+            })
+            .collect();
+        mounts.extend(m.mounts.iter().map(|x| MountView {
+            host: x.host.clone(),
+            writable: x.writable,
+            describe: format!(
+                "{} {}",
+                if x.writable {
                     "writable mount"
                 } else {
                     "mount"
-                };
-                (&x.host, x.writable, format!("{how} {}", x.host.display()))
-            }));
-        const KEEP_OUT: &str = "keep it outside every writable mount: for example, put \
-            bottle.toml in the directory above the project and set [workspace] path to the \
-            project, or give the workspace a subdirectory of its own";
-        const NO_SOURCE: &str =
-            "mount a directory that does not contain it (the proxy injects the credential; \
-             the agent never needs the file)";
-        let provider = &self.provider.name;
-        let mut policy = vec![(&m.path, "the manifest".to_string())];
+                },
+                x.host.display()
+            ),
+        }));
+        let guard = |path: &Path, what: String, kind| Protected {
+            path: path.to_path_buf(),
+            what,
+            kind,
+        };
+        let mut protected = vec![guard(&m.path, "the manifest".into(), Kind::Policy)];
         if let Some(ca) = &m.upstream_ca {
-            policy.push((ca, "the egress.upstream_ca the proxy trusts".into()));
+            protected.push(guard(
+                ca,
+                "the egress.upstream_ca the proxy trusts".into(),
+                Kind::Policy,
+            ));
         }
-        for (host, writable, mount) in mounts {
-            let inside = |file: &PathBuf| canonical(file).starts_with(canonical(host));
-            if writable {
-                if let Some((file, what)) = policy.iter().find(|(f, _)| inside(f)) {
-                    return Err(PlanError::ExposedHostFile {
-                        manifest: m.path.clone(),
-                        mount,
-                        file: file.to_path_buf(),
-                        why: format!(
-                            "{what}: the agent could rewrite it, and the next run would \
-                             follow what it wrote"
-                        ),
-                        fix: KEEP_OUT,
-                    });
-                }
-            }
-            if let Some(file) = self.provision.credential_sources.iter().find(|f| inside(f)) {
-                return Err(PlanError::ExposedHostFile {
-                    manifest: m.path.clone(),
-                    mount,
-                    file: file.clone(),
-                    why: format!(
-                        "the file provider `{provider}` reads the real credential from: the \
-                         agent could read it"
-                    ),
-                    fix: NO_SOURCE,
-                });
-            }
+        let exe = crate::launch::egress_program();
+        protected.push(guard(
+            &exe,
+            "the bottle program (the egress sidecar runs it too)".into(),
+            Kind::Code,
+        ));
+        for p in [&self.provider, &self.backend] {
+            protected.push(guard(
+                &p.path,
+                format!("the plugin `{}` bottle loads", p.name),
+                Kind::Code,
+            ));
         }
-        Ok(())
+        for d in searched {
+            protected.push(guard(
+                &d.path,
+                "a directory bottle loads plugins from".into(),
+                Kind::Code,
+            ));
+        }
+        for c in &self.provision.credential_sources {
+            protected.push(guard(
+                c,
+                format!(
+                    "the file provider `{}` reads the real credential from",
+                    self.provider.name
+                ),
+                Kind::Credential,
+            ));
+        }
+        let Some((mount, file)) = first_exposure(&mounts, &protected) else {
+            return Ok(());
+        };
+        let (why, fix) = match file.kind {
+            Kind::Credential => (
+                "the agent could read it",
+                "mount a directory that does not contain it (the proxy injects the \
+                 credential; the agent never needs the file)",
+            ),
+            Kind::Policy => (
+                "the agent could rewrite it (or a link on the way to it), and the next run \
+                 would follow what it wrote",
+                "keep it, and every link on the way to it, outside every writable mount: for \
+                 example, put bottle.toml in the directory above the project and set \
+                 [workspace] path to the project, or give the workspace a subdirectory of its own",
+            ),
+            Kind::Code => (
+                "the agent could replace it, and the next bottle run would run what it wrote",
+                "mount a directory that does not hold bot-bottle's program or plugins",
+            ),
+        };
+        Err(PlanError::ExposedHostFile {
+            manifest: m.path.clone(),
+            mount: mount.describe.clone(),
+            file: file.path.clone(),
+            why: format!("{}: {why}", file.what),
+            fix,
+        })
     }
 
     /// The plan as printed by `bottle plan --json`: no secret values.
@@ -393,9 +433,4 @@ pub struct PlanView<'a> {
     pub notes: &'a [String],
     /// Whether every token ref resolved.
     pub ready: bool,
-}
-
-/// `p` with symlinks resolved, or as it is when it does not exist (yet).
-fn canonical(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }

@@ -269,7 +269,38 @@ fn mounts_that_expose_the_manifest_or_a_credential_source_are_refused() {
     assert!(
         text.contains("the writable workspace")
             && text.contains("bottle.toml, the manifest: the agent could rewrite it")
-            && text.contains("keep it outside every writable mount"),
+            && text.contains("outside every writable mount"),
+        "{text}"
+    );
+    // Nor through a link the agent could rewrite: the manifest outside,
+    // reached by a link inside the workspace.
+    std::fs::create_dir_all(dir.path().join("cfg")).unwrap();
+    std::fs::create_dir_all(dir.path().join("ws2")).unwrap();
+    std::fs::write(
+        dir.path().join("cfg/bottle.toml"),
+        format!("{base}[workspace]\npath = \"../ws2\"\n"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("../cfg/bottle.toml", dir.path().join("ws2/bottle.toml")).unwrap();
+    let (code, out, err) = run(bottle(data.path())
+        .args(["plan", "-f"])
+        .arg(dir.path().join("ws2/bottle.toml")));
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("a link on the way to it"), "{err}");
+    // Nor bottle's own program or plugins (the next run would run them).
+    let exe_dir = Path::new(env!("CARGO_BIN_EXE_bottle")).parent().unwrap();
+    let (code, text) = plan(
+        &format!(
+            "{base}[[mounts]]\nhost = \"{}\"\npath = \"/bin-dir\"\nwritable = true\n",
+            exe_dir.display()
+        ),
+        &home,
+    );
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains(
+            "the agent could replace it, and the next bottle run would run what it wrote"
+        ),
         "{text}"
     );
     // A writable mount holds upstream_ca.

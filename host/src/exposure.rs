@@ -1,0 +1,203 @@
+//! What a mount may hold (checked by `plan`, so on every backend).
+//!
+//! Under a writable mount the agent can change files the next `bottle` run
+//! reads and follows: the manifest and its `upstream_ca` (policy: routes,
+//! with any host env var as a token), `bottle` itself, the plugins it loads
+//! and the directories it loads them from (code the host runs). Under any
+//! mount, read-only included, the agent can read a file a provider takes a
+//! real credential from.
+//!
+//! A path is exposed when any directory entry the host goes through to reach
+//! it lies in a mount, not only its final target: a symlink the agent can
+//! rewrite (the manifest reached through `project/conf -> ../configs`, or a
+//! `bottle.toml` that is itself a link) redirects the next read wherever the
+//! agent points it.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::path::{Component, Path, PathBuf};
+
+/// What a protected file is, which says where it may not be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// What the next run follows (manifest, `upstream_ca`): not under a
+    /// writable mount.
+    Policy,
+    /// Code the host runs (`bottle`, its plugins and their directories): not
+    /// under a writable mount.
+    Code,
+    /// A file a real credential comes from: not under any mount.
+    Credential,
+}
+
+/// A file (or directory) no mount may expose.
+#[derive(Debug)]
+pub struct Protected {
+    /// The path as the host uses it.
+    pub path: PathBuf,
+    /// What it is, for the message.
+    pub what: String,
+    /// What it is.
+    pub kind: Kind,
+}
+
+/// A mount as the plan has it.
+#[derive(Debug)]
+pub struct MountView {
+    /// Host path.
+    pub host: PathBuf,
+    /// Writable.
+    pub writable: bool,
+    /// For the message (`the writable workspace /p`, `mount /p`).
+    pub describe: String,
+}
+
+/// The first protected path a mount exposes, with that mount.
+pub fn first_exposure<'a>(
+    mounts: &'a [MountView],
+    protected: &'a [Protected],
+) -> Option<(&'a MountView, &'a Protected)> {
+    for m in mounts {
+        let root = canonical(&m.host);
+        for p in protected {
+            if p.kind != Kind::Credential && !m.writable {
+                continue;
+            }
+            let exposed = match p.kind {
+                // Every entry on the way: one inside the mount can be
+                // rewritten there (the mount's root itself cannot, from
+                // inside, except as the final target).
+                Kind::Policy | Kind::Code => {
+                    let entries = entries_on_the_way(&p.path);
+                    let last = entries.len().saturating_sub(1);
+                    entries
+                        .iter()
+                        .enumerate()
+                        .any(|(i, e)| e.starts_with(&root) && (e != &root || i == last))
+                }
+                // What the agent would read is the target.
+                Kind::Credential => canonical(&p.path).starts_with(&root),
+            };
+            if exposed {
+                return Some((m, p));
+            }
+        }
+    }
+    None
+}
+
+/// The directory entries a lookup of `p` goes through, as physical paths:
+/// each component in turn, and for each symlink met the link's own entry
+/// and then the entries of its target (at most 40 links, as the kernel).
+pub fn entries_on_the_way(p: &Path) -> Vec<PathBuf> {
+    let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut rest: VecDeque<OsString> = names(&p);
+    let mut cur = PathBuf::from("/");
+    let mut out = Vec::new();
+    let mut links = 0;
+    while let Some(name) = rest.pop_front() {
+        if name == ".." {
+            cur.pop();
+            continue;
+        }
+        let next = cur.join(&name);
+        out.push(next.clone());
+        match std::fs::read_link(&next) {
+            Ok(target) if links < 40 => {
+                links += 1;
+                if target.is_absolute() {
+                    cur = PathBuf::from("/");
+                }
+                for n in names(&target).into_iter().rev() {
+                    rest.push_front(n);
+                }
+            }
+            _ => cur = next,
+        }
+    }
+    out
+}
+
+/// The normal and `..` components of `p`, in order.
+fn names(p: &Path) -> VecDeque<OsString> {
+    p.components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `p` with symlinks resolved, or as it is when it does not exist (yet).
+pub fn canonical(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn writes(path: &Path) -> Protected {
+        Protected {
+            path: path.to_path_buf(),
+            what: "the manifest".into(),
+            kind: Kind::Policy,
+        }
+    }
+
+    fn mount(host: &Path, writable: bool) -> MountView {
+        MountView {
+            host: host.to_path_buf(),
+            writable,
+            describe: host.display().to_string(),
+        }
+    }
+
+    #[test]
+    fn a_link_on_the_way_to_a_protected_file_is_an_exposure() {
+        let d = tempfile::tempdir().unwrap();
+        let d = canonical(d.path());
+        let (ws, cfg) = (d.join("ws"), d.join("configs"));
+        std::fs::create_dir_all(&ws).unwrap();
+        std::fs::create_dir_all(&cfg).unwrap();
+        std::fs::write(cfg.join("bottle.toml"), "").unwrap();
+        let mounts = [mount(&ws, true)];
+        // Outside the workspace, reached directly: fine.
+        assert!(first_exposure(&mounts, &[writes(&cfg.join("bottle.toml"))]).is_none());
+        // `ws/bottle.toml -> ../configs/bottle.toml`: the link is in ws.
+        symlink("../configs/bottle.toml", ws.join("bottle.toml")).unwrap();
+        assert!(first_exposure(&mounts, &[writes(&ws.join("bottle.toml"))]).is_some());
+        // Through a directory link in ws.
+        symlink("../configs", ws.join("conf")).unwrap();
+        assert!(first_exposure(&mounts, &[writes(&ws.join("conf/bottle.toml"))]).is_some());
+        // A link outside that points into ws.
+        symlink(ws.join("conf"), d.join("via")).unwrap();
+        assert!(first_exposure(&mounts, &[writes(&d.join("via/bottle.toml"))]).is_some());
+        // Read-only mounts do not count for writes.
+        assert!(first_exposure(&[mount(&ws, false)], &[writes(&ws.join("bottle.toml"))]).is_none());
+        // The workspace itself on the way to a file beside it is not.
+        assert!(first_exposure(&mounts, &[writes(&ws.join("../configs/bottle.toml"))]).is_none());
+        // A mount of the file itself.
+        let file = cfg.join("bottle.toml");
+        assert!(first_exposure(&[mount(&file, true)], &[writes(&file)]).is_some());
+    }
+
+    #[test]
+    fn entries_follow_links_as_the_kernel_does() {
+        let d = tempfile::tempdir().unwrap();
+        let d = canonical(d.path());
+        std::fs::create_dir_all(d.join("a/b")).unwrap();
+        symlink("a/b", d.join("l")).unwrap();
+        let e = entries_on_the_way(&d.join("l/../x"));
+        assert!(
+            e.contains(&d.join("l")) && e.contains(&d.join("a/b")),
+            "{e:?}"
+        );
+        assert_eq!(e.last(), Some(&d.join("a/x")), "{e:?}");
+        // A loop ends.
+        symlink("loop", d.join("loop")).unwrap();
+        assert!(entries_on_the_way(&d.join("loop")).len() < 41 + d.components().count() + 2);
+    }
+}
