@@ -145,8 +145,18 @@ async fn scan_prefix(
     if work <= INLINE_SCAN_BYTES {
         return dlp.scan_body(&seen, encoding, findings);
     }
+    // At most one such scan per core at a time, whatever the agent sends:
+    // the permit goes with the scan and is returned when it ends, even if
+    // the request was dropped meanwhile (a blocking task cannot be stopped),
+    // so abandoned requests cannot pile up threads or decoded buffers.
+    let slot = scan_slots()
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the scan semaphore is never closed");
     let (dlp, enc) = (dlp.clone(), encoding.map(str::to_owned));
     let scan = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let mut found = Vec::new();
         let decoded = dlp.scan_body(&seen, enc.as_deref(), &mut found);
         (decoded, found)
@@ -160,6 +170,12 @@ async fn scan_prefix(
         // on the worker.
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
+}
+
+/// Scans running on the blocking pool, process-wide: one per core.
+fn scan_slots() -> &'static Arc<Semaphore> {
+    static SLOTS: std::sync::OnceLock<Arc<Semaphore>> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| Arc::new(Semaphore::new(crate::workers::per_core())))
 }
 
 /// The held start of a body.

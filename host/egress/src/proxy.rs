@@ -939,6 +939,16 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
             // Every line, as a server reads them: `identity` and `gzip` on
             // two lines are `identity, gzip` (stacked: not decodable here).
             let enc = content_encoding(&parts.headers);
+            // A request the agent abandons while its body is held or
+            // scanned still gets its audit line.
+            let mut abandoned = DropAudit {
+                rec: Some(rec.clone()),
+                shared: shared.clone(),
+                start,
+                req_bytes: req_bytes.clone(),
+                decision: "error",
+                note: "client went away while its body was held for the DLP scan; nothing was sent",
+            };
             let held = dlp_body::hold_and_scan(
                 body,
                 enc.as_deref(),
@@ -949,6 +959,7 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
                 &streamed_block,
             )
             .await;
+            abandoned.rec = None;
             match held {
                 Ok((b, note)) => {
                     body = b;
@@ -1063,6 +1074,8 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
         shared: shared.clone(),
         start,
         req_bytes: req_bytes.clone(),
+        decision: "allow",
+        note: "client went away before upstream answered",
     };
     let answer = shared.client().request(up_req).await;
     let Some(mut rec) = guard.rec.take() else {
@@ -1276,14 +1289,17 @@ struct DropAudit {
     shared: Arc<Shared>,
     start: Instant,
     req_bytes: Arc<AtomicU64>,
+    /// The line's decision and note if the request is dropped here.
+    decision: &'static str,
+    note: &'static str,
 }
 
 impl Drop for DropAudit {
     fn drop(&mut self) {
         if let Some(mut rec) = self.rec.take() {
-            rec.decision = "allow".into();
+            rec.decision = self.decision.into();
             rec.status = 0;
-            rec.note = "client went away before upstream answered".into();
+            rec.note = self.note.into();
             rec.bytes_out = self.req_bytes.load(Ordering::Relaxed);
             rec.duration_ms = ms(self.start);
             self.shared.audit.write(&rec);

@@ -2601,6 +2601,48 @@ async fn a_body_slow_to_scan_does_not_hold_up_other_requests() {
         fx.up.seen().iter().filter(|s| s.path == "/v1/bomb").count(),
         4
     );
+
+    // A request whose connection goes away while its body is being scanned
+    // still gets its audit line, and is not sent.
+    let (_, _, tcp) = connect(fx.proxy, "api.test:443").await;
+    let t = tls(tcp, "api.test", &fx.bottle_ca, &[b"h2"]).await.unwrap();
+    let (mut s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(c);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let frames: Vec<_> = bomb.chunks(16 << 10).map(Bytes::copy_from_slice).collect();
+    let body = futures_util::stream::iter(frames)
+        .map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b)))
+        .chain(futures_util::stream::once(async move {
+            let _ = tx.send(());
+            Ok(hyper::body::Frame::data(Bytes::new()))
+        }));
+    let req = Request::post("https://api.test/v1/abandoned")
+        .header("content-encoding", "gzip")
+        .body(http_body_util::StreamBody::new(Box::pin(body)))
+        .unwrap();
+    let sent = tokio::spawn(async move { s.send_request(req).await.map(|r| r.status()) });
+    tokio::time::timeout(HANG, rx).await.unwrap().unwrap();
+    // As above: lets the end of stream arrive, so the scan has begun.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    conn.abort();
+    sent.abort();
+    let line = eventually("no audit line for the abandoned request", || {
+        audit_lines(&fx.audit)
+            .into_iter()
+            .find(|l| l["path"] == "/v1/abandoned")
+    })
+    .await;
+    assert_eq!(line["decision"], "error", "{line}");
+    assert!(
+        line["note"]
+            .as_str()
+            .unwrap()
+            .contains("went away while its body was held"),
+        "{line}"
+    );
+    assert!(!fx.up.seen().iter().any(|s| s.path == "/v1/abandoned"));
 }
 
 /// A plain-HTTP upstream that reads no body of a GET (its `Content-Length`
