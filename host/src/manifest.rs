@@ -247,7 +247,7 @@ fn invalid_at(path: &Path, text: &str, offset: usize, message: String) -> Manife
         path: path.to_path_buf(),
         line,
         column,
-        message,
+        message: hide_userinfo(&message),
         key_note,
         snippet,
     }
@@ -293,25 +293,44 @@ fn offset_of_key(text: &str, key: &str, nth: usize) -> usize {
     0
 }
 
-/// A line with what may be a URL's userinfo (`user:pass@`) shown as `***`,
-/// for quoting it in an error: `…://user:pass@host…` → `…://***@host…`,
-/// and without a scheme `key = "user:pass@host"` → `key = "***@host"`.
-/// Every quoted line goes through it, whatever the error (a syntax error or
-/// a wrong type on a proxy's line must not print its password).
-fn hide_userinfo(line: &str) -> String {
-    let Some(at) = line.rfind('@') else {
-        return line.to_string();
-    };
-    let start = line.find("://").map(|s| s + 3).or_else(|| {
-        line.find('=').map(|eq| {
-            let value = &line[eq + 1..];
-            eq + 1 + value.len() - value.trim_start_matches([' ', '"', '\'', '[']).len()
-        })
-    });
-    match start {
-        Some(start) if start < at => format!("{}***{}", &line[..start], &line[at..]),
-        _ => line.to_string(),
+/// Text with what may be a URL's userinfo shown as `***`, for quoting a
+/// manifest line or a parser's message about it (which can repeat the
+/// value). In each token with an `@` (tokens end at whitespace, quotes,
+/// backticks, `=`, `,`, `#` and brackets), the part before its last `@` —
+/// after a `scheme://` when there is one — is hidden when it follows a
+/// scheme (`https://TOKEN@host`) or holds a `:` (`user:password@host`).
+/// `dev@example.com`, `git@github.com:org/repo` and `image@sha256:…` stay.
+fn hide_userinfo(text: &str) -> String {
+    let ends = |c: char| c.is_whitespace() || "\"'`=,#[]{}".contains(c);
+    let mut out = String::with_capacity(text.len());
+    let mut token = String::new();
+    for c in text.chars() {
+        if ends(c) {
+            out.push_str(&hide_in_token(&token));
+            token.clear();
+            out.push(c);
+        } else {
+            token.push(c);
+        }
     }
+    out.push_str(&hide_in_token(&token));
+    out
+}
+
+/// [`hide_userinfo`] for one token.
+fn hide_in_token(t: &str) -> String {
+    let Some(at) = t.rfind('@') else {
+        return t.to_string();
+    };
+    let (start, scheme) = match t[..at].find("://") {
+        Some(s) => (s + 3, true),
+        None => (0, false),
+    };
+    let user = &t[start..at];
+    if user.is_empty() || !(scheme || user.contains(':')) {
+        return t.to_string();
+    }
+    format!("{}***{}", &t[..start], &t[at..])
 }
 
 fn is_env_name(s: &str) -> bool {
@@ -749,6 +768,10 @@ runtime = "runsc"
             "upstream_proxy = \"me:canary-pw@proxy.corp:8080\"",
             "upstream_proxy = [\"http://me:canary-pw@proxy.corp:8080\"]",
             "upstream_proxy = \"http://me:canary-pw@proxy.corp:8080",
+            "upstream_proxy = \"me:canary-pw@proxy.corp:8080\" # see http://wiki/proxy",
+            // The parser's message repeats the value.
+            "resolve = \"http://me:canary-pw@proxy.corp:8080\"",
+            "dlp = \"https://canary-pw@proxy.corp\"",
         ] {
             let e = parse(&with(line)).unwrap_err().to_string();
             assert!(
@@ -756,6 +779,18 @@ runtime = "runsc"
                 "{e}"
             );
         }
+        // What is not a credential stays as it is.
+        for kept in [
+            "dev@example.com",
+            "git@github.com:org/repo",
+            "img@sha256:ab12",
+        ] {
+            let e = parse(&with(&format!("upstream_proxy = \"{kept}\" oops")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(kept), "{e}");
+        }
+
         let e = parse(&with("upstream_proxy_auth_ref = \"CORP_PROXY_AUTH\""))
             .unwrap_err()
             .to_string();
