@@ -82,7 +82,8 @@ pub(crate) async fn hold_and_scan(
         Err(HoldError::Body(e)) => return Err(Refused::Unreadable(e)),
     };
     let scanned = prefix.seen.len();
-    let decoded = scan_prefix(dlp, std::mem::take(&mut prefix.seen), encoding, findings).await;
+    let seen = std::mem::take(&mut prefix.seen);
+    let decoded = scan_prefix(dlp, seen, encoding, compressed, findings).await;
     let whole = prefix.ended && matches!(decoded, Decoded::NotEncoded | Decoded::Whole);
     if block && compressed && !whole && findings.is_empty() {
         let why = match (prefix.ended, decoded) {
@@ -134,9 +135,9 @@ async fn scan_prefix(
     dlp: &Arc<Dlp>,
     seen: Vec<u8>,
     encoding: Option<&str>,
+    compressed: bool,
     findings: &mut Vec<String>,
 ) -> Decoded {
-    let compressed = encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
     let work = if compressed {
         seen.len().saturating_mul(DECODED_PER_BODY_BYTE + 1)
     } else {
