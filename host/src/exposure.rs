@@ -57,27 +57,28 @@ pub fn first_exposure<'a>(
     mounts: &'a [MountView],
     protected: &'a [Protected],
 ) -> Option<(&'a MountView, &'a Protected)> {
+    // Per protected path, what decides it: for a write, every entry on the
+    // way (one inside a mount can be rewritten there; the mount's root
+    // itself cannot, from inside, unless it is the path); for a read, the
+    // target.
+    let decisive: Vec<Vec<PathBuf>> = protected
+        .iter()
+        .map(|p| match p.kind {
+            Kind::Policy | Kind::Code => entries_on_the_way(&p.path),
+            Kind::Credential => vec![canonical(&p.path)],
+        })
+        .collect();
     for m in mounts {
         let root = canonical(&m.host);
-        for p in protected {
+        for (p, entries) in protected.iter().zip(&decisive) {
             if p.kind != Kind::Credential && !m.writable {
                 continue;
             }
-            let exposed = match p.kind {
-                // Every entry on the way: one inside the mount can be
-                // rewritten there (the mount's root itself cannot, from
-                // inside, except as the final target).
-                Kind::Policy | Kind::Code => {
-                    let entries = entries_on_the_way(&p.path);
-                    let last = entries.len().saturating_sub(1);
-                    entries
-                        .iter()
-                        .enumerate()
-                        .any(|(i, e)| e.starts_with(&root) && (e != &root || i == last))
-                }
-                // What the agent would read is the target.
-                Kind::Credential => canonical(&p.path).starts_with(&root),
-            };
+            let last = entries.len().saturating_sub(1);
+            let exposed = entries
+                .iter()
+                .enumerate()
+                .any(|(i, e)| e.starts_with(&root) && (e != &root || i == last));
             if exposed {
                 return Some((m, p));
             }
