@@ -102,8 +102,9 @@ pub fn plugin_dir(libs: &[&Path]) -> tempfile::TempDir {
 
 static IN_TREE: std::sync::Once = std::sync::Once::new();
 
-/// Every plugin crate under plugins/.
-pub const IN_TREE_PLUGINS: &[&str] = &["generic", "docker"];
+/// The plugin crates under plugins/ the host tests load (codex for its
+/// credential source).
+pub const IN_TREE_PLUGINS: &[&str] = &["generic", "docker", "codex"];
 
 /// Makes sure the in-tree plugin libraries sit beside `bottle`, as
 /// `cargo build` leaves them. `cargo test` builds only the rlib half of a
