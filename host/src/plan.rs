@@ -177,7 +177,7 @@ pub fn plan(
         egress,
     };
     plan.refuse_leaks()?;
-    plan.refuse_exposed_host_files(&plugins.searched)?;
+    plan.refuse_exposed_host_files(&plugins.searched, &plugins.opened)?;
     Ok(plan)
 }
 
@@ -224,7 +224,11 @@ impl BottlePlan {
     /// No mount may let the agent change what the next `bottle` run reads
     /// and follows, or read a file a real credential comes from
     /// ([`crate::exposure`]).
-    fn refuse_exposed_host_files(&self, searched: &[SearchDir]) -> Result<(), PlanError> {
+    fn refuse_exposed_host_files(
+        &self,
+        searched: &[SearchDir],
+        opened: &[PathBuf],
+    ) -> Result<(), PlanError> {
         use crate::exposure::{first_exposure, Kind, MountView, Protected};
         let m = &self.manifest;
         let mut mounts: Vec<MountView> = m
@@ -268,10 +272,13 @@ impl BottlePlan {
             "the bottle program (the egress sidecar runs it too)".into(),
             Kind::Code,
         ));
-        for p in [&self.provider, &self.backend] {
+        // Every library bottle opened, not only the two the bottle uses:
+        // opening one runs its constructors (a link in a plugin directory
+        // to a file in the workspace would run the agent's code).
+        for lib in opened {
             protected.push(guard(
-                &p.path,
-                format!("the plugin `{}` bottle loads", p.name),
+                lib,
+                "a library bottle opens as a plugin".into(),
                 Kind::Code,
             ));
         }

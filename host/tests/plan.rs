@@ -303,6 +303,23 @@ fn mounts_that_expose_the_manifest_or_a_credential_source_are_refused() {
         ),
         "{text}"
     );
+    // Nor a library in a plugin directory that links into the workspace.
+    let pd = dir.path().join("pd");
+    std::fs::create_dir_all(&pd).unwrap();
+    std::fs::write(dir.path().join("ws/libagent.so"), "").unwrap();
+    std::os::unix::fs::symlink(
+        dir.path().join("ws/libagent.so"),
+        pd.join("libbot_bottle_plugin_zzz.so"),
+    )
+    .unwrap();
+    let m = write_manifest(dir.path(), &format!("{base}[workspace]\npath = \"ws\"\n"));
+    let (code, out, err) = run(bottle(data.path())
+        .arg("--plugin-dir")
+        .arg(&pd)
+        .args(["plan", "-f"])
+        .arg(&m));
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("a library bottle opens as a plugin"), "{err}");
     // A writable mount holds upstream_ca.
     let (code, text) = plan(
         &format!(

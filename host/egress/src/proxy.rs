@@ -942,7 +942,10 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
             // A request the agent abandons while its body is held or
             // scanned still gets its audit line.
             let mut abandoned = DropAudit {
-                rec: Some(rec.clone()),
+                rec: Some(AuditRecord {
+                    dlp: findings.clone(),
+                    ..rec.clone()
+                }),
                 shared: shared.clone(),
                 start,
                 req_bytes: req_bytes.clone(),
@@ -960,6 +963,8 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
             )
             .await;
             abandoned.rec = None;
+            // Refused or not, the line names what the scan found.
+            rec.dlp.clone_from(&findings);
             match held {
                 Ok((b, note)) => {
                     body = b;

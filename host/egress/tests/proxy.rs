@@ -2618,10 +2618,11 @@ async fn a_body_slow_to_scan_does_not_hold_up_other_requests() {
             let _ = tx.send(());
             Ok(hyper::body::Frame::data(Bytes::new()))
         }));
-    let req = Request::post("https://api.test/v1/abandoned")
-        .header("content-encoding", "gzip")
-        .body(http_body_util::StreamBody::new(Box::pin(body)))
-        .unwrap();
+    let req =
+        Request::post("https://api.test/v1/abandoned?k=ghp_abcdefghijklmnopqrstuvwxyz0123456789")
+            .header("content-encoding", "gzip")
+            .body(http_body_util::StreamBody::new(Box::pin(body)))
+            .unwrap();
     let sent = tokio::spawn(async move { s.send_request(req).await.map(|r| r.status()) });
     tokio::time::timeout(HANG, rx).await.unwrap().unwrap();
     // As above: lets the end of stream arrive, so the scan has begun.
@@ -2642,6 +2643,8 @@ async fn a_body_slow_to_scan_does_not_hold_up_other_requests() {
             .contains("went away while its body was held"),
         "{line}"
     );
+    // What the scan of its head found is on the line.
+    assert_eq!(line["dlp"], serde_json::json!(["github-pat"]), "{line}");
     assert!(!fx.up.seen().iter().any(|s| s.path == "/v1/abandoned"));
 }
 

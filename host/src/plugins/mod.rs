@@ -58,6 +58,9 @@ pub struct PluginSet {
     pub shadowed: Vec<Shadowed>,
     /// Where we looked.
     pub searched: Vec<SearchDir>,
+    /// Every library file opened, loaded or not: code this process ran
+    /// (a library's constructors run when it is opened).
+    pub opened: Vec<PathBuf>,
 }
 
 /// A failed call into a plugin (an error it returned, or a panic it raised).
@@ -116,6 +119,7 @@ impl PluginSet {
         };
         for dir in &dirs {
             for file in discovery::library_files(&dir.path) {
+                set.opened.push(file.clone());
                 match loader::load(&file) {
                     Ok(plugin) => set.add(plugin, dir),
                     Err(e) => set.errors.push(e),
