@@ -295,13 +295,15 @@ fn offset_of_key(text: &str, key: &str, nth: usize) -> usize {
 
 /// Text with what may be a URL's userinfo shown as `***`, for quoting a
 /// manifest line or a parser's message about it (which can repeat the
-/// value). In each token with an `@` (tokens end at whitespace, quotes,
-/// backticks, `=`, `,`, `#` and brackets), the part before its last `@` —
-/// after a `scheme://` when there is one — is hidden when it follows a
-/// scheme (`https://TOKEN@host`) or holds a `:` (`user:password@host`).
-/// `dev@example.com`, `git@github.com:org/repo` and `image@sha256:…` stay.
+/// value). In each token with an `@` (tokens end at whitespace, double
+/// quotes, backticks and brackets only: `=`, `,`, `'` and `#` are legal in a
+/// password), the part before its last `@` — after a `scheme://` when there
+/// is one — is hidden when it follows a scheme (`https://TOKEN@host`), holds
+/// a `:` (`user:password@`) or comes before a `host:port`. Errs on the side
+/// of hiding: `mailto:a@b` is hidden too; `dev@example.com`,
+/// `git@github.com:org/repo` and `image@sha256:…` stay.
 fn hide_userinfo(text: &str) -> String {
-    let ends = |c: char| c.is_whitespace() || "\"'`=,#[]{}".contains(c);
+    let ends = |c: char| c.is_whitespace() || "\"`[]{}()<>".contains(c);
     let mut out = String::with_capacity(text.len());
     let mut token = String::new();
     for c in text.chars() {
@@ -327,7 +329,11 @@ fn hide_in_token(t: &str) -> String {
         None => (0, false),
     };
     let user = &t[start..at];
-    if user.is_empty() || !(scheme || user.contains(':')) {
+    // `@host:8080`: a port after the host.
+    let port_follows = t[at + 1..]
+        .split_once(':')
+        .is_some_and(|(_, rest)| rest.starts_with(|c: char| c.is_ascii_digit()));
+    if user.is_empty() || !(scheme || user.contains(':') || port_follows) {
         return t.to_string();
     }
     format!("{}***{}", &t[..start], &t[at..])
@@ -772,6 +778,13 @@ runtime = "runsc"
             // The parser's message repeats the value.
             "resolve = \"http://me:canary-pw@proxy.corp:8080\"",
             "dlp = \"https://canary-pw@proxy.corp\"",
+            // Characters a password may hold that end no token.
+            "upstream_proxy = \"http://me:abc=canary-pw@proxy.corp:8080\"",
+            "upstream_proxy = \"http://me:canary-pw,x@proxy.corp:8080",
+            "upstream_proxy = \"http://me:it'scanary-pw@proxy.corp:8080",
+            "upstream_proxy = \"http://me:pa#canary-pw@proxy.corp:8080",
+            "upstream_proxy = \"canary-pw-token@proxy.corp:8080",
+            "dlp = \"https://me:k=canary-pw@proxy.corp\"",
         ] {
             let e = parse(&with(line)).unwrap_err().to_string();
             assert!(
