@@ -2518,6 +2518,26 @@ fn the_proxy_raises_its_open_files_limit_to_the_hard_one() {
     assert_eq!(&fields[3..5], ["2048", "2048"], "{seen}");
 }
 
+/// `data` as a body of 16 KiB frames, and a signal sent when its last frame
+/// is taken: over HTTP/2 that is once flow control let the frames before it
+/// go, so the proxy then holds nearly all of it.
+fn body_telling_when_taken(
+    data: &[u8],
+) -> (
+    impl hyper::body::Body<Data = Bytes, Error = std::convert::Infallible> + Send + Sync + Unpin,
+    tokio::sync::oneshot::Receiver<()>,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let frames: Vec<_> = data.chunks(16 << 10).map(Bytes::copy_from_slice).collect();
+    let body = futures_util::stream::iter(frames)
+        .map(|b| Ok(hyper::body::Frame::data(b)))
+        .chain(futures_util::stream::once(async move {
+            let _ = tx.send(());
+            Ok(hyper::body::Frame::data(Bytes::new()))
+        }));
+    (http_body_util::StreamBody::new(Box::pin(body)), rx)
+}
+
 /// A body made to be slow to scan — gzip of text full of a DLP rule's
 /// prefix, 64 MiB once decoded — is scanned off the worker thread that
 /// serves it: another request on the same HTTP/2 connection (so on the
@@ -2545,21 +2565,10 @@ async fn a_body_slow_to_scan_does_not_hold_up_other_requests() {
     let mut bombs = Vec::new();
     let mut sent = Vec::new();
     for _ in 0..4 {
-        // In 16 KiB frames; the last is taken once HTTP/2 flow control let
-        // the ones before it go, so the proxy then holds nearly all of it.
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let frames: Vec<_> = bomb.chunks(16 << 10).map(Bytes::copy_from_slice).collect();
-        let body = futures_util::stream::iter(frames)
-            .map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b)))
-            .chain(futures_util::stream::once(async move {
-                let _ = tx.send(());
-                Ok(hyper::body::Frame::data(Bytes::new()))
-            }));
+        let (body, rx) = body_telling_when_taken(&bomb);
         let req = Request::post("https://api.test/v1/bomb")
             .header("content-encoding", "gzip")
-            .body(BodyExt::boxed(http_body_util::StreamBody::new(Box::pin(
-                body,
-            ))))
+            .body(BodyExt::boxed(body))
             .unwrap();
         let mut s = s.clone();
         bombs.push(tokio::spawn(async move {
@@ -2610,18 +2619,11 @@ async fn a_body_slow_to_scan_does_not_hold_up_other_requests() {
         .await
         .unwrap();
     let conn = tokio::spawn(c);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let frames: Vec<_> = bomb.chunks(16 << 10).map(Bytes::copy_from_slice).collect();
-    let body = futures_util::stream::iter(frames)
-        .map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b)))
-        .chain(futures_util::stream::once(async move {
-            let _ = tx.send(());
-            Ok(hyper::body::Frame::data(Bytes::new()))
-        }));
+    let (body, rx) = body_telling_when_taken(&bomb);
     let req =
         Request::post("https://api.test/v1/abandoned?k=ghp_abcdefghijklmnopqrstuvwxyz0123456789")
             .header("content-encoding", "gzip")
-            .body(http_body_util::StreamBody::new(Box::pin(body)))
+            .body(body)
             .unwrap();
     let sent = tokio::spawn(async move { s.send_request(req).await.map(|r| r.status()) });
     tokio::time::timeout(HANG, rx).await.unwrap().unwrap();
