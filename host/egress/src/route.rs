@@ -261,14 +261,20 @@ fn fold_overlong(b: &[u8]) -> Vec<u8> {
 }
 
 /// Characters the best-fit tables of Windows' ANSI code pages turn into a
-/// separator, which NFKC leaves alone: the yen and won signs (`\` under the
-/// Japanese and Korean code pages), and slash and backslash look-alikes
-/// (division slash, set minus, fraction slash, the solidus operators).
+/// separator, a dot or a `%`: the yen and won signs (`\` under the Japanese
+/// and Korean code pages) and slash and backslash look-alikes (division
+/// slash, set minus, fraction slash, the solidus operators), which NFKC
+/// leaves alone; and the full-width and small forms, which a best-fit table
+/// maps without NFKC.
 fn best_fit(c: char) -> char {
     match c {
         '\u{a5}' | '\u{20a9}' | '\u{2215}' | '\u{2216}' | '\u{2044}' | '\u{29f5}' | '\u{29f8}' => {
             '/'
         }
+        // Full-width and small forms, which best-fit maps without NFKC.
+        '\u{ffe5}' | '\u{ffe6}' | '\u{ff0f}' | '\u{ff3c}' | '\u{fe68}' => '/',
+        '\u{ff0e}' | '\u{fe52}' => '.',
+        '\u{ff05}' | '\u{fe6a}' => '%',
         c => c,
     }
 }
@@ -801,6 +807,8 @@ mod tests {
             "/v1/%25%c2%b2e%25%c2%b2e/admin",
             // `;` by NFKC, stripped as a parameter.
             "/v1/..%ef%bc%9b/admin",
+            // A full-width yen sign: `\` to a best-fit table without NFKC.
+            "/v1/..%ef%bf%a5admin",
         ] {
             assert!(!prefix_route_allows("/v1", raw), "{raw}");
         }
