@@ -192,10 +192,10 @@ fn lenient_pass(b: Vec<u8>, mix: u8) -> Vec<u8> {
     } else {
         b
     };
-    let Ok(text) = std::str::from_utf8(&b) else {
-        // Not UTF-8: no server normalises it as text.
-        return b;
-    };
+    // A byte that is not UTF-8 is U+FFFD to a server that decodes lossily,
+    // which then normalises the rest all the same.
+    let text = String::from_utf8_lossy(&b);
+    let text: &str = &text;
     let text: String = if mix & NFKC != 0 {
         text.nfkc().collect()
     } else {
@@ -213,11 +213,18 @@ fn lenient_pass(b: Vec<u8>, mix: u8) -> Vec<u8> {
 fn resolve_segments(decoded: &str) -> String {
     let mut out: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
+        // `%2e` is a dot in a dot segment to WHATWG URL parsers, whatever
+        // else they leave encoded.
+        let dots = seg.len() <= 6 && seg.to_ascii_lowercase().replace("%2e", ".") == "..";
         match seg {
             "" | "." => {}
             ".." => {
                 out.pop();
             }
+            _ if dots => {
+                out.pop();
+            }
+            _ if seg.eq_ignore_ascii_case("%2e") => {}
             s => out.push(s),
         }
     }
@@ -348,6 +355,13 @@ fn upper_escapes(s: &str) -> String {
 /// for this view as well as for [`normalise_path`]'s, which keeps them (as
 /// most servers do, where `/open;x/` is not under `/open/`).
 pub(crate) fn param_free_path(raw: &str) -> Option<String> {
+    param_free_raw(raw).map(|p| normalise_path(&p))
+}
+
+/// The raw path with `;parameters` stripped from each segment, when it has
+/// any (read on by the lenient decoders too: old Tomcat stripped, then
+/// folded overlong UTF-8).
+fn param_free_raw(raw: &str) -> Option<String> {
     let raw = raw.split(['?', '#']).next().unwrap_or("");
     if !raw.contains(';') {
         return None;
@@ -356,7 +370,66 @@ pub(crate) fn param_free_path(raw: &str) -> Option<String> {
         .split('/')
         .map(|seg| seg.split(';').next().unwrap_or(""))
         .collect();
-    Some(normalise_path(&stripped.join("/")))
+    Some(stripped.join("/"))
+}
+
+/// The path as servers that decode it fewer times, or not at all, read it:
+/// at each decoding depth from none (the path as sent) to
+/// [`normalise_path`]'s, with `\` a separator and not, with `;parameters`
+/// stripped after decoding and not, dot segments resolved in each (and
+/// `%2e` read as a dot, as WHATWG URL parsers do). A `%2f` or `\` that one
+/// server splits at and another does not changes how far a `..` climbs:
+/// `/v1/x%2fy/../../admin` is `/admin` to Node's URL parser and Envoy,
+/// which resolve dots without decoding, and `/v1/x%252fy/../../admin` to
+/// servers that decode once. `depths` forces the number of depths (to read
+/// a prefix as deep as a path); the second value is the number used.
+fn depth_readings(raw: &str, depths: Option<usize>) -> (Vec<String>, usize) {
+    let raw = raw.split(['?', '#']).next().unwrap_or("");
+    let mut texts = vec![raw.as_bytes().to_vec()];
+    while depths.map_or(texts.len() <= MAX_DECODES + 1, |n| texts.len() < n) {
+        let next = decode_pass(texts.last().unwrap_or(&Vec::new()));
+        if depths.is_none() && Some(&next) == texts.last() {
+            break;
+        }
+        texts.push(next);
+    }
+    let mut out = Vec::with_capacity(texts.len() * 4);
+    for t in &texts {
+        // What is still escaped compares the same in either case.
+        let t = upper_escapes(&String::from_utf8_lossy(t));
+        for backslash in [false, true] {
+            let t = if backslash {
+                t.replace('\\', "/")
+            } else {
+                t.to_string()
+            };
+            out.push(resolve_segments(&t));
+            let stripped: Vec<&str> = t
+                .split('/')
+                .map(|seg| seg.split(';').next().unwrap_or(""))
+                .collect();
+            out.push(resolve_segments(&stripped.join("/")));
+        }
+    }
+    (out, texts.len())
+}
+
+/// One pass of percent-decoding and nothing else.
+fn decode_pass(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
 }
 
 /// Whether `prefix` holds for each reading of the path ([`match_route`]):
@@ -367,13 +440,30 @@ pub(crate) fn param_free_path(raw: &str) -> Option<String> {
 /// read the same way.
 fn prefix_holds(prefix: &str, raw_path: &str, norm_path: &str) -> bool {
     let raw_path = raw_path.split(['?', '#']).next().unwrap_or("");
+    // Too long to read every way: the cap comes first, so no reading is
+    // paid for (a 60 KiB crafted path cost ~0.4 s in a debug build).
+    if raw_path.len() > MAX_LENIENT_PATH
+        && (raw_path.contains(['%', '\\', ';']) || !raw_path.is_ascii())
+    {
+        return false;
+    }
     let norm_prefix = normalise_path(prefix);
+    let (path_depths, n) = depth_readings(raw_path, None);
+    let (prefix_depths, _) = depth_readings(prefix, Some(n));
+    let lenient_holds = |raw: &str| {
+        lenient_readings(raw).is_none_or(|readings| {
+            !readings.is_empty() && readings.iter().all(|p| segment_prefix(&norm_prefix, p))
+        })
+    };
     segment_prefix(&upper_escapes(prefix), &upper_escapes(raw_path))
         && segment_prefix(&norm_prefix, norm_path)
         && param_free_path(raw_path).is_none_or(|p| segment_prefix(&norm_prefix, &p))
-        && lenient_readings(raw_path).is_none_or(|readings| {
-            !readings.is_empty() && readings.iter().all(|p| segment_prefix(&norm_prefix, p))
-        })
+        && prefix_depths
+            .iter()
+            .zip(&path_depths)
+            .all(|(pre, path)| segment_prefix(pre, path))
+        && lenient_holds(raw_path)
+        && param_free_raw(raw_path).is_none_or(|p| lenient_holds(&p))
 }
 
 /// Whether `path` starts with `prefix` at a segment boundary (`/v1` holds
@@ -838,6 +928,34 @@ mod tests {
             EgressRoute::allow("h.test"),
             "/v1/%c0%ae%c0%ae/admin"
         ));
+    }
+
+    #[test]
+    fn a_prefix_holds_at_every_decoding_depth() {
+        for raw in [
+            // Dots resolved with `%2f` or `\` kept whole (Node's URL
+            // parser, Envoy; nginx and Go after one decoding; `\` on Linux).
+            "/v1/x%2fy/../../admin",
+            "/v1/x%2fy/%2e%2e/%2e%2e/admin",
+            "/v1/x%252fy/../../admin",
+            "/v1/x%252fy/%2e%2e/%2e%2e/admin",
+            "/v1/x\\y/../../admin",
+            "/v1/x%5cy/../../admin",
+            // A byte that is not UTF-8 does not stop NFKC or best-fit.
+            "/v1/x%ff/..%ef%bc%8f..%ef%bc%8fadmin",
+            "/v1/%ff/%ef%bc%8e%ef%bc%8e/%ef%bc%8e%ef%bc%8e/admin",
+            // `;parameters` stripped before a lenient step, or after decoding.
+            "/v1/a;x%ef%bc%8fy/..%ef%bc%8f..%ef%bc%8fadmin",
+            "/v1/a;x%c0%afy/..%c0%af..%c0%afadmin",
+            "/v1/a;x%u002fy/..%u002f..%u002fadmin",
+            "/v1/..%3b/admin",
+            "/v1/x/..%3bz/..%3bz/admin",
+        ] {
+            assert!(!prefix_route_allows("/v1", raw), "{raw}");
+        }
+        for raw in ["/v1/x%2fy/z", "/v1/a;b/c", "/v1/x/../y", "/v1/%2e/x"] {
+            assert!(prefix_route_allows("/v1", raw), "{raw}");
+        }
     }
 
     #[test]
