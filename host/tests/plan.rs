@@ -303,10 +303,10 @@ fn mounts_that_expose_the_manifest_or_a_credential_source_are_refused() {
         ),
         "{text}"
     );
-    // Nor a library in a plugin directory that links into the workspace.
+    // Nor a library in a plugin directory that links into the workspace,
+    // even to a file that does not exist yet (the agent would create it).
     let pd = dir.path().join("pd");
     std::fs::create_dir_all(&pd).unwrap();
-    std::fs::write(dir.path().join("ws/libagent.so"), "").unwrap();
     std::os::unix::fs::symlink(
         dir.path().join("ws/libagent.so"),
         pd.join("libbot_bottle_plugin_zzz.so"),

@@ -88,16 +88,25 @@ pub fn search_dirs_from_env(flag_dirs: &[PathBuf]) -> Vec<SearchDir> {
 /// Shared-library files in `dir`, sorted by name. A missing directory is
 /// simply empty: most of the search path usually does not exist.
 pub fn library_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = library_names(dir);
+    files.retain(|p| p.is_file());
+    files
+}
+
+/// Every entry of `dir` with a library's name, sorted, whatever it is now:
+/// a link whose target does not exist yet is a library once someone
+/// creates the target (the host guards these too, `plan`).
+pub fn library_names(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut files: Vec<PathBuf> = entries
+    let mut names: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.is_file() && is_library_name(p))
+        .filter(|p| is_library_name(p))
         .collect();
-    files.sort();
-    files
+    names.sort();
+    names
 }
 
 fn is_library_name(p: &Path) -> bool {

@@ -58,8 +58,10 @@ pub struct PluginSet {
     pub shadowed: Vec<Shadowed>,
     /// Where we looked.
     pub searched: Vec<SearchDir>,
-    /// Every library file opened, loaded or not: code this process ran
-    /// (a library's constructors run when it is opened).
+    /// Every entry with a library's name in the search path: what this
+    /// process opened (a library's constructors run when it is opened),
+    /// and links whose targets do not exist yet, which a later run would
+    /// open.
     pub opened: Vec<PathBuf>,
 }
 
@@ -118,8 +120,8 @@ impl PluginSet {
             ..Default::default()
         };
         for dir in &dirs {
+            set.opened.extend(discovery::library_names(&dir.path));
             for file in discovery::library_files(&dir.path) {
-                set.opened.push(file.clone());
                 match loader::load(&file) {
                     Ok(plugin) => set.add(plugin, dir),
                     Err(e) => set.errors.push(e),
