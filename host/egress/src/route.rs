@@ -111,6 +111,10 @@ const OVERLONG: u8 = 2;
 const NFKC: u8 = 4;
 const BEST_FIT: u8 = 8;
 
+/// A lenient reading that grows past this (NFKC expands some characters
+/// elevenfold) is refused on prefix routes rather than read further.
+const EXPANDED_LIMIT: usize = 2 * MAX_LENIENT_PATH;
+
 /// Paths longer than this that a lenient step would change are refused on
 /// prefix routes rather than read in every mix (sixteen readings of a
 /// 64 KiB crafted path cost tens of ms; API paths are short).
@@ -143,7 +147,7 @@ pub(crate) fn lenient_readings(raw: &str) -> Option<Vec<String>> {
         if text == strict {
             continue;
         }
-        if raw.len() > MAX_LENIENT_PATH {
+        if raw.len() > MAX_LENIENT_PATH || text.len() > EXPANDED_LIMIT {
             return Some(Vec::new());
         }
         let params_stripped: Vec<&str> = text
@@ -167,7 +171,9 @@ fn decoded_text(raw: &str, mix: u8) -> String {
     // `%252525…` loses one level a pass: without a bound, 64 KiB of it took
     // 3.5 s. No server decodes a path more than a few times.
     for _ in 0..MAX_DECODES {
-        if !decoded.contains(&b'%') {
+        // NFKC can grow text elevenfold (U+FDFA): past this, stop and let
+        // the caller refuse rather than normalise it nine more times.
+        if !decoded.contains(&b'%') || decoded.len() > EXPANDED_LIMIT {
             break;
         }
         let again = lenient_pass(decode_once(&decoded, mix & IIS_U != 0), mix);
@@ -387,14 +393,23 @@ fn depth_readings(raw: &str, depths: Option<usize>) -> (Vec<String>, usize) {
     let raw = raw.split(['?', '#']).next().unwrap_or("");
     let mut texts = vec![raw.as_bytes().to_vec()];
     while depths.map_or(texts.len() <= MAX_DECODES + 1, |n| texts.len() < n) {
-        let next = decode_pass(texts.last().unwrap_or(&Vec::new()));
+        let next = decode_pass(texts.last().unwrap_or(&Vec::new()), true);
         if depths.is_none() && Some(&next) == texts.last() {
             break;
         }
         texts.push(next);
     }
-    let mut out = Vec::with_capacity(texts.len() * 4);
-    for t in &texts {
+    // And as servers that decode everything but an encoded slash read it
+    // (Tomcat's `encodedSolidusHandling="passthrough"`, common in Spring
+    // apps; with `allowBackslash` a `%5c` then splits where `%2F` does not).
+    let mut kept = raw.as_bytes().to_vec();
+    let mut slash_kept = Vec::with_capacity(texts.len());
+    for _ in 1..texts.len() {
+        kept = decode_pass(&kept, false);
+        slash_kept.push(kept.clone());
+    }
+    let mut out = Vec::with_capacity(texts.len() * 8);
+    for t in texts.iter().chain(&slash_kept) {
         // What is still escaped compares the same in either case.
         let t = upper_escapes(&String::from_utf8_lossy(t));
         for backslash in [false, true] {
@@ -414,16 +429,20 @@ fn depth_readings(raw: &str, depths: Option<usize>) -> (Vec<String>, usize) {
     (out, texts.len())
 }
 
-/// One pass of percent-decoding and nothing else.
-fn decode_pass(b: &[u8]) -> Vec<u8> {
+/// One pass of percent-decoding and nothing else; `%2F` stays encoded
+/// unless `slash`.
+fn decode_pass(b: &[u8], slash: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
             if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
+                let c = h << 4 | l;
+                if c != b'/' || slash {
+                    out.push(c);
+                    i += 3;
+                    continue;
+                }
             }
         }
         out.push(b[i]);
@@ -920,6 +939,14 @@ mod tests {
         ] {
             assert!(prefix_route_allows("/v1", raw), "{raw}");
         }
+        // Text NFKC grows elevenfold (U+FDFA), with a chain that keeps the
+        // decoding passes going: refused once it grows past the limit.
+        let mut grows = String::from("/v1/;x/");
+        while grows.len() < 8000 {
+            grows.push('\u{fdfa}');
+        }
+        grows.push_str("%252525252525252525252e");
+        assert!(!prefix_route_allows("/v1", &grows));
         // Too long to read every way: refused on prefix routes only.
         let long = format!("/v1/{}", "%ef%bc%8e".repeat(MAX_LENIENT_PATH / 9 + 1));
         assert!(!prefix_route_allows("/v1", &long));
@@ -950,6 +977,11 @@ mod tests {
             "/v1/a;x%u002fy/..%u002f..%u002fadmin",
             "/v1/..%3b/admin",
             "/v1/x/..%3bz/..%3bz/admin",
+            // `%2F` kept encoded while `%5c` splits (Tomcat with
+            // encodedSolidusHandling=passthrough and allowBackslash).
+            "/v1/a%2fb/..%5c..%5cadmin",
+            "/v1/a%2Fb/c%2Fd/..%5c..%5c..%5cadmin",
+            "/v1/a%2fb;x/..%5c..%5cadmin",
         ] {
             assert!(!prefix_route_allows("/v1", raw), "{raw}");
         }
