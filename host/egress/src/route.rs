@@ -150,11 +150,7 @@ pub(crate) fn lenient_readings(raw: &str) -> Option<Vec<String>> {
         if raw.len() > MAX_LENIENT_PATH || text.len() > EXPANDED_LIMIT {
             return Some(Vec::new());
         }
-        let params_stripped: Vec<&str> = text
-            .split('/')
-            .map(|seg| seg.split(';').next().unwrap_or(""))
-            .collect();
-        out.push(resolve_segments(&params_stripped.join("/")));
+        out.push(resolve_segments(&strip_params(&text)));
         out.push(resolve_segments(&text));
     }
     (!out.is_empty()).then_some(out)
@@ -302,24 +298,34 @@ const MAX_DECODES: usize = 8;
 /// One pass of percent-decoding, with `\` as `/` (IIS and ASP.NET read
 /// `%5c` and `\` as a separator). With `lenient`, IIS's `%uXXXX` too.
 fn decode_once(b: &[u8], lenient: bool) -> Vec<u8> {
+    decode_with(b, lenient, true, true)
+}
+
+/// One pass of percent-decoding: IIS's `%uXXXX` too with `iis_u`, `%2F`
+/// left encoded unless `slash`, `\` (as sent or decoded) as `/` with
+/// `backslash`.
+fn decode_with(b: &[u8], iis_u: bool, slash: bool, backslash: bool) -> Vec<u8> {
+    let sep = |c: u8| if backslash && c == b'\\' { b'/' } else { c };
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
             if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
                 let c = h << 4 | l;
-                out.push(if c == b'\\' { b'/' } else { c });
-                i += 3;
-                continue;
+                if c != b'/' || slash {
+                    out.push(sep(c));
+                    i += 3;
+                    continue;
+                }
             }
-            if let Some(c) = lenient.then(|| iis_escape(&b[i + 1..])).flatten() {
-                let c = if c == '\\' { '/' } else { c };
+            if let Some(c) = iis_u.then(|| iis_escape(&b[i + 1..])).flatten() {
+                let c = if backslash && c == '\\' { '/' } else { c };
                 out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
                 i += 6;
                 continue;
             }
         }
-        out.push(if b[i] == b'\\' { b'/' } else { b[i] });
+        out.push(sep(b[i]));
         i += 1;
     }
     out
@@ -372,11 +378,7 @@ fn param_free_raw(raw: &str) -> Option<String> {
     if !raw.contains(';') {
         return None;
     }
-    let stripped: Vec<&str> = raw
-        .split('/')
-        .map(|seg| seg.split(';').next().unwrap_or(""))
-        .collect();
-    Some(stripped.join("/"))
+    Some(strip_params(raw))
 }
 
 /// The path as servers that decode it fewer times, or not at all, read it:
@@ -393,7 +395,7 @@ fn depth_readings(raw: &str, depths: Option<usize>) -> (Vec<String>, usize) {
     let raw = raw.split(['?', '#']).next().unwrap_or("");
     let mut texts = vec![raw.as_bytes().to_vec()];
     while depths.map_or(texts.len() <= MAX_DECODES + 1, |n| texts.len() < n) {
-        let next = decode_pass(texts.last().unwrap_or(&Vec::new()), true);
+        let next = decode_with(texts.last().unwrap_or(&Vec::new()), false, true, false);
         if depths.is_none() && Some(&next) == texts.last() {
             break;
         }
@@ -405,7 +407,7 @@ fn depth_readings(raw: &str, depths: Option<usize>) -> (Vec<String>, usize) {
     let mut kept = raw.as_bytes().to_vec();
     let mut slash_kept = Vec::with_capacity(texts.len());
     for _ in 1..texts.len() {
-        kept = decode_pass(&kept, false);
+        kept = decode_with(&kept, false, false, false);
         slash_kept.push(kept.clone());
     }
     let mut out = Vec::with_capacity(texts.len() * 8);
@@ -419,36 +421,19 @@ fn depth_readings(raw: &str, depths: Option<usize>) -> (Vec<String>, usize) {
                 t.to_string()
             };
             out.push(resolve_segments(&t));
-            let stripped: Vec<&str> = t
-                .split('/')
-                .map(|seg| seg.split(';').next().unwrap_or(""))
-                .collect();
-            out.push(resolve_segments(&stripped.join("/")));
+            out.push(resolve_segments(&strip_params(&t)));
         }
     }
     (out, texts.len())
 }
 
-/// One pass of percent-decoding and nothing else; `%2F` stays encoded
-/// unless `slash`.
-fn decode_pass(b: &[u8], slash: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                let c = h << 4 | l;
-                if c != b'/' || slash {
-                    out.push(c);
-                    i += 3;
-                    continue;
-                }
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
+/// `path` with `;parameters` stripped from each segment.
+fn strip_params(path: &str) -> String {
+    let segments: Vec<&str> = path
+        .split('/')
+        .map(|seg| seg.split(';').next().unwrap_or(""))
+        .collect();
+    segments.join("/")
 }
 
 /// Whether `prefix` holds for each reading of the path ([`match_route`]):
