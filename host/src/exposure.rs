@@ -52,8 +52,64 @@ pub struct MountView {
     pub describe: String,
 }
 
-/// The first protected path a mount exposes, with that mount.
+/// How a mount exposes a protected file.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Via {
+    /// The file, or an entry on the way to it, lies in the mount.
+    Path,
+    /// The file has this many hard links and the mount is on its file
+    /// system: another name for it may lie in the mount, and finding it
+    /// would mean walking the whole mount.
+    HardLinks(u64),
+}
+
+/// The first protected path a mount exposes, with that mount and how.
 pub fn first_exposure<'a>(
+    mounts: &'a [MountView],
+    protected: &'a [Protected],
+) -> Option<(&'a MountView, &'a Protected, Via)> {
+    first_by_path(mounts, protected)
+        .map(|(m, p)| (m, p, Via::Path))
+        .or_else(|| first_by_hard_link(mounts, protected))
+}
+
+/// A protected policy or credential file with more than one hard link,
+/// and a mount of the same file system that counts for its kind. The other
+/// names can be anywhere on that file system, inside the mount included,
+/// and a name is as good as any other for writing or reading the file.
+///
+/// Not for code: cargo hard-links every program and library it builds
+/// (`target/debug/bottle` and `target/debug/deps/bottle-HASH`), so a
+/// bottle run from a build tree would always be refused. Code is guarded
+/// by path alone.
+fn first_by_hard_link<'a>(
+    mounts: &'a [MountView],
+    protected: &'a [Protected],
+) -> Option<(&'a MountView, &'a Protected, Via)> {
+    use std::os::unix::fs::MetadataExt;
+    for p in protected.iter().filter(|p| p.kind != Kind::Code) {
+        let Ok(meta) = std::fs::metadata(&p.path) else {
+            continue;
+        };
+        if !meta.is_file() || meta.nlink() < 2 {
+            continue;
+        }
+        for m in mounts {
+            if p.kind != Kind::Credential && !m.writable {
+                continue;
+            }
+            let same_fs = std::fs::metadata(&m.host).is_ok_and(|r| r.dev() == meta.dev());
+            if same_fs {
+                return Some((m, p, Via::HardLinks(meta.nlink())));
+            }
+        }
+    }
+    None
+}
+
+/// The first protected path a mount holds, or holds an entry on the way
+/// to, with that mount.
+fn first_by_path<'a>(
     mounts: &'a [MountView],
     protected: &'a [Protected],
 ) -> Option<(&'a MountView, &'a Protected)> {
@@ -183,6 +239,32 @@ mod tests {
         // A mount of the file itself.
         let file = cfg.join("bottle.toml");
         assert!(first_exposure(&[mount(&file, true)], &[writes(&file)]).is_some());
+    }
+
+    #[test]
+    fn a_protected_file_with_hard_links_on_a_mounted_file_system_is_an_exposure() {
+        let d = tempfile::tempdir().unwrap();
+        let d = canonical(d.path());
+        let (ws, cfg) = (d.join("ws"), d.join("configs"));
+        std::fs::create_dir_all(&ws).unwrap();
+        std::fs::create_dir_all(&cfg).unwrap();
+        let manifest = cfg.join("bottle.toml");
+        std::fs::write(&manifest, "").unwrap();
+        let mounts = [mount(&ws, true)];
+        assert!(first_exposure(&mounts, &[writes(&manifest)]).is_none());
+        // A second name for the manifest, inside the workspace.
+        std::fs::hard_link(&manifest, ws.join("innocent.txt")).unwrap();
+        let (_, _, via) = first_exposure(&mounts, &[writes(&manifest)]).unwrap();
+        assert_eq!(via, Via::HardLinks(2));
+        // Read-only mounts do not count for writes.
+        assert!(first_exposure(&[mount(&ws, false)], &[writes(&manifest)]).is_none());
+        // But they do for a credential source.
+        let cred = Protected {
+            path: manifest.clone(),
+            what: "a credential".into(),
+            kind: Kind::Credential,
+        };
+        assert!(first_exposure(&[mount(&ws, false)], &[cred]).is_some());
     }
 
     #[test]

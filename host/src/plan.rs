@@ -55,6 +55,21 @@ pub enum PlanError {
         /// What to change.
         fix: &'static str,
     },
+    /// A protected host file has other names (hard links) that may lie in a
+    /// mount.
+    #[error("{manifest}: {file} ({what}) has {links} hard links, and {mount} is on the same file system: another name for it may lie inside, through which the agent could change or read it, and bottle cannot tell where the others are; give it a name of its own (`cp FILE FILE.new && mv FILE.new FILE`), or mount a directory on another file system")]
+    HardLinkedHostFile {
+        /// The manifest.
+        manifest: PathBuf,
+        /// Which mount.
+        mount: String,
+        /// The host file.
+        file: PathBuf,
+        /// Its link count.
+        links: u64,
+        /// What it is.
+        what: String,
+    },
     /// No command in the manifest and none from the provider.
     #[error(
         "{path}: no agent command: set `command` in [agent] (provider `{provider}` has no default)"
@@ -229,7 +244,7 @@ impl BottlePlan {
         searched: &[SearchDir],
         opened: &[PathBuf],
     ) -> Result<(), PlanError> {
-        use crate::exposure::{first_exposure, Kind, MountView, Protected};
+        use crate::exposure::{first_exposure, Kind, MountView, Protected, Via};
         let m = &self.manifest;
         let mut mounts: Vec<MountView> = m
             .workspace
@@ -299,9 +314,18 @@ impl BottlePlan {
                 Kind::Credential,
             ));
         }
-        let Some((mount, file)) = first_exposure(&mounts, &protected) else {
+        let Some((mount, file, via)) = first_exposure(&mounts, &protected) else {
             return Ok(());
         };
+        if let Via::HardLinks(links) = via {
+            return Err(PlanError::HardLinkedHostFile {
+                manifest: m.path.clone(),
+                mount: mount.describe.clone(),
+                file: file.path.clone(),
+                links,
+                what: file.what.clone(),
+            });
+        }
         let (why, fix) = match file.kind {
             Kind::Credential => (
                 "the agent could read it",

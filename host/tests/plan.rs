@@ -333,6 +333,17 @@ fn mounts_that_expose_the_manifest_or_a_credential_source_are_refused() {
         text.contains("writable mount") && text.contains("egress.upstream_ca"),
         "{text}"
     );
+    // Nor through a hard link in the workspace: a second name for the
+    // manifest (bottle cannot tell where it is, so any on that file system).
+    let m = write_manifest(dir.path(), &format!("{base}[workspace]\npath = \"ws\"\n"));
+    std::fs::hard_link(&m, dir.path().join("ws/notes.txt")).unwrap();
+    let (code, out, err) = run(bottle(data.path()).args(["plan", "-f"]).arg(&m));
+    std::fs::remove_file(dir.path().join("ws/notes.txt")).unwrap();
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("has 2 hard links") && err.contains("give it a name of its own"),
+        "{err}"
+    );
     // Read-only, or a workspace of its own: fine.
     let (code, text) = plan(
         &format!("{base}[workspace]\npath = \"ws\"\n[[mounts]]\nhost = \".\"\npath = \"/cfg\"\n"),
