@@ -14,6 +14,7 @@ mod dlp_body;
 pub mod error;
 mod in_flight;
 mod listener;
+mod path_readings;
 mod proxy;
 pub mod route;
 mod tls;
