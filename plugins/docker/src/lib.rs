@@ -30,6 +30,7 @@
 //!
 //! See `docs/backends/docker.md` for the user's view.
 
+mod agent;
 mod attach;
 mod client;
 mod egress_image;
@@ -40,8 +41,10 @@ mod image_facts;
 mod launch;
 mod manage;
 mod names;
+mod networks;
 mod options;
 mod progress;
+mod sidecar;
 mod tty;
 
 use bot_bottle_plugin_api::{

@@ -225,7 +225,7 @@ async fn remove_unused_egress_networks(
     client: &Client,
     docker: &Docker,
 ) -> Result<Vec<String>, PluginError> {
-    let networks = crate::launch::shared_egress_networks(client, docker).await?;
+    let networks = crate::networks::shared_egress_networks(client, docker).await?;
     let mut removed = Vec::new();
     for n in networks {
         let name = n.name.clone().unwrap_or_default();
@@ -576,12 +576,12 @@ pub fn update_egress(client: &Client, bottle_id: &str, config: &[u8]) -> Result<
 
 /// Puts a rotated proxy config (real tokens and the CA key) in the
 /// sidecar's config directory, a tmpfs readable by the proxy's user alone
-/// (`launch::config_tmpfs`), so it never reaches a disk: the sidecar's own
+/// (`sidecar::config_tmpfs`), so it never reaches a disk: the sidecar's own
 /// `bottle egress put-config` reads it from an exec's standard input, checks
 /// it and swaps it in whole. (An archive upload would land in the
 /// container's writable layer on the host's disk, and cannot reach a
 /// tmpfs.) Never an env var, a label, a command line or a host file. The
-/// first config came on the sidecar's stdin (`launch::start_egress`).
+/// first config came on the sidecar's stdin (`sidecar::start_egress`).
 async fn put_egress_config(
     client: &Client,
     docker: &Docker,
