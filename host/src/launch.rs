@@ -157,6 +157,7 @@ pub fn policy_config(plan: &BottlePlan) -> ProxyConfig {
             proxy: m.upstream_proxy.clone(),
             proxy_auth_ref: None,
             resolve: m.resolve.clone(),
+            allow_internal: Vec::new(),
         },
         dlp: DlpConfig::default(),
         local_responses: plan.egress.local_responses.clone(),

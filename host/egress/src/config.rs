@@ -97,6 +97,16 @@ pub struct UpstreamConfig {
     /// address is used, not the port the client asked for.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub resolve: BTreeMap<String, SocketAddr>,
+    /// Internal networks a host's DNS answer may be dialled in. By default
+    /// the proxy refuses to dial a resolved loopback, link-local, private,
+    /// unique-local, shared (CGNAT), multicast or reserved address
+    /// ([`crate::addr`]); a network listed here is let through (the metadata
+    /// addresses only when listed on their own, as a /32 or /128).
+    /// `resolve` overrides and IP-literal route hosts are dialled as given
+    /// regardless; with `proxy` set, the chained proxy resolves and this is
+    /// not applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_internal: Vec<ipnet::IpNet>,
 }
 
 /// What the DLP stage does with a finding.

@@ -6,6 +6,7 @@
 //! [`serve`]s. [`check`] says what the proxy would do with one request.
 //! See `docs/egress.md`.
 
+pub mod addr;
 pub mod audit;
 pub mod ca;
 pub mod config;

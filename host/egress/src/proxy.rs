@@ -66,7 +66,7 @@ impl Shared {
     pub(crate) fn new(cfg: ProxyConfig) -> Result<Arc<Self>, EgressError> {
         cfg.validate()?;
         let minter = LeafMinter::new(&cfg.ca.cert_pem, &cfg.ca.key_pem)?;
-        let dialer = Dialer::new(&cfg.upstream, &cfg.tokens)?;
+        let dialer = Dialer::new(&cfg)?;
         let clients = (0..workers::count())
             .map(|_| upstream::client(dialer.clone()))
             .collect();
@@ -331,6 +331,9 @@ async fn outer(
                     Response::new(empty())
                 }
                 Err(e) => {
+                    if let Some(r) = upstream::dial_refused(&e) {
+                        return refuse_internal(&shared, rec, r, start);
+                    }
                     rec.decision = "error".into();
                     rec.status = 502;
                     rec.note = format!("upstream: {e}");
@@ -1125,6 +1128,9 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
                     ),
                 );
             }
+            if let Some(r) = upstream::dial_refused(&e) {
+                return refuse_internal(&shared, rec, r, start);
+            }
             let why = error_chain(&e);
             tracing::debug!(host = %t.host, error = %why, "upstream request failed");
             done(
@@ -1136,6 +1142,44 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
             )
         }
     }
+}
+
+/// The answer, and the audit line, for a dial the internal-address check
+/// refused. The body names the host, the kind of address and the manifest
+/// keys that would allow it; the address itself goes only to the audit log
+/// (an agent on a wildcard route could otherwise map internal names).
+fn refuse_internal(
+    shared: &Shared,
+    mut rec: AuditRecord,
+    r: &upstream::DialRefused,
+    start: Instant,
+) -> Response<Body> {
+    rec.status = 403;
+    rec.decision = "internal_address".into();
+    rec.note = format!("{r}; [egress] allow_internal (or resolve) would allow it");
+    rec.duration_ms = ms(start);
+    shared.audit.write(&rec);
+    let host = &r.host;
+    let metadata = if r.class == crate::addr::AddrClass::Metadata {
+        "A cloud metadata address is allowed only when listed on its own \
+         (169.254.169.254/32, fd00:ec2::254/128): a wider network does not include it.\n"
+    } else {
+        ""
+    };
+    text(
+        StatusCode::FORBIDDEN,
+        format!(
+            "bot-bottle egress: {host} resolves to a {class} address; the proxy does not dial \
+             internal addresses for a name it resolves itself (a DNS answer could otherwise \
+             point a route at cloud metadata, the proxy's own machine or its network). \
+             The audit log names the address.\n\
+             If {host} really lives on an internal network (a corporate mirror), allow that \
+             network in bottle.toml:\n  [egress]\n  allow_internal = [\"10.20.0.0/16\"]\n\
+             or pin the host to its address: [egress] resolve = {{ \"{host}\" = \"IP:PORT\" }}.\n\
+             {metadata}",
+            class = r.class,
+        ),
+    )
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -1337,15 +1381,26 @@ async fn websocket(
             format!("bot-bottle egress: websocket upstream failed: {why}\n"),
         )
     };
-    let io = if t.tls {
-        match shared.dialer.tls(&t.host, t.port, true).await {
-            Ok((s, _)) => upstream::UpstreamIo::Tls(Box::new(TokioIo::new(s)), false),
-            Err(e) => return fail(rec, e.to_string()),
-        }
+    let dialled = if t.tls {
+        shared
+            .dialer
+            .tls(&t.host, t.port, true)
+            .await
+            .map(|(s, _)| upstream::UpstreamIo::Tls(Box::new(TokioIo::new(s)), false))
     } else {
-        match shared.dialer.tcp(&t.host, t.port).await {
-            Ok(s) => upstream::UpstreamIo::Plain(TokioIo::new(s)),
-            Err(e) => return fail(rec, e.to_string()),
+        shared
+            .dialer
+            .tcp(&t.host, t.port)
+            .await
+            .map(|s| upstream::UpstreamIo::Plain(TokioIo::new(s)))
+    };
+    let io = match dialled {
+        Ok(io) => io,
+        Err(e) => {
+            if let Some(r) = upstream::dial_refused(&e) {
+                return refuse_internal(&shared, rec, r, start);
+            }
+            return fail(rec, e.to_string());
         }
     };
     let (mut sender, conn) =

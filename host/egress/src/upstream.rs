@@ -1,11 +1,11 @@
-//! The upstream leg: dialling (resolve overrides, chaining through an HTTP
-//! proxy), TLS with system roots plus an extra CA, ALPN h2/http1.1, and a
-//! pooled client.
+//! The upstream leg: dialling (resolve overrides, the internal-address
+//! check, chaining through an HTTP proxy), TLS with system roots plus an
+//! extra CA, ALPN h2/http1.1, and a pooled client.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -25,7 +25,8 @@ use tokio_rustls::TlsConnector;
 
 use bot_bottle_plugin_api::Secret;
 
-use crate::config::UpstreamConfig;
+use crate::addr::{AddrClass, AddrPolicy};
+use crate::config::ProxyConfig;
 use crate::error::EgressError;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -96,7 +97,55 @@ struct DialerInner {
     tls_any: TlsConnector,
     tls_h1: TlsConnector,
     resolve: BTreeMap<String, SocketAddr>,
+    /// Which resolved addresses may be dialled.
+    policy: AddrPolicy,
+    /// IP-literal hosts a route or `tls_passthrough` entry names exactly:
+    /// the user chose these addresses, as with `resolve`.
+    named_ips: BTreeSet<IpAddr>,
     proxy: Option<ChainedProxy>,
+}
+
+/// A dial the internal-address check refused: `host` resolved to `addr`,
+/// of class `class`, and no `allow_internal` network holds it.
+#[derive(Debug, Clone)]
+pub(crate) struct DialRefused {
+    pub(crate) host: String,
+    pub(crate) addr: IpAddr,
+    pub(crate) class: AddrClass,
+}
+
+impl std::fmt::Display for DialRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} resolved to {}, a {} address, which the proxy does not dial",
+            self.host, self.addr, self.class
+        )
+    }
+}
+
+impl std::error::Error for DialRefused {}
+
+/// The [`DialRefused`] somewhere in `e`'s chain (hyper's client wraps the
+/// connector's `io::Error`, which wraps it).
+pub(crate) fn dial_refused<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a DialRefused> {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if let Some(r) = e.downcast_ref::<DialRefused>() {
+            return Some(r);
+        }
+        if let Some(r) = e
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::get_ref)
+            .and_then(|i| i.downcast_ref::<DialRefused>())
+        {
+            return Some(r);
+        }
+        cur = e.source();
+    }
+    None
 }
 
 /// The HTTP proxy upstream connections are chained through.
@@ -117,12 +166,19 @@ impl std::fmt::Debug for Dialer {
 }
 
 impl Dialer {
-    /// `tokens` are the config's resolved values: the chained proxy's
-    /// credentials come from there.
-    pub(crate) fn new(
-        cfg: &UpstreamConfig,
-        tokens: &BTreeMap<String, Secret>,
-    ) -> Result<Self, EgressError> {
+    /// The chained proxy's credentials come from the config's `tokens`; the
+    /// IP literals its routes and passthrough entries name are dialled
+    /// without the internal-address check.
+    pub(crate) fn new(full: &ProxyConfig) -> Result<Self, EgressError> {
+        let cfg = &full.upstream;
+        let tokens = &full.tokens;
+        let named_ips = full
+            .routes
+            .iter()
+            .map(|r| r.host.as_str())
+            .chain(full.tls_passthrough.iter().map(String::as_str))
+            .filter_map(|h| crate::route::canon_host(h).parse::<IpAddr>().ok())
+            .collect();
         let roots = Arc::new(root_store(cfg.extra_ca_pem.as_deref())?);
         let mk = |alpn: Vec<Vec<u8>>| {
             // Offers AES-128-GCM first (crate::tls); servers that honour
@@ -162,6 +218,8 @@ impl Dialer {
                 tls_any: mk(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?,
                 tls_h1: mk(vec![b"http/1.1".to_vec()])?,
                 resolve: cfg.resolve.clone(),
+                policy: AddrPolicy::new(&cfg.allow_internal),
+                named_ips,
                 proxy,
             }),
         })
@@ -178,6 +236,8 @@ impl Dialer {
     async fn tcp_inner(&self, host: &str, port: u16) -> io::Result<TcpStream> {
         let target = self.inner.resolve.get(host).copied();
         let s = match &self.inner.proxy {
+            // The chained proxy resolves the name, so the internal-address
+            // check cannot apply here (docs/egress.md says so).
             Some(p) => {
                 let s = TcpStream::connect((p.host.as_str(), p.port)).await?;
                 s.set_nodelay(true)?;
@@ -190,11 +250,48 @@ impl Dialer {
             }
             None => match target {
                 Some(a) => TcpStream::connect(a).await?,
-                None => TcpStream::connect((host, port)).await?,
+                None => self.connect_checked(host, port).await?,
             },
         };
         s.set_nodelay(true)?;
         Ok(s)
+    }
+
+    /// Resolves `host` once and connects to the first of its addresses the
+    /// policy admits (in the resolver's order, trying the next when one does
+    /// not answer). The address checked is the address dialled: nothing
+    /// resolves the name again between the two, so a DNS answer that changes
+    /// (rebinding) cannot slip an internal address past the check.
+    async fn connect_checked(&self, host: &str, port: u16) -> io::Result<TcpStream> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            if self.inner.named_ips.contains(&ip) {
+                return TcpStream::connect((ip, port)).await;
+            }
+        }
+        let mut refused = None;
+        let mut failed = None;
+        for a in tokio::net::lookup_host((host, port)).await? {
+            if let Err(class) = self.inner.policy.check(a.ip()) {
+                refused.get_or_insert(DialRefused {
+                    host: host.to_owned(),
+                    addr: a.ip(),
+                    class,
+                });
+                continue;
+            }
+            match TcpStream::connect(a).await {
+                Ok(s) => return Ok(s),
+                Err(e) => failed = Some(e),
+            }
+        }
+        Err(match (failed, refused) {
+            (Some(e), _) => e,
+            (None, Some(r)) => io::Error::new(io::ErrorKind::PermissionDenied, r),
+            (None, None) => io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{host} resolved to no address"),
+            ),
+        })
     }
 
     /// A TLS stream to `host:port`, verified for `host`. Returns whether

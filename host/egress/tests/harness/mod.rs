@@ -77,6 +77,9 @@ pub fn test_pki() -> TestPki {
         "pass.test",
         "a.wild.test",
         "chain.test",
+        // Reached by its DNS answer, not a `resolve` override (the
+        // internal-address tests).
+        "localhost",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -386,6 +389,7 @@ pub fn config(pki: &TestPki, up: SocketAddr, audit: &std::path::Path) -> ProxyCo
             proxy: None,
             proxy_auth_ref: None,
             resolve,
+            allow_internal: Vec::new(),
         },
         dlp: DlpConfig::default(),
         limits: Limits::default(),
