@@ -23,8 +23,11 @@ echo "==> starting the demo API (api.quickstart.test) on network $net"
 cleanup() { docker rm -f "$api" >/dev/null 2>&1 || true; docker network rm "$net" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 cleanup
-docker network create --label bot-bottle.role=example "$net" >/dev/null
-docker run -d --name "$api" --label bot-bottle.role=example --network "$net" --network-alias api.quickstart.test \
+# A fixed subnet and address: bottle.toml allows the proxy to dial exactly
+# this one (egress.allow_internal). If the subnet clashes with one of yours,
+# change it here and there.
+docker network create --label bot-bottle.role=example --subnet 10.213.77.0/24 "$net" >/dev/null
+docker run -d --name "$api" --label bot-bottle.role=example --network "$net" --ip 10.213.77.10 --network-alias api.quickstart.test \
   -v "$PWD/$here/.certs:/certs:ro" bot-bottle/demo-upstream /bin/demo-upstream serve --dir /certs >/dev/null
 
 # The real credential lives on the host only.

@@ -157,7 +157,7 @@ pub fn policy_config(plan: &BottlePlan) -> ProxyConfig {
             proxy: m.upstream_proxy.clone(),
             proxy_auth_ref: None,
             resolve: m.resolve.clone(),
-            allow_internal: Vec::new(),
+            allow_internal: m.allow_internal.clone(),
         },
         dlp: DlpConfig::default(),
         local_responses: plan.egress.local_responses.clone(),

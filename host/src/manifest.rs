@@ -118,6 +118,8 @@ struct RawEgress {
     upstream_ca: Option<PathBuf>,
     #[serde(default)]
     resolve: BTreeMap<String, String>,
+    #[serde(default)]
+    allow_internal: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -202,6 +204,8 @@ pub struct Manifest {
     pub upstream_ca: Option<PathBuf>,
     /// Host → address overrides for the proxy's upstream dials.
     pub resolve: BTreeMap<String, std::net::SocketAddr>,
+    /// Internal networks a route host's DNS answer may be dialled in.
+    pub allow_internal: Vec<ipnet::IpNet>,
 }
 
 impl Manifest {
@@ -547,6 +551,23 @@ fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<Manifest, Manif
         })?;
         resolve.insert(host.to_ascii_lowercase(), parsed);
     }
+    let mut allow_internal = Vec::new();
+    for net in &raw.egress.allow_internal {
+        // A bare address is that address alone (/32, /128).
+        let parsed = net
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| net.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                err(
+                    "allow_internal",
+                    0,
+                    format!(
+                        "invalid allow_internal network {net:?}: expected a CIDR like \"10.20.0.0/16\" or an address"
+                    ),
+                )
+            })?;
+        allow_internal.push(parsed);
+    }
     for key in raw.env.keys() {
         if !is_env_name(key) {
             return Err(err(key, 0, format!("invalid env name {key:?}")));
@@ -631,6 +652,7 @@ fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<Manifest, Manif
         upstream_proxy_auth_ref: raw.egress.upstream_proxy_auth_ref,
         upstream_ca: raw.egress.upstream_ca.map(|p| absolute(&p)),
         resolve,
+        allow_internal,
     })
 }
 
@@ -744,6 +766,30 @@ runtime = "runsc"
         assert!(e.contains(":19:1: invalid port 0"), "{e}");
         let text = GOOD.replace("path_prefix = \"/v1/\"", "ports = [70000]");
         assert!(parse(&text).is_err());
+    }
+
+    #[test]
+    fn allow_internal_takes_networks_and_lone_addresses() {
+        assert!(parse(GOOD).unwrap().allow_internal.is_empty());
+        let with = |line: &str| {
+            GOOD.replace(
+                "[[egress.route]]",
+                &format!("[egress]\n{line}\n\n[[egress.route]]"),
+            )
+        };
+        let m = parse(&with(
+            "allow_internal = [\"10.20.0.0/16\", \"192.168.7.9\", \"fd12::/64\"]",
+        ))
+        .unwrap();
+        let nets: Vec<String> = m.allow_internal.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["10.20.0.0/16", "192.168.7.9/32", "fd12::/64"]);
+        let e = parse(&with("allow_internal = [\"10.20.0.0/33\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(":18:1: invalid allow_internal network \"10.20.0.0/33\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -382,6 +382,7 @@ impl BottlePlan {
             resources: &self.manifest.resources,
             routes: &self.egress.routes,
             tls_passthrough: &self.egress.tls_passthrough,
+            allow_internal: &self.manifest.allow_internal,
             upstream_proxy: self.manifest.upstream_proxy.as_deref(),
             upstream_proxy_auth_ref: self.manifest.upstream_proxy_auth_ref.as_deref(),
             tokens: &self.egress.tokens,
@@ -446,6 +447,9 @@ pub struct PlanView<'a> {
     pub routes: &'a [bot_bottle_plugin_api::EgressRoute],
     /// Passthrough hosts.
     pub tls_passthrough: &'a [String],
+    /// Internal networks a route host's DNS answer may be dialled in.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub allow_internal: &'a [ipnet::IpNet],
     /// The HTTP proxy every upstream connection is chained through.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_proxy: Option<&'a str>,

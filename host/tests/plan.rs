@@ -44,7 +44,12 @@ fn quickstart_plan_shows_routes_and_sources_but_no_secret() {
             assert_eq!(v["tokens"][0]["from"], "host_env");
             assert_eq!(v["env"]["QUICKSTART_API_TOKEN"], "bot-bottle-dummy");
             assert_eq!(v["env"]["SSL_CERT_FILE"], "/etc/bot-bottle/ca-bundle.pem");
+            assert_eq!(v["allow_internal"], serde_json::json!(["10.213.77.10/32"]));
         } else {
+            assert!(
+                out.contains("internal networks a host's DNS answer may be in: 10.213.77.10/32"),
+                "{out}"
+            );
             assert!(
                 out.contains("QUICKSTART_API_TOKEN: resolved, from the host environment"),
                 "{out}"

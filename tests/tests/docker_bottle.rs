@@ -34,6 +34,28 @@ fn manifest_with(
     extra_env: &[(&str, &str)],
     egress: &str,
 ) -> std::path::PathBuf {
+    let allow = format!("allow_internal = [\"{}\"]", up.ip);
+    manifest_allowing(
+        dir,
+        name,
+        script,
+        up,
+        extra_env,
+        &format!("{allow}\n{egress}"),
+    )
+}
+
+/// [`manifest_with`] without the `allow_internal` that lets the proxy dial
+/// the upstream's private address on its Docker network (the `[egress]`
+/// keys are `egress` alone).
+fn manifest_allowing(
+    dir: &Path,
+    name: &str,
+    script: &str,
+    up: &Upstream,
+    extra_env: &[(&str, &str)],
+    egress: &str,
+) -> std::path::PathBuf {
     let env: String = extra_env
         .iter()
         .map(|(k, v)| format!("{k} = \"{v}\"\n"))
@@ -121,6 +143,54 @@ fn allowed_route_gets_the_real_token_while_the_agent_holds_a_dummy() {
         format!("Bearer {token}"),
         "the upstream must receive the real token, replacing the dummy"
     );
+    assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
+}
+
+#[test]
+fn an_upstream_on_a_private_network_is_reached_only_when_allowed() {
+    let test = "an_upstream_on_a_private_network_is_reached_only_when_allowed";
+    if !docker_available(test) {
+        return;
+    }
+    // api.bottle.test resolves, in the sidecar, to the upstream's address
+    // on a Docker network: a private one, which the proxy does not dial for
+    // a name unless [egress] allow_internal lists it.
+    let up = Upstream::start("private", HOST);
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let name = unique("private");
+    let script = r#"curl -sS -w '\nstatus=%{http_code}\n' https://api.bottle.test/v1/hello"#;
+    let m = manifest_allowing(dir.path(), &name, script, &up, &[], "");
+    let (code, out, err) = output(
+        bottle(data.path())
+            .env("API_TOKEN", canary())
+            .args(["run", "-f"])
+            .arg(&m),
+    );
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("status=403"), "{out}");
+    assert!(
+        out.contains("api.bottle.test resolves to a private address")
+            && out.contains("allow_internal"),
+        "the refusal names the host, the class and the key:\n{out}"
+    );
+    assert!(!out.contains(&up.ip), "the agent sees the address:\n{out}");
+    assert!(
+        up.requests().iter().all(|r| r["path"] != "/v1/hello"),
+        "the refused request reached the upstream"
+    );
+    assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
+    // The same bottle with the upstream's address allowed reaches it.
+    let m = manifest(dir.path(), &name, script, &up, &[]);
+    let (code, out, err) = output(
+        bottle(data.path())
+            .env("API_TOKEN", canary())
+            .args(["run", "-f"])
+            .arg(&m),
+    );
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("status=200"), "{out}");
+    up.request_to("/v1/hello");
     assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
 }
 

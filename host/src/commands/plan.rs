@@ -111,6 +111,13 @@ fn print_human(plan: &BottlePlan) {
     for l in &v.local_responses {
         println!("  {l} (answered by the proxy itself with dummies; never forwarded)");
     }
+    if !v.allow_internal.is_empty() {
+        let nets: Vec<String> = v.allow_internal.iter().map(ToString::to_string).collect();
+        println!(
+            "  internal networks a host's DNS answer may be in: {} (others are never dialled)",
+            nets.join(", ")
+        );
+    }
     if let Some(p) = v.upstream_proxy {
         match v.upstream_proxy_auth_ref {
             Some(r) => {
