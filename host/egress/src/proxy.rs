@@ -1156,6 +1156,9 @@ fn refuse_internal(
 ) -> Response<Body> {
     rec.status = 403;
     rec.decision = "internal_address".into();
+    // No connection was made: nothing, and no credential, was sent.
+    rec.injected = false;
+    rec.injected_headers.clear();
     rec.note = format!("{r}; [egress] allow_internal (or resolve) would allow it");
     rec.duration_ms = ms(start);
     shared.audit.write(&rec);

@@ -137,6 +137,8 @@ fn one_refusal(audit: &Path, host: &str, addr: &str, class: &str) {
     assert_eq!(lines.len(), 1, "{lines:?}");
     let l = &lines[0];
     assert_eq!(l["status"], 403, "{l}");
+    // Nothing was sent, so nothing was injected.
+    assert_eq!(l["injected"], false, "{l}");
     let note = l["note"].as_str().unwrap();
     assert!(
         note.contains(addr) && note.contains(class) && note.contains("allow_internal"),
