@@ -268,30 +268,22 @@ impl Dialer {
                 return TcpStream::connect((ip, port)).await;
             }
         }
-        let mut refused = None;
+        let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+        let admitted = admit(&self.inner.policy, host, &resolved)
+            .map_err(|r| io::Error::new(io::ErrorKind::PermissionDenied, r))?;
         let mut failed = None;
-        for a in tokio::net::lookup_host((host, port)).await? {
-            if let Err(class) = self.inner.policy.check(a.ip()) {
-                refused.get_or_insert(DialRefused {
-                    host: host.to_owned(),
-                    addr: a.ip(),
-                    class,
-                });
-                continue;
-            }
+        for a in admitted {
             match TcpStream::connect(a).await {
                 Ok(s) => return Ok(s),
                 Err(e) => failed = Some(e),
             }
         }
-        Err(match (failed, refused) {
-            (Some(e), _) => e,
-            (None, Some(r)) => io::Error::new(io::ErrorKind::PermissionDenied, r),
-            (None, None) => io::Error::new(
+        Err(failed.unwrap_or_else(|| {
+            io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("{host} resolved to no address"),
-            ),
-        })
+            )
+        }))
     }
 
     /// A TLS stream to `host:port`, verified for `host`. Returns whether
@@ -315,6 +307,33 @@ impl Dialer {
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         Ok((tls, h2))
+    }
+}
+
+/// The addresses of `resolved` that `policy` admits, in the resolver's
+/// order; when it admits none (and there were some), the first refusal.
+fn admit(
+    policy: &AddrPolicy,
+    host: &str,
+    resolved: &[SocketAddr],
+) -> Result<Vec<SocketAddr>, DialRefused> {
+    let mut refused = None;
+    let mut admitted = Vec::with_capacity(resolved.len());
+    for a in resolved {
+        match policy.check(a.ip()) {
+            Ok(()) => admitted.push(*a),
+            Err(class) => {
+                refused.get_or_insert(DialRefused {
+                    host: host.to_owned(),
+                    addr: a.ip(),
+                    class,
+                });
+            }
+        }
+    }
+    match refused {
+        Some(r) if admitted.is_empty() => Err(r),
+        _ => Ok(admitted),
     }
 }
 
@@ -472,4 +491,52 @@ pub(crate) fn client(dialer: Dialer) -> Client<Dialer, Body> {
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(64)
         .build(dialer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn only_admitted_addresses_are_dialled_and_a_full_refusal_names_the_first() {
+        let p = AddrPolicy::default();
+        // A name answering with internal and global addresses: only the
+        // global ones, in order.
+        let got = admit(
+            &p,
+            "mixed.example",
+            &addrs(&[
+                "[::1]:443",
+                "8.8.8.8:443",
+                "127.0.0.1:443",
+                "[2606:4700::1111]:443",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(got, addrs(&["8.8.8.8:443", "[2606:4700::1111]:443"]));
+        let r = admit(
+            &p,
+            "evil.example",
+            &addrs(&["169.254.169.254:80", "10.0.0.1:80"]),
+        )
+        .unwrap_err();
+        assert_eq!(r.addr, "169.254.169.254".parse::<IpAddr>().unwrap());
+        assert_eq!(r.class, AddrClass::Metadata);
+        assert_eq!(r.host, "evil.example");
+        let allowed = AddrPolicy::new(&["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(
+            admit(
+                &allowed,
+                "evil.example",
+                &addrs(&["169.254.169.254:80", "10.0.0.1:80"])
+            )
+            .unwrap(),
+            addrs(&["10.0.0.1:80"])
+        );
+        assert_eq!(admit(&p, "none.example", &[]).unwrap(), vec![]);
+    }
 }
