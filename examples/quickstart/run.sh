@@ -13,11 +13,13 @@ docker info >/dev/null 2>&1 || { echo "run.sh: cannot reach the Docker daemon; s
 echo "==> building bot-bottle (release)"
 cargo build --release --quiet
 cargo build --release --quiet -p bot-bottle-e2e --bin demo-upstream
+# Where cargo put them (CARGO_TARGET_DIR moves it).
+bin=${CARGO_TARGET_DIR:-target}/release
 
 echo "==> building the local images"
-target/release/demo-upstream certs --dir "$here/.certs" --host api.quickstart.test
+"$bin/demo-upstream" certs --dir "$here/.certs" --host api.quickstart.test
 scripts/image-from-binaries.sh bot-bottle/quickstart-agent curl cat
-scripts/image-from-binaries.sh bot-bottle/demo-upstream target/release/demo-upstream
+scripts/image-from-binaries.sh bot-bottle/demo-upstream "$bin/demo-upstream"
 
 echo "==> starting the demo API (api.quickstart.test) on network $net"
 cleanup() { docker rm -f "$api" >/dev/null 2>&1 || true; docker network rm "$net" >/dev/null 2>&1 || true; }
@@ -34,12 +36,19 @@ docker run -d --name "$api" --label bot-bottle.role=example --network "$net" --i
 export QUICKSTART_API_TOKEN=${QUICKSTART_API_TOKEN:-quickstart-real-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 
 echo "==> bottle plan"
-target/release/bottle plan -f "$here/bottle.toml"
+"$bin/bottle" plan -f "$here/bottle.toml"
 echo
 echo "==> bottle run"
 status=0
-target/release/bottle run -f "$here/bottle.toml" || status=$?
+"$bin/bottle" run -f "$here/bottle.toml" || status=$?
 echo
 echo "==> what the API received (the real token, injected by the egress proxy):"
-docker logs "$api" 2>/dev/null | sed -E "s/${QUICKSTART_API_TOKEN}/<the real QUICKSTART_API_TOKEN>/g"
+# The token is replaced as a literal string (it may hold `/`, `+` or `.`,
+# which sed would read as its own syntax).
+docker logs "$api" 2>/dev/null | TOKEN=$QUICKSTART_API_TOKEN awk '
+    { out = ""; while ((i = index($0, ENVIRON["TOKEN"])) > 0) {
+        out = out substr($0, 1, i - 1) "<the real QUICKSTART_API_TOKEN>"
+        $0 = substr($0, i + length(ENVIRON["TOKEN"])) }
+      print out $0 }'
+
 exit $status

@@ -249,7 +249,10 @@ async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport
         biased;
         _ = &mut agent_exit => {}
         _ = &mut egress_exit => {
-            stopped_because = Some(Stopped::ProxyDied(exit_code(&docker, &names.egress).await));
+            stopped_because = Some(Stopped::ProxyDied(
+                exit_code(&docker, &names.egress).await,
+                crate::sidecar::death_note(&docker, &names.egress).await,
+            ));
             stop_agent().await;
             agent_exit.await;
         }
@@ -306,10 +309,16 @@ async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport
     let code = state.exit_code.unwrap_or(-1) as i32;
     if let Some(why) = stopped_because {
         let reason = match why {
-            Stopped::ProxyDied(egress_code) => format!(
+            Stopped::ProxyDied(egress_code @ (137 | 143), note) if note.is_empty() => format!(
+                "egress proxy was killed (exit code {egress_code}: `bottle rm`, `docker kill` or stop from elsewhere, or the sidecar's memory limit); \
+                 the agent was stopped because it had no network (fail closed)"
+            ),
+            Stopped::ProxyDied(egress_code, note) if note.is_empty() => format!(
+                "egress proxy died (exit code {egress_code}) and said nothing; the agent was stopped because it had no network (fail closed)"
+            ),
+            Stopped::ProxyDied(egress_code, note) => format!(
                 "egress proxy died (exit code {egress_code}); the agent was stopped because it had no network (fail closed). \
-                 `bottle logs --egress {}` shows why",
-                request.bottle_id
+                 The proxy's last words:\n  {note}"
             ),
             Stopped::NetworkLost(holder) => format!(
                 "the egress proxy lost its network: {holder}, which holds the network namespace it shares, stopped; \
@@ -333,8 +342,8 @@ async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport
 
 /// Why `wait` stopped an agent that was still running (fail closed).
 enum Stopped {
-    /// The sidecar ended, with this exit code.
-    ProxyDied(i64),
+    /// The sidecar ended, with this exit code and its last stderr lines.
+    ProxyDied(i64, String),
     /// The holder of the namespace the sidecar shares (named) stopped.
     NetworkLost(String),
 }

@@ -402,6 +402,35 @@ pub(crate) async fn egress_logs(docker: &Docker, container: &str) -> String {
     chunks.iter().map(|c| c.to_string()).collect()
 }
 
+/// Why a proxy that was serving died, for the agent's exit report: the last
+/// lines of its stderr, audit lines (JSON) and its `listening on` left out. Read before teardown,
+/// which takes the logs with the bottle. The proxy's own messages never hold
+/// a secret (the e2e canary tests read them); the launch path's tail
+/// ([`egress_log_tail`]) redacts besides because it also shows config
+/// errors from before the proxy read its config.
+pub(crate) async fn death_note(docker: &Docker, container: &str) -> String {
+    let chunks: Vec<_> = docker
+        .logs(
+            container,
+            Some(LogsOptions {
+                stderr: true,
+                tail: "20".into(),
+                ..Default::default()
+            }),
+        )
+        .filter_map(|r| async move { r.ok() })
+        .collect()
+        .await;
+    let text: String = chunks.iter().map(|c| c.to_string()).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('{') && !l.starts_with("listening on"))
+        .collect();
+    let start = lines.len().saturating_sub(6);
+    lines[start..].join("\n  ")
+}
+
 /// The sidecar's last lines for an error message, with every string of the
 /// proxy config that could be a secret blotted out.
 pub(crate) async fn egress_log_tail(docker: &Docker, spec: &LaunchSpec, container: &str) -> String {

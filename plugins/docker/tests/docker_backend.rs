@@ -1296,6 +1296,39 @@ fn a_proxy_that_never_listens_never_lets_the_agent_run() {
     );
 }
 
+/// A proxy that dies while the agent runs: the agent's report carries the
+/// proxy's last words, read before teardown takes its logs away (pointing
+/// at `bottle logs --egress` was no help: `bottle run` removes the bottle).
+#[test]
+fn a_proxy_that_dies_says_why_in_the_agents_report() {
+    let docker = docker_or_skip!();
+    let _g = GLOBAL.read().unwrap_or_else(|e| e.into_inner());
+    let backend = DockerBackend::new();
+    let mut s = spec(&docker, "dieproxy", &["sleep", "300"]);
+    let id = s.bottle_id.clone();
+    s.egress.config = Secret::new(format!(r#"{{"bottle":"{id}","die_ms": 1500}}"#));
+    let _cleanup = Cleanup::new(&[&id]);
+    backend.launch(s).unwrap();
+    let report = backend
+        .wait(WaitRequest {
+            schema: 1,
+            bottle_id: id.clone(),
+            attach: false,
+        })
+        .unwrap();
+    assert_ne!(report.exit_code, 0);
+    let reason = report.reason.unwrap();
+    assert!(
+        reason.contains("egress proxy died (exit code 4)")
+            && reason.contains("error: upstream went away")
+            && !reason.contains("listening on")
+            && !reason.contains("bottle logs"),
+        "{reason}"
+    );
+    remove(&backend, &id);
+    assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+}
+
 #[test]
 fn a_killed_proxy_stops_the_agent() {
     let docker = docker_or_skip!();
@@ -1326,7 +1359,7 @@ fn a_killed_proxy_stops_the_agent() {
     let report = waiter.join().unwrap().unwrap();
     assert_ne!(report.exit_code, 0);
     let reason = report.reason.unwrap();
-    assert!(reason.contains("egress proxy died"), "{reason}");
+    assert!(reason.contains("egress proxy was killed"), "{reason}");
     let agent = inspect_json(&docker, &format!("{id}-agent"));
     assert_eq!(
         agent["State"]["Running"], false,

@@ -14,6 +14,9 @@
 //!   (a slow proxy, to check that the agent never runs before it listens);
 //! * listens on ADDR (TCP) or PATH (a Unix socket, mode 0666) and prints
 //!   `listening on …` to stderr;
+//! * if the config contains `"die_ms": N`, N ms after listening it prints
+//!   `error: upstream went away` to stderr and exits 4 (a proxy that dies
+//!   while the agent runs);
 //! * serves each connection as a minimal forward proxy: `CONNECT host:port`
 //!   is tunnelled, `GET http://host:port/path` is fetched with HTTP/1.0;
 //!   anything else gets `fake-egress` back. One JSON audit line per request
@@ -93,6 +96,18 @@ fn main() {
         .and_then(|n| n.parse::<u64>().ok())
     {
         std::thread::sleep(Duration::from_millis(ms));
+    }
+    if let Some(ms) = config
+        .split(r#""die_ms":"#)
+        .nth(1)
+        .and_then(|r| r.trim_start().split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(ms));
+            eprintln!("error: upstream went away");
+            std::process::exit(4);
+        });
     }
     if unix {
         let listener = UnixListener::bind(&listen).expect("binding");
