@@ -84,6 +84,8 @@ pub struct LaunchOptions {
     pub extra_args: Vec<String>,
     /// Allocate a terminal.
     pub tty: bool,
+    /// Forward our stdin to the agent (`docker run -i`).
+    pub stdin: bool,
     /// `wait` with attach follows the launch (not `--detach`).
     pub attached: bool,
     /// The program the proxy runs as (`bottle egress serve`).
@@ -243,7 +245,7 @@ pub fn launch_spec(
             mounts,
             resources: m.resources.clone(),
             tty: options.tty,
-            interactive: options.tty,
+            interactive: options.stdin,
             attached: options.attached,
         },
         egress: EgressLaunch {

@@ -561,6 +561,58 @@ fn every_line_the_agent_prints_reaches_the_terminal() {
     }
 }
 
+/// Piped stdin reaches the agent whole, and its end closes the agent's
+/// stdin (`cat prompt.md | bottle run` as with `docker run -i`); before,
+/// stdin was forwarded only with a terminal and the agent read nothing.
+#[test]
+fn piped_stdin_reaches_the_agent_and_its_end_closes_it() {
+    if !docker_available("piped_stdin_reaches_the_agent_and_its_end_closes_it") {
+        return;
+    }
+    let up = Upstream::start("stdin", HOST);
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let name = unique("stdin");
+    let m = manifest(
+        dir.path(),
+        &name,
+        "read first; echo got:$first; n=0; while read l; do n=$((n+1)); done; echo $n",
+        &up,
+        &[],
+    );
+    let mut child = bottle(data.path())
+        .env("API_TOKEN", "t0ken-value")
+        .args(["run", "-f"])
+        .arg(&m)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = String::from("hello stdin\n");
+    for i in 0..20000 {
+        input.push_str(&format!("line {i} of the piped prompt\n"));
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        stdin.write_all(input.as_bytes())
+    });
+    let out = child.wait_with_output().unwrap();
+    let written = writer.join().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(exit_code(out.status), 0, "{stdout}\n{stderr}");
+    assert!(
+        written.is_ok(),
+        "bottle stopped reading stdin: {written:?}\n{stderr}"
+    );
+    let lines: Vec<&str> = stdout.lines().map(str::trim).collect();
+    assert_eq!(lines, ["got:hello stdin", "20000"], "{stderr}");
+}
+
 /// `bottle run -f manifest` in the background (output captured), returned
 /// once the bottle's agent container is running.
 fn run_in_background(data: &Path, manifest: &Path, token: &str, name: &str) -> std::process::Child {

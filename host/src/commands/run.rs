@@ -46,9 +46,15 @@ pub(super) fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
         .tty
         .unwrap_or_else(|| std::io::stdin().is_terminal() && std::io::stdout().is_terminal());
     let bottle_id = launch::new_bottle_id(&plan.manifest.name);
+    // Stdin goes to the agent with a terminal, and when it is a pipe or a
+    // file (`cat prompt.md | bottle run`). Not a terminal without a tty (the
+    // output redirected): a `bottle run … &` would stop on SIGTTIN reading
+    // it, and typed lines would go to an agent that shows no prompt.
+    let stdin = !args.detach && (tty || !std::io::stdin().is_terminal());
     let options = LaunchOptions {
         extra_args: args.args.clone(),
         tty,
+        stdin,
         attached: !args.detach,
         egress_program: launch::egress_program(),
     };
