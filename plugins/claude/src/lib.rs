@@ -227,15 +227,26 @@ fn claude_json(api_key_mode: bool) -> String {
     pretty(&v)
 }
 
-fn api_route(inject: HeaderInjection) -> EgressRoute {
-    EgressRoute {
-        inject: vec![inject],
+/// The routes to the API with `inject`: the API itself (`/v1/`, every
+/// method), and reads of the account endpoints under `/api/` (profile,
+/// usage, settings, the CLI's bootstrap). Nothing else on the host: a POST
+/// to `/api/oauth/claude_cli/create_api_key` with the forwarded login
+/// would hand the agent a permanent API key in the response body, a real
+/// credential the proxy could not take back; the CLI calls it only while
+/// logging in, which the bottle never does. The other `/api/` writes
+/// (feedback, telemetry, notices seen) are not needed to work.
+fn api_routes(inject: HeaderInjection) -> [EgressRoute; 2] {
+    let route = |prefix: &str, methods: &[&str]| EgressRoute {
+        path_prefix: Some(prefix.into()),
+        methods: methods.iter().map(|m| m.to_string()).collect(),
+        inject: vec![inject.clone()],
         ..EgressRoute::allow(API_HOST)
-    }
+    };
+    [route("/v1/", &[]), route("/api/", &["GET", "HEAD"])]
 }
 
-fn bearer_route() -> EgressRoute {
-    api_route(HeaderInjection {
+fn bearer_routes() -> [EgressRoute; 2] {
+    api_routes(HeaderInjection {
         header: "Authorization".into(),
         value: "Bearer {token}".into(),
         token_ref: Some(CLAUDE_HOST_OAUTH_TOKEN_REF.into()),
@@ -281,7 +292,7 @@ pub fn prepare_at(
                 CLAUDE_HOST_OAUTH_TOKEN_REF.into(),
                 login.access_token.clone(),
             );
-            plan.egress_routes.push(bearer_route());
+            plan.egress_routes.extend(bearer_routes());
             let body = refresh_body(&login, now_ms);
             for host in REFRESH_HOSTS {
                 plan.local_responses.push(LocalResponse {
@@ -313,7 +324,7 @@ pub fn prepare_at(
                 .insert("CLAUDE_CODE_OAUTH_TOKEN".into(), DUMMY_ACCESS_TOKEN.into());
             plan.provisioned_env
                 .insert(CLAUDE_HOST_OAUTH_TOKEN_REF.into(), token);
-            plan.egress_routes.push(bearer_route());
+            plan.egress_routes.extend(bearer_routes());
             plan.notes.push(
                 "using the host's CLAUDE_CODE_OAUTH_TOKEN; the agent holds a dummy token".into(),
             );
@@ -323,7 +334,7 @@ pub fn prepare_at(
                 .insert("ANTHROPIC_API_KEY".into(), DUMMY_API_KEY.into());
             plan.provisioned_env
                 .insert(CLAUDE_HOST_API_KEY_REF.into(), key);
-            plan.egress_routes.push(api_route(HeaderInjection {
+            plan.egress_routes.extend(api_routes(HeaderInjection {
                 header: "x-api-key".into(),
                 value: "{token}".into(),
                 token_ref: Some(CLAUDE_HOST_API_KEY_REF.into()),

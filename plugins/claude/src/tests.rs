@@ -105,16 +105,71 @@ fn forwarded_login_provisions_the_real_token_and_only_there() {
     assert!(!plan.env.contains_key("ANTHROPIC_API_KEY"));
     assert!(!plan.env.contains_key("CLAUDE_CODE_OAUTH_TOKEN"));
 
-    let r = &plan.egress_routes;
-    assert_eq!(r.len(), 1);
-    assert_eq!(r[0].host, "api.anthropic.com");
-    assert_eq!(r[0].path_prefix, None);
-    assert_eq!(r[0].inject[0].header, "Authorization");
-    assert_eq!(r[0].inject[0].value, "Bearer {token}");
-    assert_eq!(
-        r[0].inject[0].token_ref.as_deref(),
-        Some(CLAUDE_HOST_OAUTH_TOKEN_REF)
-    );
+    for r in &plan.egress_routes {
+        assert_eq!(r.host, "api.anthropic.com");
+        assert_eq!(r.inject[0].header, "Authorization");
+        assert_eq!(r.inject[0].value, "Bearer {token}");
+        assert_eq!(
+            r.inject[0].token_ref.as_deref(),
+            Some(CLAUDE_HOST_OAUTH_TOKEN_REF)
+        );
+    }
+}
+
+/// What the proxy does with `method url` under `plan`'s routes (its own
+/// decision, `bottle egress check`): whether it would go out, and with
+/// which headers injected.
+fn proxy_decision(plan: &AgentProvisionPlan, method: &str, url: &str) -> (bool, Vec<String>) {
+    let ca = bot_bottle_egress::BottleCa::generate("bb-claude-test", &["api.anthropic.com".into()])
+        .unwrap();
+    let config: bot_bottle_egress::ProxyConfig = serde_json::from_value(json!({
+        "schema": bot_bottle_egress::config::SCHEMA,
+        "bottle_id": "bb-claude-test",
+        "routes": plan.egress_routes,
+        "ca": { "cert_pem": ca.cert_pem, "key_pem": ca.key_pem.expose() },
+    }))
+    .unwrap();
+    let d = bot_bottle_egress::check(&config, method, url);
+    (d.allowed, d.inject_headers)
+}
+
+/// In every mode the credential goes to the API and to reads of the
+/// account endpoints, and never to the endpoint that mints a permanent API
+/// key from the login (its answer would hand the agent a real credential).
+#[test]
+fn the_credential_reaches_the_api_but_never_the_key_minting_endpoint() {
+    let host = Host::new();
+    host.write_creds(&real_credentials().to_string());
+    let mut plans = vec![("forwarded login", host.prepare(forward()).unwrap())];
+    let mut env = Host::new();
+    env.set("CLAUDE_CODE_OAUTH_TOKEN", "sk-ant-oat01-setup-token");
+    plans.push(("setup token", env.prepare(json!({})).unwrap()));
+    let mut key = Host::new();
+    key.set("ANTHROPIC_API_KEY", "sk-ant-api03-host-key");
+    plans.push(("API key", key.prepare(json!({})).unwrap()));
+    for (mode, plan) in &plans {
+        let api = "https://api.anthropic.com";
+        for (method, path) in [
+            ("POST", "/v1/messages?beta=true"),
+            ("POST", "/v1/messages/count_tokens"),
+            ("GET", "/v1/models"),
+            ("GET", "/api/oauth/profile"),
+            ("GET", "/api/oauth/usage"),
+        ] {
+            let (allowed, injected) = proxy_decision(plan, method, &format!("{api}{path}"));
+            assert!(allowed && !injected.is_empty(), "{mode}: {method} {path}");
+        }
+        for (method, path) in [
+            ("POST", "/api/oauth/claude_cli/create_api_key"),
+            ("POST", "/api/oauth/claude_cli/create_api_key/"),
+            ("POST", "/api/oauth/organizations/o/api_keys"),
+            ("DELETE", "/api/oauth/account"),
+            ("POST", "/admin/keys"),
+        ] {
+            let (allowed, _) = proxy_decision(plan, method, &format!("{api}{path}"));
+            assert!(!allowed, "{mode}: {method} {path} must be refused");
+        }
+    }
 }
 
 #[test]
