@@ -46,10 +46,46 @@ pub struct Protected {
 pub struct MountView {
     /// Host path.
     pub host: PathBuf,
+    /// Where the sandbox sees it.
+    pub sandbox: PathBuf,
     /// Writable.
     pub writable: bool,
     /// For the message (`the writable workspace /p`, `mount /p`).
     pub describe: String,
+}
+
+/// The first mount whose host path the agent could redirect, with the
+/// writable mount it could do it through.
+///
+/// A mount's host path is looked up again at every launch. When an entry on
+/// the way to it lies in a writable mount, the agent can replace that entry
+/// during one run (`mv sub sub.old; ln -s ~/.ssh sub`) and the next run
+/// mounts what it points at: any host directory, writable if the mount is.
+/// The one entry it cannot replace is a mount point in its own sandbox: the
+/// last entry, when the mount sits in the writable one exactly where the
+/// writable one's own view would show it (a read-only `.git` over the
+/// workspace's). Anywhere else (a workspace `a/b` beside a writable mount
+/// of `a` at another path) the agent sees it as a plain directory there.
+pub fn first_redirectable<'a>(mounts: &'a [MountView]) -> Option<(&'a MountView, &'a MountView)> {
+    for m in mounts {
+        let entries = entries_on_the_way(&m.host);
+        let last = entries.len().saturating_sub(1);
+        for w in mounts.iter().filter(|w| w.writable && !std::ptr::eq(*w, m)) {
+            let root = canonical(&w.host);
+            let overlaid = |e: &Path| {
+                e.strip_prefix(&root)
+                    .is_ok_and(|rel| w.sandbox.join(rel) == m.sandbox)
+            };
+            let redirectable = entries
+                .iter()
+                .enumerate()
+                .any(|(i, e)| e.starts_with(&root) && e != &root && !(i == last && overlaid(e)));
+            if redirectable {
+                return Some((m, w));
+            }
+        }
+    }
+    None
 }
 
 /// How a mount exposes a protected file.
@@ -207,9 +243,68 @@ mod tests {
     fn mount(host: &Path, writable: bool) -> MountView {
         MountView {
             host: host.to_path_buf(),
+            sandbox: Path::new("/m").join(host.file_name().unwrap()),
             writable,
             describe: host.display().to_string(),
         }
+    }
+
+    fn mount_at(host: &Path, sandbox: &str, writable: bool) -> MountView {
+        MountView {
+            sandbox: sandbox.into(),
+            ..mount(host, writable)
+        }
+    }
+
+    #[test]
+    fn a_mount_reached_through_a_writable_mount_is_redirectable() {
+        let d = tempfile::tempdir().unwrap();
+        let d = canonical(d.path());
+        let ws = d.join("ws");
+        std::fs::create_dir_all(ws.join("sub/.claude")).unwrap();
+        std::fs::create_dir_all(d.join("other")).unwrap();
+        let workspace = mount_at(&ws, "/workspace", true);
+        // A directory below the workspace's subdirectory: the agent can
+        // rename `sub` and put a link in its place.
+        let nested = mount_at(&ws.join("sub/.claude"), "/data", false);
+        let both = [workspace, nested];
+        let (m, w) = first_redirectable(&both).unwrap();
+        assert_eq!(
+            (m.host.as_path(), w.host.as_path()),
+            (both[1].host.as_path(), ws.as_path())
+        );
+        // Directly in the workspace but seen at another path: the agent
+        // sees `ws/sub` as a plain directory, and can replace it.
+        let beside = [
+            mount_at(&ws, "/workspace", true),
+            mount_at(&ws.join("sub"), "/data", false),
+        ];
+        assert!(first_redirectable(&beside).is_some());
+        // The same directory over the workspace's own view of it: a mount
+        // point the agent cannot replace.
+        let overlay = [
+            mount_at(&ws, "/workspace", true),
+            mount_at(&ws.join("sub"), "/workspace/sub", false),
+        ];
+        assert!(first_redirectable(&overlay).is_none());
+        // Unless it is a link the agent already planted.
+        std::os::unix::fs::symlink(d.join("other"), ws.join("link")).unwrap();
+        let planted = [
+            mount_at(&ws, "/workspace", true),
+            mount_at(&ws.join("link"), "/workspace/link", false),
+        ];
+        assert!(first_redirectable(&planted).is_some());
+        // Beside each other, or below a read-only mount: fine.
+        let apart = [
+            mount_at(&ws, "/workspace", true),
+            mount_at(&d.join("other"), "/o", true),
+        ];
+        assert!(first_redirectable(&apart).is_none());
+        let ro = [
+            mount_at(&ws, "/workspace", false),
+            mount_at(&ws.join("sub/.claude"), "/d", false),
+        ];
+        assert!(first_redirectable(&ro).is_none());
     }
 
     #[test]

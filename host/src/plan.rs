@@ -55,6 +55,17 @@ pub enum PlanError {
         /// What to change.
         fix: &'static str,
     },
+    /// A mount's host path goes through a writable mount, where the agent
+    /// could put a link that the next run would follow.
+    #[error("{manifest}: the host path of {mount} goes through {through}: the agent could replace a directory on the way with a link, and the next run would mount whatever the link points at (any host directory); mount a directory outside every writable mount, or mount it over the writable one's own view of it (its sandbox path inside the writable mount's)")]
+    RedirectableMount {
+        /// The manifest.
+        manifest: PathBuf,
+        /// The mount whose path could be redirected.
+        mount: String,
+        /// The writable mount it goes through.
+        through: String,
+    },
     /// A protected host file has other names (hard links) that may lie in a
     /// mount.
     #[error("{manifest}: {file} ({what}) has {links} hard links, and {mount} is on the same file system: another name for it may lie inside, through which the agent could change or read it, and bottle cannot tell where the others are; give it a name of its own (`cp FILE FILE.new && mv FILE.new FILE`), or mount a directory on another file system")]
@@ -244,19 +255,23 @@ impl BottlePlan {
         searched: &[SearchDir],
         opened: &[PathBuf],
     ) -> Result<(), PlanError> {
-        use crate::exposure::{first_exposure, Kind, MountView, Protected, Via};
+        use crate::exposure::{
+            first_exposure, first_redirectable, Kind, MountView, Protected, Via,
+        };
         let m = &self.manifest;
         let mut mounts: Vec<MountView> = m
             .workspace
             .iter()
             .map(|w| MountView {
                 host: w.clone(),
+                sandbox: self.sandbox.workspace.clone().into(),
                 writable: true,
                 describe: format!("the writable workspace {}", w.display()),
             })
             .collect();
         mounts.extend(m.mounts.iter().map(|x| MountView {
             host: x.host.clone(),
+            sandbox: x.sandbox.clone().into(),
             writable: x.writable,
             describe: format!(
                 "{} {}",
@@ -268,6 +283,13 @@ impl BottlePlan {
                 x.host.display()
             ),
         }));
+        if let Some((mount, through)) = first_redirectable(&mounts) {
+            return Err(PlanError::RedirectableMount {
+                manifest: m.path.clone(),
+                mount: mount.describe.clone(),
+                through: through.describe.clone(),
+            });
+        }
         let guard = |path: &Path, what: String, kind| Protected {
             path: path.to_path_buf(),
             what,

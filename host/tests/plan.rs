@@ -349,6 +349,32 @@ fn mounts_that_expose_the_manifest_or_a_credential_source_are_refused() {
         err.contains("has 2 hard links") && err.contains("give it a name of its own"),
         "{err}"
     );
+    // Nor a mount whose host path goes through the workspace: the agent
+    // could swap `ws/certs` for a link to any host directory before the
+    // next run.
+    let (code, text) = plan(
+        &format!(
+            "{base}[workspace]\npath = \"ws\"\n\
+             [[mounts]]\nhost = \"ws/certs\"\npath = \"/certs\"\n"
+        ),
+        &home,
+    );
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("goes through the writable workspace")
+            && text.contains("the next run would mount"),
+        "{text}"
+    );
+    // Over the workspace's own view of it (a mount point the agent cannot
+    // replace): fine.
+    let (code, text) = plan(
+        &format!(
+            "{base}[workspace]\npath = \"ws\"\n\
+             [[mounts]]\nhost = \"ws/certs\"\npath = \"/workspace/certs\"\n"
+        ),
+        &home,
+    );
+    assert_eq!(code, 0, "{text}");
     // Read-only, or a workspace of its own: fine.
     let (code, text) = plan(
         &format!("{base}[workspace]\npath = \"ws\"\n[[mounts]]\nhost = \".\"\npath = \"/cfg\"\n"),
