@@ -66,7 +66,7 @@ pub struct MountView {
 /// writable one's own view would show it (a read-only `.git` over the
 /// workspace's). Anywhere else (a workspace `a/b` beside a writable mount
 /// of `a` at another path) the agent sees it as a plain directory there.
-pub fn first_redirectable<'a>(mounts: &'a [MountView]) -> Option<(&'a MountView, &'a MountView)> {
+pub fn first_redirectable(mounts: &[MountView]) -> Option<(&MountView, &MountView)> {
     for m in mounts {
         let entries = entries_on_the_way(&m.host);
         let last = entries.len().saturating_sub(1);
