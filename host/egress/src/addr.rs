@@ -20,8 +20,8 @@ use ipnet::IpNet;
 /// Why an address is not one the proxy dials by default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AddrClass {
-    /// 169.254.169.254 or fd00:ec2::254: the cloud instance metadata
-    /// service (credentials of the machine the proxy runs on).
+    /// A cloud's instance metadata or credential service (credentials of
+    /// the machine the proxy runs on): [`METADATA`].
     Metadata,
     /// 127.0.0.0/8, ::1: the proxy's own machine.
     Loopback,
@@ -39,6 +39,10 @@ pub enum AddrClass {
     Multicast,
     /// 255.255.255.255.
     Broadcast,
+    /// A global address of the proxy's own machine (found once connected:
+    /// the connection's two ends have the same address). It reaches every
+    /// service listening on all interfaces, past any firewall outside.
+    ThisMachine,
     /// Not routable on the internet: 192.0.0.0/24, the documentation and
     /// benchmarking ranges, 240.0.0.0/4, and IPv6 prefixes reserved the same
     /// way (documentation, discard-only).
@@ -59,6 +63,18 @@ impl AddrClass {
             AddrClass::Multicast => "multicast",
             AddrClass::Broadcast => "broadcast",
             AddrClass::Reserved => "reserved",
+            AddrClass::ThisMachine => "this machine's own",
+        }
+    }
+}
+
+impl AddrClass {
+    /// The class as a noun phrase, article included ("a loopback address").
+    pub fn an_address(self) -> String {
+        match self {
+            AddrClass::Unspecified => "an unspecified address".into(),
+            AddrClass::ThisMachine => "an address of the proxy's own machine".into(),
+            c => format!("a {c} address"),
         }
     }
 }
@@ -69,13 +85,30 @@ impl fmt::Display for AddrClass {
     }
 }
 
-const METADATA_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
-const METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+/// Addresses where clouds hand a machine (or a container task) its
+/// credentials. Each must be allowed on its own (`/32`, `/128`), never by a
+/// wider network; one of them (Azure's) is not even in an internal range.
+const METADATA: [IpAddr; 9] = [
+    // AWS, GCP, Azure, Oracle, DigitalOcean, OpenStack: instance metadata.
+    IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
+    // AWS ECS task role credentials, EKS Pod Identity.
+    IpAddr::V4(Ipv4Addr::new(169, 254, 170, 2)),
+    IpAddr::V4(Ipv4Addr::new(169, 254, 170, 23)),
+    // Tencent Cloud, Alibaba Cloud.
+    IpAddr::V4(Ipv4Addr::new(169, 254, 0, 23)),
+    IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
+    // Azure's WireServer (a public address every Azure VM reaches).
+    IpAddr::V4(Ipv4Addr::new(168, 63, 129, 16)),
+    // AWS (IMDS, EKS Pod Identity) and GCP over IPv6.
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23)),
+    IpAddr::V6(Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254)),
+];
 
 fn classify_v4(ip: Ipv4Addr) -> Option<AddrClass> {
     let [a, b, c, _] = ip.octets();
     Some(match (a, b, c) {
-        _ if ip == METADATA_V4 => AddrClass::Metadata,
+        _ if METADATA.contains(&IpAddr::V4(ip)) => AddrClass::Metadata,
         _ if ip.is_broadcast() => AddrClass::Broadcast,
         (0, ..) => AddrClass::Unspecified,
         (127, ..) => AddrClass::Loopback,
@@ -93,17 +126,20 @@ fn classify_v4(ip: Ipv4Addr) -> Option<AddrClass> {
 
 /// The IPv4 address an IPv6 one stands for, where it stands for one a host
 /// or a gateway may deliver to: IPv4-mapped (`::ffff:a.b.c.d`, a dual-stack
-/// socket's IPv4), IPv4-compatible (`::a.b.c.d`, deprecated), NAT64
-/// (`64:ff9b::/96`, `64:ff9b:1::/48`) and 6to4 (`2002:aabb:ccdd::/48`).
+/// socket's IPv4), IPv4-translated (`::ffff:0:a.b.c.d`, SIIT),
+/// IPv4-compatible (`::a.b.c.d`, deprecated), the well-known NAT64 prefix
+/// (`64:ff9b::/96`) and 6to4 (`2002:aabb:ccdd::/48`). The local-use NAT64
+/// prefix `64:ff9b:1::/48` may embed the address at any of several
+/// offsets, so it is refused whole ([`classify_v6`]).
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = ip.segments();
     let tail = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
     match s {
         [0, 0, 0, 0, 0, 0xffff, ..] => Some(tail),
+        [0, 0, 0, 0, 0xffff, 0, ..] => Some(tail),
         // ::/96 less :: and ::1, which are classed as themselves.
         [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 || lo > 1 => Some(tail),
         [0x64, 0xff9b, 0, 0, 0, 0, ..] => Some(tail),
-        [0x64, 0xff9b, 1, ..] => Some(tail),
         [0x2002, hi, lo, ..] => Some(Ipv4Addr::new(
             (hi >> 8) as u8,
             hi as u8,
@@ -120,7 +156,7 @@ fn classify_v6(ip: Ipv6Addr) -> Option<AddrClass> {
     }
     let s = ip.segments();
     Some(match s[0] {
-        _ if ip == METADATA_V6 => AddrClass::Metadata,
+        _ if METADATA.contains(&IpAddr::V6(ip)) => AddrClass::Metadata,
         _ if ip.is_unspecified() => AddrClass::Unspecified,
         _ if ip.is_loopback() => AddrClass::Loopback,
         0xfe80..=0xfebf => AddrClass::LinkLocal,
@@ -128,9 +164,19 @@ fn classify_v6(ip: Ipv6Addr) -> Option<AddrClass> {
         0xff00..=0xffff => AddrClass::Multicast,
         // Site-local (deprecated, fec0::/10): internal by definition.
         0xfec0..=0xfeff => AddrClass::UniqueLocal,
-        // Documentation 2001:db8::/32, discard-only 100::/64.
-        0x2001 if s[1] == 0xdb8 => AddrClass::Reserved,
+        // The rest of ::/8 (the embedded forms are above): reserved by
+        // IETF, and where translators put addresses, local-use NAT64
+        // (64:ff9b:1::/48) included.
+        0x0000..=0x00ff => AddrClass::Reserved,
+        // Discard-only 100::/64.
         0x0100 if s[1..4] == [0, 0, 0] => AddrClass::Reserved,
+        // 2001::/23 (Teredo, benchmarking, ORCHID and other protocol
+        // assignments, not global unicast) and documentation
+        // 2001:db8::/32 and 3fff::/20.
+        0x2001 if s[1] < 0x0200 || s[1] == 0xdb8 => AddrClass::Reserved,
+        0x3fff if s[1] < 0x1000 => AddrClass::Reserved,
+        // SRv6 segment identifiers (5f00::/16).
+        0x5f00 => AddrClass::Reserved,
         _ => return None,
     })
 }
@@ -156,6 +202,12 @@ impl AddrPolicy {
         Self {
             allow: allow.iter().map(IpNet::trunc).collect(),
         }
+    }
+
+    /// Whether the user allowed `ip` although it is internal (for a class
+    /// found otherwise than by [`classify`], such as [`AddrClass::ThisMachine`]).
+    pub(crate) fn allows(&self, ip: IpAddr) -> bool {
+        self.allow.iter().any(|net| net.contains(&ip))
     }
 
     /// `Ok` when `ip` may be dialled, else its class.
@@ -220,7 +272,15 @@ mod tests {
             ("172.31.255.255", Private),
             ("192.168.1.1", Private),
             ("100.64.0.1", SharedAddressSpace),
-            ("100.100.100.200", SharedAddressSpace),
+            ("100.100.100.201", SharedAddressSpace),
+            // Other clouds' credential services, Azure's in a public range.
+            ("100.100.100.200", Metadata),
+            ("169.254.170.2", Metadata),
+            ("169.254.170.23", Metadata),
+            ("169.254.0.23", Metadata),
+            ("168.63.129.16", Metadata),
+            ("fd00:ec2::23", Metadata),
+            ("fd20:ce::254", Metadata),
             ("100.127.255.255", SharedAddressSpace),
             ("fc00::1", UniqueLocal),
             ("fd12:3456::1", UniqueLocal),
@@ -242,7 +302,18 @@ mod tests {
             ("::127.0.0.1", Loopback),
             ("::169.254.169.254", Metadata),
             ("64:ff9b::a9fe:a9fe", Metadata),
-            ("64:ff9b:1::7f00:1", Loopback),
+            // Local-use NAT64 embeds at other offsets: refused whole.
+            ("64:ff9b:1::7f00:1", Reserved),
+            ("64:ff9b:1:7f00:0:100:808:808", Reserved),
+            ("::ffff:0:7f00:1", Loopback),
+            ("::ffff:0:a9fe:a9fe", Metadata),
+            ("::2:0:0:1", Reserved),
+            ("2001::1", Reserved),
+            ("2001:2::1", Reserved),
+            ("2001:10::1", Reserved),
+            ("2001:1ff::1", Reserved),
+            ("3fff::1", Reserved),
+            ("5f00::1", Reserved),
             ("2002:7f00:1::", Loopback),
             ("2002:c0a8:101::1", Private),
         ] {
@@ -267,6 +338,10 @@ mod tests {
             "::ffff:8.8.8.8",
             "64:ff9b::808:808",
             "2002:808:808::1",
+            "2001:4860:4860::8888",
+            "2001:200::1",
+            "3fff:1000::1",
+            "168.63.129.17",
         ] {
             assert_eq!(class(a), None, "{a}");
         }
@@ -274,10 +349,16 @@ mod tests {
 
     #[test]
     fn allowed_networks_let_in_what_they_hold_but_metadata_needs_naming() {
-        let nets: Vec<IpNet> = ["10.0.0.0/8", "169.254.0.0/16", "fc00::/7"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
+        let nets: Vec<IpNet> = [
+            "10.0.0.0/8",
+            "169.254.0.0/16",
+            "fc00::/7",
+            "100.64.0.0/10",
+            "168.63.0.0/16",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
         let p = AddrPolicy::new(&nets);
         let ok = |s: &str| p.check(s.parse().unwrap());
         assert_eq!(ok("10.1.2.3"), Ok(()));
@@ -288,6 +369,13 @@ mod tests {
         assert_eq!(ok("127.0.0.1"), Err(AddrClass::Loopback));
         assert_eq!(ok("169.254.169.254"), Err(AddrClass::Metadata));
         assert_eq!(ok("fd00:ec2::254"), Err(AddrClass::Metadata));
+        // Allowing a Tailscale-style 100.64/10 does not let in Alibaba's
+        // metadata, nor the ECS credentials a link-local /16, nor a public
+        // range Azure's WireServer.
+        assert_eq!(ok("100.101.1.1"), Ok(()));
+        assert_eq!(ok("100.100.100.200"), Err(AddrClass::Metadata));
+        assert_eq!(ok("169.254.170.2"), Err(AddrClass::Metadata));
+        assert_eq!(ok("168.63.129.16"), Err(AddrClass::Metadata));
         assert_eq!(ok("8.8.8.8"), Ok(()));
         let named = AddrPolicy::new(&["169.254.169.254/32".parse().unwrap()]);
         assert_eq!(named.check("169.254.169.254".parse().unwrap()), Ok(()));

@@ -296,7 +296,7 @@ async fn outer(
         let host = canon_host(auth.host());
         let port = auth.port_u16().unwrap_or(443);
         let mut rec = shared.record("CONNECT", &host, port, String::new());
-        if route::is_passthrough(&shared.cfg, &host) {
+        if route::passthrough_for(&shared.cfg, &host, port).is_some() {
             return match shared.dialer.tcp(&host, port).await {
                 Ok(up) => {
                     rec.decision = "passthrough".into();
@@ -1165,22 +1165,23 @@ fn refuse_internal(
     let host = &r.host;
     let metadata = if r.class == crate::addr::AddrClass::Metadata {
         "A cloud metadata address is allowed only when listed on its own \
-         (169.254.169.254/32, fd00:ec2::254/128): a wider network does not include it.\n"
+         (169.254.169.254/32, fd00:ec2::254/128, 168.63.129.16/32...): a wider network \
+         does not include it.\n"
     } else {
         ""
     };
     text(
         StatusCode::FORBIDDEN,
         format!(
-            "bot-bottle egress: {host} resolves to a {class} address; the proxy does not dial \
+            "bot-bottle egress: {host} resolves to {class}; the proxy does not dial \
              internal addresses for a name it resolves itself (a DNS answer could otherwise \
              point a route at cloud metadata, the proxy's own machine or its network). \
-             The audit log names the address.\n\
+             The audit log (`bottle logs --egress`) names the address.\n\
              If {host} really lives on an internal network (a corporate mirror), allow that \
              network in bottle.toml:\n  [egress]\n  allow_internal = [\"10.20.0.0/16\"]\n\
              or pin the host to its address: [egress] resolve = {{ \"{host}\" = \"IP:PORT\" }}.\n\
              {metadata}",
-            class = r.class,
+            class = r.class.an_address(),
         ),
     )
 }

@@ -118,8 +118,10 @@ impl std::fmt::Display for DialRefused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} resolved to {}, a {} address, which the proxy does not dial",
-            self.host, self.addr, self.class
+            "{} resolved to {}, {}, which the proxy does not dial",
+            self.host,
+            self.addr,
+            self.class.an_address()
         )
     }
 }
@@ -274,7 +276,23 @@ impl Dialer {
         let mut failed = None;
         for a in admitted {
             match TcpStream::connect(a).await {
-                Ok(s) => return Ok(s),
+                Ok(s) => {
+                    // A global address of this very machine (a VPS's public
+                    // IPv4, a laptop's SLAAC IPv6) passes the classes but
+                    // reaches whatever listens on all its interfaces. Seen
+                    // only once connected: both ends have the same address.
+                    if dialled_this_machine(&s, a) && !self.inner.policy.allows(a.ip()) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::PermissionDenied,
+                            DialRefused {
+                                host: host.to_owned(),
+                                addr: a.ip(),
+                                class: AddrClass::ThisMachine,
+                            },
+                        ));
+                    }
+                    return Ok(s);
+                }
                 Err(e) => failed = Some(e),
             }
         }
@@ -308,6 +326,13 @@ impl Dialer {
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         Ok((tls, h2))
     }
+}
+
+/// Whether connection `s`, dialled at `a`, reached this machine: Linux (and
+/// the BSDs) source a connection to one of the machine's own addresses from
+/// that same address.
+fn dialled_this_machine(s: &TcpStream, a: SocketAddr) -> bool {
+    s.local_addr().is_ok_and(|l| l.ip() == a.ip())
 }
 
 /// The addresses of `resolved` that `policy` admits, in the resolver's
@@ -499,6 +524,22 @@ mod tests {
 
     fn addrs(list: &[&str]) -> Vec<SocketAddr> {
         list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_connection_to_an_own_address_is_recognised() {
+        // 127.0.0.1 stands in for a global address of the machine (its
+        // class refuses it before any dial; this is the check after).
+        let l = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let own: SocketAddr = ([127, 0, 0, 1], port).into();
+        let s = TcpStream::connect(own).await.unwrap();
+        assert!(dialled_this_machine(&s, own));
+        // Another loopback address is sourced from 127.0.0.1: the two ends
+        // differ, as for any address that is not the machine's.
+        let other: SocketAddr = ([127, 0, 0, 2], port).into();
+        let s = TcpStream::connect(other).await.unwrap();
+        assert!(!dialled_this_machine(&s, other));
     }
 
     #[test]
