@@ -48,9 +48,25 @@ pub(crate) fn host_matches(pattern: &str, host: &str) -> bool {
     }
 }
 
-/// Whether any route or passthrough entry names `host`.
+/// Whether any passthrough entry names `host`.
 pub(crate) fn is_passthrough(cfg: &ProxyConfig, host: &str) -> bool {
     cfg.tls_passthrough.iter().any(|p| host_matches(p, host))
+}
+
+/// The port a `tls_passthrough` tunnel may go to. A tunnel's contents are
+/// the agent's own, so a passthrough host on any port would let the agent
+/// reach every service its address listens on (its own TLS or none).
+pub(crate) const PASSTHROUGH_PORT: u16 = 443;
+
+/// The passthrough entry that tunnels a CONNECT to `host:port`, if any.
+pub(crate) fn passthrough_for<'a>(
+    cfg: &'a ProxyConfig,
+    host: &str,
+    port: u16,
+) -> Option<&'a String> {
+    (port == PASSTHROUGH_PORT)
+        .then(|| cfg.tls_passthrough.iter().find(|p| host_matches(p, host)))
+        .flatten()
 }
 
 /// Whether a CONNECT to `host` is let into the proxy at all: a route or a
@@ -332,11 +348,7 @@ pub fn check(config: &ProxyConfig, method: &str, url: &str) -> Decision {
         return d;
     }
     if tls {
-        if let Some(p) = config
-            .tls_passthrough
-            .iter()
-            .find(|p| host_matches(p, &d.host))
-        {
+        if let Some(p) = passthrough_for(config, &d.host, d.port) {
             d.allowed = true;
             d.action = Action::Passthrough;
             d.route_host = Some(p.clone());

@@ -540,6 +540,20 @@ async fn websocket_over_http2_extended_connect() {
     );
 }
 
+/// A passthrough host is tunnelled on 443 only: the tunnel's contents are
+/// the agent's own, so on any port it would reach every service the host's
+/// address listens on (the resolve override here sends every port of
+/// pass.test to the upstream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_is_for_port_443_only() {
+    let fx = fx().await;
+    for port in [8443, 22, 80] {
+        let (st, head, _) = connect(fx.proxy, &format!("pass.test:{port}")).await;
+        assert_eq!(st, 403, "port {port}: {head}");
+    }
+    assert!(fx.up.seen().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passthrough_is_a_plain_tunnel() {
     let fx = fx().await;
