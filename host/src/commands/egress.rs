@@ -11,6 +11,24 @@ use crate::manifest::Manifest;
 use crate::output::print_json;
 use crate::plan;
 
+/// Ends the proxy on SIGTERM or SIGINT. As a container's first process it
+/// has no default action for them, so `docker stop` waited its whole
+/// timeout (10 s) and then killed it. Nothing is lost by ending at once: the
+/// agent is stopped first, so the workers are idle, and an idle worker has
+/// written its audit lines (they are batched only while it has work).
+fn exit_on_termination() -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("installing signal handlers")?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            eprintln!("egress: signal {sig}; exiting");
+            std::process::exit(0);
+        }
+    });
+    Ok(())
+}
+
 pub(super) fn run(cli: &Cli, cmd: &EgressCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         EgressCommand::Serve {
@@ -39,6 +57,7 @@ pub(super) fn run(cli: &Cli, cmd: &EgressCommand) -> anyhow::Result<ExitCode> {
                         .with_context(|| format!("cannot listen on {}", first.listen))?,
                 ),
             };
+            exit_on_termination()?;
             // Backends wait for this line: the proxy accepts from here on.
             eprintln!("listening on {}", listener.describe());
             // Reloads the file on SIGHUP: how rotated credentials arrive.

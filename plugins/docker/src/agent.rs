@@ -231,6 +231,12 @@ pub(crate) fn agent_container_body(
         runtime: options.runtime.clone(),
         // The gate, and the proxy's socket: the agent's only way out.
         volumes_from: gate_volume.map(|v| vec![v.to_string(), format!("{}:ro", names.egress)]),
+        // Docker's init (tini) as the first process, the gate and then the
+        // agent below it: as the first process the agent would ignore the
+        // SIGTERM of `docker stop` unless it set a handler (Node and most
+        // programs do not), and `bottle stop` waited 10 s and killed it. It
+        // also reaps the agent's orphans.
+        init: Some(true),
         ..hardened_host_config(network)
     };
     if !agent.mounts.is_empty() {

@@ -1465,6 +1465,11 @@ fn list_stop_logs_exec() {
         .find(|b| b.bottle_id == id)
         .expect("still listed");
     assert_eq!(me.state, "exited");
+    // `sleep` sets no SIGTERM handler, so as the container's first process
+    // it ignored `docker stop`'s SIGTERM and was killed after the timeout
+    // (137). Under Docker's init it ends of the SIGTERM itself (143).
+    let agent = inspect_json(&docker, &format!("{id}-agent"));
+    assert_eq!(agent["State"]["ExitCode"], 143, "{}", agent["State"]);
     // Stopping twice is fine; a missing bottle is not found.
     backend
         .stop(BottleRef {
