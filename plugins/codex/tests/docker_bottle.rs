@@ -127,11 +127,14 @@ pids = 256
 
 [egress]
 upstream_ca = "{ca}"
+# The fake upstream is a container on a private Docker network.
+allow_internal = ["{ip}"]
 
 [backends.docker]
 egress_network = "{net}"
 "#,
         ca = up.ca_pem.display(),
+        ip = up.ip,
         net = up.network,
     );
     // The agent (uid 1000) writes its progress markers into the workspace.
