@@ -286,3 +286,43 @@ fn serve_with_nothing_on_stdin_stops_with_a_clear_error() {
     );
     assert!(!err.contains("listening on"), "{err}");
 }
+
+/// An `upstream.extra_ca_pem` with no certificate in it is refused before
+/// the `listening on` line backends take as ready, not after it (when the
+/// agent would already be running against a proxy about to die).
+#[test]
+fn serve_refuses_an_extra_ca_without_a_certificate_before_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_json(&dir.path().join("audit.jsonl"));
+    cfg["upstream"] = serde_json::json!({ "extra_ca_pem": "not a certificate\n" });
+    let path = dir.path().join("egress.json");
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let mut child = bottle()
+        .args(["egress", "serve", "--config"])
+        .arg(&path)
+        .args(["--listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > HANG {
+            child.kill().unwrap();
+            panic!("the proxy kept serving a config it cannot use");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("upstream.extra_ca_pem holds no PEM certificate"),
+        "{err}"
+    );
+    assert!(!err.contains("listening on"), "{err}");
+    assert_no_canary("stderr", &err);
+}

@@ -341,6 +341,10 @@ impl ProxyConfig {
                 )));
             }
         }
+        if let Some(pem) = &self.upstream.extra_ca_pem {
+            crate::upstream::add_extra_roots(&mut rustls::RootCertStore::empty(), pem)
+                .map_err(bad)?;
+        }
         if self.limits.max_connections == 0 {
             return Err(bad("limits.max_connections must be at least 1".into()));
         }
@@ -428,6 +432,27 @@ mod tests {
         )
         .unwrap();
         assert!(!e.contains("canary"), "{e}");
+    }
+
+    #[test]
+    fn an_extra_ca_without_a_certificate_is_refused_before_serving() {
+        let with_ca = |pem: &str| {
+            let mut v = minimal();
+            v["upstream"] = serde_json::json!({ "extra_ca_pem": pem });
+            ProxyConfig::from_json(&v.to_string())
+                .err()
+                .map(|e| e.to_string())
+        };
+        let e = with_ca("just text\n").expect("no certificate is refused");
+        assert!(
+            e.contains("upstream.extra_ca_pem holds no PEM certificate"),
+            "{e}"
+        );
+        let e = with_ca("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
+            .expect("a block that is no certificate is refused");
+        assert!(e.contains("upstream.extra_ca_pem"), "{e}");
+        let ca = crate::ca::BottleCa::generate("bb-t", &["a.test".to_string()]).unwrap();
+        assert_eq!(with_ca(&ca.cert_pem), None);
     }
 
     #[test]
