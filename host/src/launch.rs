@@ -13,7 +13,7 @@ use bot_bottle_egress::ca::BottleCa;
 use bot_bottle_egress::config::{
     self as egress_config, CaMaterial, DlpConfig, ProxyConfig, UpstreamConfig,
 };
-use bot_bottle_plugin_api::{AgentLaunch, EgressLaunch, LaunchSpec, Mount, SandboxFile, Secret};
+use bot_bottle_plugin_api::{AgentLaunch, EgressLaunch, LaunchSpec, SandboxFile, Secret};
 
 use crate::manifest::DlpMode;
 use crate::plan::BottlePlan;
@@ -39,7 +39,7 @@ pub enum LaunchError {
     #[error("cannot generate the bottle CA: {0}")]
     Ca(String),
     /// `upstream_ca` could not be read.
-    #[error("{manifest}: cannot read egress.upstream_ca {path}: {source}")]
+    #[error("{manifest}: cannot read egress.upstream_ca {path}: {source}; fix the path, or leave upstream_ca out to trust the system roots only")]
     UpstreamCa {
         /// The manifest.
         manifest: PathBuf,
@@ -47,6 +47,16 @@ pub enum LaunchError {
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// `upstream_ca` holds no usable certificate.
+    #[error("{manifest}: egress.upstream_ca {path} {message}; point it at a PEM file of CA certificates (`-----BEGIN CERTIFICATE-----` blocks)")]
+    BadUpstreamCa {
+        /// The manifest.
+        manifest: PathBuf,
+        /// The CA file.
+        path: PathBuf,
+        /// What is wrong (the proxy's own words).
+        message: String,
     },
     /// The workspace directory does not exist.
     #[error("{manifest}: workspace.path {path} does not exist; create it or fix the path")]
@@ -56,6 +66,163 @@ pub enum LaunchError {
         /// The directory.
         path: PathBuf,
     },
+    /// The workspace is not a directory.
+    #[error("{manifest}: workspace.path {path} is not a directory; the workspace must be a directory (mount a single file with [[mounts]])")]
+    WorkspaceNotADirectory {
+        /// The manifest.
+        manifest: PathBuf,
+        /// The path.
+        path: PathBuf,
+    },
+    /// A mount's host path does not exist.
+    #[error("{manifest}: [[mounts]] host {path} {why}; create it or fix the path (the mount at {sandbox})")]
+    NoMountSource {
+        /// The manifest.
+        manifest: PathBuf,
+        /// The host path.
+        path: PathBuf,
+        /// Where it would be mounted.
+        sandbox: String,
+        /// `does not exist`, or why it cannot be looked at.
+        why: String,
+    },
+    /// `[env]` sets a proxy variable the backend replaces.
+    #[error("{manifest}: [env] {key} would be replaced: every backend points the agent's proxy variables (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY, in either case) at the bottle's egress proxy, the agent's only way out; remove it, and to send the proxy's own connections through another proxy (a corporate one) set egress.upstream_proxy")]
+    ProxyVariableInEnv {
+        /// The manifest.
+        manifest: PathBuf,
+        /// The key as written.
+        key: String,
+    },
+    /// The backend refuses the bottle.
+    #[error("{manifest}: {source}")]
+    Backend {
+        /// The manifest.
+        manifest: PathBuf,
+        /// What the backend said.
+        source: Box<crate::plugins::PluginCallError>,
+    },
+    /// The provider gave the agent an env name no process can carry.
+    #[error("{manifest}: provider `{provider}` gives the agent env name {key:?}, which is not an env name (letters, digits and `_`, not starting with a digit); fix it in [agent.options]")]
+    BadEnvName {
+        /// The manifest.
+        manifest: PathBuf,
+        /// The provider.
+        provider: String,
+        /// The name.
+        key: String,
+    },
+}
+
+/// Asks the plan's backend whether it would refuse the bottle at launch
+/// (its options, limits, mounts), before anything exists.
+pub fn validate_with_backend(
+    plan: &BottlePlan,
+    backend: &crate::plugins::BackendHandle<'_>,
+) -> Result<(), LaunchError> {
+    backend
+        .validate(&plan.validate_request())
+        .map_err(|source| LaunchError::Backend {
+            manifest: plan.manifest.path.clone(),
+            source: Box::new(source),
+        })
+}
+
+/// The proxy variables every backend sets in the agent's env itself
+/// (in upper and lower case), whatever the plan says.
+pub const PROXY_VARIABLES: &[&str] = &["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"];
+
+fn is_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Everything the host can know, before a launch, that would stop it:
+/// what `bottle plan` and `bottle doctor -f` check, and `launch_spec`
+/// checks again. Files are looked at as they are now; nothing is created.
+/// The proxy config is built and validated as the proxy will (with a
+/// stand-in CA) once every token ref resolved; with refs missing, that is
+/// the error the caller reports.
+pub fn preflight(plan: &BottlePlan) -> Result<(), LaunchError> {
+    let m = &plan.manifest;
+    if let Some(ws) = &m.workspace {
+        match std::fs::metadata(ws) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(LaunchError::WorkspaceNotADirectory {
+                    manifest: m.path.clone(),
+                    path: ws.clone(),
+                })
+            }
+            Err(_) => {
+                return Err(LaunchError::NoWorkspace {
+                    manifest: m.path.clone(),
+                    path: ws.clone(),
+                })
+            }
+        }
+    }
+    for mount in &m.mounts {
+        if let Err(e) = std::fs::metadata(&mount.host) {
+            return Err(LaunchError::NoMountSource {
+                manifest: m.path.clone(),
+                path: mount.host.clone(),
+                sandbox: mount.sandbox.clone(),
+                why: match e.kind() {
+                    std::io::ErrorKind::NotFound => "does not exist".into(),
+                    _ => format!("cannot be looked at: {e}"),
+                },
+            });
+        }
+    }
+    if let Some(key) = m
+        .env
+        .keys()
+        .find(|k| PROXY_VARIABLES.contains(&k.to_ascii_uppercase().as_str()))
+    {
+        return Err(LaunchError::ProxyVariableInEnv {
+            manifest: m.path.clone(),
+            key: key.clone(),
+        });
+    }
+    if let Some(key) = plan.agent_env.keys().find(|k| !is_env_name(k)) {
+        return Err(LaunchError::BadEnvName {
+            manifest: m.path.clone(),
+            provider: plan.provider.name.clone(),
+            key: key.clone(),
+        });
+    }
+    // `upstream_ca` on its own, so that it is checked with token refs
+    // missing too; the proxy config check below repeats it.
+    read_upstream_ca(plan)?;
+    if plan.egress.missing.is_none() {
+        let stand_in = CaMaterial {
+            cert_pem: String::new(),
+            key_pem: Secret::new(""),
+        };
+        proxy_config(plan, "bb-preflight", &stand_in)?;
+    }
+    Ok(())
+}
+
+/// The contents of `egress.upstream_ca`, checked as the proxy checks it.
+fn read_upstream_ca(plan: &BottlePlan) -> Result<Option<String>, LaunchError> {
+    let m = &plan.manifest;
+    let Some(path) = &m.upstream_ca else {
+        return Ok(None);
+    };
+    let pem = std::fs::read_to_string(path).map_err(|source| LaunchError::UpstreamCa {
+        manifest: m.path.clone(),
+        path: path.clone(),
+        source,
+    })?;
+    egress_config::check_extra_ca_pem(&pem).map_err(|message| LaunchError::BadUpstreamCa {
+        manifest: m.path.clone(),
+        path: path.clone(),
+        message,
+    })?;
+    Ok(Some(pem))
 }
 
 /// A fresh id for one run of a bottle: `bb-<name>-<8 hex>`.
@@ -103,18 +270,7 @@ pub fn proxy_config(
         return Err(missing.clone().into());
     }
     let m = &plan.manifest;
-    let extra_ca_pem = match &m.upstream_ca {
-        Some(path) => {
-            Some(
-                std::fs::read_to_string(path).map_err(|source| LaunchError::UpstreamCa {
-                    manifest: m.path.clone(),
-                    path: path.clone(),
-                    source,
-                })?,
-            )
-        }
-        None => None,
-    };
+    let extra_ca_pem = read_upstream_ca(plan)?;
     let mut cfg = policy_config(plan);
     cfg.bottle_id = bottle_id.to_string();
     cfg.tokens = plan.egress.token_values.clone();
@@ -183,6 +339,7 @@ pub fn launch_spec(
     options: &LaunchOptions,
 ) -> Result<(LaunchSpec, CaMaterial), LaunchError> {
     let m = &plan.manifest;
+    preflight(plan)?;
     let ca = BottleCa::generate(bottle_id, &plan.egress.hosts())
         .map_err(|e| LaunchError::Ca(e.to_string()))?;
     let ca = CaMaterial {
@@ -203,21 +360,7 @@ pub fn launch_spec(
         0o644,
     ));
 
-    let mut mounts = Vec::new();
-    if let Some(ws) = &m.workspace {
-        if !ws.is_dir() {
-            return Err(LaunchError::NoWorkspace {
-                manifest: m.path.clone(),
-                path: ws.clone(),
-            });
-        }
-        mounts.push(Mount {
-            host: ws.clone(),
-            sandbox: plan.sandbox.workspace.clone(),
-            writable: true,
-        });
-    }
-    mounts.extend(m.mounts.iter().cloned());
+    let mounts = plan.agent_mounts();
 
     let mut command = plan.command.clone();
     command.extend(options.extra_args.iter().cloned());

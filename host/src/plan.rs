@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use bot_bottle_plugin_api::{
-    AgentProvisionPlan, Mount, PluginInfo, PrepareRequest, Resources, SandboxFile, SandboxLayout,
-    Secret,
+    AgentLaunch, AgentProvisionPlan, Mount, PluginInfo, PrepareRequest, Resources, SandboxFile,
+    SandboxLayout, Secret, ValidateRequest,
 };
 use serde::Serialize;
 
@@ -373,6 +373,48 @@ impl BottlePlan {
             why: format!("{}: {why}", file.what),
             fix,
         })
+    }
+
+    /// The agent's mounts, as the backend gets them: the workspace
+    /// (read-write, at the sandbox workspace), then the manifest's.
+    pub fn agent_mounts(&self) -> Vec<Mount> {
+        let m = &self.manifest;
+        let mut mounts: Vec<Mount> = m
+            .workspace
+            .iter()
+            .map(|ws| Mount {
+                host: ws.clone(),
+                sandbox: self.sandbox.workspace.clone(),
+                writable: true,
+            })
+            .collect();
+        mounts.extend(m.mounts.iter().cloned());
+        mounts
+    }
+
+    /// The bottle as the backend's `validate` and `check` see it before a
+    /// launch: the agent as the launch spec will hold it, without the CA
+    /// files and arguments given at run time, and no egress half.
+    pub fn validate_request(&self) -> ValidateRequest {
+        let m = &self.manifest;
+        let tty = m.tty.unwrap_or(false);
+        ValidateRequest {
+            schema: bot_bottle_plugin_api::PAYLOAD_SCHEMA,
+            bottle_name: m.name.clone(),
+            agent: AgentLaunch {
+                image: m.image.clone(),
+                command: self.command.clone(),
+                env: self.agent_env.clone(),
+                files: self.agent_files.clone(),
+                workdir: self.sandbox.workspace.clone(),
+                mounts: self.agent_mounts(),
+                resources: m.resources.clone(),
+                tty,
+                interactive: tty,
+                attached: true,
+            },
+            backend_options: m.backend_options.clone(),
+        }
     }
 
     /// The plan as printed by `bottle plan --json`: no secret values.

@@ -94,3 +94,32 @@ fn a_missing_or_broken_manifest_is_the_error_plan_gives() {
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(err.contains("bottle.toml"), "{err}");
 }
+
+/// A backend written before the plan-time `validate` hook existed still
+/// plans: the host takes its `unsupported` answer as nothing to check.
+#[test]
+fn a_backend_without_validate_still_plans() {
+    let minimal = fixture("backend-minimal");
+    let plugins = plugin_dir(&[&minimal]);
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bottle.toml");
+    std::fs::write(
+        &p,
+        BASE.replace("backend = \"docker\"", "backend = \"fixture-minimal\"")
+            + "command = [\"true\"]\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(bottle(data.path())
+        .arg("--plugin-dir")
+        .arg(plugins.path())
+        .args(["plan", "-f"])
+        .arg(&p));
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = run(bottle(data.path())
+        .arg("--plugin-dir")
+        .arg(plugins.path())
+        .args(["doctor", "-f"])
+        .arg(&p));
+    assert_eq!(code, 0, "{out}\n{err}");
+}

@@ -317,7 +317,12 @@ fn serve_refuses_an_extra_ca_without_a_certificate_before_listening() {
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(
         err.contains("upstream.extra_ca_pem holds no PEM certificate"),

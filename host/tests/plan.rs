@@ -13,6 +13,30 @@ fn quickstart() -> PathBuf {
     repo_root().join("examples/quickstart/bottle.toml")
 }
 
+/// A copy of the quickstart as `run.sh` leaves it: its workspace, and an
+/// `upstream_ca` that holds certificates (the host's own roots stand in
+/// for the demo CA `run.sh` generates).
+fn quickstart_ready() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("workspace")).unwrap();
+    std::fs::create_dir_all(dir.path().join(".certs")).unwrap();
+    std::fs::write(dir.path().join(".certs/ca.pem"), some_certificates()).unwrap();
+    let p = dir.path().join("bottle.toml");
+    std::fs::copy(quickstart(), &p).unwrap();
+    (dir, p)
+}
+
+/// PEM certificates from the host's trust store.
+fn some_certificates() -> String {
+    [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok())
+    .expect("a CA bundle on the host (Debian: ca-certificates)")
+}
+
 fn write_manifest(dir: &Path, text: &str) -> PathBuf {
     let p = dir.join("bottle.toml");
     std::fs::write(&p, text).unwrap();
@@ -22,11 +46,12 @@ fn write_manifest(dir: &Path, text: &str) -> PathBuf {
 #[test]
 fn quickstart_plan_shows_routes_and_sources_but_no_secret() {
     let data = tempfile::tempdir().unwrap();
+    let (_dir, quickstart) = quickstart_ready();
     for json in [false, true] {
         let mut cmd = bottle(data.path());
         cmd.env("QUICKSTART_API_TOKEN", CANARY)
             .args(["-vv", "plan", "-f"])
-            .arg(quickstart());
+            .arg(&quickstart);
         if json {
             cmd.arg("--json");
         }
@@ -65,10 +90,11 @@ fn quickstart_plan_shows_routes_and_sources_but_no_secret() {
 #[test]
 fn missing_token_ref_is_named_and_exit_is_non_zero() {
     let data = tempfile::tempdir().unwrap();
+    let (_dir, quickstart) = quickstart_ready();
     let (code, out, err) = run(bottle(data.path())
         .env_remove("QUICKSTART_API_TOKEN")
         .args(["plan", "-f"])
-        .arg(quickstart()));
+        .arg(&quickstart));
     assert_eq!(code, 1);
     assert!(out.contains("QUICKSTART_API_TOKEN: MISSING"), "{out}");
     assert!(
@@ -452,4 +478,162 @@ fn a_credential_in_the_manifests_env_is_refused_as_the_manifests() {
         !out.contains(CANARY) && !err.contains(CANARY),
         "{out}\n{err}"
     );
+}
+
+/// What `bottle run` would refuse before creating anything, `bottle plan`
+/// refuses too, with the same message: what, where and what to do. No
+/// Docker daemon is asked (plan launches nothing and needs none).
+#[test]
+fn plan_refuses_what_run_would_refuse_before_launch() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("ws")).unwrap();
+    std::fs::write(dir.path().join("a-file"), "not a directory").unwrap();
+    std::fs::write(dir.path().join("not-a-cert.pem"), "just text\n").unwrap();
+    std::fs::write(dir.path().join("roots.pem"), some_certificates()).unwrap();
+    let base = "name = \"checks\"\nbackend = \"docker\"\n[agent]\nprovider = \"generic\"\n\
+                image = \"debian:12\"\ncommand = [\"true\"]\n";
+    let route = "[[egress.route]]\nhost = \"api.example.test\"\n\
+                 inject = [{ header = \"Authorization\", value = \"Bearer {token}\", token_ref = \"PLAN_CHECK_TOKEN\" }]\n";
+    let plan = |text: &str, token: &str| {
+        let m = write_manifest(dir.path(), text);
+        let (code, out, err) = run(bottle(data.path())
+            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+            .env("PLAN_CHECK_TOKEN", token)
+            .args(["plan", "-f"])
+            .arg(&m));
+        (code, out, err)
+    };
+    let m = dir.path().join("bottle.toml");
+    let cases: Vec<(String, Vec<String>)> = vec![
+        (
+            format!("{base}[backends.docker]\negress_netwrok = \"x\"\n"),
+            vec![
+                "[backends.docker]".into(),
+                "unknown field `egress_netwrok`".into(),
+                "`egress_network`".into(),
+            ],
+        ),
+        (
+            format!("{base}[backends.docker]\npull = \"no\"\n"),
+            vec![
+                "[backends.docker]".into(),
+                "invalid type".into(),
+                "`pull` (true/false)".into(),
+            ],
+        ),
+        (
+            format!("{base}[[mounts]]\nhost = \"gone\"\npath = \"/data\"\n"),
+            vec![
+                format!(
+                    "{}: [[mounts]] host {} does not exist",
+                    m.display(),
+                    dir.path().join("gone").display()
+                ),
+                "create it or fix the path".into(),
+            ],
+        ),
+        (
+            format!("{base}[workspace]\npath = \"gone\"\n"),
+            vec![format!(
+                "{}: workspace.path {} does not exist",
+                m.display(),
+                dir.path().join("gone").display()
+            )],
+        ),
+        (
+            format!("{base}[workspace]\npath = \"a-file\"\n"),
+            vec![format!(
+                "{}: workspace.path {} is not a directory",
+                m.display(),
+                dir.path().join("a-file").display()
+            )],
+        ),
+        (
+            format!("{base}[egress]\nupstream_ca = \"gone.pem\"\n"),
+            vec![
+                format!(
+                    "{}: cannot read egress.upstream_ca {}",
+                    m.display(),
+                    dir.path().join("gone.pem").display()
+                ),
+                "No such file".into(),
+            ],
+        ),
+        (
+            format!("{base}[egress]\nupstream_ca = \"not-a-cert.pem\"\n"),
+            vec![
+                format!(
+                    "{}: egress.upstream_ca {}",
+                    m.display(),
+                    dir.path().join("not-a-cert.pem").display()
+                ),
+                "holds no PEM certificate".into(),
+                "-----BEGIN CERTIFICATE-----".into(),
+            ],
+        ),
+        (
+            format!("{base}[[mounts]]\nhost = \"/var/run\"\npath = \"/r\"\n"),
+            vec![
+                "would give the agent the Docker socket".into(),
+                "mount a narrower directory".into(),
+            ],
+        ),
+        (
+            format!("{base}[agent.options]\ndummy_env = [\"A=B\"]\n"),
+            vec!["dummy_env".into(), "\"A=B\" is not an env name".into()],
+        ),
+        (
+            format!("{base}[resources]\ncpus = 0.001\n"),
+            vec!["cpus = 0.001".into(), "0.01".into()],
+        ),
+        (
+            format!("{base}[env]\nHTTPS_PROXY = \"http://proxy.corp:3128\"\n"),
+            vec!["[env] HTTPS_PROXY".into(), "egress.upstream_proxy".into()],
+        ),
+        (
+            format!("{base}[env]\nno_proxy = \"corp\"\n"),
+            vec!["[env] no_proxy".into()],
+        ),
+    ];
+    // Every case is tried, and every one that fails is reported.
+    let mut wrong = Vec::new();
+    for (text, wants) in &cases {
+        let (code, out, err) = plan(text, "x");
+        let missing: Vec<&String> = wants.iter().filter(|w| !err.contains(w.as_str())).collect();
+        if code != 1 || !missing.is_empty() {
+            wrong.push(format!(
+                "--- exit {code}, wanted 1 and {missing:?}, for:\n{text}\nstdout: {out}\nstderr: {err}"
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases wrong:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
+    // A token with a trailing newline: named, never shown.
+    let (code, out, err) = plan(&format!("{base}{route}"), &format!("{CANARY}\n"));
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains(
+            "the value of token ref PLAN_CHECK_TOKEN holds a character a header cannot carry"
+        ),
+        "{err}"
+    );
+    assert!(
+        !out.contains(CANARY) && !err.contains(CANARY),
+        "{out}\n{err}"
+    );
+    // And the same bottle, fixed, plans.
+    let (code, out, err) = plan(
+        &format!(
+            "{base}[workspace]\npath = \"ws\"\n[[mounts]]\nhost = \"/usr/share\"\npath = \"/s\"\n\
+             [resources]\ncpus = 0.01\n[env]\nLANG = \"C.UTF-8\"\n[egress]\nupstream_ca = \"roots.pem\"\n{route}"
+        ),
+        CANARY,
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
 }

@@ -35,6 +35,11 @@ pub type LogFn = extern "C" fn(plugin: RStr<'_>, level: u8, target: RStr<'_>, me
 /// `unsupported` error.
 pub type HostCallFn = extern "C" fn(op: RStr<'_>, request: RStr<'_>) -> RResult<RString, RString>;
 
+/// The backend `extension` operation that carries
+/// [`crate::Backend::validate`]: JSON [`crate::ValidateRequest`] → JSON
+/// `null`. A plugin built before it answers `unsupported`.
+pub const OP_VALIDATE: &str = "validate";
+
 /// Log levels as they cross the boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]

@@ -3,7 +3,7 @@
 use crate::{
     BottleHandle, BottleRef, BottleStatus, CheckReport, CheckRequest, EgressUpdate, ExecRequest,
     ExitReport, LaunchSpec, ListRequest, LogsRequest, PluginError, PluginInfo, RemoveReport,
-    RemoveRequest, WaitRequest,
+    RemoveRequest, ValidateRequest, WaitRequest,
 };
 
 /// A backend: brings a fully resolved [`LaunchSpec`] up as a bottle (agent
@@ -21,6 +21,20 @@ pub trait Backend: Send + Sync + 'static {
     fn info(&self) -> PluginInfo;
     /// Findings for `bottle doctor` (engine reachable, versions, isolation).
     fn check(&self, request: CheckRequest) -> Result<CheckReport, PluginError>;
+    /// Refuses, before anything exists, a bottle this backend would refuse
+    /// at launch: its `[backends.NAME]` options, limits it cannot apply,
+    /// mounts it will not make. Called by `bottle plan`, `bottle doctor -f`
+    /// and before `launch`; must not need the engine (that is `check`'s
+    /// job). Errors say what, where in the manifest, and what to do. The
+    /// default answers `unsupported`, which the host takes as nothing to
+    /// check. (Added in ABI 1.0 through `extension` op `validate`, so
+    /// plugins built before it keep loading.)
+    fn validate(&self, request: ValidateRequest) -> Result<(), PluginError> {
+        let _ = request;
+        Err(PluginError::unsupported(
+            "plan-time validation is not supported by this backend",
+        ))
+    }
     /// Brings the bottle up. On error, everything created so far must be
     /// removed before returning.
     fn launch(&self, spec: LaunchSpec) -> Result<BottleHandle, PluginError>;

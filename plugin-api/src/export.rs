@@ -277,7 +277,10 @@ impl<B: Backend> FfiBackend for BackendAdapter<B> {
         guard("update_egress", request, |r| self.0.update_egress(r))
     }
     fn extension(&self, op: RStr<'_>, request: RStr<'_>) -> RResult<RString, RString> {
-        guard(op.as_str(), request, |r| self.0.extension(op.as_str(), r))
+        match op.as_str() {
+            crate::abi::OP_VALIDATE => guard("validate", request, |r| self.0.validate(r)),
+            other => guard(other, request, |r| self.0.extension(other, r)),
+        }
     }
 }
 

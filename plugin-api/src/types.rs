@@ -87,6 +87,31 @@ pub struct CheckRequest {
     /// The plugin's options from a manifest, when one is at hand.
     #[serde(default)]
     pub options: serde_json::Value,
+    /// The bottle a manifest describes, when one is at hand (`bottle
+    /// doctor -f`): a backend checks what only its engine can tell (the
+    /// image is there or can be pulled, a network exists, the limits fit
+    /// the engine). Absent from older hosts; older plugins ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bottle: Option<ValidateRequest>,
+}
+
+/// A bottle as a backend will be asked to launch it, without the egress
+/// half (no secrets, no CA): what [`crate::Backend::validate`] checks at
+/// `bottle plan` time, before anything is created, and what `bottle doctor
+/// -f` hands [`crate::Backend::check`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ValidateRequest {
+    /// Payload schema.
+    #[serde(default = "schema_default")]
+    pub schema: u32,
+    /// The manifest's name.
+    pub bottle_name: String,
+    /// The agent, as [`LaunchSpec::agent`] will hold it (the CA files the
+    /// host adds at launch are not among its files).
+    pub agent: AgentLaunch,
+    /// The manifest's `[backends.NAME]` table for this backend, as JSON.
+    #[serde(default)]
+    pub backend_options: serde_json::Value,
 }
 
 /// How serious a finding is.

@@ -342,14 +342,21 @@ impl ProxyConfig {
             }
         }
         if let Some(pem) = &self.upstream.extra_ca_pem {
-            crate::upstream::add_extra_roots(&mut rustls::RootCertStore::empty(), pem)
-                .map_err(bad)?;
+            check_extra_ca_pem(pem).map_err(|m| bad(format!("upstream.extra_ca_pem {m}")))?;
         }
         if self.limits.max_connections == 0 {
             return Err(bad("limits.max_connections must be at least 1".into()));
         }
         Ok(())
     }
+}
+
+/// Checks PEM text as `upstream.extra_ca_pem`: at least one certificate,
+/// and every block a certificate a root store takes. The same check
+/// [`ProxyConfig::validate`] makes, for a host that reads the file itself;
+/// the error is to follow the text's name ("holds no PEM certificate …").
+pub fn check_extra_ca_pem(pem: &str) -> Result<usize, String> {
+    crate::upstream::add_extra_roots(&mut rustls::RootCertStore::empty(), pem)
 }
 
 #[cfg(test)]
@@ -448,8 +455,9 @@ mod tests {
             e.contains("upstream.extra_ca_pem holds no PEM certificate"),
             "{e}"
         );
-        let e = with_ca("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
-            .expect("a block that is no certificate is refused");
+        let e =
+            with_ca("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
+                .expect("a block that is no certificate is refused");
         assert!(e.contains("upstream.extra_ca_pem"), "{e}");
         let ca = crate::ca::BottleCa::generate("bb-t", &["a.test".to_string()]).unwrap();
         assert_eq!(with_ca(&ca.cert_pem), None);

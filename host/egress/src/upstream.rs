@@ -70,33 +70,36 @@ fn root_store(extra_pem: Option<&str>) -> Result<rustls::RootCertStore, EgressEr
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     }
     if let Some(pem) = extra_pem {
-        add_extra_roots(&mut roots, pem).map_err(EgressError::Trust)?;
+        add_extra_roots(&mut roots, pem)
+            .map_err(|m| EgressError::Trust(format!("upstream.extra_ca_pem {m}")))?;
     }
     Ok(roots)
 }
 
 /// Adds the certificates of `upstream.extra_ca_pem` to `roots`. At least
 /// one must be there and every one must be a certificate a root store
-/// takes; the error says which is wrong (never more of the text than
-/// that). [`crate::config::ProxyConfig::validate`] runs this on an empty
-/// store, so a config that would fail here is refused before the proxy
-/// listens.
+/// takes; the error (to follow the name of the PEM text) says which is
+/// wrong, never more of the text than that.
+/// [`crate::config::check_extra_ca_pem`] runs this on an empty store, so a
+/// config that would fail here is refused before the proxy listens.
 pub(crate) fn add_extra_roots(
     roots: &mut rustls::RootCertStore,
     pem: &str,
 ) -> Result<usize, String> {
     let mut n = 0;
     for (i, c) in rustls_pemfile::certs(&mut pem.as_bytes()).enumerate() {
-        let c = c.map_err(|e| format!("upstream.extra_ca_pem: certificate {}: {e}", i + 1))?;
-        roots
-            .add(c)
-            .map_err(|e| format!("upstream.extra_ca_pem: certificate {}: {e}", i + 1))?;
+        let unusable = |e: &dyn std::fmt::Display| {
+            format!(
+                "holds a certificate that cannot be used (number {}): {e}",
+                i + 1
+            )
+        };
+        let c = c.map_err(|e| unusable(&e))?;
+        roots.add(c).map_err(|e| unusable(&e))?;
         n += 1;
     }
     if n == 0 {
-        return Err("upstream.extra_ca_pem holds no PEM certificate (no \
-             `-----BEGIN CERTIFICATE-----` block)"
-            .into());
+        return Err("holds no PEM certificate (no `-----BEGIN CERTIFICATE-----` block)".into());
     }
     Ok(n)
 }

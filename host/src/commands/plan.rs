@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use crate::cli::{Cli, PlanArgs};
 use crate::egress_plan::TokenSource;
+use crate::launch;
 use crate::manifest::Manifest;
 use crate::output::print_json;
 use crate::plan::{self, BottlePlan};
@@ -13,6 +14,10 @@ pub(super) fn run(cli: &Cli, args: &PlanArgs) -> anyhow::Result<ExitCode> {
     let plugins = super::load_plugins(cli);
     super::warn_load_errors(&plugins);
     let plan = plan::plan(manifest, &plugins, &plan::host_env())?;
+    // What `bottle run` would refuse before creating anything, refused
+    // here too: the host's checks, then the backend's.
+    launch::preflight(&plan)?;
+    launch::validate_with_backend(&plan, &plugins.backend(&plan.manifest.backend)?)?;
     if args.json {
         print_json(&plan.view())?;
     } else {

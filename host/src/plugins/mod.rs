@@ -357,3 +357,27 @@ backend_calls! {
     /// `update_egress`.
     update_egress(api::EgressUpdate) -> ();
 }
+
+impl BackendHandle<'_> {
+    /// `validate` (the `extension` op [`api::abi::OP_VALIDATE`]): what the
+    /// backend would refuse at launch, asked before anything exists. A
+    /// backend built before the op existed answers `unsupported`, which
+    /// means it has nothing to check here.
+    pub fn validate(&self, req: &api::ValidateRequest) -> Result<(), PluginCallError> {
+        let op = api::abi::OP_VALIDATE;
+        let reply: Result<serde_json::Value, _> = decode(
+            self.plugin,
+            op,
+            self.obj.extension(op.into(), encode(req).as_str().into()),
+        );
+        match reply {
+            Ok(_) => Ok(()),
+            Err(PluginCallError::Plugin { error, .. })
+                if error.kind == api::ErrorKind::Unsupported =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -14,7 +14,7 @@ use bollard::query_parameters::{
     UploadToContainerOptions,
 };
 use bollard::Docker;
-use bot_bottle_plugin_api::{BottleHandle, LaunchSpec, PluginError};
+use bot_bottle_plugin_api::{AgentLaunch, BottleHandle, LaunchSpec, PluginError, ValidateRequest};
 use futures_util::{FutureExt, TryStreamExt};
 
 use crate::agent::{
@@ -35,7 +35,11 @@ use crate::sidecar::{create_egress, start_egress};
 pub fn launch(client: &Client, spec: LaunchSpec) -> Result<BottleHandle, PluginError> {
     names::validate_bottle_id(&spec.bottle_id)?;
     let options = DockerOptions::from_json(&spec.backend_options)?;
-    validate(client, &spec)?;
+    if spec.egress.listen_port == 0 {
+        return Err(PluginError::invalid("the egress proxy's listen port is 0")
+            .with_hint("this is a bug in the host: it must pick a port for the proxy"));
+    }
+    validate_agent(client, &spec.agent)?;
     bot_bottle_plugin_api::runtime().block_on(async {
         let docker = client.docker().await?;
         ensure_fresh_id(client, &docker, &spec.bottle_id).await?;
@@ -68,20 +72,37 @@ pub fn launch(client: &Client, spec: LaunchSpec) -> Result<BottleHandle, PluginE
     })
 }
 
-/// Checks what can be checked before touching the daemon.
-fn validate(client: &Client, spec: &LaunchSpec) -> Result<(), PluginError> {
-    if spec.egress.listen_port == 0 {
-        return Err(PluginError::invalid("the egress proxy's listen port is 0")
-            .with_hint("this is a bug in the host: it must pick a port for the proxy"));
-    }
-    if spec.agent.image.trim().is_empty() {
+/// The smallest CPU limit the Docker engine takes (`NanoCPUs` of 10^7;
+/// below it the kernel refuses the CFS quota).
+pub const MIN_CPUS: f64 = 0.01;
+
+/// What `launch` would refuse, checked without the daemon: `bottle plan`
+/// asks this before anything exists, and `launch` asks it again.
+pub fn validate(client: &Client, request: &ValidateRequest) -> Result<(), PluginError> {
+    DockerOptions::from_json(&request.backend_options)?;
+    validate_agent(client, &request.agent)
+}
+
+/// Checks what can be checked of the agent before touching the daemon.
+fn validate_agent(client: &Client, agent: &AgentLaunch) -> Result<(), PluginError> {
+    if agent.image.trim().is_empty() {
         return Err(PluginError::invalid("the agent image is empty")
             .with_hint("set `image` in the manifest's [agent] table"));
     }
-    for file in &spec.agent.files {
+    if let Some(cpus) = agent.resources.cpus {
+        if cpus < MIN_CPUS {
+            return Err(PluginError::invalid(format!(
+                "[resources] cpus = {cpus} is below the Docker engine's minimum of {MIN_CPUS}"
+            ))
+            .with_hint(format!(
+                "set cpus to {MIN_CPUS} or more, or leave it out for no CPU limit"
+            )));
+        }
+    }
+    for file in &agent.files {
         files::relative_path(&file.path)?;
     }
-    for key in spec.agent.env.keys() {
+    for key in agent.env.keys() {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
             return Err(
                 PluginError::invalid(format!("agent env name `{key}` is not valid"))
@@ -90,7 +111,7 @@ fn validate(client: &Client, spec: &LaunchSpec) -> Result<(), PluginError> {
         }
     }
     let sockets = docker_sockets(client);
-    for mount in &spec.agent.mounts {
+    for mount in &agent.mounts {
         if !mount.host.is_absolute() || !mount.sandbox.starts_with('/') {
             return Err(PluginError::invalid(format!(
                 "mount {} -> {} is not between absolute paths",

@@ -50,7 +50,7 @@ mod tty;
 use bot_bottle_plugin_api::{
     Backend, BottleHandle, BottleRef, BottleStatus, CheckReport, CheckRequest, EgressUpdate,
     ExecRequest, ExitReport, LaunchSpec, ListRequest, LogsRequest, PluginError, PluginInfo,
-    RemoveReport, RemoveRequest, WaitRequest,
+    RemoveReport, RemoveRequest, ValidateRequest, WaitRequest,
 };
 
 pub use names::{
@@ -101,6 +101,10 @@ impl Backend for DockerBackend {
 
     fn check(&self, request: CheckRequest) -> Result<CheckReport, PluginError> {
         manage::check(&self.client, request)
+    }
+
+    fn validate(&self, request: ValidateRequest) -> Result<(), PluginError> {
+        launch::validate(&self.client, &request)
     }
 
     fn launch(&self, spec: LaunchSpec) -> Result<BottleHandle, PluginError> {

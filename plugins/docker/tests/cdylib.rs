@@ -88,6 +88,35 @@ fn the_library_loads_and_answers_across_the_boundary() {
     };
     assert_eq!(report["findings"][0]["severity"], "error", "{report}");
 
+    // `validate` crosses as the extension op, without the daemon: fine,
+    // then each thing the launch would refuse.
+    let validate = |request: serde_json::Value| match backend.extension(
+        RStr::from_str(bot_bottle_plugin_api::abi::OP_VALIDATE),
+        RStr::from_str(&request.to_string()),
+    ) {
+        RResult::ROk(ok) => Ok(ok.to_string()),
+        RResult::RErr(e) => Err(PluginError::from_json(e.as_str())),
+    };
+    let request = serde_json::json!({
+        "bottle_name": "ffi",
+        "agent": {"image": "x", "command": ["true"], "workdir": "/workspace"},
+        "backend_options": {"pull": false},
+    });
+    assert_eq!(validate(request.clone()).unwrap(), "null");
+    let mut bad = request.clone();
+    bad["backend_options"] = serde_json::json!({"pull": "no"});
+    let err = validate(bad).unwrap_err();
+    assert!(err.message.contains("[backends.docker]"), "{err:?}");
+    let mut bad = request.clone();
+    bad["agent"]["resources"] = serde_json::json!({"cpus": 0.001});
+    let err = validate(bad).unwrap_err();
+    assert!(err.message.contains("minimum of 0.01"), "{err:?}");
+    let mut bad = request.clone();
+    bad["agent"]["mounts"] =
+        serde_json::json!([{"host": "/var/run", "sandbox": "/r", "writable": false}]);
+    let err = validate(bad).unwrap_err();
+    assert!(err.message.contains("Docker socket"), "{err:?}");
+
     // A malformed request is an error, not a crash.
     let err = match backend.wait(RStr::from_str("{not json")) {
         RResult::RErr(e) => PluginError::from_json(e.as_str()),

@@ -68,6 +68,24 @@ impl Provider for Generic {
                     .with_hint("the generic provider accepts `dummy_env` and `ca_trust_env`")
             })?,
         };
+        let bad_name = |key: &str, names: &[String]| {
+            names.iter().find(|n| !is_env_name(n)).map(|n| {
+                PluginError::invalid(format!("[agent.options] {key}: {n:?} is not an env name"))
+                    .with_hint(
+                    "list env names only (letters, digits and `_`, not starting with a digit); \
+                     plain values go in [env] as NAME = \"value\"",
+                )
+            })
+        };
+        if let Some(e) = bad_name("dummy_env", &options.dummy_env) {
+            return Err(e);
+        }
+        if let Some(e) = bad_name(
+            "ca_trust_env",
+            options.ca_trust_env.as_deref().unwrap_or_default(),
+        ) {
+            return Err(e);
+        }
         let mut plan = AgentProvisionPlan::default();
         for name in options.dummy_env {
             plan.env.insert(name, DUMMY_VALUE.to_string());
@@ -77,6 +95,13 @@ impl Provider for Generic {
             .unwrap_or_else(|| CA_TRUST_ENV.iter().map(|s| s.to_string()).collect());
         Ok(plan)
     }
+}
+
+/// What a process environment can carry as a name, and shells can set.
+fn is_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 export_provider!(Generic);
@@ -104,6 +129,21 @@ mod tests {
         assert!(plan.ca_trust_env.contains(&"SSL_CERT_FILE".to_string()));
         assert!(plan.provisioned_env.is_empty());
         assert!(plan.egress_routes.is_empty());
+    }
+
+    #[test]
+    fn env_names_must_be_names() {
+        for options in [
+            serde_json::json!({"dummy_env": ["A=B"]}),
+            serde_json::json!({"ca_trust_env": ["SSL CERT"]}),
+        ] {
+            let e = Generic.prepare(request(options.clone())).unwrap_err();
+            assert!(
+                e.message.contains("is not an env name"),
+                "{options}: {}",
+                e.message
+            );
+        }
     }
 
     #[test]
