@@ -447,6 +447,9 @@ impl BottlePlan {
             routes: &self.egress.routes,
             tls_passthrough: &self.egress.tls_passthrough,
             allow_internal: &self.manifest.allow_internal,
+            resolve: &self.manifest.resolve,
+            upstream_ca: self.manifest.upstream_ca.as_deref(),
+            dlp: self.manifest.dlp,
             upstream_proxy: self.manifest.upstream_proxy.as_deref(),
             upstream_proxy_auth_ref: self.manifest.upstream_proxy_auth_ref.as_deref(),
             tokens: &self.egress.tokens,
@@ -514,6 +517,14 @@ pub struct PlanView<'a> {
     /// Internal networks a route host's DNS answer may be dialled in.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     pub allow_internal: &'a [ipnet::IpNet],
+    /// Hosts dialled at a fixed address instead of their DNS answer.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub resolve: &'a BTreeMap<String, std::net::SocketAddr>,
+    /// The extra CA bundle the proxy trusts for upstream TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_ca: Option<&'a Path>,
+    /// What the proxy's DLP stage does with secret-shaped values.
+    pub dlp: crate::manifest::DlpMode,
     /// The HTTP proxy every upstream connection is chained through.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_proxy: Option<&'a str>,

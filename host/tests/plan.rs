@@ -70,7 +70,23 @@ fn quickstart_plan_shows_routes_and_sources_but_no_secret() {
             assert_eq!(v["env"]["QUICKSTART_API_TOKEN"], "bot-bottle-dummy");
             assert_eq!(v["env"]["SSL_CERT_FILE"], "/etc/bot-bottle/ca-bundle.pem");
             assert_eq!(v["allow_internal"], serde_json::json!(["10.213.77.10/32"]));
+            assert_eq!(v["dlp"], "log");
+            assert!(
+                v["upstream_ca"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with(".certs/ca.pem")),
+                "{out}"
+            );
         } else {
+            assert!(
+                out.contains("dlp: log (secret-shaped values in requests are logged, not blocked)"),
+                "{out}"
+            );
+            assert!(
+                out.contains("upstream TLS also trusts the CA certificates in ")
+                    && out.contains(".certs/ca.pem"),
+                "{out}"
+            );
             assert!(
                 out.contains("internal networks a host's DNS answer may be in: 10.213.77.10/32"),
                 "{out}"
@@ -636,4 +652,44 @@ fn plan_refuses_what_run_would_refuse_before_launch() {
         CANARY,
     );
     assert_eq!(code, 0, "{out}\n{err}");
+}
+
+/// `[egress]` keys that decide what the proxy trusts and dials are shown.
+#[test]
+fn plan_shows_the_proxys_security_settings() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_manifest(
+        dir.path(),
+        "name = \"shown\"\nbackend = \"docker\"\n[agent]\nprovider = \"generic\"\n\
+         image = \"x\"\ncommand = [\"true\"]\n[egress]\ndlp = \"off\"\n\
+         allow_internal = [\"10.20.0.0/16\"]\n[egress.resolve]\n\"mirror.corp.test\" = \"10.20.0.7:443\"\n\
+         [[egress.route]]\nhost = \"mirror.corp.test\"\n",
+    );
+    let (code, out, err) = run(bottle(data.path()).args(["plan", "-f"]).arg(&m));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("dlp: off (requests are not scanned for secret-shaped values)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("mirror.corp.test is dialled at 10.20.0.7:443 (egress.resolve)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("internal networks a host's DNS answer may be in: 10.20.0.0/16"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "and HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY (either case), set by the backend to the egress proxy"
+        ),
+        "{out}"
+    );
+    let (code, out, err) = run(bottle(data.path()).args(["plan", "--json", "-f"]).arg(&m));
+    assert_eq!(code, 0, "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["dlp"], "off");
+    assert_eq!(v["resolve"]["mirror.corp.test"], "10.20.0.7:443");
+    assert_eq!(v["allow_internal"], serde_json::json!(["10.20.0.0/16"]));
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use crate::cli::{Cli, PlanArgs};
 use crate::egress_plan::TokenSource;
 use crate::launch;
-use crate::manifest::Manifest;
+use crate::manifest::{DlpMode, Manifest};
 use crate::output::print_json;
 use crate::plan::{self, BottlePlan};
 
@@ -67,8 +67,16 @@ fn print_human(plan: &BottlePlan) {
     }
     println!("\nagent env (dummies and plain values only):");
     for (k, val) in v.env {
-        println!("  {k}={val}");
+        if launch::PROXY_VARIABLES.contains(&k.to_ascii_uppercase().as_str()) {
+            println!("  {k}={val} (replaced by the backend's: the egress proxy)");
+        } else {
+            println!("  {k}={val}");
+        }
     }
+    println!(
+        "  and {} (either case), set by the backend to the egress proxy",
+        launch::PROXY_VARIABLES.join(", ")
+    );
     if !v.files.is_empty() {
         println!("\nfiles placed in the sandbox:");
         for f in &v.files {
@@ -123,6 +131,23 @@ fn print_human(plan: &BottlePlan) {
             nets.join(", ")
         );
     }
+    for (host, addr) in v.resolve {
+        println!("  {host} is dialled at {addr} (egress.resolve), whatever its DNS says");
+    }
+    if let Some(ca) = v.upstream_ca {
+        println!(
+            "  upstream TLS also trusts the CA certificates in {} (besides the system roots)",
+            ca.display()
+        );
+    }
+    println!(
+        "  dlp: {}",
+        match v.dlp {
+            DlpMode::Off => "off (requests are not scanned for secret-shaped values)",
+            DlpMode::Log => "log (secret-shaped values in requests are logged, not blocked)",
+            DlpMode::Block => "block (requests carrying secret-shaped values are refused)",
+        }
+    );
     if let Some(p) = v.upstream_proxy {
         match v.upstream_proxy_auth_ref {
             Some(r) => {
