@@ -95,6 +95,46 @@ fn a_missing_or_broken_manifest_is_the_error_plan_gives() {
     assert!(err.contains("bottle.toml"), "{err}");
 }
 
+/// `doctor -f` runs the plan: what `bottle run` would refuse before it
+/// creates anything (here: an unset token ref, a workspace that is not
+/// there) is an error finding of the manifest, and the exit status is 1.
+#[test]
+fn doctor_with_a_manifest_runs_its_plan() {
+    let text = format!(
+        "{BASE}command = [\"true\"]\n[[egress.route]]\nhost = \"api.example.test\"\n\
+         inject = [{{ header = \"Authorization\", value = \"Bearer {{token}}\", token_ref = \"DOCTOR_UNSET_TOKEN\" }}]\n"
+    );
+    let (code, lines, err) = doctor(&text);
+    assert_eq!(code, 1, "{lines:?}\n{err}");
+    let f = lines
+        .iter()
+        .find(|l| l["kind"] == "manifest" && l["subject"] == "plan")
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(f["severity"], "error");
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains("egress token ref `DOCTOR_UNSET_TOKEN` not set"),
+        "{f}"
+    );
+    let (code, lines, err) = doctor(&format!(
+        "{BASE}command = [\"true\"]\n[workspace]\npath = \"/nonexistent/ws\"\n"
+    ));
+    assert_eq!(code, 1, "{lines:?}\n{err}");
+    let f = lines
+        .iter()
+        .find(|l| l["kind"] == "manifest" && l["subject"] == "plan")
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains("workspace.path /nonexistent/ws does not exist"),
+        "{f}"
+    );
+}
+
 /// A backend written before the plan-time `validate` hook existed still
 /// plans: the host takes its `unsupported` answer as nothing to check.
 #[test]

@@ -737,7 +737,7 @@ fn doctor_checks_the_manifests_runtime_against_the_daemon() {
     let data = tempfile::tempdir().unwrap();
     let p = dir.path().join("bottle.toml");
     let base = format!(
-        "name = \"doctor\"\nbackend = \"docker\"\n[agent]\nprovider = \"generic\"\nimage = \"{AGENT_IMAGE}\"\n"
+        "name = \"doctor\"\nbackend = \"docker\"\n[agent]\nprovider = \"generic\"\nimage = \"{AGENT_IMAGE}\"\ncommand = [\"true\"]\n"
     );
     let doctor = |text: &str| {
         std::fs::write(&p, text).unwrap();
@@ -761,6 +761,63 @@ fn doctor_checks_the_manifests_runtime_against_the_daemon() {
         text.contains("ok    backend docker: docker daemon"),
         "{text}"
     );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ok    backend docker: agent image") && l.contains(AGENT_IMAGE)),
+        "{text}"
+    );
+}
+
+/// `bottle doctor -f` asks the daemon what `bottle run` would find out
+/// only at launch: an image that is neither present nor pullable, an
+/// `egress_network` that does not exist, more CPUs than the engine has.
+#[test]
+fn doctor_checks_the_manifests_image_network_and_cpus_against_the_daemon() {
+    if !docker_available("doctor_checks_the_manifests_image_network_and_cpus_against_the_daemon") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bottle.toml");
+    let base = "name = \"doctor\"\nbackend = \"docker\"\n[agent]\nprovider = \"generic\"\ncommand = [\"true\"]\n";
+    let doctor = |text: &str| {
+        std::fs::write(&p, text).unwrap();
+        let (code, out, err) = output(bottle(data.path()).args(["doctor", "-f"]).arg(&p));
+        (code, format!("{out}\n{err}"))
+    };
+    let error_line = |text: &str, subject: &str, want: &str| {
+        text.lines()
+            .any(|l| l.starts_with(&format!("ERROR backend docker: {subject}")) && l.contains(want))
+    };
+    // Not present, and no registry has it.
+    let (code, text) = doctor(&format!("{base}image = \"ux/none\"\n"));
+    assert_eq!(code, 1, "{text}");
+    assert!(error_line(&text, "agent image", "`ux/none`"), "{text}");
+    // Not present, and the manifest says not to pull.
+    let (code, text) = doctor(&format!(
+        "{base}image = \"ux/none\"\n[backends.docker]\npull = false\n"
+    ));
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        error_line(&text, "agent image", "`ux/none` is not present")
+            && text.contains("pull = false"),
+        "{text}"
+    );
+    // A network that is not there.
+    let (code, text) = doctor(&format!(
+        "{base}image = \"{AGENT_IMAGE}\"\n[backends.docker]\negress_network = \"no-such-net\"\n"
+    ));
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        error_line(&text, "egress network", "`no-such-net` does not exist"),
+        "{text}"
+    );
+    // More CPUs than the engine has.
+    let (code, text) = doctor(&format!(
+        "{base}image = \"{AGENT_IMAGE}\"\n[resources]\ncpus = 1000\n"
+    ));
+    assert_eq!(code, 1, "{text}");
+    assert!(error_line(&text, "cpus", "cpus = 1000"), "{text}");
 }
 
 #[test]

@@ -1,8 +1,10 @@
 //! `bottle doctor`: every backend's and provider's check, one line each.
-//! With `-f MANIFEST`, the manifest's backend and provider are checked with
-//! the manifest's options for them (a `runtime` the daemon lacks, say), and
-//! a backend or provider the manifest names but nobody installed is an
-//! error.
+//! With `-f MANIFEST`, the manifest is planned and checked as `bottle plan`
+//! checks it (an error there is a `manifest` line), its backend and
+//! provider are checked with the manifest's options for them, the backend
+//! also with the bottle it describes (a `runtime`, an image or a network
+//! the daemon lacks, say), and a backend or provider the manifest names but
+//! nobody installed is an error.
 
 use std::process::ExitCode;
 
@@ -44,17 +46,62 @@ pub(super) fn run(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
         });
     }
     let host_env = crate::plan::host_env();
+    // With a manifest whose plugins are installed: its plan, and what
+    // `bottle run` would refuse before creating anything, as `bottle plan`
+    // says it. The bottle it describes goes to its backend's check.
+    let mut bottle = None;
+    if let Some(m) = &manifest {
+        if plugins.provider(&m.provider).is_ok() && plugins.backend(&m.backend).is_ok() {
+            let mut refused = |e: &dyn std::fmt::Display| {
+                lines.push(Line {
+                    plugin: m.name.clone(),
+                    kind: "manifest".into(),
+                    finding: Finding::error(
+                        "plan",
+                        e.to_string(),
+                        format!("`bottle plan -f {}` shows the plan", m.path.display()),
+                    ),
+                })
+            };
+            match crate::plan::plan(m.clone(), &plugins, &host_env) {
+                Err(e) => refused(&e),
+                Ok(plan) => {
+                    if let Some(missing) = &plan.egress.missing {
+                        refused(missing);
+                    }
+                    if let Err(e) = crate::launch::preflight(&plan) {
+                        refused(&e);
+                    }
+                    match plugins
+                        .backend(&m.backend)
+                        .map(|b| crate::launch::validate_with_backend(&plan, &b))
+                    {
+                        Ok(Err(e)) => refused(&e),
+                        Err(e) => refused(&e),
+                        Ok(Ok(())) => {}
+                    }
+                    bottle = Some(plan.validate_request());
+                }
+            }
+        }
+    }
     // The options a plugin is checked with: the manifest's for the backend
-    // and provider it names, none otherwise.
+    // and provider it names, none otherwise; the manifest's backend also
+    // gets the bottle.
     let request = |kind: &str, name: &str| {
         let options = manifest
             .as_ref()
             .and_then(|m| options_if_used(m, kind, name))
             .cloned()
             .unwrap_or_default();
+        let bottle = match manifest.as_ref() {
+            Some(m) if kind == "backend" && m.backend == name => bottle.clone(),
+            _ => None,
+        };
         CheckRequest {
             host_env: host_env.clone(),
             options,
+            bottle,
             ..Default::default()
         }
     };
@@ -109,7 +156,7 @@ pub(super) fn run(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
     // plugins it does not use are shown but do not fail the command.
     let counts = |l: &Line| match &manifest {
         None => true,
-        Some(m) => options_if_used(m, &l.kind, &l.plugin).is_some(),
+        Some(m) => l.kind == "manifest" || options_if_used(m, &l.kind, &l.plugin).is_some(),
     };
     let failed = lines
         .iter()

@@ -12,6 +12,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use bot_bottle_plugin_api::{
     BottleStatus, CheckReport, CheckRequest, Finding, PluginError, RemoveReport, RemoveRequest,
+    ValidateRequest,
 };
 use futures_util::StreamExt;
 
@@ -739,6 +740,9 @@ pub fn check(client: &Client, request: CheckRequest) -> Result<CheckReport, Plug
                 findings.push(Finding::warn("gvisor", e.message, e.hint.unwrap_or_default()));
             }
         }
+        if let Some(bottle) = &request.bottle {
+            check_bottle(client, &docker, &options, bottle, &mut findings).await;
+        }
     });
     match std::process::Command::new("ldd").arg("--version").output() {
         Ok(_) => findings.push(Finding::ok(
@@ -752,6 +756,111 @@ pub fn check(client: &Client, request: CheckRequest) -> Result<CheckReport, Plug
         )),
     }
     Ok(CheckReport { findings })
+}
+
+/// How long `doctor` waits for a registry to say whether it has an image.
+const REGISTRY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What only the daemon can tell of a manifest's bottle (`bottle doctor
+/// -f`): its agent image is present or can be pulled, its
+/// `egress_network` exists, its `cpus` fit the engine.
+async fn check_bottle(
+    client: &Client,
+    docker: &Docker,
+    options: &DockerOptions,
+    bottle: &ValidateRequest,
+    findings: &mut Vec<Finding>,
+) {
+    let image = bottle.agent.image.as_str();
+    let pull = options.pull.unwrap_or(true);
+    let archive = std::path::Path::new(image);
+    if archive.is_absolute() && archive.is_file() {
+        findings.push(Finding::ok(
+            "agent image",
+            format!("`{image}` is a `docker save` archive; the launch loads it"),
+        ));
+    } else {
+        match docker.inspect_image(image).await {
+            Ok(_) => findings.push(Finding::ok(
+                "agent image",
+                format!("`{image}` is present"),
+            )),
+            Err(e) if is_not_found(&e) && !pull => findings.push(Finding::error(
+                "agent image",
+                format!("`{image}` is not present, and pull = false in [backends.docker]"),
+                format!("build it (`docker build -t {image} .`) or load it (`docker load`), or fix `image` in [agent]"),
+            )),
+            Err(e) if is_not_found(&e) => {
+                let asked = tokio::time::timeout(
+                    REGISTRY_TIMEOUT,
+                    docker.inspect_registry_image(image, None),
+                )
+                .await;
+                match asked {
+                    Ok(Ok(_)) => findings.push(Finding::ok(
+                        "agent image",
+                        format!("`{image}` is not present; its registry has it, and the launch pulls it"),
+                    )),
+                    Ok(Err(e)) => findings.push(Finding::error(
+                        "agent image",
+                        format!(
+                            "`{image}` is not present, and it cannot be pulled: {}",
+                            crate::client::chain(&e)
+                        ),
+                        format!("build it (`docker build -t {image} .`), load it (`docker load`), or fix `image` in [agent]"),
+                    )),
+                    Err(_) => findings.push(Finding::warn(
+                        "agent image",
+                        format!(
+                            "`{image}` is not present, and its registry did not answer within {} s; the launch will try to pull it",
+                            REGISTRY_TIMEOUT.as_secs()
+                        ),
+                        format!("`docker pull {image}` now, or build it locally"),
+                    )),
+                }
+            }
+            Err(e) => {
+                let e = client.api(&format!("inspecting the agent image {image}"), e);
+                findings.push(Finding::error("agent image", e.message, e.hint.unwrap_or_default()));
+            }
+        }
+    }
+    if let Some(network) = &options.egress_network {
+        match docker
+            .inspect_network(network, None::<bollard::query_parameters::InspectNetworkOptions>)
+            .await
+        {
+            Ok(_) => findings.push(Finding::ok(
+                "egress network",
+                format!("`{network}` exists"),
+            )),
+            Err(e) if is_not_found(&e) => findings.push(Finding::error(
+                "egress network",
+                format!("`{network}` does not exist (egress_network in [backends.docker])"),
+                format!("create it (`docker network create {network}`) or drop `egress_network` from [backends.docker]"),
+            )),
+            Err(e) => {
+                let e = client.api(&format!("finding egress_network `{network}`"), e);
+                findings.push(Finding::error("egress network", e.message, e.hint.unwrap_or_default()));
+            }
+        }
+    }
+    if let Some(cpus) = bottle.agent.resources.cpus {
+        match docker.info().await.ok().and_then(|i| i.ncpu) {
+            Some(n) if cpus > n as f64 => findings.push(Finding::error(
+                "cpus",
+                format!(
+                    "[resources] cpus = {cpus} is more than the {n} CPUs the Docker engine has"
+                ),
+                format!("set cpus to {n} or less, or leave it out for no CPU limit"),
+            )),
+            Some(n) => findings.push(Finding::ok(
+                "cpus",
+                format!("cpus = {cpus} fits the engine's {n} CPUs"),
+            )),
+            None => {}
+        }
+    }
 }
 
 fn api_at_least(api: &str, major: u32, minor: u32) -> bool {
