@@ -651,6 +651,10 @@ impl Backend for SmolMachines {
         Ok(CheckReport { findings })
     }
 
+    fn validate(&self, request: bot_bottle_plugin_api::ValidateRequest) -> Result<(), PluginError> {
+        Options::parse(&request.backend_options).map(drop)
+    }
+
     fn launch(&self, spec: LaunchSpec) -> Result<BottleHandle, PluginError> {
         let opts = Options::parse(&spec.backend_options)?;
         for w in unenforced_limits(&spec.agent.resources) {
@@ -966,6 +970,26 @@ mod tests {
         assert!(e.message.contains("engin"), "{}", e.message);
         let o = Options::parse(&serde_json::json!({"proxy_address": "198.18.0.9:8080"})).unwrap();
         assert_eq!(o.proxy_address.unwrap().port(), 8080);
+    }
+
+    #[test]
+    fn validate_checks_the_options_before_any_launch() {
+        let request = |options: serde_json::Value| bot_bottle_plugin_api::ValidateRequest {
+            backend_options: options,
+            ..Default::default()
+        };
+        assert!(SmolMachines
+            .validate(request(serde_json::json!({})))
+            .is_ok());
+        let e = SmolMachines
+            .validate(request(serde_json::json!({"proxy_adress": "198.18.0.9:1"})))
+            .unwrap_err();
+        assert!(
+            e.message.contains("[backends.smolmachines]"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("proxy_adress"), "{}", e.message);
     }
 
     #[test]
