@@ -135,6 +135,44 @@ fn doctor_with_a_manifest_runs_its_plan() {
     );
 }
 
+/// Without -f, doctor asks whether bottle can work on this host at all:
+/// a backend that cannot run here (no daemon, no engine) is a warning
+/// while another backend can, and an error when none can.
+#[test]
+fn doctor_without_a_manifest_needs_one_usable_backend() {
+    let data = tempfile::tempdir().unwrap();
+    let doctor = |extra: Option<&std::path::Path>| {
+        let mut cmd = bottle(data.path());
+        cmd.env("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+        if let Some(dir) = extra {
+            cmd.arg("--plugin-dir").arg(dir);
+        }
+        run(cmd.args(["doctor"]))
+    };
+    // Only docker, and no daemon: nothing can run a bottle.
+    let (code, out, err) = doctor(None);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains("ERROR backend docker: docker daemon"), "{out}");
+    assert!(
+        out.contains("no backend can run a bottle on this host"),
+        "{out}"
+    );
+    // Another backend that works: docker's trouble is a warning, exit 0.
+    let minimal = fixture("backend-minimal");
+    let plugins = plugin_dir(&[&minimal]);
+    let (code, out, err) = doctor(Some(plugins.path()));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("warn  backend docker: docker daemon"), "{out}");
+    assert!(
+        out.contains("ok    backend fixture-minimal: engine"),
+        "{out}"
+    );
+    assert!(
+        out.contains("ok    host bottle: backends: usable on this host: fixture-minimal"),
+        "{out}"
+    );
+}
+
 /// A backend written before the plan-time `validate` hook existed still
 /// plans: the host takes its `unsupported` answer as nothing to check.
 #[test]

@@ -818,6 +818,14 @@ fn doctor_checks_the_manifests_image_network_and_cpus_against_the_daemon() {
     ));
     assert_eq!(code, 1, "{text}");
     assert!(error_line(&text, "cpus", "cpus = 1000"), "{text}");
+    // Without -f: docker works, so the host can run bottles, whatever
+    // another installed backend (smolmachines, without its engine) says.
+    let (code, out, err) = output(bottle(data.path()).arg("doctor"));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("ok    host bottle: backends: usable on this host: docker"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -4,7 +4,9 @@
 //! provider are checked with the manifest's options for them, the backend
 //! also with the bottle it describes (a `runtime`, an image or a network
 //! the daemon lacks, say), and a backend or provider the manifest names but
-//! nobody installed is an error.
+//! nobody installed is an error. Without one, the host passes when at
+//! least one backend can run a bottle: the errors of the others are shown
+//! as warnings.
 
 use std::process::ExitCode;
 
@@ -151,6 +153,64 @@ pub(super) fn run(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
     for p in plugins.providers() {
         let name = &p.plugin.info.name;
         record(name, "provider", p.check(&request("provider", name)));
+    }
+    // Without a manifest, the answer is whether this host can run a bottle
+    // at all: one usable backend is enough. The errors of a backend that
+    // cannot run here (a missing engine, no KVM) are shown as warnings
+    // while another can; with none usable they stay errors.
+    if manifest.is_none() {
+        let unusable = |name: &str, lines: &[Line]| {
+            lines.iter().any(|l| {
+                l.kind == "backend" && l.plugin == name && l.finding.severity == Severity::Error
+            })
+        };
+        let names: Vec<String> = plugins
+            .backends()
+            .map(|b| b.plugin.info.name.clone())
+            .collect();
+        let (usable, not): (Vec<&String>, Vec<&String>) =
+            names.iter().partition(|n| !unusable(n, &lines));
+        let host_line = |finding: Finding| Line {
+            plugin: "bottle".into(),
+            kind: "host".into(),
+            finding,
+        };
+        if usable.is_empty() {
+            let message = if names.is_empty() {
+                "no backend is installed".to_string()
+            } else {
+                "no backend can run a bottle on this host".to_string()
+            };
+            lines.push(host_line(Finding::error(
+                "backends",
+                message,
+                "fix one backend's errors above (their hints say how), or install another backend",
+            )));
+        } else {
+            for l in lines.iter_mut().filter(|l| {
+                l.kind == "backend"
+                    && not.contains(&&l.plugin)
+                    && l.finding.severity == Severity::Error
+            }) {
+                l.finding.severity = Severity::Warn;
+            }
+            let list = |v: &[&String]| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+            lines.push(host_line(Finding::ok(
+                "backends",
+                format!("usable on this host: {}", list(&usable)),
+            )));
+            if !not.is_empty() {
+                lines.push(host_line(Finding::warn(
+                    "backends",
+                    format!(
+                        "not usable on this host: {}; a manifest naming one fails until its \
+                         warnings above are fixed",
+                        list(&not)
+                    ),
+                    "the hints above say how to enable each",
+                )));
+            }
+        }
     }
     // With a manifest, the answer is whether *it* can run: errors of the
     // plugins it does not use are shown but do not fail the command.
