@@ -53,7 +53,7 @@ pub(super) fn run(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
     // says it. The bottle it describes goes to its backend's check.
     let mut bottle = None;
     if let Some(m) = &manifest {
-        if plugins.provider(&m.provider).is_ok() && plugins.backend(&m.backend).is_ok() {
+        if let (Ok(_), Ok(backend)) = (plugins.provider(&m.provider), plugins.backend(&m.backend)) {
             let mut refused = |e: &dyn std::fmt::Display| {
                 lines.push(Line {
                     plugin: m.name.clone(),
@@ -74,13 +74,8 @@ pub(super) fn run(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
                     if let Err(e) = crate::launch::preflight(&plan) {
                         refused(&e);
                     }
-                    match plugins
-                        .backend(&m.backend)
-                        .map(|b| crate::launch::validate_with_backend(&plan, &b))
-                    {
-                        Ok(Err(e)) => refused(&e),
-                        Err(e) => refused(&e),
-                        Ok(Ok(())) => {}
+                    if let Err(e) = crate::launch::validate_with_backend(&plan, &backend) {
+                        refused(&e);
                     }
                     bottle = Some(plan.validate_request());
                 }
