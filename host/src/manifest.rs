@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use bot_bottle_plugin_api::{EgressRoute, HeaderInjection, Resources};
 use serde::Deserialize;
 
+mod spans;
+use spans::{child, Spans};
+
 /// A manifest that failed to load. The message is complete: file, line,
 /// key, what was expected.
 #[derive(Debug, thiserror::Error)]
@@ -226,7 +229,10 @@ impl Manifest {
     pub fn parse(path: &Path, text: &str) -> Result<Self, ManifestError> {
         let raw: RawManifest = toml::from_str(text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
-            invalid_at(path, text, offset, e.message().to_string())
+            // The innermost key or value where the parser stopped (none for
+            // a syntax error: the text has no keys yet).
+            let key = Spans::of(text).path_at(offset);
+            invalid_at(path, text, offset, key.as_deref(), e.message().to_string())
         })?;
         validate(path, text, raw)
     }
@@ -237,16 +243,24 @@ impl Manifest {
     }
 }
 
-/// Builds an `Invalid` error pointing at a byte offset of the text.
-fn invalid_at(path: &Path, text: &str, offset: usize, message: String) -> ManifestError {
+/// Builds an `Invalid` error pointing at a byte offset of the text, about
+/// the key path `key` when it is known.
+fn invalid_at(
+    path: &Path,
+    text: &str,
+    offset: usize,
+    key: Option<&str>,
+    message: String,
+) -> ManifestError {
     let offset = offset.min(text.len());
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
     let column = before[line_start..].chars().count() + 1;
     let snippet = hide_userinfo(text[line_start..].lines().next().unwrap_or("").trim_end());
-    let key = key_path(text, line_start, &snippet);
-    let key_note = key.map(|k| format!(" (key `{k}`)")).unwrap_or_default();
+    let key_note = key
+        .map(|k| format!(" (key `{}`)", hide_userinfo(k)))
+        .unwrap_or_default();
     ManifestError::Invalid {
         path: path.to_path_buf(),
         line,
@@ -257,44 +271,40 @@ fn invalid_at(path: &Path, text: &str, offset: usize, message: String) -> Manife
     }
 }
 
-/// The dotted key of a `key = value` line: the nearest table header above it
-/// plus the key. Good enough for messages; the parser itself is `toml`.
-fn key_path(text: &str, line_start: usize, line: &str) -> Option<String> {
-    let key = line
-        .split_once('=')
-        .map(|(k, _)| k.trim().trim_matches('"').to_string());
-    let header = text[..line_start]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
-    match (header, key) {
-        (Some(h), Some(k)) if !k.is_empty() => Some(format!("{h}.{k}")),
-        (None, Some(k)) if !k.is_empty() => Some(k),
-        (Some(h), None) if line.trim().starts_with('[') => Some(h),
-        _ => None,
-    }
+/// Errors about keys already parsed, which the deserialiser's spans do not
+/// reach: each names the key path it is about, and the message points at
+/// that key's value (or at the key itself, for a bad name).
+struct At<'a> {
+    path: &'a Path,
+    text: &'a str,
+    spans: std::cell::OnceCell<Spans>,
 }
 
-/// Finds the offset of the first line that sets `key` (for semantic errors
-/// after parsing, which carry no span).
-fn offset_of_key(text: &str, key: &str, nth: usize) -> usize {
-    let mut seen = 0;
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
-        let trimmed = line.trim_start();
-        if let Some((k, _)) = trimmed.split_once('=') {
-            if k.trim().trim_matches('"') == key {
-                if seen == nth {
-                    return offset + (line.len() - trimmed.len());
-                }
-                seen += 1;
-            }
+impl<'a> At<'a> {
+    fn new(path: &'a Path, text: &'a str) -> Self {
+        At {
+            path,
+            text,
+            spans: std::cell::OnceCell::new(),
         }
-        offset += line.len();
     }
-    0
+
+    fn spans(&self) -> &Spans {
+        // Only a manifest with an error is indexed.
+        self.spans.get_or_init(|| Spans::of(self.text))
+    }
+
+    /// An error about the value at `key`.
+    fn value(&self, key: &str, message: String) -> ManifestError {
+        let offset = self.spans().value_start(key).unwrap_or(0);
+        invalid_at(self.path, self.text, offset, Some(key), message)
+    }
+
+    /// An error about the name of the key `key`.
+    fn key(&self, key: &str, message: String) -> ManifestError {
+        let offset = self.spans().key_start(key).unwrap_or(0);
+        invalid_at(self.path, self.text, offset, Some(key), message)
+    }
 }
 
 /// Text with what may be a URL's userinfo shown as `***`, for quoting a
@@ -389,9 +399,7 @@ fn to_json(table: toml::Table) -> serde_json::Value {
 }
 
 fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<Manifest, ManifestError> {
-    let err = |key: &str, nth: usize, message: String| {
-        invalid_at(path, text, offset_of_key(text, key, nth), message)
-    };
+    let at = At::new(path, text);
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let absolute = |p: &Path| -> PathBuf {
         let p = expand_home(p);
@@ -410,9 +418,8 @@ fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<Manifest, Manif
         || raw.name.starts_with('-')
         || raw.name.len() > 40
     {
-        return Err(err(
+        return Err(at.value(
             "name",
-            0,
             format!(
                 "invalid bottle name {:?}: use 1-40 of a-z, 0-9 and '-', not starting with '-'",
                 raw.name
@@ -422,32 +429,30 @@ fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<Manifest, Manif
 
     let mut routes = Vec::new();
     for (i, r) in raw.egress.route.iter().enumerate() {
+        let key = |k: &str| format!("egress.route[{i}].{k}");
         if !is_host_pattern(&r.host) {
-            return Err(err("host", i, format!("invalid route host {:?}: expected a DNS name like `api.example.com` or a wildcard `*.example.com`", r.host)));
+            return Err(at.value(&key("host"), format!("invalid route host {:?}: expected a DNS name like `api.example.com` or a wildcard `*.example.com`", r.host)));
         }
         if let Some(p) = &r.path_prefix {
             if !p.starts_with('/') {
-                return Err(err(
-                    "path_prefix",
-                    0,
+                return Err(at.value(
+                    &key("path_prefix"),
                     format!("invalid path_prefix {p:?}: it must start with '/'"),
                 ));
             }
         }
-        if r.ports.contains(&0) {
-            return Err(err(
-                "ports",
-                0,
+        if let Some(j) = r.ports.iter().position(|&p| p == 0) {
+            return Err(at.value(
+                &key(&format!("ports[{j}]")),
                 "invalid port 0: ports are 1 to 65535".into(),
             ));
         }
         let mut methods = Vec::new();
-        for m in &r.methods {
+        for (j, m) in r.methods.iter().enumerate() {
             let up = m.to_ascii_uppercase();
             if !METHODS.contains(&up.as_str()) {
-                return Err(err(
-                    "methods",
-                    0,
+                return Err(at.value(
+                    &key(&format!("methods[{j}]")),
                     format!(
                         "unknown HTTP method {m:?}: expected one of {}",
                         METHODS.join(", ")
@@ -457,31 +462,32 @@ fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<Manifest, Manif
             methods.push(up);
         }
         let mut inject = Vec::new();
-        for h in &r.inject {
+        for (j, h) in r.inject.iter().enumerate() {
+            let key = |k: &str| key(&format!("inject[{j}].{k}"));
             if h.header.is_empty()
                 || !h
                     .header
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             {
-                return Err(err(
-                    "header",
-                    0,
+                return Err(at.value(
+                    &key("header"),
                     format!("invalid header name {:?}", h.header),
                 ));
             }
             let value = h.value.clone().unwrap_or_else(|| "{token}".to_string());
             match &h.token_ref {
                 Some(t) if !is_env_name(t) => {
-                    return Err(err("token_ref", 0, format!("invalid token_ref {t:?}: expected an env variable name like `EXAMPLE_API_TOKEN`")));
+                    return Err(at.value(&key("token_ref"), format!("invalid token_ref {t:?}: expected an env variable name like `EXAMPLE_API_TOKEN`")));
                 }
                 Some(_) if !value.contains("{token}") => {
-                    return Err(err("value", 0, format!("header value {value:?} has no `{{token}}` placeholder for its token_ref")));
+                    return Err(at.value(&key("value"), format!("header value {value:?} has no `{{token}}` placeholder for its token_ref")));
                 }
                 None if value.contains("{token}") => {
-                    return Err(err(
-                        "header",
-                        0,
+                    // `value` may be left out (it defaults to `{token}`).
+                    let culprit = if h.value.is_some() { "value" } else { "header" };
+                    return Err(at.value(
+                        &key(culprit),
                         format!(
                             "header `{}` uses `{{token}}` but names no token_ref",
                             h.header
@@ -506,35 +512,36 @@ fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<Manifest, Manif
             source: "manifest".into(),
         });
     }
-    for h in &raw.egress.tls_passthrough {
+    for (i, h) in raw.egress.tls_passthrough.iter().enumerate() {
         if !is_host_pattern(h) {
-            return Err(err(
-                "tls_passthrough",
-                0,
+            return Err(at.value(
+                &format!("egress.tls_passthrough[{i}]"),
                 format!("invalid tls_passthrough host {h:?}: expected a DNS name or `*.suffix`"),
             ));
         }
     }
     if let Some(url) = &raw.egress.upstream_proxy {
         // The quoted line hides the password the message refuses.
-        bot_bottle_egress::check_upstream_proxy_url(url)
-            .map_err(|m| err("upstream_proxy", 0, format!("invalid upstream_proxy: {m}")))?;
+        bot_bottle_egress::check_upstream_proxy_url(url).map_err(|m| {
+            at.value(
+                "egress.upstream_proxy",
+                format!("invalid upstream_proxy: {m}"),
+            )
+        })?;
     }
     match (
         &raw.egress.upstream_proxy_auth_ref,
         &raw.egress.upstream_proxy,
     ) {
         (Some(r), _) if !is_env_name(r) => {
-            return Err(err(
-                "upstream_proxy_auth_ref",
-                0,
+            return Err(at.value(
+                "egress.upstream_proxy_auth_ref",
                 format!("invalid upstream_proxy_auth_ref {r:?}: expected an env variable name like `CORP_PROXY_AUTH`"),
             ));
         }
         (Some(_), None) => {
-            return Err(err(
-                "upstream_proxy_auth_ref",
-                0,
+            return Err(at.value(
+                "egress.upstream_proxy_auth_ref",
                 "upstream_proxy_auth_ref is set but upstream_proxy is not: set the proxy it authenticates to".into(),
             ));
         }
@@ -542,25 +549,33 @@ fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<Manifest, Manif
     }
     let mut resolve = BTreeMap::new();
     for (host, addr) in &raw.egress.resolve {
+        // Looked up by the exact host a request names: a wildcard or a URL
+        // here would never match.
+        if host.starts_with("*.") || !is_host_pattern(host) {
+            return Err(at.key(
+                &child("egress.resolve", host),
+                format!(
+                    "invalid resolve host {host:?}: expected a DNS name like `api.example.com`"
+                ),
+            ));
+        }
         let parsed = addr.parse().map_err(|_| {
-            err(
-                host,
-                0,
+            at.value(
+                &child("egress.resolve", host),
                 format!("invalid resolve address {addr:?} for {host}: expected IP:PORT"),
             )
         })?;
         resolve.insert(host.to_ascii_lowercase(), parsed);
     }
     let mut allow_internal = Vec::new();
-    for net in &raw.egress.allow_internal {
+    for (i, net) in raw.egress.allow_internal.iter().enumerate() {
         // A bare address is that address alone (/32, /128).
         let parsed = net
             .parse::<ipnet::IpNet>()
             .or_else(|_| net.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
             .map_err(|_| {
-                err(
-                    "allow_internal",
-                    0,
+                at.value(
+                    &format!("egress.allow_internal[{i}]"),
                     format!(
                         "invalid allow_internal network {net:?}: expected a CIDR like \"10.20.0.0/16\" or an address"
                     ),
@@ -570,14 +585,13 @@ fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<Manifest, Manif
     }
     for key in raw.env.keys() {
         if !is_env_name(key) {
-            return Err(err(key, 0, format!("invalid env name {key:?}")));
+            return Err(at.key(&child("env", key), format!("invalid env name {key:?}")));
         }
     }
     let memory_bytes = match &raw.resources.memory {
         Some(m) => Some(parse_memory(m).ok_or_else(|| {
-            err(
-                "memory",
-                0,
+            at.value(
+                "resources.memory",
                 format!("invalid memory {m:?}: expected a size like `512m` or `2g`"),
             )
         })?),
@@ -585,19 +599,17 @@ fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<Manifest, Manif
     };
     if let Some(c) = raw.resources.cpus {
         if !(c > 0.0 && c <= 1024.0) {
-            return Err(err(
-                "cpus",
-                0,
+            return Err(at.value(
+                "resources.cpus",
                 format!("invalid cpus {c}: expected a number above 0"),
             ));
         }
     }
     let mut mounts = Vec::new();
-    for m in &raw.mounts {
+    for (i, m) in raw.mounts.iter().enumerate() {
         if !m.path.starts_with('/') {
-            return Err(err(
-                "path",
-                0,
+            return Err(at.value(
+                &format!("mounts[{i}].path"),
                 format!(
                     "invalid mount path {:?}: it must be absolute inside the sandbox",
                     m.path
@@ -612,7 +624,7 @@ fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<Manifest, Manif
     }
     if let Some(cmd) = &raw.agent.command {
         if cmd.is_empty() {
-            return Err(err("command", 0, "agent command is empty: give at least the program, or leave `command` out for the provider's default".into()));
+            return Err(at.value("agent.command", "agent command is empty: give at least the program, or leave `command` out for the provider's default".into()));
         }
     }
 
@@ -740,7 +752,7 @@ runtime = "runsc"
             "host = \"https://api.example.test\"",
         );
         let e = parse(&text).unwrap_err().to_string();
-        assert!(e.contains(":18:1: invalid route host"), "{e}");
+        assert!(e.contains(":18:8: invalid route host"), "{e}");
         let text = GOOD.replace(
             "token_ref = \"EXAMPLE_TOKEN\"",
             "token_ref = \"not a name\"",
@@ -763,7 +775,7 @@ runtime = "runsc"
         assert_eq!(parse(&text).unwrap().routes[0].ports, [443, 8443]);
         let text = GOOD.replace("path_prefix = \"/v1/\"", "ports = [0]");
         let e = parse(&text).unwrap_err().to_string();
-        assert!(e.contains(":19:1: invalid port 0"), "{e}");
+        assert!(e.contains(":19:10: invalid port 0"), "{e}");
         let text = GOOD.replace("path_prefix = \"/v1/\"", "ports = [70000]");
         assert!(parse(&text).is_err());
     }
@@ -787,7 +799,7 @@ runtime = "runsc"
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains(":18:1: invalid allow_internal network \"10.20.0.0/33\""),
+            e.contains(":18:19: invalid allow_internal network \"10.20.0.0/33\""),
             "{e}"
         );
     }
@@ -815,7 +827,7 @@ runtime = "runsc"
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains(":18:1: invalid upstream_proxy: credentials in the proxy URL"),
+            e.contains(":18:18: invalid upstream_proxy: credentials in the proxy URL"),
             "{e}"
         );
         assert!(!e.contains("canary-pw"), "{e}");
@@ -829,6 +841,8 @@ runtime = "runsc"
             // The parser's message repeats the value.
             "resolve = \"http://me:canary-pw@proxy.corp:8080\"",
             "dlp = \"https://canary-pw@proxy.corp\"",
+            // A key path names it too.
+            "resolve = { \"http://me:canary-pw@proxy.corp\" = \"10.0.0.1:8080\" }",
             // Characters a password may hold that end no token.
             "upstream_proxy = \"http://me:abc=canary-pw@proxy.corp:8080\"",
             "upstream_proxy = \"http://me:canary-pw,x@proxy.corp:8080",
@@ -864,7 +878,136 @@ runtime = "runsc"
         ))
         .unwrap_err()
         .to_string();
-        assert!(e.contains(":19:1: invalid upstream_proxy_auth_ref"), "{e}");
+        assert!(e.contains(":19:27: invalid upstream_proxy_auth_ref"), "{e}");
+    }
+
+    /// The head every case below starts from: valid on its own.
+    const HEAD: &str = "name = \"demo\"\nbackend = \"docker\"\n\n[agent]\nprovider = \"generic\"\nimage = \"busybox\"\n";
+
+    /// Each case: what follows [`HEAD`], with `#<` ending the line the
+    /// error must name, and the key path it must name.
+    const WHERE_CASES: &[(&str, &str)] = &[
+        // Semantic checks in inline tables and inline arrays of tables.
+        (
+            "[[egress.route]]\nhost = \"a.example.com\"\ninject = [{ header = \"Auth orization\", value = \"Bearer {token}\", token_ref = \"T\" }] #<\n",
+            "egress.route[0].inject[0].header",
+        ),
+        (
+            "[[egress.route]]\nhost = \"a.example.com\"\ninject = [{ header = \"Authorization\", value = \"Bearer {token}\", token_ref = \"ux-token\" }] #<\n",
+            "egress.route[0].inject[0].token_ref",
+        ),
+        (
+            "[[egress.route]]\nhost = \"a.example.com\"\ninject = [{ header = \"Authorization\", value = \"Bearer\", token_ref = \"T\" }] #<\n",
+            "egress.route[0].inject[0].value",
+        ),
+        (
+            "[[egress.route]]\nhost = \"a.example.com\"\ninject = [{ header = \"Authorization\" }] #<\n",
+            "egress.route[0].inject[0].header",
+        ),
+        (
+            "[[egress.route]]\nhost = \"a.example.com\"\n\n[[egress.route.inject]]\nheader = \"X-Key\"\nvalue = \"{token}\"\ntoken_ref = \"bad ref\" #<\n",
+            "egress.route[0].inject[0].token_ref",
+        ),
+        (
+            "[egress]\nresolve = { \"api.quickstart.test\" = \"localhost:443\" } #<\n",
+            "egress.resolve.\"api.quickstart.test\"",
+        ),
+        (
+            "[egress.resolve]\n\"a.example.com\" = \"10.0.0.1:443\"\n\"*.example.com\" = \"10.0.0.1:443\" #<\n",
+            "egress.resolve.\"*.example.com\"",
+        ),
+        (
+            "[egress.resolve]\n\"a.example.com\" = \"10.0.0.1:443\"\n\"b.example.com\" = \"10.0.0.1\" #<\n",
+            "egress.resolve.\"b.example.com\"",
+        ),
+        (
+            "[egress]\nroute = [{host=\"ok.example.com\"},{host=\"bad_host\"}] #<\n",
+            "egress.route[1].host",
+        ),
+        // The same key in another table, or in an earlier route.
+        (
+            "[workspace]\npath = \"proj\"\n\n[[mounts]]\nhost = \"data\"\npath = \"data\" #<\n",
+            "mounts[0].path",
+        ),
+        (
+            "[[egress.route]]\nhost = \"a.example.com\"\npath_prefix = \"/v1/\"\n\n[[egress.route]]\nhost = \"b.example.com\"\npath_prefix = \"nope\" #<\n",
+            "egress.route[1].path_prefix",
+        ),
+        (
+            "[[mounts]]\nhost = \"data\"\npath = \"/data\"\n\n[[egress.route]]\nhost = \"bad host\" #<\n",
+            "egress.route[0].host",
+        ),
+        (
+            "[[egress.route]]\nhost = \"a.example.com\"\nports = [443, 0] #<\n",
+            "egress.route[0].ports[1]",
+        ),
+        (
+            "[[egress.route]]\nhost = \"a.example.com\"\n\n[[egress.route]]\nhost = \"b.example.com\"\nmethods = [\"GET\",\n  \"FETCH\", #<\n]\n",
+            "egress.route[1].methods[1]",
+        ),
+        (
+            "[egress]\ntls_passthrough = [\"ok.example.com\", \"not ok\"] #<\n",
+            "egress.tls_passthrough[1]",
+        ),
+        (
+            "[egress]\nallow_internal = [\"10.0.0.0/8\", \"10.0.0.0/99\"] #<\n",
+            "egress.allow_internal[1]",
+        ),
+        (
+            "[egress]\nupstream_proxy_auth_ref = \"PROXY_AUTH\" #<\n",
+            "egress.upstream_proxy_auth_ref",
+        ),
+        (
+            "[egress]\nupstream_proxy = \"ftp://proxy.corp:8080\" #<\n",
+            "egress.upstream_proxy",
+        ),
+        ("[env]\nOK = \"1\"\n\"NOT OK\" = \"1\" #<\n", "env.\"NOT OK\""),
+        ("env = { OK = \"1\", 9LIVES = \"1\" } #<\n", "agent.env"),
+        ("[resources]\ncpus = 1.0\nmemory = \"lots\" #<\n", "resources.memory"),
+        ("[resources]\nmemory = \"1g\"\ncpus = 0.0 #<\n", "resources.cpus"),
+        ("[agent.options]\nx = 1\n\n[resources]\nmemory = { size = \"lots\" } #<\n", "resources.memory"),
+        // Parser errors: the key path comes from where the parser stopped.
+        ("[mounts] #<\nhost = \"data\"\npath = \"/data\"\n", "mounts"),
+        (
+            "[[egress.route]]\nhost = \"a.example.com\"\ninject = [{ header = \"X\", tokn_ref = \"T\" }] #<\n",
+            "egress.route[0].inject[0].tokn_ref",
+        ),
+        (
+            "[[egress.route]]\nhost = \"a.example.com\"\n\n[[egress.route]]\nhost = \"b.example.com\"\nports = [\"443\"] #<\n",
+            "egress.route[1].ports[0]",
+        ),
+        ("[egress]\ndlp = \"loud\" #<\n", "egress.dlp"),
+        (
+            "[[mounts]]\nhost = \"a\"\npath = \"/a\"\n\n[[mounts]] #<\nhost = \"b\"\n",
+            "mounts[1]",
+        ),
+        ("[workspace]\npath = \"proj\"\nwritable = true #<\n", "workspace.writable"),
+    ];
+
+    #[test]
+    fn every_error_names_its_line_and_key_path() {
+        let mut failures = Vec::new();
+        for (tail, key) in WHERE_CASES {
+            let text = format!("{HEAD}{tail}");
+            let line = 1 + text
+                .lines()
+                .position(|l| l.ends_with("#<"))
+                .expect("a case marks its line");
+            let e = match parse(&text) {
+                Ok(_) => {
+                    failures.push(format!("accepted:\n{text}"));
+                    continue;
+                }
+                Err(e) => e.to_string(),
+            };
+            let at = format!("/tmp/x/bottle.toml:{line}:");
+            let named = format!("(key `{key}`)");
+            let quoted = format!("  {line} | ");
+            if !(e.starts_with(&at) && e.contains(&named) && e.contains(&quoted)) {
+                failures.push(format!("want line {line}, key `{key}`; got:\n{e}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     }
 
     #[test]
