@@ -12,6 +12,7 @@ use bot_bottle_plugin_api::{EgressRoute, HeaderInjection, Resources};
 use serde::Deserialize;
 
 mod spans;
+pub use spans::child as key_path;
 use spans::{child, Spans};
 
 /// A manifest that failed to load. The message is complete: file, line,
@@ -209,6 +210,13 @@ pub struct Manifest {
     pub resolve: BTreeMap<String, std::net::SocketAddr>,
     /// Internal networks a route host's DNS answer may be dialled in.
     pub allow_internal: Vec<ipnet::IpNet>,
+    /// `[backends.NAME]` tables for backends other than `backend`, kept for
+    /// switching; [`Manifest::check_backend_tables`] refuses a name no
+    /// backend has.
+    pub other_backend_tables: Vec<String>,
+    /// The text, to place errors found after loading (a plugin's about its
+    /// options, a backend table no backend owns).
+    source: String,
 }
 
 impl Manifest {
@@ -241,6 +249,102 @@ impl Manifest {
     pub fn dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))
     }
+
+    /// An error about the key path `key` of this manifest
+    /// (`backends.docker.runtime`), pointing at its value, or at its nearest
+    /// enclosing table when the key is not written.
+    pub fn error_at(&self, key: &str, message: impl Into<String>) -> ManifestError {
+        At::new(&self.path, &self.source).value(key, message.into())
+    }
+
+    /// Refuses a `[backends.NAME]` table that no backend can read: `NAME`
+    /// is not this manifest's backend, not one of bot-bottle's own
+    /// backends and not an installed backend (`installed`). A table kept
+    /// for switching to another backend is fine; a misspelt one would be
+    /// silently ignored.
+    pub fn check_backend_tables<'a>(
+        &self,
+        installed: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), ManifestError> {
+        let mut known: Vec<&str> = vec![&self.backend];
+        known.extend_from_slice(IN_TREE_BACKENDS);
+        for name in installed {
+            known.push(name);
+        }
+        for name in &self.other_backend_tables {
+            if known.contains(&name.as_str()) {
+                continue;
+            }
+            let fix = match closest(name, &known) {
+                Some(near) => format!("did you mean `[backends.{near}]`?"),
+                None => format!(
+                    "name the backend it configures ({}) or remove it",
+                    dedup(&known).join(", ")
+                ),
+            };
+            let key = child("backends", name);
+            return Err(At::new(&self.path, &self.source).key(
+                &key,
+                format!(
+                    "no backend is named `{name}`, so this table would be ignored (this manifest uses backend `{}`); {fix}",
+                    self.backend
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The backends bot-bottle ships, whose tables a manifest may keep even
+/// where they are not installed.
+const IN_TREE_BACKENDS: &[&str] = &["docker", "smolmachines"];
+
+/// `names` sorted, without repeats.
+fn dedup<'a>(names: &[&'a str]) -> Vec<&'a str> {
+    let mut v = names.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// The name in `names` nearest to `word`, when it is near enough to be a
+/// typo of it (a third of its letters, at least 2, changed).
+fn closest<'a>(word: &str, names: &[&'a str]) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).max(2);
+    names
+        .iter()
+        .map(|n| (edit_distance(word, n), *n))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, n)| n)
+}
+
+/// Levenshtein distance, with a swap of two neighbours counting as one
+/// edit (`dokcer` → `docker`).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    // d[i][j]: distance between a[..i] and b[..j].
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// Builds an `Invalid` error pointing at a byte offset of the text, about
@@ -634,6 +738,12 @@ fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<Manifest, Manif
         .cloned()
         .map(to_json)
         .unwrap_or(serde_json::json!({}));
+    let other_backend_tables = raw
+        .backends
+        .keys()
+        .filter(|b| **b != raw.backend)
+        .cloned()
+        .collect();
     Ok(Manifest {
         path: path.to_path_buf(),
         name: raw.name,
@@ -665,6 +775,8 @@ fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<Manifest, Manif
         upstream_ca: raw.egress.upstream_ca.map(|p| absolute(&p)),
         resolve,
         allow_internal,
+        other_backend_tables,
+        source: text.to_string(),
     })
 }
 
@@ -1008,6 +1120,77 @@ runtime = "runsc"
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    }
+
+    #[test]
+    fn a_backend_table_no_backend_owns_is_refused() {
+        let with = |table: &str| GOOD.replace("[backends.docker]", table);
+        // Kept for switching: bot-bottle's own backends, or an installed one.
+        assert!(parse(&with("[backends.smolmachines]"))
+            .unwrap()
+            .check_backend_tables([])
+            .is_ok());
+        let m = parse(&with("[backends.firecracker]")).unwrap();
+        assert!(m.check_backend_tables(["docker", "firecracker"]).is_ok());
+        // Otherwise refused where the table is, with the nearest name.
+        let e = parse(&with("[backends.dokcer]"))
+            .unwrap()
+            .check_backend_tables(["docker", "smolmachines"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/tmp/x/bottle.toml:23:11: no backend is named `dokcer`"),
+            "{e}"
+        );
+        assert!(e.contains("did you mean `[backends.docker]`?"), "{e}");
+        assert!(e.contains("(key `backends.dokcer`)"), "{e}");
+        let e = m.check_backend_tables(["docker"]).unwrap_err().to_string();
+        assert!(
+            e.contains("name the backend it configures (docker, smolmachines) or remove it"),
+            "{e}"
+        );
+        // Written as a dotted key, in an inline table.
+        let text = GOOD
+            .replace("[backends.docker]\nruntime = \"runsc\"", "")
+            .replace(
+                "backend = \"docker\"\n",
+                "backend = \"docker\"\nbackends = { docker = {}, smolmachine = {} }\n",
+            );
+        let e = parse(&text)
+            .unwrap()
+            .check_backend_tables([])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(":4:27: no backend is named `smolmachine`"),
+            "{e}"
+        );
+        assert!(e.contains("did you mean `[backends.smolmachines]`?"), "{e}");
+    }
+
+    #[test]
+    fn errors_after_loading_point_at_their_key() {
+        let m = parse(GOOD).unwrap();
+        let e = m
+            .error_at(
+                "backends.docker.runtime",
+                "runtime `runsc` is not installed",
+            )
+            .to_string();
+        assert!(e.starts_with("/tmp/x/bottle.toml:24:11: runtime"), "{e}");
+        assert!(e.contains("(key `backends.docker.runtime`)"), "{e}");
+        // A key not written: its table's line.
+        let e = m.error_at("agent.options.greeting", "missing").to_string();
+        assert!(e.starts_with("/tmp/x/bottle.toml:10:1: missing"), "{e}");
+    }
+
+    #[test]
+    fn edit_distances() {
+        assert_eq!(edit_distance("dokcer", "docker"), 1);
+        assert_eq!(edit_distance("doker", "docker"), 1);
+        assert_eq!(edit_distance("smolmachine", "smolmachines"), 1);
+        assert_eq!(edit_distance("firecracker", "docker"), 7);
+        assert_eq!(closest("podman", &["docker", "smolmachines"]), None);
     }
 
     #[test]

@@ -18,6 +18,9 @@ use crate::plugins::{PluginCallError, PluginSet};
 /// Why a plan could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
+    /// The manifest is wrong in a way only the installed plugins show.
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
     /// A plugin is missing or failed.
     #[error(transparent)]
     Plugin(#[from] PluginCallError),
@@ -152,6 +155,7 @@ pub fn plan(
 ) -> Result<BottlePlan, PlanError> {
     let provider = plugins.provider(&manifest.provider)?;
     let backend = plugins.backend(&manifest.backend)?;
+    manifest.check_backend_tables(plugins.backends().map(|b| b.plugin.info.name.as_str()))?;
     let sandbox = SandboxLayout::default();
 
     let provision = provider.prepare(&PrepareRequest {

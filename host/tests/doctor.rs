@@ -64,6 +64,20 @@ fn the_manifests_backend_options_reach_its_check() {
 }
 
 #[test]
+fn a_backend_table_no_backend_owns_is_an_error() {
+    let (code, lines, err) = doctor(&format!("{BASE}\n[backends.dokcer]\nruntime = \"runsc\"\n"));
+    assert_eq!(code, 1, "{lines:?}\n{err}");
+    let f = finding(&lines, "docker", "manifest").unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(f["severity"], "error");
+    let message = f["message"].as_str().unwrap();
+    assert!(
+        message.contains("bottle.toml:9:11: no backend is named `dokcer`"),
+        "{f}"
+    );
+    assert!(message.contains("did you mean `[backends.docker]`?"), "{f}");
+}
+
+#[test]
 fn a_backend_the_manifest_names_but_nobody_installed_is_an_error() {
     let (code, lines, err) = doctor(&BASE.replace("backend = \"docker\"", "backend = \"nosuch\""));
     assert_eq!(code, 1, "{lines:?}\n{err}");

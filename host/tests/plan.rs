@@ -227,6 +227,46 @@ fn provider_options_are_checked_by_the_provider() {
     );
 }
 
+/// The 1-based line of `p` that starts with `start`.
+fn line_of(p: &Path, start: &str) -> usize {
+    let text = std::fs::read_to_string(p).unwrap();
+    1 + text.lines().position(|l| l.starts_with(start)).unwrap()
+}
+
+#[test]
+fn a_misspelt_backend_table_is_refused_where_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(quickstart()).unwrap();
+    let p = write_manifest(
+        dir.path(),
+        &base.replace("[backends.docker]", "[backends.dokcer]"),
+    );
+    let (code, _, err) = run(bottle(data.path())
+        .env("QUICKSTART_API_TOKEN", "x")
+        .args(["plan", "-f"])
+        .arg(&p));
+    assert_eq!(code, 1, "{err}");
+    let line = line_of(&p, "[backends.dokcer]");
+    assert!(
+        err.contains(&format!(
+            "bottle.toml:{line}:11: no backend is named `dokcer`"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `[backends.docker]`?"), "{err}");
+    // A table kept for another of bot-bottle's backends is fine.
+    let p = write_manifest(
+        dir.path(),
+        &format!("{base}\n[backends.smolmachines]\nengine = \"/nonexistent/smolvm\"\n"),
+    );
+    let (code, _, err) = run(bottle(data.path())
+        .env("QUICKSTART_API_TOKEN", "x")
+        .args(["plan", "-f"])
+        .arg(&p));
+    assert_eq!(code, 0, "{err}");
+}
+
 #[test]
 fn the_out_of_tree_provider_drives_a_plan() {
     let hello = example_hello();

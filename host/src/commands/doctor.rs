@@ -107,6 +107,19 @@ pub(super) fn run(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
             "backend" => plugins.backends().any(|b| b.plugin.info.name == name),
             _ => plugins.providers().any(|p| p.plugin.info.name == name),
         };
+        if let Err(e) =
+            m.check_backend_tables(plugins.backends().map(|b| b.plugin.info.name.as_str()))
+        {
+            lines.push(Line {
+                plugin: m.backend.clone(),
+                kind: "backend".into(),
+                finding: Finding::error(
+                    "manifest",
+                    e.to_string(),
+                    "fix the table's name or remove the table",
+                ),
+            });
+        }
         for (kind, name) in [("backend", &m.backend), ("provider", &m.provider)] {
             if !installed(kind, name) {
                 lines.push(Line {

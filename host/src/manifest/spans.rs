@@ -127,7 +127,7 @@ impl Spans {
 }
 
 /// `parent.key`, the key quoted when it is not a bare key.
-pub(super) fn child(parent: &str, key: &str) -> String {
+pub fn child(parent: &str, key: &str) -> String {
     let bare = !key.is_empty()
         && key
             .bytes()
