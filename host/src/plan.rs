@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use bot_bottle_plugin_api::{
-    AgentLaunch, AgentProvisionPlan, Mount, PluginInfo, PrepareRequest, Resources, SandboxFile,
-    SandboxLayout, Secret, ValidateRequest,
+    AgentLaunch, AgentProvisionPlan, ErrorKind, Mount, PluginInfo, PluginKind, PrepareRequest,
+    Resources, SandboxFile, SandboxLayout, Secret, ValidateRequest,
 };
 use serde::Serialize;
 
@@ -147,6 +147,42 @@ pub fn host_env() -> BTreeMap<String, Secret> {
         .collect()
 }
 
+/// A plugin's error about its manifest options (`[agent.options]`,
+/// `[backends.NAME]`), placed at the key it names, or at the table when it
+/// names none; any other error as it is. A plugin built before
+/// [`PluginError::options_key`] is understood by its message, which
+/// starts with the table's header by convention.
+///
+/// [`PluginError::options_key`]: bot_bottle_plugin_api::PluginError::options_key
+pub fn place_options_error(manifest: &Manifest, e: PluginCallError) -> PlanError {
+    let PluginCallError::Plugin {
+        plugin,
+        name,
+        error,
+    } = &e
+    else {
+        return e.into();
+    };
+    let (table, header) = match plugin {
+        PluginKind::Provider => ("agent.options".to_string(), "[agent.options]".to_string()),
+        PluginKind::Backend => (
+            crate::manifest::key_path("backends", name),
+            format!("[backends.{name}]"),
+        ),
+    };
+    let key = match &error.options_key {
+        Some(key) => key.clone(),
+        None if error.kind == ErrorKind::InvalidInput && error.message.starts_with(&header) => {
+            Vec::new()
+        }
+        None => return e.into(),
+    };
+    let path = key
+        .iter()
+        .fold(table, |path, k| crate::manifest::key_path(&path, k));
+    PlanError::Manifest(manifest.error_at(&path, e.to_string()))
+}
+
 /// Runs stages 2–4 for a loaded manifest.
 pub fn plan(
     manifest: Manifest,
@@ -158,13 +194,15 @@ pub fn plan(
     manifest.check_backend_tables(plugins.backends().map(|b| b.plugin.info.name.as_str()))?;
     let sandbox = SandboxLayout::default();
 
-    let provision = provider.prepare(&PrepareRequest {
-        schema: bot_bottle_plugin_api::PAYLOAD_SCHEMA,
-        bottle_name: manifest.name.clone(),
-        options: manifest.provider_options.clone(),
-        host_env: host_env.clone(),
-        sandbox: sandbox.clone(),
-    })?;
+    let provision = provider
+        .prepare(&PrepareRequest {
+            schema: bot_bottle_plugin_api::PAYLOAD_SCHEMA,
+            bottle_name: manifest.name.clone(),
+            options: manifest.provider_options.clone(),
+            host_env: host_env.clone(),
+            sandbox: sandbox.clone(),
+        })
+        .map_err(|e| place_options_error(&manifest, e))?;
 
     let egress = egress_plan::build(
         &manifest.routes,
@@ -547,4 +585,67 @@ pub struct PlanView<'a> {
     pub notes: &'a [String],
     /// Whether every token ref resolved.
     pub ready: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bot_bottle_plugin_api::PluginError;
+
+    const TEXT: &str = "name = \"demo\"\nbackend = \"docker\"\n\n[agent]\nprovider = \"generic\"\nimage = \"busybox\"\n\n[agent.options]\ndummy_env = [\"T\"]\n\n[backends.docker]\nruntime = \"runsc\"\n";
+
+    fn placed(kind: PluginKind, name: &str, error: PluginError) -> String {
+        let m = Manifest::parse(Path::new("/tmp/x/bottle.toml"), TEXT).unwrap();
+        let e = PluginCallError::Plugin {
+            plugin: kind,
+            name: name.into(),
+            error,
+        };
+        place_options_error(&m, e).to_string()
+    }
+
+    #[test]
+    fn options_errors_are_placed_at_their_key_or_table() {
+        let e = placed(
+            PluginKind::Backend,
+            "docker",
+            PluginError::invalid("[backends.docker] in the manifest: runsc is not installed")
+                .in_options(["runtime"]),
+        );
+        assert!(e.starts_with("/tmp/x/bottle.toml:12:11: backend plugin `docker`: [backends.docker] in the manifest: runsc"), "{e}");
+        assert!(e.contains("(key `backends.docker.runtime`)"), "{e}");
+        // A key that is not written: the table.
+        let e = placed(
+            PluginKind::Provider,
+            "generic",
+            PluginError::invalid("[agent.options]: missing field `x`").in_options(["x"]),
+        );
+        assert!(
+            e.starts_with("/tmp/x/bottle.toml:8:1: provider plugin `generic`"),
+            "{e}"
+        );
+        assert!(e.contains("(key `agent.options.x`)"), "{e}");
+        // A plugin that names no key but the table, by the message's
+        // convention: the table.
+        let e = placed(
+            PluginKind::Backend,
+            "docker",
+            PluginError::invalid("[backends.docker]: unknown field `runtme`"),
+        );
+        assert!(
+            e.starts_with("/tmp/x/bottle.toml:11:1: backend plugin `docker`"),
+            "{e}"
+        );
+        assert!(e.contains("(key `backends.docker`)"), "{e}");
+        // Anything else is left as it is.
+        let e = placed(
+            PluginKind::Backend,
+            "docker",
+            PluginError::unavailable("the Docker daemon is not running"),
+        );
+        assert_eq!(
+            e,
+            "backend plugin `docker`: the Docker daemon is not running"
+        );
+    }
 }

@@ -61,6 +61,14 @@ fn the_manifests_backend_options_reach_its_check() {
     let f = finding(&lines, "docker", "docker options").unwrap_or_else(|| panic!("{lines:?}"));
     assert_eq!(f["severity"], "error");
     assert!(f["message"].as_str().unwrap().contains("runtme"), "{f}");
+    // At the table's line in the file.
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains("bottle.toml:9:1: [backends.docker] in the manifest: unknown field `runtme`"),
+        "{f}"
+    );
 }
 
 #[test]

@@ -225,6 +225,31 @@ fn provider_options_are_checked_by_the_provider() {
         err.contains("provider plugin `generic`: [agent.options]: unknown field `dummy_envs`"),
         "{err}"
     );
+    // Where: the file, the key's line and its key path.
+    let line = line_of(&p, "dummy_envs =");
+    assert!(err.contains(&format!("bottle.toml:{line}:14: ")), "{err}");
+    assert!(err.contains("(key `agent.options.dummy_envs`)"), "{err}");
+    // A wrong type too, which serde names no key for.
+    let p = write_manifest(
+        dir.path(),
+        &base.replace(
+            "dummy_env = [\"QUICKSTART_API_TOKEN\"]",
+            "ca_trust_env = []\ndummy_env = \"QUICKSTART_API_TOKEN\"",
+        ),
+    );
+    let (code, _, err) = run(bottle(data.path())
+        .env("QUICKSTART_API_TOKEN", "x")
+        .args(["plan", "-f"])
+        .arg(&p));
+    assert_eq!(code, 1);
+    let line = line_of(&p, "dummy_env =");
+    assert!(
+        err.contains(&format!(
+            "bottle.toml:{line}:13: provider plugin `generic`: [agent.options]: invalid type"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("(key `agent.options.dummy_env`)"), "{err}");
 }
 
 /// The 1-based line of `p` that starts with `start`.

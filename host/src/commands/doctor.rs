@@ -14,7 +14,7 @@ use bot_bottle_plugin_api::{CheckRequest, Finding, Severity};
 use serde::Serialize;
 
 use crate::cli::{Cli, DoctorArgs};
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ManifestError};
 use crate::output::print_json;
 
 #[derive(Serialize)]
@@ -137,6 +137,32 @@ pub(super) fn run(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // A finding about the options the manifest gives a plugin names the
+    // file and the table's line (a check reports no key).
+    let place = |kind: &str, name: &str, mut f: Finding| -> Finding {
+        let Some(m) = manifest
+            .as_ref()
+            .filter(|m| options_if_used(m, kind, name).is_some())
+        else {
+            return f;
+        };
+        let (table, header) = match kind {
+            "backend" => (
+                crate::manifest::key_path("backends", name),
+                format!("[backends.{name}]"),
+            ),
+            _ => ("agent.options".to_string(), "[agent.options]".to_string()),
+        };
+        if f.severity == Severity::Error && f.message.starts_with(&header) {
+            if let ManifestError::Invalid {
+                path, line, column, ..
+            } = m.error_at(&table, String::new())
+            {
+                f.message = format!("{}:{line}:{column}: {}", path.display(), f.message);
+            }
+        }
+        f
+    };
     let mut record = |name: &str,
                       kind: &str,
                       result: Result<
@@ -146,7 +172,7 @@ pub(super) fn run(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
         Ok(report) => lines.extend(report.findings.into_iter().map(|f| Line {
             plugin: name.into(),
             kind: kind.into(),
-            finding: f,
+            finding: place(kind, name, f),
         })),
         Err(e) => lines.push(Line {
             plugin: name.into(),

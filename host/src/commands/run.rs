@@ -86,6 +86,8 @@ pub(super) fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
         if let Err(e) = backend.launch(&spec) {
             // The backend removes what it made on a failed launch; make sure.
             remove(&backend, &bottle_id);
+            // An error about `[backends.NAME]` names its line.
+            let e = plan::place_options_error(&plan.manifest, e);
             return finish(Err(anyhow::anyhow!(
                 "bottle {bottle_id} failed to launch (nothing is left running): {e}"
             )));

@@ -95,10 +95,13 @@ impl ClaudeError {
 impl From<ClaudeError> for PluginError {
     fn from(e: ClaudeError) -> Self {
         let hint = e.hint();
-        let err = match e {
-            ClaudeError::OptionsNotTable
-            | ClaudeError::UnknownOption { .. }
-            | ClaudeError::OptionType { .. } => PluginError::invalid(e.to_string()),
+        let err = match &e {
+            ClaudeError::OptionsNotTable => {
+                PluginError::invalid(e.to_string()).in_options::<_, String>([])
+            }
+            ClaudeError::UnknownOption { key } | ClaudeError::OptionType { key, .. } => {
+                PluginError::invalid(e.to_string()).in_options([key.clone()])
+            }
             _ => PluginError::unavailable(e.to_string()),
         };
         err.with_hint(hint)

@@ -486,6 +486,14 @@ fn options_errors_name_the_table_and_the_key() {
         PluginError::from(e).kind,
         bot_bottle_plugin_api::ErrorKind::InvalidInput
     );
+    // The host places each at its key, or at the table.
+    let key = |options| PluginError::from(host.prepare(options).unwrap_err()).options_key;
+    assert_eq!(key(json!({"x": true})), Some(vec!["x".to_string()]));
+    assert_eq!(
+        key(json!({"forward_host_credentials": 1})),
+        Some(vec!["forward_host_credentials".to_string()])
+    );
+    assert_eq!(key(json!(["x"])), Some(vec![]));
 }
 
 #[test]

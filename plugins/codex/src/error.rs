@@ -94,10 +94,13 @@ impl CodexError {
 impl From<CodexError> for PluginError {
     fn from(e: CodexError) -> Self {
         let hint = e.hint();
-        let err = match e {
-            CodexError::OptionsNotTable
-            | CodexError::UnknownOption { .. }
-            | CodexError::OptionType { .. } => PluginError::invalid(e.to_string()),
+        let err = match &e {
+            CodexError::OptionsNotTable => {
+                PluginError::invalid(e.to_string()).in_options::<_, String>([])
+            }
+            CodexError::UnknownOption { key } | CodexError::OptionType { key, .. } => {
+                PluginError::invalid(e.to_string()).in_options([key.clone()])
+            }
             _ => PluginError::unavailable(e.to_string()),
         };
         err.with_hint(hint)

@@ -43,11 +43,8 @@ pub enum EgressNamespace {
 impl DockerOptions {
     /// Reads the options; `null` means all defaults.
     pub fn from_json(value: &serde_json::Value) -> Result<Self, PluginError> {
-        if value.is_null() {
-            return Ok(Self::default());
-        }
-        serde_json::from_value(value.clone()).map_err(|e| {
-            PluginError::invalid(format!("[backends.docker] in the manifest: {e}")).with_hint(
+        PluginError::options(value, "[backends.docker] in the manifest").map_err(|e| {
+            e.with_hint(
                 "the docker backend reads `user`, `runtime` (e.g. \"runsc\"), `pull` (true/false), `egress_network` and `egress_namespace` (\"shared\" or \"own\")",
             )
         })
@@ -75,6 +72,17 @@ mod tests {
         let err = DockerOptions::from_json(&serde_json::json!({"runtim": "runsc"})).unwrap_err();
         assert!(err.message.contains("runtim"), "{}", err.message);
         assert!(err.hint.is_some());
+        // The host names the key's line in the manifest.
+        assert_eq!(err.options_key, Some(vec!["runtim".to_string()]));
+        let err =
+            DockerOptions::from_json(&serde_json::json!({"pull": "no", "user": "a"})).unwrap_err();
+        assert_eq!(err.options_key, Some(vec!["pull".to_string()]));
+        assert!(
+            err.message
+                .starts_with("[backends.docker] in the manifest: invalid type"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

@@ -72,6 +72,8 @@ fn the_library_loads_and_answers_across_the_boundary() {
     };
     assert!(err.message.contains("nope"), "{err:?}");
     assert!(err.hint.is_some());
+    // Which key, for the host to name its line in the manifest.
+    assert_eq!(err.options_key, Some(vec!["nope".to_string()]), "{err:?}");
 
     let err = match backend.launch(RStr::from_str(&spec.to_string())) {
         RResult::RErr(e) => PluginError::from_json(e.as_str()),

@@ -61,20 +61,18 @@ impl Provider for Generic {
     }
 
     fn prepare(&self, request: PrepareRequest) -> Result<AgentProvisionPlan, PluginError> {
-        let options: Options = match request.options {
-            serde_json::Value::Null => Options::default(),
-            v => serde_json::from_value(v).map_err(|e| {
-                PluginError::invalid(format!("[agent.options]: {e}"))
-                    .with_hint("the generic provider accepts `dummy_env` and `ca_trust_env`")
-            })?,
-        };
+        let options: Options =
+            PluginError::options(&request.options, "[agent.options]").map_err(|e| {
+                e.with_hint("the generic provider accepts `dummy_env` and `ca_trust_env`")
+            })?;
         let bad_name = |key: &str, names: &[String]| {
             names.iter().find(|n| !is_env_name(n)).map(|n| {
                 PluginError::invalid(format!("[agent.options] {key}: {n:?} is not an env name"))
                     .with_hint(
-                    "list env names only (letters, digits and `_`, not starting with a digit); \
-                     plain values go in [env] as NAME = \"value\"",
-                )
+                        "list env names only (letters, digits and `_`, not starting with a digit); \
+                         plain values go in [env] as NAME = \"value\"",
+                    )
+                    .in_options([key])
             })
         };
         if let Some(e) = bad_name("dummy_env", &options.dummy_env) {

@@ -84,14 +84,9 @@ pub struct Options {
 
 impl Options {
     fn parse(v: &serde_json::Value) -> Result<Self, PluginError> {
-        match v {
-            serde_json::Value::Null => Ok(Self::default()),
-            v => serde_json::from_value(v.clone()).map_err(|e| {
-                PluginError::invalid(format!("[backends.smolmachines]: {e}")).with_hint(
-                    "accepted keys: `engine` (path to smolvm), `proxy_address` (ip:port)",
-                )
-            }),
-        }
+        PluginError::options(v, "[backends.smolmachines]").map_err(|e| {
+            e.with_hint("accepted keys: `engine` (path to smolvm), `proxy_address` (ip:port)")
+        })
     }
 }
 
