@@ -260,9 +260,9 @@ fn line_of(p: &Path, start: &str) -> usize {
 
 #[test]
 fn a_misspelt_backend_table_is_refused_where_it_is() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, ready) = quickstart_ready();
     let data = tempfile::tempdir().unwrap();
-    let base = std::fs::read_to_string(quickstart()).unwrap();
+    let base = std::fs::read_to_string(ready).unwrap();
     let p = write_manifest(
         dir.path(),
         &base.replace("[backends.docker]", "[backends.dokcer]"),
