@@ -6,6 +6,7 @@
 //! as one opaque secret and hands it to the proxy; it never resolves or
 //! reads secrets itself.
 
+use bot_bottle_plugin_api::is_env_name;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -131,12 +132,6 @@ pub fn validate_with_backend(
 /// The proxy variables every backend sets in the agent's env itself
 /// (in upper and lower case), whatever the plan says.
 pub const PROXY_VARIABLES: &[&str] = &["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"];
-
-fn is_env_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
 
 /// Everything the host can know, before a launch, that would stop it:
 /// what `bottle plan` and `bottle doctor -f` check, and `launch_spec`

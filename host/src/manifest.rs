@@ -5,6 +5,7 @@
 //! options (`[agent.options]`, `[backends.NAME]`) are passed through as JSON
 //! and checked by the plugin that owns them.
 
+use bot_bottle_plugin_api::is_env_name;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -460,12 +461,6 @@ fn hide_in_token(t: &str) -> String {
         return t.to_string();
     }
     format!("{}***{}", &t[..start], &t[at..])
-}
-
-fn is_env_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn is_host_pattern(s: &str) -> bool {

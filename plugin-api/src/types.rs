@@ -660,3 +660,13 @@ pub struct RemoveReport {
     /// One line per removed resource (`container bb-x-agent`).
     pub removed: Vec<String>,
 }
+
+/// Whether `s` is a name a process environment can carry and a shell can
+/// set: letters, digits and `_`, not starting with a digit. Providers check
+/// the env names they take from options with it, as the host checks the
+/// manifest's.
+pub fn is_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}

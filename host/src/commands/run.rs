@@ -41,6 +41,10 @@ pub(super) fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("{missing}; nothing was launched");
     }
     let backend = plugins.backend(&plan.manifest.backend)?;
+    // What `bottle plan` asks the backend too, so a third-party backend's
+    // refusal comes before anything exists (the Docker one checks again
+    // inside its launch).
+    launch::validate_with_backend(&plan, &backend)?;
     let tty = plan
         .manifest
         .tty

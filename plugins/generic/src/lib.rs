@@ -11,6 +11,7 @@
 //! dummy_env = ["EXAMPLE_API_TOKEN"]   # agent sees EXAMPLE_API_TOKEN=bot-bottle-dummy
 //! ```
 
+use bot_bottle_plugin_api::is_env_name;
 use bot_bottle_plugin_api::{
     export_provider, AgentProvisionPlan, CheckReport, CheckRequest, Finding, PluginError,
     PluginInfo, PrepareRequest, Provider,
@@ -93,13 +94,6 @@ impl Provider for Generic {
             .unwrap_or_else(|| CA_TRUST_ENV.iter().map(|s| s.to_string()).collect());
         Ok(plan)
     }
-}
-
-/// What a process environment can carry as a name, and shells can set.
-fn is_env_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 export_provider!(Generic);
