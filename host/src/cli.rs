@@ -65,9 +65,11 @@ pub enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Remove everything labelled as bot-bottle's whose bottle is gone.
+    /// Remove every bottle whose agent is not running (kept ones included)
+    /// and everything labelled as bot-bottle's whose bottle is gone.
     Gc {
-        /// Also remove cached images bot-bottle built (the egress sidecar image).
+        /// Also remove cached images bot-bottle built (the egress sidecar
+        /// image, the launch gate's image and its carrier).
         #[arg(long)]
         images: bool,
     },
@@ -99,7 +101,8 @@ pub struct RunArgs {
     /// The manifest.
     #[arg(short = 'f', long = "file", default_value = "bottle.toml")]
     pub file: PathBuf,
-    /// Leave the bottle in place after the agent exits.
+    /// Leave the bottle in place, stopped, after the agent exits (its
+    /// logs stay for `bottle logs`; `bottle rm` or `bottle gc` removes it).
     #[arg(long)]
     pub keep: bool,
     /// Print the bottle id and return once it is up.

@@ -495,6 +495,31 @@ fn exit_codes_propagate_and_nothing_remains_after_success_failure_or_a_bad_launc
             leftovers(&name)
         );
     }
+    // `--keep` keeps the bottle for reading, but stops its proxy: it holds
+    // the real tokens and has no agent left to serve.
+    let name = unique("keep");
+    let m = manifest(dir.path(), &name, "exit 3", &up, &[]);
+    let (code, out, err) = output(
+        bottle(data.path())
+            .env("API_TOKEN", "t0ken-value")
+            .args(["run", "--keep", "-f"])
+            .arg(&m),
+    );
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert!(!leftovers(&name).is_empty(), "kept: {err}");
+    let running = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=bot-bottle.name={name}"),
+    ]);
+    assert!(
+        running.trim().is_empty(),
+        "a kept bottle still runs: {running}"
+    );
+    let (code, _, err) = output(bottle(data.path()).args(["rm", &name]));
+    assert_eq!(code, 0, "{err}");
+    assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
     // A launch that fails half-way (no such image) removes what it made.
     let name = unique("badimage");
     let m = manifest(dir.path(), &name, "true", &up, &[]);
@@ -677,14 +702,16 @@ fn sigint_and_a_dead_sidecar_both_leave_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
 
-    // Ctrl-C (SIGINT to bottle), and Ctrl-\ (SIGQUIT), while the agent runs.
-    for (sig, what) in [(2, "sigint"), (3, "sigquit")] {
+    // Ctrl-C (SIGINT to bottle), Ctrl-\ (SIGQUIT) and SIGTERM, while the
+    // agent runs: each removes the bottle, and the exit code is 128 + the
+    // signal, as a shell reports it.
+    for (sig, what) in [(2, "sigint"), (3, "sigquit"), (15, "sigterm")] {
         let name = unique(what);
         let m = manifest(dir.path(), &name, "sleep 120", &up, &[]);
         let mut child = run_in_background(data.path(), &m, "t0ken-value", &name);
         // SAFETY: kill(2) on a child we spawned and have not reaped.
         unsafe { libc_kill(child.id() as i32, sig) };
-        assert_eq!(wait_exit(&mut child), 130, "{what}");
+        assert_eq!(wait_exit(&mut child), 128 + sig, "{what}");
         assert!(
             leftovers(&name).is_empty(),
             "after {what}: {:?}",

@@ -70,13 +70,15 @@ pub(super) fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT]).context("installing signal handlers")?;
     let signal_handle = signals.handle();
-    let interrupted = AtomicBool::new(false);
+    // The signal that ended the run (0: none): the exit code is 128 + it,
+    // as a shell reports a process a signal ended.
+    let interrupted = std::sync::atomic::AtomicI32::new(0);
     let stop_watch = AtomicBool::new(false);
 
     std::thread::scope(|s| -> anyhow::Result<ExitCode> {
         s.spawn(|| {
             if let Some(sig) = signals.forever().next() {
-                interrupted.store(true, Ordering::SeqCst);
+                interrupted.store(sig, Ordering::SeqCst);
                 eprintln!("bottle: received signal {sig}; removing bottle {bottle_id}");
                 remove(&backend, &bottle_id);
             }
@@ -88,17 +90,32 @@ pub(super) fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
 
         tracing::info!(bottle = %bottle_id, backend = %backend.plugin.info.name, "launching");
         if let Err(e) = backend.launch(&spec) {
-            // The backend removes what it made on a failed launch; make sure.
-            remove(&backend, &bottle_id);
+            // The backend removes what it made on a failed launch; make sure,
+            // and say so only if that worked (with the daemon gone, the
+            // removal fails the same way, and `nothing is left` may be
+            // untrue).
+            let req = RemoveRequest {
+                bottle_id: Some(bottle_id.clone()),
+                ..Default::default()
+            };
+            let left = match backend.remove(&req) {
+                Ok(_) => "nothing is left running".to_string(),
+                Err(_) => format!(
+                    "what it made may remain: run `bottle gc` once the {} backend answers",
+                    backend.plugin.info.name
+                ),
+            };
             // An error about `[backends.NAME]` names its line.
             let e = plan::place_options_error(&plan.manifest, e);
             return finish(Err(anyhow::anyhow!(
-                "bottle {bottle_id} failed to launch (nothing is left running): {e}"
+                "bottle {bottle_id} failed to launch ({left}): {e}"
             )));
         }
-        if interrupted.load(Ordering::SeqCst) {
+        let by_signal = |sig: i32| ExitCode::from(128u8.saturating_add(sig as u8));
+        let sig = interrupted.load(Ordering::SeqCst);
+        if sig != 0 {
             remove(&backend, &bottle_id);
-            return finish(Ok(ExitCode::from(130)));
+            return finish(Ok(by_signal(sig)));
         }
         if args.detach {
             println!("{bottle_id}");
@@ -115,9 +132,10 @@ pub(super) fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
         });
         stop_watch.store(true, Ordering::SeqCst);
 
-        if interrupted.load(Ordering::SeqCst) {
+        let sig = interrupted.load(Ordering::SeqCst);
+        if sig != 0 {
             // The signal thread already removed the bottle.
-            return finish(Ok(ExitCode::from(130)));
+            return finish(Ok(by_signal(sig)));
         }
         let result = match waited {
             Ok(report) => {
@@ -129,7 +147,15 @@ pub(super) fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
             Err(e) => Err(anyhow::anyhow!("lost bottle {bottle_id}: {e}")),
         };
         if args.keep {
-            eprintln!("bottle: kept {bottle_id}; `bottle logs {bottle_id}` to read it, `bottle rm {bottle_id}` to remove it");
+            // Kept for reading: its proxy, which holds the real tokens, has
+            // nothing left to serve, so it stops (its logs stay).
+            if let Err(e) = backend.stop(&bot_bottle_plugin_api::BottleRef {
+                schema: bot_bottle_plugin_api::PAYLOAD_SCHEMA,
+                bottle_id: bottle_id.clone(),
+            }) {
+                eprintln!("warning: could not stop the proxy of kept bottle {bottle_id}: {e}; `bottle stop {bottle_id}` stops it");
+            }
+            eprintln!("bottle: kept {bottle_id} (stopped); `bottle logs {bottle_id}` to read it, `bottle rm {bottle_id}` to remove it (`bottle gc` removes it too)");
         } else {
             remove(&backend, &bottle_id);
         }
