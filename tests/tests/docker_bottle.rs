@@ -883,6 +883,23 @@ fn a_dead_docker_daemon_is_one_clear_error() {
         err.lines().count() <= 3,
         "one clear error, not a dump:\n{err}"
     );
+    assert!(
+        !err.contains("warning: could not remove") && !err.contains("nothing is left running"),
+        "no claim the dead daemon cannot back:\n{err}"
+    );
+    // Listing and naming bottles say the daemon is the problem: an empty
+    // list with status 0, or `no bottle named`, would be a wrong answer.
+    let dead_host = format!("unix://{}", dead.display());
+    let (code, _, err) = output(bottle(data.path()).env("DOCKER_HOST", &dead_host).arg("ls"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("Docker daemon"), "{err}");
+    let (code, _, err) = output(
+        bottle(data.path())
+            .env("DOCKER_HOST", &dead_host)
+            .args(["rm", &name]),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("Docker daemon"), "{err}");
 }
 
 #[test]

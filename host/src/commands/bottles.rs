@@ -13,22 +13,36 @@ use crate::cli::Cli;
 use crate::output::{print_json, table};
 use crate::plugins::{BackendHandle, PluginSet};
 
-fn all_bottles(plugins: &PluginSet) -> Vec<(BackendHandle<'_>, BottleStatus)> {
-    let mut out = Vec::new();
+/// Every backend's bottles, and what the backends that could not list
+/// theirs said (a dead Docker daemon): the caller decides how much that
+/// matters, as "no bottles" and "could not look" are not the same answer.
+struct Listing<'a> {
+    bottles: Vec<(BackendHandle<'a>, BottleStatus)>,
+    failed: Vec<String>,
+}
+
+fn all_bottles(plugins: &PluginSet) -> Listing<'_> {
+    let mut listing = Listing {
+        bottles: Vec::new(),
+        failed: Vec::new(),
+    };
     for b in plugins.backends() {
         match b.list(&ListRequest::default()) {
-            Ok(list) => out.extend(list.into_iter().map(|s| (b, s))),
-            Err(e) => eprintln!("warning: {e}"),
+            Ok(list) => listing.bottles.extend(list.into_iter().map(|s| (b, s))),
+            Err(e) => listing.failed.push(e.to_string()),
         }
     }
-    out
+    listing
 }
 
 fn find<'a>(
     plugins: &'a PluginSet,
     name: &str,
 ) -> anyhow::Result<(BackendHandle<'a>, BottleStatus)> {
-    let all = all_bottles(plugins);
+    let Listing {
+        bottles: all,
+        failed,
+    } = all_bottles(plugins);
     if let Some(found) = all.iter().find(|(_, s)| s.bottle_id == name) {
         return Ok(found.clone());
     }
@@ -38,6 +52,10 @@ fn find<'a>(
         .collect();
     match by_name.as_slice() {
         [one] => Ok((*one).clone()),
+        [] if !failed.is_empty() => anyhow::bail!(
+            "no bottle named `{name}` among the backends that answered; it may be on one that did not: {}",
+            failed.join("; ")
+        ),
         [] => anyhow::bail!("no bottle named `{name}`; `bottle ls` lists them"),
         many => anyhow::bail!(
             "`{name}` matches {} bottles ({}); use the id",
@@ -53,7 +71,8 @@ fn find<'a>(
 /// `bottle ls`.
 pub(super) fn ls(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
     let plugins = super::load_plugins(cli);
-    let all: Vec<BottleStatus> = all_bottles(&plugins).into_iter().map(|(_, s)| s).collect();
+    let listing = all_bottles(&plugins);
+    let all: Vec<BottleStatus> = listing.bottles.into_iter().map(|(_, s)| s).collect();
     if json {
         print_json(&all)?;
     } else {
@@ -78,7 +97,16 @@ pub(super) fn ls(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
             )
         );
     }
-    Ok(ExitCode::SUCCESS)
+    // What could be listed is printed; a backend that could not list makes
+    // the answer incomplete, and the exit status says so.
+    for f in &listing.failed {
+        eprintln!("error: {f}");
+    }
+    Ok(if listing.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// `bottle stop`.
