@@ -863,14 +863,13 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
         match_method,
     ) {
         RouteMatch::Allowed(i, r) => (i, r),
-        RouteMatch::HostOnly => {
-            let why = "no [[egress.route]] for this host allows this port, path and method";
+        RouteMatch::HostOnly(miss) => {
             return done(
                 rec,
                 StatusCode::FORBIDDEN,
                 "deny",
-                why.into(),
-                route::deny_body(&t.host, method.as_str(), &path, why),
+                miss.why(method.as_str()),
+                route::deny_miss_body(&t.host, method.as_str(), &path, &miss),
             );
         }
         RouteMatch::NoHost => {

@@ -160,8 +160,9 @@ pub(crate) fn method_override<'a>(
 pub(crate) enum RouteMatch<'a> {
     /// This route allows it.
     Allowed(usize, &'a EgressRoute),
-    /// Some route names the host, but none allows this path or method.
-    HostOnly,
+    /// Some route names the host, but none allows this port, path or
+    /// method; what the route that came closest missed.
+    HostOnly(Miss),
     /// No route names the host.
     NoHost,
 }
@@ -183,38 +184,102 @@ pub(crate) fn match_route<'a>(
     norm_path: &str,
     method: &str,
 ) -> RouteMatch<'a> {
-    let mut host_seen = false;
+    let mut closest: Option<Miss> = None;
     for (i, r) in routes.iter().enumerate() {
         if !host_matches(&r.host, host) {
             continue;
         }
-        host_seen = true;
-        if !port_allowed(r, port, tls) {
-            continue;
-        }
-        if let Some(p) = &r.path_prefix {
-            if !prefix_holds(p, raw_path, norm_path) {
-                continue;
+        let miss = if !port_allowed(r, port, tls) {
+            Miss::Port
+        } else if r
+            .path_prefix
+            .as_deref()
+            .is_some_and(|p| !prefix_holds(p, raw_path, norm_path))
+        {
+            Miss::Path
+        } else if !method_allowed(r, method) {
+            Miss::Method {
+                route: i,
+                allowed: r.methods.clone(),
             }
+        } else {
+            return RouteMatch::Allowed(i, r);
+        };
+        // The route that got furthest says the most about what to change.
+        if closest.as_ref().is_none_or(|c| miss.rank() > c.rank()) {
+            closest = Some(miss);
         }
-        if !method_allowed(r, method) {
-            continue;
-        }
-        return RouteMatch::Allowed(i, r);
     }
-    if host_seen {
-        RouteMatch::HostOnly
-    } else {
-        RouteMatch::NoHost
+    match closest {
+        Some(miss) => RouteMatch::HostOnly(miss),
+        None => RouteMatch::NoHost,
     }
 }
 
-/// The plain-text body of a 403 for a request no route allows.
+/// What kept the closest route for a host from allowing a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Miss {
+    /// No route for the host allows this port.
+    Port,
+    /// Routes allow the port, but no path prefix holds for this path.
+    Path,
+    /// Route `route` allows the port and path, but only these methods.
+    Method { route: usize, allowed: Vec<String> },
+}
+
+impl Miss {
+    fn rank(&self) -> u8 {
+        match self {
+            Miss::Port => 0,
+            Miss::Path => 1,
+            Miss::Method { .. } => 2,
+        }
+    }
+
+    /// Why, in a few words (the audit note, `bottle egress check`).
+    pub(crate) fn why(&self, method: &str) -> String {
+        match self {
+            Miss::Port => "no [[egress.route]] for this host allows this port".into(),
+            Miss::Path => {
+                "no [[egress.route]] for this host allows this path (none of their path_prefix holds)"
+                    .into()
+            }
+            Miss::Method { route, allowed } => format!(
+                "route #{route} for this host allows this path with {} only, not {method}",
+                allowed.join(", ")
+            ),
+        }
+    }
+}
+
+/// The plain-text body of a 403 for a request no route allows: why, and
+/// what in bottle.toml would allow it. When a route names the host, the
+/// fix is to that route (a method added, a wider prefix), not a new
+/// route, which without `methods` and `path_prefix` would open the whole
+/// host.
 pub(crate) fn deny_body(host: &str, method: &str, path: &str, why: &str) -> String {
     format!(
         "bot-bottle egress: {method} {host}{path} refused: {why}.\n\
          To allow it, add a route to bottle.toml:\n  [[egress.route]]\n  host = \"{host}\"\n"
     )
+}
+
+/// [`deny_body`] for a host some route names.
+pub(crate) fn deny_miss_body(host: &str, method: &str, path: &str, miss: &Miss) -> String {
+    let why = miss.why(method);
+    let fix = match miss {
+        Miss::Port => "name the port in the route's `ports`".to_string(),
+        Miss::Path => format!(
+            "give a route for {host} a `path_prefix` that holds for {path} (or widen one); \
+             `bottle egress check -f bottle.toml {method} https://{host}{path}` tries it"
+        ),
+        Miss::Method { .. } => {
+            "add the method to that route's `methods` in bottle.toml, if the agent \
+             should have it"
+                .to_string()
+        }
+    };
+    format!("bot-bottle egress: {method} {host}{path} refused: {why}.\nTo allow it, {fix}.\n")
 }
 
 /// The plain-text body of a 403 for a CONNECT to a port no route of the
@@ -382,9 +447,7 @@ pub fn check(config: &ProxyConfig, method: &str, url: &str) -> Decision {
         &method,
     ) {
         RouteMatch::NoHost => d.reason = "no [[egress.route]] names this host".into(),
-        RouteMatch::HostOnly => {
-            d.reason = "a route names this host but none allows this port, path and method".into()
-        }
+        RouteMatch::HostOnly(miss) => d.reason = miss.why(&method),
         RouteMatch::Allowed(i, r) => {
             d.route_index = Some(i);
             d.route_host = Some(r.host.clone());
@@ -575,8 +638,56 @@ mod tests {
         assert!(!connect_allowed(&routes, "h.test", 22));
         assert!(matches!(
             match_route(&routes, ("h.test", 22, true), "/", "/", "GET"),
-            RouteMatch::HostOnly
+            RouteMatch::HostOnly(Miss::Port)
         ));
+    }
+
+    /// A refusal on a host some route names says what the closest route
+    /// missed, and points at that route rather than at a new bare route
+    /// (which would open every path and method of the host).
+    #[test]
+    fn a_refusal_says_whether_port_path_or_method_missed() {
+        let mut get_only = EgressRoute::allow("h.test");
+        get_only.path_prefix = Some("/v1/".into());
+        get_only.methods = vec!["GET".into()];
+        let mut other = EgressRoute::allow("h.test");
+        other.path_prefix = Some("/v2/".into());
+        let routes = [other, get_only];
+        let miss = |port: u16, path: &str, method: &str| match match_route(
+            &routes,
+            ("h.test", port, true),
+            path,
+            &normalise_path(path),
+            method,
+        ) {
+            RouteMatch::HostOnly(m) => m,
+            other => panic!("{port} {path} {method}: {other:?}"),
+        };
+        assert_eq!(miss(8443, "/v1/x", "GET"), Miss::Port);
+        assert_eq!(miss(443, "/admin", "GET"), Miss::Path);
+        let m = miss(443, "/v1/x", "POST");
+        assert_eq!(
+            m,
+            Miss::Method {
+                route: 1,
+                allowed: vec!["GET".into()]
+            }
+        );
+        assert_eq!(
+            m.why("POST"),
+            "route #1 for this host allows this path with GET only, not POST"
+        );
+        let body = deny_miss_body("h.test", "POST", "/v1/x", &m);
+        assert!(
+            body.contains("add the method to that route's `methods`"),
+            "{body}"
+        );
+        assert!(!body.contains("[[egress.route]]\n  host"), "{body}");
+        let body = deny_miss_body("h.test", "GET", "/admin", &Miss::Path);
+        assert!(
+            body.contains("path_prefix") && body.contains("bottle egress check"),
+            "{body}"
+        );
     }
 
     #[test]
