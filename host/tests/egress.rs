@@ -100,10 +100,21 @@ fn check_says_allow_or_deny_with_route_and_header_names_only() {
     for line in ["decision: deny", "route: none", "inject: none"] {
         assert!(out.lines().any(|l| l == line), "no {line:?} in:\n{out}");
     }
-    // The route's method list applies too.
+    // The route's method list applies too, and the reason says so.
     let (code, out, _) = check(&["POST", "https://api.example.test/v1/models"]);
     assert_eq!(code, 1);
     assert!(out.contains("decision: deny"), "{out}");
+    assert!(out.contains("with GET only, not POST"), "{out}");
+    // A URL it cannot read is a usage error (2), not a refusal (1).
+    for bad in [
+        "api.example.test/v1/models",
+        "ftp://api.example.test/",
+        "not a url",
+    ] {
+        let (code, out, err) = check(&["GET", bad]);
+        assert_eq!(code, 2, "{bad}: {out}\n{err}");
+        assert!(err.contains("is not an http:// or https:// URL"), "{err}");
+    }
 }
 
 #[test]

@@ -88,6 +88,20 @@ pub(super) fn run(cli: &Cli, cmd: &EgressCommand) -> anyhow::Result<ExitCode> {
                     crate::launch::policy_config(&plan)
                 }
             };
+            // A URL the check cannot read is the caller's mistake, not a
+            // refusal: exit 2, so a script can tell it from a deny (1).
+            let readable = url
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
+                .is_some();
+            if !readable {
+                eprintln!(
+                    "error: {url:?} is not an http:// or https:// URL with a host \
+                     (for example https://api.example.com/v1/models)"
+                );
+                return Ok(ExitCode::from(2));
+            }
             let decision = bot_bottle_egress::check(&cfg, method, url);
             if *json {
                 print_json(&decision)?;
