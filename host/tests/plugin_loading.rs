@@ -220,3 +220,31 @@ fn plugin_env_path_and_data_dir_are_searched() {
     let (_, out, _) = run(bottle(data.path()).args(["plugins", "info", "hello", "--json"]));
     assert!(out.contains("\"source\": \"the data dir\""), "{out}");
 }
+
+/// A plugin directory the user named that is not one (a typo in
+/// `--plugin-dir` or BOT_BOTTLE_PLUGIN_PATH) is said, not silently skipped.
+#[test]
+fn a_named_plugin_directory_that_is_not_one_is_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-such-dir");
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let (_, _, err) = plugins_list(&[&missing, &file]);
+    assert!(
+        err.contains(&format!(
+            "{} (--plugin-dir) does not exist",
+            missing.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{} (--plugin-dir) is not a directory",
+            file.display()
+        )),
+        "{err}"
+    );
+    // The places searched by default say nothing when they are missing.
+    let (_, _, err) = plugins_list(&[]);
+    assert!(!err.contains("plugin directory"), "{err}");
+}

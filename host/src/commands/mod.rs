@@ -36,7 +36,29 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
 /// Loads every plugin on the search path. Problems with files the command
 /// does not need are warnings; the caller decides what is fatal.
 pub(crate) fn load_plugins(cli: &Cli) -> PluginSet {
-    let set = PluginSet::load(discovery::search_dirs_from_env(&cli.plugin_dirs));
+    let dirs = discovery::search_dirs_from_env(&cli.plugin_dirs);
+    // A directory the user named (`--plugin-dir`, BOT_BOTTLE_PLUGIN_PATH)
+    // that is not one is most likely a typo; the default places may well
+    // not exist.
+    for d in &dirs {
+        let named = matches!(
+            d.source,
+            discovery::SearchDirSource::PluginDirFlag | discovery::SearchDirSource::EnvPath
+        );
+        if named && !d.path.is_dir() {
+            let what = if d.path.exists() {
+                "is not a directory"
+            } else {
+                "does not exist"
+            };
+            eprintln!(
+                "warning: plugin directory {} ({}) {what}; no plugins are loaded from it",
+                d.path.display(),
+                d.source
+            );
+        }
+    }
+    let set = PluginSet::load(dirs);
     for s in &set.shadowed {
         tracing::info!("{s}");
     }

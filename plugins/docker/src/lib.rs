@@ -95,7 +95,7 @@ impl Backend for DockerBackend {
         PluginInfo::backend(
             "docker",
             env!("CARGO_PKG_VERSION"),
-            "Docker engine: agent on an internal network, egress proxy as a sidecar",
+            "Docker engine: agent without a network behind a launch gate, egress proxy as a sidecar on a Unix socket",
         )
     }
 
