@@ -696,6 +696,20 @@ fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<Manifest, Manif
         })?),
         None => None,
     };
+    // Zero would read as "no limit" to Docker (memory 0, pids 0 → max): a
+    // limit the user wrote must limit, so it is refused rather than dropped.
+    if memory_bytes == Some(0) {
+        return Err(at.value(
+            "resources.memory",
+            "memory 0 would mean no limit: give a size like `512m`, or leave the key out for the backend's default".to_string(),
+        ));
+    }
+    if raw.resources.pids == Some(0) {
+        return Err(at.value(
+            "resources.pids",
+            "pids 0 would mean no limit: give a number of processes, or leave the key out for the backend's default".to_string(),
+        ));
+    }
     if let Some(c) = raw.resources.cpus {
         if !(c > 0.0 && c <= 1024.0) {
             return Err(at.value(
@@ -850,6 +864,20 @@ runtime = "runsc"
         assert!(e.contains("bottle.toml:15:8:"), "{e}");
         assert!(e.contains("key `resources.pids`"), "{e}");
         assert!(e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn a_zero_limit_is_refused_not_read_as_none() {
+        for (from, to, key) in [
+            ("pids = 64", "pids = 0", "resources.pids"),
+            ("memory = \"512m\"", "memory = \"0\"", "resources.memory"),
+        ] {
+            let e = parse(&GOOD.replace(from, to)).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("key `{key}`")) && e.contains("would mean no limit"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
