@@ -758,7 +758,7 @@ fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<Manifest, Manif
         name: raw.name,
         backend: raw.backend,
         provider: raw.agent.provider,
-        image: raw.agent.image,
+        image: image_path_or_reference(&raw.agent.image, absolute),
         command: raw.agent.command,
         tty: raw.agent.tty,
         provider_options: to_json(raw.agent.options),
@@ -787,6 +787,21 @@ fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<Manifest, Manif
         other_backend_tables,
         source: text.to_string(),
     })
+}
+
+/// `image` as the backend gets it: a `docker save` archive path made
+/// absolute like the manifest's other paths (written as a path, `./`,
+/// `../`, `~/`, or naming a file beside the manifest), anything else as
+/// written: an image reference. The backend tells an archive from a
+/// reference by an absolute path to a file.
+fn image_path_or_reference(image: &str, absolute: impl Fn(&Path) -> PathBuf) -> String {
+    let written_as_path = ["./", "../", "~/"].iter().any(|p| image.starts_with(p));
+    let p = absolute(Path::new(image));
+    if written_as_path || (!image.starts_with('/') && p.is_file()) {
+        p.to_string_lossy().into_owned()
+    } else {
+        image.to_string()
+    }
 }
 
 fn expand_home(p: &Path) -> PathBuf {
@@ -864,6 +879,32 @@ runtime = "runsc"
         assert!(e.contains("bottle.toml:15:8:"), "{e}");
         assert!(e.contains("key `resources.pids`"), "{e}");
         assert!(e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn an_image_archive_beside_the_manifest_is_made_absolute() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("agent.tar"), "").unwrap();
+        let abs = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                d.path().join(p)
+            }
+        };
+        let archive = d.path().join("agent.tar");
+        let got = |i: &str| PathBuf::from(image_path_or_reference(i, abs));
+        assert_eq!(got("agent.tar"), archive);
+        // (Paths compare by component: `/d/./agent.tar` is `/d/agent.tar`.)
+        assert_eq!(got("./agent.tar"), archive);
+        assert_eq!(
+            image_path_or_reference("../x/agent.tar", abs),
+            d.path().join("../x/agent.tar").to_string_lossy()
+        );
+        // References stay references, a missing file included.
+        for r in ["ubuntu", "ghcr.io/o/agent:1", "other.tar", "/abs/agent.tar"] {
+            assert_eq!(image_path_or_reference(r, abs), r);
+        }
     }
 
     #[test]
