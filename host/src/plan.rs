@@ -378,6 +378,16 @@ impl BottlePlan {
                 Kind::Credential,
             ));
         }
+        for c in &self.provision.protected_paths {
+            protected.push(guard(
+                c,
+                format!(
+                    "a file where provider `{}` says its agent keeps credentials",
+                    self.provider.name
+                ),
+                Kind::Credential,
+            ));
+        }
         let Some((mount, file, via)) = first_exposure(&mounts, &protected) else {
             return Ok(());
         };
@@ -508,6 +518,7 @@ impl BottlePlan {
                 .map(|l| format!("{} {}{}", l.method, l.host, l.path))
                 .collect(),
             credential_sources: &self.provision.credential_sources,
+            protected_paths: &self.provision.protected_paths,
             notes: &self.provision.notes,
             ready: self.egress.missing.is_none(),
         }
@@ -581,6 +592,8 @@ pub struct PlanView<'a> {
     pub local_responses: Vec<String>,
     /// Host files watched for credential rotation.
     pub credential_sources: &'a [PathBuf],
+    /// Host files no mount may hold (the provider's credential files).
+    pub protected_paths: &'a [PathBuf],
     /// Provider notes.
     pub notes: &'a [String],
     /// Whether every token ref resolved.

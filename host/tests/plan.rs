@@ -530,6 +530,83 @@ fn mounts_that_expose_the_manifest_or_a_credential_source_are_refused() {
     assert_eq!(code, 0, "{text}");
 }
 
+/// A provider's credential files are protected whatever credential this run
+/// uses: a mount of `~/.codex` while codex runs on an API key from the env
+/// would still show the agent the ChatGPT tokens in `auth.json`, and one of
+/// `~/.claude` (or of the home holding `~/.claude.json`) while claude runs
+/// on `CLAUDE_CODE_OAUTH_TOKEN` the subscription tokens.
+#[test]
+fn credential_files_are_protected_in_every_credential_mode() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join(".codex")).unwrap();
+    std::fs::create_dir_all(home.join(".claude")).unwrap();
+    std::fs::create_dir_all(home.join("project")).unwrap();
+    std::fs::write(home.join(".codex/auth.json"), "{}").unwrap();
+    std::fs::write(home.join(".claude/.credentials.json"), "{}").unwrap();
+    std::fs::write(home.join(".claude.json"), "{}").unwrap();
+    let plan = |provider: &str, options: &str, mount: &str| {
+        let m = write_manifest(
+            dir.path(),
+            &format!(
+                "name = \"modes\"\nbackend = \"docker\"\n[agent]\nprovider = \"{provider}\"\n\
+                 image = \"x\"\ncommand = [\"true\"]\n[agent.options]\n{options}\n\
+                 [[mounts]]\nhost = \"{mount}\"\npath = \"/m\"\n"
+            ),
+        );
+        let (code, out, err) = run(bottle(data.path())
+            .env("HOME", &home)
+            .env_remove("CODEX_HOME")
+            .env_remove("CODEX_API_KEY")
+            .env_remove("CLAUDE_CONFIG_DIR")
+            .env_remove("ANTHROPIC_API_KEY")
+            .env("OPENAI_API_KEY", CANARY)
+            .env("CLAUDE_CODE_OAUTH_TOKEN", CANARY)
+            .args(["plan", "-f"])
+            .arg(&m));
+        let text = format!("{out}\n{err}");
+        assert!(!text.contains(CANARY), "{text}");
+        (code, text)
+    };
+    let codex = home.join(".codex").display().to_string();
+    let claude = home.join(".claude").display().to_string();
+    let claude_json = home.join(".claude.json").display().to_string();
+    let project = home.join("project").display().to_string();
+    for (provider, options, mount, file) in [
+        (
+            "codex",
+            "forward_host_credentials = false",
+            &codex,
+            "auth.json",
+        ),
+        (
+            "claude",
+            "forward_host_credentials = true",
+            &claude,
+            ".credentials.json",
+        ),
+        (
+            "claude",
+            "forward_host_credentials = false",
+            &claude_json,
+            ".claude.json",
+        ),
+    ] {
+        let (code, text) = plan(provider, options, mount);
+        assert_eq!(code, 1, "{provider} {options} {mount}: {text}");
+        assert!(
+            text.contains(file)
+                && text.contains(&format!("provider `{provider}`"))
+                && text.contains("mount a directory that does not contain it"),
+            "{text}"
+        );
+        // A mount beside them is fine.
+        let (code, text) = plan(provider, options, &project);
+        assert_eq!(code, 0, "{text}");
+    }
+}
+
 /// A real credential the user put in `[env]` is refused as the user's
 /// mistake, naming the key and the ref, never the value.
 #[test]

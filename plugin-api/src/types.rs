@@ -376,6 +376,15 @@ pub struct AgentProvisionPlan {
     /// token values and local responses into the running proxy.
     #[serde(default)]
     pub credential_sources: Vec<PathBuf>,
+    /// Every host file where the agent's tool keeps credentials (or settings
+    /// that hold secrets), whichever credential this bottle uses: the host
+    /// refuses a mount, read-only or not, that holds one. Unlike
+    /// [`AgentProvisionPlan::credential_sources`] they are not watched, so a
+    /// file the tool rewrites often costs nothing. Added in ABI 1.0 as an
+    /// optional field: an older provider sends none, and its
+    /// `credential_sources` alone are protected.
+    #[serde(default)]
+    pub protected_paths: Vec<PathBuf>,
     /// Human notes for `bottle plan` (what was found, what was forwarded).
     #[serde(default)]
     pub notes: Vec<String>,

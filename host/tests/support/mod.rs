@@ -102,9 +102,9 @@ pub fn plugin_dir(libs: &[&Path]) -> tempfile::TempDir {
 
 static IN_TREE: std::sync::Once = std::sync::Once::new();
 
-/// The plugin crates under plugins/ the host tests load (codex for its
-/// credential source).
-pub const IN_TREE_PLUGINS: &[&str] = &["generic", "docker", "codex"];
+/// The plugin crates under plugins/ the host tests load (codex and claude
+/// for their credential files).
+pub const IN_TREE_PLUGINS: &[&str] = &["generic", "docker", "codex", "claude"];
 
 /// Makes sure the in-tree plugin libraries sit beside `bottle`, as
 /// `cargo build` leaves them. `cargo test` builds only the rlib half of a

@@ -36,6 +36,31 @@ pub(crate) fn credentials_path(host_env: &BTreeMap<String, Secret>) -> Option<Pa
     non_empty(host_env, "HOME").map(|h| PathBuf::from(h).join(".claude").join(".credentials.json"))
 }
 
+/// Every host file where Claude Code keeps a credential or a secret, for
+/// any credential mode: `.credentials.json` (the login, MCP servers' OAuth
+/// tokens), `settings.json` (its `env` may hold keys, `apiKeyHelper` is a
+/// command), `.claude.json` (`primaryApiKey`, MCP servers' env) and the
+/// legacy `.config.json`, in `$CLAUDE_CONFIG_DIR` and in the defaults
+/// beside `$HOME` (a login may sit in either).
+pub(crate) fn protected_paths(host_env: &BTreeMap<String, Secret>) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    let home = non_empty(host_env, "HOME").map(PathBuf::from);
+    if let Some(dir) = non_empty(host_env, "CLAUDE_CONFIG_DIR") {
+        dirs.push((PathBuf::from(&dir), PathBuf::from(dir).join(".claude.json")));
+    }
+    if let Some(h) = &home {
+        dirs.push((h.join(".claude"), h.join(".claude.json")));
+    }
+    let mut out = Vec::new();
+    for (dir, global) in dirs {
+        for f in [".credentials.json", "settings.json", ".config.json"] {
+            out.push(dir.join(f));
+        }
+        out.push(global);
+    }
+    out
+}
+
 /// A secret from the host env, by name.
 pub(crate) fn env_secret(host_env: &BTreeMap<String, Secret>, name: &str) -> Option<Secret> {
     non_empty(host_env, name).map(Secret::new)

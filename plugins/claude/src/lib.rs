@@ -266,6 +266,7 @@ pub fn prepare_at(
         default_command: vec!["claude".into()],
         ca_trust_env: CA_TRUST_ENV.iter().map(|s| s.to_string()).collect(),
         notes,
+        protected_paths: host::protected_paths(&request.host_env),
         ..Default::default()
     };
     // The bottle denies telemetry, error reporting and auto-update hosts

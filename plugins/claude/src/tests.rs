@@ -541,3 +541,41 @@ fn provider_trait_maps_errors_with_hints() {
     assert!(e.hint.is_some());
     assert_eq!(Claude.info().name, "claude");
 }
+
+/// Every credential mode protects every Claude Code credential file, not
+/// only the one this run reads: a setup token or an API key must not make
+/// `~/.claude` or `~/.claude.json` mountable while they hold a login.
+#[test]
+fn every_mode_protects_every_claude_credential_file() {
+    let mut host = Host::new();
+    host.write_creds(&real_credentials().to_string());
+    let home = host.dir.path().to_path_buf();
+    let login = host.prepare(forward()).unwrap();
+    host.set("CLAUDE_CODE_OAUTH_TOKEN", "canary-setup-token-XYZ");
+    let token = host.prepare(forward()).unwrap();
+    host.set("ANTHROPIC_API_KEY", "canary-api-key-XYZ");
+    let key = host.prepare(json!({})).unwrap();
+    for plan in [&login, &token, &key] {
+        for p in [
+            home.join(".claude/.credentials.json"),
+            home.join(".claude/settings.json"),
+            home.join(".claude.json"),
+        ] {
+            assert!(
+                plan.protected_paths.contains(&p),
+                "{}: {:?}",
+                p.display(),
+                plan.protected_paths
+            );
+        }
+    }
+    host.set("CLAUDE_CONFIG_DIR", "/elsewhere/claude");
+    let p = host.prepare(json!({})).unwrap();
+    for want in [
+        PathBuf::from("/elsewhere/claude/.credentials.json"),
+        PathBuf::from("/elsewhere/claude/.claude.json"),
+        home.join(".claude/.credentials.json"),
+    ] {
+        assert!(p.protected_paths.contains(&want), "{}", want.display());
+    }
+}

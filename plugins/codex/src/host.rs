@@ -34,6 +34,26 @@ pub(crate) fn auth_json_path(host_env: &BTreeMap<String, Secret>) -> Option<Path
     non_empty("HOME").map(|h| PathBuf::from(h).join(".codex").join("auth.json"))
 }
 
+/// Every host file where Codex keeps a credential or a secret, for any
+/// credential mode: `auth.json` (the login or API key), `.credentials.json`
+/// (MCP servers' OAuth tokens when no keyring is used) and `config.toml`
+/// (MCP servers' env and bearer tokens; its `notify` is a command), in
+/// `$CODEX_HOME` and in `$HOME/.codex` (a login may sit in either).
+pub(crate) fn protected_paths(host_env: &BTreeMap<String, Secret>) -> Vec<PathBuf> {
+    let non_empty = |k: &str| {
+        host_env
+            .get(k)
+            .map(|v| v.expose().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let dirs = non_empty("CODEX_HOME")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(non_empty("HOME").map(|h| PathBuf::from(h).join(".codex")));
+    dirs.flat_map(|d| ["auth.json", ".credentials.json", "config.toml"].map(|f| d.join(f)))
+        .collect()
+}
+
 /// An API key from the host env: which variable and its value.
 pub(crate) fn env_api_key(host_env: &BTreeMap<String, Secret>) -> Option<(&'static str, Secret)> {
     API_KEY_ENV.iter().find_map(|name| {

@@ -301,6 +301,7 @@ pub fn prepare_at(request: &PrepareRequest, now: i64) -> Result<AgentProvisionPl
         default_command: vec!["codex".into()],
         ca_trust_env: CA_TRUST_ENV.iter().map(|s| s.to_string()).collect(),
         notes,
+        protected_paths: host::protected_paths(&request.host_env),
         ..Default::default()
     };
     plan.env.insert("CODEX_HOME".into(), codex_home);

@@ -602,3 +602,32 @@ fn provider_trait_maps_errors_with_hints() {
     assert!(e.hint.is_some());
     assert_eq!(Codex.info().name, "codex");
 }
+
+/// Every credential mode protects every Codex credential file, not only the
+/// one this run reads: an API key from the env must not make `~/.codex`
+/// mountable while it holds a ChatGPT login.
+#[test]
+fn every_mode_protects_every_codex_credential_file() {
+    let mut host = Host::new();
+    host.write_auth(&real_auth_json().to_string());
+    let codex = host.dir.path().join(".codex");
+    let chatgpt = host.prepare(forward()).unwrap();
+    host.set("OPENAI_API_KEY", "canary-env-key-XYZ");
+    let env_key = host.prepare(json!({})).unwrap();
+    for plan in [&chatgpt, &env_key] {
+        for f in ["auth.json", ".credentials.json", "config.toml"] {
+            assert!(
+                plan.protected_paths.contains(&codex.join(f)),
+                "{f}: {:?}",
+                plan.protected_paths
+            );
+        }
+    }
+    // CODEX_HOME and the default both.
+    host.set("CODEX_HOME", "/elsewhere/codex");
+    let p = host.prepare(json!({})).unwrap();
+    assert!(p
+        .protected_paths
+        .contains(&PathBuf::from("/elsewhere/codex/auth.json")));
+    assert!(p.protected_paths.contains(&codex.join("auth.json")));
+}
