@@ -15,6 +15,7 @@ pub mod commands;
 pub mod egress_plan;
 pub mod exposure;
 pub mod launch;
+pub mod leaks;
 pub mod manifest;
 pub mod output;
 pub mod plan;

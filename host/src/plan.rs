@@ -251,8 +251,13 @@ pub fn plan(
 
 impl BottlePlan {
     /// Defence in depth: no resolved token value may appear in what the
-    /// agent sees (env, files, command).
+    /// agent sees (env, files, command, the answers the proxy serves it) or
+    /// in the notes `bottle plan` prints, as is or in a common encoding
+    /// ([`crate::leaks`]: base64, hex, JSON escapes, percent-encoding;
+    /// base64 files decoded).
     fn refuse_leaks(&self) -> Result<(), PlanError> {
+        use crate::leaks::{Forms, MIN_LEN};
+        use bot_bottle_plugin_api::FileEncoding;
         let secrets = self
             .egress
             .token_values
@@ -260,17 +265,19 @@ impl BottlePlan {
             .chain(self.provision.provisioned_env.iter());
         for (token_ref, value) in secrets {
             let v = value.expose();
-            if v.len() < 8 {
+            if v.len() < MIN_LEN {
                 continue; // too short to be a credential and to match meaningfully
             }
+            let forms = Forms::of(v);
+            let found = |text: &str| forms.found_in(text.as_bytes());
             let leak = |place: String| PlanError::SecretInSandbox {
                 provider: self.provider.name.clone(),
                 token_ref: token_ref.clone(),
                 place,
             };
-            if let Some((k, _)) = self.agent_env.iter().find(|(_, val)| val.contains(v)) {
+            if let Some((k, _)) = self.agent_env.iter().find(|(_, val)| found(val)) {
                 // The user's own [env], not the provider, put it there.
-                if self.manifest.env.get(k).is_some_and(|mv| mv.contains(v)) {
+                if self.manifest.env.get(k).is_some_and(|mv| found(mv)) {
                     return Err(PlanError::SecretInManifestEnv {
                         manifest: self.manifest.path.clone(),
                         key: k.clone(),
@@ -279,11 +286,38 @@ impl BottlePlan {
                 }
                 return Err(leak(format!("env {k}")));
             }
-            if let Some(f) = self.agent_files.iter().find(|f| f.contents.contains(v)) {
+            // A place is named only by what does not hold the value.
+            if self.agent_files.iter().any(|f| found(&f.path)) {
+                return Err(leak("file paths".into()));
+            }
+            if let Some(f) = self
+                .agent_files
+                .iter()
+                .find(|f| forms.found_in_file(&f.contents, f.encoding == FileEncoding::Base64))
+            {
                 return Err(leak(format!("file {}", f.path)));
             }
-            if self.command.iter().any(|a| a.contains(v)) {
+            if self.command.iter().any(|a| found(a)) {
                 return Err(leak("command".into()));
+            }
+            let locals = &self.egress.local_responses;
+            if locals
+                .iter()
+                .any(|l| [&l.host, &l.path, &l.method].iter().any(|t| found(t)))
+            {
+                return Err(leak("local responses' requests".into()));
+            }
+            if let Some(l) = locals
+                .iter()
+                .find(|l| found(&l.body) || found(&l.content_type))
+            {
+                return Err(leak(format!(
+                    "local response to {} {}{} (the proxy serves it to the agent)",
+                    l.method, l.host, l.path
+                )));
+            }
+            if self.provision.notes.iter().any(|n| found(n)) {
+                return Err(leak("plan notes (`bottle plan` prints them)".into()));
             }
         }
         Ok(())

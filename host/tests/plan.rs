@@ -835,3 +835,56 @@ fn plan_shows_the_proxys_security_settings() {
     assert_eq!(v["resolve"]["mirror.corp.test"], "10.20.0.7:443");
     assert_eq!(v["allow_internal"], serde_json::json!(["10.20.0.0/16"]));
 }
+
+/// A provider that puts the real value where the agent or `bottle plan`
+/// would see it, in a proxy answer, a note, a base64 file or an encoding,
+/// is refused like one that puts it in the env as is; the value is never
+/// printed.
+#[test]
+fn a_provider_that_leaks_an_encoded_credential_is_refused() {
+    let lib = fixture("leaky");
+    let plugins = plugin_dir(&[&lib]);
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_manifest(
+        dir.path(),
+        "name = \"leaky\"\nbackend = \"docker\"\n[agent]\nprovider = \"fixture-leaky\"\nimage = \"x\"\n",
+    );
+    let plan = |mode: &str| {
+        let (code, out, err) = run(bottle(data.path())
+            .arg("--plugin-dir")
+            .arg(plugins.path())
+            .env("FIXTURE_LEAK_SECRET", CANARY)
+            .env("FIXTURE_LEAK", mode)
+            .args(["plan", "-f"])
+            .arg(&m));
+        assert!(
+            !out.contains(CANARY) && !err.contains(CANARY),
+            "{mode}: {out}\n{err}"
+        );
+        (code, format!("{out}\n{err}"))
+    };
+    let (code, text) = plan("none");
+    assert_eq!(code, 0, "{text}");
+    for (mode, place) in [
+        ("body", "local response to POST auth.leaky.test/token"),
+        (
+            "base64_body",
+            "local response to POST auth.leaky.test/token",
+        ),
+        ("notes", "plan notes"),
+        ("base64_file", "file /home/agent/blob"),
+        ("json_escaped_file", "file /home/agent/auth.json"),
+        ("hex_env", "env LEAKY_TOKEN"),
+        ("percent_command", "command"),
+    ] {
+        let (code, text) = plan(mode);
+        assert_eq!(code, 1, "{mode} was accepted: {text}");
+        assert!(
+            text.contains(
+                "provider `fixture-leaky` put a value of egress token ref `FIXTURE_LEAK_SECRET`"
+            ) && text.contains(place),
+            "{mode}: {text}"
+        );
+    }
+}
