@@ -73,6 +73,11 @@ pub enum Command {
         #[arg(long)]
         images: bool,
     },
+    /// List every setting in a workspace's git repositories that makes git
+    /// run a command (core.fsmonitor, hooks, aliases, filters …), whoever
+    /// wrote it: what to look at before running git where an agent worked.
+    /// Exit status 1 when there is any.
+    CheckWorkspace(CheckWorkspaceArgs),
     /// Inspect installed plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
@@ -111,6 +116,17 @@ pub struct RunArgs {
     /// Arguments appended to the agent command.
     #[arg(last = true)]
     pub args: Vec<String>,
+}
+
+/// `bottle check-workspace`.
+#[derive(Debug, Args)]
+pub struct CheckWorkspaceArgs {
+    /// The manifest whose `[workspace] path` to check.
+    #[arg(short = 'f', long = "file", default_value = "bottle.toml")]
+    pub file: PathBuf,
+    /// A directory to check instead of the manifest's workspace.
+    #[arg(conflicts_with = "file")]
+    pub path: Option<PathBuf>,
 }
 
 /// `bottle doctor`.

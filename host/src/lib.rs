@@ -21,3 +21,4 @@ pub mod output;
 pub mod plan;
 pub mod plugins;
 pub mod rotation;
+pub mod workspace_guard;

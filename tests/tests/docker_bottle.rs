@@ -1251,3 +1251,62 @@ fn pem_blocks<'a>(text: &'a str, label: &str) -> Vec<&'a str> {
     }
     blocks
 }
+
+/// An agent that makes the workspace's git run its command on the host
+/// (`core.fsmonitor` runs on the user's next `git status`; a hook on the
+/// next commit) is named by `bottle run` before it returns; an agent that
+/// does not touch git gets no warning.
+#[test]
+fn git_settings_the_agent_adds_to_the_workspace_are_named_when_it_ends() {
+    if !docker_available("git_settings_the_agent_adds_to_the_workspace_are_named_when_it_ends") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let up = Upstream::start("gitws", HOST);
+    let dir = open_workspace();
+    let data = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let st = Command::new("git")
+            .args(args)
+            .current_dir(dir.path().join("ws"))
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .stdout(Stdio::null())
+            .status()
+            .expect("this test needs git on the host");
+        assert!(st.success(), "git {args:?}");
+    };
+    let run = |script: &str| {
+        let name = unique("gitws");
+        let m = manifest(dir.path(), &name, script, &up, &[]);
+        // The agent's user may write the repository (as a user's own
+        // checkout would let it).
+        let ws = dir.path().join("ws");
+        if !ws.join(".git").exists() {
+            git(&["init", "-q"]);
+        }
+        for p in [ws.join(".git/config"), ws.join(".git/hooks")] {
+            let mode = if p.is_dir() { 0o777 } else { 0o666 };
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let (code, out, err) = output(
+            bottle(data.path())
+                .env("API_TOKEN", "t0ken-value")
+                .args(["run", "-f"])
+                .arg(&m),
+        );
+        assert_eq!(code, 0, "{out}\n{err}");
+        err
+    };
+    let err = run("ls -a /workspace/.git >/dev/null");
+    assert!(!err.contains("WARNING"), "{err}");
+    let err = run(
+        "printf '[core]\\n\\tfsmonitor = \"sh -c touch-pwned\"\\n' >> /workspace/.git/config; \
+         printf '#!/bin/sh\\nid\\n' > /workspace/.git/hooks/pre-commit",
+    );
+    assert!(
+        err.contains("WARNING: the agent changed git settings in the workspace")
+            && err.contains("core.fsmonitor = \"sh -c touch-pwned\"")
+            && err.contains("hooks/pre-commit is new"),
+        "{err}"
+    );
+}

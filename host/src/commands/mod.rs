@@ -1,6 +1,7 @@
 //! One module per subcommand; each returns the process exit code.
 
 mod bottles;
+mod check_workspace;
 mod doctor;
 mod egress;
 mod plan;
@@ -20,6 +21,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => doctor::run(cli, args),
         Command::Egress(cmd) => egress::run(cli, cmd),
         Command::Run(args) => run::run(cli, args),
+        Command::CheckWorkspace(args) => check_workspace::run(args),
         Command::Ls(args) => bottles::ls(cli, args.json),
         Command::Stop { name } => bottles::stop(cli, name),
         Command::Rm { name } => bottles::rm(cli, name),

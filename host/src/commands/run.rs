@@ -63,6 +63,18 @@ pub(super) fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
         egress_program: launch::egress_program(),
     };
     let (spec, ca) = launch::launch_spec(&plan, &bottle_id, &options)?;
+    // The workspace's git repositories before the agent can touch them,
+    // compared when it has ended: new entries that make the host's git run
+    // commands are named before the exit code (docs/manifest.md).
+    let workspace = (!args.detach)
+        .then_some(plan.manifest.workspace.as_deref())
+        .flatten()
+        .map(crate::workspace_guard::Snapshot::take);
+    let check_workspace = || {
+        if let Some(before) = &workspace {
+            crate::workspace_guard::warn_changes(before);
+        }
+    };
 
     // Signals are caught before launch so that Ctrl-C during a slow launch
     // still removes whatever was created. SIGQUIT (Ctrl-\) too: its default
@@ -115,10 +127,19 @@ pub(super) fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
         let sig = interrupted.load(Ordering::SeqCst);
         if sig != 0 {
             remove(&backend, &bottle_id);
+            check_workspace();
             return finish(Ok(by_signal(sig)));
         }
         if args.detach {
             println!("{bottle_id}");
+            if plan.manifest.workspace.is_some() {
+                eprintln!(
+                    "bottle: the workspace is not checked for git settings the agent adds (they \
+                     can make git run commands as you); when the bottle is done, run `bottle \
+                     check-workspace -f {}` before using git there",
+                    args.file.display()
+                );
+            }
             return finish(Ok(ExitCode::SUCCESS));
         }
 
@@ -135,8 +156,10 @@ pub(super) fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
         let sig = interrupted.load(Ordering::SeqCst);
         if sig != 0 {
             // The signal thread already removed the bottle.
+            check_workspace();
             return finish(Ok(by_signal(sig)));
         }
+        check_workspace();
         let result = match waited {
             Ok(report) => {
                 if let Some(reason) = &report.reason {
