@@ -27,6 +27,8 @@ pub const MAX_DEPTH: usize = 8;
 pub const MAX_DIRS: usize = 50_000;
 /// Config files larger than this are not parsed (reported instead).
 const MAX_CONFIG: u64 = 1 << 20;
+/// Hooks larger than this are compared by metadata, not contents.
+const MAX_HOOK: u64 = 16 << 20;
 
 /// What a `.git` entry is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,9 +147,23 @@ fn read_repo(dot_git: DotGit, git_dir: PathBuf) -> Repo {
             if n.ends_with(".sample") {
                 continue;
             }
-            let digest = match std::fs::read(e.path()) {
-                Ok(b) => sha256(&b),
-                // A directory or an unreadable entry: by name and kind.
+            // Regular files only, and not huge ones: a FIFO (or a link to
+            // one, or to /dev/zero) would hang the host reading it.
+            let digest = match std::fs::metadata(e.path()) {
+                Ok(m) if m.is_file() && m.len() <= MAX_HOOK => match std::fs::read(e.path()) {
+                    Ok(b) => sha256(&b),
+                    Err(_) => sha256(format!("unreadable {n}").as_bytes()),
+                },
+                Ok(m) => sha256(
+                    format!(
+                        "{n}: {:?} {} bytes, inode {} changed {}",
+                        m.file_type(),
+                        m.len(),
+                        m.ino(),
+                        m.ctime()
+                    )
+                    .as_bytes(),
+                ),
                 Err(_) => sha256(format!("unreadable {n}").as_bytes()),
             };
             hooks.insert(n, digest);
@@ -621,6 +637,20 @@ mod tests {
         append(&ws.join(".git/config"), "[core\n\tfsmonitor = x\n");
         let t = texts(&Snapshot::take(ws).changes_since(&before));
         assert!(t.contains("git cannot parse it"), "{t}");
+    }
+
+    #[test]
+    fn a_fifo_in_the_repository_does_not_hang_the_check() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = d.path();
+        git(ws, &["init", "-q"]);
+        let before = Snapshot::take(ws);
+        for p in [".git/hooks/pre-push", ".git/commondir"] {
+            let st = Command::new("mkfifo").arg(ws.join(p)).status().unwrap();
+            assert!(st.success());
+        }
+        let t = texts(&Snapshot::take(ws).changes_since(&before));
+        assert!(t.contains("pre-push is new"), "{t}");
     }
 
     #[test]
