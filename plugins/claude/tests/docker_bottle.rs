@@ -10,7 +10,8 @@
 //! What it proves: the agent's files, env and every answer it gets hold only
 //! dummies; every upstream request carries the real token; the refresh call
 //! is answered by the proxy with dummies; a rotated host login reaches the
-//! next upstream request without restarting the bottle.
+//! next upstream request without restarting the bottle; a host logout does
+//! not switch the running bottle to the host's API key, and is reported.
 //!
 //! Status (2026-11-22, main 0799ffa): as for the codex test, everything
 //! passes except the last two checks, reported together: the refresh answer
@@ -82,6 +83,9 @@ echo "claude-log-canaries=$(grep -c canary /tmp/claude.log)"
 touch /workspace/ready
 i=0; while [ ! -e /workspace/rotated ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done
 curl -sS https://api.anthropic.com/v1/usage/2 >/dev/null
+touch /workspace/used-second
+i=0; while [ ! -e /workspace/logged-out ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done
+curl -sS https://api.anthropic.com/v1/usage/3 >/dev/null
 echo done
 "#;
 
@@ -160,8 +164,12 @@ fn claude_bottle_forwards_the_host_login_and_only_the_proxy_holds_it() {
 
     let name = format!("e2e-claude-{:06x}", rand_u32() & 0xff_ffff);
     let m = manifest(dir.path(), &name, &up);
+    // An API key on the host too: the provider's fallback once the login
+    // is gone, which a running bottle must not switch to by itself.
+    let api_key = format!("sk-ant-api03-canary-{:08x}-key", rand_u32());
     let mut child = bottle(data.path())
         .env("HOME", host.path())
+        .env("ANTHROPIC_API_KEY", &api_key)
         .args(["run", "-f"])
         .arg(&m)
         .stdout(Stdio::piped())
@@ -178,6 +186,15 @@ fn claude_bottle_forwards_the_host_login_and_only_the_proxy_holds_it() {
     std::fs::write(&creds, host_credentials(&second, 9 * 3600 * 1000)).unwrap();
     std::thread::sleep(Duration::from_secs(5)); // the host polls every 500 ms
     std::fs::write(dir.path().join("ws/rotated"), "").unwrap();
+    // Then the host logs out (`claude logout` deletes the file).
+    let used = dir.path().join("ws/used-second");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !used.exists() && Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::fs::remove_file(&creds).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    std::fs::write(dir.path().join("ws/logged-out"), "").unwrap();
 
     let out = child.wait_with_output().unwrap();
     let (code, stdout, stderr) = (
@@ -227,6 +244,19 @@ fn claude_bottle_forwards_the_host_login_and_only_the_proxy_holds_it() {
     }
     if call("2") != Some(second.clone()) {
         gaps.push("the rotated host login did not reach the next upstream request");
+    }
+    // After the logout the bottle kept the login it had, and said so.
+    let third = reqs.iter().find(|r| r["path"] == "/v1/usage/3");
+    if third.and_then(bearer) != Some(second.clone()) {
+        gaps.push("after the host logged out, the bottle did not keep its login");
+    }
+    if reqs.iter().any(|r| r.to_string().contains(&api_key)) {
+        gaps.push("after the host logged out, the bottle switched to the host's API key");
+    }
+    if !(stderr.contains("changed: it now uses token refs CLAUDE_HOST_API_KEY_REF instead of CLAUDE_HOST_OAUTH_TOKEN_REF")
+        && stderr.contains("restart the bottle"))
+    {
+        gaps.push("the logout was not reported on the terminal");
     }
     assert!(gaps.is_empty(), "{gaps:#?}\n{all}\nupstream: {reqs:?}");
 
