@@ -113,6 +113,11 @@ pub struct RunArgs {
     /// Print the bottle id and return once it is up.
     #[arg(long, short = 'd')]
     pub detach: bool,
+    /// Forward stdin to the agent when it is not a terminal (a pipe or a
+    /// file: `cat prompt.md | bottle run -i`); its end closes the agent's
+    /// stdin. A terminal's is forwarded with `tty` anyway.
+    #[arg(long, short = 'i', conflicts_with = "detach")]
+    pub interactive: bool,
     /// Arguments appended to the agent command.
     #[arg(last = true)]
     pub args: Vec<String>,

@@ -586,9 +586,10 @@ fn every_line_the_agent_prints_reaches_the_terminal() {
     }
 }
 
-/// Piped stdin reaches the agent whole, and its end closes the agent's
-/// stdin (`cat prompt.md | bottle run` as with `docker run -i`); before,
-/// stdin was forwarded only with a terminal and the agent read nothing.
+/// With `-i`, piped stdin reaches the agent whole, and its end closes the
+/// agent's stdin (`cat prompt.md | bottle run -i`, as `docker run -i`);
+/// without it, a pipe is left to the caller (a `while read` loop around
+/// `bottle run` keeps its input).
 #[test]
 fn piped_stdin_reaches_the_agent_and_its_end_closes_it() {
     if !docker_available("piped_stdin_reaches_the_agent_and_its_end_closes_it") {
@@ -607,7 +608,7 @@ fn piped_stdin_reaches_the_agent_and_its_end_closes_it() {
     );
     let mut child = bottle(data.path())
         .env("API_TOKEN", "t0ken-value")
-        .args(["run", "-f"])
+        .args(["run", "-i", "-f"])
         .arg(&m)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -636,6 +637,22 @@ fn piped_stdin_reaches_the_agent_and_its_end_closes_it() {
     );
     let lines: Vec<&str> = stdout.lines().map(str::trim).collect();
     assert_eq!(lines, ["got:hello stdin", "20000"], "{stderr}");
+
+    // Without `-i` the caller keeps its pipe: the line after the one a
+    // loop read before `bottle run` is still there for it afterwards.
+    let name = unique("nostdin");
+    let m = manifest(dir.path(), &name, "cat", &up, &[]);
+    let (code, out, err) = output(
+        Command::new("sh")
+            .arg("-c")
+            .arg(r#"printf 'a\nb\n' | { read x; "$BOTTLE" run -f "$M" >/dev/null; read y; echo "after:$y"; }"#)
+            .env("BOTTLE", bottle_exe())
+            .env("M", &m)
+            .env("XDG_DATA_HOME", data.path())
+            .env("API_TOKEN", "t0ken-value"),
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(out.trim(), "after:b", "{err}");
 }
 
 /// `bottle run -f manifest` in the background (output captured), returned
@@ -996,7 +1013,7 @@ fn the_proxy_serves_only_the_bottle_and_not_its_egress_side_neighbours() {
     );
     // SAFETY: kill(2) on a child we spawned and have not reaped.
     unsafe { libc_kill(child.id() as i32, 15) };
-    assert_eq!(wait_exit(&mut child), 130);
+    assert_eq!(wait_exit(&mut child), 128 + 15);
     assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
 }
 

@@ -50,11 +50,12 @@ pub(super) fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
         .tty
         .unwrap_or_else(|| std::io::stdin().is_terminal() && std::io::stdout().is_terminal());
     let bottle_id = launch::new_bottle_id(&plan.manifest.name);
-    // Stdin goes to the agent with a terminal, and when it is a pipe or a
-    // file (`cat prompt.md | bottle run`). Not a terminal without a tty (the
-    // output redirected): a `bottle run … &` would stop on SIGTTIN reading
-    // it, and typed lines would go to an agent that shows no prompt.
-    let stdin = !args.detach && (tty || !std::io::stdin().is_terminal());
+    // Stdin goes to the agent with a terminal, and with `-i` (`cat
+    // prompt.md | bottle run -i`). Not by default otherwise: a pipe that a
+    // CI runner or a `while read` loop holds would be read ahead and lost
+    // to the caller, and an agent that reads a stdin that is not a terminal
+    // (`claude -p`) would wait for an end that never comes.
+    let stdin = !args.detach && (tty || args.interactive);
     let options = LaunchOptions {
         extra_args: args.args.clone(),
         tty,
