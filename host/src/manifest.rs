@@ -791,13 +791,18 @@ fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<Manifest, Manif
 
 /// `image` as the backend gets it: a `docker save` archive path made
 /// absolute like the manifest's other paths (written as a path, `./`,
-/// `../`, `~/`, or naming a file beside the manifest), anything else as
-/// written: an image reference. The backend tells an archive from a
-/// reference by an absolute path to a file.
+/// `../`, `~/`, or an archive's name, `*.tar`, `*.tar.gz`, `*.tgz`, beside
+/// the manifest), anything else as written: an image reference, even when
+/// a file of that name happens to sit beside the manifest (`org/agent`).
+/// The backend tells an archive from a reference by an absolute path to a
+/// file.
 fn image_path_or_reference(image: &str, absolute: impl Fn(&Path) -> PathBuf) -> String {
     let written_as_path = ["./", "../", "~/"].iter().any(|p| image.starts_with(p));
+    let archive_name = [".tar", ".tar.gz", ".tgz"]
+        .iter()
+        .any(|e| image.ends_with(e));
     let p = absolute(Path::new(image));
-    if written_as_path || (!image.starts_with('/') && p.is_file()) {
+    if written_as_path || (archive_name && !image.starts_with('/') && p.is_file()) {
         p.to_string_lossy().into_owned()
     } else {
         image.to_string()
@@ -901,8 +906,17 @@ runtime = "runsc"
             image_path_or_reference("../x/agent.tar", abs),
             d.path().join("../x/agent.tar").to_string_lossy()
         );
-        // References stay references, a missing file included.
-        for r in ["ubuntu", "ghcr.io/o/agent:1", "other.tar", "/abs/agent.tar"] {
+        // References stay references, a missing archive included, and a
+        // reference that is also the name of a file beside the manifest.
+        std::fs::create_dir_all(d.path().join("org")).unwrap();
+        std::fs::write(d.path().join("org/agent"), "").unwrap();
+        for r in [
+            "ubuntu",
+            "ghcr.io/o/agent:1",
+            "other.tar",
+            "/abs/agent.tar",
+            "org/agent",
+        ] {
             assert_eq!(image_path_or_reference(r, abs), r);
         }
     }
