@@ -263,36 +263,45 @@ impl Manifest {
     /// backends and not an installed backend (`installed`). A table kept
     /// for switching to another backend is fine; a misspelt one would be
     /// silently ignored.
+    ///
+    /// A name near a known one is a typo, and refused (the table the user
+    /// meant would be ignored). Any other is taken as a table for a backend
+    /// installed elsewhere (a manifest shared with people who have it), and
+    /// comes back as a warning to print.
     pub fn check_backend_tables<'a>(
         &self,
         installed: impl IntoIterator<Item = &'a str>,
-    ) -> Result<(), ManifestError> {
+    ) -> Result<Vec<String>, ManifestError> {
         let mut known: Vec<&str> = vec![&self.backend];
         known.extend_from_slice(IN_TREE_BACKENDS);
         for name in installed {
             known.push(name);
         }
+        let mut warnings = Vec::new();
         for name in &self.other_backend_tables {
             if known.contains(&name.as_str()) {
                 continue;
             }
-            let fix = match closest(name, &known) {
-                Some(near) => format!("did you mean `[backends.{near}]`?"),
-                None => format!(
-                    "name the backend it configures ({}) or remove it",
-                    dedup(&known).join(", ")
-                ),
-            };
             let key = child("backends", name);
-            return Err(At::new(&self.path, &self.source).key(
-                &key,
-                format!(
-                    "no backend is named `{name}`, so this table would be ignored (this manifest uses backend `{}`); {fix}",
-                    self.backend
-                ),
-            ));
+            let at = At::new(&self.path, &self.source);
+            match closest(name, &known) {
+                Some(near) => {
+                    return Err(at.key(
+                        &key,
+                        format!(
+                            "no backend is named `{name}`, so this table would be ignored (this manifest uses backend `{}`); did you mean `[backends.{near}]`?",
+                            self.backend
+                        ),
+                    ))
+                }
+                None => warnings.push(format!(
+                    "{}: [backends.{name}] is for a backend not installed here (installed: {}); it is ignored",
+                    at.line_of(&key),
+                    dedup(&known).join(", ")
+                )),
+            }
         }
-        Ok(())
+        Ok(warnings)
     }
 }
 
@@ -403,6 +412,15 @@ impl<'a> At<'a> {
     fn value(&self, key: &str, message: String) -> ManifestError {
         let offset = self.spans().value_start(key).unwrap_or(0);
         invalid_at(self.path, self.text, offset, Some(key), message)
+    }
+
+    /// `FILE:LINE` of the key `key`, for a warning.
+    fn line_of(&self, key: &str) -> String {
+        let offset = self.spans().key_start(key).unwrap_or(0);
+        let line = 1 + self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count();
+        format!("{}:{line}", self.path.display())
     }
 
     /// An error about the name of the key `key`.
@@ -1209,7 +1227,10 @@ runtime = "runsc"
             .check_backend_tables([])
             .is_ok());
         let m = parse(&with("[backends.firecracker]")).unwrap();
-        assert!(m.check_backend_tables(["docker", "firecracker"]).is_ok());
+        assert_eq!(
+            m.check_backend_tables(["docker", "firecracker"]).unwrap(),
+            Vec::<String>::new()
+        );
         // Otherwise refused where the table is, with the nearest name.
         let e = parse(&with("[backends.dokcer]"))
             .unwrap()
@@ -1222,10 +1243,13 @@ runtime = "runsc"
         );
         assert!(e.contains("did you mean `[backends.docker]`?"), "{e}");
         assert!(e.contains("(key `backends.dokcer`)"), "{e}");
-        let e = m.check_backend_tables(["docker"]).unwrap_err().to_string();
+        // A name near none is a backend installed elsewhere: a warning, as
+        // a manifest shared with people who have it must still run here.
+        let w = m.check_backend_tables(["docker"]).unwrap();
+        assert_eq!(w.len(), 1, "{w:?}");
         assert!(
-            e.contains("name the backend it configures (docker, smolmachines) or remove it"),
-            "{e}"
+            w[0].starts_with("/tmp/x/bottle.toml:23: [backends.firecracker] is for a backend not installed here (installed: docker, smolmachines)"),
+            "{w:?}"
         );
         // Written as a dotted key, in an inline table.
         let text = GOOD

@@ -191,7 +191,11 @@ pub fn plan(
 ) -> Result<BottlePlan, PlanError> {
     let provider = plugins.provider(&manifest.provider)?;
     let backend = plugins.backend(&manifest.backend)?;
-    manifest.check_backend_tables(plugins.backends().map(|b| b.plugin.info.name.as_str()))?;
+    for w in
+        manifest.check_backend_tables(plugins.backends().map(|b| b.plugin.info.name.as_str()))?
+    {
+        eprintln!("warning: {w}");
+    }
     let sandbox = SandboxLayout::default();
 
     let provision = provider

@@ -107,9 +107,12 @@ pub(super) fn run(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
             "backend" => plugins.backends().any(|b| b.plugin.info.name == name),
             _ => plugins.providers().any(|p| p.plugin.info.name == name),
         };
-        if let Err(e) =
-            m.check_backend_tables(plugins.backends().map(|b| b.plugin.info.name.as_str()))
-        {
+        let checked =
+            m.check_backend_tables(plugins.backends().map(|b| b.plugin.info.name.as_str()));
+        for w in checked.as_ref().map(Vec::as_slice).unwrap_or_default() {
+            eprintln!("warning: {w}");
+        }
+        if let Err(e) = checked {
             lines.push(Line {
                 plugin: m.backend.clone(),
                 kind: "backend".into(),
