@@ -241,7 +241,21 @@ impl Manifest {
             // The innermost key or value where the parser stopped (none for
             // a syntax error: the text has no keys yet).
             let key = Spans::of(text).path_at(offset);
-            invalid_at(path, text, offset, key.as_deref(), e.message().to_string())
+            // A syntax error's line is the clue to it; a wrong type or an
+            // unknown key needs no value (which may be a misplaced secret).
+            let quote = if key.is_some() {
+                Quote::KeyOnly
+            } else {
+                Quote::Value
+            };
+            invalid_at(
+                path,
+                text,
+                offset,
+                key.as_deref(),
+                e.message().to_string(),
+                quote,
+            )
         })?;
         validate(path, text, raw)
     }
@@ -256,6 +270,13 @@ impl Manifest {
     /// enclosing table when the key is not written.
     pub fn error_at(&self, key: &str, message: impl Into<String>) -> ManifestError {
         At::new(&self.path, &self.source).value(key, message.into())
+    }
+
+    /// [`Manifest::error_at`] for a plugin's option: the quoted line and the
+    /// message leave its value out (an option's value may be a secret the
+    /// user put there by mistake, and the plugin's error is about the key).
+    pub fn option_error_at(&self, key: &str, message: impl Into<String>) -> ManifestError {
+        At::new(&self.path, &self.source).key_only(key, message.into())
     }
 
     /// Refuses a `[backends.NAME]` table that no backend can read: `NAME`
@@ -359,19 +380,42 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// Builds an `Invalid` error pointing at a byte offset of the text, about
 /// the key path `key` when it is known.
+/// Whether an error's quoted line shows the value after the key's `=`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Quote {
+    /// The error is about the value (a bad host pattern): show it.
+    Value,
+    /// The error is about the key or the value's type (an unknown key, a
+    /// plugin's option): the value does not help, and a value put in the
+    /// wrong place may be a secret, so it is not shown.
+    KeyOnly,
+}
+
 fn invalid_at(
     path: &Path,
     text: &str,
     offset: usize,
     key: Option<&str>,
     message: String,
+    quote: Quote,
 ) -> ManifestError {
     let offset = offset.min(text.len());
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
     let column = before[line_start..].chars().count() + 1;
-    let snippet = hide_userinfo(text[line_start..].lines().next().unwrap_or("").trim_end());
+    let quoted = text[line_start..].lines().next().unwrap_or("").trim_end();
+    let (quoted, message) = match quote {
+        Quote::Value => (quoted.to_string(), message),
+        Quote::KeyOnly => (
+            match quoted.split_once('=') {
+                Some((k, _)) => format!("{k}= …"),
+                None => quoted.to_string(),
+            },
+            without_quoted_values(&message),
+        ),
+    };
+    let snippet = hide_userinfo(&quoted);
     let key_note = key
         .map(|k| format!(" (key `{}`)", hide_userinfo(k)))
         .unwrap_or_default();
@@ -383,6 +427,37 @@ fn invalid_at(
         key_note,
         snippet,
     }
+}
+
+/// A parser's message with the string values it quotes left out
+/// (`invalid type: string "…", expected u64`): see [`Quote::KeyOnly`].
+fn without_quoted_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find("string \"") {
+        out.push_str(&rest[..i + "string ".len()]);
+        let after = &rest[i + "string \"".len()..];
+        // The closing quote: the first not escaped.
+        let mut end = None;
+        let mut escaped = false;
+        for (j, c) in after.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => {
+                    end = Some(j);
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        out.push_str("(value not shown)");
+        rest = match end {
+            Some(j) => &after[j + 1..],
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Errors about keys already parsed, which the deserialiser's spans do not
@@ -411,7 +486,27 @@ impl<'a> At<'a> {
     /// An error about the value at `key`.
     fn value(&self, key: &str, message: String) -> ManifestError {
         let offset = self.spans().value_start(key).unwrap_or(0);
-        invalid_at(self.path, self.text, offset, Some(key), message)
+        invalid_at(
+            self.path,
+            self.text,
+            offset,
+            Some(key),
+            message,
+            Quote::Value,
+        )
+    }
+
+    /// An error about `key` where its value is not shown ([`Quote::KeyOnly`]).
+    fn key_only(&self, key: &str, message: String) -> ManifestError {
+        let offset = self.spans().value_start(key).unwrap_or(0);
+        invalid_at(
+            self.path,
+            self.text,
+            offset,
+            Some(key),
+            message,
+            Quote::KeyOnly,
+        )
     }
 
     /// `FILE:LINE` of the key `key`, for a warning.
@@ -426,7 +521,14 @@ impl<'a> At<'a> {
     /// An error about the name of the key `key`.
     fn key(&self, key: &str, message: String) -> ManifestError {
         let offset = self.spans().key_start(key).unwrap_or(0);
-        invalid_at(self.path, self.text, offset, Some(key), message)
+        invalid_at(
+            self.path,
+            self.text,
+            offset,
+            Some(key),
+            message,
+            Quote::KeyOnly,
+        )
     }
 }
 
@@ -1063,7 +1165,10 @@ runtime = "runsc"
             "upstream_proxy = \"http://me:canary-pw\\u0040proxy.corp:8080\"",
         ] {
             let e = parse(&with(line)).unwrap_err().to_string();
-            assert!(!e.contains("canary-pw") && e.contains("***"), "{e}");
+            assert!(
+                !e.contains("canary-pw") && (e.contains("***") || e.contains("= …")),
+                "{e}"
+            );
         }
         // What is not a credential stays as it is.
         for kept in [

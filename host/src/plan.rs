@@ -180,7 +180,7 @@ pub fn place_options_error(manifest: &Manifest, e: PluginCallError) -> PlanError
     let path = key
         .iter()
         .fold(table, |path, k| crate::manifest::key_path(&path, k));
-    PlanError::Manifest(manifest.error_at(&path, e.to_string()))
+    PlanError::Manifest(manifest.option_error_at(&path, e.to_string()))
 }
 
 /// Runs stages 2–4 for a loaded manifest.

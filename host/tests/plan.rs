@@ -250,6 +250,26 @@ fn provider_options_are_checked_by_the_provider() {
         "{err}"
     );
     assert!(err.contains("(key `agent.options.dummy_env`)"), "{err}");
+    assert!(!err.contains("string \"QUICKSTART_API_TOKEN\""), "{err}");
+    // A secret put among the options by mistake is not quoted back: the
+    // error is about the key.
+    let p = write_manifest(
+        dir.path(),
+        &base.replace(
+            "dummy_env = [",
+            &format!("api_key = \"sk-live-{CANARY}\"\ndummy_env = ["),
+        ),
+    );
+    let (code, _, err) = run(bottle(data.path())
+        .env("QUICKSTART_API_TOKEN", "x")
+        .args(["plan", "-f"])
+        .arg(&p));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("unknown field `api_key`") && err.contains("api_key = …"),
+        "{err}"
+    );
+    assert!(!err.contains(CANARY), "{err}");
 }
 
 /// The 1-based line of `p` that starts with `start`.
