@@ -740,12 +740,16 @@ fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<Manifest, Manif
         }
     }
     if let Some(url) = &raw.egress.upstream_proxy {
-        // The quoted line hides the password the message refuses.
+        // Any `@` in a proxy URL is a credential, however it is spelt
+        // (a password may hold spaces, quotes or braces that end no token
+        // for `hide_userinfo`): the quoted line then leaves the value out.
         bot_bottle_egress::check_upstream_proxy_url(url).map_err(|m| {
-            at.value(
-                "egress.upstream_proxy",
-                format!("invalid upstream_proxy: {m}"),
-            )
+            let message = format!("invalid upstream_proxy: {m}");
+            if url.contains('@') {
+                at.key_only("egress.upstream_proxy", message)
+            } else {
+                at.value("egress.upstream_proxy", message)
+            }
         })?;
     }
     match (
@@ -1163,6 +1167,11 @@ runtime = "runsc"
             "upstream_proxy = \"http://me:ab)canary-pw@proxy.corp:8080\"",
             "dlp = \"http://me:ab(canary-pw@proxy.corp\"",
             "upstream_proxy = \"http://me:canary-pw\\u0040proxy.corp:8080\"",
+            // Spaces, quotes and braces in a password end tokens.
+            "upstream_proxy = \"http://user:canary{pw}x@proxy.corp:3128\"",
+            "upstream_proxy = \"http://user:canary pw@proxy.corp\"",
+            "upstream_proxy = \"http://user:canary\\\"pw@proxy.corp\"",
+            "upstream_proxy = \"canary-pw@proxy.corp\"",
         ] {
             let e = parse(&with(line)).unwrap_err().to_string();
             assert!(
