@@ -95,6 +95,13 @@ pub enum LaunchError {
         /// The key as written.
         key: String,
     },
+    /// The backend refused one of the manifest's options (placed at its
+    /// line).
+    #[error(transparent)]
+    Placed(crate::manifest::ManifestError),
+    /// Another refusal, already worded.
+    #[error("{0}")]
+    Other(String),
     /// The backend refuses the bottle.
     #[error("{manifest}: {source}")]
     Backend {
@@ -116,17 +123,24 @@ pub enum LaunchError {
 }
 
 /// Asks the plan's backend whether it would refuse the bottle at launch
-/// (its options, limits, mounts), before anything exists.
+/// (its options, limits, mounts), before anything exists. An error about
+/// one of its options names that key's line in the manifest.
 pub fn validate_with_backend(
     plan: &BottlePlan,
     backend: &crate::plugins::BackendHandle<'_>,
 ) -> Result<(), LaunchError> {
     backend
         .validate(&plan.validate_request())
-        .map_err(|source| LaunchError::Backend {
-            manifest: plan.manifest.path.clone(),
-            source: Box::new(source),
-        })
+        .map_err(
+            |source| match crate::plan::place_options_error(&plan.manifest, source) {
+                crate::plan::PlanError::Manifest(placed) => LaunchError::Placed(placed),
+                crate::plan::PlanError::Plugin(source) => LaunchError::Backend {
+                    manifest: plan.manifest.path.clone(),
+                    source: Box::new(source),
+                },
+                other => LaunchError::Other(other.to_string()),
+            },
+        )
 }
 
 /// The proxy variables every backend sets in the agent's env itself

@@ -272,6 +272,30 @@ fn provider_options_are_checked_by_the_provider() {
     assert!(!err.contains(CANARY), "{err}");
 }
 
+/// A backend option the backend refuses at plan time names its line and
+/// key, as a provider's does.
+#[test]
+fn backend_options_refused_at_plan_name_their_line() {
+    let (dir, ready) = quickstart_ready();
+    let data = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(&ready).unwrap();
+    let p = write_manifest(
+        dir.path(),
+        &base.replace(
+            "[backends.docker]\n",
+            "[backends.docker]\nruntimee = \"runsc\"\n",
+        ),
+    );
+    let (code, _, err) = run(bottle(data.path())
+        .env("QUICKSTART_API_TOKEN", "x")
+        .args(["plan", "-f"])
+        .arg(&p));
+    assert_eq!(code, 1, "{err}");
+    let line = line_of(&p, "runtimee =");
+    assert!(err.contains(&format!("bottle.toml:{line}:")), "{err}");
+    assert!(err.contains("(key `backends.docker.runtimee`)"), "{err}");
+}
+
 /// The 1-based line of `p` that starts with `start`.
 fn line_of(p: &Path, start: &str) -> usize {
     let text = std::fs::read_to_string(p).unwrap();
