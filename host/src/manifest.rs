@@ -412,7 +412,7 @@ fn invalid_at(
                 Some((k, _)) => format!("{k}= …"),
                 None => quoted.to_string(),
             },
-            without_quoted_values(&message),
+            bot_bottle_plugin_api::without_quoted_values(&message),
         ),
     };
     let snippet = hide_userinfo(&quoted);
@@ -427,37 +427,6 @@ fn invalid_at(
         key_note,
         snippet,
     }
-}
-
-/// A parser's message with the string values it quotes left out
-/// (`invalid type: string "…", expected u64`): see [`Quote::KeyOnly`].
-fn without_quoted_values(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(i) = rest.find("string \"") {
-        out.push_str(&rest[..i + "string ".len()]);
-        let after = &rest[i + "string \"".len()..];
-        // The closing quote: the first not escaped.
-        let mut end = None;
-        let mut escaped = false;
-        for (j, c) in after.char_indices() {
-            match c {
-                '\\' if !escaped => escaped = true,
-                '"' if !escaped => {
-                    end = Some(j);
-                    break;
-                }
-                _ => escaped = false,
-            }
-        }
-        out.push_str("(value not shown)");
-        rest = match end {
-            Some(j) => &after[j + 1..],
-            None => "",
-        };
-    }
-    out.push_str(rest);
-    out
 }
 
 /// Errors about keys already parsed, which the deserialiser's spans do not

@@ -36,7 +36,7 @@ pub use backend::Backend;
 pub use error::{ErrorKind, PluginError};
 pub use export::runtime;
 pub use provider::Provider;
-pub use secret::Secret;
+pub use secret::{without_quoted_values, Secret};
 pub use types::*;
 
 /// Re-exported so that plugins log through the same `tracing` the export

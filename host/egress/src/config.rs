@@ -244,11 +244,12 @@ impl ProxyConfig {
 
     /// Parses and checks a config from JSON text.
     pub fn from_json(text: &str) -> Result<Self, EgressError> {
-        // serde_json's messages name the field and position, never a value.
+        // serde_json's messages quote a string value in the wrong place
+        // (`invalid type: string "…"`), which may be a token: left out.
         let cfg: ProxyConfig =
             serde_json::from_str(text).map_err(|e| EgressError::ConfigParse {
                 path: None,
-                message: e.to_string(),
+                message: bot_bottle_plugin_api::without_quoted_values(&e.to_string()),
             })?;
         cfg.validate()?;
         Ok(cfg)
@@ -379,6 +380,28 @@ mod tests {
         assert_eq!(cfg.dlp.mode, DlpMode::Log);
         let dbg = format!("{cfg:?}");
         assert!(!dbg.contains("canary"), "{dbg}");
+    }
+
+    /// A value in the wrong place (a token pasted into a number's field) is
+    /// not quoted back by the parse error: `put-config` and the sidecar's
+    /// stdin print it.
+    #[test]
+    fn a_misplaced_value_is_not_quoted_in_the_error() {
+        let mut v = minimal();
+        v["limits"] = serde_json::json!({ "max_connections": "canary-misplaced-token" });
+        let e = ProxyConfig::from_json(&v.to_string())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid type") && !e.contains("canary"), "{e}");
+        let mut v = minimal();
+        v["dlp"] = serde_json::json!({ "mode": "canary-misplaced-token" });
+        let e = ProxyConfig::from_json(&v.to_string())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown variant") && !e.contains("canary"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -126,7 +126,8 @@ fn put_config(path: &std::path::Path) -> anyhow::Result<()> {
     let mut text = String::new();
     std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)
         .context("reading the config from standard input")?;
-    // Parsed and checked: names and positions in its errors, never a value.
+    // Parsed and checked: names and positions in its errors; a quoted value
+    // is left out (`ProxyConfig::from_json`).
     ProxyConfig::from_json(&text)?;
     let tmp = path.with_extension("json.new");
     let _ = std::fs::remove_file(&tmp);
