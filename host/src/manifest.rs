@@ -454,28 +454,31 @@ impl<'a> At<'a> {
 
     /// An error about the value at `key`.
     fn value(&self, key: &str, message: String) -> ManifestError {
-        let offset = self.spans().value_start(key).unwrap_or(0);
-        invalid_at(
-            self.path,
-            self.text,
-            offset,
-            Some(key),
-            message,
-            Quote::Value,
-        )
+        let offset = self.spans().value_start(key);
+        self.error(offset, key, message, Quote::Value)
     }
 
     /// An error about `key` where its value is not shown ([`Quote::KeyOnly`]).
     fn key_only(&self, key: &str, message: String) -> ManifestError {
-        let offset = self.spans().value_start(key).unwrap_or(0);
-        invalid_at(
-            self.path,
-            self.text,
-            offset,
-            Some(key),
-            message,
-            Quote::KeyOnly,
-        )
+        let offset = self.spans().value_start(key);
+        self.error(offset, key, message, Quote::KeyOnly)
+    }
+
+    /// An error about the name of the key `key`.
+    fn key(&self, key: &str, message: String) -> ManifestError {
+        let offset = self.spans().key_start(key);
+        self.error(offset, key, message, Quote::KeyOnly)
+    }
+
+    fn error(
+        &self,
+        offset: Option<usize>,
+        key: &str,
+        message: String,
+        quote: Quote,
+    ) -> ManifestError {
+        let offset = offset.unwrap_or(0);
+        invalid_at(self.path, self.text, offset, Some(key), message, quote)
     }
 
     /// `FILE:LINE` of the key `key`, for a warning.
@@ -485,19 +488,6 @@ impl<'a> At<'a> {
             .matches('\n')
             .count();
         format!("{}:{line}", self.path.display())
-    }
-
-    /// An error about the name of the key `key`.
-    fn key(&self, key: &str, message: String) -> ManifestError {
-        let offset = self.spans().key_start(key).unwrap_or(0);
-        invalid_at(
-            self.path,
-            self.text,
-            offset,
-            Some(key),
-            message,
-            Quote::KeyOnly,
-        )
     }
 }
 
