@@ -44,6 +44,14 @@ pub enum PlanError {
         /// Which ref's value it holds.
         token_ref: String,
     },
+    /// The manifest's agent `command` holds a real credential.
+    #[error("{manifest}: [agent] command holds the value of egress token ref `{token_ref}`, which the agent would see; take it out of the command (the proxy injects the credential, and the agent gets a dummy)")]
+    SecretInManifestCommand {
+        /// The manifest.
+        manifest: PathBuf,
+        /// Which ref's value it holds.
+        token_ref: String,
+    },
     /// A mount would show the agent a host file it must not change or read.
     #[error("{manifest}: {mount} contains {file}, {why}; {fix}")]
     ExposedHostFile {
@@ -302,6 +310,13 @@ impl BottlePlan {
                 return Err(leak(format!("file {}", f.path)));
             }
             if self.command.iter().any(|a| found(a)) {
+                // The manifest's own command, not the provider's default.
+                if self.manifest.command.iter().flatten().any(|a| found(a)) {
+                    return Err(PlanError::SecretInManifestCommand {
+                        manifest: self.manifest.path.clone(),
+                        token_ref: token_ref.clone(),
+                    });
+                }
                 return Err(leak("command".into()));
             }
             let locals = &self.egress.local_responses;

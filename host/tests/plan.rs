@@ -680,6 +680,29 @@ fn a_credential_in_the_manifests_env_is_refused_as_the_manifests() {
         !out.contains(CANARY) && !err.contains(CANARY),
         "{out}\n{err}"
     );
+    // The same in the manifest's own command.
+    let text = std::fs::read_to_string(&m)
+        .unwrap()
+        .replace(&format!("LEAKED = \"{CANARY}\""), "")
+        .replace(
+            "command = [\"true\"]",
+            &format!("command = [\"echo\", \"{CANARY}\"]"),
+        );
+    std::fs::write(&m, text).unwrap();
+    let (code, out, err) = run(bottle(data.path())
+        .env("PLAN_TEST_TOKEN", CANARY)
+        .args(["plan", "-f"])
+        .arg(&m));
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("[agent] command holds the value of egress token ref `PLAN_TEST_TOKEN`")
+            && !err.contains("bug in the provider"),
+        "{err}"
+    );
+    assert!(
+        !out.contains(CANARY) && !err.contains(CANARY),
+        "{out}\n{err}"
+    );
 }
 
 /// What `bottle run` would refuse before creating anything, `bottle plan`

@@ -116,3 +116,28 @@ fn a_token_the_proxy_would_refuse_stops_run_before_the_backend_is_reached() {
     assert!(!out.contains(CANARY) && !err.contains(CANARY), "{err}");
     assert_eq!(connections.load(Ordering::SeqCst), 0, "{err}");
 }
+
+/// `tty = true` with piped stdin (`-i`) is refused before the backend is
+/// reached: a terminal passes no end of input, so the agent (and `bottle
+/// run`) would wait forever after the pipe ended.
+#[test]
+fn a_terminal_with_piped_stdin_is_refused_before_the_backend_is_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("bottle.toml");
+    std::fs::write(
+        &manifest,
+        MANIFEST.replace("command = [\"true\"]", "command = [\"cat\"]\ntty = true"),
+    )
+    .unwrap();
+    let (docker_host, connections) = fake_daemon(dir.path());
+    let (code, out, err) = run(bottle(data.path())
+        .env("DOCKER_HOST", &docker_host)
+        .env("RUN_TEST_API_TOKEN", CANARY)
+        .args(["run", "-i", "-f"])
+        .arg(&manifest)
+        .stdin(std::process::Stdio::null()));
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("`tty = true` with piped stdin"), "{err}");
+    assert_eq!(connections.load(Ordering::SeqCst), 0, "{err}");
+}

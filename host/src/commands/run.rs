@@ -55,6 +55,14 @@ pub(super) fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
     // CI runner or a `while read` loop holds would be read ahead and lost
     // to the caller, and an agent that reads a stdin that is not a terminal
     // (`claude -p`) would wait for an end that never comes.
+    if args.interactive && tty && !std::io::stdin().is_terminal() {
+        // A terminal passes no end of input: the agent would wait for more
+        // after the pipe ended, and `bottle run` with it.
+        anyhow::bail!(
+            "{}: `tty = true` with piped stdin (-i): a terminal never passes the end of the input, so the agent would wait forever; set `tty = false` in [agent] for piped input",
+            plan.manifest.path.display()
+        );
+    }
     let stdin = !args.detach && (tty || args.interactive);
     let options = LaunchOptions {
         extra_args: args.args.clone(),
