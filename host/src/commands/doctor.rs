@@ -258,6 +258,12 @@ pub(super) fn run(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
     let failed = lines
         .iter()
         .any(|l| l.finding.severity == Severity::Error && counts(l));
+    // And shown as warnings, so that an ERROR line always means exit 1.
+    for l in lines.iter_mut() {
+        if l.finding.severity == Severity::Error && !counts(l) {
+            l.finding.severity = Severity::Warn;
+        }
+    }
     if args.json {
         print_json(&lines)?;
     } else {
