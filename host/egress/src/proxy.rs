@@ -901,7 +901,13 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
             StatusCode::FORBIDDEN,
             "deny",
             why.clone(),
-            route::deny_body(&t.host, method.as_str(), &path, &why),
+            route::deny_fix_body(
+                &t.host,
+                method.as_str(),
+                &path,
+                &why,
+                "To allow it, add the method to the route's `methods`, if the agent should have it",
+            ),
         );
     }
     if !t.tls && !r.plain_http {
@@ -911,7 +917,14 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
             StatusCode::FORBIDDEN,
             "deny",
             why.into(),
-            route::deny_body(&t.host, method.as_str(), &path, why),
+            route::deny_fix_body(
+                &t.host,
+                method.as_str(),
+                &path,
+                why,
+                "Use https://, or set `plain_http = true` on the route if the credential may \
+                 travel unencrypted",
+            ),
         );
     }
 

@@ -201,6 +201,7 @@ pub(crate) fn match_route<'a>(
             Miss::Method {
                 route: i,
                 allowed: r.methods.clone(),
+                provider: r.source.strip_prefix("provider:").map(str::to_string),
             }
         } else {
             return RouteMatch::Allowed(i, r);
@@ -223,8 +224,14 @@ pub(crate) enum Miss {
     Port,
     /// Routes allow the port, but no path prefix holds for this path.
     Path,
-    /// Route `route` allows the port and path, but only these methods.
-    Method { route: usize, allowed: Vec<String> },
+    /// Route `route` allows the port and path, but only these methods; a
+    /// provider's route names the provider (its narrowing is deliberate,
+    /// and it is not in bottle.toml).
+    Method {
+        route: usize,
+        allowed: Vec<String>,
+        provider: Option<String>,
+    },
 }
 
 impl Miss {
@@ -244,7 +251,7 @@ impl Miss {
                 "no [[egress.route]] for this host allows this path (none of their path_prefix holds)"
                     .into()
             }
-            Miss::Method { route, allowed } => format!(
+            Miss::Method { route, allowed, .. } => format!(
                 "route #{route} for this host allows this path with {} only, not {method}",
                 allowed.join(", ")
             ),
@@ -267,19 +274,47 @@ pub(crate) fn deny_body(host: &str, method: &str, path: &str, why: &str) -> Stri
 /// [`deny_body`] for a host some route names.
 pub(crate) fn deny_miss_body(host: &str, method: &str, path: &str, miss: &Miss) -> String {
     let why = miss.why(method);
+    // The path is the agent's: shown percent-encoded again, so that it
+    // cannot put a line or a shell command into text a user may copy.
+    let shown = shown_path(path);
     let fix = match miss {
-        Miss::Port => "name the port in the route's `ports`".to_string(),
+        Miss::Port => "To allow it, name the port in the route's `ports`".to_string(),
         Miss::Path => format!(
-            "give a route for {host} a `path_prefix` that holds for {path} (or widen one); \
-             `bottle egress check -f bottle.toml {method} https://{host}{path}` tries it"
+            "To allow it, give a route for {host} a `path_prefix` that holds for every reading of \
+             {shown} (percent-escapes, `..`, `;` decoded as servers do), or widen one; \
+             `bottle egress check -f bottle.toml METHOD URL` tries a URL"
         ),
-        Miss::Method { .. } => {
-            "add the method to that route's `methods` in bottle.toml, if the agent \
-             should have it"
-                .to_string()
-        }
+        Miss::Method {
+            provider: Some(p), ..
+        } => format!(
+            "That route is provider `{p}`'s, which limits its methods on purpose \
+             (docs/providers/{p}.md); a route of your own in bottle.toml would allow it"
+        ),
+        Miss::Method { .. } => "To allow it, add the method to that route's `methods` in \
+             bottle.toml, if the agent should have it"
+            .to_string(),
     };
-    format!("bot-bottle egress: {method} {host}{path} refused: {why}.\nTo allow it, {fix}.\n")
+    deny_fix_body(host, method, &path, &why, &fix)
+}
+
+/// A 403 body: the request (its path as [`shown_path`] shows it), why, and
+/// what to change.
+pub(crate) fn deny_fix_body(host: &str, method: &str, path: &str, why: &str, fix: &str) -> String {
+    let path = shown_path(path);
+    format!("bot-bottle egress: {method} {host}{path} refused: {why}.\n{fix}.\n")
+}
+
+/// `path` with everything but unreserved characters and `/` percent-encoded.
+fn shown_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The plain-text body of a 403 for a CONNECT to a port no route of the
@@ -670,7 +705,8 @@ mod tests {
             m,
             Miss::Method {
                 route: 1,
-                allowed: vec!["GET".into()]
+                allowed: vec!["GET".into()],
+                provider: None,
             }
         );
         assert_eq!(
@@ -688,6 +724,21 @@ mod tests {
             body.contains("path_prefix") && body.contains("bottle egress check"),
             "{body}"
         );
+        // A provider's narrowing is named as such, not as bottle.toml's.
+        let by_provider = Miss::Method {
+            route: 2,
+            allowed: vec!["GET".into()],
+            provider: Some("claude".into()),
+        };
+        let body = deny_miss_body("h.test", "POST", "/api/x", &by_provider);
+        assert!(
+            body.contains("provider `claude`'s") && !body.contains("add the method"),
+            "{body}"
+        );
+        // The agent's path cannot break a line or carry a shell command.
+        let body = deny_miss_body("h.test", "GET", "/x`id`$(sh)\n\rTWO", &Miss::Path);
+        assert_eq!(body.lines().count(), 2, "{body}");
+        assert!(body.contains("/x%60id%60%24%28sh%29%0A%0DTWO"), "{body}");
     }
 
     #[test]
