@@ -294,7 +294,7 @@ pub(crate) fn deny_miss_body(host: &str, method: &str, path: &str, miss: &Miss) 
              bottle.toml, if the agent should have it"
             .to_string(),
     };
-    deny_fix_body(host, method, &path, &why, &fix)
+    deny_fix_body(host, method, path, &why, &fix)
 }
 
 /// A 403 body: the request (its path as [`shown_path`] shows it), why, and
