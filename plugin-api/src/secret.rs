@@ -60,15 +60,26 @@ mod tests {
 }
 
 /// A serde message with the values it quotes left out: `invalid type:
-/// string "…"`, `invalid value: string "…"`, `unknown variant `…``. A value
-/// in the wrong place of a config or manifest may be a secret, and the
-/// message is about its place or type; field names and the expected
-/// variants stay.
+/// string "…"`, `integer `…``, `floating point `…``, `unknown variant `…``.
+/// A value in the wrong place of a config or manifest may be a secret, and
+/// the message is about its place or type; field names (the manifest's
+/// keys, which its errors are about), the expected names and the position
+/// stay.
 pub fn without_quoted_values(message: &str) -> String {
+    // (what opens a quoted value, what closes it). A variant's name is
+    // printed raw, so it may hold a backtick: it ends at the `, expected`
+    // serde writes after it, where there is one.
+    const QUOTES: [(&str, &str); 5] = [
+        ("string \"", "\""),
+        ("integer `", "`"),
+        ("floating point `", "`"),
+        ("char '", "'"),
+        ("variant `", "`, expected"),
+    ];
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
     loop {
-        let next = [("string \"", '"'), ("variant `", '`')]
+        let next = QUOTES
             .iter()
             .filter_map(|(open, close)| rest.find(open).map(|i| (i, *open, *close)))
             .min_by_key(|(i, ..)| *i);
@@ -77,22 +88,33 @@ pub fn without_quoted_values(message: &str) -> String {
         };
         out.push_str(&rest[..i + open.len() - 1]);
         let after = &rest[i + open.len()..];
-        // The closing quote: the first not escaped.
-        let mut end = None;
-        let mut escaped = false;
-        for (j, c) in after.char_indices() {
-            match c {
-                '\\' if !escaped => escaped = true,
-                c if c == close && !escaped => {
-                    end = Some(j);
-                    break;
+        let end = if close.len() > 1 {
+            // Up to the last `, expected` (a name may hold one too), else
+            // the first closing backtick.
+            after
+                .rfind(close)
+                .map(|j| (j, 1))
+                .or_else(|| after.find('`').map(|j| (j, 1)))
+        } else {
+            // The first closing quote that is not escaped.
+            let q = close.chars().next().unwrap_or('"');
+            let mut escaped = false;
+            let mut found = None;
+            for (j, c) in after.char_indices() {
+                match c {
+                    '\\' if !escaped => escaped = true,
+                    c if c == q && !escaped => {
+                        found = Some((j, q.len_utf8()));
+                        break;
+                    }
+                    _ => escaped = false,
                 }
-                _ => escaped = false,
             }
-        }
+            found
+        };
         out.push_str("(value not shown)");
         rest = match end {
-            Some(j) => &after[j + 1..],
+            Some((j, n)) => &after[j + n..],
             None => "",
         };
     }
@@ -114,7 +136,23 @@ mod quoted_tests {
             w("unknown variant `sk-x`, expected one of `off`, `log`"),
             "unknown variant (value not shown), expected one of `off`, `log`"
         );
-        assert_eq!(w("unknown field `api_key`"), "unknown field `api_key`");
         assert_eq!(w(r#"string "open"#), "string (value not shown)");
+        // Numbers, a name holding a backtick, a value written as a key.
+        assert_eq!(
+            w("invalid type: integer `987654321012345`, expected a string"),
+            "invalid type: integer (value not shown), expected a string"
+        );
+        assert_eq!(
+            w("invalid value: floating point `1500.5`, expected u16"),
+            "invalid value: floating point (value not shown), expected u16"
+        );
+        assert_eq!(
+            w("unknown variant `ab`cdSECRET`, expected one of `off`, `log`"),
+            "unknown variant (value not shown), expected one of `off`, `log`"
+        );
+        assert_eq!(
+            w("unknown field `swap`, expected"),
+            "unknown field `swap`, expected"
+        );
     }
 }

@@ -88,7 +88,7 @@ impl fmt::Display for AddrClass {
 /// Addresses where clouds hand a machine (or a container task) its
 /// credentials. Each must be allowed on its own (`/32`, `/128`), never by a
 /// wider network; one of them (Azure's) is not even in an internal range.
-const METADATA: [IpAddr; 9] = [
+const METADATA: [IpAddr; 13] = [
     // AWS, GCP, Azure, Oracle, DigitalOcean, OpenStack: instance metadata.
     IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
     // AWS ECS task role credentials, EKS Pod Identity.
@@ -99,6 +99,12 @@ const METADATA: [IpAddr; 9] = [
     IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
     // Azure's WireServer (a public address every Azure VM reaches).
     IpAddr::V4(Ipv4Addr::new(168, 63, 129, 16)),
+    // GKE's metadata server, Scaleway's metadata.
+    IpAddr::V4(Ipv4Addr::new(169, 254, 169, 252)),
+    IpAddr::V4(Ipv4Addr::new(169, 254, 42, 42)),
+    // Oracle's (169.254.169.254 over IPv6), Scaleway's over IPv6.
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xc1, 0, 0, 0, 0, 0xa9fe, 0xa9fe)),
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0x42, 0, 0, 0, 0, 0, 0x42)),
     // AWS (IMDS, EKS Pod Identity) and GCP over IPv6.
     IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
     IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23)),
@@ -281,6 +287,10 @@ mod tests {
             ("168.63.129.16", Metadata),
             ("fd00:ec2::23", Metadata),
             ("fd20:ce::254", Metadata),
+            ("169.254.169.252", Metadata),
+            ("169.254.42.42", Metadata),
+            ("fd00:c1::a9fe:a9fe", Metadata),
+            ("fd00:42::42", Metadata),
             ("100.127.255.255", SharedAddressSpace),
             ("fc00::1", UniqueLocal),
             ("fd12:3456::1", UniqueLocal),

@@ -347,9 +347,13 @@ impl Dialer {
 
 /// Whether connection `s`, dialled at `a`, reached this machine: Linux (and
 /// the BSDs) source a connection to one of the machine's own addresses from
-/// that same address.
+/// that same address, and one to an address routed locally without being
+/// assigned (an "AnyIP" `local` route) from loopback. (Not seen: an address
+/// inside a prefix assigned to `lo` but not itself assigned, which is
+/// sourced from the assigned one.)
 fn dialled_this_machine(s: &TcpStream, a: SocketAddr) -> bool {
-    s.local_addr().is_ok_and(|l| l.ip() == a.ip())
+    s.local_addr()
+        .is_ok_and(|l| l.ip() == a.ip() || (l.ip().is_loopback() && !a.ip().is_loopback()))
 }
 
 /// The addresses of `resolved` that `policy` admits, in the resolver's
