@@ -157,7 +157,14 @@ fn first_by_path<'a>(
         .iter()
         .map(|p| match p.kind {
             Kind::Policy | Kind::Code => entries_on_the_way(&p.path),
-            Kind::Credential => vec![canonical(&p.path)],
+            // The target, links followed even when it does not exist yet
+            // (`~/.codex -> dotfiles/codex` before `codex login` writes
+            // `auth.json` there): `canonical` alone stops at a missing file.
+            Kind::Credential => entries_on_the_way(&p.path)
+                .last()
+                .cloned()
+                .into_iter()
+                .collect(),
         })
         .collect();
     for m in mounts {
@@ -360,6 +367,23 @@ mod tests {
             kind: Kind::Credential,
         };
         assert!(first_exposure(&[mount(&ws, false)], &[cred]).is_some());
+    }
+
+    /// A credential file that does not exist yet, under a linked
+    /// directory: where it will be is what counts.
+    #[test]
+    fn a_missing_credential_under_a_link_is_where_the_link_points() {
+        let d = tempfile::tempdir().unwrap();
+        let d = canonical(d.path());
+        std::fs::create_dir_all(d.join("dotfiles/codex")).unwrap();
+        std::fs::create_dir_all(d.join("home")).unwrap();
+        symlink(d.join("dotfiles/codex"), d.join("home/.codex")).unwrap();
+        let cred = Protected {
+            path: d.join("home/.codex/auth.json"),
+            what: "a credential".into(),
+            kind: Kind::Credential,
+        };
+        assert!(first_exposure(&[mount(&d.join("dotfiles"), false)], &[cred]).is_some());
     }
 
     #[test]

@@ -287,6 +287,12 @@ impl BottlePlan {
                 token_ref: token_ref.clone(),
                 place,
             };
+            // A name is shown to the agent as much as a value is.
+            if self.agent_env.keys().any(|k| found(k))
+                || self.provision.ca_trust_env.iter().any(|k| found(k))
+            {
+                return Err(leak("env names".into()));
+            }
             if let Some((k, _)) = self.agent_env.iter().find(|(_, val)| found(val)) {
                 // The user's own [env], not the provider, put it there.
                 if self.manifest.env.get(k).is_some_and(|mv| found(mv)) {

@@ -444,7 +444,30 @@ pub fn dangerous(key: &str, value: Option<&str>) -> Option<&'static str> {
         ("url", Some(_), "insteadof" | "pushinsteadof") => {
             "rewrites remote URLs (a remote can become a command transport)"
         }
-        ("remote", Some(_), "uploadpack" | "receivepack") => RUNS,
+        ("remote", Some(_), "uploadpack" | "receivepack" | "vcs") => RUNS,
+        ("remote", Some(_), "url" | "pushurl") if v.contains("::") => {
+            "a remote helper URL (`helper::…`): git runs git-remote-helper"
+        }
+        ("core", None, "worktree") => "git checks files out there (outside the workspace, maybe)",
+        // `git init` writes `bare = false`; only a true is a change of
+        // which directory git takes for the repository.
+        ("core", None, "bare")
+            if is_bool
+                && !matches!(
+                    v.to_ascii_lowercase().as_str(),
+                    "false" | "no" | "off" | "0"
+                ) =>
+        {
+            "changes which directory git takes for the repository"
+        }
+        ("difftool" | "mergetool" | "man" | "browser", Some(_), "path") => RUNS,
+        ("imap", None, "tunnel") | ("instaweb", None, "httpd") => RUNS,
+        ("lfs", Some(s), "path" | "clean" | "smudge")
+            if s.starts_with("customtransfer.") || s.starts_with("extension.") =>
+        {
+            RUNS
+        }
+        ("hook", Some(_), "command") => RUNS,
         ("pager", Some(_) | None, _) if !is_bool => RUNS,
         ("submodule", Some(_), "update") if v.starts_with('!') => RUNS,
         ("difftool" | "mergetool" | "man" | "browser" | "guitool", Some(_), "cmd")
@@ -684,6 +707,18 @@ mod tests {
             ("alias.x", Some(" !x")),
             ("include.path", Some("x")),
             ("uploadpack.packobjectshook", Some("x")),
+            // Found by the last review: a remote helper, a work tree
+            // outside the workspace, tool paths, tunnels, git-lfs programs.
+            ("remote.origin.vcs", Some("../evil.sh")),
+            ("remote.origin.url", Some("ext::sh -c x")),
+            ("core.worktree", Some("../../..")),
+            ("core.bare", Some("true")),
+            ("difftool.t.path", Some("x")),
+            ("mergetool.t.path", Some("x")),
+            ("imap.tunnel", Some("x")),
+            ("lfs.customtransfer.t.path", Some("x")),
+            ("lfs.extension.e.clean", Some("x")),
+            ("hook.h.command", Some("x")),
             ("protocol.ext.allow", Some("always")),
             ("protocol.allow", Some("always")),
             ("url.x.pushinsteadof", Some("y")),

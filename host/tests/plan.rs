@@ -943,6 +943,7 @@ fn a_provider_that_leaks_an_encoded_credential_is_refused() {
         ("base64_file", "file /home/agent/blob"),
         ("json_escaped_file", "file /home/agent/auth.json"),
         ("hex_env", "env LEAKY_TOKEN"),
+        ("env_name", "env names"),
         ("percent_command", "command"),
     ] {
         let (code, text) = plan(mode);

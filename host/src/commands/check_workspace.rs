@@ -29,9 +29,14 @@ pub(super) fn run(args: &CheckWorkspaceArgs) -> anyhow::Result<ExitCode> {
         println!("{f}");
     }
     if truncated {
+        // An agent can hide a repository past the bound (50,000 empty
+        // directories first): an incomplete look is not a clean bill.
         eprintln!(
-            "note: only {MAX_DIRS} directories, {MAX_DEPTH} deep, were looked at for nested repositories"
+            "error: only {MAX_DIRS} directories, {MAX_DEPTH} deep, were looked at for nested repositories; \
+             the rest of {} was not checked",
+            root.display()
         );
+        return Ok(ExitCode::from(1));
     }
     if findings.is_empty() {
         eprintln!(
