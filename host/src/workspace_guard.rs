@@ -117,9 +117,19 @@ fn gitdir_of(dot_git_file: &Path, contents: &[u8]) -> Option<PathBuf> {
     })
 }
 
+/// Whether git would take `dir` itself for a repository (its
+/// `is_git_directory`): a `HEAD`, and `objects` and `refs` of any kind (git
+/// only asks that it may "execute" them, which a file with the x bit
+/// passes), or a `commondir` pointing to them.
 fn looks_bare(dir: &Path) -> bool {
-    dir.join("HEAD").is_file() && dir.join("objects").is_dir() && dir.join("refs").is_dir()
+    let there = |n: &str| std::fs::symlink_metadata(dir.join(n)).is_ok();
+    dir.join("HEAD").is_file() && ((there("objects") && there("refs")) || there("commondir"))
 }
+
+/// The key under which a directory that has a `.git` *and* looks like a
+/// repository itself is kept: invalidate the `.git` (rename its `HEAD`) and
+/// git takes the directory for a bare repository, config and all.
+const AS_BARE: &str = "(the directory itself, as a bare repository)";
 
 fn read_repo(dot_git: DotGit, git_dir: PathBuf) -> Repo {
     let mut files = BTreeMap::new();
@@ -218,12 +228,18 @@ impl Snapshot {
                 truncated = true;
                 break;
             }
+            let rel = dir.strip_prefix(root).unwrap_or(&dir).to_path_buf();
             if let Some(r) = repo_at(&dir) {
-                let rel = dir.strip_prefix(root).unwrap_or(&dir).to_path_buf();
                 let bare = matches!(r.dot_git, DotGit::Bare(..));
-                repos.insert(rel, r);
+                repos.insert(rel.clone(), r);
                 if bare {
                     continue; // its objects are no work tree
+                }
+                if looks_bare(&dir) {
+                    if let Ok(meta) = std::fs::symlink_metadata(&dir) {
+                        let r = read_repo(DotGit::Bare(meta.dev(), meta.ino()), dir.clone());
+                        repos.insert(rel.join(AS_BARE), r);
+                    }
                 }
             }
             let Ok(rd) = std::fs::read_dir(&dir) else {
@@ -647,6 +663,31 @@ mod tests {
         let t = texts(&all);
         assert!(
             t.contains("core.sshcommand") && t.contains("diff.x.textconv"),
+            "{t}"
+        );
+    }
+
+    /// The review's attack: `.git` invalidated (its `HEAD` renamed), and a
+    /// `HEAD`, `objects`, `refs` (files, made executable) and `config` at
+    /// the workspace root: git then takes the root for a bare repository,
+    /// and `git diff` ran the pager it names.
+    #[test]
+    fn a_workspace_root_turned_into_a_bare_repository_is_reported() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let ws = d.path();
+        git(ws, &["init", "-q"]);
+        let before = Snapshot::take(ws);
+        std::fs::rename(ws.join(".git/HEAD"), ws.join(".git/HEAD.bak")).unwrap();
+        std::fs::write(ws.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+        for n in ["objects", "refs"] {
+            std::fs::write(ws.join(n), "").unwrap();
+            std::fs::set_permissions(ws.join(n), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::write(ws.join("config"), "[core]\n\tpager = sh -c evil\n").unwrap();
+        let t = texts(&Snapshot::take(ws).changes_since(&before));
+        assert!(
+            t.contains("as a bare repository") && t.contains("core.pager"),
             "{t}"
         );
     }
