@@ -151,33 +151,12 @@ fn read_repo(dot_git: DotGit, git_dir: PathBuf) -> Repo {
         }
     }
     let mut hooks = BTreeMap::new();
-    if let Ok(rd) = std::fs::read_dir(git_dir.join("hooks")) {
-        for e in rd.flatten().take(1000) {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.ends_with(".sample") {
-                continue;
-            }
-            // Regular files only, and not huge ones: a FIFO (or a link to
-            // one, or to /dev/zero) would hang the host reading it.
-            let digest = match std::fs::metadata(e.path()) {
-                Ok(m) if m.is_file() && m.len() <= MAX_HOOK => match std::fs::read(e.path()) {
-                    Ok(b) => sha256(&b),
-                    Err(_) => sha256(format!("unreadable {n}").as_bytes()),
-                },
-                Ok(m) => sha256(
-                    format!(
-                        "{n}: {:?} {} bytes, inode {} changed {}",
-                        m.file_type(),
-                        m.len(),
-                        m.ino(),
-                        m.ctime()
-                    )
-                    .as_bytes(),
-                ),
-                Err(_) => sha256(format!("unreadable {n}").as_bytes()),
-            };
-            hooks.insert(n, digest);
-        }
+    hash_hooks(&git_dir.join("hooks"), None, &mut hooks);
+    // Hooks in a `core.hooksPath` the repository sets (husky, lefthook keep
+    // them in the work tree, where the agent can rewrite them even though
+    // the setting itself is the user's): hashed under their full path.
+    if let Some(dir) = hooks_path(&files, &git_dir) {
+        hash_hooks(&dir, Some(&dir), &mut hooks);
     }
     Repo {
         dot_git,
@@ -185,6 +164,64 @@ fn read_repo(dot_git: DotGit, git_dir: PathBuf) -> Repo {
         files,
         hooks,
     }
+}
+
+/// Digests of the hooks in `dir` (not `*.sample`) into `hooks`, named by
+/// file name, or by full path under `full` (a `core.hooksPath`).
+fn hash_hooks(dir: &Path, full: Option<&Path>, hooks: &mut BTreeMap<String, [u8; 32]>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten().take(1000) {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.ends_with(".sample") {
+            continue;
+        }
+        // Regular files only, and not huge ones: a FIFO (or a link to
+        // one, or to /dev/zero) would hang the host reading it.
+        let digest = match std::fs::metadata(e.path()) {
+            Ok(m) if m.is_file() && m.len() <= MAX_HOOK => match std::fs::read(e.path()) {
+                Ok(b) => sha256(&b),
+                Err(_) => sha256(format!("unreadable {n}").as_bytes()),
+            },
+            Ok(m) => sha256(
+                format!(
+                    "{n}: {:?} {} bytes, inode {} changed {}",
+                    m.file_type(),
+                    m.len(),
+                    m.ino(),
+                    m.ctime()
+                )
+                .as_bytes(),
+            ),
+            Err(_) => sha256(format!("unreadable {n}").as_bytes()),
+        };
+        let name = match full {
+            Some(d) => d.join(&n).to_string_lossy().into_owned(),
+            None => n,
+        };
+        hooks.insert(name, digest);
+    }
+}
+
+/// The directory a repository's own `core.hooksPath` names, resolved as git
+/// does: `~/` from the home directory, a relative path from the work tree
+/// (the directory holding `.git`; not known for other layouts).
+fn hooks_path(files: &BTreeMap<String, Vec<u8>>, git_dir: &Path) -> Option<PathBuf> {
+    let entries = config_entries(files.get("config")?).ok()?;
+    let value = entries
+        .into_iter()
+        .rev()
+        .find(|(k, _)| k == "core.hookspath")?
+        .1?;
+    let p = PathBuf::from(value.trim());
+    if let Ok(rest) = p.strip_prefix("~") {
+        return dirs::home_dir().map(|h| h.join(rest));
+    }
+    if p.is_absolute() {
+        return Some(p);
+    }
+    (git_dir.file_name()? == ".git").then(|| git_dir.parent().map(|wt| wt.join(&p)))?
 }
 
 /// The repository whose work tree is `dir`, if any.
@@ -690,6 +727,25 @@ mod tests {
             t.contains("as a bare repository") && t.contains("core.pager"),
             "{t}"
         );
+    }
+
+    /// Hooks kept in the work tree behind the user's own `core.hooksPath`
+    /// (husky): the setting is not new, but the agent can rewrite the files.
+    #[test]
+    fn hooks_behind_an_existing_hooks_path_are_compared() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = d.path();
+        git(ws, &["init", "-q"]);
+        std::fs::create_dir_all(ws.join(".husky")).unwrap();
+        std::fs::write(ws.join(".husky/pre-commit"), "#!/bin/sh\nnpm test\n").unwrap();
+        git(ws, &["config", "core.hooksPath", ".husky"]);
+        let before = Snapshot::take(ws);
+        assert!(Snapshot::take(ws).changes_since(&before).is_empty());
+        std::fs::write(ws.join(".husky/pre-commit"), "#!/bin/sh\nid > /tmp/x\n").unwrap();
+        std::fs::write(ws.join(".husky/pre-push"), "#!/bin/sh\nid\n").unwrap();
+        let t = texts(&Snapshot::take(ws).changes_since(&before));
+        assert!(t.contains(".husky/pre-commit changed"), "{t}");
+        assert!(t.contains(".husky/pre-push is new"), "{t}");
     }
 
     #[test]
