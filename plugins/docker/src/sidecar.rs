@@ -386,13 +386,19 @@ pub(crate) async fn wait_for_egress(
 }
 
 pub(crate) async fn egress_logs(docker: &Docker, container: &str) -> String {
+    container_logs(docker, container, true, "50").await
+}
+
+/// The last `tail` lines a container wrote: stderr, and stdout too when
+/// `stdout`.
+async fn container_logs(docker: &Docker, container: &str, stdout: bool, tail: &str) -> String {
     let chunks: Vec<_> = docker
         .logs(
             container,
             Some(LogsOptions {
-                stdout: true,
+                stdout,
                 stderr: true,
-                tail: "50".into(),
+                tail: tail.into(),
                 ..Default::default()
             }),
         )
@@ -402,33 +408,28 @@ pub(crate) async fn egress_logs(docker: &Docker, container: &str) -> String {
     chunks.iter().map(|c| c.to_string()).collect()
 }
 
-/// Why a proxy that was serving died, for the agent's exit report: the last
-/// lines of its stderr, audit lines (JSON) and its `listening on` left out. Read before teardown,
-/// which takes the logs with the bottle. The proxy's own messages never hold
-/// a secret (the e2e canary tests read them); the launch path's tail
-/// ([`egress_log_tail`]) redacts besides because it also shows config
-/// errors from before the proxy read its config.
-pub(crate) async fn death_note(docker: &Docker, container: &str) -> String {
-    let chunks: Vec<_> = docker
-        .logs(
-            container,
-            Some(LogsOptions {
-                stderr: true,
-                tail: "20".into(),
-                ..Default::default()
-            }),
-        )
-        .filter_map(|r| async move { r.ok() })
-        .collect()
-        .await;
-    let text: String = chunks.iter().map(|c| c.to_string()).collect();
+/// The last `n` non-empty lines of `text` that `keep` keeps, indented for an
+/// error message.
+fn last_lines(text: &str, n: usize, keep: impl Fn(&str) -> bool) -> String {
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim_end)
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('{') && !l.starts_with("listening on"))
+        .filter(|l| !l.trim().is_empty() && keep(l))
         .collect();
-    let start = lines.len().saturating_sub(6);
-    lines[start..].join("\n  ")
+    lines[lines.len().saturating_sub(n)..].join("\n  ")
+}
+
+/// Why a proxy that was serving died, for the agent's exit report: the last
+/// lines of its stderr, audit lines (JSON) and its `listening on` left out.
+/// Read before teardown, which takes the logs with the bottle. The proxy's
+/// own messages never hold a secret (the e2e canary tests read them); the
+/// launch path's tail ([`egress_log_tail`]) redacts besides because it also
+/// shows config errors from before the proxy read its config.
+pub(crate) async fn death_note(docker: &Docker, container: &str) -> String {
+    let text = container_logs(docker, container, false, "20").await;
+    last_lines(&text, 6, |l| {
+        !l.starts_with('{') && !l.starts_with("listening on")
+    })
 }
 
 /// The sidecar's last lines for an error message, with every string of the
@@ -436,14 +437,11 @@ pub(crate) async fn death_note(docker: &Docker, container: &str) -> String {
 pub(crate) async fn egress_log_tail(docker: &Docker, spec: &LaunchSpec, container: &str) -> String {
     let logs = egress_logs(docker, container).await;
     let logs = redact(&logs, spec.egress.config.expose());
-    let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
-    if lines.is_empty() {
-        return String::new();
+    match last_lines(&logs, 8, |_| true) {
+        l if l.is_empty() => String::new(),
+        l => format!(". Its last output:\n  {l}"),
     }
-    let start = lines.len().saturating_sub(8);
-    format!(". Its last output:\n  {}", lines[start..].join("\n  "))
 }
-
 /// Replaces every string value (and object key's value) of the JSON
 /// `config` that is 6 characters or longer by `[redacted]` in `text`.
 pub fn redact(text: &str, config: &str) -> String {
