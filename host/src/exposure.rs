@@ -88,6 +88,12 @@ pub fn first_redirectable(mounts: &[MountView]) -> Option<(&MountView, &MountVie
     None
 }
 
+/// Whether mount `m` can expose `p` at all: any mount can show a credential
+/// file to the agent; only a writable one can change policy or code.
+fn counts_for(m: &MountView, p: &Protected) -> bool {
+    p.kind == Kind::Credential || m.writable
+}
+
 /// How a mount exposes a protected file.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Via {
@@ -131,7 +137,7 @@ fn first_by_hard_link<'a>(
             continue;
         }
         for m in mounts {
-            if p.kind != Kind::Credential && !m.writable {
+            if !counts_for(m, p) {
                 continue;
             }
             let same_fs = std::fs::metadata(&m.host).is_ok_and(|r| r.dev() == meta.dev());
@@ -170,7 +176,7 @@ fn first_by_path<'a>(
     for m in mounts {
         let root = canonical(&m.host);
         for (p, entries) in protected.iter().zip(&decisive) {
-            if p.kind != Kind::Credential && !m.writable {
+            if !counts_for(m, p) {
                 continue;
             }
             let last = entries.len().saturating_sub(1);
