@@ -16,19 +16,25 @@ use crate::manifest::Manifest;
 use crate::plan;
 use crate::plugins::BackendHandle;
 
+/// Removes the bottle, warning when that fails.
 fn remove(backend: &BackendHandle<'_>, bottle_id: &str) {
+    if let Err(e) = remove_quietly(backend, bottle_id) {
+        eprintln!("warning: could not remove everything of bottle {bottle_id}: {e}; run `bottle gc` to finish");
+    }
+}
+
+fn remove_quietly(
+    backend: &BackendHandle<'_>,
+    bottle_id: &str,
+) -> Result<(), crate::plugins::PluginCallError> {
     let req = RemoveRequest {
         bottle_id: Some(bottle_id.to_string()),
         ..Default::default()
     };
-    match backend.remove(&req) {
-        Ok(report) => {
-            for r in report.removed {
-                tracing::info!("removed {r}");
-            }
-        }
-        Err(e) => eprintln!("warning: could not remove everything of bottle {bottle_id}: {e}; run `bottle gc` to finish"),
+    for r in backend.remove(&req)?.removed {
+        tracing::info!("removed {r}");
     }
+    Ok(())
 }
 
 pub(super) fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
@@ -115,12 +121,8 @@ pub(super) fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
             // and say so only if that worked (with the daemon gone, the
             // removal fails the same way, and `nothing is left` may be
             // untrue).
-            let req = RemoveRequest {
-                bottle_id: Some(bottle_id.clone()),
-                ..Default::default()
-            };
-            let left = match backend.remove(&req) {
-                Ok(_) => "nothing is left running".to_string(),
+            let left = match remove_quietly(&backend, &bottle_id) {
+                Ok(()) => "nothing is left running".to_string(),
                 Err(_) => format!(
                     "what it made may remain: run `bottle gc` once the {} backend answers",
                     backend.plugin.info.name
