@@ -46,7 +46,8 @@ pub(crate) struct Shared {
     /// One pooled upstream client per worker thread, so a request only
     /// ever borrows upstream connections that live on its own thread.
     clients: Vec<Client<Dialer, Body>>,
-    dlp: Arc<Dlp>,
+    /// One copy of the DLP rules per worker thread (see `Dlp`).
+    dlps: Vec<Arc<Dlp>>,
     audit: Audit,
     /// Bytes of request bodies held for the DLP scan, across requests.
     dlp_budget: Arc<Semaphore>,
@@ -70,7 +71,10 @@ impl Shared {
         let clients = (0..workers::count())
             .map(|_| upstream::client(dialer.clone()))
             .collect();
-        let dlp = Arc::new(Dlp::new(&cfg)?);
+        let dlp = Dlp::new(&cfg)?;
+        let dlps = (0..workers::count())
+            .map(|_| Arc::new(dlp.clone()))
+            .collect();
         let cfg_max_body = cfg.dlp.max_body_bytes;
         let audit = Audit::open(&cfg.audit)?;
         let mut inject = Vec::with_capacity(cfg.routes.len());
@@ -112,7 +116,7 @@ impl Shared {
             minter,
             dialer,
             clients,
-            dlp,
+            dlps,
             audit,
             inject,
             dlp_budget: dlp_body::budget(cfg_max_body),
@@ -122,6 +126,11 @@ impl Shared {
     /// The upstream client of the calling worker thread.
     fn client(&self) -> &Client<Dialer, Body> {
         &self.clients[workers::index() % self.clients.len()]
+    }
+
+    /// This worker thread's copy of the DLP rules.
+    fn dlp(&self) -> &Arc<Dlp> {
+        &self.dlps[workers::index() % self.dlps.len()]
     }
 
     fn header_timeout(&self) -> Duration {
@@ -942,14 +951,14 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
     .boxed_unsync();
     // Rule ids found in a body streamed past the cap (`block` mode).
     let streamed_block: dlp_body::Blocked = Default::default();
-    if shared.dlp.mode != DlpMode::Off {
+    if shared.dlp().mode != DlpMode::Off {
         let mut findings = Vec::new();
         let pq = parts
             .uri
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        shared.dlp.scan_head(pq, &parts.headers, &mut findings);
+        shared.dlp().scan_head(pq, &parts.headers, &mut findings);
         if !body.is_end_stream() {
             // Every line, as a server reads them: `identity` and `gzip` on
             // two lines are `identity, gzip` (stacked: not decodable here).
@@ -970,7 +979,7 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
             let held = dlp_body::hold_and_scan(
                 body,
                 enc.as_deref(),
-                &shared.dlp,
+                shared.dlp(),
                 &shared.dlp_budget,
                 shared.header_timeout(),
                 &mut findings,
@@ -1025,7 +1034,7 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
         if !findings.is_empty() {
             tracing::warn!(host = %t.host, rules = ?findings, "DLP findings in an outbound request");
             rec.dlp = findings.clone();
-            if shared.dlp.mode == DlpMode::Block {
+            if shared.dlp().mode == DlpMode::Block {
                 return done(
                     rec,
                     StatusCode::FORBIDDEN,
@@ -1111,7 +1120,7 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
             // `block` mode may still stop the request body after this
             // answer (an upstream that answers before it reads the whole
             // upload): the audit line, written when the answer ends, says so.
-            let blocked = (shared.dlp.mode == DlpMode::Block).then_some(streamed_block);
+            let blocked = (shared.dlp().mode == DlpMode::Block).then_some(streamed_block);
             let body = AuditBody {
                 inner: b,
                 n: 0,
@@ -1427,7 +1436,7 @@ async fn websocket(
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
-    if shared.dlp.mode != DlpMode::Off {
+    if shared.dlp().mode != DlpMode::Off {
         // No permessage-deflate while DLP is on: frames stay scannable.
         parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     }
@@ -1530,7 +1539,7 @@ async fn websocket(
         let _target = t;
         match tokio::try_join!(on_client, on_up) {
             Ok((c, u)) => {
-                if s.dlp.mode == DlpMode::Off {
+                if s.dlp().mode == DlpMode::Off {
                     let (o, i) = splice(TokioIo::new(c), TokioIo::new(u), s.idle()).await;
                     rec.bytes_out = o;
                     rec.bytes_in = i;
@@ -1538,7 +1547,7 @@ async fn websocket(
                     let w = crate::ws::splice_scanned(
                         TokioIo::new(c),
                         TokioIo::new(u),
-                        s.dlp.clone(),
+                        s.dlp().clone(),
                         s.idle(),
                     )
                     .await;
