@@ -102,7 +102,7 @@ pub async fn serve_on(
     listener: tokio::net::TcpListener,
 ) -> Result<(), EgressError> {
     let shared = proxy::Shared::new(config)?;
-    proxy::run(proxy::Live::new(shared), listener.into()).await
+    proxy::run(proxy::Live::new(shared), Some(listener.into())).await
 }
 
 /// What the command line of `bottle egress serve` may override in the
@@ -159,7 +159,7 @@ pub async fn serve_file_on(
 ) -> Result<(), EgressError> {
     let live = proxy::Live::new(proxy::Shared::new(overrides.load(path)?)?);
     reload_on_hangup(&live, path, overrides)?;
-    proxy::run(live, listener.into()).await
+    proxy::run(live, Some(listener.into())).await
 }
 
 /// On SIGHUP, reads the config file again and swaps it in.

@@ -57,13 +57,6 @@ impl Listener {
         }
     }
 
-    pub(crate) fn try_clone(&self) -> io::Result<Self> {
-        Ok(match self {
-            Listener::Tcp(l) => Listener::Tcp(l.try_clone()?),
-            Listener::Unix(l, p) => Listener::Unix(l.try_clone()?, p.clone()),
-        })
-    }
-
     pub(crate) fn set_nonblocking(&self) -> io::Result<()> {
         match self {
             Listener::Tcp(l) => l.set_nonblocking(true),
@@ -98,6 +91,33 @@ impl From<tokio::net::TcpListener> for AsyncListener {
 pub(crate) enum Accepted {
     Tcp(tokio::net::TcpStream, SocketAddr),
     Unix(tokio::net::UnixStream),
+}
+
+/// An accepted connection on its way to another worker: a tokio socket
+/// belongs to the runtime that registered it, so it travels as a std one.
+pub(crate) enum StdAccepted {
+    Tcp(std::net::TcpStream, SocketAddr),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Accepted {
+    /// Leaves this runtime (the socket stays non-blocking).
+    pub(crate) fn into_std(self) -> io::Result<StdAccepted> {
+        Ok(match self {
+            Accepted::Tcp(s, peer) => StdAccepted::Tcp(s.into_std()?, peer),
+            Accepted::Unix(s) => StdAccepted::Unix(s.into_std()?),
+        })
+    }
+}
+
+impl StdAccepted {
+    /// Joins the runtime of the calling thread.
+    pub(crate) fn into_async(self) -> io::Result<Accepted> {
+        Ok(match self {
+            StdAccepted::Tcp(s, peer) => Accepted::Tcp(tokio::net::TcpStream::from_std(s)?, peer),
+            StdAccepted::Unix(s) => Accepted::Unix(tokio::net::UnixStream::from_std(s)?),
+        })
+    }
 }
 
 impl AsyncListener {

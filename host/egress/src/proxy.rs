@@ -190,14 +190,19 @@ impl Live {
     }
 }
 
-/// Accepts connections until the listener fails for good.
-pub(crate) async fn run(live: Arc<Live>, listener: AsyncListener) -> Result<(), EgressError> {
+/// Accepts connections until the listener fails for good (worker 0); the
+/// other workers serve what it hands them (`workers`) and wait here.
+pub(crate) async fn run(
+    live: Arc<Live>,
+    listener: Option<AsyncListener>,
+) -> Result<(), EgressError> {
+    let Some(listener) = listener else {
+        return std::future::pending().await;
+    };
     let shared = live.get();
     let sem = live.conns.clone();
-    if workers::index() == 0 {
-        let addr = listener.describe();
-        tracing::info!(%addr, bottle = %shared.cfg.bottle_id, routes = shared.cfg.routes.len(), "egress proxy listening");
-    }
+    let addr = listener.describe();
+    tracing::info!(%addr, bottle = %shared.cfg.bottle_id, routes = shared.cfg.routes.len(), "egress proxy listening");
     loop {
         let Ok(permit) = sem.clone().acquire_owned().await else {
             return Ok(());
@@ -211,38 +216,74 @@ pub(crate) async fn run(live: Arc<Live>, listener: AsyncListener) -> Result<(), 
                 continue;
             }
         };
+        if let Accepted::Tcp(tcp, peer) = &accepted {
+            let allowed = &live.get().cfg.allowed_clients;
+            if !allowed.is_empty() && !allowed.iter().any(|net| net.contains(&peer.ip())) {
+                // Not from the bottle's network: drop it before reading a
+                // byte.
+                tracing::debug!(%peer, "refused a connection from outside the bottle's network");
+                continue;
+            }
+            let _ = tcp.set_nodelay(true);
+        }
+        // Whoever reaches a Unix socket's file is the bottle's agent.
+        let slot = Slot {
+            _permit: permit,
+            load: workers::place(),
+        };
+        let w = slot.load.worker();
+        if w == workers::index() {
+            spawn_client(live.clone(), slot, accepted);
+            continue;
+        }
         let live = live.clone();
-        match accepted {
-            Accepted::Tcp(tcp, peer) => {
-                let allowed = &live.get().cfg.allowed_clients;
-                if !allowed.is_empty() && !allowed.iter().any(|net| net.contains(&peer.ip())) {
-                    // Not from the bottle's network: drop it before reading
-                    // a byte.
-                    tracing::debug!(%peer, "refused a connection from outside the bottle's network");
-                    continue;
-                }
-                let _ = tcp.set_nodelay(true);
-                tokio::spawn(serve_client(live, permit, tcp));
+        match accepted.into_std() {
+            Ok(conn) => {
+                // Should the worker be gone, the job is dropped with the
+                // connection in it, which closes it: the proxy is ending.
+                workers::hand_over(w, move || match conn.into_async() {
+                    Ok(a) => spawn_client(live, slot, a),
+                    Err(e) => tracing::warn!(error = %e, "could not take over a connection"),
+                });
             }
-            // Whoever reaches the socket file is the bottle's agent.
-            Accepted::Unix(unix) => {
-                tokio::spawn(serve_client(live, permit, unix));
-            }
+            Err(e) => tracing::warn!(error = %e, "could not hand over a connection"),
         }
     }
 }
 
+/// A client connection's hold on the proxy, shared by the connection and
+/// any tunnel it hands over to, and released when the last of them ends:
+/// its slot of `limits.max_connections` (tunnels count against the limit
+/// like any client) and its count in its worker's load.
+pub(crate) struct Slot {
+    _permit: OwnedSemaphorePermit,
+    load: workers::Load,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("worker", &self.load.worker())
+            .finish_non_exhaustive()
+    }
+}
+
+fn spawn_client(live: Arc<Live>, slot: Slot, conn: Accepted) {
+    match conn {
+        Accepted::Tcp(tcp, _) => tokio::spawn(serve_client(live, slot, tcp)),
+        Accepted::Unix(unix) => tokio::spawn(serve_client(live, slot, unix)),
+    };
+}
+
 /// Serves one client connection: HTTP/1.1 with upgrades (CONNECT,
 /// WebSocket), until it closes or idles out.
-async fn serve_client<T>(live: Arc<Live>, permit: OwnedSemaphorePermit, io: T)
+async fn serve_client<T>(live: Arc<Live>, slot: Slot, io: T)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // The connection's slot of `limits.max_connections`. A CONNECT hands
-    // the connection over to a tunnel task and this function returns, so
-    // the tunnel holds a share of the slot too: it is freed when the last
-    // of them ends, and tunnels count against the limit like any client.
-    let permit = Arc::new(permit);
+    // A CONNECT hands the connection over to a tunnel task and this
+    // function returns, so the tunnel holds a share of the slot.
+    let permit = Arc::new(slot);
     let shared = live.get();
     let mut b = hyper::server::conn::http1::Builder::new();
     b.timer(TokioTimer::new())
@@ -288,11 +329,7 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
 
 /// The agent-facing proxy leg. `permit` is the connection's slot, moved
 /// into any tunnel the request opens.
-async fn outer(
-    live: Arc<Live>,
-    permit: Arc<OwnedSemaphorePermit>,
-    req: Request<Incoming>,
-) -> Response<Body> {
+async fn outer(live: Arc<Live>, permit: Arc<Slot>, req: Request<Incoming>) -> Response<Body> {
     let shared = live.get();
     let start = Instant::now();
     if req.method() == Method::CONNECT {
@@ -465,11 +502,11 @@ struct Target {
     /// The client connection's slot of `limits.max_connections`. A
     /// WebSocket outlives the connection task that upgraded it; holding the
     /// target holds the slot.
-    _slot: Arc<OwnedSemaphorePermit>,
+    _slot: Arc<Slot>,
 }
 
 impl Target {
-    fn new(tls: bool, host: String, port: u16, slot: Arc<OwnedSemaphorePermit>) -> Arc<Self> {
+    fn new(tls: bool, host: String, port: u16, slot: Arc<Slot>) -> Arc<Self> {
         let default_port = if tls { 443 } else { 80 };
         let h = if host.contains(':') {
             format!("[{host}]")
@@ -499,7 +536,7 @@ async fn intercept(
     upgraded: hyper::upgrade::Upgraded,
     host: String,
     port: u16,
-    slot: Arc<OwnedSemaphorePermit>,
+    slot: Arc<Slot>,
 ) {
     let start = Instant::now();
     let acceptor = tokio_rustls::LazyConfigAcceptor::new(

@@ -2758,3 +2758,59 @@ async fn a_body_the_upstream_leaves_unread_never_meets_the_token() {
         assert!(!h.to_ascii_lowercase().contains("expect:"), "{h:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_first_workers_share_are_served_by_another() {
+    // Worker 0 accepts and keeps connections until it serves 33 more than
+    // another worker; the ones after that are handed over (the socket
+    // leaves its runtime and joins the other's). 48 held at once cross
+    // that line on any machine with two or more cores.
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("one CPU here: the proxy runs one worker and hands nothing over");
+    }
+    let fx = fx().await;
+    let mut senders = Vec::new();
+    for _ in 0..48 {
+        let (st, head, tcp) = connect(fx.proxy, "api.test:443").await;
+        assert_eq!(st, 200, "{head}");
+        let t = tls(tcp, "api.test", &fx.bottle_ca, &[b"http/1.1"])
+            .await
+            .expect("TLS through the proxy");
+        let (s, c) = hyper::client::conn::http1::handshake(TokioIo::new(t))
+            .await
+            .unwrap();
+        tokio::spawn(c);
+        senders.push(s);
+    }
+    for (i, s) in senders.iter_mut().enumerate() {
+        let req = get(&format!("/v1/held-{i}"), "api.test", false);
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), s.send_request(req))
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} was never served"))
+            .unwrap();
+        assert_eq!(resp.status(), 200, "connection {i}");
+    }
+    let seen = fx.up.seen();
+    for i in 0..48 {
+        let s = seen
+            .iter()
+            .find(|s| s.path == format!("/v1/held-{i}"))
+            .unwrap_or_else(|| panic!("request {i} did not reach the upstream"));
+        assert_eq!(
+            s.header_all("authorization"),
+            vec![format!("Bearer {CANARY}")]
+        );
+    }
+    // Once they are gone, a new connection is served as before.
+    drop(senders);
+    let got = send(
+        fx.proxy,
+        "api.test:443",
+        "api.test",
+        &fx.bottle_ca,
+        false,
+        get("/v1/after", "api.test", false),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+}
