@@ -1,9 +1,12 @@
 //! `--serve-relay ADDR UPSTREAM`: the cheapest thing that can stand between
 //! the agent and the upstream — a CONNECT relay that copies bytes and reads
 //! none of them (no TLS termination, no HTTP, no injection). Its row in
-//! the table is not a peer to beat but a floor: what the hop alone costs
-//! (two more sockets, their system calls and wake-ups) before a proxy does
-//! any work of its own. Any intercepting proxy does strictly more.
+//! the table is not a peer to beat but a reference: in the keep-alive
+//! phase, what the hop alone costs (two more sockets, their system calls
+//! and wake-ups) before a proxy does any work of its own, which an
+//! intercepting proxy does on top. Not so for new connections: the relay
+//! opens an upstream connection (and the upstream a TLS handshake) per
+//! client connection, where a pooling proxy reuses one.
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
