@@ -393,6 +393,26 @@ mod tests {
     }
 
     #[test]
+    fn a_protected_directory_is_exposed_by_a_mount_of_it_or_above_only() {
+        // Claude Code's backups/ of .claude.json: a directory of copies.
+        let d = tempfile::tempdir().unwrap();
+        let d = canonical(d.path());
+        std::fs::create_dir_all(d.join(".claude/backups")).unwrap();
+        std::fs::create_dir_all(d.join(".claude/projects")).unwrap();
+        let backups = Protected {
+            path: d.join(".claude/backups"),
+            what: "a credential".into(),
+            kind: Kind::Credential,
+        };
+        let exposed =
+            |m: &Path| first_exposure(&[mount(m, false)], std::slice::from_ref(&backups)).is_some();
+        assert!(exposed(&d.join(".claude/backups")));
+        assert!(exposed(&d.join(".claude")));
+        assert!(exposed(&d));
+        assert!(!exposed(&d.join(".claude/projects")));
+    }
+
+    #[test]
     fn entries_follow_links_as_the_kernel_does() {
         let d = tempfile::tempdir().unwrap();
         let d = canonical(d.path());

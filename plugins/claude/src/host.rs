@@ -41,7 +41,10 @@ pub(crate) fn credentials_path(host_env: &BTreeMap<String, Secret>) -> Option<Pa
 /// tokens), `settings.json` (its `env` may hold keys, `apiKeyHelper` is a
 /// command), `.claude.json` (`primaryApiKey`, MCP servers' env) and the
 /// legacy `.config.json`, in `$CLAUDE_CONFIG_DIR` and in the defaults
-/// beside `$HOME` (a login may sit in either).
+/// beside `$HOME` (a login may sit in either); and the copies Claude Code
+/// keeps of `.claude.json`, which hold what it holds: `backups/` in the
+/// config directory (`.claude.json.backup.<ms>`, 2.x) and the older
+/// `.claude.json.backup` beside it.
 pub(crate) fn protected_paths(host_env: &BTreeMap<String, Secret>) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     let home = non_empty(host_env, "HOME").map(PathBuf::from);
@@ -53,9 +56,17 @@ pub(crate) fn protected_paths(host_env: &BTreeMap<String, Secret>) -> Vec<PathBu
     }
     let mut out = Vec::new();
     for (dir, global) in dirs {
-        for f in [".credentials.json", "settings.json", ".config.json"] {
+        for f in [
+            ".credentials.json",
+            "settings.json",
+            ".config.json",
+            "backups",
+        ] {
             out.push(dir.join(f));
         }
+        let mut backup = global.clone().into_os_string();
+        backup.push(".backup");
+        out.push(backup.into());
         out.push(global);
     }
     out

@@ -560,6 +560,9 @@ fn every_mode_protects_every_claude_credential_file() {
             home.join(".claude/.credentials.json"),
             home.join(".claude/settings.json"),
             home.join(".claude.json"),
+            // Copies of .claude.json (primaryApiKey, MCP servers' env).
+            home.join(".claude/backups"),
+            home.join(".claude.json.backup"),
         ] {
             assert!(
                 plan.protected_paths.contains(&p),
