@@ -330,14 +330,74 @@ async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport
             reason: Some(reason),
         });
     }
-    let reason = state
-        .oom_killed
-        .unwrap_or(false)
-        .then(|| "oom: the agent ran out of memory; raise the bottle's memory limit".to_string());
+    let reason = if state.oom_killed.unwrap_or(false) {
+        Some("oom: the agent ran out of memory; raise the bottle's memory limit".to_string())
+    } else {
+        match (&inspect.id, &state.started_at) {
+            (Some(id), Some(since)) => ended_from_outside(&docker, id, since).await,
+            _ => None,
+        }
+    };
     Ok(ExitReport {
         exit_code: code,
         reason,
     })
+}
+
+/// Why the agent ended, when the Docker API signalled it from outside
+/// this run (`bottle stop` or `docker stop` in another terminal, `docker
+/// kill`): from the daemon's `kill` events for the container since it
+/// started, which come before it dies (its `stop` event comes after, and
+/// may not be out yet). Without this an attached run ended with 143 and
+/// no word. None when the agent ended by itself (no such event), or when
+/// the events do not answer within a few seconds.
+async fn ended_from_outside(docker: &Docker, id: &str, started: &str) -> Option<String> {
+    // The API takes Unix times (the docker CLI converts dates itself).
+    let unix = |t: time::OffsetDateTime| format!("{}.{:09}", t.unix_timestamp(), t.nanosecond());
+    let since =
+        time::OffsetDateTime::parse(started, &time::format_description::well_known::Rfc3339)
+            .ok()?;
+    let filters = HashMap::from([
+        ("container".to_string(), vec![id.to_string()]),
+        ("type".to_string(), vec!["container".to_string()]),
+        ("event".to_string(), vec!["kill".to_string()]),
+    ]);
+    let events = docker
+        .events(Some(bollard::query_parameters::EventsOptions {
+            since: Some(unix(since)),
+            // Now, not later: the daemon holds the stream open until then.
+            until: Some(unix(time::OffsetDateTime::now_utc())),
+            filters: Some(filters),
+        }))
+        .take_while(|e| std::future::ready(e.is_ok()))
+        .filter_map(|e| std::future::ready(e.ok()))
+        .collect::<Vec<_>>();
+    let events = tokio::time::timeout(Duration::from_secs(3), events)
+        .await
+        .ok()?;
+    let signals: Vec<String> = events
+        .iter()
+        .filter_map(|e| {
+            e.actor
+                .as_ref()?
+                .attributes
+                .as_ref()?
+                .get("signal")
+                .cloned()
+        })
+        .collect();
+    if signals
+        .iter()
+        .any(|s| matches!(s.as_str(), "15" | "SIGTERM" | "TERM"))
+    {
+        return Some(
+            "the agent was stopped from outside this run (`bottle stop` or `docker stop`)".into(),
+        );
+    }
+    let signal = signals.first()?;
+    Some(format!(
+        "the agent was killed from outside this run (signal {signal}: `docker kill`)"
+    ))
 }
 
 /// Why `wait` stopped an agent that was still running (fail closed).

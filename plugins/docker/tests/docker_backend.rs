@@ -1374,6 +1374,59 @@ fn a_killed_proxy_stops_the_agent() {
 }
 
 #[test]
+fn an_agent_stopped_or_killed_from_elsewhere_is_reported_so() {
+    // `bottle stop` in another terminal ended an attached run with 143 and
+    // no word.
+    let docker = docker_or_skip!();
+    let _g = GLOBAL.read().unwrap_or_else(|e| e.into_inner());
+    let backend = DockerBackend::new();
+    for kill in [false, true] {
+        let s = spec(&docker, "elsewhere", &["sleep", "300"]);
+        let id = s.bottle_id.clone();
+        let _cleanup = Cleanup::new(&[&id]);
+        backend.launch(s).unwrap();
+        let waiter = {
+            let id = id.clone();
+            std::thread::spawn(move || {
+                DockerBackend::new().wait(WaitRequest {
+                    schema: 1,
+                    bottle_id: id,
+                    attach: false,
+                })
+            })
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        if kill {
+            rt().block_on(docker.kill_container(
+                &format!("{id}-agent"),
+                Some(KillContainerOptions {
+                    signal: "KILL".into(),
+                }),
+            ))
+            .unwrap();
+        } else {
+            backend
+                .stop(BottleRef {
+                    schema: 1,
+                    bottle_id: id.clone(),
+                })
+                .unwrap();
+        }
+        let report = waiter.join().unwrap().unwrap();
+        let reason = report.reason.unwrap_or_default();
+        if kill {
+            assert_eq!(report.exit_code, 137);
+            assert!(reason.contains("killed from outside this run"), "{reason}");
+        } else {
+            assert_eq!(report.exit_code, 143);
+            assert!(reason.contains("stopped from outside this run"), "{reason}");
+        }
+        remove(&backend, &id);
+        assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+    }
+}
+
+#[test]
 fn the_egress_image_is_cached_by_content() {
     let docker = docker_or_skip!();
     let _g = GLOBAL.read().unwrap_or_else(|e| e.into_inner());
