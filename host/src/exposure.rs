@@ -183,7 +183,10 @@ fn first_by_path<'a>(
             let exposed = entries
                 .iter()
                 .enumerate()
-                .any(|(i, e)| e.starts_with(&root) && (e != &root || i == last));
+                .any(|(i, e)| e.starts_with(&root) && (e != &root || i == last))
+                // A protected directory (Claude Code's backups/) is exposed
+                // by a mount of anything in it too.
+                || (p.kind == Kind::Credential && entries.last().is_some_and(|t| root.starts_with(t)));
             if exposed {
                 return Some((m, p));
             }
@@ -410,6 +413,10 @@ mod tests {
         assert!(exposed(&d.join(".claude")));
         assert!(exposed(&d));
         assert!(!exposed(&d.join(".claude/projects")));
+        // One of the copies, or a directory of them, mounted alone.
+        let copy = d.join(".claude/backups/.claude.json.backup.1764000000000");
+        std::fs::write(&copy, "{}").unwrap();
+        assert!(exposed(&copy));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Egress benchmark: one run on loopback, five ways out.
 //!
-//! direct (no proxy), a byte relay (the floor: the hop alone, see
+//! direct (no proxy), a byte relay (the hop alone, a reference; see
 //! `relay.rs`), bot-bottle egress (injecting), squid ssl-bump (injecting),
 //! mitmproxy (injecting). For each: keep-alive HTTPS requests/s
 //! and p50/p99 at c=16, new-connection rate (CONNECT + TLS per request) at

@@ -239,12 +239,14 @@ pub(crate) async fn run(
         let live = live.clone();
         match accepted.into_std() {
             Ok(conn) => {
-                // Should the worker be gone, the job is dropped with the
-                // connection in it, which closes it: the proxy is ending.
-                workers::hand_over(w, move || match conn.into_async() {
+                let job = move || match conn.into_async() {
                     Ok(a) => spawn_client(live, slot, a),
                     Err(e) => tracing::warn!(error = %e, "could not take over a connection"),
-                });
+                };
+                // Should that worker's queue be gone, serve it here.
+                if let Err(job) = workers::hand_over(w, job) {
+                    job();
+                }
             }
             Err(e) => tracing::warn!(error = %e, "could not hand over a connection"),
         }

@@ -63,7 +63,7 @@ pub(crate) fn set_count(n: usize) {
 }
 
 /// Work handed to a worker: run on its thread, inside its runtime.
-type Job = Box<dyn FnOnce() + Send>;
+pub(crate) type Job = Box<dyn FnOnce() + Send>;
 
 /// One [`run`]'s workers: each one's queue of handed-over work, and how
 /// many client connections each serves.
@@ -129,15 +129,16 @@ pub(crate) fn place() -> Load {
     }
 }
 
-/// Runs `job` on worker `w`'s thread. False if that worker is gone (the
-/// proxy is ending).
-pub(crate) fn hand_over(w: usize, job: impl FnOnce() + Send + 'static) -> bool {
-    POOL.with(|p| {
-        p.borrow()
-            .as_ref()
-            .and_then(|p| p.queues.get(w))
-            .is_some_and(|q| q.send(Box::new(job)).is_ok())
-    })
+/// Runs `job` on worker `w`'s thread; gives it back if that worker's
+/// queue is gone (the caller then runs it itself).
+pub(crate) fn hand_over(w: usize, job: impl FnOnce() + Send + 'static) -> Result<(), Job> {
+    let job: Job = Box::new(job);
+    POOL.with(
+        |p| match p.borrow().as_ref().and_then(|p| p.queues.get(w)) {
+            Some(q) => q.send(job).map_err(|e| e.0),
+            None => Err(job),
+        },
+    )
 }
 
 /// Runs `serve(i, listener)` on [`count`] threads, each inside a
@@ -280,7 +281,7 @@ mod tests {
                             // inside worker 1's runtime.
                             tokio::spawn(async move { tx.send((me, index())).unwrap() });
                         });
-                        assert!(handed);
+                        assert!(handed.is_ok());
                     }
                     std::future::pending().await
                 }

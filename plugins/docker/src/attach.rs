@@ -333,8 +333,12 @@ async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport
     let reason = if state.oom_killed.unwrap_or(false) {
         Some("oom: the agent ran out of memory; raise the bottle's memory limit".to_string())
     } else {
-        match (&inspect.id, &state.started_at) {
-            (Some(id), Some(since)) => ended_from_outside(&docker, id, since).await,
+        let stop_signal = inspect.config.as_ref().and_then(|c| c.stop_signal.clone());
+        match (&inspect.id, &state.started_at, &state.finished_at) {
+            (Some(id), Some(started), Some(finished)) if code >= 128 => {
+                let span = (started.as_str(), finished.as_str());
+                ended_from_outside(&docker, id, span, code - 128, stop_signal.as_deref()).await
+            }
             _ => None,
         }
     };
@@ -346,17 +350,27 @@ async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport
 
 /// Why the agent ended, when the Docker API signalled it from outside
 /// this run (`bottle stop` or `docker stop` in another terminal, `docker
-/// kill`): from the daemon's `kill` events for the container since it
-/// started, which come before it dies (its `stop` event comes after, and
-/// may not be out yet). Without this an attached run ended with 143 and
-/// no word. None when the agent ended by itself (no such event), or when
-/// the events do not answer within a few seconds.
-async fn ended_from_outside(docker: &Docker, id: &str, started: &str) -> Option<String> {
+/// kill`) and that signal (`signal`: its exit code less 128) ended it:
+/// from the daemon's `kill` events for the container between its start
+/// and its end, times of the daemon's own clock (`State.StartedAt`,
+/// `FinishedAt`; the client's may differ on a remote daemon). `kill`
+/// comes before the container dies; its `stop` event comes after, and may
+/// not be out yet. Without this an attached run ended with 143 and no
+/// word. None when no such event ended it (a signal that did not end the
+/// agent, such as SIGWINCH, does not count), or when the events do not
+/// answer within a few seconds.
+async fn ended_from_outside(
+    docker: &Docker,
+    id: &str,
+    (started, finished): (&str, &str),
+    signal: i32,
+    stop_signal: Option<&str>,
+) -> Option<String> {
+    use time::format_description::well_known::Rfc3339;
     // The API takes Unix times (the docker CLI converts dates itself).
     let unix = |t: time::OffsetDateTime| format!("{}.{:09}", t.unix_timestamp(), t.nanosecond());
-    let since =
-        time::OffsetDateTime::parse(started, &time::format_description::well_known::Rfc3339)
-            .ok()?;
+    let since = time::OffsetDateTime::parse(started, &Rfc3339).ok()?;
+    let until = time::OffsetDateTime::parse(finished, &Rfc3339).ok()? + Duration::from_millis(1);
     let filters = HashMap::from([
         ("container".to_string(), vec![id.to_string()]),
         ("type".to_string(), vec!["container".to_string()]),
@@ -365,8 +379,7 @@ async fn ended_from_outside(docker: &Docker, id: &str, started: &str) -> Option<
     let events = docker
         .events(Some(bollard::query_parameters::EventsOptions {
             since: Some(unix(since)),
-            // Now, not later: the daemon holds the stream open until then.
-            until: Some(unix(time::OffsetDateTime::now_utc())),
+            until: Some(unix(until)),
             filters: Some(filters),
         }))
         .take_while(|e| std::future::ready(e.is_ok()))
@@ -375,29 +388,51 @@ async fn ended_from_outside(docker: &Docker, id: &str, started: &str) -> Option<
     let events = tokio::time::timeout(Duration::from_secs(3), events)
         .await
         .ok()?;
-    let signals: Vec<String> = events
+    // Numbers, as the daemon gives them (`"signal": "15"`).
+    let sent: Vec<i32> = events
         .iter()
         .filter_map(|e| {
             e.actor
                 .as_ref()?
                 .attributes
                 .as_ref()?
-                .get("signal")
-                .cloned()
+                .get("signal")?
+                .parse()
+                .ok()
         })
         .collect();
-    if signals
-        .iter()
-        .any(|s| matches!(s.as_str(), "15" | "SIGTERM" | "TERM"))
-    {
+    if !sent.contains(&signal) {
+        return None;
+    }
+    // `docker stop` sends the stop signal, then SIGKILL after its timeout.
+    let stop = stop_signal.map_or(Some(libc::SIGTERM), signal_number);
+    if stop.is_some_and(|s| sent.contains(&s)) {
         return Some(
             "the agent was stopped from outside this run (`bottle stop` or `docker stop`)".into(),
         );
     }
-    let signal = signals.first()?;
     Some(format!(
         "the agent was killed from outside this run (signal {signal}: `docker kill`)"
     ))
+}
+
+/// A signal as an image's `STOPSIGNAL` names it (`SIGQUIT`, `QUIT`, `3`).
+fn signal_number(name: &str) -> Option<i32> {
+    if let Ok(n) = name.parse() {
+        return Some(n);
+    }
+    let name = name.strip_prefix("SIG").unwrap_or(name);
+    Some(match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "WINCH" => libc::SIGWINCH,
+        _ => return None,
+    })
 }
 
 /// Why `wait` stopped an agent that was still running (fail closed).

@@ -1376,12 +1376,18 @@ fn a_killed_proxy_stops_the_agent() {
 #[test]
 fn an_agent_stopped_or_killed_from_elsewhere_is_reported_so() {
     // `bottle stop` in another terminal ended an attached run with 143 and
-    // no word.
+    // no word. A signal that does not end the agent (SIGWINCH) is no
+    // reason.
     let docker = docker_or_skip!();
     let _g = GLOBAL.read().unwrap_or_else(|e| e.into_inner());
     let backend = DockerBackend::new();
-    for kill in [false, true] {
-        let s = spec(&docker, "elsewhere", &["sleep", "300"]);
+    for how in ["stop", "KILL", "WINCH"] {
+        let argv: &[&str] = if how == "WINCH" {
+            &["sleep", "3"]
+        } else {
+            &["sleep", "300"]
+        };
+        let s = spec(&docker, "elsewhere", argv);
         let id = s.bottle_id.clone();
         let _cleanup = Cleanup::new(&[&id]);
         backend.launch(s).unwrap();
@@ -1396,30 +1402,38 @@ fn an_agent_stopped_or_killed_from_elsewhere_is_reported_so() {
             })
         };
         std::thread::sleep(Duration::from_millis(500));
-        if kill {
-            rt().block_on(docker.kill_container(
-                &format!("{id}-agent"),
-                Some(KillContainerOptions {
-                    signal: "KILL".into(),
-                }),
-            ))
-            .unwrap();
-        } else {
+        if how == "stop" {
             backend
                 .stop(BottleRef {
                     schema: 1,
                     bottle_id: id.clone(),
                 })
                 .unwrap();
+        } else {
+            rt().block_on(docker.kill_container(
+                &format!("{id}-agent"),
+                Some(KillContainerOptions { signal: how.into() }),
+            ))
+            .unwrap();
         }
         let report = waiter.join().unwrap().unwrap();
-        let reason = report.reason.unwrap_or_default();
-        if kill {
-            assert_eq!(report.exit_code, 137);
-            assert!(reason.contains("killed from outside this run"), "{reason}");
-        } else {
-            assert_eq!(report.exit_code, 143);
-            assert!(reason.contains("stopped from outside this run"), "{reason}");
+        let reason = report.reason.clone().unwrap_or_default();
+        match how {
+            "stop" => {
+                assert_eq!(report.exit_code, 143);
+                assert!(reason.contains("stopped from outside this run"), "{reason}");
+            }
+            "KILL" => {
+                assert_eq!(report.exit_code, 137);
+                assert!(
+                    reason.contains("killed from outside this run (signal 9"),
+                    "{reason}"
+                );
+            }
+            _ => {
+                assert_eq!(report.exit_code, 0);
+                assert_eq!(report.reason, None, "SIGWINCH ended nothing");
+            }
         }
         remove(&backend, &id);
         assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
