@@ -131,7 +131,102 @@ fn looks_bare(dir: &Path) -> bool {
 /// git takes the directory for a bare repository, config and all.
 const AS_BARE: &str = "(the directory itself, as a bare repository)";
 
-fn read_repo(dot_git: DotGit, git_dir: PathBuf) -> Repo {
+/// What every repository of one snapshot is read against.
+struct Context {
+    /// The workspace, as a physical path.
+    root: PathBuf,
+    /// `core.hooksPath` of the user's global or system config.
+    global_hooks_path: Option<String>,
+}
+
+/// `core.hooksPath` as the user's global and system config set it (read
+/// once, outside any repository). A relative one is taken from each
+/// repository's work tree, inside the workspace, where the agent writes.
+fn global_hooks_path() -> Option<String> {
+    static GLOBAL: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    GLOBAL
+        .get_or_init(|| {
+            let out = Command::new("git")
+                .args(["config", "--get", "core.hooksPath"])
+                .current_dir("/")
+                .env_remove("GIT_DIR")
+                .env_remove("GIT_WORK_TREE")
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output()
+                .ok()?;
+            let v = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            (out.status.success() && !v.is_empty()).then_some(v)
+        })
+        .clone()
+}
+
+/// How deep git follows includes.
+const MAX_INCLUDE_DEPTH: usize = 10;
+
+/// Adds to `files` the config files that `files` include (`include.path`,
+/// `includeIf.*.path`, whatever the condition, followed as git does) when
+/// they lie in the workspace `root`, where the agent can write them: keyed
+/// by their full path, they are compared like the repository's own config.
+/// A file included from outside the workspace is not read: the agent
+/// cannot change it, and a path the agent wrote must not make the host
+/// read a file of its choosing (a new include is reported by itself).
+fn add_included(files: &mut BTreeMap<String, Vec<u8>>, git_dir: &Path, root: &Path) {
+    let mut queue: Vec<(PathBuf, Vec<u8>, usize)> = files
+        .iter()
+        .filter(|(n, _)| n.starts_with('/') || !n.ends_with("commondir"))
+        .map(|(n, b)| {
+            let file = git_dir.join(n);
+            let dir = file.parent().unwrap_or(git_dir).to_path_buf();
+            (dir, b.clone(), 0)
+        })
+        .collect();
+    while let Some((dir, bytes, depth)) = queue.pop() {
+        // Most configs include nothing: no git process for them.
+        if depth >= MAX_INCLUDE_DEPTH
+            || !bytes
+                .to_ascii_lowercase()
+                .windows(7)
+                .any(|w| w == b"include")
+        {
+            continue;
+        }
+        let Ok(entries) = config_entries(&bytes) else {
+            continue;
+        };
+        for (key, value) in entries {
+            let include =
+                key == "include.path" || (key.starts_with("includeif.") && key.ends_with(".path"));
+            let Some(value) = value.filter(|_| include) else {
+                continue;
+            };
+            let p = PathBuf::from(value.trim());
+            let p = match p.strip_prefix("~") {
+                Ok(rest) => match dirs::home_dir() {
+                    Some(h) => h.join(rest),
+                    None => continue,
+                },
+                Err(_) => dir.join(&p),
+            };
+            // Where the name leads, links followed, even if nothing is
+            // there yet (the agent may create an optional include).
+            let Some(target) = crate::exposure::entries_on_the_way(&p).last().cloned() else {
+                continue;
+            };
+            let key = target.to_string_lossy().into_owned();
+            if !target.starts_with(root) || files.contains_key(&key) {
+                continue;
+            }
+            if let Some(b) = read_small(&target) {
+                let next = target.parent().unwrap_or(root).to_path_buf();
+                files.insert(key, b.clone());
+                queue.push((next, b, depth + 1));
+            }
+        }
+    }
+}
+
+fn read_repo(dot_git: DotGit, git_dir: PathBuf, ctx: &Context) -> Repo {
     let mut files = BTreeMap::new();
     let mut names = vec![
         "config".to_string(),
@@ -150,12 +245,14 @@ fn read_repo(dot_git: DotGit, git_dir: PathBuf) -> Repo {
             files.insert(n, b);
         }
     }
+    add_included(&mut files, &git_dir, &ctx.root);
     let mut hooks = BTreeMap::new();
     hash_hooks(&git_dir.join("hooks"), None, &mut hooks);
-    // Hooks in a `core.hooksPath` the repository sets (husky, lefthook keep
-    // them in the work tree, where the agent can rewrite them even though
-    // the setting itself is the user's): hashed under their full path.
-    if let Some(dir) = hooks_path(&files, &git_dir) {
+    // Hooks in a `core.hooksPath` the repository or the user's global
+    // config sets (husky, lefthook keep them in the work tree, where the
+    // agent can rewrite them even though the setting itself is the
+    // user's): hashed under their full path.
+    if let Some(dir) = hooks_path(&files, &git_dir, ctx.global_hooks_path.as_deref()) {
         hash_hooks(&dir, Some(&dir), &mut hooks);
     }
     Repo {
@@ -204,16 +301,26 @@ fn hash_hooks(dir: &Path, full: Option<&Path>, hooks: &mut BTreeMap<String, [u8;
     }
 }
 
-/// The directory a repository's own `core.hooksPath` names, resolved as git
+/// The directory the repository's own `core.hooksPath` names, else the
+/// one of the user's global or system config (`global`), resolved as git
 /// does: `~/` from the home directory, a relative path from the work tree
 /// (the directory holding `.git`; not known for other layouts).
-fn hooks_path(files: &BTreeMap<String, Vec<u8>>, git_dir: &Path) -> Option<PathBuf> {
-    let entries = config_entries(files.get("config")?).ok()?;
-    let value = entries
-        .into_iter()
-        .rev()
-        .find(|(k, _)| k == "core.hookspath")?
-        .1?;
+fn hooks_path(
+    files: &BTreeMap<String, Vec<u8>>,
+    git_dir: &Path,
+    global: Option<&str>,
+) -> Option<PathBuf> {
+    let own = files
+        .get("config")
+        .and_then(|c| config_entries(c).ok())
+        .and_then(|entries| {
+            entries
+                .into_iter()
+                .rev()
+                .find(|(k, _)| k == "core.hookspath")?
+                .1
+        });
+    let value = own.or_else(|| global.map(str::to_owned))?;
     let p = PathBuf::from(value.trim());
     if let Ok(rest) = p.strip_prefix("~") {
         return dirs::home_dir().map(|h| h.join(rest));
@@ -225,26 +332,27 @@ fn hooks_path(files: &BTreeMap<String, Vec<u8>>, git_dir: &Path) -> Option<PathB
 }
 
 /// The repository whose work tree is `dir`, if any.
-fn repo_at(dir: &Path) -> Option<Repo> {
+fn repo_at(dir: &Path, ctx: &Context) -> Option<Repo> {
     let dg = dir.join(".git");
     if let Ok(meta) = std::fs::symlink_metadata(&dg) {
         let ft = meta.file_type();
         if ft.is_symlink() {
             let target = std::fs::read_link(&dg).unwrap_or_default();
-            return Some(read_repo(DotGit::Link(target), dg));
+            return Some(read_repo(DotGit::Link(target), dg, ctx));
         }
         if ft.is_dir() {
-            return Some(read_repo(DotGit::Dir(meta.dev(), meta.ino()), dg));
+            return Some(read_repo(DotGit::Dir(meta.dev(), meta.ino()), dg, ctx));
         }
         let contents = read_small(&dg).unwrap_or_default();
         let git_dir = gitdir_of(&dg, &contents).unwrap_or_else(|| dg.clone());
-        return Some(read_repo(DotGit::File(contents), git_dir));
+        return Some(read_repo(DotGit::File(contents), git_dir, ctx));
     }
     if looks_bare(dir) {
         let meta = std::fs::symlink_metadata(dir).ok()?;
         return Some(read_repo(
             DotGit::Bare(meta.dev(), meta.ino()),
             dir.to_path_buf(),
+            ctx,
         ));
     }
     None
@@ -255,6 +363,15 @@ impl Snapshot {
     /// [`MAX_DEPTH`], looking at [`MAX_DIRS`] directories at most; symbolic
     /// links are not followed).
     pub fn take(root: &Path) -> Self {
+        Self::take_with(root, global_hooks_path())
+    }
+
+    /// [`Self::take`] with the user's global `core.hooksPath` given.
+    fn take_with(root: &Path, global_hooks_path: Option<String>) -> Self {
+        let ctx = Context {
+            root: crate::exposure::canonical(root),
+            global_hooks_path,
+        };
         let mut repos = BTreeMap::new();
         let mut truncated = false;
         let mut queue = VecDeque::from([(root.to_path_buf(), 0usize)]);
@@ -266,7 +383,7 @@ impl Snapshot {
                 break;
             }
             let rel = dir.strip_prefix(root).unwrap_or(&dir).to_path_buf();
-            if let Some(r) = repo_at(&dir) {
+            if let Some(r) = repo_at(&dir, &ctx) {
                 let bare = matches!(r.dot_git, DotGit::Bare(..));
                 repos.insert(rel.clone(), r);
                 if bare {
@@ -274,7 +391,7 @@ impl Snapshot {
                 }
                 if looks_bare(&dir) {
                     if let Ok(meta) = std::fs::symlink_metadata(&dir) {
-                        let r = read_repo(DotGit::Bare(meta.dev(), meta.ino()), dir.clone());
+                        let r = read_repo(DotGit::Bare(meta.dev(), meta.ino()), dir.clone(), &ctx);
                         repos.insert(rel.join(AS_BARE), r);
                     }
                 }
@@ -366,7 +483,7 @@ fn dangerous_changes(before: Option<&Repo>, now: &Repo) -> Vec<String> {
             continue;
         }
         let path = now.git_dir.join(name);
-        if name.ends_with("commondir") {
+        if !name.starts_with('/') && name.ends_with("commondir") {
             out.push(format!(
                 "{} is new or changed: git reads this repository's config and hooks from where it points",
                 path.display()
@@ -422,7 +539,10 @@ fn config_entries(bytes: &[u8]) -> Result<Vec<(String, Option<String>)>, String>
         ));
     }
     let mut child = Command::new("git")
-        .args(["config", "--file", "-", "--list", "--null"])
+        // `--no-includes`: with includes on (the default for `--file`), a
+        // relative `include.path` from standard input is a fatal error,
+        // and a config that has one read as unparseable.
+        .args(["config", "--no-includes", "--file", "-", "--list", "--null"])
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -603,6 +723,78 @@ mod tests {
 
     fn texts(f: &[Finding]) -> String {
         f.iter().map(|f| format!("{f}\n")).collect()
+    }
+
+    #[test]
+    fn config_an_existing_include_pulls_from_the_workspace_is_compared() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = d.path().join("ws");
+        std::fs::create_dir(&ws).unwrap();
+        git(&ws, &["init", "-q"]);
+        // The user's setup: shared settings in the work tree, an optional
+        // local file that does not exist yet, one outside the workspace.
+        std::fs::write(ws.join("shared.gitconfig"), "[user]\n\tname = me\n").unwrap();
+        let outside = d.path().join("outside.gitconfig");
+        std::fs::write(&outside, "[core]\n\tpager = less\n").unwrap();
+        append(
+            &ws.join(".git/config"),
+            &format!(
+                "[include]\n\tpath = ../shared.gitconfig\n\tpath = ../.gitconfig.local\n\tpath = {}\n",
+                outside.display()
+            ),
+        );
+        let before = Snapshot::take(&ws);
+        assert!(Snapshot::take(&ws).changes_since(&before).is_empty());
+
+        append(
+            &ws.join("shared.gitconfig"),
+            "[core]\n\tfsmonitor = \"sh -c evil\"\n",
+        );
+        std::fs::write(
+            ws.join(".gitconfig.local"),
+            "[core]\n\tpager = \"sh -c evil2\"\n",
+        )
+        .unwrap();
+        let t = texts(&Snapshot::take(&ws).changes_since(&before));
+        assert!(
+            t.contains("shared.gitconfig has core.fsmonitor = \"sh -c evil\""),
+            "{t}"
+        );
+        assert!(
+            t.contains(".gitconfig.local has core.pager = \"sh -c evil2\""),
+            "{t}"
+        );
+        // Outside the workspace: not the agent's to write, not read.
+        append(&outside, "[core]\n\teditor = vi\n");
+        assert!(!texts(&Snapshot::take(&ws).changes_since(&before)).contains("outside"));
+        // check-workspace lists what the included files hold too.
+        let (all, _) = audit(&ws);
+        assert!(texts(&all).contains("sh -c evil2"), "{}", texts(&all));
+    }
+
+    #[test]
+    fn hooks_behind_a_global_relative_hooks_path_are_compared() {
+        // `core.hooksPath = .githooks` in ~/.gitconfig: every repository's
+        // hooks are then files in its work tree.
+        let d = tempfile::tempdir().unwrap();
+        let ws = d.path();
+        git(ws, &["init", "-q"]);
+        std::fs::create_dir(ws.join(".githooks")).unwrap();
+        std::fs::write(ws.join(".githooks/pre-commit"), "#!/bin/sh\ntrue\n").unwrap();
+        let global = Some(".githooks".to_string());
+        let before = Snapshot::take_with(ws, global.clone());
+        assert!(Snapshot::take_with(ws, global.clone())
+            .changes_since(&before)
+            .is_empty());
+        std::fs::write(ws.join(".githooks/pre-commit"), "#!/bin/sh\nid\n").unwrap();
+        std::fs::write(ws.join(".githooks/post-checkout"), "#!/bin/sh\nid\n").unwrap();
+        let t = texts(&Snapshot::take_with(ws, global).changes_since(&before));
+        assert!(t.contains(".githooks/pre-commit changed"), "{t}");
+        assert!(t.contains(".githooks/post-checkout is new"), "{t}");
+        // Without the global setting git would not run them, and bottle
+        // does not look there.
+        let t = texts(&Snapshot::take_with(ws, None).changes_since(&before));
+        assert!(!t.contains(".githooks"), "{t}");
     }
 
     #[test]
