@@ -41,6 +41,8 @@ enum DotGit {
     Link(PathBuf),
     /// A bare repository: the directory itself (device, inode).
     Bare(u64, u64),
+    /// A submodule's git directory in `.git/modules/` (device, inode).
+    Module(u64, u64),
 }
 
 /// One repository as found.
@@ -130,6 +132,61 @@ fn looks_bare(dir: &Path) -> bool {
 /// repository itself is kept: invalidate the `.git` (rename its `HEAD`) and
 /// git takes the directory for a bare repository, config and all.
 const AS_BARE: &str = "(the directory itself, as a bare repository)";
+
+/// How many submodule git directories are looked at, at most.
+const MAX_MODULES: usize = 1000;
+
+/// The git directories of submodules in each repository's `modules/`
+/// (nested ones too, and names with slashes) that no work tree found by the
+/// walk points to: a submodule not checked out yet. Git uses its config and
+/// hooks once `git submodule update` checks it out, so the agent could
+/// plant them there. Kept under `<repo>/.git/modules/<name>`. True when
+/// there were more than [`MAX_MODULES`].
+fn add_modules(repos: &mut BTreeMap<PathBuf, Repo>, ctx: &Context) -> bool {
+    use crate::exposure::canonical;
+    let known: std::collections::BTreeSet<PathBuf> =
+        repos.values().map(|r| canonical(&r.git_dir)).collect();
+    let mut queue: Vec<(PathBuf, PathBuf, usize)> = repos
+        .iter()
+        .filter(|(_, r)| {
+            matches!(
+                r.dot_git,
+                DotGit::Dir(..) | DotGit::File(_) | DotGit::Link(_)
+            )
+        })
+        .map(|(rel, r)| (r.git_dir.join("modules"), rel.join(".git/modules"), 0))
+        .collect();
+    let mut found = 0;
+    while let Some((dir, rel, depth)) = queue.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) || depth >= MAX_DEPTH {
+                continue;
+            }
+            let (path, rel) = (e.path(), rel.join(e.file_name()));
+            if !path.join("HEAD").is_file() {
+                // A part of a name with slashes (`libs/foo`).
+                queue.push((path, rel, depth + 1));
+                continue;
+            }
+            found += 1;
+            if found > MAX_MODULES {
+                return true;
+            }
+            queue.push((path.join("modules"), rel.join("modules"), depth + 1));
+            if known.contains(&canonical(&path)) {
+                continue; // checked out: read through its work tree
+            }
+            if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                let r = read_repo(DotGit::Module(meta.dev(), meta.ino()), path, ctx);
+                repos.insert(rel, r);
+            }
+        }
+    }
+    false
+}
 
 /// What every repository of one snapshot is read against.
 struct Context {
@@ -411,6 +468,7 @@ impl Snapshot {
                 queue.push_back((e.path(), depth + 1));
             }
         }
+        truncated |= add_modules(&mut repos, &ctx);
         Self {
             root: root.to_path_buf(),
             repos,
@@ -470,6 +528,9 @@ fn describe(r: &Repo) -> String {
         DotGit::File(_) => format!("a .git file pointing to {}", r.git_dir.display()),
         DotGit::Link(t) => format!("a .git symbolic link to {}", t.display()),
         DotGit::Bare(..) => "a bare repository git finds from this directory".into(),
+        DotGit::Module(..) => {
+            "a submodule's git directory (git uses it once the submodule is checked out)".into()
+        }
     }
 }
 
@@ -770,6 +831,49 @@ mod tests {
         // check-workspace lists what the included files hold too.
         let (all, _) = audit(&ws);
         assert!(texts(&all).contains("sh -c evil2"), "{}", texts(&all));
+    }
+
+    #[test]
+    fn submodule_git_dirs_not_checked_out_are_compared() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = d.path();
+        git(ws, &["init", "-q"]);
+        // Two submodules' git directories, one under a name with a slash;
+        // the first is checked out at sub/, the second is not.
+        for m in ["libfoo", "libs/bar"] {
+            let dir = ws.join(".git/modules").join(m);
+            std::fs::create_dir_all(&dir).unwrap();
+            git(&dir, &["init", "-q", "--bare"]);
+        }
+        std::fs::create_dir(ws.join("sub")).unwrap();
+        std::fs::write(ws.join("sub/.git"), "gitdir: ../.git/modules/libfoo\n").unwrap();
+        let before = Snapshot::take(ws);
+        assert!(Snapshot::take(ws).changes_since(&before).is_empty());
+
+        let bar = ws.join(".git/modules/libs/bar");
+        std::fs::write(bar.join("hooks/post-checkout"), "#!/bin/sh\nid\n").unwrap();
+        append(
+            &bar.join("config"),
+            "[core]\n\tfsmonitor = \"sh -c evil\"\n",
+        );
+        append(
+            &ws.join(".git/modules/libfoo/config"),
+            "[core]\n\tpager = \"sh -c evil2\"\n",
+        );
+        let planted = ws.join(".git/modules/planted");
+        std::fs::create_dir_all(&planted).unwrap();
+        git(&planted, &["init", "-q", "--bare"]);
+        let f = Snapshot::take(ws).changes_since(&before);
+        let t = texts(&f);
+        assert!(t.contains("modules/libs/bar: hook"), "{t}");
+        assert!(t.contains("post-checkout is new"), "{t}");
+        assert!(t.contains("core.fsmonitor = \"sh -c evil\""), "{t}");
+        assert!(
+            t.contains("modules/planted: a new repository (a submodule's git directory"),
+            "{t}"
+        );
+        // The checked-out one is read once, through its work tree.
+        assert_eq!(t.matches("sh -c evil2").count(), 1, "{t}");
     }
 
     #[test]
