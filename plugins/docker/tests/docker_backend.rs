@@ -1078,16 +1078,7 @@ fn launch_errors_leave_nothing_behind() {
         2,
         "the first bottle (its two containers) must survive"
     );
-    let waiter = {
-        let id = id.clone();
-        std::thread::spawn(move || {
-            DockerBackend::new().wait(WaitRequest {
-                schema: 1,
-                bottle_id: id,
-                attach: false,
-            })
-        })
-    };
+    let waiter = wait_in_background(&id);
     std::thread::sleep(Duration::from_millis(300));
     remove(&backend, &id);
     let report = waiter.join().unwrap().unwrap();
@@ -1329,6 +1320,22 @@ fn a_proxy_that_dies_says_why_in_the_agents_report() {
     assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
 }
 
+/// `wait` (not attached) for bottle `id` on a thread of its own.
+fn wait_in_background(
+    id: &str,
+) -> std::thread::JoinHandle<
+    Result<bot_bottle_plugin_api::ExitReport, bot_bottle_plugin_api::PluginError>,
+> {
+    let id = id.to_owned();
+    std::thread::spawn(move || {
+        DockerBackend::new().wait(WaitRequest {
+            schema: 1,
+            bottle_id: id,
+            attach: false,
+        })
+    })
+}
+
 #[test]
 fn a_killed_proxy_stops_the_agent() {
     let docker = docker_or_skip!();
@@ -1338,16 +1345,7 @@ fn a_killed_proxy_stops_the_agent() {
     let id = s.bottle_id.clone();
     let _cleanup = Cleanup::new(&[&id]);
     backend.launch(s).unwrap();
-    let waiter = {
-        let id = id.clone();
-        std::thread::spawn(move || {
-            DockerBackend::new().wait(WaitRequest {
-                schema: 1,
-                bottle_id: id,
-                attach: false,
-            })
-        })
-    };
+    let waiter = wait_in_background(&id);
     std::thread::sleep(Duration::from_millis(500));
     rt().block_on(docker.kill_container(
         &format!("{id}-egress"),
@@ -1391,16 +1389,7 @@ fn an_agent_stopped_or_killed_from_elsewhere_is_reported_so() {
         let id = s.bottle_id.clone();
         let _cleanup = Cleanup::new(&[&id]);
         backend.launch(s).unwrap();
-        let waiter = {
-            let id = id.clone();
-            std::thread::spawn(move || {
-                DockerBackend::new().wait(WaitRequest {
-                    schema: 1,
-                    bottle_id: id,
-                    attach: false,
-                })
-            })
-        };
+        let waiter = wait_in_background(&id);
         std::thread::sleep(Duration::from_millis(500));
         if how == "stop" {
             backend
