@@ -55,6 +55,16 @@ struct Repo {
     files: BTreeMap<String, Vec<u8>>,
     /// Hooks (not `.sample`), by name, by SHA-256 of their contents.
     hooks: BTreeMap<String, [u8; 32]>,
+    /// Where each include of its config leads (the path as written, joined
+    /// to the including file's directory -> where links take it, or why
+    /// it leads nowhere), in the workspace or not.
+    includes: BTreeMap<String, String>,
+    /// The work tree git uses with it, when the walk found it from one.
+    work_tree: Option<PathBuf>,
+    /// The git directory's device and inode, links followed: the same
+    /// repository under another key (a submodule checked out or deinited
+    /// moves between `.git/modules/NAME` and its work tree).
+    id: Option<(u64, u64)>,
 }
 
 /// The repositories of a workspace at one moment.
@@ -125,7 +135,15 @@ fn gitdir_of(dot_git_file: &Path, contents: &[u8]) -> Option<PathBuf> {
 /// passes), or a `commondir` pointing to them.
 fn looks_bare(dir: &Path) -> bool {
     let there = |n: &str| std::fs::symlink_metadata(dir.join(n)).is_ok();
-    dir.join("HEAD").is_file() && ((there("objects") && there("refs")) || there("commondir"))
+    has_head(dir) && ((there("objects") && there("refs")) || there("commondir"))
+}
+
+/// Whether `dir` has a `HEAD` as git accepts one: a file, or a symbolic
+/// link (git takes `HEAD -> refs/heads/main` without looking whether the
+/// branch exists; `is_file` follows the link and says no).
+fn has_head(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir.join("HEAD"))
+        .is_ok_and(|m| m.file_type().is_file() || m.file_type().is_symlink())
 }
 
 /// The key under which a directory that has a `.git` *and* looks like a
@@ -140,8 +158,11 @@ const MAX_MODULES: usize = 1000;
 /// (nested ones too, and names with slashes) that no work tree found by the
 /// walk points to: a submodule not checked out yet. Git uses its config and
 /// hooks once `git submodule update` checks it out, so the agent could
-/// plant them there. Kept under `<repo>/.git/modules/<name>`. True when
-/// there were more than [`MAX_MODULES`].
+/// plant them there. Kept under `<repo>/.git/modules/<name>`. A symbolic
+/// link there is kept by its target (a new or changed one is reported) and
+/// not walked through: it could lead anywhere on the host; what it leads to
+/// is read only when that is a git directory in the workspace. True when
+/// there were more than [`MAX_MODULES`] entries to look at.
 fn add_modules(repos: &mut BTreeMap<PathBuf, Repo>, ctx: &Context) -> bool {
     use crate::exposure::canonical;
     let known: std::collections::BTreeSet<PathBuf> =
@@ -156,33 +177,52 @@ fn add_modules(repos: &mut BTreeMap<PathBuf, Repo>, ctx: &Context) -> bool {
         })
         .map(|(rel, r)| (r.git_dir.join("modules"), rel.join(".git/modules"), 0))
         .collect();
-    let mut found = 0;
-    while let Some((dir, rel, depth)) = queue.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
+    let mut seen = 0;
+    while let Some((path, rel, depth)) = queue.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
-        for e in rd.flatten() {
-            if !e.file_type().is_ok_and(|t| t.is_dir()) || depth >= MAX_DEPTH {
+        seen += 1;
+        if seen > MAX_MODULES {
+            return true;
+        }
+        if meta.file_type().is_symlink() {
+            let real = canonical(&path);
+            if known.contains(&real) {
                 continue;
             }
-            let (path, rel) = (e.path(), rel.join(e.file_name()));
-            if !path.join("HEAD").is_file() {
-                // A part of a name with slashes (`libs/foo`).
-                queue.push((path, rel, depth + 1));
-                continue;
-            }
-            found += 1;
-            if found > MAX_MODULES {
-                return true;
-            }
+            let target = std::fs::read_link(&path).unwrap_or_default();
+            let r = if real.starts_with(&ctx.root) && has_head(&real) {
+                read_repo(DotGit::Link(target), real, None, ctx)
+            } else {
+                let id = std::fs::metadata(&path).ok().map(|m| (m.dev(), m.ino()));
+                Repo {
+                    dot_git: DotGit::Link(target),
+                    git_dir: path,
+                    files: BTreeMap::new(),
+                    hooks: BTreeMap::new(),
+                    includes: BTreeMap::new(),
+                    work_tree: None,
+                    id,
+                }
+            };
+            repos.insert(rel, r);
+            continue;
+        }
+        if !meta.is_dir() || depth > MAX_DEPTH {
+            continue;
+        }
+        if has_head(&path) {
             queue.push((path.join("modules"), rel.join("modules"), depth + 1));
-            if known.contains(&canonical(&path)) {
-                continue; // checked out: read through its work tree
-            }
-            if let Ok(meta) = std::fs::symlink_metadata(&path) {
-                let r = read_repo(DotGit::Module(meta.dev(), meta.ino()), path, ctx);
+            if !known.contains(&canonical(&path)) {
+                let r = read_repo(DotGit::Module(meta.dev(), meta.ino()), path, None, ctx);
                 repos.insert(rel, r);
             }
+            continue;
+        }
+        // A part of a name with slashes (`libs/foo`).
+        for e in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+            queue.push((e.path(), rel.join(e.file_name()), depth + 1));
         }
     }
     false
@@ -225,10 +265,17 @@ const MAX_INCLUDE_DEPTH: usize = 10;
 /// `includeIf.*.path`, whatever the condition, followed as git does) when
 /// they lie in the workspace `root`, where the agent can write them: keyed
 /// by their full path, they are compared like the repository's own config.
-/// A file included from outside the workspace is not read: the agent
-/// cannot change it, and a path the agent wrote must not make the host
-/// read a file of its choosing (a new include is reported by itself).
-fn add_included(files: &mut BTreeMap<String, Vec<u8>>, git_dir: &Path, root: &Path) {
+/// Returns where every include leads, so that an include the agent
+/// redirects (a directory on its way replaced by a link) is seen. A file
+/// included from outside the workspace is not read: the agent cannot
+/// change it, and a path the agent wrote must not make the host read a
+/// file of its choosing (a new include is reported by itself).
+fn add_included(
+    files: &mut BTreeMap<String, Vec<u8>>,
+    git_dir: &Path,
+    root: &Path,
+) -> BTreeMap<String, String> {
+    let mut leads = BTreeMap::new();
     let mut queue: Vec<(PathBuf, Vec<u8>, usize)> = files
         .iter()
         .filter(|(n, _)| n.starts_with('/') || !n.ends_with("commondir"))
@@ -265,13 +312,11 @@ fn add_included(files: &mut BTreeMap<String, Vec<u8>>, git_dir: &Path, root: &Pa
                 },
                 Err(_) => dir.join(&p),
             };
-            // Where the name leads, links followed, even if nothing is
-            // there yet (the agent may create an optional include).
-            let Some(target) = crate::exposure::entries_on_the_way(&p).last().cloned() else {
-                continue;
-            };
+            let (lead, readable) = include_target(&p, root);
+            leads.insert(p.to_string_lossy().into_owned(), lead.clone());
+            let Some(target) = readable else { continue };
             let key = target.to_string_lossy().into_owned();
-            if !target.starts_with(root) || files.contains_key(&key) {
+            if files.contains_key(&key) {
                 continue;
             }
             if let Some(b) = read_small(&target) {
@@ -281,9 +326,39 @@ fn add_included(files: &mut BTreeMap<String, Vec<u8>>, git_dir: &Path, root: &Pa
             }
         }
     }
+    leads
 }
 
-fn read_repo(dot_git: DotGit, git_dir: PathBuf, ctx: &Context) -> Repo {
+/// Where an include of `p` leads, for the record, and the physical path
+/// to read when that is in the workspace `root`. Links are followed as the
+/// kernel does, also to a file that does not exist yet (an optional
+/// include the agent may create); one that exists is checked again with
+/// `canonicalize`, so that a chain of more links than the walk follows
+/// cannot lead the read outside.
+fn include_target(p: &Path, root: &Path) -> (String, Option<PathBuf>) {
+    let Some(target) = crate::exposure::entries_on_the_way(p).last().cloned() else {
+        return ("(nowhere)".into(), None);
+    };
+    if std::fs::symlink_metadata(&target).is_err() {
+        let inside = target.starts_with(root);
+        return (
+            target.to_string_lossy().into_owned(),
+            inside.then_some(target),
+        );
+    }
+    match std::fs::canonicalize(&target) {
+        Ok(real) => {
+            let inside = real.starts_with(root);
+            (real.to_string_lossy().into_owned(), inside.then_some(real))
+        }
+        Err(e) => (format!("(unresolvable: {e})"), None),
+    }
+}
+
+/// Reads the repository in `git_dir`; `work_tree` is where a relative
+/// `core.hooksPath` is taken from (None for bare and submodule git
+/// directories).
+fn read_repo(dot_git: DotGit, git_dir: PathBuf, work_tree: Option<&Path>, ctx: &Context) -> Repo {
     let mut files = BTreeMap::new();
     let mut names = vec![
         "config".to_string(),
@@ -302,21 +377,25 @@ fn read_repo(dot_git: DotGit, git_dir: PathBuf, ctx: &Context) -> Repo {
             files.insert(n, b);
         }
     }
-    add_included(&mut files, &git_dir, &ctx.root);
+    let includes = add_included(&mut files, &git_dir, &ctx.root);
     let mut hooks = BTreeMap::new();
     hash_hooks(&git_dir.join("hooks"), None, &mut hooks);
     // Hooks in a `core.hooksPath` the repository or the user's global
     // config sets (husky, lefthook keep them in the work tree, where the
     // agent can rewrite them even though the setting itself is the
     // user's): hashed under their full path.
-    if let Some(dir) = hooks_path(&files, &git_dir, ctx.global_hooks_path.as_deref()) {
+    if let Some(dir) = hooks_path(&files, work_tree, ctx.global_hooks_path.as_deref()) {
         hash_hooks(&dir, Some(&dir), &mut hooks);
     }
+    let id = std::fs::metadata(&git_dir).ok().map(|m| (m.dev(), m.ino()));
     Repo {
         dot_git,
         git_dir,
         files,
         hooks,
+        includes,
+        work_tree: work_tree.map(Path::to_path_buf),
+        id,
     }
 }
 
@@ -358,25 +437,33 @@ fn hash_hooks(dir: &Path, full: Option<&Path>, hooks: &mut BTreeMap<String, [u8;
     }
 }
 
-/// The directory the repository's own `core.hooksPath` names, else the
-/// one of the user's global or system config (`global`), resolved as git
-/// does: `~/` from the home directory, a relative path from the work tree
-/// (the directory holding `.git`; not known for other layouts).
+/// The directory the repository's `core.hooksPath` names (the last one
+/// of its config, the files that includes and `config.worktree`, in the
+/// order git reads them), else the one of the user's global or system
+/// config (`global`), resolved as git does: `~/` from the home directory,
+/// a relative path from the work tree.
 fn hooks_path(
     files: &BTreeMap<String, Vec<u8>>,
-    git_dir: &Path,
+    work_tree: Option<&Path>,
     global: Option<&str>,
 ) -> Option<PathBuf> {
+    let last_in = |bytes: &Vec<u8>| {
+        config_entries(bytes)
+            .ok()?
+            .into_iter()
+            .rev()
+            .find(|(k, _)| k == "core.hookspath")?
+            .1
+    };
+    let included = files.iter().filter(|(n, _)| n.starts_with('/'));
     let own = files
         .get("config")
-        .and_then(|c| config_entries(c).ok())
-        .and_then(|entries| {
-            entries
-                .into_iter()
-                .rev()
-                .find(|(k, _)| k == "core.hookspath")?
-                .1
-        });
+        .into_iter()
+        .chain(included.map(|(_, b)| b))
+        .chain(files.get("config.worktree"))
+        .filter(|b| b.to_ascii_lowercase().windows(9).any(|w| w == b"hookspath"))
+        .filter_map(last_in)
+        .last();
     let value = own.or_else(|| global.map(str::to_owned))?;
     let p = PathBuf::from(value.trim());
     if let Ok(rest) = p.strip_prefix("~") {
@@ -385,7 +472,7 @@ fn hooks_path(
     if p.is_absolute() {
         return Some(p);
     }
-    (git_dir.file_name()? == ".git").then(|| git_dir.parent().map(|wt| wt.join(&p)))?
+    work_tree.map(|wt| wt.join(&p))
 }
 
 /// The repository whose work tree is `dir`, if any.
@@ -395,20 +482,26 @@ fn repo_at(dir: &Path, ctx: &Context) -> Option<Repo> {
         let ft = meta.file_type();
         if ft.is_symlink() {
             let target = std::fs::read_link(&dg).unwrap_or_default();
-            return Some(read_repo(DotGit::Link(target), dg, ctx));
+            return Some(read_repo(DotGit::Link(target), dg, Some(dir), ctx));
         }
         if ft.is_dir() {
-            return Some(read_repo(DotGit::Dir(meta.dev(), meta.ino()), dg, ctx));
+            return Some(read_repo(
+                DotGit::Dir(meta.dev(), meta.ino()),
+                dg,
+                Some(dir),
+                ctx,
+            ));
         }
         let contents = read_small(&dg).unwrap_or_default();
         let git_dir = gitdir_of(&dg, &contents).unwrap_or_else(|| dg.clone());
-        return Some(read_repo(DotGit::File(contents), git_dir, ctx));
+        return Some(read_repo(DotGit::File(contents), git_dir, Some(dir), ctx));
     }
     if looks_bare(dir) {
         let meta = std::fs::symlink_metadata(dir).ok()?;
         return Some(read_repo(
             DotGit::Bare(meta.dev(), meta.ino()),
             dir.to_path_buf(),
+            None,
             ctx,
         ));
     }
@@ -448,7 +541,12 @@ impl Snapshot {
                 }
                 if looks_bare(&dir) {
                     if let Ok(meta) = std::fs::symlink_metadata(&dir) {
-                        let r = read_repo(DotGit::Bare(meta.dev(), meta.ino()), dir.clone(), &ctx);
+                        let r = read_repo(
+                            DotGit::Bare(meta.dev(), meta.ino()),
+                            dir.clone(),
+                            None,
+                            &ctx,
+                        );
                         repos.insert(rel.join(AS_BARE), r);
                     }
                 }
@@ -491,6 +589,10 @@ impl Snapshot {
             let was = before.repos.get(rel);
             let baseline = match was {
                 Some(w) if w.dot_git == now.dot_git => Some(w),
+                // A submodule checked out or deinited: the same git
+                // directory, now seen from its work tree or from
+                // `.git/modules`.
+                None if same_submodule(before, now).is_some() => same_submodule(before, now),
                 Some(_) => {
                     say(format!(
                         "its git directory was replaced ({}); everything in the new one is the agent's",
@@ -510,8 +612,8 @@ impl Snapshot {
                 say(f);
             }
         }
-        for rel in before.repos.keys() {
-            if !self.repos.contains_key(rel) {
+        for (rel, was) in &before.repos {
+            if !self.repos.contains_key(rel) && same_submodule(self, was).is_none() {
                 out.push(Finding {
                     repo: join(&self.root, rel),
                     what: "its .git was moved away or deleted".into(),
@@ -520,6 +622,32 @@ impl Snapshot {
         }
         out
     }
+}
+
+/// Whether a `core.worktree` of `r`'s config names the work tree the walk
+/// found `r` from.
+fn names_own_work_tree(r: &Repo, value: Option<&str>) -> bool {
+    use crate::exposure::canonical;
+    match (&r.work_tree, value) {
+        (Some(wt), Some(v)) => canonical(&r.git_dir.join(v.trim())) == canonical(wt),
+        _ => false,
+    }
+}
+
+/// The repository of `snap` that is `r`'s git directory seen the other
+/// way, when one of them is a submodule's git directory in `.git/modules`
+/// and the other a work tree's `.git` file pointing to it.
+fn same_submodule<'a>(snap: &'a Snapshot, r: &Repo) -> Option<&'a Repo> {
+    let pair = |a: &DotGit, b: &DotGit| {
+        matches!(
+            (a, b),
+            (DotGit::Module(..), DotGit::File(_)) | (DotGit::File(_), DotGit::Module(..))
+        )
+    };
+    r.id?;
+    snap.repos
+        .values()
+        .find(|o| o.id == r.id && pair(&o.dot_git, &r.dot_git))
 }
 
 fn describe(r: &Repo) -> String {
@@ -571,6 +699,11 @@ fn dangerous_changes(before: Option<&Repo>, now: &Repo) -> Vec<String> {
                 old_entries.swap_remove(i);
                 continue;
             }
+            if key == "core.worktree" && names_own_work_tree(now, value.as_deref()) {
+                // What `git submodule update` writes in a submodule's git
+                // directory: the work tree it is used from anyway.
+                continue;
+            }
             if let Some(why) = dangerous(&key, value.as_deref()) {
                 let shown = match &value {
                     Some(v) => format!("{key} = {v:?}"),
@@ -578,6 +711,16 @@ fn dangerous_changes(before: Option<&Repo>, now: &Repo) -> Vec<String> {
                 };
                 out.push(format!("{} has {shown}: {why}", path.display()));
             }
+        }
+    }
+    // An include of the user's that now leads elsewhere (a directory on
+    // its way replaced by a link, maybe to a writable place outside).
+    for (written, lead) in &now.includes {
+        match before.and_then(|b| b.includes.get(written)) {
+            Some(was) if was != lead => out.push(format!(
+                "the config's include of {written} now leads to {lead} (it led to {was} at launch): git reads config from there"
+            )),
+            _ => {}
         }
     }
     for (name, digest) in &now.hooks {
@@ -874,6 +1017,137 @@ mod tests {
         );
         // The checked-out one is read once, through its work tree.
         assert_eq!(t.matches("sh -c evil2").count(), 1, "{t}");
+    }
+
+    #[test]
+    fn an_include_redirected_outside_and_a_long_link_chain_are_caught_unread() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().unwrap();
+        let ws = d.path().join("ws");
+        let out = d.path().join("out");
+        std::fs::create_dir_all(ws.join("shared")).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        git(&ws, &["init", "-q"]);
+        std::fs::write(ws.join("shared/x.cfg"), "[user]\n\tname = me\n").unwrap();
+        append(
+            &ws.join(".git/config"),
+            "[include]\n\tpath = ../shared/x.cfg\n\tpath = ../l0\n",
+        );
+        let before = Snapshot::take(&ws);
+        // The agent swaps shared/ for a link to a place it can write
+        // outside the workspace (another writable mount).
+        std::fs::write(out.join("x.cfg"), "[core]\n\tfsmonitor = evil\n").unwrap();
+        std::fs::remove_dir_all(ws.join("shared")).unwrap();
+        symlink(&out, ws.join("shared")).unwrap();
+        // And a chain of 41 links from the workspace to a host file.
+        std::fs::write(
+            out.join("secret.cfg"),
+            "[credential]\n\thelper = HOST-SECRET\n",
+        )
+        .unwrap();
+        for i in 0..41 {
+            symlink(ws.join(format!("l{}", i + 1)), ws.join(format!("l{i}"))).unwrap();
+        }
+        symlink(out.join("secret.cfg"), ws.join("l41")).unwrap();
+        let t = texts(&Snapshot::take(&ws).changes_since(&before));
+        assert!(
+            t.contains("include of") && t.contains("shared/x.cfg now leads to"),
+            "{t}"
+        );
+        assert!(
+            !t.contains("evil") && !t.contains("HOST-SECRET"),
+            "read outside: {t}"
+        );
+        assert!(!texts(&audit(&ws).0).contains("HOST-SECRET"));
+    }
+
+    #[test]
+    fn a_head_that_is_a_link_and_links_in_modules_are_seen() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().unwrap();
+        let ws = d.path();
+        git(ws, &["init", "-q"]);
+        let before = Snapshot::take(ws);
+        // A submodule git directory whose HEAD is a (dangling) link, as
+        // git accepts it.
+        let m = ws.join(".git/modules/foo");
+        std::fs::create_dir_all(&m).unwrap();
+        git(&m, &["init", "-q", "--bare"]);
+        std::fs::remove_file(m.join("HEAD")).unwrap();
+        symlink("refs/heads/main", m.join("HEAD")).unwrap();
+        // A git directory hidden under .git and linked into modules.
+        let hidden = ws.join(".git/hidden");
+        std::fs::create_dir_all(&hidden).unwrap();
+        git(&hidden, &["init", "-q", "--bare"]);
+        symlink("../hidden", ws.join(".git/modules/lib")).unwrap();
+        let t = texts(&Snapshot::take(ws).changes_since(&before));
+        assert!(t.contains("modules/foo: a new repository"), "{t}");
+        assert!(
+            t.contains("modules/lib: a new repository (a .git symbolic link to ../hidden"),
+            "{t}"
+        );
+
+        // `.git/modules` as a link to / is not walked.
+        let d2 = tempfile::tempdir().unwrap();
+        let ws2 = d2.path();
+        git(ws2, &["init", "-q"]);
+        let before2 = Snapshot::take(ws2);
+        symlink("/", ws2.join(".git/modules")).unwrap();
+        let f = Snapshot::take(ws2).changes_since(&before2);
+        assert_eq!(f.len(), 1, "{}", texts(&f));
+        assert!(texts(&f).contains("symbolic link to /"), "{}", texts(&f));
+    }
+
+    #[test]
+    fn a_hooks_path_set_in_an_included_file_is_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = d.path();
+        git(ws, &["init", "-q"]);
+        std::fs::write(ws.join(".gitconfig"), "[core]\n\thooksPath = .husky\n").unwrap();
+        append(
+            &ws.join(".git/config"),
+            "[include]\n\tpath = ../.gitconfig\n",
+        );
+        std::fs::create_dir(ws.join(".husky")).unwrap();
+        std::fs::write(ws.join(".husky/pre-commit"), "#!/bin/sh\ntrue\n").unwrap();
+        let before = Snapshot::take(ws);
+        std::fs::write(ws.join(".husky/pre-commit"), "#!/bin/sh\nid\n").unwrap();
+        let t = texts(&Snapshot::take(ws).changes_since(&before));
+        assert!(t.contains(".husky/pre-commit changed"), "{t}");
+    }
+
+    #[test]
+    fn checking_a_submodule_out_or_deiniting_it_is_not_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        let ws = d.path().join("ws");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&ws).unwrap();
+        let id = ["-c", "user.name=t", "-c", "user.email=t@t"];
+        git(&src, &["init", "-q"]);
+        std::fs::write(src.join("f"), "x").unwrap();
+        git(&src, &["add", "f"]);
+        git(&src, &[&id[..], &["commit", "-qm", "x"]].concat());
+        git(&ws, &["init", "-q"]);
+        let add = ["-c", "protocol.file.allow=always", "submodule", "add", "-q"];
+        git(&ws, &[&add[..], &[src.to_str().unwrap(), "lib"]].concat());
+        git(&ws, &[&id[..], &["commit", "-qm", "sub"]].concat());
+        let checked_out = Snapshot::take(&ws);
+        git(&ws, &["submodule", "deinit", "-q", "-f", "lib"]);
+        let deinited = Snapshot::take(&ws);
+        let f = deinited.changes_since(&checked_out);
+        assert!(f.is_empty(), "deinit: {}", texts(&f));
+        let update = [
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "update",
+            "-q",
+            "--init",
+        ];
+        git(&ws, &update);
+        let f = Snapshot::take(&ws).changes_since(&deinited);
+        assert!(f.is_empty(), "update --init: {}", texts(&f));
     }
 
     #[test]
