@@ -462,8 +462,9 @@ fn hooks_path(
         .chain(included.map(|(_, b)| b))
         .chain(files.get("config.worktree"))
         .filter(|b| b.to_ascii_lowercase().windows(9).any(|w| w == b"hookspath"))
-        .filter_map(last_in)
-        .last();
+        // The last file that sets it wins: look from the end.
+        .rev()
+        .find_map(last_in);
     let value = own.or_else(|| global.map(str::to_owned))?;
     let p = PathBuf::from(value.trim());
     if let Ok(rest) = p.strip_prefix("~") {
