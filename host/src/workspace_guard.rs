@@ -43,6 +43,9 @@ enum DotGit {
     Bare(u64, u64),
     /// A submodule's git directory in `.git/modules/` (device, inode).
     Module(u64, u64),
+    /// No repository: the workspace files the user's global or system
+    /// config includes ([`GLOBAL_INCLUDES`]).
+    Global,
 }
 
 /// One repository as found.
@@ -151,6 +154,11 @@ fn has_head(dir: &Path) -> bool {
 /// git takes the directory for a bare repository, config and all.
 const AS_BARE: &str = "(the directory itself, as a bare repository)";
 
+/// The key under which the files in the workspace that the user's global
+/// or system config includes are kept (git reads them in every
+/// repository, or in those an `includeIf` matches).
+const GLOBAL_INCLUDES: &str = "(files your global git config includes)";
+
 /// How many submodule git directories are looked at, at most.
 const MAX_MODULES: usize = 1000;
 
@@ -234,6 +242,67 @@ struct Context {
     root: PathBuf,
     /// `core.hooksPath` of the user's global or system config.
     global_hooks_path: Option<String>,
+    /// The global config file to read instead of the user's (tests).
+    global_config: Option<PathBuf>,
+}
+
+/// The files in the workspace that the user's global and system config
+/// files include (whatever the condition), as a pseudo-repository; None
+/// when those files include nothing. The user's own files are followed
+/// from, not kept: they are not the agent's to write, and their entries
+/// are not the workspace's.
+fn global_included(ctx: &Context) -> Option<Repo> {
+    let mut git = Command::new("git");
+    git.args([
+        "config",
+        "--list",
+        "--show-origin",
+        "--no-includes",
+        "--null",
+    ])
+    .current_dir("/")
+    .env_remove("GIT_DIR")
+    .env_remove("GIT_WORK_TREE")
+    .stdin(Stdio::null())
+    .stderr(Stdio::null());
+    if let Some(f) = &ctx.global_config {
+        git.env("GIT_CONFIG_GLOBAL", f)
+            .env("GIT_CONFIG_NOSYSTEM", "1");
+    }
+    let out = git.output().ok()?;
+    // `file:PATH` NUL `key\nvalue` NUL, per entry.
+    let mut origins = std::collections::BTreeSet::new();
+    let parts: Vec<&[u8]> = out.stdout.split(|b| *b == 0).collect();
+    for pair in parts.chunks(2) {
+        if let [origin, entry] = pair {
+            let key = entry.split(|b| *b == b'\n').next().unwrap_or_default();
+            let include = key.to_ascii_lowercase().starts_with(b"include");
+            if let (Some(path), true) = (origin.strip_prefix(b"file:"), include) {
+                use std::os::unix::ffi::OsStrExt;
+                origins.insert(PathBuf::from(std::ffi::OsStr::from_bytes(path)));
+            }
+        }
+    }
+    if origins.is_empty() {
+        return None;
+    }
+    let mut files = BTreeMap::new();
+    for o in &origins {
+        if let Some(b) = read_small(o) {
+            files.insert(o.to_string_lossy().into_owned(), b);
+        }
+    }
+    let includes = add_included(&mut files, Path::new("/"), &ctx.root);
+    files.retain(|k, _| !origins.contains(Path::new(k)));
+    Some(Repo {
+        dot_git: DotGit::Global,
+        git_dir: PathBuf::from("/"),
+        files,
+        hooks: BTreeMap::new(),
+        includes,
+        work_tree: None,
+        id: None,
+    })
 }
 
 /// `core.hooksPath` as the user's global and system config set it (read
@@ -514,14 +583,20 @@ impl Snapshot {
     /// [`MAX_DEPTH`], looking at [`MAX_DIRS`] directories at most; symbolic
     /// links are not followed).
     pub fn take(root: &Path) -> Self {
-        Self::take_with(root, global_hooks_path())
+        Self::take_with(root, global_hooks_path(), None)
     }
 
-    /// [`Self::take`] with the user's global `core.hooksPath` given.
-    fn take_with(root: &Path, global_hooks_path: Option<String>) -> Self {
+    /// [`Self::take`] with the user's global `core.hooksPath` given, and
+    /// another global config file than the user's.
+    fn take_with(
+        root: &Path,
+        global_hooks_path: Option<String>,
+        global_config: Option<PathBuf>,
+    ) -> Self {
         let ctx = Context {
             root: crate::exposure::canonical(root),
             global_hooks_path,
+            global_config,
         };
         let mut repos = BTreeMap::new();
         let mut truncated = false;
@@ -568,6 +643,9 @@ impl Snapshot {
             }
         }
         truncated |= add_modules(&mut repos, &ctx);
+        if let Some(g) = global_included(&ctx) {
+            repos.insert(PathBuf::from(GLOBAL_INCLUDES), g);
+        }
         Self {
             root: root.to_path_buf(),
             repos,
@@ -657,6 +735,7 @@ fn describe(r: &Repo) -> String {
         DotGit::File(_) => format!("a .git file pointing to {}", r.git_dir.display()),
         DotGit::Link(t) => format!("a .git symbolic link to {}", t.display()),
         DotGit::Bare(..) => "a bare repository git finds from this directory".into(),
+        DotGit::Global => "files your global git config includes".into(),
         DotGit::Module(..) => {
             "a submodule's git directory (git uses it once the submodule is checked out)".into()
         }
@@ -860,19 +939,22 @@ pub fn dangerous(key: &str, value: Option<&str>) -> Option<&'static str> {
 /// whoever wrote it (`bottle check-workspace`).
 pub fn audit(root: &Path) -> (Vec<Finding>, bool) {
     let now = Snapshot::take(root);
-    let findings = now
-        .repos
+    (audit_of(&now), now.truncated)
+}
+
+/// Every entry of `snap` that lets git run something.
+fn audit_of(snap: &Snapshot) -> Vec<Finding> {
+    snap.repos
         .iter()
         .flat_map(|(rel, r)| {
             dangerous_changes(None, r)
                 .into_iter()
                 .map(move |what| Finding {
-                    repo: join(root, rel),
+                    repo: join(&snap.root, rel),
                     what,
                 })
         })
-        .collect();
-    (findings, now.truncated)
+        .collect()
 }
 
 /// Prints the changes since `before` on stderr, loudly; returns whether
@@ -1152,6 +1234,40 @@ mod tests {
     }
 
     #[test]
+    fn workspace_files_the_global_config_includes_are_compared() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = d.path().join("ws");
+        std::fs::create_dir(&ws).unwrap();
+        git(&ws, &["init", "-q"]);
+        // The user's global config: its own helper (not the workspace's
+        // business) and a per-project file inside the workspace.
+        let global = d.path().join("gitconfig");
+        std::fs::write(
+            &global,
+            format!(
+                "[credential]\n\thelper = store\n[includeIf \"gitdir:{}/\"]\n\tpath = {}/.proj.gitconfig\n",
+                ws.display(),
+                ws.display()
+            ),
+        )
+        .unwrap();
+        let take = || Snapshot::take_with(&ws, None, Some(global.clone()));
+        let before = take();
+        assert!(take().changes_since(&before).is_empty());
+        assert!(
+            audit_of(&take()).is_empty(),
+            "the user's own helper is not listed"
+        );
+        std::fs::write(ws.join(".proj.gitconfig"), "[core]\n\tfsmonitor = evil\n").unwrap();
+        let t = texts(&take().changes_since(&before));
+        assert!(
+            t.contains(GLOBAL_INCLUDES) && t.contains(".proj.gitconfig has core.fsmonitor"),
+            "{t}"
+        );
+        assert!(texts(&audit_of(&take())).contains("fsmonitor"));
+    }
+
+    #[test]
     fn hooks_behind_a_global_relative_hooks_path_are_compared() {
         // `core.hooksPath = .githooks` in ~/.gitconfig: every repository's
         // hooks are then files in its work tree.
@@ -1161,18 +1277,18 @@ mod tests {
         std::fs::create_dir(ws.join(".githooks")).unwrap();
         std::fs::write(ws.join(".githooks/pre-commit"), "#!/bin/sh\ntrue\n").unwrap();
         let global = Some(".githooks".to_string());
-        let before = Snapshot::take_with(ws, global.clone());
-        assert!(Snapshot::take_with(ws, global.clone())
+        let before = Snapshot::take_with(ws, global.clone(), None);
+        assert!(Snapshot::take_with(ws, global.clone(), None)
             .changes_since(&before)
             .is_empty());
         std::fs::write(ws.join(".githooks/pre-commit"), "#!/bin/sh\nid\n").unwrap();
         std::fs::write(ws.join(".githooks/post-checkout"), "#!/bin/sh\nid\n").unwrap();
-        let t = texts(&Snapshot::take_with(ws, global).changes_since(&before));
+        let t = texts(&Snapshot::take_with(ws, global, None).changes_since(&before));
         assert!(t.contains(".githooks/pre-commit changed"), "{t}");
         assert!(t.contains(".githooks/post-checkout is new"), "{t}");
         // Without the global setting git would not run them, and bottle
         // does not look there.
-        let t = texts(&Snapshot::take_with(ws, None).changes_since(&before));
+        let t = texts(&Snapshot::take_with(ws, None, None).changes_since(&before));
         assert!(!t.contains(".githooks"), "{t}");
     }
 
