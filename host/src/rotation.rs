@@ -250,9 +250,31 @@ pub fn watch(
     }
 }
 
+/// What `bottle run --detach` says when the provider read a credential
+/// from files: nothing watches them once `bottle run` has returned, so the
+/// bottle keeps the credential it launched with. None when there are none.
+pub fn detached_note(sources: &[PathBuf]) -> Option<String> {
+    if sources.is_empty() {
+        return None;
+    }
+    let files: Vec<String> = sources.iter().map(|p| p.display().to_string()).collect();
+    Some(format!(
+        "bottle: detached, so the credential read from {} is the bottle's for its whole run:          a login the host refreshes later is not passed on (an attached `bottle run`, in tmux          say, passes it on); when it expires upstream answers 401",
+        files.join(", ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_detached_run_says_its_file_credential_is_not_rotated() {
+        assert_eq!(detached_note(&[]), None);
+        let note = detached_note(&[PathBuf::from("/home/u/.codex/auth.json")]).unwrap();
+        assert!(note.contains("/home/u/.codex/auth.json"), "{note}");
+        assert!(note.contains("not passed on"), "{note}");
+    }
     use crate::egress_plan;
     use bot_bottle_plugin_api::{AgentProvisionPlan, EgressRoute, HeaderInjection, LocalResponse};
 

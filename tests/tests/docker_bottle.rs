@@ -1327,3 +1327,69 @@ fn git_settings_the_agent_adds_to_the_workspace_are_named_when_it_ends() {
         "{err}"
     );
 }
+
+#[test]
+fn a_detached_bottle_runs_on_and_is_managed_by_its_name() {
+    if !docker_available("a_detached_bottle_runs_on_and_is_managed_by_its_name") {
+        return;
+    }
+    let up = Upstream::start("detach", HOST);
+    let dir = open_workspace();
+    let data = tempfile::tempdir().unwrap();
+    let name = unique("detach");
+    let token = canary();
+    let script = r#"echo detached-start; curl -sS --fail-with-body -H "Authorization: Bearer $API_TOKEN" https://api.bottle.test/v1/hello; echo; while [ ! -e go ]; do sleep 0.1; done; echo detached-end"#;
+    let m = manifest(dir.path(), &name, script, &up, &[]);
+    let (code, out, err) = output(
+        bottle(data.path())
+            .env("API_TOKEN", &token)
+            .args(["run", "-d", "-f"])
+            .arg(&m),
+    );
+    let all = format!("stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(code, 0, "{all}");
+    // One line on stdout, for scripts: the bottle's id.
+    let id = out.trim().to_owned();
+    assert!(!id.is_empty() && !id.contains('\n'), "{all}");
+    // A detached run cannot check the workspace when the agent ends.
+    assert!(err.contains("check-workspace"), "{all}");
+
+    // The agent runs on after `bottle run` returned, and reaches the
+    // upstream with the real token.
+    let listed = |want: &str| {
+        let (_, ls, _) = output(bottle(data.path()).arg("ls"));
+        ls.lines().any(|l| l.contains(&name) && l.contains(want))
+    };
+    assert!(listed("running"), "not listed as running");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while up.requests().iter().all(|r| r["path"] != "/v1/hello") {
+        assert!(
+            Instant::now() < deadline,
+            "the detached agent never called out"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        up.request_to("/v1/hello")["headers"]["authorization"],
+        format!("Bearer {token}")
+    );
+    std::fs::write(dir.path().join("ws/go"), "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !listed("exited") {
+        assert!(Instant::now() < deadline, "the detached agent never ended");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Its output is kept for `bottle logs`, by name or by id.
+    for handle in [&name, &id] {
+        let (code, logs, err) = output(bottle(data.path()).args(["logs", handle]));
+        assert_eq!(code, 0, "logs {handle}: {err}");
+        assert!(
+            logs.contains("detached-start") && logs.contains("detached-end"),
+            "logs {handle}: {logs}"
+        );
+        assert!(!logs.contains(&token), "the real token is in the logs");
+    }
+    let (code, _, err) = output(bottle(data.path()).args(["rm", &id]));
+    assert_eq!(code, 0, "rm: {err}");
+    assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
+}

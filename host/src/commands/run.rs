@@ -143,6 +143,9 @@ pub(super) fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
         }
         if args.detach {
             println!("{bottle_id}");
+            if let Some(note) = crate::rotation::detached_note(&plan.provision.credential_sources) {
+                eprintln!("{note}");
+            }
             if plan.manifest.workspace.is_some() {
                 eprintln!(
                     "bottle: the workspace is not checked for git settings the agent adds (they \
