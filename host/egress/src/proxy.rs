@@ -216,6 +216,8 @@ pub(crate) async fn run(
                 continue;
             }
         };
+        // A Unix client is not checked: whoever reaches the socket's file
+        // is the bottle's agent.
         if let Accepted::Tcp(tcp, peer) = &accepted {
             let allowed = &live.get().cfg.allowed_clients;
             if !allowed.is_empty() && !allowed.iter().any(|net| net.contains(&peer.ip())) {
@@ -226,7 +228,6 @@ pub(crate) async fn run(
             }
             let _ = tcp.set_nodelay(true);
         }
-        // Whoever reaches a Unix socket's file is the bottle's agent.
         let slot = Slot {
             _permit: permit,
             load: workers::place(),
