@@ -286,6 +286,7 @@ pub fn proxy_config(
     cfg.ca = ca.clone();
     cfg.upstream.extra_ca_pem = extra_ca_pem;
     cfg.upstream.proxy_auth_ref = m.upstream_proxy_auth_ref.clone();
+    cfg.upstream.host_addresses = host_global_addresses();
     cfg.dlp.mode = match m.dlp {
         DlpMode::Off => egress_config::DlpMode::Off,
         DlpMode::Log => egress_config::DlpMode::Log,
@@ -301,6 +302,29 @@ pub fn proxy_config(
     // The backend narrows `allowed_clients` to the bottle's own network
     // when it knows it.
     Ok(cfg)
+}
+
+/// The global addresses of this machine's interfaces, for the proxy to
+/// refuse as the host's own (`upstream.host_addresses`): a sidecar in a
+/// network namespace of its own would take them for any public address,
+/// and a route whose name resolves to one would reach the host's services.
+/// Internal addresses are refused anyway and are left out. None when the
+/// interfaces cannot be listed (the other checks still hold).
+fn host_global_addresses() -> Vec<std::net::IpAddr> {
+    let mut out: Vec<std::net::IpAddr> = match if_addrs::get_if_addrs() {
+        Ok(ifs) => ifs
+            .iter()
+            .map(|i| i.ip())
+            .filter(|ip| bot_bottle_egress::addr::classify(*ip).is_none())
+            .collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, "could not list this machine's addresses");
+            Vec::new()
+        }
+    };
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The policy half of a plan's proxy config — routes, passthrough hosts,
@@ -325,6 +349,7 @@ pub fn policy_config(plan: &BottlePlan) -> ProxyConfig {
             proxy_auth_ref: None,
             resolve: m.resolve.clone(),
             allow_internal: m.allow_internal.clone(),
+            host_addresses: Vec::new(),
         },
         dlp: DlpConfig::default(),
         local_responses: plan.egress.local_responses.clone(),
@@ -417,4 +442,16 @@ pub fn egress_program() -> PathBuf {
     std::env::current_exe()
         .and_then(|p| p.canonicalize())
         .unwrap_or_else(|_| Path::new("bottle").to_path_buf())
+}
+
+#[cfg(test)]
+mod host_address_tests {
+    #[test]
+    fn the_hosts_addresses_for_the_proxy_are_global_ones_only() {
+        // Loopback and private ones are refused by class already; listing
+        // them would only add noise to every sidecar's config.
+        for ip in super::host_global_addresses() {
+            assert_eq!(bot_bottle_egress::addr::classify(ip), None, "{ip}");
+        }
+    }
 }

@@ -201,12 +201,15 @@ pub fn classify(ip: IpAddr) -> Option<AddrClass> {
 pub(crate) struct AddrPolicy {
     /// Networks the user allowed although they are internal.
     allow: Vec<IpNet>,
+    /// The host's own global addresses (`upstream.host_addresses`).
+    this_machine: Vec<IpAddr>,
 }
 
 impl AddrPolicy {
-    pub(crate) fn new(allow: &[IpNet]) -> Self {
+    pub(crate) fn new(allow: &[IpNet], this_machine: &[IpAddr]) -> Self {
         Self {
             allow: allow.iter().map(IpNet::trunc).collect(),
+            this_machine: this_machine.to_vec(),
         }
     }
 
@@ -224,14 +227,17 @@ impl AddrPolicy {
     /// link-local service, or `fc00::/7`, does not also hand out the
     /// machine's cloud credentials.
     pub(crate) fn check(&self, ip: IpAddr) -> Result<(), AddrClass> {
-        let Some(class) = classify(ip) else {
-            return Ok(());
-        };
         // The same address as the IPv4 it stands for, so `10.0.0.0/8`
         // allows `::ffff:10.1.2.3` too.
         let v4 = match ip {
             IpAddr::V6(v6) => embedded_v4(v6).map(IpAddr::V4),
             IpAddr::V4(_) => None,
+        };
+        let host_own = |a: &IpAddr| *a == ip || Some(*a) == v4;
+        let class = match classify(ip) {
+            Some(class) => class,
+            None if self.this_machine.iter().any(host_own) => AddrClass::ThisMachine,
+            None => return Ok(()),
         };
         let allowed = self.allow.iter().any(|net| {
             let holds = |a: IpAddr| {
@@ -369,7 +375,7 @@ mod tests {
         .iter()
         .map(|s| s.parse().unwrap())
         .collect();
-        let p = AddrPolicy::new(&nets);
+        let p = AddrPolicy::new(&nets, &[]);
         let ok = |s: &str| p.check(s.parse().unwrap());
         assert_eq!(ok("10.1.2.3"), Ok(()));
         assert_eq!(ok("::ffff:10.1.2.3"), Ok(()));
@@ -387,18 +393,36 @@ mod tests {
         assert_eq!(ok("169.254.170.2"), Err(AddrClass::Metadata));
         assert_eq!(ok("168.63.129.16"), Err(AddrClass::Metadata));
         assert_eq!(ok("8.8.8.8"), Ok(()));
-        let named = AddrPolicy::new(&["169.254.169.254/32".parse().unwrap()]);
+        let named = AddrPolicy::new(&["169.254.169.254/32".parse().unwrap()], &[]);
         assert_eq!(named.check("169.254.169.254".parse().unwrap()), Ok(()));
         assert_eq!(
             named.check("::ffff:169.254.169.254".parse().unwrap()),
             Ok(())
         );
         // Host bits in a network are ignored, as `ip route` does.
-        let loose = AddrPolicy::new(&["10.1.2.3/8".parse().unwrap()]);
+        let loose = AddrPolicy::new(&["10.1.2.3/8".parse().unwrap()], &[]);
         assert_eq!(loose.check("10.200.0.1".parse().unwrap()), Ok(()));
         assert_eq!(
             AddrPolicy::default().check("10.1.2.3".parse().unwrap()),
             Err(AddrClass::Private)
         );
+    }
+
+    #[test]
+    fn the_hosts_own_global_addresses_are_this_machine_unless_allowed() {
+        let host: Vec<IpAddr> = ["198.18.0.1", "8.8.4.4", "2a00:1450::1"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let p = AddrPolicy::new(&[], &host);
+        let ok = |p: &AddrPolicy, s: &str| p.check(s.parse().unwrap());
+        assert_eq!(ok(&p, "8.8.4.4"), Err(AddrClass::ThisMachine));
+        assert_eq!(ok(&p, "::ffff:8.8.4.4"), Err(AddrClass::ThisMachine));
+        assert_eq!(ok(&p, "2a00:1450::1"), Err(AddrClass::ThisMachine));
+        assert_eq!(ok(&p, "8.8.8.8"), Ok(()));
+        // An internal one keeps its own class.
+        assert_eq!(ok(&p, "198.18.0.1"), Err(AddrClass::Reserved));
+        let allowed = AddrPolicy::new(&["8.8.4.4/32".parse().unwrap()], &host);
+        assert_eq!(ok(&allowed, "8.8.4.4"), Ok(()));
     }
 }

@@ -107,6 +107,13 @@ pub struct UpstreamConfig {
     /// not applied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_internal: Vec<ipnet::IpNet>,
+    /// The global addresses of the machine the bottle runs on, as its host
+    /// sees them (filled in by `bottle` at launch). A sidecar in a network
+    /// namespace of its own cannot tell them from any other public
+    /// address, yet dialling one reaches the host's own services: each is
+    /// refused as this machine's, unless `allow_internal` lists it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_addresses: Vec<std::net::IpAddr>,
 }
 
 /// What the DLP stage does with a finding.

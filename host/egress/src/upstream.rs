@@ -237,7 +237,7 @@ impl Dialer {
                 tls_any: mk(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?,
                 tls_h1: mk(vec![b"http/1.1".to_vec()])?,
                 resolve: cfg.resolve.clone(),
-                policy: AddrPolicy::new(&cfg.allow_internal),
+                policy: AddrPolicy::new(&cfg.allow_internal, &cfg.host_addresses),
                 named_ips,
                 proxy,
             }),
@@ -589,7 +589,7 @@ mod tests {
         assert_eq!(r.addr, "169.254.169.254".parse::<IpAddr>().unwrap());
         assert_eq!(r.class, AddrClass::Metadata);
         assert_eq!(r.host, "evil.example");
-        let allowed = AddrPolicy::new(&["10.0.0.0/8".parse().unwrap()]);
+        let allowed = AddrPolicy::new(&["10.0.0.0/8".parse().unwrap()], &[]);
         assert_eq!(
             admit(
                 &allowed,

@@ -407,3 +407,32 @@ async fn a_resolve_override_to_an_internal_address_is_dialled() {
     .await;
     assert_eq!(got.status, 200, "{got:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hosts_own_global_addresses_are_refused_unless_allowed() {
+    // A sidecar in its own network namespace cannot tell the Docker host's
+    // public address from any other; `bottle` lists the host's addresses
+    // in `upstream.host_addresses`. 8.8.4.4 stands in for one: refused
+    // before any packet leaves, so no route to it is needed.
+    let pki = test_pki();
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let mut cfg = cfg_with(&pki, &audit, vec![route("*.4.4", 8080, true)], &[], &[]);
+    cfg.upstream.host_addresses = vec!["8.8.4.4".parse().unwrap()];
+    let proxy = start_proxy(cfg);
+    let (head, body) = plain_get(proxy, "8.8.4.4:8080").await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert!(body.contains("proxy's own machine"), "{body}");
+    let lines = refusals(&audit, "8.8.4.4");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0]["note"]
+            .as_str()
+            .unwrap()
+            .contains("allow_internal"),
+        "{}",
+        lines[0]
+    );
+    // (Listed in allow_internal it is dialled: the unit test of
+    // `AddrPolicy` shows it, without dialling a public address here.)
+}

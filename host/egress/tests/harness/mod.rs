@@ -390,6 +390,7 @@ pub fn config(pki: &TestPki, up: SocketAddr, audit: &std::path::Path) -> ProxyCo
             proxy_auth_ref: None,
             resolve,
             allow_internal: Vec::new(),
+            host_addresses: Vec::new(),
         },
         dlp: DlpConfig::default(),
         limits: Limits::default(),
