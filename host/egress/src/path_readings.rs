@@ -248,6 +248,12 @@ fn decode_with(b: &[u8], iis_u: bool, slash: bool, backslash: bool) -> Vec<u8> {
     out
 }
 
+/// `s` percent-decoded once, as a framework reads a query parameter's name
+/// or value (`%5Fmethod` is `_method`).
+pub(crate) fn percent_decoded(s: &str) -> String {
+    String::from_utf8_lossy(&decode_with(s.as_bytes(), false, true, false)).into_owned()
+}
+
 /// The character of IIS's `%uXXXX` escape (`rest` follows the `%`): a
 /// UTF-16 unit, a lone surrogate read as U+FFFD.
 fn iis_escape(rest: &[u8]) -> Option<char> {

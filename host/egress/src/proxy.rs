@@ -938,7 +938,7 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
     {
         // The agent's text: shown only if it looks like a method.
         let m = if m.len() <= 16 && m.bytes().all(|b| b.is_ascii_alphabetic()) {
-            m
+            m.as_str()
         } else {
             "(not a method)"
         };

@@ -131,12 +131,13 @@ pub(crate) fn method_allowed(r: &EgressRoute, method: &str) -> bool {
 /// a route that allows `POST` only must refuse it.
 ///
 /// Also the `_method` query parameter (Spring's, Symfony's and Laravel's
-/// form override read it from the query), and each item of a list
-/// (Express's takes the first of `DELETE, GET`).
+/// form override read it from the query), its name and value
+/// percent-decoded as they decode them (`%5Fmethod=DEL%45TE`), and each
+/// item of a list (Express's takes the first of `DELETE, GET`).
 pub(crate) fn method_override<'a>(
     h: &'a http::HeaderMap,
     query: Option<&'a str>,
-) -> impl Iterator<Item = &'a str> {
+) -> impl Iterator<Item = String> + 'a {
     let headers = [
         "x-http-method-override",
         "x-http-method",
@@ -144,15 +145,17 @@ pub(crate) fn method_override<'a>(
     ]
     .into_iter()
     .flat_map(|n| h.get_all(n))
-    .map(|v| v.to_str().unwrap_or("(not text)"));
-    let params = query
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.strip_prefix("_method="));
-    headers
-        .chain(params)
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+    .map(|v| v.to_str().unwrap_or("(not text)").to_owned());
+    let params = query.unwrap_or("").split('&').filter_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (crate::path_readings::percent_decoded(k) == "_method")
+            .then(|| crate::path_readings::percent_decoded(v))
+    });
+    headers.chain(params).flat_map(|v| {
+        v.split(',')
+            .map(|m| m.trim().to_owned())
+            .collect::<Vec<_>>()
+    })
 }
 
 /// The outcome of matching one request against the routes.

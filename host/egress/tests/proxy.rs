@@ -351,6 +351,10 @@ async fn deny_by_default() {
         ("a.wild.test", "", "x-http-method", "get", 200),
         ("a.wild.test", "", "x-http-method", "GET, DELETE", 403),
         ("a.wild.test", "?a=1&_method=DELETE", "x-none", "", 403),
+        // Frameworks percent-decode the parameter's name and value.
+        ("a.wild.test", "?a=1&%5Fmethod=DELETE", "x-none", "", 403),
+        ("a.wild.test", "?_method=DEL%45TE", "x-none", "", 403),
+        ("a.wild.test", "?_method=G%45T", "x-none", "", 200),
         ("api.test", "", "x-method-override", "TRACE", 403),
     ] {
         let mut req = get(&format!("https://{host}/override{query}"), "", true);
