@@ -252,24 +252,12 @@ struct Context {
 /// from, not kept: they are not the agent's to write, and their entries
 /// are not the workspace's.
 fn global_included(ctx: &Context) -> Option<Repo> {
-    let mut git = Command::new("git");
-    git.args([
-        "config",
-        "--list",
-        "--show-origin",
-        "--no-includes",
-        "--null",
-    ])
-    .current_dir("/")
-    .env_remove("GIT_DIR")
-    .env_remove("GIT_WORK_TREE")
-    .stdin(Stdio::null())
-    .stderr(Stdio::null());
-    if let Some(f) = &ctx.global_config {
-        git.env("GIT_CONFIG_GLOBAL", f)
-            .env("GIT_CONFIG_NOSYSTEM", "1");
-    }
-    let out = git.output().ok()?;
+    let out = user_git_config(
+        &["--list", "--show-origin", "--no-includes", "--null"],
+        ctx.global_config.as_deref(),
+    )
+    .output()
+    .ok()?;
     // `file:PATH` NUL `key\nvalue` NUL, per entry.
     let mut origins = std::collections::BTreeSet::new();
     let parts: Vec<&[u8]> = out.stdout.split(|b| *b == 0).collect();
@@ -305,6 +293,24 @@ fn global_included(ctx: &Context) -> Option<Repo> {
     })
 }
 
+/// `git config ARGS` outside any repository, so that it reads the user's
+/// global and system config only (or the file `global` instead of them).
+fn user_git_config(args: &[&str], global: Option<&Path>) -> Command {
+    let mut git = Command::new("git");
+    git.arg("config")
+        .args(args)
+        .current_dir("/")
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(f) = global {
+        git.env("GIT_CONFIG_GLOBAL", f)
+            .env("GIT_CONFIG_NOSYSTEM", "1");
+    }
+    git
+}
+
 /// `core.hooksPath` as the user's global and system config set it (read
 /// once, outside any repository). A relative one is taken from each
 /// repository's work tree, inside the workspace, where the agent writes.
@@ -312,13 +318,7 @@ fn global_hooks_path() -> Option<String> {
     static GLOBAL: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     GLOBAL
         .get_or_init(|| {
-            let out = Command::new("git")
-                .args(["config", "--get", "core.hooksPath"])
-                .current_dir("/")
-                .env_remove("GIT_DIR")
-                .env_remove("GIT_WORK_TREE")
-                .stdin(Stdio::null())
-                .stderr(Stdio::null())
+            let out = user_git_config(&["--get", "core.hooksPath"], None)
                 .output()
                 .ok()?;
             let v = String::from_utf8_lossy(&out.stdout).trim().to_owned();
