@@ -73,13 +73,9 @@ struct Pool {
 }
 
 /// How many more connections than the least busy worker the accepting
-/// worker keeps before it hands one over. An agent's handful of
-/// connections stays on one thread; a proxy serving many still spreads
-/// over every core. Measured on the 2-core VM (docs/benchmarks.md): with 2
-/// here, new connections cost the proxy ~265 µs of CPU each, against ~212
-/// µs with all of them on one thread, because a worker serving a few
-/// connections sleeps and is woken for each of their events, where one
-/// serving them all finds several per wake-up.
+/// worker keeps before it hands one over (why: the module's comment).
+/// With 2, new connections cost the proxy ~265 µs of CPU each on the
+/// 2-core VM, against ~212 µs with all of them on one thread.
 const KEEP_AHEAD: usize = 32;
 
 /// A client connection's place in its worker's count: taken by [`place`]
