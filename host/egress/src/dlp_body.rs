@@ -233,6 +233,8 @@ async fn buffer_prefix(
     let mut deadline = None;
     let mut frames = VecDeque::new();
     let mut seen = Vec::new();
+    // Whether a frame had more data than the limit left room for.
+    let mut cut = false;
     while seen.len() < limit {
         let ready = std::future::poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
             Poll::Ready(f) => Poll::Ready(Some(f)),
@@ -260,13 +262,16 @@ async fn buffer_prefix(
             Some(Err(e)) => return Err(HoldError::Body(e)),
             Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {
-                    seen.extend_from_slice(&d[..d.len().min(limit - seen.len())]);
+                    let room = limit - seen.len();
+                    cut |= d.len() > room;
+                    seen.extend_from_slice(&d[..d.len().min(room)]);
                 }
                 frames.push_back(f);
             }
         }
     }
-    let ended = body.is_end_stream();
+    // A body whose last frame passed the limit ended, but not within it.
+    let ended = !cut && body.is_end_stream();
     Ok(Prefix {
         frames,
         seen,
@@ -312,6 +317,49 @@ impl hyper::body::Body for PrefixBody {
     fn is_end_stream(&self) -> bool {
         self.frames.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
     }
+    // What is held and what the rest announces: a second hold of this body
+    // takes only as much budget as it needs.
+    fn size_hint(&self) -> SizeHint {
+        let held: u64 = self
+            .frames
+            .iter()
+            .filter_map(|f| f.data_ref())
+            .map(|d| d.len() as u64)
+            .sum();
+        let Some(rest) = self.rest.as_ref().map(|r| r.size_hint()) else {
+            return SizeHint::with_exact(held);
+        };
+        let mut hint = SizeHint::new();
+        hint.set_lower(held.saturating_add(rest.lower()));
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(held.saturating_add(upper));
+        }
+        hint
+    }
+}
+
+/// Holds a body whole, up to `limit` bytes, for a check that must read all
+/// of it before any of it is sent (a form's `_method` field,
+/// [`crate::body_override`]), from the same budget and with the same stall
+/// time as the DLP's prefix. Returns the body to send and its bytes, or
+/// `None` for them when it is longer than `limit`.
+pub(crate) async fn hold_whole(
+    mut body: Body,
+    limit: usize,
+    budget: &Arc<Semaphore>,
+    stall: Duration,
+) -> Result<(Body, Option<Bytes>), Refused> {
+    // A byte more than the limit: a body of exactly `limit` bytes may not
+    // say it has ended until it is asked again.
+    let over = limit.saturating_add(1);
+    let mut prefix = match buffer_prefix(&mut body, over, budget, stall).await {
+        Ok(p) => p,
+        Err(HoldError::Stalled) => return Err(Refused::Stalled),
+        Err(HoldError::Body(e)) => return Err(Refused::Unreadable(e)),
+    };
+    let whole = (prefix.ended && prefix.seen.len() <= limit)
+        .then(|| Bytes::from(std::mem::take(&mut prefix.seen)));
+    Ok((PrefixBody::new(prefix, body).boxed_unsync(), whole))
 }
 
 /// The rule ids that stopped a body mid-stream, shared with the request
@@ -415,5 +463,50 @@ impl hyper::body::Body for ScannedBody {
             h.set_upper(u + held);
         }
         h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_of(frames: &[&[u8]]) -> Body {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = frames
+            .iter()
+            .map(|f| Ok(Frame::data(Bytes::copy_from_slice(f))))
+            .collect();
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+    }
+
+    /// A body is held whole only if all of it fits: one whose last frame
+    /// runs past the limit is not (its bytes past the limit were never
+    /// read), and either way every byte goes on, in order.
+    #[tokio::test]
+    async fn a_body_is_whole_only_if_every_byte_fits() {
+        let budget = budget(9);
+        let stall = Duration::from_secs(5);
+        for (frames, whole) in [
+            (&[&b"abc"[..], b"defgh"][..], Some(&b"abcdefgh"[..])),
+            (&[&b"abc"[..], b"defghi"][..], None),
+            (&[&b"abcdefghij"[..]][..], None),
+        ] {
+            let (sent, held) = hold_whole(body_of(frames), 8, &budget, stall)
+                .await
+                .unwrap();
+            assert_eq!(held.as_deref(), whole, "{frames:?}");
+            let all = sent.collect().await.unwrap().to_bytes();
+            assert_eq!(all, frames.concat(), "{frames:?}");
+        }
+        // A body that says it has ended, its one frame past the limit: the
+        // DLP's prefix has not seen all of it, and its note must say so.
+        let mut full = http_body_util::Full::new(Bytes::from_static(b"abcdefghij"))
+            .map_err(|e| match e {})
+            .boxed_unsync();
+        let prefix = buffer_prefix(&mut full, 8, &budget, stall).await.unwrap();
+        assert_eq!(prefix.seen, b"abcdefgh");
+        assert!(!prefix.ended, "a cut frame counted as the body's end");
+        drop(prefix);
+        // Every held byte's budget is back.
+        assert_eq!(budget.available_permits(), 9 * HELD_CAPS);
     }
 }

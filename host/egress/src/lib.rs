@@ -8,6 +8,7 @@
 
 pub mod addr;
 pub mod audit;
+mod body_override;
 pub mod ca;
 pub mod config;
 mod dlp;

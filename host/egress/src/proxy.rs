@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::audit::{now_rfc3339, Audit, AuditRecord};
+use crate::body_override;
 use crate::ca::LeafMinter;
 use crate::config::{DlpMode, ProxyConfig};
 use crate::dlp::Dlp;
@@ -933,19 +934,18 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
         }
     };
     rec.route = Some(idx);
-    if let Some(m) = route::method_override(req.headers(), req.uri().query())
-        .find(|m| route::always_refused(m) || !route::method_allowed(r, m))
-    {
+    // An override the route does not allow: `where_` says where it was.
+    let refused_override = |m: &str| route::always_refused(m) || !route::method_allowed(r, m);
+    let deny_override = |rec: AuditRecord, m: &str, where_: &str| {
         // The agent's text: shown only if it looks like a method.
         let m = if m.len() <= 16 && m.bytes().all(|b| b.is_ascii_alphabetic()) {
-            m.as_str()
+            m
         } else {
             "(not a method)"
         };
-        let why = format!(
-            "the request asks for method {m} (a method override), which the route does not allow"
-        );
-        return done(
+        let why =
+            format!("the request asks for method {m} ({where_}), which the route does not allow");
+        done(
             rec,
             StatusCode::FORBIDDEN,
             "deny",
@@ -957,7 +957,12 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
                 &why,
                 "To allow it, add the method to the route's `methods`, if the agent should have it",
             ),
-        );
+        )
+    };
+    if let Some(m) =
+        route::method_override(req.headers(), req.uri().query()).find(|m| refused_override(m))
+    {
+        return deny_override(rec, &m, "a method override");
     }
     if !t.tls && !r.plain_http {
         let why = "plain HTTP is refused unless the route sets plain_http = true";
@@ -989,6 +994,88 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
         n: req_bytes.clone(),
     }
     .boxed_unsync();
+
+    // A form's `_method` field, where the route limits methods: the body
+    // is held whole and read before any of it is sent.
+    let form = (!r.methods.is_empty() && has_body)
+        .then(|| body_override::kind(&parts.method, &parts.headers))
+        .flatten();
+    if let Some(kind) = form {
+        let cap = shared.dlp().max_body;
+        let mut abandoned = DropAudit {
+            rec: Some(rec.clone()),
+            shared: shared.clone(),
+            start,
+            req_bytes: req_bytes.clone(),
+            decision: "error",
+            note: "client went away while its body was held to read its _method field; nothing was sent",
+        };
+        let held =
+            dlp_body::hold_whole(body, cap, &shared.dlp_budget, shared.header_timeout()).await;
+        abandoned.rec = None;
+        let whole = match held {
+            Ok((b, whole)) => {
+                body = b;
+                whole
+            }
+            Err(e) => {
+                let (status, decision, why, text) = held_refusal(e, &shared, &t.host);
+                return done(rec, status, decision, why, text);
+            }
+        };
+        match (whole, &kind) {
+            (None, body_override::Kind::Json) => add_note(
+                &mut rec,
+                &format!("a JSON body over {cap} bytes was not read for a _method field"),
+            ),
+            (None, _) => {
+                let why = format!(
+                    "a form body over {cap} bytes, on a route that limits methods, cannot be read for a _method field"
+                );
+                return done(
+                    rec,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "deny",
+                    why.clone(),
+                    route::deny_fix_body(
+                        &t.host,
+                        method.as_str(),
+                        &path,
+                        &why,
+                        "A form's _method field asks servers for another method. Send a smaller \
+                         form, or raise dlp.max_body_bytes in [egress]",
+                    ),
+                );
+            }
+            (Some(bytes), _) => match body_override::methods_in(&kind, bytes).await {
+                Ok(asked) => {
+                    let mut asked = asked.iter().flat_map(|v| v.split(',')).map(str::trim);
+                    if let Some(m) = asked.find(|m| refused_override(m)) {
+                        return deny_override(rec, m, "the body's _method field");
+                    }
+                }
+                Err(e) => {
+                    let why = format!(
+                        "a multipart body that cannot be split into fields ({e}), on a route that limits methods"
+                    );
+                    return done(
+                        rec,
+                        StatusCode::BAD_REQUEST,
+                        "deny",
+                        why.clone(),
+                        route::deny_fix_body(
+                            &t.host,
+                            method.as_str(),
+                            &path,
+                            &why,
+                            "Its fields are read for a _method field, which asks servers for \
+                             another method",
+                        ),
+                    );
+                }
+            },
+        }
+    }
     // Rule ids found in a body streamed past the cap (`block` mode).
     let streamed_block: dlp_body::Blocked = Default::default();
     if shared.dlp().mode != DlpMode::Off {
@@ -1033,41 +1120,12 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
                 Ok((b, note)) => {
                     body = b;
                     if let Some(note) = note {
-                        rec.note = note;
+                        add_note(&mut rec, &note);
                     }
                 }
-                Err(Refused::Stalled) => {
-                    return done(
-                        rec,
-                        StatusCode::REQUEST_TIMEOUT,
-                        "error",
-                        "request body stalled".into(),
-                        format!(
-                            "bot-bottle egress: the request body stopped arriving for {} ms; nothing was sent\n",
-                            shared.cfg.limits.header_read_timeout_ms
-                        ),
-                    )
-                }
-                Err(Refused::Unreadable(e)) => {
-                    return done(
-                        rec,
-                        StatusCode::BAD_REQUEST,
-                        "error",
-                        format!("request body: {e}"),
-                        "bot-bottle egress: the request body could not be read\n".into(),
-                    )
-                }
-                Err(Refused::Unscannable { status, why }) => {
-                    return done(
-                        rec,
-                        status,
-                        "dlp_block",
-                        format!("cannot scan {why}"),
-                        format!(
-                            "bot-bottle egress: DLP (block) cannot scan {why} to {}; it was not sent (send it uncompressed, or set dlp = \"log\" in [egress])\n",
-                            t.host
-                        ),
-                    );
+                Err(e) => {
+                    let (status, decision, why, text) = held_refusal(e, &shared, &t.host);
+                    return done(rec, status, decision, why, text);
                 }
             }
         }
@@ -1398,6 +1456,49 @@ impl hyper::body::Body for AuditBody {
 
 /// Writes an audit line for a request whose future was dropped (the client
 /// went away) before an answer came back.
+/// Why a held body was not sent: status, audit decision and note, and the
+/// text for the agent.
+fn held_refusal(
+    e: Refused,
+    shared: &Shared,
+    host: &str,
+) -> (StatusCode, &'static str, String, String) {
+    match e {
+        Refused::Stalled => (
+            StatusCode::REQUEST_TIMEOUT,
+            "error",
+            "request body stalled".into(),
+            format!(
+                "bot-bottle egress: the request body stopped arriving for {} ms; nothing was sent\n",
+                shared.cfg.limits.header_read_timeout_ms
+            ),
+        ),
+        Refused::Unreadable(e) => (
+            StatusCode::BAD_REQUEST,
+            "error",
+            format!("request body: {e}"),
+            "bot-bottle egress: the request body could not be read\n".into(),
+        ),
+        Refused::Unscannable { status, why } => (
+            status,
+            "dlp_block",
+            format!("cannot scan {why}"),
+            format!(
+                "bot-bottle egress: DLP (block) cannot scan {why} to {host}; it was not sent (send it uncompressed, or set dlp = \"log\" in [egress])\n"
+            ),
+        ),
+    }
+}
+
+/// Adds `note` to the audit line's note (one request can earn two).
+fn add_note(rec: &mut AuditRecord, note: &str) {
+    if rec.note.is_empty() {
+        rec.note = note.into();
+    } else {
+        rec.note = format!("{}; {note}", rec.note);
+    }
+}
+
 struct DropAudit {
     rec: Option<AuditRecord>,
     shared: Arc<Shared>,

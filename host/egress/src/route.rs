@@ -489,6 +489,14 @@ pub fn check(config: &ProxyConfig, method: &str, url: &str) -> Decision {
         RouteMatch::Allowed(i, r) => {
             d.route_index = Some(i);
             d.route_host = Some(r.host.clone());
+            let query = method_override(&http::HeaderMap::new(), uri.query())
+                .find(|m| always_refused(m) || !method_allowed(r, m));
+            if let Some(m) = query {
+                d.reason = format!(
+                    "the URL's _method asks for method {m:?}, which route #{i} does not allow"
+                );
+                return d;
+            }
             if !tls && !r.plain_http {
                 d.reason = "plain HTTP is refused unless the route sets plain_http = true".into();
                 return d;
@@ -501,6 +509,18 @@ pub fn check(config: &ProxyConfig, method: &str, url: &str) -> Decision {
             };
             d.inject_headers = r.inject.iter().map(|h| h.header.clone()).collect();
             d.reason = format!("route #{i} allows it");
+            // What the proxy also reads, which a method and a URL do not show.
+            if !r.methods.is_empty() {
+                d.reason.push_str(&format!(
+                    "; a method-override header{} must name one of {} too",
+                    if method == "POST" {
+                        ", or a _method field in a form or JSON body,"
+                    } else {
+                        ""
+                    },
+                    r.methods.join(", ")
+                ));
+            }
         }
     }
     d

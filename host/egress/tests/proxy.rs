@@ -834,6 +834,94 @@ async fn post_frames(fx: &Fx, h2: bool, headers: &[(&str, &str)], frames: Vec<Ve
     send(fx.proxy, "api.test:443", "api.test", &fx.bottle_ca, h2, req).await
 }
 
+/// A form's `_method` field asks Rails, Laravel, Symfony and Spring for
+/// another method: on a route that allows `POST` but not `DELETE`, a `POST`
+/// whose form says `_method=DELETE` is refused before any of it is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forms_method_field_must_name_a_method_the_route_allows() {
+    const CAP: usize = 4096;
+    let fx = fx_with(|c| {
+        c.routes[0].methods = vec!["GET".into(), "POST".into()];
+        c.dlp.max_body_bytes = CAP;
+    })
+    .await;
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    let json = ("content-type", "application/json; charset=utf-8");
+    let big_form = format!("_method=POST&pad={}", "a".repeat(CAP));
+    let big_json = format!(r#"{{"_method":"DELETE","pad":"{}"}}"#, "a".repeat(CAP));
+    for h2 in [false, true] {
+        for (headers, body, want) in [
+            (vec![form], "title=x&_method=DELETE", 403),
+            (vec![form], "%5Fmethod=PATCH", 403),
+            // PHP's name for `.method` is `_method`.
+            (vec![form], ".method=DELETE", 403),
+            (vec![form], "_method=post&title=x", 200),
+            (vec![form], "_method=GET,%20DELETE", 403),
+            // Rack reads a POST without a content-type as a form.
+            (vec![], "_method=DELETE", 403),
+            (vec![json], r#"{"title":"x","_method":"DELETE"}"#, 403),
+            (vec![json], r#"{"title":{"_method":"DELETE"}}"#, 200),
+            // Not a body any framework reads a form from.
+            (vec![("content-type", "text/plain")], "_method=DELETE", 200),
+            // Too big to read whole: a form is refused, JSON goes on (docs).
+            (vec![form], big_form.as_str(), 413),
+            (vec![json], big_json.as_str(), 200),
+        ] {
+            let before = fx.up.seen().len();
+            let got = post_frames(&fx, h2, &headers, vec![body.as_bytes().to_vec()]).await;
+            let what = format!("h2 {h2}, {headers:?}, {:.40}", body);
+            assert_eq!(got.status, want, "{what}: {got:?}");
+            let seen = fx.up.seen();
+            if want == 200 {
+                assert_eq!(seen.len(), before + 1, "{what}");
+                assert_eq!(
+                    seen.last().unwrap().body,
+                    body.as_bytes(),
+                    "{what}: body altered"
+                );
+            } else {
+                assert_eq!(seen.len(), before, "{what}: sent upstream");
+                assert!(got.body.contains("_method"), "{what}: {}", got.body);
+            }
+        }
+    }
+    // Multipart, as curl makes it.
+    if have_curl() {
+        let ca = fx.dir.path().join("bottle-ca.pem");
+        std::fs::write(&ca, &fx.bottle_ca).unwrap();
+        for (fields, want) in [
+            (&["title=x", "_method=DELETE"][..], "403"),
+            (&["title=x", "_method=POST"][..], "200"),
+        ] {
+            let mut curl = curl_via(fx.proxy, &ca);
+            for f in fields {
+                curl.args(["-F", f]);
+            }
+            let out = curl_status(curl, "https://api.test/v1/upload", "curl -F").await;
+            assert!(out.ends_with(&format!("{want} 2")), "{fields:?}: {out}");
+        }
+        let uploads: Vec<_> = fx
+            .up
+            .seen()
+            .into_iter()
+            .filter(|s| s.path == "/v1/upload")
+            .collect();
+        assert_eq!(uploads.len(), 1);
+        assert!(String::from_utf8_lossy(&uploads[0].body).contains("_method"));
+    }
+    let lines = audit_lines(&fx.audit);
+    assert!(lines.iter().any(|l| l["status"] == 403
+        && l["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("DELETE (the body's _method field)"))));
+    assert!(lines.iter().any(|l| l["status"] == 200
+        && l["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("JSON body over 4096 bytes was not read")
+                && n.contains("dlp scanned the first 4096 body bytes"))));
+    no_canary_anywhere(&fx);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_mode_scans_a_body_past_the_cap_as_it_streams() {
     const CAP: usize = BLOCK_CAP;
@@ -1413,6 +1501,22 @@ fn check_says_what_would_happen() {
     assert!(!d.allowed);
     let d = bot_bottle_egress::check(&cfg, "GET", "https://nope.test/");
     assert!(!d.allowed && d.to_string().contains("route: none"));
+    // A route that limits methods: the URL's `_method` is read, and the
+    // reason says what else the proxy reads.
+    let d = bot_bottle_egress::check(&cfg, "GET", "https://a.wild.test/x?%5Fmethod=DELETE");
+    assert!(!d.allowed && d.reason.contains("\"DELETE\""), "{d}");
+    let d = bot_bottle_egress::check(&cfg, "GET", "https://a.wild.test/x?_method=get");
+    assert!(
+        d.allowed && d.reason.contains("must name one of GET too"),
+        "{d}"
+    );
+    let mut cfg = cfg;
+    cfg.routes[3].methods.push("POST".into());
+    let d = bot_bottle_egress::check(&cfg, "POST", "https://a.wild.test/x");
+    assert!(
+        d.allowed && d.reason.contains("_method field in a form or JSON body"),
+        "{d}"
+    );
 }
 
 /// Runs the proxy as its own process with every log level on, drives
