@@ -379,11 +379,15 @@ pub(crate) fn prefix_holds(prefix: &str, raw_path: &str, norm_path: &str) -> boo
     let (prefix_depths, _) = depth_readings(prefix, Some(n));
     let lenient_holds = |raw: &str| {
         lenient_readings(raw).is_none_or(|readings| {
-            !readings.is_empty() && readings.iter().all(|p| segment_prefix(&norm_prefix, p))
+            !readings.is_empty()
+                && readings
+                    .iter()
+                    .all(|p| segment_prefix(&norm_prefix, p) && !disguised_dots(p))
         })
     };
     segment_prefix(&upper_escapes(prefix), &upper_escapes(raw_path))
         && segment_prefix(&norm_prefix, norm_path)
+        && !disguised_dots(norm_path)
         && param_free_path(raw_path).is_none_or(|p| segment_prefix(&norm_prefix, &p))
         && prefix_depths
             .iter()
@@ -391,6 +395,21 @@ pub(crate) fn prefix_holds(prefix: &str, raw_path: &str, norm_path: &str) -> boo
             .all(|(pre, path)| segment_prefix(pre, path))
         && lenient_holds(raw_path)
         && param_free_raw(raw_path).is_none_or(|p| lenient_holds(&p))
+}
+
+/// Whether a segment of a decoded `path` is a dot segment in disguise:
+/// dots with spaces or control characters (`..%00`, `..%20`, `. .`), or
+/// three dots or more. Windows drops a segment's trailing dots and spaces
+/// and some servers drop NULs, so to them these may be `..`; every reading
+/// here keeps them as names. No API path has one, so prefix routes refuse
+/// them rather than guess which they are.
+fn disguised_dots(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        seg != "."
+            && seg != ".."
+            && seg.contains('.')
+            && seg.chars().all(|c| c == '.' || c == ' ' || c.is_control())
+    })
 }
 
 /// Whether `path` starts with `prefix` at a segment boundary (`/v1` holds

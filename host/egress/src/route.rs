@@ -574,6 +574,20 @@ mod tests {
         assert!(allowed("/open/group%2Fproject/x"));
         assert!(allowed("/open/x?next=/../admin"));
         assert_eq!(param_free_path("/a/b"), None);
+        // Dot segments in disguise: `..` to Windows (trailing dots and
+        // spaces dropped) or to a server that drops NULs.
+        for p in [
+            "/open/..%00/admin",
+            "/open/..%20/admin",
+            "/open/.. ./admin",
+            "/open/.../admin",
+            "/open/.%2e%09/admin",
+            "/open/%u002e%u002e%u0020/admin",
+        ] {
+            assert!(!allowed(p), "{p}");
+        }
+        assert!(allowed("/open/v1.2/x") && allowed("/open/.well-known/x"));
+        assert!(allowed("/open/a.b./x"));
     }
 
     #[test]
