@@ -934,6 +934,11 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
         }
     };
     rec.route = Some(idx);
+    // A refusal the agent's user can lift: `fix` says how.
+    let deny_fix = |rec: AuditRecord, status: StatusCode, why: String, fix: &str| {
+        let text = route::deny_fix_body(&t.host, method.as_str(), &path, &why, fix);
+        done(rec, status, "deny", why, text)
+    };
     // An override the route does not allow: `where_` says where it was.
     let refused_override = |m: &str| route::always_refused(m) || !route::method_allowed(r, m);
     let deny_override = |rec: AuditRecord, m: &str, where_: &str| {
@@ -943,20 +948,11 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
         } else {
             "(not a method)"
         };
-        let why =
-            format!("the request asks for method {m} ({where_}), which the route does not allow");
-        done(
+        deny_fix(
             rec,
             StatusCode::FORBIDDEN,
-            "deny",
-            why.clone(),
-            route::deny_fix_body(
-                &t.host,
-                method.as_str(),
-                &path,
-                &why,
-                "To allow it, add the method to the route's `methods`, if the agent should have it",
-            ),
+            format!("the request asks for method {m} ({where_}), which the route does not allow"),
+            "To allow it, add the method to the route's `methods`, if the agent should have it",
         )
     };
     if let Some(m) =
@@ -965,20 +961,12 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
         return deny_override(rec, &m, "a method override");
     }
     if !t.tls && !r.plain_http {
-        let why = "plain HTTP is refused unless the route sets plain_http = true";
-        return done(
+        return deny_fix(
             rec,
             StatusCode::FORBIDDEN,
-            "deny",
-            why.into(),
-            route::deny_fix_body(
-                &t.host,
-                method.as_str(),
-                &path,
-                why,
-                "Use https://, or set `plain_http = true` on the route if the credential may \
-                 travel unencrypted",
-            ),
+            "plain HTTP is refused unless the route sets plain_http = true".into(),
+            "Use https://, or set `plain_http = true` on the route if the credential may \
+             travel unencrypted",
         );
     }
 
@@ -1029,22 +1017,14 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
                 &format!("a JSON body over {cap} bytes was not read for a _method field"),
             ),
             (None, _) => {
-                let why = format!(
-                    "a form body over {cap} bytes, on a route that limits methods, cannot be read for a _method field"
-                );
-                return done(
+                return deny_fix(
                     rec,
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "deny",
-                    why.clone(),
-                    route::deny_fix_body(
-                        &t.host,
-                        method.as_str(),
-                        &path,
-                        &why,
-                        "A form's _method field asks servers for another method. Send a smaller \
-                         form, or raise dlp.max_body_bytes in [egress]",
+                    format!(
+                        "a form body over {cap} bytes, on a route that limits methods, cannot be read for a _method field"
                     ),
+                    "A form's _method field asks servers for another method. Send a smaller \
+                     form, or raise dlp.max_body_bytes in [egress]",
                 );
             }
             (Some(bytes), _) => match body_override::methods_in(&kind, bytes).await {
@@ -1055,22 +1035,14 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
                     }
                 }
                 Err(e) => {
-                    let why = format!(
-                        "a multipart body that cannot be split into fields ({e}), on a route that limits methods"
-                    );
-                    return done(
+                    return deny_fix(
                         rec,
                         StatusCode::BAD_REQUEST,
-                        "deny",
-                        why.clone(),
-                        route::deny_fix_body(
-                            &t.host,
-                            method.as_str(),
-                            &path,
-                            &why,
-                            "Its fields are read for a _method field, which asks servers for \
-                             another method",
+                        format!(
+                            "a multipart body that cannot be split into fields ({e}), on a route that limits methods"
                         ),
+                        "Its fields are read for a _method field, which asks servers for \
+                         another method",
                     );
                 }
             },
