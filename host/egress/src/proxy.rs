@@ -983,12 +983,16 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
     }
     .boxed_unsync();
 
-    // A form's `_method` field, where the route limits methods: the body
-    // is held whole and read before any of it is sent.
-    let form = (!r.methods.is_empty() && has_body)
-        .then(|| body_override::kind(&parts.method, &parts.headers))
-        .flatten();
-    if let Some(kind) = form {
+    // A `_method` field in a POST's body, where the route limits methods
+    // (crate::body_override): read before any of the body is sent, or, for
+    // JSON past the cap, as it goes (a refused one stops it).
+    let kinds = if !r.methods.is_empty() && has_body {
+        body_override::kinds(&parts.method, &parts.headers)
+    } else {
+        Vec::new()
+    };
+    let override_stopped: body_override::Stopped = Default::default();
+    if !kinds.is_empty() {
         let cap = shared.dlp().max_body;
         let mut abandoned = DropAudit {
             rec: Some(rec.clone()),
@@ -1011,41 +1015,71 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
                 return done(rec, status, decision, why, text);
             }
         };
-        match (whole, &kind) {
-            (None, body_override::Kind::Json) => add_note(
-                &mut rec,
-                &format!("a JSON body over {cap} bytes was not read for a _method field"),
-            ),
-            (None, _) => {
-                return deny_fix(
-                    rec,
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!(
-                        "a form body over {cap} bytes, on a route that limits methods, cannot be read for a _method field"
+        let enc = content_encoding(&parts.headers);
+        let too_big = |rec: AuditRecord, what: &str| {
+            deny_fix(
+                rec,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{what} over {cap} bytes, on a route that limits methods, cannot be read for a _method field"
+                ),
+                "A _method field in a form or JSON body asks servers for another method. Send a \
+                 smaller or uncompressed body, or raise dlp.max_body_bytes in [egress]",
+            )
+        };
+        let decodes = body_override::express_decodes(enc.as_deref());
+        match whole {
+            None if decodes => return too_big(rec, "a compressed body"),
+            None if kinds.iter().any(|k| *k != body_override::Kind::Json) => {
+                return too_big(rec, "a form body")
+            }
+            None => {
+                let route = r.clone();
+                let refused = Box::new(move |m: &str| {
+                    route::always_refused(m) || !route::method_allowed(&route, m)
+                });
+                body = body_override::WatchedJson::new(body, refused, override_stopped.clone())
+                    .boxed_unsync();
+                add_note(
+                    &mut rec,
+                    &format!(
+                        "a JSON body over {cap} bytes was read for a _method field as it streamed"
                     ),
-                    "A form's _method field asks servers for another method. Send a smaller \
-                     form, or raise dlp.max_body_bytes in [egress]",
                 );
             }
-            (Some(bytes), _) => match body_override::methods_in(&kind, bytes).await {
-                Ok(asked) => {
-                    let mut asked = asked.iter().flat_map(|v| v.split(',')).map(str::trim);
-                    if let Some(m) = asked.find(|m| refused_override(m)) {
-                        return deny_override(rec, m, "the body's _method field");
+            Some(raw) => {
+                // As sent, and as Express reads it once decoded.
+                let mut texts = vec![raw.clone()];
+                if decodes {
+                    match body_override::decoded(&raw, enc.as_deref(), cap) {
+                        Ok(Some(d)) => texts.push(Bytes::from(d)),
+                        Ok(None) => {}
+                        Err(()) => return too_big(rec, "a body that decodes"),
                     }
                 }
-                Err(e) => {
-                    return deny_fix(
-                        rec,
-                        StatusCode::BAD_REQUEST,
-                        format!(
-                            "a multipart body that cannot be split into fields ({e}), on a route that limits methods"
-                        ),
-                        "Its fields are read for a _method field, which asks servers for \
-                         another method",
-                    );
+                for kind in &kinds {
+                    for text in &texts {
+                        let asked =
+                            match body_override::methods_in(kind, text.clone()).await {
+                                Ok(asked) => asked,
+                                Err(e) => return deny_fix(
+                                    rec,
+                                    StatusCode::BAD_REQUEST,
+                                    format!(
+                                        "a multipart body whose _method fields cannot be read for \
+                                         certain ({e}), on a route that limits methods"
+                                    ),
+                                    "Its fields are read for a _method field, which asks servers \
+                                     for another method",
+                                ),
+                            };
+                        let mut asked = asked.iter().flat_map(|v| v.split(',')).map(str::trim);
+                        if let Some(m) = asked.find(|m| refused_override(m)) {
+                            return deny_override(rec, m, "the body's _method field");
+                        }
+                    }
                 }
-            },
+            }
         }
     }
     // Rule ids found in a body streamed past the cap (`block` mode).
@@ -1096,6 +1130,11 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
                     }
                 }
                 Err(e) => {
+                    // The DLP's hold read a JSON body that its `_method`
+                    // check stopped.
+                    if let Some(m) = take_stopped(&override_stopped) {
+                        return deny_override(rec, &m, "the body's _method field");
+                    }
                     let (status, decision, why, text) = held_refusal(e, &shared, &t.host);
                     return done(rec, status, decision, why, text);
                 }
@@ -1203,6 +1242,14 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
             Response::from_parts(p, body.boxed_unsync())
         }
         Err(e) => {
+            if let Some(m) = take_stopped(&override_stopped) {
+                return deny_override(
+                    rec,
+                    &m,
+                    "the body's _method field, read as it streamed: the request was abandoned \
+                     before the rest of the body was sent",
+                );
+            }
             let stopped =
                 std::mem::take(&mut *streamed_block.lock().unwrap_or_else(|p| p.into_inner()));
             if !stopped.is_empty() {
@@ -1460,6 +1507,11 @@ fn held_refusal(
             ),
         ),
     }
+}
+
+/// The method a streamed JSON body's `_method` asked for that stopped it.
+fn take_stopped(stopped: &body_override::Stopped) -> Option<String> {
+    stopped.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
 /// Adds `note` to the audit line's note (one request can earn two).
