@@ -992,6 +992,19 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
         Vec::new()
     };
     let override_stopped: body_override::Stopped = Default::default();
+    if kinds.contains(&body_override::Kind::Json) {
+        if let Some(cs) = body_override::unread_json_charset(&parts.headers) {
+            return deny_fix(
+                rec,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "a JSON body in charset {cs:?}, on a route that limits methods, cannot be read for a _method field"
+                ),
+                "Express decodes it before it reads a _method field, which asks servers for \
+                 another method. Send it as UTF-8",
+            );
+        }
+    }
     if !kinds.is_empty() {
         let cap = shared.dlp().max_body;
         let mut abandoned = DropAudit {

@@ -151,6 +151,12 @@ pub(crate) fn method_override<'a>(
         (crate::path_readings::percent_decoded(k) == "_method")
             .then(|| crate::path_readings::percent_decoded(v))
     });
+    // And as PHP names `$_GET`'s keys, which Symfony and Laravel read
+    // (`.method`, `+_method`, `_method%00x` are `_method` to them).
+    let php = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .filter(|(k, v)| !v.is_empty() && crate::body_override::is_override_field(k))
+        .map(|(_, v)| v.into_owned());
+    let params = params.chain(php);
     headers.chain(params).flat_map(|v| {
         v.split(',')
             .map(|m| m.trim().to_owned())

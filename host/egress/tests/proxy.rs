@@ -355,6 +355,10 @@ async fn deny_by_default() {
         ("a.wild.test", "?a=1&%5Fmethod=DELETE", "x-none", "", 403),
         ("a.wild.test", "?_method=DEL%45TE", "x-none", "", 403),
         ("a.wild.test", "?_method=G%45T", "x-none", "", 200),
+        // And as PHP names `$_GET`'s keys (Symfony, Laravel).
+        ("a.wild.test", "?.method=DELETE", "x-none", "", 403),
+        ("a.wild.test", "?+_method=DELETE", "x-none", "", 403),
+        ("a.wild.test", "?_method%00x=DELETE", "x-none", "", 403),
         ("api.test", "", "x-method-override", "TRACE", 403),
     ] {
         let mut req = get(&format!("https://{host}/override{query}"), "", true);
@@ -878,6 +882,12 @@ async fn a_forms_method_field_must_name_a_method_the_route_allows() {
             (vec![form, gzip], "_method=DELETE", 403),
             (vec![form, gzip], "_method=POST", 200),
             (vec![json, gzip], big_json.as_str(), 413),
+            // Express decodes JSON in a charset this reader does not.
+            (
+                vec![("content-type", "application/json; charset=utf-16le")],
+                "{}",
+                415,
+            ),
         ] {
             let before = fx.up.seen().len();
             let compressed = headers.contains(&gzip);
