@@ -446,16 +446,9 @@ pub(crate) struct WatchedJson {
 pub(crate) type Stopped = std::sync::Arc<std::sync::Mutex<Option<String>>>;
 
 /// The error a [`WatchedJson`] ends with.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("stopped: the body's _method field asks for a method the route does not allow")]
 pub(crate) struct OverrideStopped;
-
-impl std::fmt::Display for OverrideStopped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("stopped: the body's _method field asks for a method the route does not allow")
-    }
-}
-
-impl std::error::Error for OverrideStopped {}
 
 impl WatchedJson {
     /// Watches all of `inner`; `refused` says which methods stop it.

@@ -368,16 +368,9 @@ pub(crate) type Blocked = Arc<Mutex<Vec<String>>>;
 
 /// The error a [`ScannedBody`] ends with when a rule matched: the upstream
 /// request is abandoned before the matching bytes are sent.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("blocked by DLP in the request body")]
 pub(crate) struct DlpBlocked;
-
-impl std::fmt::Display for DlpBlocked {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("blocked by DLP in the request body")
-    }
-}
-
-impl std::error::Error for DlpBlocked {}
 
 /// A body scanned as it streams (`block` mode past the cap): each piece is
 /// scanned together with the bytes held back from the one before, and the
