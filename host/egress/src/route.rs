@@ -138,14 +138,27 @@ pub(crate) fn method_override<'a>(
     h: &'a http::HeaderMap,
     query: Option<&'a str>,
 ) -> impl Iterator<Item = String> + 'a {
-    let headers = [
-        "x-http-method-override",
-        "x-http-method",
-        "x-method-override",
-    ]
-    .into_iter()
-    .flat_map(|n| h.get_all(n))
-    .map(|v| v.to_str().unwrap_or("(not text)").to_owned());
+    // Every spelling a server may read as one of these: CGI-style servers
+    // (Puma, WEBrick, PHP's) name a header `HTTP_` + its name with `-` as
+    // `_`, so `X_HTTP_METHOD_OVERRIDE: DELETE` is the override to Rack's
+    // MethodOverride and Symfony as much as the dashed name is.
+    let headers = h
+        .iter()
+        .filter(|(n, _)| {
+            [
+                "x-http-method-override",
+                "x-http-method",
+                "x-method-override",
+            ]
+            .iter()
+            .any(|o| {
+                o.len() == n.as_str().len()
+                    && o.bytes()
+                        .zip(n.as_str().bytes())
+                        .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+            })
+        })
+        .map(|(_, v)| v.to_str().unwrap_or("(not text)").to_owned());
     let params = query.unwrap_or("").split('&').filter_map(|kv| {
         let (k, v) = kv.split_once('=')?;
         (crate::path_readings::percent_decoded(k) == "_method")
