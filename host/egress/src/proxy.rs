@@ -858,6 +858,12 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
             format!("bot-bottle egress: refused, nothing injected: {why}\n"),
         );
     }
+    // Hop-by-hop headers go now, before any check reads the headers: what
+    // `Connection` lists never reaches the upstream, so a check must not
+    // read it either (`Connection: content-type` sent a form body read as
+    // JSON here to Rack without its content-type, which Rack reads as a
+    // form: its `_method` field unchecked).
+    strip_hop_by_hop(req.headers_mut(), ws_h1);
     if route::always_refused(method.as_str()) {
         let m = method.as_str().to_ascii_uppercase();
         return done(
@@ -1172,8 +1178,8 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
         }
     }
 
-    // Injection: replace, never merge.
-    strip_hop_by_hop(&mut parts.headers, ws_h1);
+    // Injection: replace, never merge. (Hop-by-hop headers are gone
+    // already.)
     parts.headers.remove(header::HOST);
     // The agent's `Expect: 100-continue` was for the proxy, which answered
     // it when it read the body. Passed on, it lets a server answer 417 and
