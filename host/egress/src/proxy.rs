@@ -792,6 +792,43 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Headers in which a request names another host or path than its own,
+/// read by servers behind a proxy they trust: Rack and Rails take
+/// `X-Forwarded-Host` for `request.host` (host-constrained routes,
+/// tenants), Express (`trust proxy`), Django and Spring do when told to;
+/// IIS rewrites and older Symfony and Zend took `X-Original-URL`. The
+/// identity check and the routes see only `Host`/`:authority` and the
+/// path, so these are dropped, in either spelling (`_` for `-`, as
+/// CGI-style servers read them).
+const OTHER_NAMES: [&str; 8] = [
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-server",
+    "x-forwarded-prefix",
+    "x-original-host",
+    "x-host",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+fn strip_other_names(h: &mut HeaderMap) {
+    let named = |n: &HeaderName| {
+        OTHER_NAMES.iter().any(|o| {
+            o.len() == n.as_str().len()
+                && o.bytes()
+                    .zip(n.as_str().bytes())
+                    .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+        })
+    };
+    if !h.keys().any(named) {
+        return;
+    }
+    let gone: Vec<HeaderName> = h.keys().filter(|n| named(n)).cloned().collect();
+    for n in gone {
+        h.remove(n);
+    }
+}
+
 /// Hop-by-hop headers besides `Connection`, the ones it lists, and
 /// `Upgrade` (kept for a WebSocket upgrade).
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -1181,6 +1218,7 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
     // Injection: replace, never merge. (Hop-by-hop headers are gone
     // already.)
     parts.headers.remove(header::HOST);
+    strip_other_names(&mut parts.headers);
     // The agent's `Expect: 100-continue` was for the proxy, which answered
     // it when it read the body. Passed on, it lets a server answer 417 and
     // leave the body unread on the connection.

@@ -411,6 +411,45 @@ async fn deny_by_default() {
     no_canary_anywhere(&fx);
 }
 
+/// Headers that name another host or path to servers behind a trusted
+/// proxy (Rack's `request.host` takes `X-Forwarded-Host`) never reach the
+/// upstream, in either spelling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_naming_another_host_are_dropped() {
+    let fx = fx().await;
+    for h2 in [false, true] {
+        let mut req = get("https://api.test/names", "api.test", h2);
+        for (n, v) in [
+            ("x-forwarded-host", "admin.internal.test"),
+            ("x_forwarded_host", "admin.internal.test"),
+            ("forwarded", "host=admin.internal.test"),
+            ("x-original-url", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-keep", "1"),
+        ] {
+            req.headers_mut().append(n, v.parse().unwrap());
+        }
+        let got = send(fx.proxy, "api.test:443", "api.test", &fx.bottle_ca, h2, req).await;
+        assert_eq!(got.status, 200, "{got:?}");
+        let seen = fx.up.seen().pop().unwrap();
+        for n in [
+            "x-forwarded-host",
+            "x_forwarded_host",
+            "forwarded",
+            "x-original-url",
+            "x-rewrite-url",
+            "x-forwarded-prefix",
+        ] {
+            assert!(
+                seen.header_all(n).is_empty(),
+                "h2 {h2}: {n} reached upstream"
+            );
+        }
+        assert_eq!(seen.header_all("x-keep"), vec!["1".to_string()]);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_are_passed_back_not_followed() {
     let fx = fx().await;
