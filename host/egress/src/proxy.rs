@@ -811,14 +811,18 @@ const OTHER_NAMES: [&str; 8] = [
     "x-rewrite-url",
 ];
 
+/// Framing headers in their `_` spelling: no client sends one, and an old
+/// CGI-style server could take one for the real header, framing the body
+/// otherwise than the proxy did. (The `-` spellings are hyper's to set.)
+const FRAMING: [&str; 2] = ["content-length", "transfer-encoding"];
+
 fn strip_other_names(h: &mut HeaderMap) {
     let named = |n: &HeaderName| {
-        OTHER_NAMES.iter().any(|o| {
-            o.len() == n.as_str().len()
-                && o.bytes()
-                    .zip(n.as_str().bytes())
-                    .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
-        })
+        OTHER_NAMES
+            .iter()
+            .any(|o| route::same_cgi_name(n.as_str(), o))
+            || (n.as_str().contains('_')
+                && FRAMING.iter().any(|f| route::same_cgi_name(n.as_str(), f)))
     };
     if !h.keys().any(named) {
         return;
@@ -1236,7 +1240,20 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     let inject = &shared.inject[idx];
-    for (n, _) in inject {
+    // The agent's copies, in every spelling a CGI-style server reads as the
+    // same header (`x_api_key` is `x-api-key` to Puma and PHP), so the
+    // server sees only the injected value.
+    let copies: Vec<HeaderName> = parts
+        .headers
+        .keys()
+        .filter(|k| {
+            inject
+                .iter()
+                .any(|(n, _)| route::same_cgi_name(k.as_str(), n.as_str()))
+        })
+        .cloned()
+        .collect();
+    for n in copies {
         parts.headers.remove(n);
     }
     for (n, v) in inject {

@@ -125,6 +125,18 @@ pub(crate) fn method_allowed(r: &EgressRoute, method: &str) -> bool {
     r.methods.is_empty() || r.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
 }
 
+/// Whether header `name` (lower case, as `http` keeps it) is `canonical`
+/// to a CGI-style server (Puma, WEBrick, PHP's), which reads a header as
+/// `HTTP_` and its name with `-` as `_`: `x_http_method` is
+/// `x-http-method` to it.
+pub(crate) fn same_cgi_name(name: &str, canonical: &str) -> bool {
+    name.len() == canonical.len()
+        && canonical
+            .bytes()
+            .zip(name.bytes())
+            .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+}
+
 /// The methods a request asks for besides its own, in the headers many
 /// frameworks honour (Rails, Express's method-override, Google's APIs): a
 /// `POST` with `X-HTTP-Method-Override: DELETE` is a `DELETE` to them, so
@@ -151,12 +163,7 @@ pub(crate) fn method_override<'a>(
                 "x-method-override",
             ]
             .iter()
-            .any(|o| {
-                o.len() == n.as_str().len()
-                    && o.bytes()
-                        .zip(n.as_str().bytes())
-                        .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
-            })
+            .any(|o| same_cgi_name(n.as_str(), o))
         })
         .map(|(_, v)| v.to_str().unwrap_or("(not text)").to_owned());
     let params = query.unwrap_or("").split('&').filter_map(|kv| {
