@@ -344,7 +344,12 @@ async fn outer(live: Arc<Live>, permit: Arc<Slot>, req: Request<Incoming>) -> Re
             );
         };
         let host = canon_host(auth.host());
-        let port = auth.port_u16().unwrap_or(443);
+        let Some(port) = authority_port(&auth, 443) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "bot-bottle egress: CONNECT needs host:port with a port from 0 to 65535\n".into(),
+            );
+        };
         let mut rec = shared.record("CONNECT", &host, port, String::new());
         if route::passthrough_for(&shared.cfg, &host, port).is_some() {
             return match shared.dialer.tcp(&host, port).await {
@@ -434,7 +439,12 @@ async fn outer(live: Arc<Live>, permit: Arc<Slot>, req: Request<Incoming>) -> Re
     match (req.uri().scheme_str(), req.uri().authority()) {
         (Some("http"), Some(a)) => {
             let host = canon_host(a.host());
-            let port = a.port_u16().unwrap_or(80);
+            let Some(port) = authority_port(a, 80) else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "bot-bottle egress: the URL's port is not a number from 0 to 65535\n".into(),
+                );
+            };
             handle(shared, req, Target::new(false, host, port, permit)).await
         }
         (Some(_), Some(_)) => text(
@@ -723,7 +733,8 @@ fn check_identity<B>(req: &Request<B>, t: &Target) -> Result<(), String> {
         if a.as_str().contains('@') {
             return Err("userinfo in the authority is refused".into());
         }
-        let port = a.port_u16().unwrap_or(default);
+        let port = authority_port(&a, default)
+            .ok_or_else(|| format!("{c:?} has a port that is not a number from 0 to 65535"))?;
         if port != t.port || canon_host(a.host()) != t.host {
             return Err(format!(
                 "the request names {c} but the connection is to {}:{}",
@@ -789,6 +800,20 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     } else {
         h.remove(header::CONNECTION);
         h.remove(header::UPGRADE);
+    }
+}
+
+/// The port an authority names, `default` if none (or an empty one, as
+/// RFC 3986 allows); `None` for one that is no port (`host:99999`), which
+/// `Authority::port_u16` reads as absent and so as the default.
+fn authority_port(a: &http::uri::Authority, default: u16) -> Option<u16> {
+    let s = a.as_str();
+    let after = &s[s.rfind(a.host()).map_or(s.len(), |i| i + a.host().len())..];
+    match after.strip_prefix(':') {
+        None if after.is_empty() => Some(default),
+        Some("") => Some(default),
+        Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => p.parse().ok(),
+        _ => None,
     }
 }
 
@@ -1931,5 +1956,23 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_ports_out_of_range_are_refused_not_defaulted() {
+        let port = |a: &str| authority_port(&a.parse().unwrap(), 443);
+        assert_eq!(port("h.test"), Some(443));
+        assert_eq!(port("h.test:"), Some(443));
+        assert_eq!(port("h.test:8443"), Some(8443));
+        assert_eq!(port("[::1]:8443"), Some(8443));
+        assert_eq!(port("[::1]"), Some(443));
+        assert_eq!(port("u@h.test:1"), Some(1));
+        assert_eq!(port("h.test:99999"), None);
+        assert_eq!(port("h.test:65536"), None);
     }
 }

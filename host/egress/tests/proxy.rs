@@ -250,6 +250,9 @@ async fn deny_by_default() {
         body.contains("evil.test") && body.contains("[[egress.route]]"),
         "{body}"
     );
+    // A port out of range is no port, not the default one.
+    let (st, head, _) = connect(fx.proxy, "api.test:99999").await;
+    assert_eq!(st, 400, "{head}");
     // Path prefix, on the normalised path.
     for (path, want) in [
         ("/open/x", 200),
