@@ -67,8 +67,12 @@ pub(crate) const RULES: &[(&str, &str)] = &[
 
 /// Overlap of a stream scan at least: the longest minimal match of the
 /// rules above (a fine-grained GitHub token, 93 bytes; a private-key header
-/// with a label as long as gitleaks allows, ~130), with room.
-const MIN_OVERLAP: usize = 256;
+/// with a label as long as gitleaks allows, ~130), with room, written
+/// with every byte escaped as `\uXXXX` (six bytes each, see [`unescaped`]).
+const MIN_OVERLAP: usize = 1024;
+
+/// Bytes an escape may take for one byte it stands for (`\u0041`).
+const ESCAPE_GROWTH: usize = 6;
 
 /// The compiled rules. Each rule is its own regex, searched on its own: one
 /// `RegexSet` for all (one pass) runs at ~550 MB/s on ordinary text but at
@@ -138,7 +142,7 @@ impl Dlp {
         let overlap = cfg
             .tokens
             .values()
-            .map(|v| v.expose().len() + 1)
+            .map(|v| v.expose().len() * ESCAPE_GROWTH + 1)
             .fold(MIN_OVERLAP, usize::max);
         Ok(Self {
             mode,
@@ -149,7 +153,18 @@ impl Dlp {
         })
     }
 
+    /// Rule ids found in `data` as sent and, if it has escapes, as a server
+    /// reads it once they are decoded ([`unescaped`]): `%67hp_…` in a URL
+    /// or form and `\u0067hp_…` in JSON are `ghp_…` to the server, and
+    /// `"\nAKIA…"` is a key after a newline, where `\b` holds.
     pub(crate) fn scan_into(&self, data: &[u8], out: &mut Vec<String>) {
+        self.scan_raw(data, out);
+        if let Some(u) = unescaped(data) {
+            self.scan_raw(&u, out);
+        }
+    }
+
+    fn scan_raw(&self, data: &[u8], out: &mut Vec<String>) {
         for (rule, name) in self.rules.iter().zip(&self.names) {
             if rule.is_match(data) && !out.contains(name) {
                 out.push(name.clone());
@@ -228,6 +243,57 @@ impl Dlp {
             Some(_) => Decoded::Unknown,
         }
     }
+}
+
+/// `data` with the escapes servers decode before they read a value taken
+/// out: `%XX` (a URL's path and query, form bodies, cookies) and JSON's
+/// string escapes (`\n`, `\u0041`...). `None` when it has neither `%`
+/// nor `\`. One pass: what an escape decodes to is not decoded again.
+fn unescaped(data: &[u8]) -> Option<Vec<u8>> {
+    if !data.iter().any(|&b| b == b'%' || b == b'\\') {
+        return None;
+    }
+    let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+    let mut out = Vec::with_capacity(data.len());
+    let mut i = 0;
+    while i < data.len() {
+        let b = data[i];
+        if b == b'%' {
+            if let (Some(h), Some(l)) = (hex(data.get(i + 1)), hex(data.get(i + 2))) {
+                out.push((h << 4 | l) as u8);
+                i += 3;
+                continue;
+            }
+        } else if b == b'\\' {
+            match data.get(i + 1) {
+                Some(b'u') => {
+                    let u = (2..6).try_fold(0u32, |acc, k| Some(acc << 4 | hex(data.get(i + k))?));
+                    if let Some(u) = u {
+                        let c = char::from_u32(u).unwrap_or(char::REPLACEMENT_CHARACTER);
+                        out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                        i += 6;
+                        continue;
+                    }
+                }
+                Some(&e @ (b'n' | b'r' | b't' | b'b' | b'f' | b'/' | b'\\' | b'"')) => {
+                    out.push(match e {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        b'b' => 8,
+                        b'f' => 12,
+                        x => x,
+                    });
+                    i += 2;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    Some(out)
 }
 
 /// Decoded bytes scanned per body byte at most: a bound on the work a
@@ -474,6 +540,54 @@ mod tests {
             d.scan_body(&br, Some("gzip, br"), &mut out),
             Decoded::Unknown
         );
+    }
+
+    #[test]
+    fn values_behind_escapes_servers_decode_are_found() {
+        let d = dlp();
+        for (text, rule) in [
+            // A URL's query or path, a form field: percent-decoded.
+            (&b"/v1/x?k=%41KIAIOSFODNN7EXAMPLE"[..], "aws-access-token"),
+            (
+                b"k=%67hp_abcdefghijklmnopqrstuvwxyz0123456789",
+                "github-pat",
+            ),
+            // JSON: \u escapes, and a key right after an escaped newline
+            // (`\nAKIA` has no word boundary before the A as sent).
+            (
+                br#"{"k":"\u0067hp_abcdefghijklmnopqrstuvwxyz0123456789"}"#,
+                "github-pat",
+            ),
+            (br#"{"k":"\nAKIAIOSFODNN7EXAMPLE"}"#, "aws-access-token"),
+            (
+                br#"{"k":"\u002d----BEGIN RSA PRIVATE KEY-----"}"#,
+                "private-key",
+            ),
+            (b"k=%0Acanary-real-token-12345%36", "bottle-token:REAL"),
+        ] {
+            let mut out = vec![];
+            d.scan_body(text, None, &mut out);
+            assert_eq!(
+                out,
+                vec![rule.to_string()],
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+        // Escaped all through, across two pieces of a stream.
+        let esc: String = "ghp_abcdefghijklmnopqrstuvwxyz0123456789"
+            .bytes()
+            .map(|b| format!("\\u{b:04x}"))
+            .collect();
+        let mut scan = StreamScan::new(&d);
+        let mut out = vec![];
+        scan.feed(&[b' '; 5000], &mut out);
+        scan.feed(esc[..100].as_bytes(), &mut out);
+        scan.feed(esc[100..].as_bytes(), &mut out);
+        assert_eq!(out, vec!["github-pat".to_string()]);
+        let mut out = vec![];
+        d.scan_body(b"100% sure, a \\ path", None, &mut out);
+        assert!(out.is_empty());
     }
 
     #[test]

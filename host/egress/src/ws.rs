@@ -31,7 +31,15 @@ impl WsOutcome {
     }
 }
 
-/// A data frame larger than `dlp.max_body_bytes`, on its way through.
+/// Data frames larger than this (or than `dlp.max_body_bytes`, if smaller)
+/// are scanned as they stream rather than held whole. Held frames count
+/// against no shared budget (unlike request bodies), and one client
+/// connection carries up to 128 WebSockets over HTTP/2: holding up to the
+/// cap each let an agent make the proxy hold ~1 MiB per socket, as long as
+/// it liked.
+const HOLD_MAX: u64 = 16 * 1024;
+
+/// A data frame larger than [`HOLD_MAX`], on its way through.
 struct BigFrame<'a> {
     /// Payload bytes not read yet.
     unscanned: u64,
@@ -227,7 +235,7 @@ where
                         .protocol_error = Some(why);
                     break 'outer;
                 }
-                if h.payload > dlp.max_body as u64 {
+                if h.payload > HOLD_MAX.min(dlp.max_body as u64) {
                     // Too large to hold whole (a data frame: a control
                     // frame is at most 125 bytes): the header goes now, the
                     // payload through the stream scan above.
@@ -248,7 +256,7 @@ where
                     });
                     continue;
                 }
-                // At most max_body bytes: no overflow.
+                // At most HOLD_MAX bytes: no overflow.
                 let total = h.len + h.payload as usize;
                 if pending.len() < total {
                     break;
@@ -324,4 +332,65 @@ where
         let _ = cw.shutdown().await;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProxyConfig;
+
+    fn dlp() -> Arc<Dlp> {
+        let cfg: ProxyConfig = serde_json::from_value(serde_json::json!({
+            "schema": 1, "bottle_id": "b", "ca": {"cert_pem": "", "key_pem": ""},
+            "dlp": {"mode": "block"}
+        }))
+        .unwrap();
+        Arc::new(Dlp::new(&cfg).unwrap())
+    }
+
+    fn masked_head(len: u64, mask: [u8; 4]) -> Vec<u8> {
+        let mut h = vec![0x82, 0x80 | 127];
+        h.extend_from_slice(&len.to_be_bytes());
+        h.extend_from_slice(&mask);
+        h
+    }
+
+    /// A frame under the cap but over HOLD_MAX is not held whole: its head
+    /// and the scanned start of its payload go on while the rest is still
+    /// to come (a socket cannot make the proxy hold a cap's worth), and a
+    /// value later in it still stops the socket before it is sent.
+    #[tokio::test]
+    async fn a_large_frame_under_the_cap_streams_and_is_still_blocked() {
+        let (mut agent, client) = tokio::io::duplex(1 << 20);
+        let (upstream, mut server) = tokio::io::duplex(1 << 20);
+        let task = tokio::spawn(splice_scanned(
+            client,
+            upstream,
+            dlp(),
+            Duration::from_secs(30),
+        ));
+        let mask = [1, 2, 3, 4];
+        let len = 512 * 1024u64; // half the 1 MiB cap
+        agent.write_all(&masked_head(len, mask)).await.unwrap();
+        let mut payload = vec![b' '; 64 * 1024];
+        payload.extend_from_slice(b"ghp_abcdefghijklmnopqrstuvwxyz0123456789");
+        let sent = payload.len();
+        unmask(&mut payload, Some(mask), 0);
+        agent.write_all(&payload).await.unwrap();
+        let mut got = vec![0u8; 32 * 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), server.read(&mut got))
+            .await
+            .expect("the frame's start was held back, waiting for all of it")
+            .unwrap();
+        assert!(n > 0);
+        drop(agent);
+        let out = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(out.blocked, "{out:?}");
+        let mut all = got[..n].to_vec();
+        server.read_to_end(&mut all).await.unwrap();
+        assert!(all.len() < 10 + 4 + sent, "the value went upstream");
+    }
 }
