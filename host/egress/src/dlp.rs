@@ -582,8 +582,8 @@ mod tests {
         let mut scan = StreamScan::new(&d);
         let mut out = vec![];
         scan.feed(&[b' '; 5000], &mut out);
-        scan.feed(esc[..100].as_bytes(), &mut out);
-        scan.feed(esc[100..].as_bytes(), &mut out);
+        scan.feed(&esc.as_bytes()[..100], &mut out);
+        scan.feed(&esc.as_bytes()[100..], &mut out);
         assert_eq!(out, vec!["github-pat".to_string()]);
         let mut out = vec![];
         d.scan_body(b"100% sure, a \\ path", None, &mut out);
