@@ -250,9 +250,8 @@ impl Dlp {
 /// string escapes (`\n`, `\u0041`...). `None` when it has neither `%`
 /// nor `\`. One pass: what an escape decodes to is not decoded again.
 fn unescaped(data: &[u8]) -> Option<Vec<u8>> {
-    if !data.iter().any(|&b| b == b'%' || b == b'\\') {
-        return None;
-    }
+    // memchr: a byte loop here cost the scan of ordinary text ~40%.
+    memchr::memchr2(b'%', b'\\', data)?;
     let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
     let mut out = Vec::with_capacity(data.len());
     let mut i = 0;
