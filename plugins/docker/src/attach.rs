@@ -367,10 +367,43 @@ async fn ended_from_outside(
     stop_signal: Option<&str>,
 ) -> Option<String> {
     use time::format_description::well_known::Rfc3339;
+    let since = time::OffsetDateTime::parse(started, &Rfc3339).ok()?;
+    let finished = time::OffsetDateTime::parse(finished, &Rfc3339).ok()?;
+    // The daemon logs `kill` after it has sent the signal, and an agent
+    // that dies of it at once can be recorded as finished first (seen once
+    // in CI: no event up to FinishedAt). So when the tight window shows no
+    // such signal, a second look reaches a second past the end: a call
+    // that may wait for the daemon's clock to get there, only in that race.
+    let mut sent = kill_signals(docker, id, since, finished + Duration::from_millis(1)).await?;
+    if !sent.contains(&signal) {
+        sent = kill_signals(docker, id, since, finished + Duration::from_secs(1)).await?;
+    }
+    if !sent.contains(&signal) {
+        return None;
+    }
+    // `docker stop` sends the stop signal, then SIGKILL after its timeout.
+    let stop = stop_signal.map_or(Some(libc::SIGTERM), signal_number);
+    if stop.is_some_and(|s| sent.contains(&s)) {
+        return Some(
+            "the agent was stopped from outside this run (`bottle stop` or `docker stop`)".into(),
+        );
+    }
+    Some(format!(
+        "the agent was killed from outside this run (signal {signal}: `docker kill`)"
+    ))
+}
+
+/// The signals of the daemon's `kill` events for container `id` between
+/// `since` and `until` (its clock); `None` if they do not come within a
+/// few seconds.
+async fn kill_signals(
+    docker: &Docker,
+    id: &str,
+    since: time::OffsetDateTime,
+    until: time::OffsetDateTime,
+) -> Option<Vec<i32>> {
     // The API takes Unix times (the docker CLI converts dates itself).
     let unix = |t: time::OffsetDateTime| format!("{}.{:09}", t.unix_timestamp(), t.nanosecond());
-    let since = time::OffsetDateTime::parse(started, &Rfc3339).ok()?;
-    let until = time::OffsetDateTime::parse(finished, &Rfc3339).ok()? + Duration::from_millis(1);
     let filters = HashMap::from([
         ("container".to_string(), vec![id.to_string()]),
         ("type".to_string(), vec!["container".to_string()]),
@@ -389,31 +422,20 @@ async fn ended_from_outside(
         .await
         .ok()?;
     // Numbers, as the daemon gives them (`"signal": "15"`).
-    let sent: Vec<i32> = events
-        .iter()
-        .filter_map(|e| {
-            e.actor
-                .as_ref()?
-                .attributes
-                .as_ref()?
-                .get("signal")?
-                .parse()
-                .ok()
-        })
-        .collect();
-    if !sent.contains(&signal) {
-        return None;
-    }
-    // `docker stop` sends the stop signal, then SIGKILL after its timeout.
-    let stop = stop_signal.map_or(Some(libc::SIGTERM), signal_number);
-    if stop.is_some_and(|s| sent.contains(&s)) {
-        return Some(
-            "the agent was stopped from outside this run (`bottle stop` or `docker stop`)".into(),
-        );
-    }
-    Some(format!(
-        "the agent was killed from outside this run (signal {signal}: `docker kill`)"
-    ))
+    Some(
+        events
+            .iter()
+            .filter_map(|e| {
+                e.actor
+                    .as_ref()?
+                    .attributes
+                    .as_ref()?
+                    .get("signal")?
+                    .parse()
+                    .ok()
+            })
+            .collect(),
+    )
 }
 
 /// A signal as an image's `STOPSIGNAL` names it (`SIGQUIT`, `QUIT`, `3`).
