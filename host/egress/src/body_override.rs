@@ -153,25 +153,7 @@ pub(crate) fn is_override_field(name: &str) -> bool {
 /// decoded (busboy decodes `name*=UTF-8''%5Fmethod`).
 fn override_names_in(body: &[u8]) -> usize {
     let plain: Vec<u8> = body.iter().copied().filter(|&b| b != b'\\').collect();
-    let hex = |b: u8| (b as char).to_digit(16);
-    let mut decoded = Vec::with_capacity(plain.len());
-    let mut i = 0;
-    while i < plain.len() {
-        match (
-            plain[i],
-            plain.get(i + 1).and_then(|&b| hex(b)),
-            plain.get(i + 2).and_then(|&b| hex(b)),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                decoded.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                decoded.push(b);
-                i += 1;
-            }
-        }
-    }
+    let decoded = crate::path_readings::percent_decoded_bytes(&plain);
     // Only a whole name counts: `obj.method()` and `self._method` name no
     // field to any server (a letter, digit, `_` or `.` on either side
     // makes another name).

@@ -251,7 +251,12 @@ fn decode_with(b: &[u8], iis_u: bool, slash: bool, backslash: bool) -> Vec<u8> {
 /// `s` percent-decoded once, as a framework reads a query parameter's name
 /// or value (`%5Fmethod` is `_method`).
 pub(crate) fn percent_decoded(s: &str) -> String {
-    String::from_utf8_lossy(&decode_with(s.as_bytes(), false, true, false)).into_owned()
+    String::from_utf8_lossy(&percent_decoded_bytes(s.as_bytes())).into_owned()
+}
+
+/// One pass of plain percent-decoding of bytes (`%XX` only).
+pub(crate) fn percent_decoded_bytes(b: &[u8]) -> Vec<u8> {
+    decode_with(b, false, true, false)
 }
 
 /// The character of IIS's `%uXXXX` escape (`rest` follows the `%`): a

@@ -1012,7 +1012,7 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
         done(rec, status, "deny", why, text)
     };
     // An override the route does not allow: `where_` says where it was.
-    let refused_override = |m: &str| route::always_refused(m) || !route::method_allowed(r, m);
+    let refused_override = |m: &str| route::refuses_override(r, m);
     let deny_override = |rec: AuditRecord, m: &str, where_: &str| {
         // The agent's text: shown only if it looks like a method.
         let m = if m.len() <= 16 && m.bytes().all(|b| b.is_ascii_alphabetic()) {
@@ -1119,10 +1119,8 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
                 return too_big(rec, "a form body")
             }
             None => {
-                let route = r.clone();
-                let refused = Box::new(move |m: &str| {
-                    route::always_refused(m) || !route::method_allowed(&route, m)
-                });
+                let this_route = r.clone();
+                let refused = Box::new(move |m: &str| route::refuses_override(&this_route, m));
                 body = body_override::WatchedJson::new(body, refused, override_stopped.clone())
                     .boxed_unsync();
                 add_note(

@@ -120,6 +120,12 @@ pub(crate) fn always_refused(method: &str) -> bool {
         .any(|m| m.eq_ignore_ascii_case(method))
 }
 
+/// Whether a method override asking for `m` is refused on route `r`:
+/// never TRACE, and only a method the route allows.
+pub(crate) fn refuses_override(r: &EgressRoute, m: &str) -> bool {
+    always_refused(m) || !method_allowed(r, m)
+}
+
 /// Whether `r`'s `methods` (empty: any) allow `method`.
 pub(crate) fn method_allowed(r: &EgressRoute, method: &str) -> bool {
     r.methods.is_empty() || r.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
@@ -516,7 +522,7 @@ pub fn check(config: &ProxyConfig, method: &str, url: &str) -> Decision {
             d.route_index = Some(i);
             d.route_host = Some(r.host.clone());
             let query = method_override(&http::HeaderMap::new(), uri.query())
-                .find(|m| always_refused(m) || !method_allowed(r, m));
+                .find(|m| refuses_override(r, m));
             if let Some(m) = query {
                 d.reason = format!(
                     "the URL's _method asks for method {m:?}, which route #{i} does not allow"
