@@ -849,9 +849,6 @@ fn strip_other_names(h: &mut HeaderMap) {
             || (n.as_str().contains('_')
                 && FRAMING.iter().any(|f| route::same_cgi_name(n.as_str(), f)))
     };
-    if !h.keys().any(named) {
-        return;
-    }
     let gone: Vec<HeaderName> = h.keys().filter(|n| named(n)).cloned().collect();
     for n in gone {
         h.remove(n);
