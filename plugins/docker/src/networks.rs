@@ -47,6 +47,9 @@ pub(crate) async fn find_egress_network(
 /// the first launch settle on its own network before the second one's
 /// appeared, and the second keep its own when its id was lower.)
 ///
+/// A launch that made one waits [`SETTLE`] before it lists again, so a
+/// network whose creation was under way meanwhile is listed by then.
+///
 /// The networks that lost stay, unused, until `bottle gc`: a loser cannot
 /// know that no third launch picked its network in the meantime (Docker
 /// stamps a network's time when its creation starts but lists it only
@@ -85,12 +88,22 @@ pub(crate) async fn shared_egress_network(
         .await
         .map_err(|e| client.api(&format!("creating network {name}"), e))?
         .id;
+    // A network whose creation started before ours may still be on its
+    // way into the list (see above; CI saw two racing launches settle on
+    // two networks). Only a launch that made a network waits, once per
+    // engine: long enough for a creation under way to finish.
+    tokio::time::sleep(SETTLE).await;
     let chosen = earliest(&list().await?).unwrap_or_else(|| ours.clone());
     if chosen != ours {
         tracing::info!(network = %name, "another launch made the shared egress network first; using that one (`bottle gc` removes ours)");
     }
     Ok(chosen)
 }
+
+/// How long a launch that made the shared egress network waits before it
+/// lists them again and picks the earliest (bridge networks are made in
+/// tens to hundreds of milliseconds here).
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Every shared egress network there is (normally one; see
 /// [`shared_egress_network`] for when there are more).
