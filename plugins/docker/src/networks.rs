@@ -38,9 +38,12 @@ pub(crate) async fn find_egress_network(
 /// Inter-container traffic on it is off (`enable_icc=false`): a sidecar
 /// reaches the world and the host, never another bottle's sidecar.
 ///
-/// Launches racing here on a fresh machine may each make one (Docker has no
-/// atomic "create unless a network with this label exists"). They agree
-/// afterwards without a lock: every launch takes the *earliest made* of the
+/// Launches from this machine take turns at making it ([`machine_turn`]),
+/// so the one that waited finds the network made before it. Launches from
+/// elsewhere (another user; another machine on a remote engine) racing
+/// here may each make one (Docker has no atomic "create unless a network
+/// with this label exists"). They agree afterwards without a lock of the
+/// engine's: every launch takes the *earliest made* of the
 /// labelled networks it sees, and a launch lists only after its own network
 /// exists, so it sees every network made before its own and picks the same
 /// one as everybody else. (Choosing the lowest id instead, as before, let
@@ -60,6 +63,14 @@ pub(crate) async fn shared_egress_network(
     docker: &Docker,
 ) -> Result<String, PluginError> {
     let list = || shared_egress_networks(client, docker);
+    if let Some(id) = earliest(&list().await?) {
+        return Ok(id);
+    }
+    // Launches from this machine take turns from here, and one that waited
+    // finds the network its predecessor made: no second one is made at all.
+    // Launches from elsewhere (another user, another machine on a remote
+    // engine) are not covered; the earliest-made rule below settles those.
+    let _turn = machine_turn(client.host()).await;
     if let Some(id) = earliest(&list().await?) {
         return Ok(id);
     }
@@ -99,6 +110,62 @@ pub(crate) async fn shared_egress_network(
     }
     Ok(chosen)
 }
+
+/// Takes this machine's lock for making the shared egress network of the
+/// engine at `host`: a `flock` on a file under the user's cache directory,
+/// released when the returned file is dropped (or the process dies).
+/// `None` when the lock cannot be had within [`TURN_WAIT`] or the file
+/// cannot be made; the launch goes on without it (the earliest-made rule
+/// still settles a race, only less surely).
+async fn machine_turn(host: &str) -> Option<std::fs::File> {
+    let path = turn_file(host)?;
+    let file = tokio::task::spawn_blocking(move || {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+    })
+    .await
+    .ok()?
+    .map_err(|e| tracing::debug!(error = %e, "no lock file for the shared egress network"))
+    .ok()?;
+    let deadline = std::time::Instant::now() + TURN_WAIT;
+    loop {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor this function owns; non-blocking,
+        // so it never holds up the runtime's thread.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Some(file);
+        }
+        if std::time::Instant::now() >= deadline {
+            tracing::debug!("another launch held the shared egress network's lock too long; going on without it");
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// The lock file for the engine at `host` (by a hash of its address).
+fn turn_file(host: &str) -> Option<std::path::PathBuf> {
+    use sha2::Digest;
+    let key = hex::encode(&sha2::Sha256::digest(host.as_bytes())[..6]);
+    Some(
+        dirs::cache_dir()?
+            .join("bot-bottle")
+            .join("docker-locks")
+            .join(format!("egress-network-{key}.lock")),
+    )
+}
+
+/// The longest a launch waits for another launch from this machine to make
+/// the shared egress network (normally well under a second; a launch that
+/// holds it is bounded by its request timeouts, which are far longer).
+const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long a launch that made the shared egress network waits before it
 /// lists them again and picks the earliest (bridge networks are made in
@@ -219,5 +286,23 @@ mod tests {
         // Unreadable times sort last, but still give an answer.
         assert_eq!(earliest(&[net("x", Some("soon"))]).as_deref(), Some("x"));
         assert_eq!(earliest(&[]), None);
+    }
+
+    #[tokio::test]
+    async fn launches_from_this_machine_take_turns_at_the_shared_network() {
+        let host = format!("unix:///nonexistent/turns-{:08x}.sock", random_u32());
+        let first = machine_turn(&host).await.expect("the first launch's turn");
+        let waiting = {
+            let host = host.clone();
+            tokio::spawn(async move { machine_turn(&host).await.is_some() })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !waiting.is_finished(),
+            "a second launch must wait while the first holds the turn"
+        );
+        drop(first);
+        assert!(waiting.await.unwrap(), "and gets it once the first is done");
+        let _ = std::fs::remove_file(turn_file(&host).unwrap());
     }
 }

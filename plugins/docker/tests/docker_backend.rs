@@ -1899,15 +1899,21 @@ fn first_launches_racing_for_the_shared_network_end_up_on_one() {
         .collect();
     let ids: Vec<String> = specs.iter().map(|s| s.bottle_id.clone()).collect();
     let _cleanup = Cleanup::new(&ids.iter().map(String::as_str).collect::<Vec<_>>());
-    // All at once: each finds no network and makes one, and all then use
-    // the same one.
+    // All at once: each finds no network; they take turns at making one
+    // (a lock of this machine's), so one is made and all use it.
     launch_all_at_once(specs);
     let used: std::collections::BTreeSet<String> = ids
         .iter()
         .map(|id| shared_egress_network(&docker, &format!("{id}-egress")))
         .collect();
     assert_eq!(used.len(), 1, "the racing bottles use {used:?}");
-    // The losers' networks are unused, so gc takes them and keeps the one.
+    assert_eq!(
+        shared_networks(),
+        used.iter().cloned().collect::<Vec<_>>(),
+        "launches from one machine made one network, not one each"
+    );
+    // (Launches from elsewhere could still make one each; gc would take
+    // the unused ones and keep this one.)
     gc(&backend, false);
     assert_eq!(
         shared_networks(),
