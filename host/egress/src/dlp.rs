@@ -74,6 +74,14 @@ const MIN_OVERLAP: usize = 1024;
 /// Bytes an escape may take for one byte it stands for (`\u0041`).
 const ESCAPE_GROWTH: usize = 6;
 
+/// Bytes of a stream, arrived at once in many small pieces, that are
+/// gathered and scanned as one at most: a request body's pieces past the
+/// cap in `block` mode (`dlp_body::ScannedBody`). Each scan covers the
+/// overlap kept from the one before as well, so one scan per tiny piece
+/// cost ~1000 times the piece; the bound keeps one scan short enough for
+/// the worker thread.
+pub(crate) const COALESCE_BYTES: usize = 64 * 1024;
+
 /// The compiled rules. Each rule is its own regex, searched on its own: one
 /// `RegexSet` for all (one pass) runs at ~550 MB/s on ordinary text but at
 /// 6–13 MB/s on text an agent can craft, where a rule's prefix recurs

@@ -22,7 +22,7 @@ use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::DlpMode;
-use crate::dlp::{Decoded, Dlp, DECODED_PER_BODY_BYTE};
+use crate::dlp::{Decoded, Dlp, COALESCE_BYTES, DECODED_PER_BODY_BYTE};
 use crate::upstream::{Body, BoxError};
 
 /// Requests whose prefix may be held at once, at the cap each: the byte
@@ -361,10 +361,6 @@ pub(crate) async fn hold_whole(
         .then(|| Bytes::from(std::mem::take(&mut prefix.seen)));
     Ok((PrefixBody::new(prefix, body).boxed_unsync(), whole))
 }
-
-/// Bytes a [`ScannedBody`] gathers from pieces that are ready at once
-/// before it scans them.
-const COALESCE_BYTES: usize = 64 * 1024;
 
 /// The rule ids that stopped a body mid-stream, shared with the request
 /// handler (which turns the failed upstream request into a 403).
