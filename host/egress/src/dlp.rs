@@ -106,6 +106,27 @@ pub(crate) struct Dlp {
     pub(crate) overlap: usize,
     rules: Vec<Regex>,
     names: Vec<String>,
+    /// What this `Dlp` (and its clones) has scanned, for tests of what a
+    /// stream's scanning costs.
+    #[cfg(test)]
+    pub(crate) scanned: std::sync::Arc<ScanCount>,
+}
+
+/// Calls of [`Dlp::scan_into`] and the bytes they were given.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct ScanCount {
+    pub(crate) scans: std::sync::atomic::AtomicUsize,
+    pub(crate) bytes: std::sync::atomic::AtomicUsize,
+}
+
+#[cfg(test)]
+impl ScanCount {
+    /// `(scans, bytes)` so far.
+    pub(crate) fn get(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.scans.load(Relaxed), self.bytes.load(Relaxed))
+    }
 }
 
 impl std::fmt::Debug for Dlp {
@@ -158,6 +179,8 @@ impl Dlp {
             overlap,
             rules,
             names,
+            #[cfg(test)]
+            scanned: Default::default(),
         })
     }
 
@@ -166,6 +189,12 @@ impl Dlp {
     /// or form and `\u0067hp_…` in JSON are `ghp_…` to the server, and
     /// `"\nAKIA…"` is a key after a newline, where `\b` holds.
     pub(crate) fn scan_into(&self, data: &[u8], out: &mut Vec<String>) {
+        #[cfg(test)]
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.scanned.scans.fetch_add(1, Relaxed);
+            self.scanned.bytes.fetch_add(data.len(), Relaxed);
+        }
         self.scan_raw(data, out);
         if let Some(u) = unescaped(data) {
             self.scan_raw(&u, out);

@@ -524,7 +524,8 @@ mod tests {
     async fn a_stream_scan_takes_ready_pieces_together() {
         let text = vec![b'x'; 5000];
         let pieces: Vec<&[u8]> = text.chunks(1).collect();
-        let body = ScannedBody::new(body_of(&pieces), block_dlp(), Blocked::default());
+        let dlp = block_dlp();
+        let body = ScannedBody::new(body_of(&pieces), dlp.clone(), Blocked::default());
         let mut body = body.boxed_unsync();
         let mut frames = Vec::new();
         while let Some(f) = body.frame().await {
@@ -532,6 +533,11 @@ mod tests {
         }
         assert!(frames.len() <= 2, "{} frames", frames.len());
         assert_eq!(frames.concat(), text);
+        let (scans, bytes) = dlp.scanned.get();
+        assert!(
+            scans <= 2 && bytes <= 2 * text.len(),
+            "{scans} scans of {bytes} bytes"
+        );
 
         let secret = b"ghp_abcdefghijklmnopqrstuvwxyz0123456789";
         let text = [&[b' '; 3000][..], secret, &[b' '; 3000]].concat();
