@@ -76,10 +76,10 @@ const ESCAPE_GROWTH: usize = 6;
 
 /// Bytes of a stream, arrived at once in many small pieces, that are
 /// gathered and scanned as one at most: a request body's pieces past the
-/// cap in `block` mode (`dlp_body::ScannedBody`). Each scan covers the
-/// overlap kept from the one before as well, so one scan per tiny piece
-/// cost ~1000 times the piece; the bound keeps one scan short enough for
-/// the worker thread.
+/// cap in `block` mode (`dlp_body::ScannedBody`), the agent's small
+/// WebSocket frames (`ws`). Each scan covers the overlap kept from the one
+/// before as well, so one scan per tiny piece cost ~1000 times the piece;
+/// the bound keeps one scan short enough for the worker thread.
 pub(crate) const COALESCE_BYTES: usize = 64 * 1024;
 
 /// The compiled rules. Each rule is its own regex, searched on its own: one
