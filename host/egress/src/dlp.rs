@@ -187,7 +187,8 @@ impl Dlp {
     /// Rule ids found in `data` as sent and, if it has escapes, as a server
     /// reads it once they are decoded ([`unescaped`]): `%67hp_…` in a URL
     /// or form and `\u0067hp_…` in JSON are `ghp_…` to the server, and
-    /// `"\nAKIA…"` is a key after a newline, where `\b` holds.
+    /// `"\nAKIA…"` is a key after a newline, where `\b` holds. Also as a
+    /// quoted-printable reader gives it ([`quoted_printable`]).
     pub(crate) fn scan_into(&self, data: &[u8], out: &mut Vec<String>) {
         #[cfg(test)]
         {
@@ -198,6 +199,9 @@ impl Dlp {
         self.scan_raw(data, out);
         if let Some(u) = unescaped(data) {
             self.scan_raw(&u, out);
+        }
+        if let Some(q) = quoted_printable(data) {
+            self.scan_raw(&q, out);
         }
     }
 
@@ -332,6 +336,53 @@ fn unescaped(data: &[u8]) -> Option<Vec<u8>> {
         }
         out.push(b);
         i += 1;
+    }
+    out.extend_from_slice(&data[i..]);
+    Some(out)
+}
+
+/// `data` as a quoted-printable reader gives it: `=XX` (either case) is
+/// that byte, and `=` ending a line (spaces or tabs may follow it) joins
+/// the line to the next. Go's `mime/multipart` decodes a part so when it
+/// says `Content-Transfer-Encoding: quoted-printable`, before a Go server
+/// reads the field, so `=67hp_…` there is `ghp_…`. The part's header may
+/// be in an earlier piece of a stream than its text, so any `=` escape
+/// counts, not only after that header. `None` when there is none.
+fn quoted_printable(data: &[u8]) -> Option<Vec<u8>> {
+    // What the `=` at `i` stands for, and how many bytes it takes up:
+    // `Some(byte)` for `=XX`, `None` for a soft line break.
+    let escape = |i: usize| -> Option<(Option<u8>, usize)> {
+        let hex = |k: usize| data.get(i + k).and_then(|b| (*b as char).to_digit(16));
+        if let (Some(h), Some(l)) = (hex(1), hex(2)) {
+            return Some((Some((h << 4 | l) as u8), 3));
+        }
+        let mut j = i + 1;
+        while matches!(data.get(j), Some(b' ' | b'\t')) {
+            j += 1;
+        }
+        if data.get(j) == Some(&b'\r') {
+            j += 1;
+        }
+        (data.get(j) == Some(&b'\n')).then_some((None, j + 1 - i))
+    };
+    // Most text has no `=` escape (`a = b`, base64's `==`): no copy.
+    let first = memchr::memchr_iter(b'=', data).find(|&i| escape(i).is_some())?;
+    let mut out = Vec::with_capacity(data.len());
+    out.extend_from_slice(&data[..first]);
+    let mut i = first;
+    while let Some(run) = memchr::memchr(b'=', &data[i..]) {
+        out.extend_from_slice(&data[i..i + run]);
+        i += run;
+        match escape(i) {
+            Some((byte, len)) => {
+                out.extend(byte);
+                i += len;
+            }
+            None => {
+                out.push(b'=');
+                i += 1;
+            }
+        }
     }
     out.extend_from_slice(&data[i..]);
     Some(out)
@@ -635,6 +686,24 @@ mod tests {
             Some(&b"abAc\nA%zz\\qd"[..])
         );
         assert_eq!(unescaped(b"plain"), None);
+    }
+
+    #[test]
+    fn values_in_quoted_printable_parts_are_found() {
+        let d = dlp();
+        // A multipart part as Go's mime/multipart decodes it: `=67` is
+        // `g`, and a soft line break (`=` at a line's end) splits a value.
+        let body = b"--b\r\nContent-Disposition: form-data; name=\"k\"\r\n\
+Content-Transfer-Encoding: quoted-printable\r\n\r\n\
+=67hp_abcdefghijklmn=\r\nopqrstuvwxyz0123456789\r\n--b--\r\n";
+        let mut out = vec![];
+        d.scan_body(body, None, &mut out);
+        assert_eq!(out, vec!["github-pat".to_string()]);
+        assert_eq!(
+            quoted_printable(b"a=3Db=3d =  \nc=\r\nd = e==").as_deref(),
+            Some(&b"a=b= cd = e=="[..])
+        );
+        assert_eq!(quoted_printable(b"x = 1; y == z; w=>v; base64=="), None);
     }
 
     #[test]
