@@ -112,7 +112,7 @@ pub(crate) struct Dlp {
     pub(crate) scanned: std::sync::Arc<ScanCount>,
 }
 
-/// Calls of [`Dlp::scan_into`] and the bytes they were given.
+/// Calls of [`Dlp::scan_escaped`] (every scan) and the bytes they were given.
 #[cfg(test)]
 #[derive(Debug, Default)]
 pub(crate) struct ScanCount {
@@ -184,12 +184,21 @@ impl Dlp {
         })
     }
 
+    /// Rule ids found in a body's `data`: [`Dlp::scan_escaped`], and as a
+    /// quoted-printable reader gives it ([`quoted_printable`]; multipart
+    /// parts can ask a server for that, a request head cannot).
+    pub(crate) fn scan_into(&self, data: &[u8], out: &mut Vec<String>) {
+        self.scan_escaped(data, out);
+        if let Some(q) = quoted_printable(data) {
+            self.scan_raw(&q, out);
+        }
+    }
+
     /// Rule ids found in `data` as sent and, if it has escapes, as a server
     /// reads it once they are decoded ([`unescaped`]): `%67hp_…` in a URL
     /// or form and `\u0067hp_…` in JSON are `ghp_…` to the server, and
-    /// `"\nAKIA…"` is a key after a newline, where `\b` holds. Also as a
-    /// quoted-printable reader gives it ([`quoted_printable`]).
-    pub(crate) fn scan_into(&self, data: &[u8], out: &mut Vec<String>) {
+    /// `"\nAKIA…"` is a key after a newline, where `\b` holds.
+    fn scan_escaped(&self, data: &[u8], out: &mut Vec<String>) {
         #[cfg(test)]
         {
             use std::sync::atomic::Ordering::Relaxed;
@@ -199,9 +208,6 @@ impl Dlp {
         self.scan_raw(data, out);
         if let Some(u) = unescaped(data) {
             self.scan_raw(&u, out);
-        }
-        if let Some(q) = quoted_printable(data) {
-            self.scan_raw(&q, out);
         }
     }
 
@@ -225,7 +231,7 @@ impl Dlp {
             head.extend_from_slice(b": ");
             head.extend_from_slice(v.as_bytes());
         }
-        self.scan_into(&head, out);
+        self.scan_escaped(&head, out);
     }
 
     /// Rule ids found in a body: its bytes as sent, and, when its
@@ -704,6 +710,22 @@ Content-Transfer-Encoding: quoted-printable\r\n\r\n\
             Some(&b"a=b= cd = e=="[..])
         );
         assert_eq!(quoted_printable(b"x = 1; y == z; w=>v; base64=="), None);
+        // No server reads a request head so: a query or cookie's `=XX`
+        // stays as it is (and costs no second copy of every head).
+        let mut h = HeaderMap::new();
+        h.insert(
+            "cookie",
+            "k=67hp_abcdefghijklmnopqrstuvwxyz0123456789"
+                .parse()
+                .unwrap(),
+        );
+        let mut out = vec![];
+        d.scan_head(
+            "/?q=67hp_abcdefghijklmnopqrstuvwxyz0123456789",
+            &h,
+            &mut out,
+        );
+        assert!(out.is_empty(), "{out:?}");
     }
 
     #[test]
