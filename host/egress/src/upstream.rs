@@ -236,7 +236,15 @@ impl Dialer {
             inner: Arc::new(DialerInner {
                 tls_any: mk(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?,
                 tls_h1: mk(vec![b"http/1.1".to_vec()])?,
-                resolve: cfg.resolve.clone(),
+                // Looked up by the host as every other check reads it
+                // (`canon_host`): a key written `API.example.com.` still
+                // pins `api.example.com`, rather than letting its DNS
+                // answer be dialled instead.
+                resolve: cfg
+                    .resolve
+                    .iter()
+                    .map(|(h, a)| (crate::route::canon_host(h), *a))
+                    .collect(),
                 policy: AddrPolicy::new(&cfg.allow_internal, &cfg.host_addresses),
                 named_ips,
                 proxy,

@@ -414,6 +414,30 @@ async fn deny_by_default() {
     no_canary_anywhere(&fx);
 }
 
+/// A `resolve` key is read as hosts are everywhere else (case, trailing
+/// dot): `API.Test.` pins api.test, and the name's own DNS answer is not
+/// dialled instead with the credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolve_key_pins_its_host_whatever_its_spelling() {
+    let fx = fx_with(|c| {
+        let up = c.upstream.resolve.remove("api.test").unwrap();
+        c.upstream.resolve.insert("API.Test.".into(), up);
+    })
+    .await;
+    for h2 in [false, true] {
+        let req = get("https://api.test/v1/pinned", "api.test", h2);
+        let got = send(fx.proxy, "api.test:443", "api.test", &fx.bottle_ca, h2, req).await;
+        assert_eq!(got.status, 200, "{got:?}");
+        let seen = fx.up.seen().pop().unwrap();
+        assert_eq!(seen.path, "/v1/pinned");
+        assert_eq!(
+            seen.header_all("authorization"),
+            vec![format!("Bearer {CANARY}")]
+        );
+    }
+    no_canary_anywhere(&fx);
+}
+
 /// Headers that name another host or path to servers behind a trusted
 /// proxy (Rack's `request.host` takes `X-Forwarded-Host`) never reach the
 /// upstream, in either spelling.
