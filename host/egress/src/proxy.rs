@@ -807,8 +807,10 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
 /// RFC 3986 allows); `None` for one that is no port (`host:99999`), which
 /// `Authority::port_u16` reads as absent and so as the default.
 fn authority_port(a: &http::uri::Authority, default: u16) -> Option<u16> {
+    // What follows the host, which starts right after any userinfo (the
+    // host's text found again further on, as in `4:4434`, is not it).
     let s = a.as_str();
-    let after = &s[s.rfind(a.host()).map_or(s.len(), |i| i + a.host().len())..];
+    let after = s[s.rfind('@').map_or(0, |i| i + 1)..].strip_prefix(a.host())?;
     match after.strip_prefix(':') {
         None if after.is_empty() => Some(default),
         Some("") => Some(default),
@@ -1969,5 +1971,9 @@ mod tests {
         assert_eq!(port("u@h.test:1"), Some(1));
         assert_eq!(port("h.test:99999"), None);
         assert_eq!(port("h.test:65536"), None);
+        // A host whose text the port ends with is not found in the port.
+        assert_eq!(port("4:4434"), Some(4434));
+        assert_eq!(port("43:8443"), Some(8443));
+        assert_eq!(port("u@1:21"), Some(21));
     }
 }
