@@ -350,6 +350,14 @@ async fn outer(live: Arc<Live>, permit: Arc<Slot>, req: Request<Incoming>) -> Re
                 "bot-bottle egress: CONNECT needs host:port with a port from 0 to 65535\n".into(),
             );
         };
+        // Before any route is matched or certificate minted.
+        if !route::is_host(&host) {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "bot-bottle egress: CONNECT needs host:port with a host name or an IP address\n"
+                    .into(),
+            );
+        }
         let mut rec = shared.record("CONNECT", &host, port, String::new());
         if route::passthrough_for(&shared.cfg, &host, port).is_some() {
             return match shared.dialer.tcp(&host, port).await {
@@ -445,6 +453,13 @@ async fn outer(live: Arc<Live>, permit: Arc<Slot>, req: Request<Incoming>) -> Re
                     "bot-bottle egress: the URL's port is not a number from 0 to 65535\n".into(),
                 );
             };
+            if !route::is_host(&host) {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "bot-bottle egress: the URL's host is neither a host name nor an IP address\n"
+                        .into(),
+                );
+            }
             handle(shared, req, Target::new(false, host, port, permit)).await
         }
         (Some(_), Some(_)) => text(
@@ -806,7 +821,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
 /// The port an authority names, `default` if none (or an empty one, as
 /// RFC 3986 allows); `None` for one that is no port (`host:99999`), which
 /// `Authority::port_u16` reads as absent and so as the default.
-fn authority_port(a: &http::uri::Authority, default: u16) -> Option<u16> {
+pub(crate) fn authority_port(a: &http::uri::Authority, default: u16) -> Option<u16> {
     // What follows the host, which starts right after any userinfo (the
     // host's text found again further on, as in `4:4434`, is not it).
     let s = a.as_str();

@@ -34,6 +34,18 @@ pub(crate) fn canon_host(h: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// Whether `host` (canonical) names something a connection can be made
+/// to: an IP address, or a DNS name (labels of letters, digits, `-` and
+/// `_`, none empty, the last not all digits) as the upstream TLS check reads
+/// one. Anything else in a CONNECT or a URL is refused before routes are
+/// matched: a `*.suffix` route matches `*.suffix`, `a..suffix` and
+/// `[a:b.suffix]` as text, and the proxy would mint a leaf for them (a
+/// wildcard one for `*.suffix`); `0x7f.1` and `2130706433` are IPv4
+/// addresses to the system resolver, not names.
+pub(crate) fn is_host(host: &str) -> bool {
+    host.parse::<std::net::IpAddr>().is_ok() || rustls::pki_types::DnsName::try_from(host).is_ok()
+}
+
 /// Whether `host` (canonical) matches `pattern` (exact, or `*.suffix`
 /// for any name strictly below `suffix`).
 pub(crate) fn host_matches(pattern: &str, host: &str) -> bool {
@@ -75,7 +87,7 @@ pub(crate) fn passthrough_for<'a>(
 /// guest's direct connection.
 pub fn host_admitted(cfg: &ProxyConfig, host: &str) -> bool {
     let host = canon_host(host);
-    host_allowed(&cfg.routes, &host) || is_passthrough(cfg, &host)
+    is_host(&host) && (host_allowed(&cfg.routes, &host) || is_passthrough(cfg, &host))
 }
 
 /// Whether a direct connection to `port` may leave at all, before its name
@@ -476,8 +488,20 @@ pub fn check(config: &ProxyConfig, method: &str, url: &str) -> Decision {
         return d;
     };
     d.host = canon_host(host);
-    d.port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     d.path = normalise_path(uri.path());
+    if !is_host(&d.host) {
+        d.reason = "the URL's host is neither a host name nor an IP address".into();
+        return d;
+    }
+    // As the proxy reads it: `:99999` is refused, not the default port.
+    let port = uri
+        .authority()
+        .and_then(|a| crate::proxy::authority_port(a, if tls { 443 } else { 80 }));
+    let Some(port) = port else {
+        d.reason = "the URL's port is not a number from 0 to 65535".into();
+        return d;
+    };
+    d.port = port;
     if always_refused(&method) {
         d.reason = format!("{method} is always refused");
         return d;
@@ -822,6 +846,38 @@ mod tests {
             "another path as sent"
         );
         assert!(!allowed("/api/v4/projects/other%2Fproject"));
+    }
+
+    #[test]
+    fn only_host_names_and_ip_addresses_are_hosts() {
+        for h in [
+            "api.test",
+            "a.wild.test",
+            "localhost",
+            "x_y.test",
+            "xn--bcher-kva.test",
+            "127.0.0.1",
+            "::1",
+        ] {
+            assert!(is_host(h), "{h}");
+        }
+        for h in [
+            "",
+            "*.wild.test",
+            "a..wild.test",
+            "..wild.test",
+            ".wild.test",
+            "x:y.wild.test",
+            "x%41.wild.test",
+            "fe80::1%25lo",
+            "0x7f.0.0.1",
+            "127.1",
+            "2130706433",
+            "b\u{fc}cher.test",
+            "api\u{ff0e}test",
+        ] {
+            assert!(!is_host(h), "{h}");
+        }
     }
 
     #[test]

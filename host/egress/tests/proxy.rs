@@ -438,6 +438,50 @@ async fn a_resolve_key_pins_its_host_whatever_its_spelling() {
     no_canary_anywhere(&fx);
 }
 
+/// A CONNECT whose host is no host name (a `*.suffix` route matches
+/// `*.wild.test`, `a..wild.test` and `[x:y.wild.test]` as text) is refused
+/// before a route is matched or a certificate minted: `*.wild.test` got a
+/// wildcard leaf from the bottle CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_to_no_host_name_is_refused_before_any_certificate() {
+    let fx = fx().await;
+    for target in [
+        "*.wild.test:443",
+        "a..wild.test:443",
+        "..wild.test:443",
+        "[x:y.wild.test]:443",
+        "[x%41.wild.test]:443",
+        "[fe80::1%25lo.wild.test]:443",
+        "0x7f.0.0.1:443",
+        ":443",
+    ] {
+        let (st, _, _) = connect(fx.proxy, target).await;
+        assert_eq!(st, 400, "{target}");
+    }
+    // Names, any spelling, and IP literals are still read as before.
+    let (st, _, _) = connect(fx.proxy, "A.Wild.Test.:443").await;
+    assert_eq!(st, 200);
+    let (st, _, _) = connect(fx.proxy, "[::1]:443").await;
+    assert_eq!(st, 403);
+    assert!(fx.up.seen().is_empty());
+    let cfg = config(&fx.pki, fx.up.addr, &fx.audit);
+    assert!(bot_bottle_egress::host_admitted(&cfg, "A.wild.test."));
+    for url in [
+        "https://*.wild.test/",
+        "https://a..wild.test/",
+        "https://[x:y.wild.test]/",
+    ] {
+        let d = bot_bottle_egress::check(&cfg, "GET", url);
+        assert!(!d.allowed && d.reason.contains("host name"), "{url}: {d}");
+        let host = url.trim_start_matches("https://").trim_end_matches('/');
+        assert!(!bot_bottle_egress::host_admitted(&cfg, host), "{host}");
+    }
+    // `check` reads the port as the proxy does: no default for `:99999`.
+    let d = bot_bottle_egress::check(&cfg, "GET", "https://api.test:99999/");
+    assert!(!d.allowed && d.reason.contains("port"), "{d}");
+    assert!(bot_bottle_egress::check(&cfg, "GET", "https://api.test:0443/").allowed);
+}
+
 /// Headers that name another host or path to servers behind a trusted
 /// proxy (Rack's `request.host` takes `X-Forwarded-Host`) never reach the
 /// upstream, in either spelling.
@@ -2057,6 +2101,35 @@ async fn plain_upstream() -> (SocketAddr, Arc<Mutex<Vec<Vec<String>>>>) {
         }
     });
     (addr, seen)
+}
+
+/// A plain `http://` URL whose host is no host name is refused like such a
+/// CONNECT, though a `*.suffix` plain-HTTP route matches it as text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_url_to_no_host_name_is_refused() {
+    let (plain, seen) = plain_upstream().await;
+    let fx = fx_with(|c| {
+        plain_route(c, "*.plain.test", plain);
+        // Pinned as a manifest can pin it: a name, not a pattern.
+        c.upstream.resolve.remove("*.plain.test");
+        c.upstream.resolve.insert("a.plain.test".into(), plain);
+    })
+    .await;
+    for host in ["*.plain.test", "a..plain.test", "[x:y.plain.test]"] {
+        let mut s = TcpStream::connect(fx.proxy).await.unwrap();
+        s.write_all(format!("GET http://{host}/x HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{host}: {head}");
+    }
+    assert!(seen.lock().unwrap().is_empty());
+    let mut s = TcpStream::connect(fx.proxy).await.unwrap();
+    s.write_all(b"GET http://A.plain.test./x HTTP/1.1\r\nHost: a.plain.test\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
