@@ -1139,7 +1139,9 @@ async fn block_mode_scans_a_body_past_the_cap_as_it_streams() {
         let parts: Vec<Vec<u8>> = clean.chunks(20_000).map(<[u8]>::to_vec).collect();
         let got = post_frames(&fx, h2, &[], parts).await;
         assert_eq!(got.status, 200, "{got:?}");
-        assert_eq!(fx.up.seen().pop().unwrap().body, clean, "body altered");
+        // (By content, not the last record: the request the previous
+        // round stopped may be recorded, broken off, after this one.)
+        assert!(fx.up.seen().iter().any(|s| s.body == clean), "body altered");
         // A secret three caps in, split across two pieces: refused, and
         // upstream never gets any of it.
         let mut first = noise(3 * CAP, 9);
