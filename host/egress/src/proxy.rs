@@ -343,6 +343,15 @@ async fn outer(live: Arc<Live>, permit: Arc<Slot>, req: Request<Incoming>) -> Re
                 "bot-bottle egress: CONNECT needs host:port\n".into(),
             );
         };
+        // CONNECT's target is host:port alone (RFC 9110 §9.3.6); user
+        // information there was dropped silently, where `Host` and
+        // `:authority` with one are refused: refused here too.
+        if auth.as_str().contains('@') {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "bot-bottle egress: CONNECT needs host:port, without user information\n".into(),
+            );
+        }
         let host = canon_host(auth.host());
         let Some(port) = authority_port(&auth, 443) else {
             return text(

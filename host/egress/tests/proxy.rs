@@ -454,6 +454,8 @@ async fn a_connect_to_no_host_name_is_refused_before_any_certificate() {
         "[fe80::1%25lo.wild.test]:443",
         "0x7f.0.0.1:443",
         ":443",
+        // User information is no part of a CONNECT target.
+        "evil.test@api.test:443",
     ] {
         let (st, _, _) = connect(fx.proxy, target).await;
         assert_eq!(st, 400, "{target}");
