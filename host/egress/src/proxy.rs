@@ -36,6 +36,10 @@ use crate::workers;
 
 /// HTTP/2 streams per client connection.
 const MAX_STREAMS: u32 = 128;
+/// Response bytes an HTTP/2 stream buffers for a client that does not
+/// read them. hyper's default, 400 KiB, let one connection whose client
+/// opened 128 large downloads and read nothing hold ~150 MB.
+const SEND_BUF_PER_STREAM: usize = 64 * 1024;
 /// Most of a request body read before a local response answers it.
 const LOCAL_BODY_MAX: usize = 64 * 1024;
 
@@ -675,6 +679,7 @@ async fn intercept(
             b.timer(TokioTimer::new())
                 .enable_connect_protocol()
                 .max_concurrent_streams(MAX_STREAMS)
+                .max_send_buf_size(SEND_BUF_PER_STREAM)
                 .max_header_list_size(
                     shared.cfg.limits.max_header_bytes.min(u32::MAX as usize) as u32
                 );

@@ -254,6 +254,18 @@ async fn upstream_handle(
         });
         return Ok(event_stream(rx));
     }
+    if path.starts_with("/big") {
+        // 64 MiB, made as it is sent (a download a client may never read).
+        let chunk = Bytes::from(vec![b'x'; 16 * 1024]);
+        let frames = futures_util::stream::repeat_with(move || {
+            Ok::<_, Infallible>(Frame::data(chunk.clone()))
+        })
+        .take(4096);
+        return Ok(Response::builder()
+            .header("content-length", (64u64 << 20).to_string())
+            .body(BodyExt::boxed(StreamBody::new(frames)))
+            .unwrap());
+    }
     let is_h1 = req_is_h1(&headers);
     let (body, trailers) = match req.into_body().collect().await {
         Ok(b) => {
