@@ -537,6 +537,19 @@ impl tower_service::Service<Uri> for Dialer {
     }
 }
 
+/// An HTTP/2 upstream stream's receive window: what the proxy takes of an
+/// answer its client has not read yet (hyper's default).
+const H2_STREAM_WINDOW: u32 = 2 << 20;
+
+/// An HTTP/2 upstream connection's receive window. Every request to a
+/// host (on one worker) shares the connection, and h2 gives a stream's
+/// bytes back to this window only once they are read: with hyper's
+/// default, 5 MiB, three downloads whose client stopped reading took it
+/// all, and every other request to that host waited until that client
+/// went away. At 16 stream windows, sixteen such downloads are needed,
+/// and they hold at most this much.
+const H2_CONN_WINDOW: u32 = 16 * H2_STREAM_WINDOW;
+
 /// The pooled client every forwarded request goes through.
 pub(crate) fn client(dialer: Dialer) -> Client<Dialer, Body> {
     Client::builder(TokioExecutor::new())
@@ -544,6 +557,8 @@ pub(crate) fn client(dialer: Dialer) -> Client<Dialer, Body> {
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(64)
+        .http2_initial_stream_window_size(H2_STREAM_WINDOW)
+        .http2_initial_connection_window_size(H2_CONN_WINDOW)
         .build(dialer)
 }
 

@@ -113,6 +113,11 @@ fn full(s: impl Into<Bytes>) -> Body {
 
 /// Starts the recording HTTPS upstream (h2 and http/1.1).
 pub async fn start_upstream(pki: &TestPki) -> Upstream {
+    start_upstream_alpn(pki, &[b"h2", b"http/1.1"]).await
+}
+
+/// The recording upstream, offering the protocols `alpn` names.
+pub async fn start_upstream_alpn(pki: &TestPki, alpn: &[&[u8]]) -> Upstream {
     let mut cfg = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(
@@ -120,7 +125,7 @@ pub async fn start_upstream(pki: &TestPki) -> Upstream {
             PrivateKeyDer::Pkcs8(pki.key.clone_key()),
         )
         .unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -255,6 +260,14 @@ async fn upstream_handle(
         return Ok(event_stream(rx));
     }
     if path.starts_with("/big") {
+        seen.lock().unwrap().push(Seen {
+            method,
+            path,
+            version,
+            headers,
+            body: vec![],
+            sni,
+        });
         // 64 MiB, made as it is sent (a download a client may never read).
         let chunk = Bytes::from(vec![b'x'; 16 * 1024]);
         let frames = futures_util::stream::repeat_with(move || {
