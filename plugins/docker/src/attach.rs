@@ -249,10 +249,14 @@ async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport
         biased;
         _ = &mut agent_exit => {}
         _ = &mut egress_exit => {
-            stopped_because = Some(Stopped::ProxyDied(
-                exit_code(&docker, &names.egress).await,
-                crate::sidecar::death_note(&docker, &names.egress).await,
-            ));
+            let (code, oom) = how_it_ended(&docker, &names.egress).await;
+            stopped_because = Some(match oom {
+                Some(limit) => Stopped::ProxyOutOfMemory(limit),
+                None => Stopped::ProxyDied(
+                    code,
+                    crate::sidecar::death_note(&docker, &names.egress).await,
+                ),
+            });
             stop_agent().await;
             agent_exit.await;
         }
@@ -310,7 +314,7 @@ async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport
     if let Some(why) = stopped_because {
         let reason = match why {
             Stopped::ProxyDied(egress_code @ (137 | 143), note) if note.is_empty() => format!(
-                "egress proxy was killed (exit code {egress_code}: `bottle rm`, `docker kill` or stop from elsewhere, or the sidecar's memory limit); \
+                "egress proxy was killed (exit code {egress_code}: `bottle rm`, `docker kill` or stop from elsewhere); \
                  the agent was stopped because it had no network (fail closed)"
             ),
             Stopped::ProxyDied(egress_code, note) if note.is_empty() => format!(
@@ -319,6 +323,13 @@ async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport
             Stopped::ProxyDied(egress_code, note) => format!(
                 "egress proxy died (exit code {egress_code}); the agent was stopped because it had no network (fail closed). \
                  The proxy's last words:\n  {note}"
+            ),
+            Stopped::ProxyOutOfMemory(limit) => format!(
+                "egress proxy ran out of memory (its sidecar's limit, {} MiB) and was stopped by the kernel; \
+                 the agent was stopped because it had no network (fail closed). An agent can make its proxy \
+                 hold memory (docs/egress.md, \"Limits and known gaps\"); the limit grows with \
+                 dlp.max_body_bytes in [egress]",
+                limit >> 20
             ),
             Stopped::NetworkLost(holder) => format!(
                 "the egress proxy lost its network: {holder}, which holds the network namespace it shares, stopped; \
@@ -461,6 +472,8 @@ fn signal_number(name: &str) -> Option<i32> {
 enum Stopped {
     /// The sidecar ended, with this exit code and its last stderr lines.
     ProxyDied(i64, String),
+    /// The kernel stopped the sidecar at its memory limit (bytes).
+    ProxyOutOfMemory(i64),
     /// The holder of the namespace the sidecar shares (named) stopped.
     NetworkLost(String),
 }
@@ -478,17 +491,22 @@ async fn wait_not_running(docker: &Docker, container: &str) {
     let _ = stream.next().await;
 }
 
-async fn exit_code(docker: &Docker, container: &str) -> i64 {
-    docker
+/// A stopped container's exit code (-1 if unknown), and its memory limit
+/// if the kernel stopped it for reaching that.
+async fn how_it_ended(docker: &Docker, container: &str) -> (i64, Option<i64>) {
+    let Ok(i) = docker
         .inspect_container(
             container,
             None::<bollard::query_parameters::InspectContainerOptions>,
         )
         .await
-        .ok()
-        .and_then(|i| i.state)
-        .and_then(|s| s.exit_code)
-        .unwrap_or(-1)
+    else {
+        return (-1, None);
+    };
+    let state = i.state.unwrap_or_default();
+    let limit = i.host_config.and_then(|h| h.memory).unwrap_or(0);
+    let oom = (state.oom_killed == Some(true)).then_some(limit);
+    (state.exit_code.unwrap_or(-1), oom)
 }
 
 /// Copies container output to our stdout/stderr and, when `stdin` is set,

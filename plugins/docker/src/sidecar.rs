@@ -32,6 +32,33 @@ use crate::options::DockerOptions;
 pub(crate) const EGRESS_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Process limit of the sidecar.
 pub(crate) const EGRESS_PIDS: i64 = 1024;
+
+/// The sidecar's memory limit, for a proxy whose config is `config` (its
+/// JSON): [`EGRESS_MEMORY_BASE`] and [`EGRESS_MEMORY_PER_BODY`] times its
+/// `dlp.max_body_bytes` (default 1 MiB), no swap beyond it. The proxy
+/// bounds what it holds per request and per stream, but not everything
+/// across all of them (docs/egress.md, "Limits and known gaps": an agent
+/// that controls an allowed upstream and reads none of its answers can
+/// make it hold ~20 MB a stream). The limit keeps that inside the bottle:
+/// the kernel stops the proxy, the agent is stopped with it (fail closed)
+/// and told why, and the machine keeps its memory.
+pub(crate) fn egress_memory_limit(config: &str) -> i64 {
+    let max_body = serde_json::from_str::<serde_json::Value>(config)
+        .ok()
+        .and_then(|c| c.pointer("/dlp/max_body_bytes")?.as_u64())
+        .unwrap_or(1 << 20);
+    let limit = EGRESS_MEMORY_BASE.saturating_add(max_body.saturating_mul(EGRESS_MEMORY_PER_BODY));
+    limit.min(i64::MAX as u64) as i64
+}
+
+/// What the proxy may use besides its held bodies: it runs in ~10-50 MiB,
+/// and each pooled HTTP/2 upstream connection may take up to 32 MiB of
+/// answers a client is slow to read.
+const EGRESS_MEMORY_BASE: u64 = 512 << 20;
+/// Held bodies: the DLP's shared budget is 32 of them, a compressed one
+/// may be held at up to 8, and the held copies of a body read for its
+/// `_method` field come on top.
+const EGRESS_MEMORY_PER_BODY: u64 = 64;
 /// Creates the sidecar. Behind the gate it serves a Unix socket in a
 /// volume of its own, which the agent (no network at all) mounts
 /// read-only, and reaches the world through its egress network: in the
@@ -49,6 +76,7 @@ pub(crate) async fn create_egress(
     gated: bool,
     holder: Option<&str>,
 ) -> Result<(), PluginError> {
+    let memory = egress_memory_limit(spec.egress.config.expose());
     let body = |network: &str, listen: Vec<String>| {
         // The config comes on stdin (see `start_egress`); the file is
         // where a credential rotation puts the next one.
@@ -76,6 +104,8 @@ pub(crate) async fn create_egress(
             labels: Some(names::labels(spec, ROLE_EGRESS)),
             host_config: Some(HostConfig {
                 pids_limit: Some(EGRESS_PIDS),
+                memory: Some(memory),
+                memory_swap: Some(memory),
                 mounts: gated.then(|| vec![socket_volume()]),
                 tmpfs: Some(config_tmpfs()),
                 ..hardened_host_config(network)
@@ -477,6 +507,21 @@ pub fn redact(text: &str, config: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sidecars_memory_limit_grows_with_the_bodies_it_may_hold() {
+        const MIB: i64 = 1 << 20;
+        assert_eq!(egress_memory_limit("{}"), 576 * MIB);
+        assert_eq!(egress_memory_limit("not json"), 576 * MIB);
+        assert_eq!(
+            egress_memory_limit(r#"{"dlp":{"max_body_bytes":8388608}}"#),
+            (512 + 64 * 8) * MIB
+        );
+        assert_eq!(
+            egress_memory_limit(&format!(r#"{{"dlp":{{"max_body_bytes":{}}}}}"#, u64::MAX)),
+            i64::MAX
+        );
+    }
 
     #[test]
     fn redaction_blots_every_config_string() {

@@ -1031,6 +1031,10 @@ fn files_secrets_and_hardening() {
         assert_eq!(j["Config"]["Labels"][TEST_LABEL], "1");
     }
     assert_eq!(e["Config"]["User"], "65534:65534");
+    // The proxy's memory is bounded too (its config sets no
+    // dlp.max_body_bytes: 512 MiB + 64 × the default 1 MiB), swap included.
+    assert_eq!(e["HostConfig"]["Memory"], 576 * 1024 * 1024);
+    assert_eq!(e["HostConfig"]["MemorySwap"], 576 * 1024 * 1024);
     assert_eq!(a["Config"]["User"], "agent");
     assert_eq!(a["HostConfig"]["NanoCpus"], 500_000_000);
     assert_eq!(a["HostConfig"]["Memory"], 256 * 1024 * 1024);
@@ -1314,6 +1318,40 @@ fn a_proxy_that_dies_says_why_in_the_agents_report() {
             && reason.contains("error: upstream went away")
             && !reason.contains("listening on")
             && !reason.contains("bottle logs"),
+        "{reason}"
+    );
+    remove(&backend, &id);
+    assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+}
+
+/// A proxy made to hold too much memory (an agent can, docs/egress.md)
+/// meets its sidecar's limit, not the machine's: the kernel stops it, the
+/// agent is stopped with it, and the report says why.
+#[test]
+fn a_proxy_out_of_memory_is_stopped_at_its_limit_and_says_so() {
+    let docker = docker_or_skip!();
+    let _g = GLOBAL.read().unwrap_or_else(|e| e.into_inner());
+    let backend = DockerBackend::new();
+    let mut s = spec(&docker, "hogproxy", &["sleep", "300"]);
+    let id = s.bottle_id.clone();
+    // The smallest limit there is: 512 MiB and nothing for held bodies.
+    s.egress.config = Secret::new(format!(
+        r#"{{"bottle":"{id}","dlp":{{"max_body_bytes":0}},"hog_ms": 500}}"#
+    ));
+    let _cleanup = Cleanup::new(&[&id]);
+    backend.launch(s).unwrap();
+    let report = backend
+        .wait(WaitRequest {
+            schema: 1,
+            bottle_id: id.clone(),
+            attach: false,
+        })
+        .unwrap();
+    assert_ne!(report.exit_code, 0);
+    let reason = report.reason.unwrap();
+    assert!(
+        reason.contains("egress proxy ran out of memory (its sidecar's limit, 512 MiB)")
+            && reason.contains("fail closed"),
         "{reason}"
     );
     remove(&backend, &id);

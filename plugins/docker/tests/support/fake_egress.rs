@@ -17,6 +17,9 @@
 //! * if the config contains `"die_ms": N`, N ms after listening it prints
 //!   `error: upstream went away` to stderr and exits 4 (a proxy that dies
 //!   while the agent runs);
+//! * if the config contains `"hog_ms": N`, N ms after listening it takes
+//!   memory without end, touching every page (a proxy an agent made hold
+//!   too much, to check the sidecar's memory limit stops it);
 //! * serves each connection as a minimal forward proxy: `CONNECT host:port`
 //!   is tunnelled, `GET http://host:port/path` is fetched with HTTP/1.0;
 //!   anything else gets `fake-egress` back. One JSON audit line per request
@@ -107,6 +110,21 @@ fn main() {
             std::thread::sleep(Duration::from_millis(ms));
             eprintln!("error: upstream went away");
             std::process::exit(4);
+        });
+    }
+    if let Some(ms) = config
+        .split(r#""hog_ms":"#)
+        .nth(1)
+        .and_then(|r| r.trim_start().split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(ms));
+            let mut kept: Vec<Vec<u8>> = Vec::new();
+            loop {
+                // 16 MiB at a time, every page written so it is resident.
+                kept.push(vec![1u8; 16 << 20]);
+            }
         });
     }
     if unix {
