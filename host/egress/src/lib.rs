@@ -18,6 +18,7 @@ mod in_flight;
 mod listener;
 mod path_readings;
 mod proxy;
+mod reflected;
 pub mod route;
 mod tls;
 mod upstream;

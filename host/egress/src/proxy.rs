@@ -30,6 +30,7 @@ use crate::dlp_body::{self, Refused};
 use crate::error::EgressError;
 use crate::in_flight::InFlight;
 use crate::listener::{Accepted, AsyncListener};
+use crate::reflected::{Masker, Secrets};
 use crate::route::{self, canon_host, match_route, normalise_path, RouteMatch};
 use crate::upstream::{self, Body, BoxError, Dialer};
 use crate::workers;
@@ -58,6 +59,8 @@ pub(crate) struct Shared {
     dlp_budget: Arc<Semaphore>,
     /// Per route: the headers it sets, values marked sensitive.
     inject: Vec<Vec<(HeaderName, HeaderValue)>>,
+    /// Per route: the injected values its responses must not carry back.
+    reflected: Vec<Arc<Secrets>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -83,8 +86,11 @@ impl Shared {
         let cfg_max_body = cfg.dlp.max_body_bytes;
         let audit = Audit::open(&cfg.audit)?;
         let mut inject = Vec::with_capacity(cfg.routes.len());
+        let mut reflected = Vec::with_capacity(cfg.routes.len());
         for (i, r) in cfg.routes.iter().enumerate() {
             let mut hs = Vec::new();
+            // The tokens filled in (a static value is no secret).
+            let mut secrets: Vec<Vec<u8>> = Vec::new();
             for h in &r.inject {
                 let name = HeaderName::from_bytes(h.header.as_bytes()).map_err(|_| {
                     EgressError::ConfigInvalid {
@@ -101,7 +107,11 @@ impl Shared {
                                     "routes[{i}] needs token ref {tr}, which has no value"
                                 ),
                             })?;
-                        h.value.replace("{token}", tok.expose())
+                        let filled = h.value.replace("{token}", tok.expose());
+                        // The token alone: the filled value holds it, and
+                        // a page that quotes either shows it.
+                        secrets.push(tok.expose().as_bytes().to_vec());
+                        filled
                     }
                     None => h.value.clone(),
                 };
@@ -115,6 +125,7 @@ impl Shared {
                 hs.push((name, value));
             }
             inject.push(hs);
+            reflected.push(Arc::new(Secrets::new(secrets.iter().map(Vec::as_slice))));
         }
         Ok(Arc::new(Self {
             cfg,
@@ -124,6 +135,7 @@ impl Shared {
             dlps,
             audit,
             inject,
+            reflected,
             dlp_budget: dlp_body::budget(cfg_max_body),
         }))
     }
@@ -1312,6 +1324,15 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
     }
     rec.injected = !inject.is_empty();
     rec.injected_headers = r.inject.iter().map(|h| h.header.clone()).collect();
+    // The response is searched for the injected values (crate::reflected),
+    // which compressed bytes would hide.
+    let secrets = shared.reflected[idx].clone();
+    if !secrets.is_empty() {
+        parts.headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
 
     let Some(uri) = absolute_uri(&t, parts.uri.path_and_query()) else {
         return done(
@@ -1324,7 +1345,18 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
     };
 
     if let Some(on_client) = on_client {
-        return websocket(shared.clone(), parts, on_client, t, uri, ws_h2, rec, start).await;
+        return websocket(
+            shared.clone(),
+            parts,
+            on_client,
+            t,
+            uri,
+            ws_h2,
+            rec,
+            start,
+            secrets,
+        )
+        .await;
     }
 
     parts.uri = uri;
@@ -1351,6 +1383,7 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
             p.version = client_version;
             rec.status = p.status.as_u16();
             rec.decision = "allow".into();
+            let (mask, masked) = reflected_in(&mut p.headers, &secrets, &mut rec);
             // `block` mode may still stop the request body after this
             // answer (an upstream that answers before it reads the whole
             // upload): the audit line, written when the answer ends, says so.
@@ -1363,6 +1396,9 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
                 start,
                 req_bytes,
                 blocked,
+                mask,
+                masked,
+                waiting: None,
             };
             Response::from_parts(p, body.boxed_unsync())
         }
@@ -1522,6 +1558,14 @@ struct AuditBody {
     /// Rule ids that stopped the request body as it streamed (`block`
     /// mode only).
     blocked: Option<dlp_body::Blocked>,
+    /// On a route that injects a credential: masks copies of it the
+    /// upstream sends back.
+    mask: Option<Masker>,
+    /// Copies masked in the response's headers.
+    masked: usize,
+    /// A frame that comes after the masker's held bytes (trailers, or the
+    /// end when `Some(None)`).
+    waiting: Option<Option<Frame<Bytes>>>,
 }
 
 impl AuditBody {
@@ -1538,6 +1582,14 @@ impl AuditBody {
             };
             if let Some(n) = note {
                 add_note(&n);
+            }
+            let masked = self.masked + self.mask.as_ref().map_or(0, |m| m.masked);
+            if masked > 0 {
+                tracing::warn!(host = %rec.host, copies = masked, "the upstream sent back the credential the proxy injected; masked");
+                add_note(&format!(
+                    "the upstream sent back the route's credential: {masked} cop{} masked",
+                    if masked == 1 { "y" } else { "ies" }
+                ));
             }
             let stopped = self
                 .blocked
@@ -1571,30 +1623,97 @@ impl hyper::body::Body for AuditBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(f))) => {
-                if let Some(d) = f.data_ref() {
-                    self.n += d.len() as u64;
+        let this = &mut *self;
+        if let Some(f) = this.waiting.take() {
+            if f.is_none() {
+                this.finish(None);
+            }
+            return Poll::Ready(f.map(Ok));
+        }
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => {
+                    let f = match (this.mask.as_mut(), f.into_data()) {
+                        (None, Ok(d)) => Frame::data(d),
+                        (None, Err(f)) => f,
+                        (Some(m), Ok(d)) => {
+                            let d = m.feed(d);
+                            if d.is_empty() {
+                                // All of it waits for what comes next.
+                                continue;
+                            }
+                            Frame::data(d)
+                        }
+                        (Some(m), Err(mut f)) => {
+                            if let Some(t) = f.trailers_mut() {
+                                this.masked += m.secrets().mask_headers(t);
+                            }
+                            match m.finish() {
+                                Some(rest) => {
+                                    this.waiting = Some(Some(f));
+                                    Frame::data(rest)
+                                }
+                                None => f,
+                            }
+                        }
+                    };
+                    if let Some(d) = f.data_ref() {
+                        this.n += d.len() as u64;
+                    }
+                    return Poll::Ready(Some(Ok(f)));
                 }
-                Poll::Ready(Some(Ok(f)))
+                Poll::Ready(Some(Err(e))) => {
+                    let note = format!("upstream body: {e}");
+                    this.finish(Some(note));
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Ready(None) => {
+                    if let Some(rest) = this.mask.as_mut().and_then(Masker::finish) {
+                        this.n += rest.len() as u64;
+                        this.waiting = Some(None);
+                        return Poll::Ready(Some(Ok(Frame::data(rest))));
+                    }
+                    this.finish(None);
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => return Poll::Pending,
             }
-            Poll::Ready(Some(Err(e))) => {
-                let note = format!("upstream body: {e}");
-                self.finish(Some(note));
-                Poll::Ready(Some(Err(e.into())))
-            }
-            Poll::Ready(None) => {
-                self.finish(None);
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
         }
     }
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.waiting.is_none()
+            && self.inner.is_end_stream()
+            && self.mask.as_ref().is_none_or(Masker::is_idle)
     }
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Masks copies of the route's injected values in an answer's headers
+/// (crate::reflected), and gives the masker for its body: `None` on a
+/// route that injects nothing, and for a compressed body, which cannot be
+/// searched (the route asked for identity; the audit line says so). Also
+/// how many copies the headers had.
+fn reflected_in(
+    headers: &mut HeaderMap,
+    secrets: &Arc<Secrets>,
+    rec: &mut AuditRecord,
+) -> (Option<Masker>, usize) {
+    if secrets.is_empty() {
+        return (None, 0);
+    }
+    let masked = secrets.mask_headers(headers);
+    match content_encoding(headers) {
+        Some(e) if !e.eq_ignore_ascii_case("identity") => {
+            add_note(
+                rec,
+                "the response came compressed although identity was asked for: \
+                 it was not searched for the route's credential",
+            );
+            (None, masked)
+        }
+        _ => (Some(Masker::new(secrets.clone())), masked),
     }
 }
 
@@ -1684,6 +1803,7 @@ async fn websocket(
     from_h2: bool,
     mut rec: AuditRecord,
     start: Instant,
+    secrets: Arc<Secrets>,
 ) -> Response<Body> {
     let fail = |mut rec: AuditRecord, why: String| {
         rec.status = 502;
@@ -1782,6 +1902,7 @@ async fn websocket(
             Version::HTTP_11
         };
         rec.decision = "allow".into();
+        let (mask, masked) = reflected_in(&mut p.headers, &secrets, &mut rec);
         let body = AuditBody {
             inner: b,
             n: 0,
@@ -1790,6 +1911,9 @@ async fn websocket(
             start,
             req_bytes: Arc::new(AtomicU64::new(0)),
             blocked: None,
+            mask,
+            masked,
+            waiting: None,
         };
         return Response::from_parts(p, body.boxed_unsync());
     }

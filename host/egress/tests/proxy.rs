@@ -93,6 +93,108 @@ async fn a_client_without_alpn_is_served_http_1_1() {
     );
 }
 
+/// An upstream that sends the injected credential back (an echo service,
+/// an error page quoting the request) does not hand it to the agent: every
+/// copy, in a header, the body (split across pieces, `/` escaped as JSON
+/// encoders write it) or a trailer, is masked with `*` of its length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_the_upstream_sends_back_is_masked() {
+    use http_body_util::BodyExt;
+    let fx = fx().await;
+    let sent_back = format!("Bearer {CANARY}");
+    // The token is masked; the scheme before it says nothing.
+    let stars = format!("Bearer {}", "*".repeat(CANARY.len()));
+    for h2 in [false, true] {
+        let mut req = get("https://api.test/echo", "api.test", h2);
+        req.headers_mut()
+            .insert("accept-encoding", "gzip, br".parse().unwrap());
+        req.headers_mut().insert("te", "trailers".parse().unwrap());
+        let (st, _, tcp) = connect(fx.proxy, "api.test:443").await;
+        assert_eq!(st, 200);
+        let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+        let t = tls(tcp, "api.test", &fx.bottle_ca, alpn).await.unwrap();
+        let resp = if h2 {
+            let (mut s, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(t),
+            )
+            .await
+            .unwrap();
+            tokio::spawn(conn);
+            s.send_request(req).await.unwrap()
+        } else {
+            h1_send(t, req).await
+        };
+        assert_eq!(resp.status(), 200);
+        let (parts, body) = resp.into_parts();
+        let got = body.collect().await.unwrap();
+        let trailers = got.trailers().cloned();
+        let text = String::from_utf8_lossy(&got.to_bytes()).into_owned();
+        let what = format!("h2 {h2}");
+        assert!(!text.contains(CANARY), "{what}: {text}");
+        assert_eq!(
+            text,
+            format!(r#"{{"you sent":"{stars}","escaped":"{stars}"}}"#),
+            "{what}: masked in place, nothing else changed"
+        );
+        assert_eq!(parts.headers["x-echo-auth"], stars.as_str(), "{what}");
+        if h2 {
+            let t = trailers.expect("trailers over HTTP/2");
+            assert_eq!(t["x-echo-trailer"], stars.as_str());
+        }
+        // The upstream was asked for a body it can be searched in.
+        let seen = fx.up.seen().pop().unwrap();
+        assert_eq!(seen.header_all("accept-encoding"), vec!["identity"]);
+        assert_eq!(seen.header_all("authorization"), vec![sent_back.clone()]);
+    }
+    // A route that injects nothing keeps the agent's accept-encoding.
+    let mut req = get("https://other.test/open/x", "other.test", false);
+    req.headers_mut()
+        .insert("accept-encoding", "gzip".parse().unwrap());
+    let got = send(
+        fx.proxy,
+        "other.test:443",
+        "other.test",
+        &fx.bottle_ca,
+        false,
+        req,
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(
+        fx.up.seen().pop().unwrap().header_all("accept-encoding"),
+        vec!["gzip"]
+    );
+    // An upstream that compresses although asked not to: passed on, and
+    // the audit line says it was not searched.
+    let req = get("https://api.test/echo?gzip", "api.test", false);
+    let got = send(
+        fx.proxy,
+        "api.test:443",
+        "api.test",
+        &fx.bottle_ca,
+        false,
+        req,
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.headers["content-encoding"], "gzip");
+    let lines = audit_lines(&fx.audit);
+    let echoed: Vec<_> = lines.iter().filter(|l| l["path"] == "/echo").collect();
+    assert_eq!(echoed.len(), 3, "{lines:?}");
+    for l in &echoed[..2] {
+        let note = l["note"].as_str().unwrap_or_default();
+        assert!(
+            note.contains("the upstream sent back the route's credential"),
+            "{l}"
+        );
+    }
+    assert!(echoed[2]["note"]
+        .as_str()
+        .is_some_and(|n| n.contains("not searched for the route's credential")));
+    no_canary_anywhere(&fx);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injects_over_http1_and_http2_and_strips_hop_by_hop() {
     let fx = fx().await;

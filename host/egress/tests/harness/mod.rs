@@ -315,6 +315,53 @@ async fn upstream_handle(
         });
         return Ok(event_stream(rx));
     }
+    if path.starts_with("/echo") {
+        // An echo service, or an error page that quotes the request: the
+        // request's authorization comes back in a header, in the body
+        // (split into 5-byte pieces, each sent on its own) and in a
+        // trailer. `/echo?gzip` compresses the body whatever was asked.
+        let auth = seen
+            .lock()
+            .unwrap()
+            .last()
+            .and_then(|s| s.header_all("authorization").into_iter().next())
+            .unwrap_or_default();
+        let text = format!(
+            r#"{{"you sent":"{auth}","escaped":"{}"}}"#,
+            auth.replace('/', "\\/")
+        );
+        let mut b = Response::builder().header("x-echo-auth", auth.as_str());
+        if path.contains("gzip") {
+            use std::io::Write;
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(text.as_bytes()).unwrap();
+            b = b.header("content-encoding", "gzip");
+            return Ok(b.body(full(gz.finish().unwrap())).unwrap());
+        }
+        let mut frames: Vec<Result<Frame<Bytes>, Infallible>> = text
+            .as_bytes()
+            .chunks(5)
+            .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-echo-trailer", auth.parse().unwrap());
+        frames.push(Ok(Frame::trailers(trailers)));
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+        tokio::spawn(async move {
+            for f in frames {
+                if tx.send(f).await.is_err() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
+            );
+        return Ok(b.body(BodyExt::boxed(StreamBody::new(stream))).unwrap());
+    }
     if path.starts_with("/hold") {
         release.notified().await;
     }
