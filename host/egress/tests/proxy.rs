@@ -51,6 +51,25 @@ async fn fx() -> Fx {
     fx_with(|_| {}).await
 }
 
+impl Fx {
+    /// `req` through the proxy to `host:443` (CONNECT, TLS as `host`).
+    async fn send<B>(&self, host: &str, h2: bool, req: Request<B>) -> Got
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        send(
+            self.proxy,
+            &format!("{host}:443"),
+            host,
+            &self.bottle_ca,
+            h2,
+            req,
+        )
+        .await
+    }
+}
+
 fn no_canary_anywhere(fx: &Fx) {
     let audit = audit_text(&fx.audit);
     assert!(
@@ -151,15 +170,7 @@ async fn a_credential_the_upstream_sends_back_is_masked() {
     let mut req = get("https://other.test/open/x", "other.test", false);
     req.headers_mut()
         .insert("accept-encoding", "gzip".parse().unwrap());
-    let got = send(
-        fx.proxy,
-        "other.test:443",
-        "other.test",
-        &fx.bottle_ca,
-        false,
-        req,
-    )
-    .await;
+    let got = fx.send("other.test", false, req).await;
     assert_eq!(got.status, 200);
     assert_eq!(
         fx.up.seen().pop().unwrap().header_all("accept-encoding"),
@@ -168,15 +179,7 @@ async fn a_credential_the_upstream_sends_back_is_masked() {
     // An upstream that compresses although asked not to: passed on, and
     // the audit line says it was not searched.
     let req = get("https://api.test/echo?gzip", "api.test", false);
-    let got = send(
-        fx.proxy,
-        "api.test:443",
-        "api.test",
-        &fx.bottle_ca,
-        false,
-        req,
-    )
-    .await;
+    let got = fx.send("api.test", false, req).await;
     assert_eq!(got.status, 200);
     assert_eq!(got.headers["content-encoding"], "gzip");
     let lines = audit_lines(&fx.audit);
@@ -209,7 +212,7 @@ async fn injects_over_http1_and_http2_and_strips_hop_by_hop() {
             h.insert("x-drop-me", "1".parse().unwrap());
             h.insert("keep-alive", "timeout=300".parse().unwrap());
         }
-        let got = send(fx.proxy, "api.test:443", "api.test", &fx.bottle_ca, h2, req).await;
+        let got = fx.send("api.test", h2, req).await;
         assert_eq!(got.status, 200, "{got:?}");
         assert_eq!(got.body, "ok /v1/models?x=1");
         assert!(
@@ -293,28 +296,12 @@ async fn identity_mismatch_never_gets_the_token() {
     // Host of an injected host inside a CONNECT to another allowed host.
     for h2 in [false, true] {
         let req = get("https://api.test/v1/steal", "api.test", h2);
-        let got = send(
-            fx.proxy,
-            "other.test:443",
-            "other.test",
-            &fx.bottle_ca,
-            h2,
-            req,
-        )
-        .await;
+        let got = fx.send("other.test", h2, req).await;
         assert_eq!(got.status, 421, "{got:?}");
     }
     // Same host, another port.
     let req = get("https://api.test:8443/open", "api.test:8443", false);
-    let got = send(
-        fx.proxy,
-        "api.test:443",
-        "api.test",
-        &fx.bottle_ca,
-        false,
-        req,
-    )
-    .await;
+    let got = fx.send("api.test", false, req).await;
     assert_eq!(got.status, 421);
     // SNI differs from the CONNECT target: no certificate, no tunnel.
     let (st, _, tcp) = connect(fx.proxy, "api.test:443").await;
@@ -385,15 +372,7 @@ async fn deny_by_default() {
         ("/open/caf%C3%A9", 200),
     ] {
         let req = get(&format!("https://other.test{path}"), "other.test", false);
-        let got = send(
-            fx.proxy,
-            "other.test:443",
-            "other.test",
-            &fx.bottle_ca,
-            false,
-            req,
-        )
-        .await;
+        let got = fx.send("other.test", false, req).await;
         assert_eq!(got.status, want, "{path}: {got:?}");
         if want == 403 {
             assert!(got.body.contains("[[egress.route]]"), "{}", got.body);
@@ -403,47 +382,25 @@ async fn deny_by_default() {
     // TRACE.
     let mut req = get("https://api.test/", "api.test", false);
     *req.method_mut() = http::Method::TRACE;
-    let got = send(
-        fx.proxy,
-        "api.test:443",
-        "api.test",
-        &fx.bottle_ca,
-        false,
-        req,
-    )
-    .await;
+    let got = fx.send("api.test", false, req).await;
     assert_eq!(got.status, 405);
     // Whatever its case (some servers read methods so), and IIS's TRACK.
     for m in ["trace", "Trace", "TRACK"] {
         let h2 = m == "Trace";
         let mut req = get("https://api.test/t", "api.test", h2);
         *req.method_mut() = http::Method::from_bytes(m.as_bytes()).unwrap();
-        let got = send(fx.proxy, "api.test:443", "api.test", &fx.bottle_ca, h2, req).await;
+        let got = fx.send("api.test", h2, req).await;
         assert_eq!(got.status, 405, "{m}: {got:?}");
     }
     assert!(fx.up.seen().iter().all(|s| s.path != "/t"));
     // Methods on a wildcard route.
     let mut req = get("https://a.wild.test/x", "a.wild.test", true);
     *req.method_mut() = http::Method::POST;
-    let got = send(
-        fx.proxy,
-        "a.wild.test:443",
-        "a.wild.test",
-        &fx.bottle_ca,
-        true,
-        req,
-    )
-    .await;
+    let got = fx.send("a.wild.test", true, req).await;
     assert_eq!(got.status, 403);
-    let got = send(
-        fx.proxy,
-        "a.wild.test:443",
-        "a.wild.test",
-        &fx.bottle_ca,
-        true,
-        get("https://a.wild.test/x", "", true),
-    )
-    .await;
+    let got = fx
+        .send("a.wild.test", true, get("https://a.wild.test/x", "", true))
+        .await;
     assert_eq!(got.status, 200);
     assert_eq!(
         fx.up.seen().pop().unwrap().header_all("x-api-key"),
@@ -528,7 +485,7 @@ async fn a_resolve_key_pins_its_host_whatever_its_spelling() {
     .await;
     for h2 in [false, true] {
         let req = get("https://api.test/v1/pinned", "api.test", h2);
-        let got = send(fx.proxy, "api.test:443", "api.test", &fx.bottle_ca, h2, req).await;
+        let got = fx.send("api.test", h2, req).await;
         assert_eq!(got.status, 200, "{got:?}");
         let seen = fx.up.seen().pop().unwrap();
         assert_eq!(seen.path, "/v1/pinned");
@@ -607,7 +564,7 @@ async fn headers_naming_another_host_are_dropped() {
         ] {
             req.headers_mut().append(n, v.parse().unwrap());
         }
-        let got = send(fx.proxy, "api.test:443", "api.test", &fx.bottle_ca, h2, req).await;
+        let got = fx.send("api.test", h2, req).await;
         assert_eq!(got.status, 200, "{got:?}");
         let seen = fx.up.seen().pop().unwrap();
         for n in [
@@ -632,15 +589,13 @@ async fn headers_naming_another_host_are_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_are_passed_back_not_followed() {
     let fx = fx().await;
-    let got = send(
-        fx.proxy,
-        "api.test:443",
-        "api.test",
-        &fx.bottle_ca,
-        false,
-        get("https://api.test/redirect", "api.test", false),
-    )
-    .await;
+    let got = fx
+        .send(
+            "api.test",
+            false,
+            get("https://api.test/redirect", "api.test", false),
+        )
+        .await;
     assert_eq!(got.status, 302);
     assert_eq!(got.headers["location"], "https://other.test/landing");
     let seen = fx.up.seen();
@@ -905,15 +860,8 @@ async fn chain_proxy_wanting(
 /// `GET https://chain.test/c` through the proxy of `fx`.
 async fn get_chain_test(fx: &Fx, h2: bool) -> Got {
     let host = if h2 { "" } else { "chain.test" };
-    send(
-        fx.proxy,
-        "chain.test:443",
-        "chain.test",
-        &fx.bottle_ca,
-        h2,
-        get("https://chain.test/c", host, h2),
-    )
-    .await
+    fx.send("chain.test", h2, get("https://chain.test/c", host, h2))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -984,7 +932,7 @@ async fn compressed_bodies_pass_intact_and_are_scanned() {
         req.headers_mut()
             .insert("content-type", "application/json".parse().unwrap());
         *req.body_mut() = Full::new(Bytes::from(zst.clone()));
-        let got = send(fx.proxy, "api.test:443", "api.test", &fx.bottle_ca, h2, req).await;
+        let got = fx.send("api.test", h2, req).await;
         assert_eq!(got.status, 200, "{got:?}");
         let seen = fx.up.seen().pop().unwrap();
         assert_eq!(seen.body, zst, "body altered");
@@ -1072,7 +1020,7 @@ async fn post_frames_to(
         b = b.header(*k, *v);
     }
     let req = b.body(body).unwrap();
-    send(fx.proxy, "api.test:443", "api.test", &fx.bottle_ca, h2, req).await
+    fx.send("api.test", h2, req).await
 }
 
 /// A form's `_method` field asks Rails, Laravel, Symfony and Spring for
@@ -1417,19 +1365,9 @@ async fn stalled_request_bodies_do_not_hold_up_other_requests() {
     let mut req = get("https://api.test/v1/x", "api.test", false);
     *req.method_mut() = http::Method::POST;
     *req.body_mut() = Full::new(Bytes::from_static(b"{\"ok\":true}"));
-    let got = tokio::time::timeout(
-        HANG,
-        send(
-            fx.proxy,
-            "api.test:443",
-            "api.test",
-            &fx.bottle_ca,
-            false,
-            req,
-        ),
-    )
-    .await
-    .expect("a POST waited behind stalled uploads");
+    let got = tokio::time::timeout(HANG, fx.send("api.test", false, req))
+        .await
+        .expect("a POST waited behind stalled uploads");
     assert_eq!(got.status, 200, "{got:?}");
     drop(stuck);
 
@@ -1486,28 +1424,16 @@ async fn dlp_block_mode_refuses_before_injection() {
         *req.body_mut() = Full::new(Bytes::from(body));
         req
     };
-    let got = send(
-        fx.proxy,
-        "api.test:443",
-        "api.test",
-        &fx.bottle_ca,
-        false,
-        post("key=AKIAIOSFODNN7EXAMPLE".into()),
-    )
-    .await;
+    let got = fx
+        .send("api.test", false, post("key=AKIAIOSFODNN7EXAMPLE".into()))
+        .await;
     assert_eq!(got.status, 403);
     assert!(got.body.contains("aws-access-token"), "{}", got.body);
     // The real token reaching the agent and being sent out is blocked too,
     // without echoing it.
-    let got = send(
-        fx.proxy,
-        "api.test:443",
-        "api.test",
-        &fx.bottle_ca,
-        false,
-        post(format!("t={CANARY}")),
-    )
-    .await;
+    let got = fx
+        .send("api.test", false, post(format!("t={CANARY}")))
+        .await;
     assert_eq!(got.status, 403);
     assert!(
         got.body.contains("bottle-token:REAL_TOKEN") && !got.body.contains(CANARY),
@@ -1519,15 +1445,7 @@ async fn dlp_block_mode_refuses_before_injection() {
         "a blocked request reached upstream"
     );
     // Dummies and ordinary bodies pass: the scan runs before injection.
-    let got = send(
-        fx.proxy,
-        "api.test:443",
-        "api.test",
-        &fx.bottle_ca,
-        false,
-        post("hello".into()),
-    )
-    .await;
+    let got = fx.send("api.test", false, post("hello".into())).await;
     assert_eq!(got.status, 200);
     let lines = audit_lines(&fx.audit);
     assert!(lines.iter().any(|l| l["decision"] == "dlp_block"));
@@ -1604,7 +1522,7 @@ async fn a_route_with_several_headers_sets_each_once() {
         h.append("x_api_key", "dummy-3".parse().unwrap());
         h.insert("anthropic-version", "1999-01-01".parse().unwrap());
         h.insert("anthropic_version", "1999-01-02".parse().unwrap());
-        let got = send(fx.proxy, "api.test:443", "api.test", &fx.bottle_ca, h2, req).await;
+        let got = fx.send("api.test", h2, req).await;
         assert_eq!(got.status, 200, "{got:?}");
         let seen = fx.up.seen().pop().unwrap();
         assert!(
@@ -1782,15 +1700,9 @@ async fn bad_input_gets_clean_errors_and_the_proxy_survives() {
     assert_eq!(got.status, 502);
     assert!(!got.body.contains(CANARY));
     // After all of it, the first proxy still works.
-    let got = send(
-        fx.proxy,
-        "api.test:443",
-        "api.test",
-        &fx.bottle_ca,
-        true,
-        get("https://api.test/ok", "", true),
-    )
-    .await;
+    let got = fx
+        .send("api.test", true, get("https://api.test/ok", "", true))
+        .await;
     assert_eq!(got.status, 200);
 }
 
@@ -2002,22 +1914,20 @@ async fn local_response_on_an_allowed_host_never_reaches_upstream() {
         *req.body_mut() = Full::new(Bytes::from_static(
             b"grant_type=refresh_token&refresh_token=dummy",
         ));
-        let got = send(fx.proxy, "api.test:443", "api.test", &fx.bottle_ca, h2, req).await;
+        let got = fx.send("api.test", h2, req).await;
         assert_eq!(got.status, 200);
         assert_eq!(got.body, "{\"access_token\":\"dummy-access\"}");
         assert_eq!(got.headers["content-type"], "application/json");
     }
     assert!(fx.up.seen().is_empty(), "a local response was forwarded");
     // Other paths on the host still go upstream.
-    let got = send(
-        fx.proxy,
-        "api.test:443",
-        "api.test",
-        &fx.bottle_ca,
-        false,
-        get("https://api.test/v1", "api.test", false),
-    )
-    .await;
+    let got = fx
+        .send(
+            "api.test",
+            false,
+            get("https://api.test/v1", "api.test", false),
+        )
+        .await;
     assert_eq!(got.status, 200);
     assert!(audit_lines(&fx.audit)
         .iter()
@@ -2614,15 +2524,7 @@ async fn request_trailers_are_not_forwarded() {
                 .header("transfer-encoding", "chunked")
                 .header("te", "trailers")
         };
-        let got = send(
-            fx.proxy,
-            "api.test:443",
-            "api.test",
-            &fx.bottle_ca,
-            h2,
-            b.body(body).unwrap(),
-        )
-        .await;
+        let got = fx.send("api.test", h2, b.body(body).unwrap()).await;
         assert_eq!(got.status, 200, "{got:?}");
         let seen = fx.up.seen();
         let s = seen.iter().find(|s| s.path == path).unwrap();
@@ -2908,11 +2810,8 @@ async fn an_idle_http2_connection_is_closed_and_frees_its_slot() {
         .unwrap();
     let got = tokio::time::timeout(
         HANG,
-        send(
-            fx.proxy,
-            "api.test:443",
+        fx.send(
             "api.test",
-            &fx.bottle_ca,
             true,
             get("https://api.test/after", "api.test", true),
         ),
@@ -3261,15 +3160,9 @@ async fn connections_past_the_first_workers_share_are_served_by_another() {
     }
     // Once they are gone, a new connection is served as before.
     drop(senders);
-    let got = send(
-        fx.proxy,
-        "api.test:443",
-        "api.test",
-        &fx.bottle_ca,
-        false,
-        get("/v1/after", "api.test", false),
-    )
-    .await;
+    let got = fx
+        .send("api.test", false, get("/v1/after", "api.test", false))
+        .await;
     assert_eq!(got.status, 200);
 }
 
@@ -3442,11 +3335,8 @@ async fn unread_downloads_do_not_stall_other_requests_to_the_host() {
     for h2 in [false, true] {
         let got = tokio::time::timeout(
             HANG,
-            send(
-                fx.proxy,
-                "api.test:443",
+            fx.send(
                 "api.test",
-                &fx.bottle_ca,
                 h2,
                 get("https://api.test/hello", "api.test", h2),
             ),
