@@ -474,7 +474,7 @@ mod tests {
     /// what it saw and what reached the upstream.
     async fn send_through(dlp: Arc<Dlp>, sent: &[u8]) -> (WsOutcome, Vec<u8>) {
         let (mut agent, client) = tokio::io::duplex(1 << 20);
-        let (upstream, mut server) = tokio::io::duplex(1 << 20);
+        let (upstream, server) = tokio::io::duplex(1 << 20);
         let task = tokio::spawn(splice_scanned(
             client,
             upstream,
@@ -482,6 +482,16 @@ mod tests {
             Duration::from_secs(30),
         ));
         agent.write_all(sent).await.unwrap();
+        close_and_collect(agent, server, task).await
+    }
+
+    /// Closes the agent's end: what the splice saw, and what the upstream
+    /// got from then on.
+    async fn close_and_collect(
+        agent: tokio::io::DuplexStream,
+        mut server: tokio::io::DuplexStream,
+        task: tokio::task::JoinHandle<WsOutcome>,
+    ) -> (WsOutcome, Vec<u8>) {
         drop(agent);
         let mut got = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), server.read_to_end(&mut got))
@@ -581,17 +591,7 @@ mod tests {
             .write_all(&one_byte_frames(&[tail, b" end"].concat(), false, true))
             .await
             .unwrap();
-        drop(agent);
-        let mut rest = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), server.read_to_end(&mut rest))
-            .await
-            .unwrap()
-            .unwrap();
-        drop(server);
-        let out = tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
+        let (out, rest) = close_and_collect(agent, server, task).await;
         assert!(out.blocked, "{out:?}");
         assert!(rest.is_empty(), "{} bytes went upstream", rest.len());
     }

@@ -1303,16 +1303,7 @@ fn a_proxy_that_dies_says_why_in_the_agents_report() {
     let id = s.bottle_id.clone();
     s.egress.config = Secret::new(format!(r#"{{"bottle":"{id}","die_ms": 1500}}"#));
     let _cleanup = Cleanup::new(&[&id]);
-    backend.launch(s).unwrap();
-    let report = backend
-        .wait(WaitRequest {
-            schema: 1,
-            bottle_id: id.clone(),
-            attach: false,
-        })
-        .unwrap();
-    assert_ne!(report.exit_code, 0);
-    let reason = report.reason.unwrap();
+    let reason = stopped_with_its_proxy(&backend, s);
     assert!(
         reason.contains("egress proxy died (exit code 4)")
             && reason.contains("error: upstream went away")
@@ -1339,16 +1330,7 @@ fn a_proxy_out_of_memory_is_stopped_at_its_limit_and_says_so() {
         r#"{{"bottle":"{id}","dlp":{{"max_body_bytes":0}},"hog_ms": 500}}"#
     ));
     let _cleanup = Cleanup::new(&[&id]);
-    backend.launch(s).unwrap();
-    let report = backend
-        .wait(WaitRequest {
-            schema: 1,
-            bottle_id: id.clone(),
-            attach: false,
-        })
-        .unwrap();
-    assert_ne!(report.exit_code, 0);
-    let reason = report.reason.unwrap();
+    let reason = stopped_with_its_proxy(&backend, s);
     assert!(
         reason.contains("egress proxy ran out of memory (its sidecar's limit, 512 MiB)")
             && reason.contains("fail closed"),
@@ -1356,6 +1338,22 @@ fn a_proxy_out_of_memory_is_stopped_at_its_limit_and_says_so() {
     );
     remove(&backend, &id);
     assert_eq!(leftovers(&docker, &id), Vec::<String>::new());
+}
+
+/// Launches `s`, whose proxy ends while the agent (`sleep`) runs, and
+/// waits: the agent must have been stopped; the report's reason.
+fn stopped_with_its_proxy(backend: &DockerBackend, s: LaunchSpec) -> String {
+    let id = s.bottle_id.clone();
+    backend.launch(s).unwrap();
+    let report = backend
+        .wait(WaitRequest {
+            schema: 1,
+            bottle_id: id,
+            attach: false,
+        })
+        .unwrap();
+    assert_ne!(report.exit_code, 0);
+    report.reason.unwrap()
 }
 
 /// `wait` (not attached) for bottle `id` on a thread of its own.
