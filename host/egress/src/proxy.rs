@@ -1379,11 +1379,11 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, t: Arc<Target>)
     match answer {
         Ok(resp) => {
             let (mut p, b) = resp.into_parts();
+            let (mask, masked) = reflected_in(&mut p, &secrets, &mut rec);
             strip_hop_by_hop(&mut p.headers, false);
             p.version = client_version;
             rec.status = p.status.as_u16();
             rec.decision = "allow".into();
-            let (mask, masked) = reflected_in(&mut p.headers, &secrets, &mut rec);
             // `block` mode may still stop the request body after this
             // answer (an upstream that answers before it reads the whole
             // upload): the audit line, written when the answer ends, says so.
@@ -1690,31 +1690,42 @@ impl hyper::body::Body for AuditBody {
     }
 }
 
-/// Masks copies of the route's injected values in an answer's headers
-/// (crate::reflected), and gives the masker for its body: `None` on a
-/// route that injects nothing, and for a compressed body, which cannot be
-/// searched (the route asked for identity; the audit line says so). Also
-/// how many copies the headers had.
+/// Masks copies of the route's injected values in an answer's head (its
+/// headers, and the HTTP/1 reason phrase, which hyper passes on to an
+/// HTTP/1 agent) (crate::reflected), and gives the masker for its body:
+/// `None` on a route that injects nothing. Every body is searched as it
+/// came: one that says it is encoded (the route asked for identity) is
+/// noted on the audit line, since a copy inside compressed bytes is not
+/// found, and searched all the same (a stored block, or an encoding that
+/// is none at all, `none`, carries the token as it is). Runs before the
+/// hop-by-hop headers go, to see a `Transfer-Encoding` other than
+/// chunked. Also how many copies the head had.
 fn reflected_in(
-    headers: &mut HeaderMap,
+    p: &mut http::response::Parts,
     secrets: &Arc<Secrets>,
     rec: &mut AuditRecord,
 ) -> (Option<Masker>, usize) {
     if secrets.is_empty() {
         return (None, 0);
     }
-    let masked = secrets.mask_headers(headers);
-    match content_encoding(headers) {
-        Some(e) if !e.eq_ignore_ascii_case("identity") => {
-            add_note(
-                rec,
-                "the response came compressed although identity was asked for: \
-                 it was not searched for the route's credential",
-            );
-            (None, masked)
-        }
-        _ => (Some(Masker::new(secrets.clone())), masked),
+    let masked = secrets.mask_headers(&mut p.headers) + secrets.mask_reason(&mut p.extensions);
+    let coded = |name: HeaderName, plain: &[u8]| {
+        p.headers.get_all(name).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(plain))
+        })
+    };
+    if coded(header::CONTENT_ENCODING, b"identity") || coded(header::TRANSFER_ENCODING, b"chunked")
+    {
+        add_note(
+            rec,
+            "the response came encoded although identity was asked for: \
+             a copy of the route's credential inside the encoded bytes was not found",
+        );
     }
+    (Some(Masker::new(secrets.clone())), masked)
 }
 
 /// Writes an audit line for a request whose future was dropped (the client
@@ -1895,6 +1906,7 @@ async fn websocket(
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // Refused by upstream: pass its answer back.
         let (mut p, b) = resp.into_parts();
+        let (mask, masked) = reflected_in(&mut p, &secrets, &mut rec);
         strip_hop_by_hop(&mut p.headers, false);
         p.version = if from_h2 {
             Version::HTTP_2
@@ -1902,7 +1914,6 @@ async fn websocket(
             Version::HTTP_11
         };
         rec.decision = "allow".into();
-        let (mask, masked) = reflected_in(&mut p.headers, &secrets, &mut rec);
         let body = AuditBody {
             inner: b,
             n: 0,

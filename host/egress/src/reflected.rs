@@ -25,6 +25,9 @@ pub(crate) struct Secrets {
     needles: Vec<memchr::memmem::Finder<'static>>,
     /// The shortest value's length: shorter text holds none.
     min_len: usize,
+    /// Each value in lower case: a header's name (lower case as hyper
+    /// gives it) is searched for these.
+    lower: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -59,6 +62,7 @@ impl Secrets {
         needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
         Self {
             min_len: needles.iter().map(Vec::len).min().unwrap_or(0),
+            lower: needles.iter().map(|n| n.to_ascii_lowercase()).collect(),
             needles: needles
                 .iter()
                 .map(|n| memchr::memmem::Finder::new(n).into_owned())
@@ -111,9 +115,50 @@ impl Secrets {
         longest
     }
 
+    /// Masks the values in an HTTP/1 reason phrase (`HTTP/1.1 401 Bearer
+    /// sk-…`), which hyper keeps in the extensions and writes to an HTTP/1
+    /// agent; how many copies.
+    pub(crate) fn mask_reason(&self, ext: &mut http::Extensions) -> usize {
+        let Some(r) = ext.get::<hyper::ext::ReasonPhrase>() else {
+            return 0;
+        };
+        if !self.any_in(r.as_bytes()) {
+            return 0;
+        }
+        let mut masked = r.as_bytes().to_vec();
+        let n = self.mask(&mut masked);
+        match hyper::ext::ReasonPhrase::try_from(masked) {
+            Ok(m) => {
+                ext.insert(m);
+            }
+            Err(_) => {
+                ext.remove::<hyper::ext::ReasonPhrase>();
+            }
+        }
+        n
+    }
+
     /// Masks the values in each header value; how many copies.
+    /// A header whose name holds a value (in any case: names arrive in
+    /// lower case) is dropped, each line counted as a copy.
     pub(crate) fn mask_headers(&self, headers: &mut HeaderMap) -> usize {
         let mut n = 0;
+        let named: Vec<http::HeaderName> = headers
+            .keys()
+            .filter(|k| {
+                let k = k.as_str().as_bytes();
+                k.len() >= self.min_len
+                    && self
+                        .lower
+                        .iter()
+                        .any(|l| memchr::memmem::find(k, l).is_some())
+            })
+            .cloned()
+            .collect();
+        for k in named {
+            n += headers.get_all(&k).iter().count();
+            headers.remove(&k);
+        }
         for v in headers.values_mut() {
             if !self.any_in(v.as_bytes()) {
                 continue;

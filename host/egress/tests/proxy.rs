@@ -177,7 +177,7 @@ async fn a_credential_the_upstream_sends_back_is_masked() {
         vec!["gzip"]
     );
     // An upstream that compresses although asked not to: passed on, and
-    // the audit line says it was not searched.
+    // the audit line says a copy inside was not found.
     let req = get("https://api.test/echo?gzip", "api.test", false);
     let got = fx.send("api.test", false, req).await;
     assert_eq!(got.status, 200);
@@ -194,8 +194,78 @@ async fn a_credential_the_upstream_sends_back_is_masked() {
     }
     assert!(echoed[2]["note"]
         .as_str()
-        .is_some_and(|n| n.contains("not searched for the route's credential")));
+        .is_some_and(|n| n.contains("inside the encoded bytes was not found")));
     no_canary_anywhere(&fx);
+}
+
+/// An HTTP/1.1 upstream (the reason phrase is HTTP/1's) that quotes the
+/// request in its reason phrase and a header's name, and sends the body as
+/// it is while saying `content-encoding: none`: masked in all three; the
+/// header is dropped (a name cannot be masked in place), and the audit line
+/// says the body claimed an encoding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_sent_back_in_odd_places_is_masked() {
+    use http_body_util::BodyExt;
+    let pki = test_pki();
+    let up = start_upstream_alpn(&pki, &[b"http/1.1"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let cfg = config(&pki, up.addr, &audit);
+    let bottle_ca = cfg.ca.cert_pem.clone();
+    let proxy = start_proxy(cfg);
+    let stars = format!("Bearer {}", "*".repeat(CANARY.len()));
+    let lower = CANARY.to_ascii_lowercase();
+    for h2 in [false, true] {
+        let what = format!("h2 {h2}");
+        let (st, _, tcp) = connect(proxy, "api.test:443").await;
+        assert_eq!(st, 200);
+        let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+        let t = tls(tcp, "api.test", &bottle_ca, alpn).await.unwrap();
+        let req = get("https://api.test/echo?quirks", "api.test", h2);
+        let resp = if h2 {
+            let (mut s, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(t),
+            )
+            .await
+            .unwrap();
+            tokio::spawn(conn);
+            s.send_request(req).await.unwrap()
+        } else {
+            h1_send(t, req).await
+        };
+        let (parts, body) = resp.into_parts();
+        if !h2 {
+            let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>();
+            assert_eq!(
+                reason.map(|r| r.as_bytes()),
+                Some(stars.as_bytes()),
+                "{what}"
+            );
+        }
+        for (name, _) in &parts.headers {
+            assert!(!name.as_str().contains(&lower), "{what}: header {name}");
+        }
+        assert_eq!(parts.headers["x-echo-auth"], stars.as_str(), "{what}");
+        let text = body.collect().await.unwrap().to_bytes();
+        assert_eq!(
+            String::from_utf8_lossy(&text),
+            format!(r#"{{"you sent":"{stars}","escaped":"{stars}"}}"#),
+            "{what}"
+        );
+    }
+    let lines = audit_lines(&audit);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for l in &lines {
+        let note = l["note"].as_str().unwrap_or_default();
+        assert!(
+            note.contains("came encoded although identity was asked for"),
+            "{l}"
+        );
+        // Reason, header name, header value, body twice.
+        assert!(note.contains("5 copies masked"), "{l}");
+    }
+    assert!(!audit_text(&audit).contains(CANARY));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -319,7 +319,8 @@ async fn upstream_handle(
         // An echo service, or an error page that quotes the request: the
         // request's authorization comes back in a header, in the body
         // (split into 5-byte pieces, each sent on its own) and in a
-        // trailer. `/echo?gzip` compresses the body whatever was asked.
+        // trailer. `/echo?gzip` compresses the body whatever was asked;
+        // `/echo?quirks` adds odd places (below).
         let auth = seen
             .lock()
             .unwrap()
@@ -331,6 +332,20 @@ async fn upstream_handle(
             auth.replace('/', "\\/")
         );
         let mut b = Response::builder().header("x-echo-auth", auth.as_str());
+        if path.contains("quirks") {
+            // Upstreams that quote the request where no one looks: the
+            // HTTP/1 reason phrase, a header's name, and a body whose
+            // `content-encoding: none` says it is encoded (it is not).
+            let token = auth
+                .rsplit(' ')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            b = b
+                .header(format!("x-{token}"), "1")
+                .header("content-encoding", "none")
+                .extension(hyper::ext::ReasonPhrase::try_from(auth.as_bytes()).unwrap());
+        }
         if path.contains("gzip") {
             use std::io::Write;
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
