@@ -432,6 +432,26 @@ mod tests {
         Arc::new(Dlp::new(&cfg).unwrap())
     }
 
+    /// A splice under test: the agent's end, the upstream's end, and the
+    /// task that ends with what the splice saw.
+    fn spliced(
+        dlp: Arc<Dlp>,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<WsOutcome>,
+    ) {
+        let (agent, client) = tokio::io::duplex(1 << 20);
+        let (upstream, server) = tokio::io::duplex(1 << 20);
+        let task = tokio::spawn(splice_scanned(
+            client,
+            upstream,
+            dlp,
+            Duration::from_secs(30),
+        ));
+        (agent, server, task)
+    }
+
     const MASK: [u8; 4] = [0x5a, 0x17, 0xc3, 0x81];
     /// First header bytes: FIN and opcode.
     const TEXT: u8 = 0x81;
@@ -473,14 +493,7 @@ mod tests {
     /// Sends `sent` through [`splice_scanned`] in one write and closes:
     /// what it saw and what reached the upstream.
     async fn send_through(dlp: Arc<Dlp>, sent: &[u8]) -> (WsOutcome, Vec<u8>) {
-        let (mut agent, client) = tokio::io::duplex(1 << 20);
-        let (upstream, server) = tokio::io::duplex(1 << 20);
-        let task = tokio::spawn(splice_scanned(
-            client,
-            upstream,
-            dlp,
-            Duration::from_secs(30),
-        ));
+        let (mut agent, server, task) = spliced(dlp);
         agent.write_all(sent).await.unwrap();
         close_and_collect(agent, server, task).await
     }
@@ -570,14 +583,7 @@ mod tests {
     /// first half went on (it was clean on its own); the second does not.
     #[tokio::test]
     async fn a_value_split_across_two_reads_is_found() {
-        let (mut agent, client) = tokio::io::duplex(1 << 20);
-        let (upstream, mut server) = tokio::io::duplex(1 << 20);
-        let task = tokio::spawn(splice_scanned(
-            client,
-            upstream,
-            dlp(),
-            Duration::from_secs(30),
-        ));
+        let (mut agent, mut server, task) = spliced(dlp());
         let (head, tail) = SECRET.split_at(20);
         let first = one_byte_frames(&[b"token: ", head].concat(), true, false);
         agent.write_all(&first).await.unwrap();
@@ -641,14 +647,7 @@ mod tests {
     /// value later in it still stops the socket before it is sent.
     #[tokio::test]
     async fn a_large_frame_under_the_cap_streams_and_is_still_blocked() {
-        let (mut agent, client) = tokio::io::duplex(1 << 20);
-        let (upstream, mut server) = tokio::io::duplex(1 << 20);
-        let task = tokio::spawn(splice_scanned(
-            client,
-            upstream,
-            dlp(),
-            Duration::from_secs(30),
-        ));
+        let (mut agent, mut server, task) = spliced(dlp());
         let mask = [1, 2, 3, 4];
         let len = 512 * 1024u64; // half the 1 MiB cap
         agent.write_all(&masked_head(len, mask)).await.unwrap();

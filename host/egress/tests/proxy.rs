@@ -128,22 +128,8 @@ async fn a_credential_the_upstream_sends_back_is_masked() {
         req.headers_mut()
             .insert("accept-encoding", "gzip, br".parse().unwrap());
         req.headers_mut().insert("te", "trailers".parse().unwrap());
-        let (st, _, tcp) = connect(fx.proxy, "api.test:443").await;
-        assert_eq!(st, 200);
-        let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
-        let t = tls(tcp, "api.test", &fx.bottle_ca, alpn).await.unwrap();
-        let resp = if h2 {
-            let (mut s, conn) = hyper::client::conn::http2::handshake(
-                hyper_util::rt::TokioExecutor::new(),
-                hyper_util::rt::TokioIo::new(t),
-            )
-            .await
-            .unwrap();
-            tokio::spawn(conn);
-            s.send_request(req).await.unwrap()
-        } else {
-            h1_send(t, req).await
-        };
+        let resp =
+            send_for_response(fx.proxy, "api.test:443", "api.test", &fx.bottle_ca, h2, req).await;
         assert_eq!(resp.status(), 200);
         let (parts, body) = resp.into_parts();
         let got = body.collect().await.unwrap();
@@ -217,23 +203,8 @@ async fn a_credential_sent_back_in_odd_places_is_masked() {
     let lower = CANARY.to_ascii_lowercase();
     for h2 in [false, true] {
         let what = format!("h2 {h2}");
-        let (st, _, tcp) = connect(proxy, "api.test:443").await;
-        assert_eq!(st, 200);
-        let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
-        let t = tls(tcp, "api.test", &bottle_ca, alpn).await.unwrap();
         let req = get("https://api.test/echo?quirks", "api.test", h2);
-        let resp = if h2 {
-            let (mut s, conn) = hyper::client::conn::http2::handshake(
-                hyper_util::rt::TokioExecutor::new(),
-                hyper_util::rt::TokioIo::new(t),
-            )
-            .await
-            .unwrap();
-            tokio::spawn(conn);
-            s.send_request(req).await.unwrap()
-        } else {
-            h1_send(t, req).await
-        };
+        let resp = send_for_response(proxy, "api.test:443", "api.test", &bottle_ca, h2, req).await;
         let (parts, body) = resp.into_parts();
         if !h2 {
             let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>();

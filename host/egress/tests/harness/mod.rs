@@ -574,6 +574,39 @@ where
     s.send_request(req).await.unwrap()
 }
 
+/// One request through the proxy with the Rust client, its response as it
+/// comes (body unread: its trailers can be read too). `h2` picks the ALPN.
+pub async fn send_for_response<B>(
+    proxy: SocketAddr,
+    connect_to: &str,
+    sni: &str,
+    trust_pem: &str,
+    h2: bool,
+    req: Request<B>,
+) -> http::Response<hyper::body::Incoming>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (st, head, tcp) = connect(proxy, connect_to).await;
+    assert_eq!(st, 200, "CONNECT {connect_to}: {head}");
+    let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+    let t = tls(tcp, sni, trust_pem, alpn)
+        .await
+        .expect("TLS through the proxy");
+    if h2 {
+        assert_eq!(t.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut s, c) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
+                .await
+                .unwrap();
+        tokio::spawn(c);
+        s.send_request(req).await.unwrap()
+    } else {
+        h1_send(t, req).await
+    }
+}
+
 /// One request through the proxy with the Rust client. `h2` picks the ALPN.
 pub async fn send<B>(
     proxy: SocketAddr,
@@ -587,23 +620,7 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (st, head, tcp) = connect(proxy, connect_to).await;
-    assert_eq!(st, 200, "CONNECT {connect_to}: {head}");
-    let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
-    let t = tls(tcp, sni, trust_pem, alpn)
-        .await
-        .expect("TLS through the proxy");
-    let resp = if h2 {
-        assert_eq!(t.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        let (mut s, c) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
-                .await
-                .unwrap();
-        tokio::spawn(c);
-        s.send_request(req).await.unwrap()
-    } else {
-        h1_send(t, req).await
-    };
+    let resp = send_for_response(proxy, connect_to, sni, trust_pem, h2, req).await;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
