@@ -502,11 +502,9 @@ pub fn check(config: &ProxyConfig, method: &str, url: &str) -> Decision {
         return d;
     };
     d.port = port;
-    if always_refused(&method) {
-        d.reason = format!("{method} is always refused");
-        return d;
-    }
     if tls {
+        // Before any method check: the proxy never sees a passthrough
+        // tunnel's requests, TRACE included.
         if let Some(p) = passthrough_for(config, &d.host, d.port) {
             d.allowed = true;
             d.action = Action::Passthrough;
@@ -514,6 +512,10 @@ pub fn check(config: &ProxyConfig, method: &str, url: &str) -> Decision {
             d.reason = "tls_passthrough: tunnelled without decryption, nothing injected".into();
             return d;
         }
+    }
+    if always_refused(&method) {
+        d.reason = format!("{method} is always refused");
+        return d;
     }
     if tls {
         // On 443 only, as the proxy admits a CONNECT for them.
