@@ -535,6 +535,12 @@ pub fn check(config: &ProxyConfig, method: &str, url: &str) -> Decision {
             return d;
         }
     }
+    // A tunnel in a tunnel (an HTTP/2 WebSocket's extended CONNECT is
+    // matched as the GET it stands for: `check GET wss://…`).
+    if method == "CONNECT" {
+        d.reason = "CONNECT inside a tunnel is refused".into();
+        return d;
+    }
     match match_route(
         &config.routes,
         (&d.host, d.port, tls),
