@@ -518,9 +518,10 @@ pub fn check(config: &ProxyConfig, method: &str, url: &str) -> Decision {
         return d;
     }
     if tls {
-        // On 443 only, as the proxy admits a CONNECT for them.
+        // In any tunnel the proxy lets in: on 443 for the host of a local
+        // response, and on any port a route for the host names.
         if let Some(l) = config.local_responses.iter().find(|l| {
-            d.port == 443
+            (d.port == 443 || connect_allowed(&config.routes, &d.host, d.port))
                 && host_matches(&l.host, &d.host)
                 && normalise_path(&l.path) == d.path
                 && l.method.eq_ignore_ascii_case(&method)
