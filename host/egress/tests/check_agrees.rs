@@ -36,8 +36,7 @@ use harness::*;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -81,34 +80,10 @@ struct Arrived {
 
 type Log = Arc<Mutex<Vec<Arrived>>>;
 
-struct Pki {
-    ca_pem: String,
-    cert: CertificateDer<'static>,
-    key: PrivatePkcs8KeyDer<'static>,
-}
-
-fn pki() -> Pki {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(vec![]).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = p.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let names: Vec<String> = UPSTREAM_NAMES.iter().map(|s| s.to_string()).collect();
-    let leaf = CertificateParams::new(names)
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    Pki {
-        ca_pem: ca.pem(),
-        cert: leaf.der().clone(),
-        key: PrivatePkcs8KeyDer::from(key.serialize_der()),
-    }
-}
-
 /// An upstream on one port for TLS (intercepted and passthrough requests)
 /// and plain HTTP (`plain_http` routes), told apart by the first byte; it
 /// records every request and answers `200 ok`.
-async fn start_recorder(pki: &Pki, log: Log) -> SocketAddr {
+async fn start_recorder(pki: &TestPki, log: Log) -> SocketAddr {
     let mut cfg = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(
@@ -228,7 +203,7 @@ fn routes() -> Vec<EgressRoute> {
     ]
 }
 
-fn proxy_config(pki: &Pki, up: SocketAddr, audit: &std::path::Path) -> ProxyConfig {
+fn proxy_config(pki: &TestPki, up: SocketAddr, audit: &std::path::Path) -> ProxyConfig {
     // The harness's config for everything but the rules and the upstream.
     let harness_pki = test_pki();
     let mut cfg = config(&harness_pki, up, audit);
@@ -778,7 +753,7 @@ fn cases(per_host: usize) -> Vec<Case> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_says_what_the_proxy_does() {
-    let pki = pki();
+    let pki = test_pki_for(UPSTREAM_NAMES);
     let log: Log = Default::default();
     let up = start_recorder(&pki, log.clone()).await;
     let dir = tempfile::tempdir().unwrap();

@@ -63,14 +63,7 @@ pub struct TestPki {
 }
 
 pub fn test_pki() -> TestPki {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(vec![]).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name
-        .push(rcgen::DnType::CommonName, "egress test upstream CA");
-    let ca = p.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let names: Vec<String> = [
+    test_pki_for(&[
         "api.test",
         "other.test",
         "ws.test",
@@ -80,10 +73,19 @@ pub fn test_pki() -> TestPki {
         // Reached by its DNS answer, not a `resolve` override (the
         // internal-address tests).
         "localhost",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ])
+}
+
+/// A CA and one leaf for all of `names`, for a test upstream.
+pub fn test_pki_for(names: &[&str]) -> TestPki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec![]).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "egress test upstream CA");
+    let ca = p.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     let leaf = CertificateParams::new(names)
         .unwrap()
         .signed_by(&key, &ca, &ca_key)
