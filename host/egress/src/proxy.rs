@@ -43,6 +43,8 @@ const MAX_STREAMS: u32 = 128;
 const SEND_BUF_PER_STREAM: usize = 64 * 1024;
 /// Most of a request body read before a local response answers it.
 const LOCAL_BODY_MAX: usize = 64 * 1024;
+/// The audit note of a tunnel a reload ended.
+const RELOADED: &str = "closed by a config reload that no longer allows it";
 
 /// Everything a connection needs, built once.
 pub(crate) struct Shared {
@@ -177,9 +179,11 @@ impl Shared {
 
 /// The current config, swapped whole on reload (SIGHUP). Every request reads
 /// the current one, so a kept-alive agent connection gets rotated tokens on
-/// its next request.
+/// its next request; a tunnel that outlives requests (passthrough,
+/// WebSocket) watches it and ends when a reload no longer allows it
+/// ([`Live::revoked`]).
 pub(crate) struct Live {
-    cur: std::sync::RwLock<Arc<Shared>>,
+    cur: tokio::sync::watch::Sender<Arc<Shared>>,
     /// Client connections served at once, across every worker thread.
     conns: Arc<Semaphore>,
 }
@@ -194,16 +198,33 @@ impl Live {
     pub(crate) fn new(shared: Arc<Shared>) -> Arc<Self> {
         Arc::new(Self {
             conns: Arc::new(Semaphore::new(shared.cfg.limits.max_connections)),
-            cur: std::sync::RwLock::new(shared),
+            cur: tokio::sync::watch::Sender::new(shared),
         })
     }
 
     pub(crate) fn get(&self) -> Arc<Shared> {
-        self.cur.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.cur.borrow().clone()
     }
 
     pub(crate) fn set(&self, shared: Arc<Shared>) {
-        *self.cur.write().unwrap_or_else(|p| p.into_inner()) = shared;
+        self.cur.send_replace(shared);
+    }
+
+    /// Completes once the current config fails `allows`: checked now (a
+    /// reload may have come since the tunnel's request read its config) and
+    /// after every reload. A tunnel opened under a config lives no longer
+    /// than a config that allows it: a reload that removes its host, or
+    /// rotates the credential its upgrade carried, ends it.
+    pub(crate) async fn revoked(&self, allows: impl Fn(&Shared) -> bool) {
+        let mut rx = self.cur.subscribe();
+        loop {
+            if !allows(&rx.borrow_and_update()) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 }
 
@@ -304,11 +325,16 @@ where
     // A CONNECT hands the connection over to a tunnel task and this
     // function returns, so the tunnel holds a share of the slot.
     let permit = Arc::new(slot);
-    let shared = live.get();
+    // Its limits only: held for the connection's life, the config would
+    // keep tokens a reload replaced in memory as long as the agent likes.
+    let (header_timeout, max_buf, idle) = {
+        let shared = live.get();
+        (shared.header_timeout(), shared.max_buf(), shared.idle())
+    };
     let mut b = hyper::server::conn::http1::Builder::new();
     b.timer(TokioTimer::new())
-        .header_read_timeout(shared.header_timeout())
-        .max_buf_size(shared.max_buf())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(max_buf)
         // A client may shut its write side once the request is sent and
         // still wait for the answer (see half_close below).
         .half_close(true)
@@ -318,7 +344,7 @@ where
         let p = permit.clone();
         async move { Ok::<_, Infallible>(outer(l, p, req).await) }
     });
-    let (io, dog) = watch(io, shared.idle());
+    let (io, dog) = watch(io, idle);
     tokio::select! {
         r = b.serve_connection(TokioIo::new(io), svc).with_upgrades() => {
             if let Err(e) = r {
@@ -390,6 +416,7 @@ async fn outer(live: Arc<Live>, permit: Arc<Slot>, req: Request<Incoming>) -> Re
                     rec.decision = "passthrough".into();
                     rec.status = 200;
                     let s = shared.clone();
+                    let live = live.clone();
                     tokio::spawn(async move {
                         let _slot = permit;
                         match hyper::upgrade::on(req).await {
@@ -399,9 +426,17 @@ async fn outer(live: Arc<Live>, permit: Arc<Slot>, req: Request<Incoming>) -> Re
                                 match passthrough_hello(&mut c, &host, s.header_timeout()).await {
                                     Ok(hello) => {
                                         if up.write_all(&hello).await.is_ok() {
-                                            let (o, i) = splice(c, up, s.idle()).await;
+                                            let gone = live.revoked(|n| {
+                                                route::passthrough_for(&n.cfg, &host, port)
+                                                    .is_some()
+                                            });
+                                            let (o, i, revoked) =
+                                                splice(c, up, s.idle(), gone).await;
                                             rec.bytes_out = o + hello.len() as u64;
                                             rec.bytes_in = i;
+                                            if revoked {
+                                                rec.note = RELOADED.into();
+                                            }
                                         }
                                     }
                                     Err(why) => {
@@ -485,7 +520,7 @@ async fn outer(live: Arc<Live>, permit: Arc<Slot>, req: Request<Incoming>) -> Re
                         .into(),
                 );
             }
-            handle(shared, req, Target::new(false, host, port, permit)).await
+            handle(shared, req, Target::new(false, host, port, permit, live)).await
         }
         (Some(_), Some(_)) => text(
             StatusCode::BAD_REQUEST,
@@ -557,10 +592,12 @@ struct Target {
     /// WebSocket outlives the connection task that upgraded it; holding the
     /// target holds the slot.
     _slot: Arc<Slot>,
+    /// The live config, which a WebSocket watches (`Live::revoked`).
+    live: Arc<Live>,
 }
 
 impl Target {
-    fn new(tls: bool, host: String, port: u16, slot: Arc<Slot>) -> Arc<Self> {
+    fn new(tls: bool, host: String, port: u16, slot: Arc<Slot>, live: Arc<Live>) -> Arc<Self> {
         let default_port = if tls { 443 } else { 80 };
         let h = if host.contains(':') {
             format!("[{host}]")
@@ -579,6 +616,7 @@ impl Target {
             port,
             authority,
             _slot: slot,
+            live,
         })
     }
 }
@@ -664,7 +702,13 @@ async fn intercept(
             return;
         }
     };
-    let target = Target::new(true, host, port, slot);
+    let target = Target::new(true, host, port, slot, live.clone());
+    // The limits only, as in `serve_client`: the tunnel may outlive this
+    // config by far.
+    let (header_timeout, max_buf, idle) =
+        (shared.header_timeout(), shared.max_buf(), shared.idle());
+    let max_header_list = shared.cfg.limits.max_header_bytes.min(u32::MAX as usize) as u32;
+    drop(shared);
     let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
     // HTTP/2 only: hyper closes idle HTTP/1.1 connections itself.
     let in_flight = (alpn.as_deref() == Some(b"h2")).then(|| Arc::new(InFlight::default()));
@@ -679,7 +723,7 @@ async fn intercept(
             Ok::<_, Infallible>(r)
         }
     });
-    let (io, dog) = watch(tls, shared.idle());
+    let (io, dog) = watch(tls, idle);
     let io = TokioIo::new(io);
     // ALPN chose the protocol: HTTP/2 over TLS exists only through ALPN
     // (RFC 9113, 3.3), so a client without it speaks HTTP/1.1. (hyper-util's
@@ -692,16 +736,14 @@ async fn intercept(
                 .enable_connect_protocol()
                 .max_concurrent_streams(MAX_STREAMS)
                 .max_send_buf_size(SEND_BUF_PER_STREAM)
-                .max_header_list_size(
-                    shared.cfg.limits.max_header_bytes.min(u32::MAX as usize) as u32
-                );
+                .max_header_list_size(max_header_list);
             let conn = b.serve_connection(io, svc);
             tokio::pin!(conn);
             // No request for as long as a request head may take: GOAWAY,
             // and the connection ends once its open streams have.
             tokio::select! {
                 r = conn.as_mut() => return r,
-                _ = in_flight.idle_for(shared.header_timeout()) => {
+                _ = in_flight.idle_for(header_timeout) => {
                     conn.as_mut().graceful_shutdown();
                 }
             }
@@ -709,8 +751,8 @@ async fn intercept(
         } else {
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
-                .header_read_timeout(shared.header_timeout())
-                .max_buf_size(shared.max_buf())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(max_buf)
                 // hyper's default drops the request of a client that shuts
                 // its write side after sending it (`curl` does not, shell
                 // pipes and some libraries do): nothing went upstream and
@@ -1959,25 +2001,57 @@ async fn websocket(
     }
     rec.decision = "allow".into();
     let s = shared.clone();
+    // What the upgrade was let through with: the socket lives while a
+    // reloaded config still routes it there with the same headers injected
+    // (a rotated token ends it: the upstream session was opened with the
+    // old one).
+    let injected = rec
+        .route
+        .and_then(|i| shared.inject.get(i))
+        .cloned()
+        .unwrap_or_default();
+    let (raw_path, path) = (uri.path().to_owned(), rec.path.clone());
     tokio::spawn(async move {
         // The client connection's slot stays taken while the socket lives.
-        let _target = t;
+        let t = t;
+        let gone = t.live.revoked(|n| {
+            match match_route(
+                &n.cfg.routes,
+                (&t.host, t.port, t.tls),
+                &raw_path,
+                &path,
+                "GET",
+            ) {
+                RouteMatch::Allowed(i, r) => {
+                    (t.tls || r.plain_http) && n.inject.get(i) == Some(&injected)
+                }
+                _ => false,
+            }
+        });
         match tokio::try_join!(on_client, on_up) {
             Ok((c, u)) => {
                 if s.dlp().mode == DlpMode::Off {
-                    let (o, i) = splice(TokioIo::new(c), TokioIo::new(u), s.idle()).await;
+                    let (o, i, revoked) =
+                        splice(TokioIo::new(c), TokioIo::new(u), s.idle(), gone).await;
                     rec.bytes_out = o;
                     rec.bytes_in = i;
+                    if revoked {
+                        rec.note = RELOADED.into();
+                    }
                 } else {
                     let w = crate::ws::splice_scanned(
                         TokioIo::new(c),
                         TokioIo::new(u),
                         s.dlp().clone(),
                         s.idle(),
+                        gone,
                     )
                     .await;
                     rec.bytes_out = w.bytes_out;
                     rec.bytes_in = w.bytes_in;
+                    if w.revoked {
+                        rec.note = RELOADED.into();
+                    }
                     if !w.findings.is_empty() {
                         tracing::warn!(host = %rec.host, rules = ?w.findings, "DLP findings in WebSocket frames");
                         rec.dlp = w.findings;
@@ -2032,9 +2106,15 @@ async fn idle_dog(active: Arc<AtomicBool>, idle: Duration) {
     }
 }
 
-/// Copies both ways until both sides close or nothing moves for `idle`.
-/// Returns (bytes from `a`, bytes from `b`).
-pub(crate) async fn splice<A, B>(a: A, b: B, idle: Duration) -> (u64, u64)
+/// Copies both ways until both sides close, nothing moves for `idle`, or
+/// `stop` completes. Returns (bytes from `a`, bytes from `b`, whether `stop`
+/// ended it).
+pub(crate) async fn splice<A, B>(
+    a: A,
+    b: B,
+    idle: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) -> (u64, u64, bool)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -2045,13 +2125,15 @@ where
         active: a.active.clone(),
         read: Arc::new(AtomicU64::new(0)),
     };
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
-        _ = dog => { tracing::debug!("tunnel idle, closed"); }
-    }
+    let stopped = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => false,
+        _ = dog => { tracing::debug!("tunnel idle, closed"); false }
+        _ = stop => true,
+    };
     (
         a.read.load(Ordering::Relaxed),
         b.read.load(Ordering::Relaxed),
+        stopped,
     )
 }
 

@@ -22,6 +22,8 @@ pub(crate) struct WsOutcome {
     /// A frame of the agent's that breaks RFC 6455 (why): the socket was
     /// closed with 1002 before it went.
     pub(crate) protocol_error: Option<&'static str>,
+    /// A reload no longer allows the socket: closed with 1012.
+    pub(crate) revoked: bool,
 }
 
 impl WsOutcome {
@@ -236,6 +238,7 @@ pub(crate) async fn splice_scanned<C, U>(
     upstream: U,
     dlp: Arc<Dlp>,
     idle: Duration,
+    stop: impl std::future::Future<Output = ()>,
 ) -> WsOutcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -393,14 +396,19 @@ where
             i = &mut down => state.lock().unwrap_or_else(|p| p.into_inner()).bytes_in = i,
         }
     };
-    tokio::select! {
-        _ = both => {}
-        _ = dog => {}
-        _ = dog2 => {}
-    }
-    let out = state.into_inner().unwrap_or_else(|p| p.into_inner());
+    let revoked = tokio::select! {
+        _ = both => false,
+        _ = dog => false,
+        _ = dog2 => false,
+        _ = stop => true,
+    };
+    let mut out = state.into_inner().unwrap_or_else(|p| p.into_inner());
+    out.revoked = revoked;
     let close: Option<(u16, &[u8])> = if out.blocked {
         Some((1008, b"blocked by bot-bottle egress DLP"))
+    } else if revoked {
+        // Service Restart: a client may connect again, under the new config.
+        Some((1012, b"bot-bottle egress config reloaded"))
     } else if out.protocol_error.is_some() {
         Some((1002, b"protocol error (bot-bottle egress)"))
     } else {
@@ -448,6 +456,7 @@ mod tests {
             upstream,
             dlp,
             Duration::from_secs(30),
+            std::future::pending(),
         ));
         (agent, server, task)
     }

@@ -3387,3 +3387,395 @@ async fn unread_downloads_do_not_stall_other_requests_to_the_host() {
         assert_eq!(got.status, 200);
     }
 }
+
+/// The proxy as its own process (`--config FILE`), reloaded with SIGHUP.
+struct Reloadable {
+    child: std::process::Child,
+    addr: SocketAddr,
+    path: PathBuf,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Reloadable {
+    fn start(cfg: &ProxyConfig, dir: &std::path::Path) -> Self {
+        let path = dir.join("egress.json");
+        std::fs::write(&path, serde_json::to_string(cfg).unwrap()).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bot-bottle-egress"))
+            .arg("--config")
+            .arg(&path)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let addr: SocketAddr = loop {
+            let mut line = String::new();
+            assert!(std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0);
+            if let Some(a) = line.trim().strip_prefix("listening on ") {
+                break a.parse().unwrap();
+            }
+        };
+        let (tx, lines) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(err).map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            child,
+            addr,
+            path,
+            lines,
+        }
+    }
+
+    /// Writes `cfg`, sends SIGHUP and waits for the proxy to say it swapped.
+    fn reload(&self, cfg: &ProxyConfig) {
+        std::fs::write(&self.path, serde_json::to_string(cfg).unwrap()).unwrap();
+        let st = std::process::Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        loop {
+            let line = self.lines.recv_timeout(HANG).expect("no reload log line");
+            assert!(!line.contains("reload failed"), "{line}");
+            if line.contains("egress config reloaded") {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Reloadable {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether the WebSocket `ws` is still open: it echoes `probe`, or it ends
+/// (a close frame, the end of the stream, an error) within `HANG`.
+async fn ws_alive<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, probe: &str) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if ws.send(Message::text(probe)).await.is_err() {
+        return false;
+    }
+    match tokio::time::timeout(HANG, ws.next())
+        .await
+        .expect("the WebSocket neither answered nor closed")
+    {
+        Some(Ok(Message::Text(t))) => {
+            assert_eq!(t.as_str(), probe);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// A WebSocket lives no longer than a config that allows it: a reload that
+/// changes nothing of its route keeps it, one that rotates the token its
+/// upgrade carried or removes its route closes it (the session upstream was
+/// opened with the old credential). Over HTTP/1.1 upgrade and HTTP/2
+/// extended CONNECT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_closes_websockets_it_no_longer_allows() {
+    let pki = test_pki();
+    let up = start_upstream(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let mut cfg = config(&pki, up.addr, &audit);
+    let bottle_ca = cfg.ca.cert_pem.clone();
+    let px = Reloadable::start(&cfg, dir.path());
+    let open_h1 = || async {
+        let (st, _, tcp) = connect(px.addr, "ws.test:443").await;
+        assert_eq!(st, 200);
+        let t = tls(tcp, "ws.test", &bottle_ca, &[b"http/1.1"])
+            .await
+            .unwrap();
+        let (ws, resp) = tokio::time::timeout(
+            HANG,
+            tokio_tungstenite::client_async("wss://ws.test/socket", t),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(resp.status(), 101);
+        ws
+    };
+    let mut ws = open_h1().await;
+    assert!(ws_alive(&mut ws, "before").await);
+    // Another route's change leaves the socket be.
+    cfg.routes.retain(|r| r.host != "other.test");
+    px.reload(&cfg);
+    assert!(ws_alive(&mut ws, "unrelated reload").await);
+    // The token its upgrade carried is rotated: closed.
+    let rotated = "canary-ROTATED-ws-5e6f7a8b";
+    cfg.tokens.insert(
+        "REAL_TOKEN".into(),
+        bot_bottle_plugin_api::Secret::new(rotated),
+    );
+    px.reload(&cfg);
+    assert!(!ws_alive(&mut ws, "after rotation").await);
+    // A new one gets the new token, and lives until its route goes.
+    let mut ws = open_h1().await;
+    assert!(ws_alive(&mut ws, "reopened").await);
+    assert_eq!(
+        up.seen()
+            .into_iter()
+            .rev()
+            .find(|s| s.method != "WS")
+            .unwrap()
+            .header_all("authorization"),
+        vec![format!("Bearer {rotated}")]
+    );
+    cfg.routes.retain(|r| r.host != "ws.test");
+    px.reload(&cfg);
+    assert!(!ws_alive(&mut ws, "after removal").await);
+    let (st, _, _) = connect(px.addr, "ws.test:443").await;
+    assert_eq!(st, 403);
+    let closed: Vec<_> = audit_lines(&audit)
+        .into_iter()
+        .filter(|l| l["note"].as_str().unwrap_or("").contains("config reload"))
+        .collect();
+    assert_eq!(closed.len(), 2, "{closed:?}");
+}
+
+/// The same over HTTP/2 extended CONNECT, with DLP off (the plain splice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_closes_an_h2_websocket_whose_token_it_rotates() {
+    let pki = test_pki();
+    let up = start_upstream(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&pki, up.addr, &dir.path().join("audit.jsonl"));
+    cfg.dlp.mode = DlpMode::Off;
+    let bottle_ca = cfg.ca.cert_pem.clone();
+    let px = Reloadable::start(&cfg, dir.path());
+    let (st, _, tcp) = connect(px.addr, "ws.test:443").await;
+    assert_eq!(st, 200);
+    let t = tls(tcp, "ws.test", &bottle_ca, &[b"h2"]).await.unwrap();
+    let (mut s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
+        .await
+        .unwrap();
+    tokio::spawn(c);
+    s.ready().await.unwrap();
+    let mut req = Request::builder()
+        .method("CONNECT")
+        .uri("https://ws.test/socket")
+        .header("sec-websocket-version", "13")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut resp = s.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let io = hyper::upgrade::on(&mut resp).await.unwrap();
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(io),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    assert!(ws_alive(&mut ws, "before").await);
+    cfg.tokens.insert(
+        "REAL_TOKEN".into(),
+        bot_bottle_plugin_api::Secret::new("canary-ROTATED-h2ws-1a2b"),
+    );
+    px.reload(&cfg);
+    assert!(!ws_alive(&mut ws, "after rotation").await);
+}
+
+/// A passthrough tunnel lives no longer than a config that lists its host:
+/// a reload that removes it closes the open tunnel (a kept-alive connection
+/// in it can send no more), and a new CONNECT is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_closes_passthrough_tunnels_it_removes() {
+    let pki = test_pki();
+    let up = start_upstream(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let mut cfg = config(&pki, up.addr, &audit);
+    let px = Reloadable::start(&cfg, dir.path());
+    let (st, _, tcp) = connect(px.addr, "pass.test:443").await;
+    assert_eq!(st, 200);
+    let t = tls(tcp, "pass.test", &pki.ca_pem, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(t))
+        .await
+        .unwrap();
+    tokio::spawn(c);
+    let r = s
+        .send_request(get("https://pass.test/1", "pass.test", false))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.into_body().collect().await.unwrap();
+    // A rotation elsewhere keeps it.
+    cfg.tokens.insert(
+        "REAL_TOKEN".into(),
+        bot_bottle_plugin_api::Secret::new("canary-ROTATED-pt-9c8d"),
+    );
+    px.reload(&cfg);
+    let r = s
+        .send_request(get("https://pass.test/2", "pass.test", false))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.into_body().collect().await.unwrap();
+    cfg.tls_passthrough.clear();
+    px.reload(&cfg);
+    let gone = tokio::time::timeout(HANG, async {
+        // The close may race the request's write; it cannot answer.
+        match s.ready().await {
+            Err(_) => true,
+            Ok(()) => s
+                .send_request(get("https://pass.test/3", "pass.test", false))
+                .await
+                .is_err(),
+        }
+    })
+    .await
+    .expect("the tunnel neither answered nor closed");
+    assert!(gone, "the tunnel outlived its passthrough entry");
+    assert!(up.seen().iter().all(|x| x.path != "/3"));
+    let (st, _, _) = connect(px.addr, "pass.test:443").await;
+    assert_eq!(st, 403);
+    assert!(audit_lines(&audit)
+        .iter()
+        .any(|l| l["decision"] == "passthrough"
+            && l["note"].as_str().unwrap_or("").contains("config reload")));
+}
+
+/// A reload that removes a route refuses the next request on every kind of
+/// connection opened before it (kept-alive HTTP/1.1 and HTTP/2 tunnels,
+/// plain HTTP on the proxy connection), and nothing is injected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_removing_a_route_refuses_the_next_request_on_open_connections() {
+    let pki = test_pki();
+    let up = start_upstream(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&pki, up.addr, &dir.path().join("audit.jsonl"));
+    let (plain_up, plain_seen) = plain_upstream().await;
+    plain_route(&mut cfg, "plain.test", plain_up);
+    let bottle_ca = cfg.ca.cert_pem.clone();
+    let px = Reloadable::start(&cfg, dir.path());
+    // HTTP/1.1 and HTTP/2 tunnels to api.test.
+    let (_, _, tcp) = connect(px.addr, "api.test:443").await;
+    let t = tls(tcp, "api.test", &bottle_ca, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let (mut h1, c) = hyper::client::conn::http1::handshake(TokioIo::new(t))
+        .await
+        .unwrap();
+    tokio::spawn(c);
+    let (_, _, tcp) = connect(px.addr, "api.test:443").await;
+    let t = tls(tcp, "api.test", &bottle_ca, &[b"h2"]).await.unwrap();
+    let (mut h2, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
+        .await
+        .unwrap();
+    tokio::spawn(c);
+    // Plain HTTP on the proxy connection itself.
+    let tcp = TcpStream::connect(px.addr).await.unwrap();
+    let (mut plain, c) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(c);
+    let plain_get = |p: &str| {
+        Request::builder()
+            .uri(format!("http://plain.test/{p}"))
+            .header("host", "plain.test")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    for (i, st) in [(1, 200), (2, 403)] {
+        let r = h1
+            .send_request(get(&format!("https://api.test/h1-{i}"), "api.test", false))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), st, "HTTP/1.1 request {i}");
+        r.into_body().collect().await.unwrap();
+        let r = h2
+            .send_request(get(&format!("https://api.test/h2-{i}"), "", true))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), st, "HTTP/2 request {i}");
+        let r = plain
+            .send_request(plain_get(&format!("p-{i}")))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), st, "plain HTTP request {i}");
+        r.into_body().collect().await.unwrap();
+        if i == 1 {
+            cfg.routes
+                .retain(|r| r.host != "api.test" && r.host != "plain.test");
+            px.reload(&cfg);
+        }
+    }
+    let paths: Vec<String> = up.seen().into_iter().map(|s| s.path).collect();
+    assert!(paths.iter().all(|p| !p.ends_with("-2")), "{paths:?}");
+    assert_eq!(plain_seen.lock().unwrap().len(), 1);
+}
+
+/// Response masking across a reload: a request sent before it, answered
+/// after it, has the token it carried (the old one) masked; a request sent
+/// after it has the new one masked. Over one HTTP/2 connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_masks_the_token_each_request_carried() {
+    let pki = test_pki();
+    let up = start_upstream(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&pki, up.addr, &dir.path().join("audit.jsonl"));
+    let bottle_ca = cfg.ca.cert_pem.clone();
+    let px = Reloadable::start(&cfg, dir.path());
+    let (_, _, tcp) = connect(px.addr, "api.test:443").await;
+    let t = tls(tcp, "api.test", &bottle_ca, &[b"h2"]).await.unwrap();
+    let (s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
+        .await
+        .unwrap();
+    tokio::spawn(c);
+    let text = |r: http::Response<hyper::body::Incoming>| async move {
+        let h = format!("{:?}", r.headers());
+        let b = r.into_body().collect().await.unwrap();
+        let trailers = format!("{:?}", b.trailers());
+        format!("{h} {} {trailers}", String::from_utf8_lossy(&b.to_bytes()))
+    };
+    let mut s1 = s.clone();
+    let held = tokio::spawn(async move {
+        s1.send_request(get("https://api.test/echo?hold", "", true))
+            .await
+            .unwrap()
+    });
+    tokio::time::timeout(HANG, async {
+        while !up.seen().iter().any(|x| x.path.contains("hold")) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let rotated = "canary-ROTATED-mask-3c4d5e6f";
+    cfg.tokens.insert(
+        "REAL_TOKEN".into(),
+        bot_bottle_plugin_api::Secret::new(rotated),
+    );
+    px.reload(&cfg);
+    up.release.notify_one();
+    let old = text(held.await.unwrap()).await;
+    assert!(old.contains("you sent") && !old.contains(CANARY), "{old}");
+    let mut s2 = s.clone();
+    let new = text(
+        s2.send_request(get("https://api.test/echo", "", true))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(!new.contains(rotated), "{new}");
+    assert_eq!(
+        up.seen().last().unwrap().header_all("authorization"),
+        vec![format!("Bearer {rotated}")]
+    );
+}

@@ -329,6 +329,10 @@ async fn upstream_handle(
             .last()
             .and_then(|s| s.header_all("authorization").into_iter().next())
             .unwrap_or_default();
+        if path.contains("hold") {
+            // Answered once the test releases it (after a reload, say).
+            release.notified().await;
+        }
         let text = format!(
             r#"{{"you sent":"{auth}","escaped":"{}"}}"#,
             auth.replace('/', "\\/")
