@@ -143,6 +143,7 @@ impl Overrides {
 /// already open; a file that does not load keeps the previous config and
 /// logs why. This is what the sidecar runs.
 pub async fn serve_file(path: &std::path::Path, overrides: &Overrides) -> Result<(), EgressError> {
+    catch_early_hangup();
     let addr = overrides.load(path)?.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -159,9 +160,48 @@ pub async fn serve_file_on(
     overrides: &Overrides,
     listener: tokio::net::TcpListener,
 ) -> Result<(), EgressError> {
+    catch_early_hangup();
     let live = proxy::Live::new(proxy::Shared::new(overrides.load(path)?)?);
     reload_on_hangup(&live, path, overrides)?;
     proxy::run(live, Some(listener.into())).await
+}
+
+/// Set by the handler [`catch_early_hangup`] installs: a SIGHUP came.
+#[cfg(unix)]
+static EARLY_HANGUP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(unix)]
+extern "C" fn early_hangup(_: libc::c_int) {
+    // Async-signal-safe: a store, nothing else.
+    EARLY_HANGUP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Makes a SIGHUP that arrives before the reload loop listens neither fatal
+/// (its default action ends the process) nor lost (PID 1 of a container
+/// ignores it): a handler remembers it, and the loop reloads once as it
+/// starts. Call it before saying the proxy is ready (`listening on`), since
+/// a credential rotation may follow at once; [`serve_reloadable`] and
+/// `serve_file*` call it first thing. Only the first call does anything (a
+/// later one would replace the loop's own handler).
+pub fn catch_early_hangup() {
+    #[cfg(unix)]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: sigaction reads the struct it is given, which lives
+            // for the call; the handler only stores to an atomic. tokio's
+            // handler, installed later, chains to this one.
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = early_hangup as extern "C" fn(libc::c_int) as usize;
+                libc::sigemptyset(&mut sa.sa_mask);
+                sa.sa_flags = libc::SA_RESTART;
+                if libc::sigaction(libc::SIGHUP, &sa, std::ptr::null_mut()) != 0 {
+                    tracing::warn!("could not catch SIGHUP before the reload loop starts");
+                }
+            }
+        });
+    }
 }
 
 /// On SIGHUP, reads the config file again and swaps it in.
@@ -175,19 +215,24 @@ fn reload_on_hangup(
         use tokio::signal::unix::{signal, SignalKind};
         let mut hup = signal(SignalKind::hangup()).map_err(EgressError::Runtime)?;
         let (live, path, overrides) = (live.clone(), path.to_owned(), overrides.clone());
+        let reload = move || match overrides.load(&path).and_then(proxy::Shared::new) {
+            Ok(s) => {
+                live.set(s);
+                tracing::info!(config = %path.display(), "egress config reloaded");
+            }
+            Err(e) => tracing::warn!(
+                config = %path.display(),
+                error = %e,
+                "egress config reload failed; keeping the previous config"
+            ),
+        };
+        // A SIGHUP before `hup` listened (a rotation right after start).
+        if EARLY_HANGUP.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            reload();
+        }
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                match overrides.load(&path).and_then(proxy::Shared::new) {
-                    Ok(s) => {
-                        live.set(s);
-                        tracing::info!(config = %path.display(), "egress config reloaded");
-                    }
-                    Err(e) => tracing::warn!(
-                        config = %path.display(),
-                        error = %e,
-                        "egress config reload failed; keeping the previous config"
-                    ),
-                }
+                reload();
             }
         });
     }
@@ -202,6 +247,7 @@ pub fn serve_file_with_listener(
     overrides: &Overrides,
     listener: impl Into<Listener>,
 ) -> Result<(), EgressError> {
+    catch_early_hangup();
     serve_reloadable(overrides.load(path)?, path, overrides, listener)
 }
 
@@ -216,6 +262,7 @@ pub fn serve_reloadable(
     overrides: &Overrides,
     listener: impl Into<Listener>,
 ) -> Result<(), EgressError> {
+    catch_early_hangup();
     workers::set_count(workers::per_core());
     let live = proxy::Live::new(proxy::Shared::new(first)?);
     let (path, overrides) = (path.to_owned(), overrides.clone());

@@ -40,6 +40,8 @@ fn main() -> ExitCode {
             None => None,
         };
         let listener = std::net::TcpListener::bind(listen.unwrap_or(cfg.listen))?;
+        // A rotation may follow this line at once.
+        bot_bottle_egress::catch_early_hangup();
         // Tests read the port from here when they pass port 0.
         eprintln!("listening on {}", listener.local_addr()?);
         let overrides = bot_bottle_egress::Overrides {

@@ -3640,7 +3640,14 @@ async fn reload_closes_passthrough_tunnels_it_removes() {
         }
     })
     .await
-    .expect("the tunnel neither answered nor closed");
+    .unwrap_or_else(|_| {
+        let log: Vec<String> = px.lines.try_iter().collect();
+        panic!(
+            "the tunnel neither answered nor closed; audit:\n{}\nproxy log:\n{}",
+            audit_text(&audit),
+            log.join("\n")
+        )
+    });
     assert!(gone, "the tunnel outlived its passthrough entry");
     assert!(up.seen().iter().all(|x| x.path != "/3"));
     let (st, _, _) = connect(px.addr, "pass.test:443").await;
@@ -3774,6 +3781,40 @@ async fn reload_masks_the_token_each_request_carried() {
     )
     .await;
     assert!(!new.contains(rotated), "{new}");
+    assert_eq!(
+        up.seen().last().unwrap().header_all("authorization"),
+        vec![format!("Bearer {rotated}")]
+    );
+}
+
+/// A SIGHUP sent as soon as the proxy says it listens (a rotation right
+/// after launch) is not fatal and not lost: before the reload loop was up,
+/// its default action ended the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_right_after_listening_reloads() {
+    let pki = test_pki();
+    let up = start_upstream(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&pki, up.addr, &dir.path().join("audit.jsonl"));
+    let bottle_ca = cfg.ca.cert_pem.clone();
+    let mut px = Reloadable::start(&cfg, dir.path());
+    let rotated = "canary-ROTATED-early-7d8e9f";
+    cfg.tokens.insert(
+        "REAL_TOKEN".into(),
+        bot_bottle_plugin_api::Secret::new(rotated),
+    );
+    px.reload(&cfg);
+    assert!(px.child.try_wait().unwrap().is_none(), "the proxy died");
+    let got = send(
+        px.addr,
+        "api.test:443",
+        "api.test",
+        &bottle_ca,
+        true,
+        get("https://api.test/early", "", true),
+    )
+    .await;
+    assert_eq!(got.status, 200);
     assert_eq!(
         up.seen().last().unwrap().header_all("authorization"),
         vec![format!("Bearer {rotated}")]
