@@ -2389,14 +2389,18 @@ async fn websocket_frames_too_large_to_hold_are_scanned_as_they_stream() {
     let mut leak = String::from_utf8(noise(3 * CAP, 6)).unwrap();
     leak.push_str(&format!(" {GH} "));
     leak.push_str(&String::from_utf8(noise(CAP, 8)).unwrap());
-    ws.send(Message::text(leak)).await.unwrap();
-    let next = tokio::time::timeout(HANG, ws.next())
-        .await
-        .expect("no close after a blocked frame");
-    match next {
-        Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1008),
-        Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {}
-        Some(Ok(m)) => panic!("the blocked frame came back: {} bytes", m.len()),
+    // The proxy stops reading at the secret and closes, which may be
+    // before this client has written the frame's last KiBs: then the send
+    // fails (broken pipe, reset), and that is the socket closing too.
+    if ws.send(Message::text(leak)).await.is_ok() {
+        let next = tokio::time::timeout(HANG, ws.next())
+            .await
+            .expect("no close after a blocked frame");
+        match next {
+            Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1008),
+            Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {}
+            Some(Ok(m)) => panic!("the blocked frame came back: {} bytes", m.len()),
+        }
     }
     let ws_msgs: Vec<usize> = fx
         .up

@@ -58,6 +58,9 @@ pub(super) fn run(cli: &Cli, cmd: &EgressCommand) -> anyhow::Result<ExitCode> {
                 ),
             };
             exit_on_termination()?;
+            // A rotation may follow the line below at once: a SIGHUP before
+            // the reload loop is up must not end the proxy (its default).
+            bot_bottle_egress::catch_early_hangup();
             // Backends wait for this line: the proxy accepts from here on.
             eprintln!("listening on {}", listener.describe());
             // Reloads the file on SIGHUP: how rotated credentials arrive.
