@@ -2055,31 +2055,8 @@ async fn sighup_reloads_rotated_tokens_on_open_connections() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&pki, up.addr, &dir.path().join("audit.jsonl"));
     let bottle_ca = cfg.ca.cert_pem.clone();
-    let path = dir.path().join("egress.json");
-    std::fs::write(&path, serde_json::to_string(&cfg).unwrap()).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bot-bottle-egress"))
-        .arg("--config")
-        .arg(&path)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let addr: SocketAddr = loop {
-        let mut line = String::new();
-        assert!(std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0);
-        if let Some(a) = line.trim().strip_prefix("listening on ") {
-            break a.parse().unwrap();
-        }
-    };
-    let (line_tx, line_rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(err).map_while(Result::ok) {
-            let _ = line_tx.send(line);
-        }
-    });
+    let px = Reloadable::start(&cfg, dir.path());
+    let addr = px.addr;
     let (st, _, tcp) = connect(addr, "api.test:443").await;
     assert_eq!(st, 200);
     let t = tls(tcp, "api.test", &bottle_ca, &[b"h2"]).await.unwrap();
@@ -2098,12 +2075,7 @@ async fn sighup_reloads_rotated_tokens_on_open_connections() {
         "REAL_TOKEN".into(),
         bot_bottle_plugin_api::Secret::new(rotated),
     );
-    std::fs::write(&path, serde_json::to_string(&cfg).unwrap()).unwrap();
-    let st = std::process::Command::new("sh")
-        .args(["-c", &format!("kill -HUP {}", child.id())])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    px.reload(&cfg);
     // Poll on the same connection until the reload shows (hang guard only).
     tokio::time::timeout(HANG, async {
         loop {
@@ -2121,13 +2093,11 @@ async fn sighup_reloads_rotated_tokens_on_open_connections() {
     .await
     .expect("SIGHUP reload never took effect");
     // A broken file keeps the previous config (and says so).
-    std::fs::write(&path, "{ not json").unwrap();
-    std::process::Command::new("sh")
-        .args(["-c", &format!("kill -HUP {}", child.id())])
-        .status()
-        .unwrap();
+    std::fs::write(&px.path, "{ not json").unwrap();
+    px.hangup();
     loop {
-        let line = line_rx
+        let line = px
+            .lines
             .recv_timeout(HANG)
             .expect("no log line about the failed reload");
         if line.contains("reload failed") {
@@ -2141,8 +2111,6 @@ async fn sighup_reloads_rotated_tokens_on_open_connections() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(auth(&up), vec![format!("Bearer {rotated}")]);
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 /// Adds a plain-HTTP route for `host`, reached at `up`, that injects the
@@ -3438,11 +3406,7 @@ impl Reloadable {
     /// Writes `cfg`, sends SIGHUP and waits for the proxy to say it swapped.
     fn reload(&self, cfg: &ProxyConfig) {
         std::fs::write(&self.path, serde_json::to_string(cfg).unwrap()).unwrap();
-        let st = std::process::Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
+        self.hangup();
         loop {
             let line = self.lines.recv_timeout(HANG).expect("no reload log line");
             assert!(!line.contains("reload failed"), "{line}");
@@ -3450,6 +3414,17 @@ impl Reloadable {
                 return;
             }
         }
+    }
+}
+
+impl Reloadable {
+    /// Sends SIGHUP, as a rotation does after it wrote the file.
+    fn hangup(&self) {
+        let st = std::process::Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
     }
 }
 

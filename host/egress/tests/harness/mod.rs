@@ -118,8 +118,8 @@ pub async fn start_upstream(pki: &TestPki) -> Upstream {
     start_upstream_alpn(pki, &[b"h2", b"http/1.1"]).await
 }
 
-/// The recording upstream, offering the protocols `alpn` names.
-pub async fn start_upstream_alpn(pki: &TestPki, alpn: &[&[u8]]) -> Upstream {
+/// A TLS acceptor with the test upstream's leaf, offering `alpn`.
+pub fn upstream_acceptor(pki: &TestPki, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
     let mut cfg = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(
@@ -128,7 +128,12 @@ pub async fn start_upstream_alpn(pki: &TestPki, alpn: &[&[u8]]) -> Upstream {
         )
         .unwrap();
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
+/// The recording upstream, offering the protocols `alpn` names.
+pub async fn start_upstream_alpn(pki: &TestPki, alpn: &[&[u8]]) -> Upstream {
+    let acceptor = upstream_acceptor(pki, alpn);
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
