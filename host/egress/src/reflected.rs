@@ -4,8 +4,9 @@
 //! route that injects one, the response's headers, body and trailers are
 //! searched for the tokens filled into its headers, and each copy is
 //! overwritten with `*` of the same length (so `Content-Length` and
-//! framing still hold) before the agent sees it. Compressed bytes cannot be searched, so such routes
-//! ask the upstream for none (`accept-encoding: identity`, in proxy.rs).
+//! framing still hold) before the agent sees it. Compressed bytes cannot
+//! be searched, so such routes ask the upstream for none
+//! (`accept-encoding: identity`, in proxy.rs).
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue};
@@ -41,15 +42,10 @@ impl Secrets {
     pub(crate) fn new<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Self {
         let mut needles: Vec<Vec<u8>> = Vec::new();
         for v in values {
-            let escaped = (v.contains(&b'/')).then(|| {
-                v.iter()
-                    .fold(Vec::with_capacity(v.len() + 8), |mut out, &b| {
-                        if b == b'/' {
-                            out.push(b'\\');
-                        }
-                        out.push(b);
-                        out
-                    })
+            let escaped = v.contains(&b'/').then(|| {
+                v.split(|&b| b == b'/')
+                    .collect::<Vec<_>>()
+                    .join(&b"\\/"[..])
             });
             for n in std::iter::once(v.to_vec()).chain(escaped) {
                 if n.len() >= MIN_LEN && !needles.contains(&n) {
@@ -57,8 +53,9 @@ impl Secrets {
                 }
             }
         }
-        // Longest first: a header value is masked whole, and the token
-        // inside it is then not counted again.
+        // Longest first: where one value holds another (two tokens on a
+        // route), the longer is masked whole and the shorter not counted
+        // again inside it.
         needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
         Self {
             min_len: needles.iter().map(Vec::len).min().unwrap_or(0),
