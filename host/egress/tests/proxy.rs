@@ -735,22 +735,10 @@ async fn websocket_over_http2_extended_connect() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let mut req = Request::builder()
-        .method("CONNECT")
-        .uri("https://ws.test/backend-api/codex/responses")
-        .header("sec-websocket-version", "13")
-        .header("authorization", "Bearer dummy")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    req.extensions_mut()
-        .insert(hyper::ext::Protocol::from_static("websocket"));
-    let mut resp = s.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let up = hyper::upgrade::on(&mut resp).await.unwrap();
-    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-        TokioIo::new(up),
-        tokio_tungstenite::tungstenite::protocol::Role::Client,
-        None,
+    let mut ws = h2_websocket(
+        &mut s,
+        "https://ws.test/backend-api/codex/responses",
+        Some("Bearer dummy"),
     )
     .await;
     ws.send(Message::text("over h2")).await.unwrap();
@@ -3435,6 +3423,34 @@ impl Drop for Reloadable {
     }
 }
 
+/// A WebSocket over HTTP/2 (RFC 8441 extended CONNECT) on `s` to `uri`,
+/// with the agent's own `authorization` if given; the proxy must accept it.
+async fn h2_websocket(
+    s: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    uri: &str,
+    authorization: Option<&str>,
+) -> tokio_tungstenite::WebSocketStream<TokioIo<hyper::upgrade::Upgraded>> {
+    let mut b = Request::builder()
+        .method("CONNECT")
+        .uri(uri)
+        .header("sec-websocket-version", "13");
+    if let Some(a) = authorization {
+        b = b.header("authorization", a);
+    }
+    let mut req = b.body(Full::new(Bytes::new())).unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut resp = s.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let io = hyper::upgrade::on(&mut resp).await.unwrap();
+    tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(io),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await
+}
+
 /// Whether the WebSocket `ws` is still open: it echoes `probe`, or it ends
 /// (a close frame, the end of the stream, an error) within `HANG`.
 async fn ws_alive<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, probe: &str) -> bool
@@ -3542,23 +3558,7 @@ async fn reload_closes_an_h2_websocket_whose_token_it_rotates() {
         .unwrap();
     tokio::spawn(c);
     s.ready().await.unwrap();
-    let mut req = Request::builder()
-        .method("CONNECT")
-        .uri("https://ws.test/socket")
-        .header("sec-websocket-version", "13")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    req.extensions_mut()
-        .insert(hyper::ext::Protocol::from_static("websocket"));
-    let mut resp = s.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let io = hyper::upgrade::on(&mut resp).await.unwrap();
-    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-        TokioIo::new(io),
-        tokio_tungstenite::tungstenite::protocol::Role::Client,
-        None,
-    )
-    .await;
+    let mut ws = h2_websocket(&mut s, "https://ws.test/socket", None).await;
     assert!(ws_alive(&mut ws, "before").await);
     cfg.tokens.insert(
         "REAL_TOKEN".into(),
