@@ -24,6 +24,7 @@ mod tls;
 mod upstream;
 mod workers;
 mod ws;
+mod ws_down;
 
 /// The DLP stage's rules and its scan, for the `bot-bottle-bench-dlp`
 /// benchmark (bench/egress) only: not an API.

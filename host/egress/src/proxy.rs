@@ -1616,29 +1616,20 @@ impl AuditBody {
             rec.bytes_in = self.n;
             rec.bytes_out = self.req_bytes.load(Ordering::Relaxed);
             rec.duration_ms = ms(self.start);
-            let mut add_note = |n: &str| {
-                if !rec.note.is_empty() {
-                    rec.note.push_str("; ");
-                }
-                rec.note.push_str(n);
-            };
             if let Some(n) = note {
-                add_note(&n);
+                add_note(&mut rec, &n);
             }
-            let masked = self.masked + self.mask.as_ref().map_or(0, |m| m.masked);
-            if masked > 0 {
-                tracing::warn!(host = %rec.host, copies = masked, "the upstream sent back the credential the proxy injected; masked");
-                add_note(&format!(
-                    "the upstream sent back the route's credential: {masked} cop{} masked",
-                    if masked == 1 { "y" } else { "ies" }
-                ));
-            }
+            note_masked(
+                &mut rec,
+                self.masked + self.mask.as_ref().map_or(0, |m| m.masked),
+            );
             let stopped = self
                 .blocked
                 .as_ref()
                 .map(|b| std::mem::take(&mut *b.lock().unwrap_or_else(|p| p.into_inner())));
             if let Some(found) = stopped.filter(|f| !f.is_empty()) {
                 add_note(
+                    &mut rec,
                     "found in the request body after the upstream answered; \
                      the body was cut off before those bytes",
                 );
@@ -1812,6 +1803,22 @@ fn take_stopped(stopped: &body_override::Stopped) -> Option<String> {
 }
 
 /// Adds `note` to the audit line's note (one request can earn two).
+/// Says on the audit line (and in a warning) how many copies of the
+/// injected credential the upstream sent back, if any.
+fn note_masked(rec: &mut AuditRecord, masked: usize) {
+    if masked == 0 {
+        return;
+    }
+    tracing::warn!(host = %rec.host, copies = masked, "the upstream sent back the credential the proxy injected; masked");
+    add_note(
+        rec,
+        &format!(
+            "the upstream sent back the route's credential: {masked} cop{} masked",
+            if masked == 1 { "y" } else { "ies" }
+        ),
+    );
+}
+
 fn add_note(rec: &mut AuditRecord, note: &str) {
     if rec.note.is_empty() {
         rec.note = note.into();
@@ -1899,8 +1906,9 @@ async fn websocket(
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
-    if shared.dlp().mode != DlpMode::Off {
-        // No permessage-deflate while DLP is on: frames stay scannable.
+    if shared.dlp().mode != DlpMode::Off || !secrets.is_empty() {
+        // No permessage-deflate while DLP is on or the upstream's frames
+        // are searched for the injected credential: frames stay readable.
         parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     }
     // The upgrade goes with no body: a length the agent sent would say
@@ -1986,6 +1994,9 @@ async fn websocket(
             out.headers_mut().insert(name, v.clone());
         }
     }
+    // The two headers the agent gets of the upstream's 101 (the others are
+    // the handshake's own, made afresh above and below).
+    let masked_head = secrets.mask_headers(out.headers_mut());
     if from_h2 {
         *out.status_mut() = StatusCode::OK;
     } else {
@@ -2028,9 +2039,11 @@ async fn websocket(
                 _ => false,
             }
         });
+        let dlp = (s.dlp().mode != DlpMode::Off).then(|| s.dlp().clone());
+        let secrets = (!secrets.is_empty()).then_some(secrets);
         match tokio::try_join!(on_client, on_up) {
             Ok((c, u)) => {
-                if s.dlp().mode == DlpMode::Off {
+                if dlp.is_none() && secrets.is_none() {
                     let (o, i, revoked) =
                         splice(TokioIo::new(c), TokioIo::new(u), s.idle(), gone).await;
                     rec.bytes_out = o;
@@ -2042,7 +2055,8 @@ async fn websocket(
                     let w = crate::ws::splice_scanned(
                         TokioIo::new(c),
                         TokioIo::new(u),
-                        s.dlp().clone(),
+                        dlp,
+                        secrets,
                         s.idle(),
                         gone,
                     )
@@ -2051,6 +2065,21 @@ async fn websocket(
                     rec.bytes_in = w.bytes_in;
                     if w.revoked {
                         rec.note = RELOADED.into();
+                    }
+                    note_masked(&mut rec, masked_head + w.masked);
+                    if w.compressed {
+                        add_note(
+                            &mut rec,
+                            "the upstream sent compressed frames although no compression \
+                             was negotiated: a copy of the route's credential inside them \
+                             was not found",
+                        );
+                    }
+                    if let Some(why) = w.upstream_error {
+                        add_note(
+                            &mut rec,
+                            &format!("WebSocket closed (1002): the upstream sent {why}"),
+                        );
                     }
                     if !w.findings.is_empty() {
                         tracing::warn!(host = %rec.host, rules = ?w.findings, "DLP findings in WebSocket frames");

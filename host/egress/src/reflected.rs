@@ -78,7 +78,7 @@ impl Secrets {
     }
 
     /// Overwrites every copy of a value in `buf` with `*`; how many.
-    fn mask(&self, buf: &mut [u8]) -> usize {
+    pub(crate) fn mask(&self, buf: &mut [u8]) -> usize {
         let mut n = 0;
         for f in &self.needles {
             let len = f.needle().len();

@@ -1,8 +1,9 @@
 //! DLP on WebSocket traffic from the agent (Codex sends its whole
 //! conversation over one). Client frames are parsed, unmasked for the scan
-//! and forwarded byte for byte; the upstream direction is copied untouched.
-//! Compression extensions are taken off the upgrade request while DLP is on,
-//! so frames are scannable.
+//! and forwarded byte for byte. The upstream's frames are copied untouched,
+//! unless the route injected a credential at the upgrade: then they are
+//! searched for it (ws_down.rs). Compression extensions are taken off the
+//! upgrade request while either is done, so frames are readable.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::DlpMode;
 use crate::dlp::{Dlp, StreamScan, COALESCE_BYTES};
+use crate::reflected::Secrets;
+use crate::ws_down::Reframer;
 
 /// What the scan saw.
 #[derive(Debug, Default)]
@@ -24,6 +27,14 @@ pub(crate) struct WsOutcome {
     pub(crate) protocol_error: Option<&'static str>,
     /// A reload no longer allows the socket: closed with 1012.
     pub(crate) revoked: bool,
+    /// Copies of the route's credential masked in the upstream's frames.
+    pub(crate) masked: usize,
+    /// The upstream sent a frame marked compressed (none was negotiated):
+    /// a copy of the credential inside it would not be found.
+    pub(crate) compressed: bool,
+    /// How the upstream's frames broke RFC 6455: the socket was closed
+    /// with 1002 there.
+    pub(crate) upstream_error: Option<&'static str>,
 }
 
 impl WsOutcome {
@@ -53,23 +64,23 @@ struct BigFrame<'a> {
     scan: StreamScan<'a>,
 }
 
-/// A frame header as the agent sent it.
+/// A frame header as it came (from the agent, or the upstream: ws_down.rs).
 #[derive(Debug)]
-struct Head {
+pub(crate) struct Head {
     /// Bytes of the header itself (with the mask key).
-    len: usize,
-    payload: u64,
-    mask: Option<[u8; 4]>,
-    opcode: u8,
-    fin: bool,
+    pub(crate) len: usize,
+    pub(crate) payload: u64,
+    pub(crate) mask: Option<[u8; 4]>,
+    pub(crate) opcode: u8,
+    pub(crate) fin: bool,
     /// RSV1-3: meaningful only with an extension, and none is negotiated
     /// while DLP is on.
-    rsv: u8,
+    pub(crate) rsv: u8,
 }
 
 impl Head {
     /// Continuation, text or binary.
-    fn is_data(&self) -> bool {
+    pub(crate) fn is_data(&self) -> bool {
         self.opcode <= 2
     }
 
@@ -95,7 +106,7 @@ impl Head {
 }
 
 /// Parses a frame header, `None` until all of it has arrived.
-fn header(b: &[u8]) -> Option<Head> {
+pub(crate) fn header(b: &[u8]) -> Option<Head> {
     if b.len() < 2 {
         return None;
     }
@@ -137,7 +148,7 @@ fn header(b: &[u8]) -> Option<Head> {
     })
 }
 
-fn unmask(payload: &mut [u8], mask: Option<[u8; 4]>, phase: u64) {
+pub(crate) fn unmask(payload: &mut [u8], mask: Option<[u8; 4]>, phase: u64) {
     if let Some(m) = mask {
         for (i, x) in payload.iter_mut().enumerate() {
             *x ^= m[((phase + i as u64) % 4) as usize];
@@ -232,11 +243,13 @@ fn scan_held(dlp: &Dlp, pending: &[u8], frames: &[Held], prev: &mut Vec<u8>) -> 
     found
 }
 
-/// Splices an upgraded WebSocket, scanning the client's frames.
+/// Splices an upgraded WebSocket, scanning the client's frames with `dlp`
+/// and masking `secrets` in the upstream's (each only if given).
 pub(crate) async fn splice_scanned<C, U>(
     client: C,
     upstream: U,
-    dlp: Arc<Dlp>,
+    dlp: Option<Arc<Dlp>>,
+    secrets: Option<Arc<Secrets>>,
     idle: Duration,
     stop: impl std::future::Future<Output = ()>,
 ) -> WsOutcome
@@ -250,8 +263,41 @@ where
     let (mut ur, mut uw) = tokio::io::split(upstream);
     let state = std::sync::Mutex::new(WsOutcome::default());
     let down = async {
-        let n = tokio::io::copy(&mut ur, &mut cw).await.unwrap_or(0);
-        let _ = cw.shutdown().await;
+        let Some(secrets) = secrets else {
+            let n = tokio::io::copy(&mut ur, &mut cw).await.unwrap_or(0);
+            let _ = cw.shutdown().await;
+            return n;
+        };
+        let mut frames = Reframer::new(secrets);
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut out = Vec::with_capacity(16 * 1024);
+        let mut n = 0u64;
+        let broke = loop {
+            let got = match ur.read(&mut buf).await {
+                Ok(0) | Err(_) => break None,
+                Ok(got) => got,
+            };
+            n += got as u64;
+            out.clear();
+            let pushed = frames.push(&buf[..got], &mut out);
+            if cw.write_all(&out).await.is_err() {
+                break None;
+            }
+            if let Err(why) = pushed {
+                break Some(why);
+            }
+        };
+        {
+            let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+            st.masked = frames.masked();
+            st.compressed = frames.compressed;
+            st.upstream_error = broke;
+        }
+        // Not closed here when the upstream broke the protocol: the close
+        // frame saying so goes first (below).
+        if broke.is_none() {
+            let _ = cw.shutdown().await;
+        }
         n
     };
     // Records rule ids found in the agent's frames; true when `block` mode
@@ -262,11 +308,17 @@ where
         }
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
         crate::dlp::merge(&mut st.findings, found);
-        st.blocked = dlp.mode == DlpMode::Block;
+        st.blocked = dlp.as_ref().is_some_and(|d| d.mode == DlpMode::Block);
         st.blocked
     };
     // The agent's frames, parsed, unmasked and scanned before they go.
     let up = async {
+        let Some(dlp) = dlp.as_deref() else {
+            let n = tokio::io::copy(&mut cr, &mut uw).await.unwrap_or(0);
+            state.lock().unwrap_or_else(|p| p.into_inner()).bytes_out = n;
+            let _ = uw.shutdown().await;
+            return;
+        };
         let mut pending: Vec<u8> = Vec::with_capacity(16 * 1024);
         let mut prev: Vec<u8> = Vec::new();
         let mut big: Option<BigFrame<'_>> = None;
@@ -340,7 +392,7 @@ where
                         break 'outer;
                     }
                     pending.drain(..h.len);
-                    let mut scan = StreamScan::new(&dlp);
+                    let mut scan = StreamScan::new(dlp);
                     // Already scanned clean: context for a value split
                     // across the two frames.
                     scan.feed(&prev, &mut Vec::new());
@@ -367,7 +419,7 @@ where
                 // one was clean. Stricter than a frame at a time, and it
                 // takes nothing the upstream had: the frames all became
                 // whole in this read, none of them had gone yet.
-                if stops(scan_held(&dlp, &pending, &frames, &mut prev)) {
+                if stops(scan_held(dlp, &pending, &frames, &mut prev)) {
                     break 'outer;
                 }
                 if uw.write_all(&pending[..end]).await.is_err() {
@@ -411,6 +463,8 @@ where
         Some((1012, b"bot-bottle egress config reloaded"))
     } else if out.protocol_error.is_some() {
         Some((1002, b"protocol error (bot-bottle egress)"))
+    } else if out.upstream_error.is_some() {
+        Some((1002, b"upstream protocol error (bot-bottle egress)"))
     } else {
         None
     };
@@ -454,7 +508,8 @@ mod tests {
         let task = tokio::spawn(splice_scanned(
             client,
             upstream,
-            dlp,
+            Some(dlp),
+            None,
             Duration::from_secs(30),
             std::future::pending(),
         ));

@@ -756,6 +756,149 @@ async fn websocket_over_http2_extended_connect() {
     );
 }
 
+/// A credential the upstream sends back over a WebSocket is masked before
+/// the agent gets it: in a message, in a message sent in 3-byte frames with
+/// a ping holding it among them, and in the close frame's reason. Each
+/// keeps its length and all else; the audit line counts the copies. Over
+/// HTTP/1.1 and HTTP/2, with DLP on and off: compression is not let on
+/// either way, so the frames stay readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_the_upstream_sends_back_over_a_websocket_is_masked() {
+    let stars = "*".repeat(CANARY.len());
+    for mode in [DlpMode::Log, DlpMode::Off] {
+        let fx = fx_with(|c| c.dlp.mode = mode).await;
+        for h2 in [false, true] {
+            let what = format!("DLP {mode:?}, h2 {h2}");
+            if h2 {
+                let (st, _, tcp) = connect(fx.proxy, "ws.test:443").await;
+                assert_eq!(st, 200);
+                let t = tls(tcp, "ws.test", &fx.bottle_ca, &[b"h2"]).await.unwrap();
+                let (mut s, c) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
+                        .await
+                        .unwrap();
+                tokio::spawn(c);
+                let r = s
+                    .send_request(get("https://ws.test/warm", "", true))
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                let ws = h2_websocket(&mut s, "https://ws.test/socket", None).await;
+                sent_back_masked(ws, &stars, &what).await;
+                // The subprotocol the upstream's 101 names reaches the
+                // agent: masked too.
+                let mut req = Request::builder()
+                    .method("CONNECT")
+                    .uri("https://ws.test/socket")
+                    .header("sec-websocket-version", "13")
+                    .header("sec-websocket-protocol", "echo-auth")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                req.extensions_mut()
+                    .insert(hyper::ext::Protocol::from_static("websocket"));
+                let resp = s.send_request(req).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                assert_eq!(
+                    resp.headers()["sec-websocket-protocol"],
+                    format!("Bearer {stars}").as_str(),
+                    "{what}"
+                );
+                drop(resp);
+            } else {
+                let (ws, st) = ws_through(&fx).await;
+                assert_eq!(st, 101);
+                assert!(
+                    ws_upgrade_seen(&fx)
+                        .header_all("sec-websocket-extensions")
+                        .is_empty(),
+                    "{what}: compression was let on"
+                );
+                sent_back_masked(ws, &stars, &what).await;
+            }
+        }
+        let lines = tokio::time::timeout(HANG, async {
+            loop {
+                let lines: Vec<_> = audit_lines(&fx.audit)
+                    .into_iter()
+                    .filter(|l| l["host"] == "ws.test" && l["path"] != "/warm")
+                    .collect();
+                if lines.len() == 3 {
+                    return lines;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("no audit lines for both sockets");
+        let notes: Vec<&str> = lines.iter().map(|l| l["note"].as_str().unwrap()).collect();
+        let counted = |copies: &str| {
+            notes
+                .iter()
+                .filter(|n| {
+                    n.contains(&format!(
+                        "sent back the route's credential: {copies} masked"
+                    ))
+                })
+                .count()
+        };
+        assert_eq!(
+            (counted("4 copies"), counted("1 copy")),
+            (2, 1),
+            "{notes:?}"
+        );
+        assert!(!audit_text(&fx.audit).contains(CANARY));
+    }
+}
+
+/// Asks the upstream on `ws` to send back the credential it got every way
+/// it knows (harness `ws_sends_back`), and checks each came masked.
+async fn sent_back_masked<S>(mut ws: tokio_tungstenite::WebSocketStream<S>, stars: &str, what: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let masked = format!("you are Bearer {stars}");
+    ws.send(Message::text("whoami")).await.unwrap();
+    assert_eq!(
+        ws_next(&mut ws).await.into_text().unwrap().as_str(),
+        masked,
+        "{what}"
+    );
+    ws.send(Message::text("whoami-split")).await.unwrap();
+    let ping = ws_next(&mut ws).await;
+    assert_eq!(
+        ping,
+        Message::Ping(format!("ping Bearer {stars}").into()),
+        "{what}"
+    );
+    assert_eq!(
+        ws_next(&mut ws).await.into_text().unwrap().as_str(),
+        masked,
+        "{what}"
+    );
+    ws.send(Message::text("whoami-close")).await.unwrap();
+    let Message::Close(Some(close)) = ws_next(&mut ws).await else {
+        panic!("{what}: no close frame");
+    };
+    assert_eq!(
+        close.reason.as_str(),
+        format!("bad Bearer {stars}"),
+        "{what}"
+    );
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(HANG, ws.next()).await {}
+}
+
+/// The next message on `ws`, within `HANG`.
+async fn ws_next<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Message
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::time::timeout(HANG, ws.next())
+        .await
+        .expect("no message in time")
+        .expect("the socket ended")
+        .expect("the socket failed")
+}
+
 /// A passthrough host is tunnelled on 443 only: the tunnel's contents are
 /// the agent's own, so on any port it would reach every service the host's
 /// address listens on (the resolve override here sends every port of

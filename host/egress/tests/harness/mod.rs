@@ -193,6 +193,17 @@ async fn upstream_handle(
     let version = format!("{:?}", req.version());
     let ws_key = req.headers().get("sec-websocket-key").cloned();
     if let Some(key) = ws_key {
+        let auth = req
+            .headers()
+            .get("authorization")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        // A subprotocol that names the credential the upgrade carried.
+        let protocol = req
+            .headers()
+            .get("sec-websocket-protocol")
+            .is_some_and(|v| v == "echo-auth")
+            .then(|| auth.clone());
         seen.lock().unwrap().push(Seen {
             method,
             path,
@@ -222,19 +233,24 @@ async fn upstream_handle(
                         sni: None,
                     });
                 }
+                if m.is_text() && ws_sends_back(&mut ws, &m, &auth).await {
+                    continue;
+                }
                 if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
                     break;
                 }
             }
         });
         let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-        return Ok(Response::builder()
+        let mut resp = Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header("upgrade", "websocket")
             .header("connection", "upgrade")
-            .header("sec-websocket-accept", accept)
-            .body(full(""))
-            .unwrap());
+            .header("sec-websocket-accept", accept);
+        if let Some(p) = protocol {
+            resp = resp.header("sec-websocket-protocol", p);
+        }
+        return Ok(resp.body(full("")).unwrap());
     }
     if path.starts_with("/early") {
         // Answers before reading the request body (a streaming-duplex
@@ -407,6 +423,54 @@ async fn upstream_handle(
 
 /// A `text/event-stream` answer whose events are what `rx` receives, each
 /// sent as it comes (never buffered).
+/// The WebSocket upstream's answers that send back the upgrade's
+/// `authorization` (`auth`), as an echo service or an error might: to
+/// `whoami`, a message holding it; to `whoami-split`, the same message in
+/// 3-byte frames with a ping holding it among them; to `whoami-close`, a
+/// close frame whose reason holds it. Whether `m` was one of these.
+async fn ws_sends_back<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    m: &tokio_tungstenite::tungstenite::Message,
+    auth: &str,
+) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
+    use tokio_tungstenite::tungstenite::Message;
+    let text = format!("you are {auth}");
+    match m.to_text().unwrap_or_default() {
+        "whoami" => {
+            let _ = ws.send(Message::text(text)).await;
+        }
+        "whoami-split" => {
+            let pieces: Vec<&[u8]> = text.as_bytes().chunks(3).collect();
+            for (i, p) in pieces.iter().enumerate() {
+                let kind = if i == 0 { Data::Text } else { Data::Continue };
+                let last = i == pieces.len() - 1;
+                let f = Frame::message(p.to_vec(), OpCode::Data(kind), last);
+                let _ = ws.feed(Message::Frame(f)).await;
+                if i == 4 {
+                    let ping = Frame::ping(format!("ping {auth}").into_bytes());
+                    let _ = ws.feed(Message::Frame(ping)).await;
+                }
+            }
+            let _ = ws.flush().await;
+        }
+        "whoami-close" => {
+            let _ = ws
+                .close(Some(CloseFrame {
+                    code: CloseCode::Policy,
+                    reason: format!("bad {auth}").into(),
+                }))
+                .await;
+        }
+        _ => return false,
+    }
+    true
+}
+
 fn event_stream(
     rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>,
 ) -> Response<Body> {
