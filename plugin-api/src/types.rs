@@ -517,6 +517,34 @@ pub struct EgressLaunch {
     pub ca_cert_pem: String,
 }
 
+/// The memory an egress proxy whose config is `config` (its JSON) may use,
+/// in bytes: [`EGRESS_MEMORY_BASE`] plus [`EGRESS_MEMORY_PER_BODY`] times
+/// its `dlp.max_body_bytes` (default 1 MiB; a config that does not parse
+/// gets the default). Every backend bounds its proxy by it (Docker: the
+/// sidecar's memory limit, no swap; smolmachines: the gate's data limit).
+/// The proxy bounds what it holds per request and per stream, but not
+/// everything across all of them (docs/egress.md, "Limits and known
+/// gaps": an agent that controls an allowed upstream and reads none of
+/// its answers can make it hold ~20 MB a stream). The limit keeps that
+/// inside the bottle: the proxy is stopped, the agent with it (fail
+/// closed) and told why, and the machine keeps its memory.
+pub fn egress_memory_limit(config: &str) -> u64 {
+    let max_body = serde_json::from_str::<serde_json::Value>(config)
+        .ok()
+        .and_then(|c| c.pointer("/dlp/max_body_bytes")?.as_u64())
+        .unwrap_or(1 << 20);
+    EGRESS_MEMORY_BASE.saturating_add(max_body.saturating_mul(EGRESS_MEMORY_PER_BODY))
+}
+
+/// What the proxy may use besides its held bodies: it runs in ~10-50 MiB,
+/// and each pooled HTTP/2 upstream connection may take up to 32 MiB of
+/// answers a client is slow to read.
+pub const EGRESS_MEMORY_BASE: u64 = 512 << 20;
+/// Held bodies: the DLP's shared budget is 32 of them, a compressed one
+/// may be held at up to 8, and the held copies of a body read for its
+/// `_method` field come on top.
+pub const EGRESS_MEMORY_PER_BODY: u64 = 64;
+
 /// Everything a backend needs to bring a bottle up. Backends do not resolve
 /// secrets and do not know about providers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -678,4 +706,24 @@ pub fn is_env_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod memory_limit_tests {
+    use super::egress_memory_limit;
+
+    #[test]
+    fn the_proxys_memory_limit_grows_with_the_bodies_it_may_hold() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(egress_memory_limit("{}"), 576 * MIB);
+        assert_eq!(egress_memory_limit("not json"), 576 * MIB);
+        assert_eq!(
+            egress_memory_limit(r#"{"dlp":{"max_body_bytes":8388608}}"#),
+            (512 + 64 * 8) * MIB
+        );
+        assert_eq!(
+            egress_memory_limit(&format!(r#"{{"dlp":{{"max_body_bytes":{}}}}}"#, u64::MAX)),
+            u64::MAX
+        );
+    }
 }

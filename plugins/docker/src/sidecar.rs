@@ -33,32 +33,13 @@ pub(crate) const EGRESS_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Process limit of the sidecar.
 pub(crate) const EGRESS_PIDS: i64 = 1024;
 
-/// The sidecar's memory limit, for a proxy whose config is `config` (its
-/// JSON): [`EGRESS_MEMORY_BASE`] and [`EGRESS_MEMORY_PER_BODY`] times its
-/// `dlp.max_body_bytes` (default 1 MiB), no swap beyond it. The proxy
-/// bounds what it holds per request and per stream, but not everything
-/// across all of them (docs/egress.md, "Limits and known gaps": an agent
-/// that controls an allowed upstream and reads none of its answers can
-/// make it hold ~20 MB a stream). The limit keeps that inside the bottle:
-/// the kernel stops the proxy, the agent is stopped with it (fail closed)
-/// and told why, and the machine keeps its memory.
+/// The sidecar's memory limit, no swap beyond it:
+/// [`bot_bottle_plugin_api::egress_memory_limit`] of its config (the
+/// smolmachines gate is bounded by the same), as Docker takes it.
 pub(crate) fn egress_memory_limit(config: &str) -> i64 {
-    let max_body = serde_json::from_str::<serde_json::Value>(config)
-        .ok()
-        .and_then(|c| c.pointer("/dlp/max_body_bytes")?.as_u64())
-        .unwrap_or(1 << 20);
-    let limit = EGRESS_MEMORY_BASE.saturating_add(max_body.saturating_mul(EGRESS_MEMORY_PER_BODY));
-    limit.min(i64::MAX as u64) as i64
+    i64::try_from(bot_bottle_plugin_api::egress_memory_limit(config)).unwrap_or(i64::MAX)
 }
 
-/// What the proxy may use besides its held bodies: it runs in ~10-50 MiB,
-/// and each pooled HTTP/2 upstream connection may take up to 32 MiB of
-/// answers a client is slow to read.
-const EGRESS_MEMORY_BASE: u64 = 512 << 20;
-/// Held bodies: the DLP's shared budget is 32 of them, a compressed one
-/// may be held at up to 8, and the held copies of a body read for its
-/// `_method` field come on top.
-const EGRESS_MEMORY_PER_BODY: u64 = 64;
 /// Creates the sidecar. Behind the gate it serves a Unix socket in a
 /// volume of its own, which the agent (no network at all) mounts
 /// read-only, and reaches the world through its egress network: in the
@@ -509,14 +490,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_sidecars_memory_limit_grows_with_the_bodies_it_may_hold() {
+    fn the_sidecars_memory_limit_is_the_shared_formula_as_docker_takes_it() {
         const MIB: i64 = 1 << 20;
         assert_eq!(egress_memory_limit("{}"), 576 * MIB);
-        assert_eq!(egress_memory_limit("not json"), 576 * MIB);
-        assert_eq!(
-            egress_memory_limit(r#"{"dlp":{"max_body_bytes":8388608}}"#),
-            (512 + 64 * 8) * MIB
-        );
         assert_eq!(
             egress_memory_limit(&format!(r#"{{"dlp":{{"max_body_bytes":{}}}}}"#, u64::MAX)),
             i64::MAX
