@@ -18,7 +18,9 @@
 //! machine and the agent, answered by `started` or `failed MESSAGE`; end of
 //! input without `go` means the launch was abandoned and the gate exits.
 //!
-//! It exits on SIGTERM, or when its state directory disappears.
+//! It exits on SIGTERM, or when its state directory disappears; and, with
+//! the agent, when the proxy meets the gate's memory limit
+//! ([`crate::memory`]).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -53,6 +55,12 @@ pub struct GateSetup {
     /// Labels for the machine.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The gate's memory limit in bytes ([`crate::memory`]). `None`, what
+    /// the plugin sends: [`bot_bottle_plugin_api::egress_memory_limit`] of
+    /// `config`, as the Docker sidecar's. Tests set a small one, to meet
+    /// it quickly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<u64>,
 }
 
 impl std::fmt::Debug for GateSetup {
@@ -62,6 +70,7 @@ impl std::fmt::Debug for GateSetup {
             .field("machine", &self.machine)
             .field("config", &"[redacted]")
             .field("proxy_alias", &self.proxy_alias)
+            .field("memory_limit", &self.memory_limit)
             .finish_non_exhaustive()
     }
 }
@@ -234,6 +243,18 @@ pub fn main(state_dir: PathBuf) -> Result<(), String> {
     let setup: GateSetup =
         serde_json::from_str(first.trim()).map_err(|e| format!("setup: {}", e.classify_str()))?;
     first.clear();
+    let paths = state::Paths::new(&state_dir);
+
+    // Before anything the agent can reach serves: see `crate::memory`.
+    let limit = setup
+        .memory_limit
+        .unwrap_or_else(|| bot_bottle_plugin_api::egress_memory_limit(&setup.config));
+    let limit = crate::memory::arm(limit, &paths)
+        .map_err(|e| format!("cannot limit the egress proxy's memory: {e}"))?;
+    tracing::info!(
+        limit_mib = limit >> 20,
+        "egress proxy memory limit (the gate's RLIMIT_DATA)"
+    );
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -241,7 +262,6 @@ pub fn main(state_dir: PathBuf) -> Result<(), String> {
         .thread_name("gate")
         .build()
         .map_err(|e| e.to_string())?;
-    let paths = state::Paths::new(&state_dir);
     let token = new_token();
     let token_bytes = parse_token(&token)?;
     let egress = rt.block_on(start_egress(&setup, token_bytes, Some(&paths.egress_log())))?;
@@ -269,7 +289,11 @@ pub fn main(state_dir: PathBuf) -> Result<(), String> {
             let _ = end_tx.send(End::Abandoned);
             return;
         }
-        match launch_machine(&setup, bound.adapter, token) {
+        // The engine processes the launch starts must not inherit the
+        // gate's memory limit: the VMM's guest RAM would count against it.
+        let launched =
+            crate::memory::lifted(|| launch_machine(&setup, bound.adapter, token)).and_then(|r| r);
+        match launched {
             Ok(machine) => {
                 // Bound before `started`: an attached `bottle run` connects
                 // as soon as the launch returns.

@@ -26,6 +26,7 @@ pub mod adapter;
 pub mod attach;
 pub mod engine;
 pub mod gate;
+pub mod memory;
 pub mod state;
 
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -506,6 +507,7 @@ impl SmolMachines {
                 l.insert(RECORDS_LABEL.into(), state::root().display().to_string());
                 l
             },
+            memory_limit: None,
         };
         let gate = GateChild::spawn(&gate_bin, engine, paths, &setup)?;
         drop(setup);

@@ -6,6 +6,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// The system allocator, with the gate's out-of-memory path: an allocation
+/// that fails under the gate's memory limit stops the bottle and says why
+/// (`bot_bottle_plugin_smolmachines::memory`).
+#[global_allocator]
+static ALLOC: bot_bottle_plugin_smolmachines::memory::GateAlloc =
+    bot_bottle_plugin_smolmachines::memory::GateAlloc;
+
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut dir = None;

@@ -314,5 +314,6 @@ pub fn setup(id: &str, config: String) -> bot_bottle_plugin_smolmachines::gate::
             ..Default::default()
         },
         labels: Default::default(),
+        memory_limit: None,
     }
 }

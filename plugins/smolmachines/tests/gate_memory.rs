@@ -1,0 +1,451 @@
+//! The gate's memory limit (`bot_bottle_plugin_smolmachines::memory`), on
+//! the real gate binary: in force with the shared formula's value, not
+//! inherited by the engine processes of the launch, and met by a proxy an
+//! agent makes hold memory, which stops the gate (fail closed) and says so.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bot_bottle_plugin_api::{Backend, WaitRequest};
+use bot_bottle_plugin_smolmachines::state::{self, ExitRecord, GateRecord, Paths};
+use bot_bottle_plugin_smolmachines::SmolMachines;
+use bytes::Bytes;
+use common::*;
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+const GATE: &str = env!("CARGO_BIN_EXE_bot-bottle-smolmachines-gate");
+const MIB: u64 = 1 << 20;
+
+/// `(soft, hard)` of a process's data limit, `None` for unlimited.
+fn data_limit(pid: &str) -> (Option<u64>, Option<u64>) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max data size"))
+        .unwrap();
+    let mut f = line["Max data size".len()..].split_whitespace();
+    let mut num = || f.next().unwrap().parse::<u64>().ok();
+    (num(), num())
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The gate, as the plugin starts it (its own process group, a cleared
+/// environment, stderr to `gate.log`), with `setup` on stdin; after its
+/// `ready` line.
+fn spawn_gate(
+    paths: &Paths,
+    setup: &bot_bottle_plugin_smolmachines::gate::GateSetup,
+    engine: &str,
+) -> (Child, ChildStdin, BufReader<ChildStdout>) {
+    let log = state::create_private_file(&paths.gate_log()).unwrap();
+    let mut child = Command::new(GATE)
+        .arg("--state-dir")
+        .arg(paths.dir())
+        .env_clear()
+        .env("SMOLVM", engine)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{}", serde_json::to_string(setup).unwrap()).unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(
+        line.starts_with("ready "),
+        "{line:?}; gate.log: {}",
+        std::fs::read_to_string(paths.gate_log()).unwrap_or_default()
+    );
+    (child, stdin, out)
+}
+
+/// A child killed and reaped when the test ends, however it ends.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn with_max_body(config: &str, bytes: u64) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(config).unwrap();
+    v["dlp"]["max_body_bytes"] = bytes.into();
+    v.to_string()
+}
+
+#[test]
+fn the_gate_runs_under_the_proxys_memory_limit() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let up = rt.block_on(Upstream::start(&[HOST]));
+    let root = tempfile::tempdir().unwrap();
+    let id = "bb-mem-limit";
+    let (config, _) = proxy_config(id, &up, &canary());
+    // 2 MiB bodies: 512 MiB + 64 × 2 MiB.
+    let config = with_max_body(&config, 2 * MIB);
+    let expected = bot_bottle_plugin_api::egress_memory_limit(&config);
+    assert_eq!(expected, 640 * MIB);
+    let paths = Paths::new(&root.path().join(id));
+    paths.create().unwrap();
+    let (mut child, stdin, _out) = spawn_gate(&paths, &setup(id, config), "/nonexistent/smolvm");
+
+    let (soft, hard) = data_limit(&child.id().to_string());
+    assert_eq!(soft, Some(expected), "the gate's RLIMIT_DATA");
+    // The hard limit is the one it was started with: the launch gives the
+    // engine's processes back the soft one (see the next test).
+    assert_eq!(hard, data_limit("self").1);
+    let log = std::fs::read_to_string(paths.gate_log()).unwrap();
+    assert!(log.contains("limit_mib=640"), "{log}");
+
+    drop(stdin);
+    let _ = child.wait();
+}
+
+/// The launch's engine processes (the VMM is one of them, and its guest
+/// RAM a private writable mapping) get the data limit the gate was started
+/// with, not the gate's. A stand-in engine records its own limits and
+/// refuses the launch.
+#[test]
+fn the_engine_processes_of_the_launch_do_not_inherit_the_gates_limit() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let up = rt.block_on(Upstream::start(&[HOST]));
+    let root = tempfile::tempdir().unwrap();
+    let id = "bb-mem-engine";
+    let (config, _) = proxy_config(id, &up, &canary());
+    let paths = Paths::new(&root.path().join(id));
+    paths.create().unwrap();
+    let seen = root.path().join("engine-limits");
+    let engine = root.path().join("smolvm");
+    std::fs::write(
+        &engine,
+        format!(
+            "#!/bin/sh\n/bin/cat /proc/$$/limits >> {seen}\necho 'error: the stand-in engine refuses' >&2\nexit 1\n",
+            seen = seen.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&engine, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut s = setup(id, config);
+    s.memory_limit = Some(256 * MIB);
+    let (mut child, mut stdin, mut out) = spawn_gate(&paths, &s, engine.to_str().unwrap());
+    assert_eq!(
+        data_limit(&child.id().to_string()).0,
+        Some(256 * MIB),
+        "the gate is limited"
+    );
+    writeln!(stdin, "go").unwrap();
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("failed "), "{line:?}");
+    assert!(line.contains("stand-in engine refuses"), "{line:?}");
+    let _ = child.wait();
+
+    let limits = std::fs::read_to_string(&seen).expect("the engine ran");
+    let mine = data_limit("self");
+    let fmt = |v: Option<u64>| v.map_or("unlimited".to_string(), |n| n.to_string());
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max data size"))
+        .unwrap();
+    let got: Vec<&str> = line["Max data size".len()..].split_whitespace().collect();
+    assert_eq!(
+        (got[0], got[1]),
+        (fmt(mine.0).as_str(), fmt(mine.1).as_str()),
+        "the engine process got the gate's limit: {line}"
+    );
+}
+
+/// An HTTPS upstream (HTTP/1.1) that answers every request with a body
+/// without end. A client that asks for it and reads nothing makes the
+/// proxy hold a share of it for each such stream (docs/egress.md, "Limits
+/// and known gaps": ~300 KB a stream from an HTTP/1.1 upstream, and nothing
+/// bounds all streams but `limits.max_connections`); an agent that can
+/// reach any large download can ask for as many as it likes.
+async fn endless_upstream() -> Upstream {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![HOST.to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let chunk: Bytes = [b"4000\r\n".as_slice(), &[b'x'; 0x4000], b"\r\n"]
+            .concat()
+            .into();
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, chunk) = (acceptor.clone(), chunk.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if read_head(&mut tls).await.is_none() {
+                    return;
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                if tls.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                while tls.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    Upstream {
+        addr,
+        ca_pem: ca.pem(),
+        seen: Default::default(),
+    }
+}
+
+/// A stream that never reads: what the proxy sends it stays in the
+/// proxy (and the kernel's buffers).
+struct Deaf<S>(S);
+
+impl<S: Unpin> tokio::io::AsyncRead for Deaf<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Pending
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Deaf<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        b: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, b)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// What an agent sends through its proxy alias (the adapter splices it to
+/// the proxy byte for byte): `CONNECT`, TLS with the bottle CA, HTTP/2
+/// with the largest windows, `streams` requests for the endless answer,
+/// and nothing read. Returns the tasks holding the connection; an error
+/// once the gate has ended.
+async fn hold(
+    proxy: std::net::SocketAddr,
+    bottle_ca: &str,
+    streams: usize,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
+    let e = |e: std::io::Error| e.to_string();
+    let mut tcp = tokio::net::TcpStream::connect(proxy).await.map_err(e)?;
+    tcp.write_all(format!("CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n\r\n").as_bytes())
+        .await
+        .map_err(e)?;
+    let (head, rest) = read_head(&mut tcp).await.ok_or("no CONNECT answer")?;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(rest.is_empty());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut bottle_ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from(HOST.to_string()).unwrap(),
+            tcp,
+        )
+        .await
+        .map_err(e)?;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(i32::MAX as u32)
+        .initial_connection_window_size(i32::MAX as u32)
+        .handshake::<_, Full<Bytes>>(TokioIo::new(Deaf(tls)))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut tasks = vec![tokio::spawn(async move {
+        let _ = conn.await;
+    })];
+    for i in 0..streams {
+        let mut send = send.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = hyper::Request::get(format!("https://{HOST}/v1/download-{i}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let _kept = send.send_request(req).await;
+            std::future::pending::<()>().await;
+        }));
+    }
+    Ok(tasks)
+}
+
+/// An agent makes its proxy hold memory (unread downloads over HTTP/2, as
+/// many as it likes): the gate meets its limit (set small here, 96 MiB,
+/// so that it comes within ~600 streams; the plugin sends none and the
+/// gate takes the formula's, 576 MiB and more), never holds more, and
+/// stops, with its process group (in a bottle, the agent's `machine
+/// exec`); `bottle run` is told why.
+#[test]
+fn a_proxy_made_to_hold_memory_stops_the_gate_at_its_limit_and_says_so() {
+    let limit = 96 * MIB;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let up = rt.block_on(endless_upstream());
+    let id = "bb-mem-oom";
+    let (config, bottle_ca) = proxy_config(id, &up, &canary());
+    let paths = Paths::new(&state_root().join(id));
+    paths.create().unwrap();
+    let mut s = setup(id, config);
+    s.memory_limit = Some(limit);
+    let (mut child, _stdin, _out) = spawn_gate(&paths, &s, "/nonexistent/smolvm");
+    let pid = child.id();
+    let rec: GateRecord = state::read_json(&paths.gate()).unwrap();
+    // Stands for the agent's `machine exec`, which the gate starts in its
+    // process group.
+    let mut agent = Reaped(
+        Command::new("/bin/sleep")
+            .arg("300")
+            .process_group(i32::try_from(pid).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let baseline = status_kib(pid, "VmData:").unwrap();
+    eprintln!("gate VmData at ready: {} KiB", baseline);
+
+    // Connections of 100 held streams each, until the gate ends. A guard
+    // for a gate without its limit: it is killed before it holds ~800 MiB.
+    let mut held = Vec::new();
+    let mut peak = 0;
+    let t = Instant::now();
+    let ended = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break Some(st);
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            break None;
+        }
+        let data = status_kib(pid, "VmData:").unwrap_or(0);
+        peak = peak.max(data);
+        let rss = status_kib(pid, "VmRSS:").unwrap_or(0);
+        if rss > 800 << 10 {
+            let _ = child.kill();
+            panic!("the gate holds {rss} KiB, past any limit it should have");
+        }
+        if held.len() < 10 && t.elapsed() > Duration::from_millis(300) * held.len() as u32 {
+            match rt.block_on(hold(rec.proxy, &bottle_ca, 100)) {
+                Ok(tasks) => held.push(tasks),
+                // The gate ended while this one connected.
+                Err(e) if !held.is_empty() => eprintln!("connection {}: {e}", held.len()),
+                Err(e) => panic!("the first connection through the gate's proxy: {e}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let Some(status) = ended else {
+        let _ = child.kill();
+        panic!(
+            "the gate still runs after 30 s, VmData peak {peak} KiB (limit {} KiB)",
+            limit >> 10
+        );
+    };
+    eprintln!(
+        "gate ended ({status:?}) after {:?}, {} connections; VmData peak seen {peak} KiB",
+        t.elapsed(),
+        held.len()
+    );
+    assert!(peak <= limit >> 10, "VmData {peak} KiB over the limit");
+    // The failure path killed its process group: itself and the agent.
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    let stopped = (0..100).find_map(|_| {
+        let st = agent.0.try_wait().unwrap();
+        if st.is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        st
+    });
+    assert_eq!(
+        stopped.and_then(|s| s.signal()),
+        Some(libc::SIGKILL),
+        "the agent's stand-in was not stopped with the gate"
+    );
+
+    let log = std::fs::read_to_string(paths.gate_log()).unwrap();
+    assert!(
+        log.contains(
+            "gate: egress proxy ran out of memory (its gate's limit, 96 MiB) and was stopped"
+        ),
+        "{log}"
+    );
+    let exit: ExitRecord = state::read_json(&paths.exit()).expect("an exit record");
+    assert_eq!(exit.exit_code, 137);
+    // What `bottle run` reports.
+    let report = SmolMachines
+        .wait(WaitRequest {
+            schema: 1,
+            bottle_id: id.into(),
+            attach: false,
+        })
+        .unwrap();
+    assert_eq!(report.exit_code, 137);
+    let reason = report.reason.unwrap_or_default();
+    assert!(
+        reason.contains("egress proxy ran out of memory (its gate's limit, 96 MiB)")
+            && reason.contains("fail closed"),
+        "{reason}"
+    );
+    for tasks in held {
+        for t in tasks {
+            t.abort();
+        }
+    }
+    let _ = std::fs::remove_dir_all(paths.dir());
+}
