@@ -243,6 +243,19 @@ fn scan_held(dlp: &Dlp, pending: &[u8], frames: &[Held], prev: &mut Vec<u8>) -> 
     found
 }
 
+/// Writes `bytes` and flushes them. A TLS stream's `poll_write` takes
+/// the bytes and returns while its socket is full, keeping what the
+/// socket would not take until it is written to or flushed again: without
+/// the flush, the end of a message waited there until the next one (or
+/// the idle timeout), and a protocol of questions and answers stalled.
+async fn write_flushed<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    w.write_all(bytes).await?;
+    w.flush().await
+}
+
 /// Splices an upgraded WebSocket, scanning the client's frames with `dlp`
 /// and masking `secrets` in the upstream's (each only if given).
 pub(crate) async fn splice_scanned<C, U>(
@@ -280,7 +293,7 @@ where
             n += got as u64;
             out.clear();
             let pushed = frames.push(&buf[..got], &mut out);
-            if cw.write_all(&out).await.is_err() {
+            if write_flushed(&mut cw, &out).await.is_err() {
                 break None;
             }
             if let Err(why) = pushed {
@@ -356,7 +369,7 @@ where
                         b.ahead.saturating_sub(dlp.overlap)
                     };
                     if send > 0 {
-                        if uw.write_all(&pending[..send]).await.is_err() {
+                        if write_flushed(&mut uw, &pending[..send]).await.is_err() {
                             break 'outer;
                         }
                         pending.drain(..send);
@@ -422,7 +435,7 @@ where
                 if stops(scan_held(dlp, &pending, &frames, &mut prev)) {
                     break 'outer;
                 }
-                if uw.write_all(&pending[..end]).await.is_err() {
+                if write_flushed(&mut uw, &pending[..end]).await.is_err() {
                     break 'outer;
                 }
                 pending.drain(..end);
@@ -735,5 +748,44 @@ mod tests {
         let mut all = got[..n].to_vec();
         server.read_to_end(&mut all).await.unwrap();
         assert!(all.len() < 10 + 4 + sent, "the value went upstream");
+    }
+
+    /// What the splice writes reaches the other end although nothing more
+    /// comes after it: each write is flushed. A TLS stream is such an end
+    /// when its socket is full: its `poll_write` takes the bytes and
+    /// returns, keeping what the socket would not take until it is written
+    /// to or flushed again, so the end of an answer (the upstream's,
+    /// masked; the agent's, scanned) waited there until the next message
+    /// or the idle timeout. `BufWriter` keeps bytes the same way.
+    #[tokio::test]
+    async fn what_goes_either_way_is_flushed() {
+        let secrets = Arc::new(Secrets::new([&b"sk-real-0123456789abcdef"[..]]));
+        let (mut agent, client) = tokio::io::duplex(1 << 20);
+        let (upstream, mut server) = tokio::io::duplex(1 << 20);
+        let _task = tokio::spawn(splice_scanned(
+            tokio::io::BufWriter::new(client),
+            tokio::io::BufWriter::new(upstream),
+            Some(dlp()),
+            Some(secrets),
+            Duration::from_secs(30),
+            std::future::pending(),
+        ));
+        // The upstream's answer, unmasked as servers send it.
+        let answer = [0x81, 5, b'h', b'e', b'l', b'l', b'o'];
+        server.write_all(&answer).await.unwrap();
+        let mut got = [0u8; 7];
+        tokio::time::timeout(Duration::from_secs(5), agent.read_exact(&mut got))
+            .await
+            .expect("the upstream's message waited in the agent's writer")
+            .unwrap();
+        assert_eq!(got, answer);
+        let question = frame(TEXT, b"hello");
+        agent.write_all(&question).await.unwrap();
+        let mut got = vec![0u8; question.len()];
+        tokio::time::timeout(Duration::from_secs(5), server.read_exact(&mut got))
+            .await
+            .expect("the agent's message waited in the upstream's writer")
+            .unwrap();
+        assert_eq!(got, question);
     }
 }
