@@ -2085,11 +2085,19 @@ async fn websocket(
                         tracing::warn!(host = %rec.host, rules = ?w.findings, "DLP findings in WebSocket frames");
                         rec.dlp = w.findings;
                     }
+                    // Added to the note, not put in its place: what the
+                    // upstream sent back before (above) must stay on it.
                     if w.blocked {
                         rec.decision = "dlp_block".into();
-                        rec.note = "WebSocket closed (1008) before the frame was sent".into();
+                        add_note(
+                            &mut rec,
+                            "WebSocket closed (1008) before the frame was sent",
+                        );
                     } else if let Some(why) = w.protocol_error {
-                        rec.note = format!("WebSocket closed (1002) before {why} was sent");
+                        add_note(
+                            &mut rec,
+                            &format!("WebSocket closed (1002) before {why} was sent"),
+                        );
                     }
                 }
             }

@@ -285,6 +285,7 @@ where
         let mut buf = vec![0u8; 16 * 1024];
         let mut out = Vec::with_capacity(16 * 1024);
         let mut n = 0u64;
+        let mut counted = (0, false);
         let broke = loop {
             let got = match ur.read(&mut buf).await {
                 Ok(0) | Err(_) => break None,
@@ -293,6 +294,16 @@ where
             n += got as u64;
             out.clear();
             let pushed = frames.push(&buf[..got], &mut out);
+            // Counted as they come, before the write: the splice can be
+            // ended before this loop is (a reload, the idle timeout, the
+            // agent stopped by DLP), and its audit line must still say what
+            // the upstream sent back.
+            let now = (frames.masked(), frames.compressed);
+            if now != counted {
+                let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                (st.masked, st.compressed) = now;
+                counted = now;
+            }
             if write_flushed(&mut cw, &out).await.is_err() {
                 break None;
             }
@@ -302,8 +313,6 @@ where
         };
         {
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-            st.masked = frames.masked();
-            st.compressed = frames.compressed;
             st.upstream_error = broke;
         }
         // Not closed here when the upstream broke the protocol: the close
@@ -787,5 +796,43 @@ mod tests {
             .expect("the agent's message waited in the upstream's writer")
             .unwrap();
         assert_eq!(got, question);
+    }
+
+    /// The copies masked are counted although the splice ends before the
+    /// upstream does (a reload, the idle timeout, the agent stopped by
+    /// DLP): the audit line said nothing was masked.
+    #[tokio::test]
+    async fn copies_masked_are_counted_when_the_splice_is_stopped() {
+        const TOKEN: &[u8] = b"sk-real-0123456789abcdef";
+        let secrets = Arc::new(Secrets::new([TOKEN]));
+        let (mut agent, client) = tokio::io::duplex(1 << 20);
+        let (upstream, mut server) = tokio::io::duplex(1 << 20);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(splice_scanned(
+            client,
+            upstream,
+            None,
+            Some(secrets),
+            Duration::from_secs(30),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let mut echo = vec![0x81, 2 + TOKEN.len() as u8, b'>', b' '];
+        echo.extend_from_slice(TOKEN);
+        server.write_all(&echo).await.unwrap();
+        let mut got = vec![0u8; echo.len()];
+        tokio::time::timeout(Duration::from_secs(5), agent.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!got.windows(TOKEN.len()).any(|w| w == TOKEN));
+        stop.send(()).unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(out.revoked);
+        assert_eq!(out.masked, 1, "{out:?}");
     }
 }

@@ -850,6 +850,46 @@ async fn a_credential_the_upstream_sends_back_over_a_websocket_is_masked() {
     }
 }
 
+/// The audit line of a WebSocket the proxy stopped (here the agent sent
+/// an unmasked frame: 1002) still says what the upstream sent back before:
+/// the note saying why it was stopped used to replace the whole note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_websocket_still_counts_the_copies_masked() {
+    let fx = fx().await;
+    let (mut ws, st) = ws_through(&fx).await;
+    assert_eq!(st, 101);
+    ws.send(Message::text("whoami")).await.unwrap();
+    let stars = "*".repeat(CANARY.len());
+    assert_eq!(
+        ws_next(&mut ws).await.into_text().unwrap().as_str(),
+        format!("you are Bearer {stars}")
+    );
+    // A text frame "hi", unmasked: a client must mask.
+    ws.get_mut()
+        .write_all(&[0x81, 2, b'h', b'i'])
+        .await
+        .unwrap();
+    ws.get_mut().flush().await.unwrap();
+    let note = tokio::time::timeout(HANG, async {
+        loop {
+            let line = audit_lines(&fx.audit)
+                .into_iter()
+                .find(|l| l["host"] == "ws.test" && l["status"] == 101);
+            if let Some(l) = line {
+                return l["note"].as_str().unwrap_or_default().to_owned();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no audit line for the socket");
+    assert!(note.contains("1002"), "{note}");
+    assert!(
+        note.contains("sent back the route's credential: 1 copy masked"),
+        "{note}"
+    );
+}
+
 /// Asks the upstream on `ws` to send back the credential it got every way
 /// it knows (harness `ws_sends_back`), and checks each came masked.
 async fn sent_back_masked<S>(mut ws: tokio_tungstenite::WebSocketStream<S>, stars: &str, what: &str)
