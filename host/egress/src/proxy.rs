@@ -1994,9 +1994,6 @@ async fn websocket(
             out.headers_mut().insert(name, v.clone());
         }
     }
-    // The two headers the agent gets of the upstream's 101 (the others are
-    // the handshake's own, made afresh above and below).
-    let masked_head = secrets.mask_headers(out.headers_mut());
     if from_h2 {
         *out.status_mut() = StatusCode::OK;
     } else {
@@ -2010,6 +2007,10 @@ async fn websocket(
                 .insert(header::SEC_WEBSOCKET_ACCEPT, v.clone());
         }
     }
+    // The headers the agent gets of the upstream's 101, masked once all
+    // are in (`Sec-WebSocket-Accept` too: it is the upstream's, copied as
+    // it came).
+    let masked_head = secrets.mask_headers(out.headers_mut());
     rec.decision = "allow".into();
     let s = shared.clone();
     // What the upgrade was let through with: the socket lives while a

@@ -2747,6 +2747,68 @@ async fn switching_upstream() -> (SocketAddr, Arc<Mutex<String>>) {
     (addr, head)
 }
 
+/// An upstream whose `101` quotes the credential in every header the agent
+/// gets of it (`Sec-WebSocket-Accept` too, which was copied after the
+/// others were masked), and whose first frame, holding it, comes in the
+/// same write as the `101`'s head (hyper keeps it for the upgraded
+/// stream): the agent gets none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_that_quotes_the_credential_reaches_the_agent_masked() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = l.accept().await {
+            let h = read_head(&mut tcp).await;
+            let auth = h
+                .lines()
+                .find_map(|l| l.strip_prefix("authorization: "))
+                .unwrap_or_default()
+                .to_owned();
+            let msg = format!("you are {auth}");
+            let mut out = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {auth}\r\n\
+                 Sec-WebSocket-Protocol: {auth}\r\n\r\n"
+            )
+            .into_bytes();
+            out.extend([0x81, msg.len() as u8]);
+            out.extend(msg.as_bytes());
+            let _ = tcp.write_all(&out).await;
+            let mut sink = Vec::new();
+            let _ = tokio::time::timeout(HANG, tcp.read_to_end(&mut sink)).await;
+        }
+    });
+    let fx = fx_with(|c| plain_route(c, "quote.test", up)).await;
+    let mut s = TcpStream::connect(fx.proxy).await.unwrap();
+    s.write_all(
+        b"GET http://quote.test/ws HTTP/1.1\r\nHost: quote.test\r\n\
+          Upgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let stars = "*".repeat(CANARY.len());
+    let mut frame = vec![0u8; 2 + "you are Bearer ".len() + CANARY.len()];
+    tokio::time::timeout(HANG, s.read_exact(&mut frame))
+        .await
+        .expect("the frame sent with the 101 never came")
+        .unwrap();
+    let got = [head.as_bytes(), &frame].concat();
+    assert!(
+        !got.windows(CANARY.len()).any(|w| w == CANARY.as_bytes()),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(&frame[2..], format!("you are Bearer {stars}").as_bytes());
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("sec-websocket-accept: bearer {stars}")),
+        "{head}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_upgrade_switches_to_websocket_or_not_at_all() {
     let (up, head) = switching_upstream().await;
