@@ -2068,14 +2068,6 @@ async fn websocket(
                         rec.note = RELOADED.into();
                     }
                     note_masked(&mut rec, masked_head + w.masked);
-                    if w.compressed {
-                        add_note(
-                            &mut rec,
-                            "the upstream sent compressed frames although no compression \
-                             was negotiated: a copy of the route's credential inside them \
-                             was not found",
-                        );
-                    }
                     if let Some(why) = w.upstream_error {
                         add_note(
                             &mut rec,

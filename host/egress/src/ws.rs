@@ -29,9 +29,6 @@ pub(crate) struct WsOutcome {
     pub(crate) revoked: bool,
     /// Copies of the route's credential masked in the upstream's frames.
     pub(crate) masked: usize,
-    /// The upstream sent a frame marked compressed (none was negotiated):
-    /// a copy of the credential inside it would not be found.
-    pub(crate) compressed: bool,
     /// How the upstream's frames broke RFC 6455: the socket was closed
     /// with 1002 there.
     pub(crate) upstream_error: Option<&'static str>,
@@ -285,7 +282,7 @@ where
         let mut buf = vec![0u8; 16 * 1024];
         let mut out = Vec::with_capacity(16 * 1024);
         let mut n = 0u64;
-        let mut counted = (0, false);
+        let mut counted = 0;
         let broke = loop {
             let got = match ur.read(&mut buf).await {
                 Ok(0) | Err(_) => break None,
@@ -298,11 +295,9 @@ where
             // ended before this loop is (a reload, the idle timeout, the
             // agent stopped by DLP), and its audit line must still say what
             // the upstream sent back.
-            let now = (frames.masked(), frames.compressed);
-            if now != counted {
-                let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-                (st.masked, st.compressed) = now;
-                counted = now;
+            if frames.masked() != counted {
+                counted = frames.masked();
+                state.lock().unwrap_or_else(|p| p.into_inner()).masked = counted;
             }
             if write_flushed(&mut cw, &out).await.is_err() {
                 break None;
