@@ -3,9 +3,8 @@
 //! checks, route matching, DLP, injection and forwarding.
 
 use std::convert::Infallible;
-use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -18,7 +17,7 @@ use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::audit::{now_rfc3339, Audit, AuditRecord};
@@ -28,10 +27,14 @@ use crate::config::{DlpMode, ProxyConfig};
 use crate::dlp::Dlp;
 use crate::dlp_body::{self, Refused};
 use crate::error::EgressError;
+use crate::headers::{
+    authority_port, is_ws_switch, is_ws_upgrade, strip_hop_by_hop, strip_other_names,
+};
 use crate::in_flight::InFlight;
 use crate::listener::{Accepted, AsyncListener};
 use crate::reflected::{Masker, Secrets};
 use crate::route::{self, canon_host, match_route, normalise_path, RouteMatch};
+use crate::tunnel::{splice, watch};
 use crate::upstream::{self, Body, BoxError, Dialer};
 use crate::workers;
 
@@ -841,138 +844,6 @@ fn check_identity<B>(req: &Request<B>, t: &Target) -> Result<(), String> {
         return Err("the request names no host (Host / :authority)".into());
     }
     Ok(())
-}
-
-/// Hop-by-hop headers, never forwarded either way.
-fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    // Runs twice per request, and most messages carry none of these: one
-    // pass over the names decides, instead of a hashed removal per name.
-    let hop = |n: &HeaderName| {
-        n == header::CONNECTION || n == header::UPGRADE || HOP_BY_HOP.iter().any(|x| x == n)
-    };
-    if !h.keys().any(hop) {
-        if keep_upgrade {
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-        return;
-    }
-    let listed: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in listed {
-        if keep_upgrade && n == header::UPGRADE {
-            continue;
-        }
-        h.remove(n);
-    }
-    let te_trailers = h
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for n in HOP_BY_HOP {
-        h.remove(n);
-    }
-    if te_trailers {
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    if keep_upgrade {
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        h.remove(header::CONNECTION);
-        h.remove(header::UPGRADE);
-    }
-}
-
-/// The port an authority names, `default` if none (or an empty one, as
-/// RFC 3986 allows); `None` for one that is no port (`host:99999`), which
-/// `Authority::port_u16` reads as absent and so as the default.
-pub(crate) fn authority_port(a: &http::uri::Authority, default: u16) -> Option<u16> {
-    // What follows the host, which starts right after any userinfo (the
-    // host's text found again further on, as in `4:4434`, is not it).
-    let s = a.as_str();
-    let after = s[s.rfind('@').map_or(0, |i| i + 1)..].strip_prefix(a.host())?;
-    match after.strip_prefix(':') {
-        None if after.is_empty() => Some(default),
-        Some("") => Some(default),
-        Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => p.parse().ok(),
-        _ => None,
-    }
-}
-
-/// Headers in which a request names another host or path than its own,
-/// read by servers behind a proxy they trust: Rack and Rails take
-/// `X-Forwarded-Host` for `request.host` (host-constrained routes,
-/// tenants), Express (`trust proxy`), Django and Spring do when told to;
-/// IIS rewrites and older Symfony and Zend took `X-Original-URL`. The
-/// identity check and the routes see only `Host`/`:authority` and the
-/// path, so these are dropped, in either spelling (`_` for `-`, as
-/// CGI-style servers read them).
-const OTHER_NAMES: [&str; 8] = [
-    "forwarded",
-    "x-forwarded-host",
-    "x-forwarded-server",
-    "x-forwarded-prefix",
-    "x-original-host",
-    "x-host",
-    "x-original-url",
-    "x-rewrite-url",
-];
-
-/// Framing headers in their `_` spelling: no client sends one, and an old
-/// CGI-style server could take one for the real header, framing the body
-/// otherwise than the proxy did. (The `-` spellings are hyper's to set.)
-const FRAMING: [&str; 2] = ["content-length", "transfer-encoding"];
-
-fn strip_other_names(h: &mut HeaderMap) {
-    let named = |n: &HeaderName| {
-        OTHER_NAMES
-            .iter()
-            .any(|o| route::same_cgi_name(n.as_str(), o))
-            || (n.as_str().contains('_')
-                && FRAMING.iter().any(|f| route::same_cgi_name(n.as_str(), f)))
-    };
-    let gone: Vec<HeaderName> = h.keys().filter(|n| named(n)).cloned().collect();
-    for n in gone {
-        h.remove(n);
-    }
-}
-
-/// Hop-by-hop headers besides `Connection`, the ones it lists, and
-/// `Upgrade` (kept for a WebSocket upgrade).
-const HOP_BY_HOP: [HeaderName; 7] = [
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHORIZATION,
-    header::PROXY_AUTHENTICATE,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
-
-/// Whether header `name` lists `tok` (comma-separated, without case).
-fn lists(h: &HeaderMap, name: HeaderName, tok: &str) -> bool {
-    h.get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(tok))
-}
-
-fn is_ws_upgrade(h: &HeaderMap) -> bool {
-    lists(h, header::UPGRADE, "websocket") && lists(h, header::CONNECTION, "upgrade")
-}
-
-/// Whether an upstream's 101 switched to WebSocket: `Upgrade: websocket`
-/// and nothing else (RFC 6455 §4.1).
-fn is_ws_switch(h: &HeaderMap) -> bool {
-    let mut ups = h.get_all(header::UPGRADE).iter();
-    matches!(
-        (ups.next(), ups.next()),
-        (Some(v), None) if v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket")
-    )
 }
 
 /// One request inside an intercepted tunnel (or a plain `http://` one).
@@ -2100,156 +1971,4 @@ async fn websocket(
         s.audit.write(&rec);
     });
     out
-}
-
-/// Wraps `io` so that traffic either way counts as activity; the returned
-/// future completes once there has been none for `idle`.
-pub(crate) fn watch<T>(
-    io: T,
-    idle: Duration,
-) -> (Watched<T>, impl std::future::Future<Output = ()>) {
-    let active = Arc::new(AtomicBool::new(false));
-    let w = Watched {
-        inner: io,
-        active: active.clone(),
-        read: Arc::new(AtomicU64::new(0)),
-    };
-    (w, idle_dog(active, idle))
-}
-
-/// Completes after `idle` (up to a quarter more) without activity. The I/O
-/// only sets a flag that this clears each tick, so reads and writes never
-/// look at the clock.
-async fn idle_dog(active: Arc<AtomicBool>, idle: Duration) {
-    let tick = (idle / 4).max(Duration::from_millis(1));
-    let mut quiet = Duration::ZERO;
-    loop {
-        tokio::time::sleep(tick).await;
-        if active.swap(false, Ordering::Relaxed) {
-            quiet = Duration::ZERO;
-        } else {
-            quiet += tick;
-            if quiet >= idle {
-                return;
-            }
-        }
-    }
-}
-
-/// Copies both ways until both sides close, nothing moves for `idle`, or
-/// `stop` completes. Returns (bytes from `a`, bytes from `b`, whether `stop`
-/// ended it).
-pub(crate) async fn splice<A, B>(
-    a: A,
-    b: B,
-    idle: Duration,
-    stop: impl std::future::Future<Output = ()>,
-) -> (u64, u64, bool)
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    let (mut a, dog) = watch(a, idle);
-    let mut b = Watched {
-        inner: b,
-        active: a.active.clone(),
-        read: Arc::new(AtomicU64::new(0)),
-    };
-    let stopped = tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => false,
-        _ = dog => { tracing::debug!("tunnel idle, closed"); false }
-        _ = stop => true,
-    };
-    (
-        a.read.load(Ordering::Relaxed),
-        b.read.load(Ordering::Relaxed),
-        stopped,
-    )
-}
-
-pub(crate) struct Watched<T> {
-    inner: T,
-    active: Arc<AtomicBool>,
-    read: Arc<AtomicU64>,
-}
-
-impl<T> Watched<T> {
-    fn touch(&self) {
-        self.active.store(true, Ordering::Relaxed);
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.read.fetch_add(n as u64, Ordering::Relaxed);
-            self.touch();
-        }
-        r
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        r
-    }
-    // Vectored writes pass through: hyper then queues a response's head and
-    // body as separate buffers instead of copying them into one.
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        r
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn authority_ports_out_of_range_are_refused_not_defaulted() {
-        let port = |a: &str| authority_port(&a.parse().unwrap(), 443);
-        assert_eq!(port("h.test"), Some(443));
-        assert_eq!(port("h.test:"), Some(443));
-        assert_eq!(port("h.test:8443"), Some(8443));
-        assert_eq!(port("[::1]:8443"), Some(8443));
-        assert_eq!(port("[::1]"), Some(443));
-        assert_eq!(port("u@h.test:1"), Some(1));
-        assert_eq!(port("h.test:99999"), None);
-        assert_eq!(port("h.test:65536"), None);
-        // A host whose text the port ends with is not found in the port.
-        assert_eq!(port("4:4434"), Some(4434));
-        assert_eq!(port("43:8443"), Some(8443));
-        assert_eq!(port("u@1:21"), Some(21));
-    }
 }

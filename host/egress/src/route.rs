@@ -496,7 +496,7 @@ pub fn check(config: &ProxyConfig, method: &str, url: &str) -> Decision {
     // As the proxy reads it: `:99999` is refused, not the default port.
     let port = uri
         .authority()
-        .and_then(|a| crate::proxy::authority_port(a, if tls { 443 } else { 80 }));
+        .and_then(|a| crate::headers::authority_port(a, if tls { 443 } else { 80 }));
     let Some(port) = port else {
         d.reason = "the URL's port is not a number from 0 to 65535".into();
         return d;

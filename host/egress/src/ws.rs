@@ -267,8 +267,8 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let (client, dog) = crate::proxy::watch(client, idle);
-    let (upstream, dog2) = crate::proxy::watch(upstream, idle);
+    let (client, dog) = crate::tunnel::watch(client, idle);
+    let (upstream, dog2) = crate::tunnel::watch(upstream, idle);
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut ur, mut uw) = tokio::io::split(upstream);
     let state = std::sync::Mutex::new(WsOutcome::default());
