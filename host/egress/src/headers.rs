@@ -117,6 +117,25 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 /// Whether header `name` lists `tok` (comma-separated, without case).
+/// Bytes (name and value) of the fields in `h` that repeat an earlier field
+/// exactly. Most heads name no field twice: one comparison of counts.
+pub(crate) fn repeated_bytes(h: &HeaderMap) -> usize {
+    if h.len() == h.keys_len() {
+        return 0;
+    }
+    let mut total = 0;
+    for name in h.keys() {
+        let mut values: Vec<&[u8]> = h.get_all(name).iter().map(HeaderValue::as_bytes).collect();
+        values.sort_unstable();
+        for pair in values.windows(2) {
+            if pair[0] == pair[1] {
+                total += name.as_str().len() + pair[1].len();
+            }
+        }
+    }
+    total
+}
+
 fn lists(h: &HeaderMap, name: HeaderName, tok: &str) -> bool {
     h.get_all(name)
         .iter()
@@ -158,5 +177,19 @@ mod tests {
         assert_eq!(port("4:4434"), Some(4434));
         assert_eq!(port("43:8443"), Some(8443));
         assert_eq!(port("u@1:21"), Some(21));
+    }
+
+    #[test]
+    fn repeated_bytes_counts_exact_repeats_only() {
+        let mut h = HeaderMap::new();
+        h.append("accept", HeaderValue::from_static("a"));
+        h.append("x-y", HeaderValue::from_static("b"));
+        assert_eq!(repeated_bytes(&h), 0);
+        // Another value under the same name is no repeat.
+        h.append("accept", HeaderValue::from_static("c"));
+        assert_eq!(repeated_bytes(&h), 0);
+        h.append("accept", HeaderValue::from_static("a"));
+        h.append("accept", HeaderValue::from_static("a"));
+        assert_eq!(repeated_bytes(&h), 2 * "accept".len() + 2);
     }
 }

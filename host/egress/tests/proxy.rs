@@ -2608,6 +2608,42 @@ async fn a_request_the_agent_abandons_is_still_audited() {
     fx.up.release.notify_one();
 }
 
+/// HPACK sends a header field already in the connection's table (up to
+/// 4 KiB) as one byte: a request repeating a 4 KB field sixteen times was
+/// 64 KiB of head to scan, encode and send upstream from ~50 bytes on the
+/// wire, ~20 times the proxy's CPU for ordinary requests of those bytes
+/// (measured in review). Repeats past 4 KiB are refused before any of that;
+/// a field sent once, or a small one twice, passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_head_repeating_a_large_field_is_refused_by_the_proxy() {
+    let fx = fx().await;
+    let big = "b".repeat(4000);
+    let req = |path: &str, copies: usize| {
+        let mut b = Request::builder().uri(format!("https://api.test{path}"));
+        for _ in 0..copies {
+            b = b.header("x-big", big.as_str());
+        }
+        b.header("accept", "*/*")
+            .header("accept", "*/*")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let once = fx.send("api.test", true, req("/once", 1)).await;
+    assert_eq!(once.status, 200, "{}", once.body);
+    let many = fx.send("api.test", true, req("/repeated", 12)).await;
+    assert_eq!(many.status, 431, "{}", many.body);
+    // Refused by the proxy (the test upstream would answer 431 too, to
+    // anything over its 16 KiB of headers).
+    assert!(many.body.starts_with("bot-bottle egress"), "{}", many.body);
+    let line = audit_lines(&fx.audit)
+        .into_iter()
+        .find(|l| l["path"] == "/repeated")
+        .expect("no audit line for the refused request");
+    assert_eq!(line["decision"], "deny", "{line}");
+    assert_eq!(line["injected"], false, "{line}");
+    assert!(fx.up.seen().iter().all(|s| s.path != "/repeated"));
+}
+
 /// A client outside `allowed_clients` is dropped before the proxy reads a
 /// byte; one inside is served. (The Docker backend sets the bottle's
 /// internal subnet here so egress-side neighbours cannot borrow its token.)
