@@ -116,7 +116,6 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// Whether header `name` lists `tok` (comma-separated, without case).
 /// Bytes (name and value) of the fields in `h` that repeat an earlier field
 /// exactly. Most heads name no field twice: one comparison of counts.
 pub(crate) fn repeated_bytes(h: &HeaderMap) -> usize {
@@ -136,6 +135,7 @@ pub(crate) fn repeated_bytes(h: &HeaderMap) -> usize {
     total
 }
 
+/// Whether header `name` lists `tok` (comma-separated, without case).
 fn lists(h: &HeaderMap, name: HeaderName, tok: &str) -> bool {
     h.get_all(name)
         .iter()
