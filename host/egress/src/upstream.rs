@@ -34,6 +34,41 @@ pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Name lookups running at once, process-wide.
+///
+/// Each runs `getaddrinfo` on a thread of the blocking pool, which keeps
+/// it until the resolver answers or gives up (up to ~20 s with a resolver
+/// that never answers); without a bound, every connection waiting for a
+/// slow DNS held a thread. Each thread's stack (2 MiB) is a private
+/// writable mapping: nearly nothing of it is resident, but the
+/// smolmachines gate's data limit (`RLIMIT_DATA`, its memory bound)
+/// counts it in full, so 150 connections to an allowed host whose DNS did
+/// not answer took ~300 MiB of it and stopped the bottle as "out of
+/// memory" with ~40 MiB resident.
+const MAX_LOOKUPS: usize = 32;
+
+/// Resolves `host:port` like `tokio::net::lookup_host`, at most
+/// [`MAX_LOOKUPS`] at a time. The permit goes with the blocking task and
+/// is returned when `getaddrinfo` returns, even if the connection was
+/// dropped or timed out meanwhile (a blocking task cannot be stopped), so
+/// abandoned lookups cannot pile up threads either.
+async fn lookup(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    static SLOTS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    let slot = SLOTS
+        .get_or_init(|| Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS)))
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the lookup semaphore is never closed");
+    let host = host.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port)).map(Iterator::collect)
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
 /// `http://host:port` -> (host, port).
 pub(crate) fn parse_proxy_url(s: &str) -> Result<(String, u16), String> {
     if s.contains('@') {
@@ -266,7 +301,7 @@ impl Dialer {
             // The chained proxy resolves the name, so the internal-address
             // check cannot apply here (docs/egress.md says so).
             Some(p) => {
-                let s = TcpStream::connect((p.host.as_str(), p.port)).await?;
+                let s = TcpStream::connect(&lookup(&p.host, p.port).await?[..]).await?;
                 s.set_nodelay(true)?;
                 let authority = match target {
                     Some(a) => a.to_string(),
@@ -295,7 +330,7 @@ impl Dialer {
                 return TcpStream::connect((ip, port)).await;
             }
         }
-        let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+        let resolved = lookup(host, port).await?;
         let admitted = admit(&self.inner.policy, host, &resolved)
             .map_err(|r| io::Error::new(io::ErrorKind::PermissionDenied, r))?;
         let mut failed = None;

@@ -50,8 +50,19 @@ fn spawn_gate(
     setup: &bot_bottle_plugin_smolmachines::gate::GateSetup,
     engine: &str,
 ) -> (Child, ChildStdin, BufReader<ChildStdout>) {
+    spawn_gate_cmd(Command::new(GATE), paths, setup, engine)
+}
+
+/// [`spawn_gate`] with the gate started by `cmd` (the gate binary itself,
+/// or a command that ends by executing it with the arguments added here).
+fn spawn_gate_cmd(
+    mut cmd: Command,
+    paths: &Paths,
+    setup: &bot_bottle_plugin_smolmachines::gate::GateSetup,
+    engine: &str,
+) -> (Child, ChildStdin, BufReader<ChildStdout>) {
     let log = state::create_private_file(&paths.gate_log()).unwrap();
-    let mut child = Command::new(GATE)
+    let mut child = cmd
         .arg("--state-dir")
         .arg(paths.dir())
         .env_clear()
@@ -448,4 +459,158 @@ fn a_proxy_made_to_hold_memory_stops_the_gate_at_its_limit_and_says_so() {
         }
     }
     let _ = std::fs::remove_dir_all(paths.dir());
+}
+
+/// `unshare -m`, to show the gate another `/etc/resolv.conf`, or why not.
+fn private_mounts() -> Result<(), String> {
+    // SAFETY: geteuid(2) has no failure mode and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("needs root (a mount namespace and a resolver on port 53)".into());
+    }
+    match Command::new("unshare").args(["-m", "true"]).status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("`unshare -m` failed: {s}")),
+        Err(e) => Err(format!("no `unshare`: {e}")),
+    }
+}
+
+/// Name lookups the DNS never answers (a resolver that takes every query
+/// and answers none, while an agent opens connections to an allowed host)
+/// must not use up the gate's limit. Each pending lookup holds a thread of
+/// the blocking pool, whose 2 MiB stack is a private writable mapping that
+/// `RLIMIT_DATA` counts in full, though almost none of it is resident (a
+/// cgroup, Docker's limit, counts what is). Unbounded, 150 of them took
+/// ~300 MiB of the limit while the gate's RSS stayed ~40 MiB, and the next
+/// ordinary uploads met the limit: the bottle was stopped as "out of
+/// memory". The proxy runs at most 32 lookups at a time.
+#[test]
+fn lookups_the_dns_never_answers_do_not_use_up_the_gates_limit() {
+    if let Err(why) = private_mounts() {
+        eprintln!("skipped lookups_the_dns_never_answers_do_not_use_up_the_gates_limit: {why}");
+        return;
+    }
+    const SLOW: &str = "slow.bottle.test";
+    let limit = 160 * MIB;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let up = rt.block_on(Upstream::start(&[HOST]));
+    // A resolver that never answers, on a loopback address of its own.
+    let resolver = (2..250)
+        .find_map(|i| std::net::UdpSocket::bind(format!("127.0.53.{i}:53")).ok())
+        .expect("a loopback address for the silent resolver");
+    let root = tempfile::tempdir().unwrap();
+    let resolv = root.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        format!(
+            "nameserver {}\noptions timeout:30 attempts:1\n",
+            resolver.local_addr().unwrap().ip()
+        ),
+    )
+    .unwrap();
+    let id = "bb-mem-dns";
+    let (config, _) = proxy_config(id, &up, &canary());
+    // Routes for HOST (pinned by `resolve`) and SLOW (looked up), a bottle
+    // CA for both, and bodies scanned (held) by the DLP.
+    let ca =
+        bot_bottle_egress::BottleCa::generate(id, &[HOST.to_string(), SLOW.to_string()]).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&config).unwrap();
+    v["routes"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"host": SLOW, "path_prefix": "/v1/"}));
+    v["ca"] = serde_json::json!({"cert_pem": ca.cert_pem, "key_pem": ca.key_pem.expose()});
+    v["dlp"]["mode"] = "log".into();
+    let paths = Paths::new(&root.path().join(id));
+    paths.create().unwrap();
+    let mut s = setup(id, v.to_string());
+    s.memory_limit = Some(limit);
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "sh", "-c"])
+        .arg(format!(
+            "mount --bind {} /etc/resolv.conf && exec \"$0\" \"$@\"",
+            resolv.display()
+        ))
+        .arg(GATE);
+    let (child, _stdin, _out) = spawn_gate_cmd(cmd, &paths, &s, "/nonexistent/smolvm");
+    let mut child = Reaped(child);
+    let pid = child.0.id();
+    let rec: GateRecord = state::read_json(&paths.gate()).unwrap();
+    let bottle_ca = ca.cert_pem.clone();
+
+    // An HTTPS request through the proxy: the status, or what failed.
+    let call = |host: &'static str, body: usize| {
+        let bottle_ca = bottle_ca.clone();
+        async move {
+            let e = |e: std::io::Error| e.to_string();
+            let mut tcp = tokio::net::TcpStream::connect(rec.proxy).await.map_err(e)?;
+            tcp.write_all(
+                format!("CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n").as_bytes(),
+            )
+            .await
+            .map_err(e)?;
+            read_head(&mut tcp).await.ok_or("no CONNECT answer")?;
+            let mut t = tls(tcp, host, &bottle_ca).await.map_err(e)?;
+            let head = format!(
+                "POST /v1/up HTTP/1.1\r\nHost: {host}\r\nContent-Length: {body}\r\nConnection: close\r\n\r\n"
+            );
+            t.write_all(head.as_bytes()).await.map_err(e)?;
+            t.write_all(&vec![b'a'; body]).await.map_err(e)?;
+            let mut out = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut t, &mut out).await;
+            Ok::<_, String>(
+                String::from_utf8_lossy(&out)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        }
+    };
+    // 150 connections wait for the silent DNS (far below
+    // limits.max_connections, 1024)...
+    let pending: Vec<_> = (0..150).map(|_| rt.spawn(call(SLOW, 0))).collect();
+    let (mut peak, mut rss) = (0, 0);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        peak = peak.max(status_kib(pid, "VmData:").unwrap_or(0));
+        rss = rss.max(status_kib(pid, "VmRSS:").unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // ...and the agent uploads ten 1 MiB bodies elsewhere.
+    let answers = rt.block_on(async {
+        let uploads: Vec<_> = (0..10).map(|_| tokio::spawn(call(HOST, 1 << 20))).collect();
+        let mut v = Vec::new();
+        for u in uploads {
+            v.push(u.await.unwrap());
+        }
+        v
+    });
+    peak = peak.max(status_kib(pid, "VmData:").unwrap_or(0));
+    let ended = child.0.try_wait().unwrap();
+    eprintln!(
+        "150 pending lookups: VmData peak {peak} KiB, RSS peak {rss} KiB (limit {} KiB); uploads {answers:?}; gate {ended:?}",
+        limit >> 10
+    );
+    assert_eq!(
+        ended,
+        None,
+        "the gate was stopped: {}",
+        std::fs::read_to_string(paths.gate_log()).unwrap_or_default()
+    );
+    // The proxy held and scanned every upload (the test upstream reads
+    // no body, hence its 502s): it served them.
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Ok(l) if l.starts_with("HTTP/1.1 "))),
+        "{answers:?}"
+    );
+    assert!(peak < (limit >> 10) * 3 / 4, "VmData peak {peak} KiB");
+    for p in pending {
+        p.abort();
+    }
 }
