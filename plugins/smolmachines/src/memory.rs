@@ -86,13 +86,18 @@ struct Prepared {
 }
 
 /// Why the bottle ended, for `bottle run` and `gate.log` (the Docker
-/// backend's wording, with the gate for the sidecar).
+/// backend's wording, with the gate for the sidecar), except its end:
+/// Docker's says "the limit grows with dlp.max_body_bytes in [egress]",
+/// a key the manifest refuses (the host always sends the default), so the
+/// user was sent to a setting that does not exist. This one says what the
+/// limit is made of and where it is explained.
 pub fn reason(limit: u64) -> String {
     format!(
         "egress proxy ran out of memory (its gate's limit, {} MiB) and was stopped; \
          the agent was stopped because it had no network (fail closed). An agent can make its proxy \
-         hold memory (docs/egress.md, \"Limits and known gaps\"); the limit grows with \
-         dlp.max_body_bytes in [egress]",
+         hold memory (docs/egress.md, \"Limits and known gaps\"); the limit, 512 MiB + 64 x the \
+         proxy's dlp.max_body_bytes, is not a manifest setting (docs/backends/smolmachines.md, \
+         \"Memory\")",
         limit >> 20
     )
 }
@@ -259,5 +264,28 @@ unsafe impl GlobalAlloc for GateAlloc {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: the caller's contract, passed on.
         unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reason is what `bottle run` shows: a manifest key it names must
+    /// be one the manifest takes (its `[egress]` table, docs/manifest.md).
+    #[test]
+    fn the_reason_names_no_manifest_key_the_manifest_refuses() {
+        let why = reason(576 << 20);
+        assert!(why.starts_with("egress proxy ran out of memory (its gate's limit, 576 MiB)"));
+        let manifest = include_str!("../../../docs/manifest.md");
+        let egress = &manifest[manifest.find("## `[egress]`").unwrap()..];
+        let egress = &egress[..egress[1..].find("\n## ").unwrap()];
+        for (i, _) in why.match_indices(" in [egress]") {
+            let key = why[..i].rsplit(' ').next().unwrap();
+            assert!(
+                egress.contains(&format!("| `{key}` |")),
+                "the reason sends the user to [egress] {key}, which the manifest does not take: {why}"
+            );
+        }
     }
 }
