@@ -614,3 +614,150 @@ fn lookups_the_dns_never_answers_do_not_use_up_the_gates_limit() {
         p.abort();
     }
 }
+
+/// The process's group, and whether it still runs (not gone, not a zombie).
+fn group_and_running(pid: u32) -> (Option<u32>, bool) {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return (None, false);
+    };
+    // After the command's name in parentheses: state, ppid, pgrp.
+    let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    (rest[2].parse().ok(), rest[0] != "Z")
+}
+
+/// After a launch that succeeds, the gate is limited and armed again, and
+/// the agent's `machine exec` — started by the gate itself, as in a
+/// bottle — runs in the gate's process group under the gate's limit and
+/// is stopped with it. (The test above stands a process the test puts in
+/// the gate's group for the exec, and its launches all fail, so a limit
+/// left lifted after a launch went unnoticed.) A stand-in engine takes
+/// every command, records its limits, and runs `machine exec` as a long
+/// `sleep`, the agent at work.
+#[test]
+fn after_a_launch_the_gate_is_limited_again_and_the_agents_exec_stops_with_it() {
+    let limit = 96 * MIB;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let up = rt.block_on(endless_upstream());
+    let id = "bb-mem-launched";
+    let (config, bottle_ca) = proxy_config(id, &up, &canary());
+    let paths = Paths::new(&state_root().join(id));
+    paths.create().unwrap();
+    let calls = paths.dir().join("engine-calls");
+    let engine = paths.dir().join("smolvm");
+    std::fs::write(
+        &engine,
+        format!(
+            "#!/bin/sh\n\
+             echo \"$$ $2 $(grep '^Max data size' /proc/$$/limits)\" >> {calls}\n\
+             case \"$2\" in\n  exec) echo agent-running; exec /bin/sleep 300;;\n  ls) echo '[]';;\nesac\n",
+            calls = calls.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&engine, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut s = setup(id, config);
+    s.memory_limit = Some(limit);
+    let (child, mut stdin, mut out) = spawn_gate(&paths, &s, engine.to_str().unwrap());
+    let mut child = Reaped(child);
+    let pid = child.0.id();
+    let rec: GateRecord = state::read_json(&paths.gate()).unwrap();
+    writeln!(stdin, "go").unwrap();
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(
+        line.trim(),
+        "started",
+        "gate.log: {}",
+        std::fs::read_to_string(paths.gate_log()).unwrap_or_default()
+    );
+
+    let exec = (0..250)
+        .find_map(|_| {
+            let text = std::fs::read_to_string(&calls).unwrap_or_default();
+            let found = text
+                .lines()
+                .find(|l| l.split(' ').nth(1) == Some("exec"))
+                .map(str::to_owned);
+            if found.is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            found
+        })
+        .expect("the gate started the agent's exec");
+    let exec_pid: u32 = exec.split(' ').next().unwrap().parse().unwrap();
+    let fmt = |v: Option<u64>| v.map_or("unlimited".to_string(), |n| n.to_string());
+    let mine = fmt(data_limit("self").0);
+    let text = std::fs::read_to_string(&calls).unwrap();
+    for l in text.lines() {
+        let soft = l.split_whitespace().nth(5).unwrap();
+        match l.split(' ').nth(1).unwrap() {
+            "create" | "start" => {
+                assert_eq!(soft, mine, "a launch process got the gate's limit: {l}")
+            }
+            "exec" => assert_eq!(soft, limit.to_string(), "the agent's exec: {l}"),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        data_limit(&pid.to_string()).0,
+        Some(limit),
+        "the gate's limit after the launch"
+    );
+    assert_eq!(
+        group_and_running(exec_pid),
+        (Some(pid), true),
+        "the agent's exec runs in the gate's group"
+    );
+
+    // The proxy is made to hold memory: the gate stops at its limit, with
+    // the exec.
+    let mut held = Vec::new();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the gate still runs after 30 s: its limit was left lifted after the launch"
+        );
+        if held.len() < 10 && t.elapsed() > Duration::from_millis(300) * held.len() as u32 {
+            if let Ok(tasks) = rt.block_on(hold(rec.proxy, &bottle_ca, 100)) {
+                held.push(tasks);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "{status:?}; gate.log: {}",
+        std::fs::read_to_string(paths.gate_log()).unwrap_or_default()
+    );
+    let exec_ended = (0..100).any(|_| {
+        let running = group_and_running(exec_pid).1;
+        if running {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        !running
+    });
+    assert!(exec_ended, "the agent's exec outlived its gate");
+    let exit: ExitRecord = state::read_json(&paths.exit()).expect("an exit record");
+    assert_eq!(exit.exit_code, 137);
+    assert!(exit
+        .reason
+        .unwrap_or_default()
+        .starts_with("egress proxy ran out of memory (its gate's limit, 96 MiB)"));
+    for tasks in held {
+        for t in tasks {
+            t.abort();
+        }
+    }
+    let _ = std::fs::remove_dir_all(paths.dir());
+}
