@@ -225,6 +225,15 @@ async fn serve_control(sock: PathBuf, egress: Arc<tokio::sync::Mutex<Egress>>, g
     }
 }
 
+/// Calls [`crate::memory::disarm`] when dropped.
+struct Disarm;
+
+impl Drop for Disarm {
+    fn drop(&mut self) {
+        crate::memory::disarm();
+    }
+}
+
 enum End {
     Abandoned,
     Failed,
@@ -249,6 +258,8 @@ pub fn main(state_dir: PathBuf) -> Result<(), String> {
     let limit = setup
         .memory_limit
         .unwrap_or_else(|| bot_bottle_plugin_api::egress_memory_limit(&setup.config));
+    // However this returns, the exit record `arm` keeps ready goes.
+    let _disarm = Disarm;
     let limit = crate::memory::arm(limit, &paths)
         .map_err(|e| format!("cannot limit the egress proxy's memory: {e}"))?;
     tracing::info!(

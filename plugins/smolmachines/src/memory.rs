@@ -25,9 +25,10 @@
 //!   a warning then.
 //! * A failed allocation is where the proxy meets it, so the gate fails
 //!   closed in [`GateAlloc`] (the gate binary's global allocator), before
-//!   Rust's own abort: it says why on stderr (`gate.log`), writes the
-//!   agent's exit record with the same reason (what `bottle run` reports)
-//!   unless the agent already ended, and kills its process group — itself
+//!   Rust's own abort: it says why on stderr (`gate.log`), links the
+//!   agent's exit record with the same reason (what `bottle run` reports;
+//!   written when the limit is armed) unless the agent already ended, and
+//!   kills its process group — itself
 //!   and the agent's `machine exec` (the guest agent ends the command's
 //!   process tree when that client goes), so the agent loses its way out
 //!   and ends.
@@ -51,11 +52,12 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ffi::CString;
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
-use crate::state::{ExitRecord, Paths};
+use crate::state::{self, ExitRecord, Paths};
 
 /// Exit code recorded for an agent stopped with its out-of-memory gate:
 /// killed (SIGKILL), as Docker reports an agent stopped with its sidecar.
@@ -78,9 +80,15 @@ struct Prepared {
     hard: libc::rlim_t,
     /// The line for stderr.
     line: Vec<u8>,
-    /// The exit record, and where it goes (by way of `tmp`, then a link, so
-    /// a reader never sees it half written and an agent's own is kept).
-    record: Vec<u8>,
+    /// The exit record, written whole to `tmp` when the limit is armed;
+    /// the failure path only links it to `exit` (which fails, keeping it,
+    /// if the agent's own is there). Written then, not on the failure
+    /// path: that path must not need a descriptor (an agent near the
+    /// limit may hold every one the gate may open, and the record was
+    /// lost), nor write a file another thread of the path may be linking
+    /// (two threads that met the limit at once could truncate the record
+    /// after it was linked, and the kill came before it was written
+    /// again: an empty `exit.json`).
     tmp: CString,
     exit: CString,
 }
@@ -149,13 +157,17 @@ pub fn arm(limit: u64, paths: &Paths) -> Result<u64, String> {
     let cpath = |p: std::path::PathBuf| {
         CString::new(p.as_os_str().as_bytes()).map_err(|_| format!("{}: a NUL", p.display()))
     };
+    let tmp = paths.exit().with_extension("oom");
+    let _ = std::fs::remove_file(&tmp);
+    state::create_private_file(&tmp)
+        .and_then(|mut f| f.write_all(&record))
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
     let prepared = Prepared {
         limit,
         original: now.rlim_cur,
         hard: now.rlim_max,
         line: format!("gate: {why}\n").into_bytes(),
-        record,
-        tmp: cpath(paths.exit().with_extension("oom"))?,
+        tmp: cpath(tmp)?,
         exit: cpath(paths.exit())?,
     };
     PREPARED
@@ -172,6 +184,16 @@ pub fn arm(limit: u64, paths: &Paths) -> Result<u64, String> {
         );
     }
     Ok(in_force)
+}
+
+/// Removes the exit record the failure path keeps ready (see
+/// [`Prepared`]), when the gate ends otherwise. Nothing happens after.
+pub fn disarm() {
+    ARMED.store(false, Ordering::SeqCst);
+    if let Some(p) = PREPARED.get() {
+        // SAFETY: unlink(2) of a NUL-terminated path the static owns.
+        unsafe { libc::unlink(p.tmp.as_ptr()) };
+    }
 }
 
 /// Runs `f` (the machine's launch) with the gate's soft limit back at what
@@ -202,20 +224,10 @@ fn out_of_memory() {
     // a static that lives as long as the process; no memory is allocated.
     unsafe {
         libc::write(2, p.line.as_ptr().cast(), p.line.len());
-        let fd = libc::open(
-            p.tmp.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
-            0o600,
-        );
-        if fd >= 0 {
-            let n = libc::write(fd, p.record.as_ptr().cast(), p.record.len());
-            libc::close(fd);
-            if usize::try_from(n) == Ok(p.record.len()) {
-                // Fails if the agent's own record is there: it is kept.
-                libc::link(p.tmp.as_ptr(), p.exit.as_ptr());
-            }
-            libc::unlink(p.tmp.as_ptr());
-        }
+        // Fails if the agent's own record is there (it is kept), or if
+        // another thread got here first (its link stands).
+        libc::link(p.tmp.as_ptr(), p.exit.as_ptr());
+        libc::unlink(p.tmp.as_ptr());
         // The plugin makes the gate the leader of its own process group,
         // which the engine CLIs it runs (the agent's `machine exec`) join.
         if libc::getpgrp() == libc::getpid() {

@@ -4,7 +4,9 @@
 //! `<root>/<bottle id>/` (mode 0700) holds `bottle.json` (what `ls` shows),
 //! `gate.json` (the gate's pid and addresses), `gate.log`, `egress.log` (the
 //! audit lines), `agent.log`, `stdin.sock` while an interactive agent runs,
-//! and, once the agent ended, `exit.json`. Nothing
+//! `exit.oom` while the gate runs (the exit record its out-of-memory path
+//! links to `exit.json`, `crate::memory`), and, once the agent ended,
+//! `exit.json`. Nothing
 //! here is secret; the machine carries the same labels as Docker resources.
 //!
 //! `<root>` is `BOT_BOTTLE_SMOL_STATE`, else `<data dir>/bot-bottle/smolmachines`.

@@ -125,8 +125,14 @@ fn the_gate_runs_under_the_proxys_memory_limit() {
     let log = std::fs::read_to_string(paths.gate_log()).unwrap();
     assert!(log.contains("limit_mib=640"), "{log}");
 
+    // The exit record the failure path keeps ready, gone with the gate.
+    assert!(paths.exit().with_extension("oom").is_file());
     drop(stdin);
     let _ = child.wait();
+    assert!(
+        !paths.exit().with_extension("oom").exists(),
+        "exit.oom left behind"
+    );
 }
 
 /// The launch's engine processes (the VMM is one of them, and its guest
@@ -438,6 +444,10 @@ fn a_proxy_made_to_hold_memory_stops_the_gate_at_its_limit_and_says_so() {
     );
     let exit: ExitRecord = state::read_json(&paths.exit()).expect("an exit record");
     assert_eq!(exit.exit_code, 137);
+    assert!(
+        !paths.exit().with_extension("oom").exists(),
+        "exit.oom left behind"
+    );
     // What `bottle run` reports.
     let report = SmolMachines
         .wait(WaitRequest {
