@@ -619,7 +619,9 @@ fn lookups_the_dns_never_answers_do_not_use_up_the_gates_limit() {
             .all(|a| matches!(a, Ok(l) if l.starts_with("HTTP/1.1 "))),
         "{answers:?}"
     );
-    assert!(peak < (limit >> 10) * 3 / 4, "VmData peak {peak} KiB");
+    // ~115 MiB here (32 lookup threads: 64 MiB of stacks), up to ~125
+    // MiB on a loaded machine; without the bound, the limit.
+    assert!(peak < (limit >> 10) * 7 / 8, "VmData peak {peak} KiB");
     for p in pending {
         p.abort();
     }
