@@ -327,8 +327,8 @@ async fn wait_async(client: &Client, request: &WaitRequest) -> Result<ExitReport
             Stopped::ProxyOutOfMemory(limit) => format!(
                 "egress proxy ran out of memory (its sidecar's limit, {} MiB) and was stopped by the kernel; \
                  the agent was stopped because it had no network (fail closed). An agent can make its proxy \
-                 hold memory (docs/egress.md, \"Limits and known gaps\"); the limit grows with \
-                 dlp.max_body_bytes in [egress]",
+                 hold memory (docs/egress.md, \"Limits and known gaps\"); the limit, 512 MiB + 64 x the \
+                 proxy's dlp.max_body_bytes, is not a manifest setting (docs/backends/docker.md)",
                 limit >> 20
             ),
             Stopped::NetworkLost(holder) => format!(

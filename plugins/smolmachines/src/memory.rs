@@ -94,11 +94,10 @@ struct Prepared {
 }
 
 /// Why the bottle ended, for `bottle run` and `gate.log` (the Docker
-/// backend's wording, with the gate for the sidecar), except its end:
-/// Docker's says "the limit grows with dlp.max_body_bytes in [egress]",
-/// a key the manifest refuses (the host always sends the default), so the
-/// user was sent to a setting that does not exist. This one says what the
-/// limit is made of and where it is explained.
+/// backend's wording, with the gate for the sidecar). It says what the
+/// limit is made of and where it is explained, not a key to change: the
+/// manifest has none for it (an earlier wording named
+/// `dlp.max_body_bytes in [egress]`, which the manifest refuses).
 pub fn reason(limit: u64) -> String {
     format!(
         "egress proxy ran out of memory (its gate's limit, {} MiB) and was stopped; \
