@@ -196,25 +196,7 @@ fn the_engine_processes_of_the_launch_do_not_inherit_the_gates_limit() {
 /// bounds all streams but `limits.max_connections`); an agent that can
 /// reach any large download can ask for as many as it likes.
 async fn endless_upstream() -> Upstream {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec![HOST.to_string()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    let server = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let (acceptor, ca_pem) = upstream_tls(&[HOST]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -243,7 +225,7 @@ async fn endless_upstream() -> Upstream {
     });
     Upstream {
         addr,
-        ca_pem: ca.pem(),
+        ca_pem,
         seen: Default::default(),
     }
 }
