@@ -102,11 +102,17 @@ pub async fn serve(config: ProxyConfig) -> Result<(), EgressError> {
 
 /// Serves on a listener the caller bound (tests and adapters bind
 /// `127.0.0.1:0` and read the port first). `config.listen` is ignored.
+/// Raises the process's soft limit on open descriptors to its hard limit,
+/// as the proxy's own process does.
 pub async fn serve_on(
     config: ProxyConfig,
     listener: tokio::net::TcpListener,
 ) -> Result<(), EgressError> {
     let shared = proxy::Shared::new(config)?;
+    // As the proxy's own threads do (`workers::run`): the caller's process
+    // (the smolmachines gate) is the bottle's, and its descriptors are the
+    // proxy's connections.
+    workers::raise_nofile_limit();
     proxy::run(proxy::Live::new(shared), Some(listener.into())).await
 }
 

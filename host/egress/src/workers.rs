@@ -218,8 +218,9 @@ where
 /// (an HTTP/2 client's 128 streams to an HTTP/1.1 upstream are 128), and a
 /// soft limit of 1024, the usual default, is below what `limits.
 /// max_connections` alone allows; at the limit `accept` fails and requests
-/// get 502. The hard limit stays whatever the sidecar was given.
-fn raise_nofile_limit() {
+/// get 502. The hard limit stays whatever the sidecar (or the user who
+/// started the smolmachines gate) was given.
+pub(crate) fn raise_nofile_limit() {
     let mut r = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

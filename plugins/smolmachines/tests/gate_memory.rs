@@ -26,12 +26,15 @@ const MIB: u64 = 1 << 20;
 
 /// `(soft, hard)` of a process's data limit, `None` for unlimited.
 fn data_limit(pid: &str) -> (Option<u64>, Option<u64>) {
+    limit(pid, "Max data size")
+}
+
+/// The soft and hard values of a line of `/proc/PID/limits` (`None`:
+/// unlimited).
+fn limit(pid: &str, name: &str) -> (Option<u64>, Option<u64>) {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max data size"))
-        .unwrap();
-    let mut f = line["Max data size".len()..].split_whitespace();
+    let line = limits.lines().find(|l| l.starts_with(name)).unwrap();
+    let mut f = line[name.len()..].split_whitespace();
     let mut num = || f.next().unwrap().parse::<u64>().ok();
     (num(), num())
 }
@@ -133,6 +136,45 @@ fn the_gate_runs_under_the_proxys_memory_limit() {
         !paths.exit().with_extension("oom").exists(),
         "exit.oom left behind"
     );
+}
+
+/// The gate's proxy may hold as many descriptors as the gate's hard limit
+/// allows, as the Docker sidecar's does: each client connection, tunnel
+/// and upstream connection is one, and a soft limit of 1024 (the usual
+/// default) is below what `limits.max_connections` alone admits. Started
+/// with a soft limit of 256 (by `prlimit`, util-linux), the gate serves
+/// with its hard one.
+#[test]
+fn the_gate_raises_its_open_files_limit_to_the_hard_one() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let up = rt.block_on(Upstream::start(&[HOST]));
+    let root = tempfile::tempdir().unwrap();
+    let id = "bb-mem-nofile";
+    let (config, _) = proxy_config(id, &up, &canary());
+    let paths = Paths::new(&root.path().join(id));
+    paths.create().unwrap();
+    let mut cmd = Command::new("prlimit");
+    cmd.args(["--nofile=256:", GATE]);
+    let (child, stdin, _out) =
+        spawn_gate_cmd(cmd, &paths, &setup(id, config), "/nonexistent/smolvm");
+    let child = Reaped(child);
+    let pid = child.0.id().to_string();
+    // The proxy raises it as it starts serving, on the gate's runtime: a
+    // moment after `ready` at most.
+    let t = Instant::now();
+    let (soft, hard) = loop {
+        let (soft, hard) = limit(&pid, "Max open files");
+        if soft == hard || t.elapsed() > Duration::from_secs(10) {
+            break (soft, hard);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(hard, limit("self", "Max open files").1);
+    assert_eq!(
+        soft, hard,
+        "the gate kept the soft limit it was started with"
+    );
+    drop(stdin);
 }
 
 /// The launch's engine processes (the VMM is one of them, and its guest
