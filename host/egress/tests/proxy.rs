@@ -721,13 +721,7 @@ async fn websocket_over_http1_upgrade_gets_the_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_over_http2_extended_connect() {
     let fx = fx().await;
-    let (st, _, tcp) = connect(fx.proxy, "ws.test:443").await;
-    assert_eq!(st, 200);
-    let t = tls(tcp, "ws.test", &fx.bottle_ca, &[b"h2"]).await.unwrap();
-    let (mut s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
-        .await
-        .unwrap();
-    tokio::spawn(c);
+    let mut s = h2_through(fx.proxy, "ws.test", &fx.bottle_ca).await;
     // One ordinary request first, so the server's SETTINGS (with
     // ENABLE_CONNECT_PROTOCOL) have arrived.
     let r = s
@@ -770,14 +764,7 @@ async fn a_credential_the_upstream_sends_back_over_a_websocket_is_masked() {
         for h2 in [false, true] {
             let what = format!("DLP {mode:?}, h2 {h2}");
             if h2 {
-                let (st, _, tcp) = connect(fx.proxy, "ws.test:443").await;
-                assert_eq!(st, 200);
-                let t = tls(tcp, "ws.test", &fx.bottle_ca, &[b"h2"]).await.unwrap();
-                let (mut s, c) =
-                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
-                        .await
-                        .unwrap();
-                tokio::spawn(c);
+                let mut s = h2_through(fx.proxy, "ws.test", &fx.bottle_ca).await;
                 let r = s
                     .send_request(get("https://ws.test/warm", "", true))
                     .await
@@ -1499,13 +1486,7 @@ async fn a_block_after_the_upstream_answered_is_on_the_audit_line() {
     let req = Request::post("https://api.test/early")
         .body(http_body_util::StreamBody::new(Box::pin(pieces)))
         .unwrap();
-    let (st, head, tcp) = connect(fx.proxy, "api.test:443").await;
-    assert_eq!(st, 200, "{head}");
-    let t = tls(tcp, "api.test", &fx.bottle_ca, &[b"h2"]).await.unwrap();
-    let (mut s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
-        .await
-        .unwrap();
-    tokio::spawn(c);
+    let mut s = h2_through(fx.proxy, "api.test", &fx.bottle_ca).await;
     // Past the cap, clean: the request goes upstream and the rest streams.
     tx.send(noise(2 * CAP, 5)).await.unwrap();
     let resp = tokio::time::timeout(HANG, s.send_request(req))
@@ -2228,13 +2209,7 @@ async fn sighup_reloads_rotated_tokens_on_open_connections() {
     let bottle_ca = cfg.ca.cert_pem.clone();
     let px = Reloadable::start(&cfg, dir.path());
     let addr = px.addr;
-    let (st, _, tcp) = connect(addr, "api.test:443").await;
-    assert_eq!(st, 200);
-    let t = tls(tcp, "api.test", &bottle_ca, &[b"h2"]).await.unwrap();
-    let (mut s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
-        .await
-        .unwrap();
-    tokio::spawn(c);
+    let mut s = h2_through(addr, "api.test", &bottle_ca).await;
     let auth = |up: &Upstream| up.seen().pop().unwrap().header_all("authorization");
     s.send_request(get("https://api.test/a", "", true))
         .await
@@ -3208,13 +3183,7 @@ async fn a_body_slow_to_scan_does_not_hold_up_other_requests() {
     let bomb = Bytes::from(gz.finish().unwrap());
     assert!(bomb.len() < 1 << 20, "held whole: {}", bomb.len());
 
-    let (st, head, tcp) = connect(fx.proxy, "api.test:443").await;
-    assert_eq!(st, 200, "{head}");
-    let t = tls(tcp, "api.test", &fx.bottle_ca, &[b"h2"]).await.unwrap();
-    let (s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
-        .await
-        .unwrap();
-    tokio::spawn(c);
+    let s = h2_through(fx.proxy, "api.test", &fx.bottle_ca).await;
     let mut bombs = Vec::new();
     let mut sent = Vec::new();
     for _ in 0..4 {
@@ -3831,13 +3800,7 @@ async fn reload_closes_an_h2_websocket_whose_token_it_rotates() {
     cfg.dlp.mode = DlpMode::Off;
     let bottle_ca = cfg.ca.cert_pem.clone();
     let px = Reloadable::start(&cfg, dir.path());
-    let (st, _, tcp) = connect(px.addr, "ws.test:443").await;
-    assert_eq!(st, 200);
-    let t = tls(tcp, "ws.test", &bottle_ca, &[b"h2"]).await.unwrap();
-    let (mut s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
-        .await
-        .unwrap();
-    tokio::spawn(c);
+    let mut s = h2_through(px.addr, "ws.test", &bottle_ca).await;
     s.ready().await.unwrap();
     let mut ws = h2_websocket(&mut s, "https://ws.test/socket", None).await;
     assert!(ws_alive(&mut ws, "before").await);
@@ -3999,12 +3962,7 @@ async fn reload_masks_the_token_each_request_carried() {
     let mut cfg = config(&pki, up.addr, &dir.path().join("audit.jsonl"));
     let bottle_ca = cfg.ca.cert_pem.clone();
     let px = Reloadable::start(&cfg, dir.path());
-    let (_, _, tcp) = connect(px.addr, "api.test:443").await;
-    let t = tls(tcp, "api.test", &bottle_ca, &[b"h2"]).await.unwrap();
-    let (s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
-        .await
-        .unwrap();
-    tokio::spawn(c);
+    let s = h2_through(px.addr, "api.test", &bottle_ca).await;
     let text = |r: http::Response<hyper::body::Incoming>| async move {
         let h = format!("{:?}", r.headers());
         let b = r.into_body().collect().await.unwrap();

@@ -649,6 +649,31 @@ where
     s.send_request(req).await.unwrap()
 }
 
+/// An HTTP/2 connection through the proxy to `host:443`: CONNECT (which
+/// must succeed), TLS trusting `trust_pem` with ALPN h2, the connection's
+/// task spawned.
+pub async fn h2_through<B>(
+    proxy: SocketAddr,
+    host: &str,
+    trust_pem: &str,
+) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (st, head, tcp) = connect(proxy, &format!("{host}:443")).await;
+    assert_eq!(st, 200, "CONNECT {host}:443: {head}");
+    let t = tls(tcp, host, trust_pem, &[b"h2"])
+        .await
+        .expect("TLS through the proxy");
+    assert_eq!(t.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
+        .await
+        .unwrap();
+    tokio::spawn(c);
+    s
+}
+
 /// One request through the proxy with the Rust client, its response as it
 /// comes (body unread: its trailers can be read too). `h2` picks the ALPN.
 pub async fn send_for_response<B>(
