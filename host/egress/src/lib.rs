@@ -15,6 +15,7 @@ mod dlp;
 mod dlp_body;
 pub mod error;
 mod headers;
+mod held_writes;
 mod in_flight;
 mod listener;
 mod path_readings;

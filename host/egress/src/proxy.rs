@@ -31,6 +31,7 @@ use crate::headers::{
     authority_port, is_ws_switch, is_ws_upgrade, repeated_bytes, strip_hop_by_hop,
     strip_other_names,
 };
+use crate::held_writes::HeldWrites;
 use crate::in_flight::InFlight;
 use crate::listener::{Accepted, AsyncListener};
 use crate::reflected::{Masker, Secrets};
@@ -644,7 +645,7 @@ async fn intercept(
     let start = Instant::now();
     let acceptor = tokio_rustls::LazyConfigAcceptor::new(
         rustls::server::Acceptor::default(),
-        TokioIo::new(upgraded),
+        HeldWrites::new(TokioIo::new(upgraded)),
     );
     let hs = match tokio::time::timeout(shared.header_timeout(), acceptor).await {
         Ok(Ok(s)) => s,
@@ -687,9 +688,20 @@ async fn intercept(
             return;
         }
     };
-    let tls = match tokio::time::timeout(shared.header_timeout(), hs.into_stream(tls_cfg)).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
+    // The session tickets go with the first answer (crate::held_writes).
+    let mut accept = hs.into_stream(tls_cfg);
+    if let Some(io) = accept.get_mut() {
+        io.hold_handshake();
+    }
+    let tls = match tokio::time::timeout(shared.header_timeout(), accept.into_fallible()).await {
+        Ok(Ok(mut t)) => {
+            let tls13 = t.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+            t.get_mut().0.handshake_done(tls13);
+            t
+        }
+        Ok(Err((e, mut io))) => {
+            // What the handshake held (an alert naming the failure) goes.
+            let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
             // Most often: the agent does not trust the bottle CA (alert
             // UnknownCA / BadCertificate), i.e. its CA variables are unset.
             tracing::debug!(error = %e, %host, "client TLS handshake failed");
