@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use harness::*;
 use http_body_util::BodyExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use rustls::HandshakeKind;
 use tokio::net::TcpStream;
@@ -51,17 +50,7 @@ async fn handshake(
 
 /// One GET on an established TLS stream; the answer's status and body.
 async fn get_on(t: tokio_rustls::client::TlsStream<TcpStream>, h2: bool) -> (u16, String) {
-    let req = get("https://api.test/v1/x", "api.test", h2);
-    let resp = if h2 {
-        let (mut s, c) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
-                .await
-                .unwrap();
-        tokio::spawn(c);
-        s.send_request(req).await.unwrap()
-    } else {
-        h1_send(t, req).await
-    };
+    let resp = send_on(t, h2, get("https://api.test/v1/x", "api.test", h2)).await;
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())

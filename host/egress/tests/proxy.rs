@@ -652,17 +652,7 @@ async fn sse_first_event_arrives_before_upstream_finishes() {
         assert_eq!(st, 200);
         let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
         let t = tls(tcp, "api.test", &fx.bottle_ca, alpn).await.unwrap();
-        let req = get("https://api.test/sse", "api.test", h2);
-        let resp = if h2 {
-            let (mut s, c) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
-                    .await
-                    .unwrap();
-            tokio::spawn(c);
-            s.send_request(req).await.unwrap()
-        } else {
-            h1_send(t, req).await
-        };
+        let resp = send_on(t, h2, get("https://api.test/sse", "api.test", h2)).await;
         assert_eq!(resp.status(), 200);
         let mut body = resp.into_body();
         // The upstream holds the second event until we release it: if the

@@ -696,15 +696,30 @@ where
         .expect("TLS through the proxy");
     if h2 {
         assert_eq!(t.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        let (mut s, c) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(t))
-                .await
-                .unwrap();
-        tokio::spawn(c);
-        s.send_request(req).await.unwrap()
-    } else {
-        h1_send(t, req).await
     }
+    send_on(t, h2, req).await
+}
+
+/// One request on `io` (a TLS stream through the proxy, say), over HTTP/2
+/// or HTTP/1.1; its response as it comes.
+pub async fn send_on<S, B>(
+    io: S,
+    h2: bool,
+    req: Request<B>,
+) -> http::Response<hyper::body::Incoming>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if !h2 {
+        return h1_send(io, req).await;
+    }
+    let (mut s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(c);
+    s.send_request(req).await.unwrap()
 }
 
 /// One request through the proxy with the Rust client. `h2` picks the ALPN.
