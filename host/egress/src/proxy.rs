@@ -1,6 +1,8 @@
-//! The proxy itself: the agent-facing HTTP/1.1 proxy leg (CONNECT and plain
-//! `http://`), TLS interception with per-host leaf certificates, identity
-//! checks, route matching, DLP, injection and forwarding.
+//! The proxy's connections: the agent-facing HTTP/1.1 proxy leg (CONNECT
+//! and plain `http://`), passthrough tunnels, and TLS interception with
+//! per-host leaf certificates, serving each intercepted tunnel over HTTP/1.1
+//! or HTTP/2. What happens to one request inside (checks, DLP, injection,
+//! forwarding) is in [`request`]; WebSockets in [`websocket`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
